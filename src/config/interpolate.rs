@@ -1,0 +1,135 @@
+//! `${VAR}` / `${VAR:-default}` interpolation of pipeline text, before YAML
+//! parsing. `$$` is a literal `$`. Values taken from the environment are
+//! remembered so that error messages can redact them (they may be secrets).
+
+/// Result of interpolating one file.
+#[derive(Debug)]
+pub struct Interpolated {
+    /// The text with every reference replaced.
+    pub text: String,
+    /// Values that came from the environment (non-empty ones), to redact.
+    pub secrets: Vec<String>,
+}
+
+/// An unresolvable reference: 1-based line and column, and what is wrong.
+#[derive(Debug, PartialEq)]
+pub struct InterpolateError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` using `lookup`.
+pub fn interpolate(src: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Interpolated, InterpolateError> {
+    let mut out = String::with_capacity(src.len());
+    let mut secrets = Vec::new();
+    let (mut line, mut col) = (1usize, 1usize);
+    let mut chars = src.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '$' {
+            match chars.peek().map(|&(_, c)| c) {
+                Some('$') => {
+                    chars.next();
+                    out.push('$');
+                    col += 2;
+                    continue;
+                }
+                Some('{') => {
+                    let rest = &src[i + 2..];
+                    let Some(end) = rest.find('}') else {
+                        return Err(InterpolateError { line, column: col, message: "unterminated `${`".into() });
+                    };
+                    let inner = &rest[..end];
+                    let (name, default) = match inner.split_once(":-") {
+                        Some((n, d)) => (n, Some(d)),
+                        None => (inner, None),
+                    };
+                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(InterpolateError {
+                            line,
+                            column: col,
+                            message: format!("invalid variable name `{name}` in `${{{inner}}}`"),
+                        });
+                    }
+                    match (lookup(name).filter(|v| !v.is_empty()), default) {
+                        (Some(v), _) => {
+                            out.push_str(&v);
+                            secrets.push(v);
+                        }
+                        (None, Some(d)) => out.push_str(d),
+                        (None, None) => {
+                            return Err(InterpolateError {
+                                line,
+                                column: col,
+                                message: format!("environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"),
+                            });
+                        }
+                    }
+                    // Skip past the closing brace.
+                    let consumed = 2 + end + 1;
+                    while chars.peek().is_some_and(|&(j, _)| j < i + consumed) {
+                        chars.next();
+                    }
+                    col += inner.chars().count() + 3;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(c);
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    Ok(Interpolated { text: out, secrets })
+}
+
+/// Replaces every secret occurring in `msg` by `***`.
+pub fn redact(msg: &str, secrets: &[String]) -> String {
+    let mut m = msg.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 3) {
+        m = m.replace(s.as_str(), "***");
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(n: &str) -> Option<String> {
+        match n {
+            "HOST" => Some("kafka:9092".into()),
+            "PASS" => Some("hunter22".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn substitutes_and_defaults() {
+        let r = interpolate("a: ${HOST}\nb: ${NOPE:-x y}\nc: $${HOST}\n", env).unwrap();
+        assert_eq!(r.text, "a: kafka:9092\nb: x y\nc: ${HOST}\n");
+        assert_eq!(r.secrets, vec!["kafka:9092".to_string()]);
+    }
+
+    #[test]
+    fn missing_var_has_position() {
+        let e = interpolate("a: 1\nb: ${MISSING}\n", env).unwrap_err();
+        assert_eq!((e.line, e.column), (2, 4));
+        assert!(e.message.contains("MISSING"));
+    }
+
+    #[test]
+    fn bad_name_and_unterminated() {
+        assert!(interpolate("a: ${A B}", env).unwrap_err().message.contains("invalid variable name"));
+        assert!(interpolate("a: ${A", env).unwrap_err().message.contains("unterminated"));
+    }
+
+    #[test]
+    fn redacts() {
+        assert_eq!(redact("bad value hunter22 here", &["hunter22".into()]), "bad value *** here");
+    }
+}

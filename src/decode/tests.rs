@@ -1,0 +1,80 @@
+use super::*;
+use crate::schema::EventSchema;
+
+fn schema() -> Arc<EventSchema> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.yaml");
+    std::fs::write(
+        &p,
+        "name: t\nevent_time: ts\nlabel: label\nfields:\n  - {name: site, type: category}\n  - {name: x, type: float}\n  - {name: ts, type: timestamp}\n  - {name: label, type: int}\n  - {name: px, type: tensor, shape: [2, 2]}\n",
+    )
+    .unwrap();
+    Arc::new(EventSchema::load(&p).unwrap())
+}
+
+fn rec(off: i64, s: &str) -> RawRecord {
+    RawRecord { payload: Some(s.as_bytes().to_vec()), partition: 0, offset: off, timestamp_ms: Some(5) }
+}
+
+const GOOD: &str = r#"{"site":"a","x":1.5,"ts":1000,"label":3,"px":[[1,2],[3,4]]}"#;
+
+#[test]
+fn good_events_become_a_batch() {
+    let mut d = Decoder::new(schema(), 1024);
+    d.decode(&rec(0, GOOD)).unwrap();
+    d.decode(&rec(1, r#"{"site":"b","x":2,"ts":"2026-01-01T00:00:00Z","px":[1,2,3,4],"extra":true}"#)).unwrap();
+    let b = d.flush().unwrap().unwrap();
+    assert_eq!(b.num_rows(), 2);
+    assert_eq!(b.num_columns(), 8);
+    assert!(d.flush().unwrap().is_none());
+    let label = b.column(3);
+    assert_eq!(label.null_count(), 1, "label is optional per event");
+}
+
+#[test]
+fn each_kind_of_bad_event_is_rejected_with_its_reason() {
+    let mut d = Decoder::new(schema(), 200);
+    let cases: &[(&str, Reason, Option<&str>)] = &[
+        ("{not json", Reason::MalformedJson, None),
+        ("[1,2]", Reason::NotAnObject, None),
+        (r#"{"x":1,"ts":1,"px":[1,2,3,4]}"#, Reason::MissingField, Some("site")),
+        (r#"{"site":"a","x":"high","ts":1,"px":[1,2,3,4]}"#, Reason::WrongType, Some("x")),
+        (r#"{"site":"a","x":1,"ts":1,"px":[1,2,3]}"#, Reason::WrongTensorLength, Some("px")),
+        (r#"{"site":"a","x":"NaN","ts":1,"px":[1,2,3,4]}"#, Reason::NonFinite, Some("x")),
+        (r#"{"site":"a","x":1,"ts":1,"px":[1,2,3,1e300]}"#, Reason::NonFinite, Some("px")),
+    ];
+    for (i, (payload, reason, field)) in cases.iter().enumerate() {
+        let r = d.decode(&rec(i as i64, payload)).unwrap_err();
+        assert_eq!(r.reason, *reason, "{payload}: {}", r.message);
+        assert_eq!(r.field.as_deref(), *field, "{payload}");
+        assert_eq!(r.offset, i as i64);
+        assert!(r.message.contains(field.unwrap_or("")), "{}", r.message);
+    }
+    let big = format!(r#"{{"site":"{}"}}"#, "a".repeat(300));
+    assert_eq!(d.decode(&rec(9, &big)).unwrap_err().reason, Reason::Oversized);
+    let tomb = RawRecord { payload: None, partition: 1, offset: 10, timestamp_ms: None };
+    assert_eq!(d.decode(&tomb).unwrap_err().reason, Reason::EmptyPayload);
+    // Nothing half-appended: a good event after all the bad ones is the only row.
+    d.decode(&rec(11, GOOD)).unwrap();
+    let b = d.flush().unwrap().unwrap();
+    assert_eq!(b.num_rows(), 1);
+}
+
+#[test]
+fn payload_excerpt_is_cut() {
+    let mut d = Decoder::new(schema(), 1 << 20);
+    let junk = "x".repeat(PAYLOAD_EXCERPT_BYTES * 2);
+    let r = d.decode(&rec(0, &junk)).unwrap_err();
+    assert!(r.payload_truncated);
+    assert_eq!(r.payload.len(), PAYLOAD_EXCERPT_BYTES);
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_panics_on_random_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+        let mut d = Decoder::new(schema(), 256);
+        let r = RawRecord { payload: Some(bytes), partition: 0, offset: 0, timestamp_ms: None };
+        let _ = d.decode(&r);
+        let _ = d.flush().unwrap();
+    }
+}

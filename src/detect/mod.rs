@@ -1,0 +1,239 @@
+//! Drift detection. The statistics are pure functions (`ks`, `mmd`); `udaf`
+//! exposes them to SQL; this module turns each configured detector into a
+//! query over the `windows` table and reads its results.
+//!
+//! `windows` has the columns of the scored events plus `key` (Utf8, "" when
+//! the pipeline is not keyed) and `window` (`'reference'` or `'current'`).
+//! A detector query returns an optional `key` column and one or more result
+//! columns, each a struct with `statistic` and `p_value` (what `ks_test` and
+//! `mmd_test` return).
+
+pub mod ks;
+pub mod mmd;
+pub mod udaf;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use datafusion::logical_expr::LogicalPlan;
+use serde::Serialize;
+
+use crate::config::{Correction, DetectorConfig};
+use crate::sql::SqlStage;
+use crate::window::{Coords, Due};
+
+/// Name of the windows table and its two added columns.
+pub const WINDOWS_TABLE: &str = "windows";
+pub const KEY_COL: &str = "key";
+pub const WINDOW_COL: &str = "window";
+
+/// Detection failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("detector `{detector}`: {message}")]
+    Plan { detector: String, message: String },
+    #[error("detector `{detector}`: evaluation failed: {message}")]
+    Run { detector: String, message: String },
+}
+
+/// One test inside a detector (one column).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TestResult {
+    pub column: String,
+    pub statistic: f64,
+    pub p_value: f64,
+    /// Whether this column drifted at the corrected threshold.
+    pub drift: bool,
+}
+
+/// A detector's result for one key and one evaluation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DetectorResult {
+    pub detector: String,
+    pub kind: String,
+    pub key: String,
+    pub drift: bool,
+    /// Statistic of the most significant test.
+    pub statistic: f64,
+    /// Smallest p-value among the tests.
+    pub p_value: f64,
+    /// Per-test threshold the p-values are compared to (alpha after correction).
+    pub threshold: f64,
+    pub tests: Vec<TestResult>,
+    #[serde(skip)]
+    pub coords: Option<Coords>,
+}
+
+struct Planned {
+    name: String,
+    kind: &'static str,
+    alpha: f64,
+    correction: Correction,
+    plan: LogicalPlan,
+}
+
+/// The detectors of a pipeline, planned once, run per evaluation.
+pub struct Detectors {
+    stage: SqlStage,
+    schema: SchemaRef,
+    planned: Vec<Planned>,
+}
+
+/// Quotes an identifier for SQL.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The SQL of a built-in detector (or the user's own).
+pub fn detector_sql(d: &DetectorConfig) -> String {
+    let cur = format!("{WINDOW_COL} = 'current'");
+    match d {
+        DetectorConfig::Ks(k) => {
+            let cols: Vec<String> =
+                k.columns.iter().map(|c| format!("ks_test({}, {cur}) AS {}", ident(c), ident(c))).collect();
+            format!("SELECT {KEY_COL}, {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}", cols.join(", "))
+        }
+        DetectorConfig::Mmd(m) => {
+            let sigma = m.sigma.map(|s| format!(", {s:?}")).unwrap_or_default();
+            format!(
+                "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}{sigma}) AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+                m.permutations.get(),
+                m.seed,
+                c = ident(&m.column)
+            )
+        }
+        DetectorConfig::Sql(s) => s.sql.clone(),
+    }
+}
+
+/// Schema of the `windows` table for scored events of `scored`.
+pub fn windows_schema(scored: &Schema) -> SchemaRef {
+    let mut fields = vec![Field::new(KEY_COL, DataType::Utf8, false), Field::new(WINDOW_COL, DataType::Utf8, false)];
+    fields.extend(scored.fields().iter().filter(|f| f.name() != KEY_COL && f.name() != WINDOW_COL).map(|f| f.as_ref().clone()));
+    Arc::new(Schema::new(fields))
+}
+
+impl Detectors {
+    /// Plans every detector against the schema of scored events.
+    pub async fn new(scored: &Schema, detectors: &[DetectorConfig]) -> Result<Self, DetectError> {
+        let schema = windows_schema(scored);
+        let stage = SqlStage::new(WINDOWS_TABLE, schema.clone())
+            .map_err(|e| DetectError::Plan { detector: String::new(), message: e.to_string() })?;
+        let mut planned = vec![];
+        for d in detectors {
+            let sql = detector_sql(d);
+            let err = |m: String| DetectError::Plan { detector: d.name().to_string(), message: m };
+            let plan = stage.plan(&sql).await.map_err(|e| err(format!("{e} (query: {sql})")))?;
+            check_output(plan.schema().as_arrow()).map_err(err)?;
+            let (alpha, correction) = d.alpha();
+            planned.push(Planned { name: d.name().to_string(), kind: d.kind(), alpha, correction, plan });
+        }
+        Ok(Self { stage, schema, planned })
+    }
+
+    /// Runs every detector on one window pair.
+    pub async fn evaluate(&self, due: &Due) -> Result<Vec<DetectorResult>, DetectError> {
+        let mut batches = Vec::with_capacity(due.reference.len() + due.current.len());
+        for (label, part) in [("reference", &due.reference), ("current", &due.current)] {
+            for b in part {
+                batches.push(self.with_window(b, &due.key, label).map_err(|m| DetectError::Run {
+                    detector: String::new(),
+                    message: m,
+                })?);
+            }
+        }
+        let mut out = vec![];
+        for p in &self.planned {
+            let rows = self
+                .stage
+                .run(&p.plan, batches.clone())
+                .await
+                .map_err(|e| DetectError::Run { detector: p.name.clone(), message: e.to_string() })?;
+            for b in rows {
+                out.extend(read_results(p, &b, &due.key, &due.coords));
+            }
+        }
+        Ok(out)
+    }
+
+    fn with_window(&self, b: &RecordBatch, key: &str, window: &str) -> Result<RecordBatch, String> {
+        let n = b.num_rows();
+        let mut cols: Vec<ArrayRef> =
+            vec![Arc::new(StringArray::from(vec![key; n])), Arc::new(StringArray::from(vec![window; n]))];
+        for f in self.schema.fields().iter().skip(2) {
+            let c = b.column_by_name(f.name()).ok_or_else(|| format!("column `{}` missing from window batch", f.name()))?;
+            cols.push(c.clone());
+        }
+        RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| e.to_string())
+    }
+}
+
+/// A detector query must return struct columns with statistic and p_value.
+fn check_output(schema: &Schema) -> Result<(), String> {
+    let mut tests = 0;
+    for f in schema.fields() {
+        if f.name() == KEY_COL {
+            continue;
+        }
+        match f.data_type() {
+            DataType::Struct(fs) if fs.find("statistic").is_some() && fs.find("p_value").is_some() => tests += 1,
+            t => {
+                return Err(format!(
+                    "result column `{}` is {t}; every column but `key` must be a test result (ks_test(...), mmd_test(...))",
+                    f.name()
+                ));
+            }
+        }
+    }
+    if tests == 0 {
+        return Err("the query returns no test result column".into());
+    }
+    Ok(())
+}
+
+fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) -> Vec<DetectorResult> {
+    let schema = b.schema();
+    let key_col = b.column_by_name(KEY_COL).map(|c| c.as_string::<i32>().clone());
+    let mut out = vec![];
+    for row in 0..b.num_rows() {
+        let key = key_col.as_ref().filter(|k| k.is_valid(row)).map(|k| k.value(row).to_string()).unwrap_or_else(|| due_key.to_string());
+        let mut tests = vec![];
+        for (i, f) in schema.fields().iter().enumerate() {
+            if f.name() == KEY_COL {
+                continue;
+            }
+            let s = b.column(i).as_struct();
+            if s.is_null(row) {
+                continue; // too few rows on a side: no test
+            }
+            let get = |n: &str| s.column_by_name(n).map(|c| c.as_primitive::<Float64Type>().value(row));
+            if let (Some(stat), Some(pv)) = (get("statistic"), get("p_value")) {
+                tests.push(TestResult { column: f.name().clone(), statistic: stat, p_value: pv, drift: false });
+            }
+        }
+        if tests.is_empty() {
+            continue;
+        }
+        let threshold = match p.correction {
+            Correction::None => p.alpha,
+            Correction::Bonferroni => p.alpha / tests.len() as f64,
+        };
+        for t in &mut tests {
+            t.drift = t.p_value < threshold;
+        }
+        let best = tests.iter().min_by(|a, b| a.p_value.total_cmp(&b.p_value)).expect("non-empty");
+        out.push(DetectorResult {
+            detector: p.name.clone(),
+            kind: p.kind.to_string(),
+            key,
+            drift: tests.iter().any(|t| t.drift),
+            statistic: best.statistic,
+            p_value: best.p_value,
+            threshold,
+            tests: tests.clone(),
+            coords: Some(coords.clone()),
+        });
+    }
+    out
+}

@@ -1,0 +1,200 @@
+//! The driftwatch command line. Library errors become messages and exit codes
+//! here: 0 success, 1 runtime failure, 2 invalid configuration or input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use driftwatch::runtime::{self, RunOptions, RunStats, RuntimeError};
+
+#[derive(Parser)]
+#[command(name = "driftwatch", version, about = "Streaming drift detection for ML models, straight off Kafka")]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a pipeline against Kafka until interrupted (SIGINT/SIGTERM).
+    Run {
+        pipeline: PathBuf,
+        /// Consumer group id (default: the pipeline's, or driftwatch-<name>).
+        #[arg(long)]
+        group_id: Option<String>,
+        /// Stop cleanly after reading this many events.
+        #[arg(long)]
+        max_events: Option<u64>,
+    },
+    /// Check pipelines: config, schema, model, SQL. Non-zero exit on any error.
+    Validate {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Run a pipeline's detectors once: reference file vs current file (JSONL or Parquet); prints JSON.
+    Compare {
+        pipeline: PathBuf,
+        #[arg(long)]
+        reference: PathBuf,
+        #[arg(long)]
+        current: PathBuf,
+    },
+    /// Start the embedded Kafka-protocol broker; prints its bootstrap address on the first line.
+    Broker {
+        /// Topics to create, as NAME or NAME:PARTITIONS.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Number of brokers in the cluster.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+    },
+    /// The demo: embedded broker, digit images, a CNN, drift caught live.
+    Demo {
+        #[arg(long, default_value = "pipelines/digits.yaml")]
+        pipeline: PathBuf,
+        /// Image pool (JSONL with pixels and label).
+        #[arg(long, default_value = "models/digits_train.jsonl")]
+        pool: PathBuf,
+        /// Events per phase and scanner.
+        #[arg(long, default_value_t = 1000)]
+        phase_events: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// End-to-end throughput benchmark on the embedded broker.
+    Bench {
+        #[arg(long, default_value = "pipelines/bench.yaml")]
+        pipeline: PathBuf,
+        #[arg(long, default_value = "models/digits_train.jsonl")]
+        pool: PathBuf,
+        /// Events to push through.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<RuntimeError>() {
+        Some(RuntimeError::Config(_) | RuntimeError::Model(_) | RuntimeError::Transform(_) | RuntimeError::File(_)) => 2,
+        _ => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli.cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// Sets the flag on SIGINT or SIGTERM.
+fn on_signal(flag: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    flag.store(true, Ordering::SeqCst);
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down: finishing the batch in hand, delivering, committing");
+        flag.store(true, Ordering::SeqCst);
+    });
+}
+
+async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Run { pipeline, group_id, max_events } => {
+            let stages = runtime::validate(&pipeline).await?;
+            let shutdown = Arc::new(AtomicBool::new(false));
+            on_signal(shutdown.clone());
+            runtime::run(stages, RunOptions { max_events, group_id }, shutdown, Arc::new(RunStats::default()), None).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Validate { pipelines } => {
+            let mut failed = 0;
+            for p in &pipelines {
+                match runtime::validate(p).await {
+                    Ok(s) => println!("ok: {}: {}", p.display(), s.summary()),
+                    Err(e) => {
+                        failed += 1;
+                        println!("error: {e}");
+                    }
+                }
+            }
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Cmd::Compare { pipeline, reference, current } => {
+            let stages = runtime::validate(&pipeline).await?;
+            let report = runtime::compare(stages, &reference, &current).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Broker { topics, brokers } => {
+            let b = driftwatch::broker::Broker::start(brokers)?;
+            for t in &topics {
+                let (name, parts) = match t.split_once(':') {
+                    Some((n, p)) => (n, p.parse::<i32>().with_context(|| format!("--topic {t}: partitions must be a number"))?),
+                    None => (t.as_str(), 1),
+                };
+                b.create_topic(name, parts)?;
+            }
+            println!("{}", b.bootstrap());
+            eprintln!("embedded Kafka-protocol broker running; Ctrl-C to stop");
+            tokio::signal::ctrl_c().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo { pipeline, pool, phase_events, seed } => {
+            let opts = driftwatch::demo::DemoOptions { pipeline: pipeline.clone(), pool, seed, phase_events, live: true };
+            let summary = driftwatch::demo::run(opts).await?;
+            let p = driftwatch::config::Pipeline::load(&pipeline)?;
+            let names: Vec<String> = p.detectors.iter().map(|d| d.name().to_string()).collect();
+            println!("{}", driftwatch::demo::summary_table(&summary, &names));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { pipeline, pool, events } => {
+            driftwatch::bench::bench(&pipeline, &pool, events).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Wiring the stages: `run` (Kafka in, Kafka out) and `compare` (two files).
+//!
+//! `run` has two tasks joined by a bounded channel (back-pressure, not an
+//! unbounded queue): the consumer task reads, decodes and dead-letters; the
+//! processing task scores, windows, detects, publishes, and commits offsets
+//! only after every record that depends on them is delivered (acks=all).
+
+mod stages;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use rdkafka::consumer::CommitMode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+pub use stages::{Stages, key_column, validate};
+
+use crate::alert::{Evaluation, message_key};
+use crate::config::{ConfigError, Pipeline, SourceConfig};
+use crate::decode::Rejection;
+use crate::source::file;
+use crate::source::kafka::{self, KafkaConsumer};
+use crate::window::Due;
+
+/// Failures of a run. Each says which stage and what.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Transform(#[from] crate::transform::TransformError),
+    #[error(transparent)]
+    Detect(#[from] crate::detect::DetectError),
+    #[error(transparent)]
+    File(#[from] crate::source::file::FileError),
+    #[error("decode: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("kafka ({what}): {source}")]
+    Kafka { what: String, source: rdkafka::error::KafkaError },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn kafka_err(what: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Kafka { what, source }
+}
+
+/// Dead-letter record: the rejection plus where it came from.
+#[derive(Serialize)]
+struct DeadLetter<'a> {
+    pipeline: &'a str,
+    topic: &'a str,
+    #[serde(flatten)]
+    rejection: &'a Rejection,
+}
+
+/// Options of `run` beyond the pipeline file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop (cleanly) after this many events were read: for demos and tests.
+    pub max_events: Option<u64>,
+    /// Consumer group override.
+    pub group_id: Option<String>,
+}
+
+/// Counters of a run.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub received: AtomicU64,
+    pub decoded: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub evaluations: AtomicU64,
+    pub alerts: AtomicU64,
+    pub suppressed: AtomicU64,
+}
+
+/// A callback seeing each evaluation (the demo's live view).
+pub type Observer = Arc<dyn Fn(&Evaluation) + Send + Sync>;
+
+struct Work {
+    batch: Option<RecordBatch>,
+    /// Last offset read per partition, decoded or not.
+    last: BTreeMap<i32, i64>,
+    /// Dead-letter deliveries to await before committing.
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+}
+
+/// Runs a Kafka pipeline until `shutdown` is set (or `max_events` read).
+/// On shutdown the batch in hand is finished, pending records are delivered
+/// and offsets committed.
+pub async fn run(
+    mut stages: Stages,
+    opts: RunOptions,
+    shutdown: Arc<AtomicBool>,
+    stats: Arc<RunStats>,
+    observer: Option<Observer>,
+) -> Result<(), RuntimeError> {
+    let p = stages.pipeline.clone();
+    let SourceConfig::Kafka(src) = &p.source else {
+        return Err(RuntimeError::Other("`run` needs a kafka source; use `compare` or `replay --input` for files".into()));
+    };
+    let group = opts.group_id.clone().or_else(|| src.group_id.clone()).unwrap_or_else(|| format!("driftwatch-{}", p.name));
+    let consumer = Arc::new(KafkaConsumer::new(src, &group).map_err(kafka_err("creating consumer"))?);
+    let out_brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
+    let out_props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
+    let producer = kafka::producer(&out_brokers, &out_props).map_err(kafka_err("creating producer"))?;
+    let mut windows = stages.windows().await?;
+    tracing::info!(pipeline = %p.name, topic = %src.topic, group = %group, brokers = %src.brokers, "consuming");
+
+    let (tx, mut rx) = mpsc::channel::<Work>(4);
+    let reader = tokio::spawn(read_loop(
+        consumer.clone(),
+        stages.decoder(),
+        producer.clone(),
+        p.clone(),
+        src.topic.clone(),
+        tx,
+        shutdown.clone(),
+        stats.clone(),
+        opts.max_events,
+    ));
+
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut result = Ok(());
+    while let Some(work) = rx.recv().await {
+        if let Err(e) = process(&mut stages, &mut windows, &consumer, &producer, &p, &stats, observer.as_ref(), work, &mut last).await {
+            // Stop reading; nothing more is committed, so a restart redoes this batch.
+            shutdown.store(true, Ordering::SeqCst);
+            result = Err(e);
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader.await.map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?;
+    result?;
+    read?;
+    // Final synchronous commit of what is accounted for.
+    commit(&consumer, &windows, &last, CommitMode::Sync)?;
+    tracing::info!(pipeline = %p.name, received = stats.received.load(Ordering::Relaxed), alerts = stats.alerts.load(Ordering::Relaxed), "stopped");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    consumer: Arc<KafkaConsumer>,
+    mut decoder: crate::decode::Decoder,
+    producer: FutureProducer,
+    p: Pipeline,
+    topic: String,
+    tx: mpsc::Sender<Work>,
+    shutdown: Arc<AtomicBool>,
+    stats: Arc<RunStats>,
+    max_events: Option<u64>,
+) -> Result<(), RuntimeError> {
+    let linger = Duration::from_millis(p.batch.linger_ms);
+    let max = p.batch.max_events.get();
+    let mut last = BTreeMap::new();
+    let mut pending = vec![];
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut read = 0u64;
+    loop {
+        let stop = shutdown.load(Ordering::SeqCst) || max_events.is_some_and(|m| read >= m);
+        let flush_now = stop
+            || decoder.len() >= max
+            || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        if flush_now && (!decoder.is_empty() || !pending.is_empty() || !last.is_empty()) {
+            let batch = decoder.flush()?;
+            let work = Work { batch, last: std::mem::take(&mut last), pending: std::mem::take(&mut pending) };
+            if tx.send(work).await.is_err() {
+                return Ok(()); // processing stopped
+            }
+            deadline = None;
+        }
+        if stop {
+            return Ok(());
+        }
+        let wait = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now())).unwrap_or(Duration::from_millis(200));
+        let rec = match tokio::time::timeout(wait, consumer.recv()).await {
+            Err(_) => continue, // linger elapsed or periodic shutdown check
+            Ok(Err(e)) => {
+                // Broker outages surface here; librdkafka reconnects by itself.
+                tracing::warn!(error = %e, "kafka consumer error; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Ok(Ok(r)) => r,
+        };
+        read += 1;
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        if deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + linger);
+        }
+        last.insert(rec.partition, rec.offset);
+        match decoder.decode(&rec) {
+            Ok(()) => {
+                stats.decoded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(rej) => {
+                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(reason = rej.reason.as_str(), partition = rej.partition, offset = rej.offset, "{}", rej.message);
+                let body = serde_json::to_vec(&DeadLetter { pipeline: &p.name, topic: &topic, rejection: &rej }).unwrap_or_default();
+                let key = format!("{}/{}/{}", topic, rej.partition, rej.offset);
+                match producer.send_result(FutureRecord::to(&p.output.dead_letter_topic).payload(&body).key(&key)) {
+                    Ok(f) => pending.push(f),
+                    Err((e, _)) => return Err(RuntimeError::Kafka { what: "dead-letter produce".into(), source: e }),
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn process(
+    stages: &mut Stages,
+    windows: &mut crate::window::Windows,
+    consumer: &KafkaConsumer,
+    producer: &FutureProducer,
+    p: &Pipeline,
+    stats: &RunStats,
+    observer: Option<&Observer>,
+    work: Work,
+    last: &mut BTreeMap<i32, i64>,
+) -> Result<(), RuntimeError> {
+    let mut pending = work.pending;
+    if let Some(batch) = work.batch {
+        let scored = stages.score(batch).await?;
+        for due in windows.push(&scored)? {
+            if already_delivered(consumer, &due) {
+                stats.suppressed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            for ev in stages.evaluate(&due).await? {
+                stats.evaluations.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    detector = %ev.detector, key = ev.key.as_deref().unwrap_or(""), evaluation = ev.evaluation,
+                    statistic = ev.statistic, p_value = ev.p_value, threshold = ev.threshold, drift = ev.drift,
+                    "evaluation"
+                );
+                if let Some(o) = observer {
+                    o(&ev);
+                }
+                let body = serde_json::to_vec(&ev).map_err(|e| RuntimeError::Other(e.to_string()))?;
+                let key = message_key(&ev);
+                let mut topics = vec![];
+                if ev.drift {
+                    stats.alerts.fetch_add(1, Ordering::Relaxed);
+                    topics.push(p.output.alerts_topic.as_str());
+                }
+                if let Some(t) = &p.output.stats_topic {
+                    topics.push(t.as_str());
+                }
+                for t in topics {
+                    let f = producer
+                        .send_result(FutureRecord::to(t).payload(&body).key(&key))
+                        .map_err(|(e, _)| RuntimeError::Kafka { what: format!("produce to {t}"), source: e })?;
+                    pending.push(f);
+                }
+            }
+        }
+    }
+    for f in pending {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(RuntimeError::Kafka { what: "delivery".into(), source: e }),
+            Err(_) => return Err(RuntimeError::Other("delivery cancelled (producer closed)".into())),
+        }
+    }
+    last.extend(work.last);
+    commit(consumer, windows, last, CommitMode::Async)
+}
+
+/// Evaluations whose window ends at or before what an earlier run delivered are not sent again.
+fn already_delivered(consumer: &KafkaConsumer, due: &Due) -> bool {
+    let (p, o) = due.coords.end;
+    consumer.delivered(p).is_some_and(|hw| o <= hw)
+}
+
+fn commit(
+    consumer: &KafkaConsumer,
+    windows: &crate::window::Windows,
+    last: &BTreeMap<i32, i64>,
+    mode: CommitMode,
+) -> Result<(), RuntimeError> {
+    let needed = windows.oldest_needed();
+    let positions: BTreeMap<i32, (i64, i64)> = last
+        .iter()
+        .map(|(p, l)| {
+            let next = needed.get(p).map_or(l + 1, |n| (*n).min(l + 1));
+            // Never lower what an earlier run recorded as delivered.
+            let delivered = consumer.delivered(*p).map_or(*l, |d| d.max(*l));
+            (*p, (next, delivered))
+        })
+        .collect();
+    consumer.commit(&positions, mode).map_err(kafka_err("commit"))
+}
+
+/// `compare`: one evaluation of every detector, reference file vs current file.
+pub async fn compare(mut stages: Stages, reference: &std::path::Path, current: &std::path::Path) -> Result<CompareReport, RuntimeError> {
+    let (rb, rrej) = stages.ingest(&file::read_records(reference)?).await?;
+    let (cb, crej) = stages.ingest(&file::read_records(current)?).await?;
+    for (name, rej) in [(reference, &rrej), (current, &crej)] {
+        for r in rej.iter().take(5) {
+            tracing::warn!(file = %name.display(), line = r.offset + 1, reason = r.reason.as_str(), "{}", r.message);
+        }
+    }
+    let coords = crate::window::Coords {
+        reference_size: rb.iter().map(|b| b.num_rows()).sum(),
+        current_size: cb.iter().map(|b| b.num_rows()).sum(),
+        current_offsets: BTreeMap::new(),
+        current_time_ms: (0, 0),
+        end: (0, -1),
+        evaluation: 1,
+    };
+    let due = Due { key: String::new(), reference: rb, current: cb, coords };
+    let evals = stages.evaluate(&due).await?;
+    let detectors = evals
+        .into_iter()
+        .map(|e| CompareDetector {
+            name: e.detector,
+            kind: e.kind,
+            drift_type: e.drift_type,
+            drift: e.drift,
+            threshold: e.threshold,
+            tests: e
+                .tests
+                .into_iter()
+                .map(|t| CompareTest { column: t.column, statistic: t.statistic, p_value: t.p_value, drift: t.drift })
+                .collect(),
+        })
+        .collect();
+    Ok(CompareReport {
+        detectors,
+        reference_events: due.coords.reference_size,
+        current_events: due.coords.current_size,
+        rejected: rrej.len() + crej.len(),
+    })
+}
+
+/// Output of `compare`.
+#[derive(Debug, Serialize)]
+pub struct CompareReport {
+    pub detectors: Vec<CompareDetector>,
+    pub reference_events: usize,
+    pub current_events: usize,
+    /// Events of either file that failed to decode.
+    pub rejected: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompareDetector {
+    pub name: String,
+    pub kind: String,
+    pub drift_type: crate::alert::DriftType,
+    pub drift: bool,
+    pub threshold: f64,
+    pub tests: Vec<CompareTest>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompareTest {
+    pub column: String,
+    pub statistic: f64,
+    pub p_value: f64,
+    pub drift: bool,
+}
+
+/// Timeout for flushing producers at shutdown.
+pub const FLUSH_TIMEOUT: Timeout = Timeout::After(Duration::from_secs(30));

@@ -1,0 +1,224 @@
+//! The stages of one pipeline, built and checked together: schema, decoder,
+//! transform, model, windows and detectors. `validate` is building them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+
+use super::RuntimeError;
+use crate::alert::{self, Evaluation};
+use crate::config::{ConfigError, DetectorConfig, Pipeline, ReferenceConfig};
+use crate::decode::{Decoder, Rejection};
+use crate::detect::Detectors;
+use crate::model::Model;
+use crate::schema::{EventSchema, FieldKind};
+use crate::source::{RawRecord, file};
+use crate::transform::Transform;
+use crate::window::{Due, ReferenceMode, Windows};
+
+/// Built stages of a pipeline.
+pub struct Stages {
+    pub pipeline: Pipeline,
+    pub schema: Arc<EventSchema>,
+    transform: Option<Transform>,
+    model: Option<Model>,
+    detectors: Detectors,
+    /// Schema of batches after transform and model.
+    pub scored_schema: SchemaRef,
+}
+
+impl Stages {
+    /// Loads the schema and model and plans every query; any mismatch between
+    /// them is reported against the pipeline file.
+    pub async fn build(pipeline: Pipeline) -> Result<Self, RuntimeError> {
+        let schema_path = pipeline.resolve(&pipeline.schema);
+        if !schema_path.is_file() {
+            return Err(ConfigError::invalid(&pipeline.path, "schema", format!("schema file {} not found", schema_path.display())).into());
+        }
+        let schema = Arc::new(EventSchema::load(&schema_path)?);
+        let cfg_err = |key: String, msg: String| -> RuntimeError { ConfigError::invalid(&pipeline.path, key, msg).into() };
+        let mut current = schema.arrow_schema();
+        let transform = match &pipeline.transform {
+            Some(t) => {
+                let tr = Transform::new(current.clone(), &t.sql).await.map_err(|e| cfg_err("transform.sql".into(), e.to_string()))?;
+                current = tr.output_schema();
+                Some(tr)
+            }
+            None => None,
+        };
+        let model = match &pipeline.model {
+            Some(m) => {
+                let field = current.field_with_name(&m.input).map_err(|_| {
+                    cfg_err("model.input".into(), format!("no column `{}` (columns: {})", m.input, names(&current)))
+                })?;
+                let len = match field.data_type() {
+                    DataType::FixedSizeList(f, n) if *f.data_type() == DataType::Float32 => *n as usize,
+                    t => return Err(cfg_err("model.input".into(), format!("column `{}` is {t}, not a float tensor", m.input))),
+                };
+                let shape = match (&m.shape, schema.field(&m.input)) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(f)) if f.kind == FieldKind::Tensor => f.shape.clone().unwrap_or_default(),
+                    _ => vec![len],
+                };
+                if shape.iter().product::<usize>() != len {
+                    return Err(cfg_err("model.shape".into(), format!("shape {shape:?} has {} elements, column `{}` has {len}", shape.iter().product::<usize>(), m.input)));
+                }
+                let path = pipeline.resolve(&m.path);
+                let model = Model::load(m, &path, shape)?;
+                current = model.output_schema(&current);
+                Some(model)
+            }
+            None => None,
+        };
+        if let Some(k) = key_column(&pipeline, &schema) {
+            if current.field_with_name(&k).is_err() {
+                return Err(cfg_err("window.key".into(), format!("no column `{k}` (columns: {})", names(&current))));
+            }
+        }
+        for (i, d) in pipeline.detectors.iter().enumerate() {
+            match d {
+                DetectorConfig::Ks(k) => {
+                    for (j, c) in k.columns.iter().enumerate() {
+                        match current.field_with_name(c) {
+                            Ok(f) if f.data_type().is_numeric() => {}
+                            Ok(f) => return Err(cfg_err(format!("detectors[{i}].columns[{j}]"), format!("column `{c}` is {}, ks needs a number", f.data_type()))),
+                            Err(_) => return Err(cfg_err(format!("detectors[{i}].columns[{j}]"), format!("no column `{c}` (columns: {})", names(&current)))),
+                        }
+                    }
+                }
+                DetectorConfig::Mmd(m) => match current.field_with_name(&m.column) {
+                    Ok(f) if matches!(f.data_type(), DataType::FixedSizeList(..) | DataType::Float32 | DataType::Float64) => {}
+                    Ok(f) => return Err(cfg_err(format!("detectors[{i}].column"), format!("column `{}` is {}, mmd needs a float vector", m.column, f.data_type()))),
+                    Err(_) => return Err(cfg_err(format!("detectors[{i}].column"), format!("no column `{}` (columns: {})", m.column, names(&current)))),
+                },
+                DetectorConfig::Sql(_) => {}
+            }
+        }
+        let detectors = Detectors::new(&current, &pipeline.detectors).await.map_err(|e| {
+            let i = pipeline.detectors.iter().position(|d| e.to_string().contains(&format!("`{}`", d.name()))).unwrap_or(0);
+            let key = match &pipeline.detectors[i] {
+                DetectorConfig::Sql(_) => format!("detectors[{i}].sql"),
+                _ => format!("detectors[{i}]"),
+            };
+            cfg_err(key, e.to_string())
+        })?;
+        if let ReferenceConfig::File { path } = &pipeline.window.reference {
+            let p = pipeline.resolve(path);
+            if !p.is_file() {
+                return Err(cfg_err("window.reference.path".into(), format!("file {} not found", p.display())));
+            }
+        }
+        Ok(Self { schema, transform, model, detectors, scored_schema: current, pipeline })
+    }
+
+    /// A decoder for this pipeline's events.
+    pub fn decoder(&self) -> Decoder {
+        Decoder::new(self.schema.clone(), self.pipeline.batch.max_event_bytes.get())
+    }
+
+    /// Transform and model on a decoded batch.
+    pub async fn score(&mut self, batch: RecordBatch) -> Result<RecordBatch, RuntimeError> {
+        let batch = match &self.transform {
+            Some(t) => t.run(batch).await?,
+            None => batch,
+        };
+        Ok(match &mut self.model {
+            Some(m) => m.score(&batch)?,
+            None => batch,
+        })
+    }
+
+    /// Decodes and scores a list of records; returns the batches and the rejections.
+    pub async fn ingest(&mut self, records: &[RawRecord]) -> Result<(Vec<RecordBatch>, Vec<Rejection>), RuntimeError> {
+        let mut dec = self.decoder();
+        let max = self.pipeline.batch.max_events.get();
+        let (mut out, mut rejected) = (vec![], vec![]);
+        for r in records {
+            if let Err(e) = dec.decode(r) {
+                rejected.push(*e);
+            }
+            if dec.len() >= max {
+                if let Some(b) = dec.flush()? {
+                    out.push(self.score(b).await?);
+                }
+            }
+        }
+        if let Some(b) = dec.flush()? {
+            out.push(self.score(b).await?);
+        }
+        Ok((out, rejected))
+    }
+
+    /// Fresh windows as the pipeline describes them (reads a reference file).
+    pub async fn windows(&mut self) -> Result<Windows, RuntimeError> {
+        let w = self.pipeline.window.clone();
+        let reference = match &w.reference {
+            ReferenceConfig::First { size } => ReferenceMode::First(size.get()),
+            ReferenceConfig::File { path } => {
+                let p = self.pipeline.resolve(path);
+                let recs = file::read_records(&p)?;
+                let (batches, rejected) = self.ingest(&recs).await?;
+                if let Some(r) = rejected.first() {
+                    tracing::warn!(file = %p.display(), rejected = rejected.len(), first = %r.message, "reference events rejected");
+                }
+                if batches.iter().all(|b| b.num_rows() == 0) {
+                    return Err(RuntimeError::Config(ConfigError::invalid(&self.pipeline.path, "window.reference.path", format!("{} holds no valid event", p.display()))));
+                }
+                ReferenceMode::Fixed(batches)
+            }
+        };
+        let size = w.current.size.get();
+        let slide = w.current.slide.map(|s| s.get()).unwrap_or(size);
+        Ok(Windows::new(key_column(&self.pipeline, &self.schema), self.schema.event_time.clone(), reference, size, slide))
+    }
+
+    /// Runs the detectors on a window pair and builds the evaluation records.
+    pub async fn evaluate(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
+        let results = self.detectors.evaluate(due).await?;
+        let model = self.model.as_ref().map(|m| m.identity());
+        Ok(results
+            .iter()
+            .map(|r| {
+                let cfg = self.pipeline.detectors.iter().find(|d| d.name() == r.detector);
+                let configured = cfg.and_then(|d| match d {
+                    DetectorConfig::Sql(s) => s.drift_type,
+                    _ => None,
+                });
+                alert::evaluation(&self.pipeline.name, r, alert::drift_type_of(&r.kind, configured), model)
+            })
+            .collect())
+    }
+
+    /// One-line description of what was built, for `validate`.
+    pub fn summary(&self) -> String {
+        let p = &self.pipeline;
+        let mut s = format!(
+            "pipeline `{}`: schema `{}` ({} fields), {} detector(s)",
+            p.name,
+            self.schema.name,
+            self.schema.fields.len(),
+            p.detectors.len()
+        );
+        if let Some(m) = &self.model {
+            s += &format!(", model {} (sha256 {})", m.identity().path, &m.identity().sha256[..12]);
+        }
+        s
+    }
+}
+
+fn names(s: &SchemaRef) -> String {
+    s.fields().iter().map(|f| f.name().as_str()).filter(|n| !n.starts_with('_')).collect::<Vec<_>>().join(", ")
+}
+
+/// The key column: the pipeline's `window.key`, else the schema's `key`.
+pub fn key_column(p: &Pipeline, s: &EventSchema) -> Option<String> {
+    p.window.key.clone().or_else(|| s.key.clone())
+}
+
+/// Loads and builds a pipeline file: what `validate` does.
+pub async fn validate(path: &Path) -> Result<Stages, RuntimeError> {
+    let p = Pipeline::load(path)?;
+    Stages::build(p).await
+}

@@ -1,0 +1,217 @@
+//! Event schemas: `schemas/*.yaml` → Arrow schema.
+//!
+//! ```yaml
+//! name: digits
+//! key: scanner            # field whose value keys the windows (optional)
+//! event_id: event_id      # field with a unique event id (optional)
+//! event_time: ts          # field with the event time, epoch ms or RFC 3339 (optional)
+//! label: label            # field with the true label, may be absent per event (optional)
+//! fields:
+//!   - {name: scanner, type: category}
+//!   - {name: brightness, type: float}
+//!   - {name: pixels, type: tensor, shape: [1, 8, 8]}
+//! ```
+//!
+//! The decoded batch carries the declared fields in order, then the source
+//! coordinates `_partition`, `_offset`, `_timestamp` (Kafka timestamp, ms).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, load_yaml};
+
+/// Column names of the source coordinates appended to every decoded batch.
+pub const PARTITION_COL: &str = "_partition";
+pub const OFFSET_COL: &str = "_offset";
+pub const TIMESTAMP_COL: &str = "_timestamp";
+
+/// An event schema file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSchema {
+    /// Schema name, for messages.
+    pub name: String,
+    /// Name of the field whose value keys the windows.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Name of the field holding a unique event id.
+    #[serde(default)]
+    pub event_id: Option<String>,
+    /// Name of the field holding the event time (epoch milliseconds or RFC 3339 string).
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// Name of the field holding the true label (events may omit it).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The event's fields, in column order.
+    pub fields: Vec<FieldSpec>,
+    /// Where the schema was loaded from (set by [`EventSchema::load`]).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// One field of an event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// JSON key of the field; also the column name.
+    pub name: String,
+    /// Value type.
+    #[serde(rename = "type")]
+    pub kind: FieldKind,
+    /// Tensor shape (only for `type: tensor`), e.g. `[1, 8, 8]`; the JSON value
+    /// is a flat array of prod(shape) numbers, or nested arrays of that shape.
+    #[serde(default)]
+    pub shape: Option<Vec<usize>>,
+    /// Whether the field may be missing or null (default: false, a missing
+    /// value sends the event to the dead-letter topic).
+    #[serde(default)]
+    pub nullable: bool,
+    /// Whether NaN / ±Inf are accepted for float and tensor fields (default: false).
+    #[serde(default)]
+    pub allow_non_finite: bool,
+}
+
+/// Field value types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldKind {
+    /// 64-bit float column.
+    Float,
+    /// 64-bit integer column.
+    Int,
+    /// Boolean column.
+    Bool,
+    /// Categorical string (a finite set of values), Utf8 column.
+    Category,
+    /// Free text, Utf8 column.
+    String,
+    /// Fixed-shape float tensor, FixedSizeList<Float32>.
+    Tensor,
+    /// Event time: epoch milliseconds or an RFC 3339 string, Timestamp(ms) column.
+    Timestamp,
+}
+
+impl FieldSpec {
+    /// Number of elements of a tensor field (product of the shape).
+    pub fn tensor_len(&self) -> usize {
+        self.shape.as_ref().map(|s| s.iter().product()).unwrap_or(0)
+    }
+
+    /// The Arrow type of this field.
+    pub fn data_type(&self) -> DataType {
+        match self.kind {
+            FieldKind::Float => DataType::Float64,
+            FieldKind::Int => DataType::Int64,
+            FieldKind::Bool => DataType::Boolean,
+            FieldKind::Category | FieldKind::String => DataType::Utf8,
+            FieldKind::Tensor => tensor_type(self.tensor_len()),
+            FieldKind::Timestamp => DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+        }
+    }
+}
+
+/// FixedSizeList<Float32> of length `len`.
+pub fn tensor_type(len: usize) -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, false)), len as i32)
+}
+
+impl EventSchema {
+    /// Loads and checks a schema file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut s: EventSchema = load_yaml(path)?;
+        s.path = path.to_path_buf();
+        s.check().map_err(|(key, msg)| ConfigError::invalid(path, key, msg))?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, f) in self.fields.iter().enumerate() {
+            if f.name.is_empty() || f.name.starts_with('_') {
+                return Err((format!("fields[{i}].name"), "must be non-empty and not start with '_' (reserved)".into()));
+            }
+            if !seen.insert(f.name.as_str()) {
+                return Err((format!("fields[{i}].name"), format!("duplicate field `{}`", f.name)));
+            }
+            match (f.kind, &f.shape) {
+                (FieldKind::Tensor, None) => {
+                    return Err((format!("fields[{i}].shape"), "a tensor field needs a shape, e.g. [1, 8, 8]".into()));
+                }
+                (FieldKind::Tensor, Some(s)) if s.is_empty() || s.contains(&0) => {
+                    return Err((format!("fields[{i}].shape"), "dimensions must be positive".into()));
+                }
+                (k, Some(_)) if k != FieldKind::Tensor => {
+                    return Err((format!("fields[{i}].shape"), "only tensor fields have a shape".into()));
+                }
+                _ => {}
+            }
+        }
+        for (role, name) in [("key", &self.key), ("event_id", &self.event_id), ("event_time", &self.event_time), ("label", &self.label)] {
+            if let Some(n) = name {
+                let Some(f) = self.field(n) else {
+                    return Err((role.into(), format!("no field named `{n}` in `fields`")));
+                };
+                let ok = match role {
+                    "key" | "event_id" => matches!(f.kind, FieldKind::Category | FieldKind::String | FieldKind::Int),
+                    "event_time" => matches!(f.kind, FieldKind::Timestamp | FieldKind::Int),
+                    _ => matches!(f.kind, FieldKind::Category | FieldKind::String | FieldKind::Int | FieldKind::Bool),
+                };
+                if !ok {
+                    return Err((role.into(), format!("field `{n}` has type {:?}, not usable as {role}", f.kind)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The field called `name`.
+    pub fn field(&self, name: &str) -> Option<&FieldSpec> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// The Arrow schema of a decoded batch: declared fields, then source coordinates.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> =
+            self.fields.iter().map(|f| Field::new(&f.name, f.data_type(), f.nullable || Some(&f.name) == self.label.as_ref())).collect();
+        fields.push(Field::new(PARTITION_COL, DataType::Int32, false));
+        fields.push(Field::new(OFFSET_COL, DataType::Int64, false));
+        fields.push(Field::new(TIMESTAMP_COL, DataType::Int64, false));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<EventSchema, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.yaml");
+        std::fs::write(&p, s).unwrap();
+        EventSchema::load(&p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tensor_needs_shape() {
+        let e = parse("name: x\nfields:\n  - {name: p, type: tensor}\n").unwrap_err();
+        assert!(e.contains("fields[0].shape") && e.contains("needs a shape"), "{e}");
+    }
+
+    #[test]
+    fn key_must_exist() {
+        let e = parse("name: x\nkey: site\nfields:\n  - {name: a, type: float}\n").unwrap_err();
+        assert!(e.contains("key") && e.contains("no field named `site`"), "{e}");
+    }
+
+    #[test]
+    fn arrow_types() {
+        let s = parse("name: x\nfields:\n  - {name: a, type: float}\n  - {name: p, type: tensor, shape: [2, 3]}\n").unwrap();
+        let a = s.arrow_schema();
+        assert_eq!(a.field(1).data_type(), &tensor_type(6));
+        assert_eq!(a.fields().len(), 5);
+    }
+}

@@ -1,0 +1,217 @@
+//! Kafka source: an rdkafka consumer in a consumer group.
+//!
+//! Offsets are never auto-committed: the runtime commits, per partition, the
+//! oldest offset its windows still need, with the last offset whose
+//! evaluations were delivered stored in the commit metadata (`dw1:hw=N`).
+//! After a restart the windows are rebuilt by replaying from the committed
+//! offset and evaluations up to `hw` are not sent again (DESIGN §5).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::RawRecord;
+use crate::config::{KafkaSource, StartPosition};
+
+const META_PREFIX: &str = "dw1:hw=";
+
+/// Builds a client config from brokers and pass-through properties. Values are
+/// never logged (they may hold secrets).
+pub fn client_config(brokers: &str, props: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in props {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A producer for output topics: acks=all, so a delivered record is on every in-sync replica.
+pub fn producer(brokers: &str, props: &BTreeMap<String, String>) -> KafkaResult<FutureProducer> {
+    let mut c = client_config(brokers, props);
+    c.set("acks", "all").set("message.timeout.ms", "300000").set("linger.ms", "5");
+    c.create()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    Committed,
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+/// What the consumer context shares with the consumer's owner.
+#[derive(Default, Debug)]
+struct Shared {
+    /// Per partition: the last offset whose evaluations were already delivered.
+    delivered: BTreeMap<i32, i64>,
+    /// Partitions assigned since the last call to `take_assignment_changes`.
+    assigned: BTreeSet<i32>,
+    revoked: BTreeSet<i32>,
+    errors: Vec<String>,
+}
+
+struct Ctx {
+    topic: String,
+    start: Start,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // What was delivered before, from the group's commit metadata.
+                if let Ok(committed) = base.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                    for e in committed.elements() {
+                        if let Some(hw) = e.metadata().strip_prefix(META_PREFIX).and_then(|s| s.parse::<i64>().ok()) {
+                            shared.delivered.insert(e.partition(), hw);
+                        }
+                    }
+                }
+                let set = |tpl: &mut TopicPartitionList, o: Offset| {
+                    let _ = tpl.set_all_offsets(o);
+                };
+                match self.start {
+                    Start::Committed => {}
+                    Start::Earliest => set(tpl, Offset::Beginning),
+                    Start::Latest => set(tpl, Offset::End),
+                    Start::Timestamp(ts) => {
+                        let mut q = tpl.clone();
+                        let _ = q.set_all_offsets(Offset::Offset(ts));
+                        match base.offsets_for_times(q, Duration::from_secs(10)) {
+                            Ok(r) => {
+                                for e in r.elements() {
+                                    let _ = tpl.set_partition_offset(&self.topic, e.partition(), e.offset());
+                                }
+                            }
+                            Err(e) => shared.errors.push(format!("offsets for start timestamp {ts}: {e}")),
+                        }
+                    }
+                }
+                for e in tpl.elements() {
+                    shared.assigned.insert(e.partition());
+                    shared.revoked.remove(&e.partition());
+                }
+                if let Err(e) = base.assign(tpl) {
+                    shared.errors.push(format!("assign: {e}"));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                for e in tpl.elements() {
+                    shared.revoked.insert(e.partition());
+                    shared.assigned.remove(&e.partition());
+                    shared.delivered.remove(&e.partition());
+                }
+                if let Err(e) = base.unassign() {
+                    shared.errors.push(format!("unassign: {e}"));
+                }
+            }
+            other => shared.errors.push(format!("rebalance error: {other:?}")),
+        }
+    }
+}
+
+/// A consumer of one topic.
+pub struct KafkaConsumer {
+    consumer: StreamConsumer<Ctx>,
+    topic: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl KafkaConsumer {
+    /// Creates the consumer and subscribes. `group_id` overrides the config's.
+    pub fn new(cfg: &KafkaSource, group_id: &str) -> KafkaResult<Self> {
+        let start = match &cfg.start {
+            StartPosition::Committed => Start::Committed,
+            StartPosition::Earliest => Start::Earliest,
+            StartPosition::Latest => Start::Latest,
+            p => Start::Timestamp(p.timestamp_ms().ok().flatten().unwrap_or(0)),
+        };
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let mut c = client_config(&cfg.brokers, &cfg.properties);
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        // Pass-through properties may override the above, except the commit ones we rely on.
+        for (k, v) in &cfg.properties {
+            if !matches!(k.as_str(), "enable.auto.commit" | "enable.auto.offset.store" | "group.id") {
+                c.set(k, v);
+            }
+        }
+        let consumer: StreamConsumer<Ctx> =
+            c.create_with_context(Ctx { topic: cfg.topic.clone(), start, shared: shared.clone() })?;
+        consumer.subscribe(&[&cfg.topic])?;
+        Ok(Self { consumer, topic: cfg.topic.clone(), shared })
+    }
+
+    /// Next record; waits until one arrives.
+    pub async fn recv(&self) -> KafkaResult<RawRecord> {
+        let m = self.consumer.recv().await?;
+        Ok(RawRecord {
+            payload: m.payload().map(<[u8]>::to_vec),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+        })
+    }
+
+    /// Last delivered offset of a partition from an earlier run (commit metadata).
+    pub fn delivered(&self, partition: i32) -> Option<i64> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).delivered.get(&partition).copied()
+    }
+
+    /// Partitions assigned and revoked since the last call, and rebalance errors.
+    pub fn take_changes(&self) -> (BTreeSet<i32>, BTreeSet<i32>, Vec<String>) {
+        let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        (std::mem::take(&mut s.assigned), std::mem::take(&mut s.revoked), std::mem::take(&mut s.errors))
+    }
+
+    /// Commits, per partition, `next` (where a restart must resume reading)
+    /// and `delivered` (the last offset whose evaluations are delivered).
+    pub fn commit(&self, positions: &BTreeMap<i32, (i64, i64)>, mode: CommitMode) -> KafkaResult<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, (next, delivered)) in positions {
+            let mut e = tpl.add_partition(&self.topic, *p);
+            e.set_offset(Offset::Offset(*next))?;
+            e.set_metadata(format!("{META_PREFIX}{delivered}"));
+        }
+        match self.consumer.commit(&tpl, mode) {
+            // Nothing assigned any more (revoked meanwhile): nothing to commit.
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            r => r,
+        }
+    }
+}
+
+/// Per partition, the range of offsets present: (low, high) watermarks.
+pub fn watermarks(brokers: &str, props: &BTreeMap<String, String>, topic: &str) -> KafkaResult<BTreeMap<i32, (i64, i64)>> {
+    let c: BaseConsumer = client_config(brokers, props).create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut out = BTreeMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let w = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            out.insert(p.id(), w);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,136 @@
+//! The backbone end to end against the embedded broker: events in, alerts
+//! out, bad events dead-lettered, offsets committed, restarts without resends.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use driftwatch::broker::Broker;
+
+fn pipeline(dir: &std::path::Path, topic: &str) -> std::path::PathBuf {
+    write(dir, "x.schema.yaml", SCHEMA_X);
+    let text = format!(
+        "name: xtest
+schema: x.schema.yaml
+source: {{type: kafka, brokers: \"${{KAFKA_BROKERS_{topic}}}\", topic: {topic}}}
+batch: {{max_events: 64, linger_ms: 20}}
+window:
+  reference: {{type: first, size: 300}}
+  current: {{size: 300}}
+detectors:
+  - {{name: x_ks, kind: ks, columns: [x], alpha: 0.001}}
+output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq, stats_topic: {topic}-stats}}
+"
+    );
+    write(dir, "p.yaml", &text)
+}
+
+fn setup(topic: &str) -> (Broker, tempfile::TempDir, std::path::PathBuf) {
+    let broker = Broker::start(1).unwrap();
+    for t in [topic.to_string(), format!("{topic}-alerts"), format!("{topic}-dlq"), format!("{topic}-stats")] {
+        broker.create_topic(&t, 1).unwrap();
+    }
+    // SAFETY of set_var: a per-test variable name, set before the pipeline reads it.
+    unsafe { std::env::set_var(format!("KAFKA_BROKERS_{topic}"), broker.bootstrap()) };
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), topic);
+    (broker, dir, p)
+}
+
+fn alert_validator() -> jsonschema::Validator {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("schemas/alert.schema.json")).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).expect("alert schema compiles")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mean_shift_alerts_and_no_shift_does_not() {
+    let (broker, _dir, p) = setup("shift");
+    // 300 reference + 3 clean windows of 300, then one shifted window.
+    let mut events = normal_events(1, 1200, 0.0);
+    events.extend(normal_events(2, 300, 1.0));
+    produce(&broker, "shift", &events).await;
+    let stats = run_pipeline(&p, events.len() as u64, "g-shift").await;
+    assert_eq!(stats.evaluations.load(std::sync::atomic::Ordering::Relaxed), 4);
+
+    let alerts = read_topic(&broker, "shift-alerts", 1, Duration::from_secs(20));
+    assert_eq!(alerts.len(), 1, "exactly the shifted window alerts: {alerts:#?}");
+    let a = &alerts[0];
+    let v = alert_validator();
+    let errors: Vec<String> = v.iter_errors(a).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "alert does not match schemas/alert.schema.json: {errors:?}\n{a:#}");
+    assert_eq!(a["detector"], "x_ks");
+    assert_eq!(a["drift_type"], "covariate");
+    assert_eq!(a["evaluation"], 4);
+    assert_eq!(a["window"]["current_offsets"][0]["first"], 1200);
+    assert_eq!(a["window"]["current_offsets"][0]["last"], 1499);
+    assert!(a["p_value"].as_f64().unwrap() < 1e-6);
+
+    // Every evaluation went to the stats topic, and those match the schema too.
+    let evals = read_topic(&broker, "shift-stats", 4, Duration::from_secs(20));
+    assert_eq!(evals.len(), 4);
+    assert_eq!(evals.iter().filter(|e| e["drift"] == true).count(), 1);
+    for e in &evals {
+        assert!(v.is_valid(e), "{e:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_go_to_the_dead_letter_topic_and_good_ones_go_on() {
+    let (broker, _dir, p) = setup("bad");
+    let mut events = normal_events(3, 700, 0.0);
+    let bad = [
+        ("{\"x\": ", "malformed_json"),
+        ("[1, 2, 3]", "not_an_object"),
+        ("{\"site\": \"a\"}", "missing_field"),
+        ("{\"x\": \"high\"}", "wrong_type"),
+        ("{\"x\": \"NaN\"}", "non_finite"),
+    ];
+    // Interleave the bad events with good ones in the same batches.
+    for (i, (b, _)) in bad.iter().enumerate() {
+        events.insert(10 + i * 37, b.to_string());
+    }
+    produce(&broker, "bad", &events).await;
+    let stats = run_pipeline(&p, events.len() as u64, "g-bad").await;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats.dead_lettered.load(Relaxed), bad.len() as u64);
+    assert_eq!(stats.decoded.load(Relaxed), 700);
+    assert_eq!(stats.evaluations.load(Relaxed), 1, "the 400 good events after the reference fill one window");
+
+    let dlq = read_topic(&broker, "bad-dlq", bad.len(), Duration::from_secs(20));
+    let reasons: Vec<&str> = dlq.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, bad.iter().map(|b| b.1).collect::<Vec<_>>());
+    for (d, (payload, _)) in dlq.iter().zip(bad) {
+        assert_eq!(d["payload"], payload);
+        assert_eq!(d["topic"], "bad");
+        assert_eq!(d["pipeline"], "xtest");
+        assert_eq!(d["partition"], 0);
+        assert!(d["offset"].as_i64().unwrap() >= 10);
+        assert!(!d["message"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_from_committed_offsets_without_resending_alerts() {
+    let (broker, _dir, p) = setup("restart");
+    // reference 300, then windows: clean, shifted, shifted, clean.
+    let mut events = normal_events(4, 600, 0.0);
+    events.extend(normal_events(5, 600, 1.5));
+    events.extend(normal_events(6, 300, 0.0));
+    produce(&broker, "restart", &events).await;
+    // First run stops part-way through the second shifted window.
+    run_pipeline(&p, 1000, "g-restart").await;
+    let first = read_topic(&broker, "restart-alerts", 1, Duration::from_secs(10));
+    assert_eq!(first.len(), 1, "one shifted window evaluated before the stop");
+    // The restart reads the rest (it replays the reference from the committed offset).
+    let stats = run_pipeline(&p, 1500, "g-restart").await;
+    assert!(stats.suppressed.load(std::sync::atomic::Ordering::Relaxed) >= 1, "already delivered evaluations are not redone");
+    let all = read_topic(&broker, "restart-alerts", 2, Duration::from_secs(10));
+    let ids: HashSet<&str> = all.iter().map(|a| a["alert_id"].as_str().unwrap()).collect();
+    assert_eq!(all.len(), 2, "the second shifted window alerts once; the first is not re-sent: {all:#?}");
+    assert_eq!(ids.len(), 2);
+    let lasts: Vec<i64> = all.iter().map(|a| a["window"]["current_offsets"][0]["last"].as_i64().unwrap()).collect();
+    assert_eq!(lasts, vec![899, 1199]);
+}
