@@ -56,7 +56,7 @@ fn the_cli_exits_non_zero_and_names_each_file() {
     assert_eq!(out.status.code(), Some(2));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("ok: ") && stdout.contains("digits.yaml"), "{stdout}");
-    assert!(stdout.contains("zero_window_size.yaml:7:11: window.current.size"), "{stdout}");
+    assert!(stdout.contains("zero_window_size.yaml:7:19: window.current.size"), "{stdout}");
     assert!(stdout.contains("unknown_key.yaml:6:1: detectorz"), "{stdout}");
 }
 

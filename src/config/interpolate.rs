@@ -24,9 +24,20 @@ pub fn interpolate(src: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
     let mut out = String::with_capacity(src.len());
     let mut secrets = Vec::new();
     let (mut line, mut col) = (1usize, 1usize);
+    // YAML comments are left alone: a commented-out `${SECRET}` must not be required.
+    let (mut in_comment, mut quote, mut prev) = (false, None::<char>, '\n');
     let mut chars = src.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
-        if c == '$' {
+        if !in_comment {
+            match (c, quote) {
+                ('#', None) if prev.is_whitespace() => in_comment = true,
+                ('"' | '\'', None) => quote = Some(c),
+                (q, Some(open)) if q == open => quote = None,
+                _ => {}
+            }
+        }
+        prev = c;
+        if c == '$' && !in_comment {
             match chars.peek().map(|&(_, c)| c) {
                 Some('$') => {
                     chars.next();
@@ -80,6 +91,8 @@ pub fn interpolate(src: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
         if c == '\n' {
             line += 1;
             col = 1;
+            in_comment = false;
+            quote = None;
         } else {
             col += 1;
         }
@@ -120,6 +133,12 @@ mod tests {
         let e = interpolate("a: 1\nb: ${MISSING}\n", env).unwrap_err();
         assert_eq!((e.line, e.column), (2, 4));
         assert!(e.message.contains("MISSING"));
+    }
+
+    #[test]
+    fn comments_are_not_interpolated() {
+        let r = interpolate("a: 1 # ${MISSING}\n# b: ${MISSING}\nc: \"x # ${HOST}\"\n", env).unwrap();
+        assert_eq!(r.text, "a: 1 # ${MISSING}\n# b: ${MISSING}\nc: \"x # kafka:9092\"\n");
     }
 
     #[test]

@@ -103,13 +103,21 @@ pub fn parse_yaml<T: DeserializeOwned>(path: &Path, raw: &str) -> Result<T, Conf
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = clean_path(&e.path().to_string());
         let inner = e.inner();
-        // Prefer the position of the key path itself: serde's own position is
-        // lost inside buffered (tagged) content and then points at the parent.
-        let pos = locate(raw, &key).or_else(|| inner.location().map(|l| (l.line(), l.column())));
+        // The key's own position when the path can be followed to its end;
+        // else serde's position (inside flow style); else the nearest ancestor.
+        let pos = locate_exact(raw, &key)
+            .or_else(|| inner.location().map(|l| (l.line(), l.column())))
+            .or_else(|| locate(raw, &key));
         let mut msg = inner.to_string();
-        // serde_norway appends "at line X column Y"; we print our own position.
+        // serde_norway appends "at line X column Y" and may prefix its own path;
+        // we print our own position and key path.
         if let Some(i) = msg.find(" at line ") {
             msg.truncate(i);
+        }
+        if let Some((head, rest)) = msg.split_once(": ") {
+            if !head.is_empty() && head.chars().all(|c| c.is_ascii_alphanumeric() || "._[]-".contains(c)) {
+                msg = rest.to_string();
+            }
         }
         ConfigError::Invalid {
             path: path.into(),
@@ -130,6 +138,15 @@ fn clean_path(p: &str) -> String {
 /// anchors) the position of the deepest segment found is returned; `None`
 /// when not even the first is found.
 pub fn locate(text: &str, key_path: &str) -> Option<(usize, usize)> {
+    locate_inner(text, key_path).map(|(pos, _)| pos)
+}
+
+/// As [`locate`], but only when every segment of the path was found.
+pub fn locate_exact(text: &str, key_path: &str) -> Option<(usize, usize)> {
+    locate_inner(text, key_path).filter(|(_, complete)| *complete).map(|(pos, _)| pos)
+}
+
+fn locate_inner(text: &str, key_path: &str) -> Option<((usize, usize), bool)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut start = 0usize;
     // Children of the current node are indented deeper than this.
@@ -170,13 +187,13 @@ pub fn locate(text: &str, key_path: &str) -> Option<(usize, usize)> {
                 }
             }
         }
-        let Some((li, col)) = hit else { return found };
+        let Some((li, col)) = hit else { return found.map(|f| (f, false)) };
         found = Some((li + 1, col + 1));
         parent_indent = col as i64;
         same_line = matches!(seg, Seg::Index(_));
         start = if same_line { li } else { li + 1 };
     }
-    found
+    found.map(|f| (f, true))
 }
 
 fn strip_dash(s: &str) -> (usize, &str) {

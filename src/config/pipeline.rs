@@ -92,9 +92,9 @@ pub struct Pipeline {
     pub path: PathBuf,
 }
 
-/// Where events come from.
+/// Where events come from: `type: kafka` or `type: file`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "SourceSpec")]
 pub enum SourceConfig {
     /// A Kafka topic read in a consumer group.
     Kafka(KafkaSource),
@@ -102,37 +102,99 @@ pub enum SourceConfig {
     File(FileSource),
 }
 
-/// Kafka source options.
+/// Source kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceType {
+    Kafka,
+    File,
+}
+
+/// The `source:` section as written: one flat map, so that every key is
+/// checked (and located) by serde; [`SourceConfig`] is built from it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaSource {
-    /// Bootstrap servers, `host:port[,host:port…]`.
-    pub brokers: String,
-    /// Topic of the feature events.
-    pub topic: String,
-    /// Consumer group id; default `driftwatch-<pipeline name>`.
+pub struct SourceSpec {
+    /// `kafka` or `file`.
+    #[serde(rename = "type")]
+    pub kind: SourceType,
+    /// kafka: bootstrap servers, `host:port[,host:port…]`.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// kafka: topic of the feature events.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// kafka: consumer group id; default `driftwatch-<pipeline name>`.
     #[serde(default)]
     pub group_id: Option<String>,
-    /// Where to start when the group has no committed offset, or always for
-    /// `earliest`/`latest`/timestamps: `committed` (default; falls back to
-    /// earliest), `earliest`, `latest`, or `{timestamp: RFC3339}` / `{timestamp_ms: N}`.
+    /// kafka: where to start, see [`StartPosition`] (default `committed`).
     #[serde(default)]
     pub start: StartPosition,
-    /// librdkafka properties passed through verbatim (`security.protocol`,
+    /// kafka: librdkafka properties passed through verbatim (`security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, …).
     /// Put secrets in the environment: `sasl.password: ${KAFKA_PASSWORD}`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// file: path of a `.jsonl` or `.parquet` file, relative to the pipeline file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
-/// Start position of a Kafka source.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+fn only(kind: &str, present: &[(&str, bool)]) -> Result<(), String> {
+    match present.iter().find(|(_, p)| *p) {
+        Some((k, _)) => Err(format!("`{k}` does not apply to {kind}")),
+        None => Ok(()),
+    }
+}
+
+impl TryFrom<SourceSpec> for SourceConfig {
+    type Error = String;
+    fn try_from(s: SourceSpec) -> Result<Self, String> {
+        match s.kind {
+            SourceType::Kafka => {
+                only("a kafka source", &[("path", s.path.is_some())])?;
+                Ok(SourceConfig::Kafka(KafkaSource {
+                    brokers: s.brokers.ok_or("a kafka source needs `brokers`")?,
+                    topic: s.topic.ok_or("a kafka source needs `topic`")?,
+                    group_id: s.group_id,
+                    start: s.start,
+                    properties: s.properties,
+                }))
+            }
+            SourceType::File => {
+                only(
+                    "a file source",
+                    &[
+                        ("brokers", s.brokers.is_some()),
+                        ("topic", s.topic.is_some()),
+                        ("group_id", s.group_id.is_some()),
+                        ("properties", !s.properties.is_empty()),
+                    ],
+                )?;
+                Ok(SourceConfig::File(FileSource { path: s.path.ok_or("a file source needs `path`")? }))
+            }
+        }
+    }
+}
+
+/// Kafka source options (see [`SourceSpec`] for each).
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: Option<String>,
+    pub start: StartPosition,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Start position of a Kafka source: `committed`, `earliest`, `latest`,
+/// `{timestamp: RFC3339}` or `{timestamp_ms: N}`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum StartPosition {
     /// The group's committed offsets; earliest where there are none.
     #[default]
     Committed,
-    /// The beginning of each partition.
+    /// The beginning of each partition, whatever was committed.
     Earliest,
     /// Only events produced after start.
     Latest,
@@ -140,6 +202,41 @@ pub enum StartPosition {
     Timestamp(String),
     /// The first event at or after this time, epoch milliseconds.
     TimestampMs(i64),
+}
+
+impl<'de> Deserialize<'de> for StartPosition {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StartPosition;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("committed, earliest, latest, {timestamp: RFC3339} or {timestamp_ms: N}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StartPosition, E> {
+                match v {
+                    "committed" => Ok(StartPosition::Committed),
+                    "earliest" => Ok(StartPosition::Earliest),
+                    "latest" => Ok(StartPosition::Latest),
+                    _ => Err(E::custom(format!(
+                        "unknown start `{v}`, expected committed, earliest, latest, {{timestamp: RFC3339}} or {{timestamp_ms: N}}"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<StartPosition, A::Error> {
+                let key: String = m.next_key()?.ok_or_else(|| serde::de::Error::custom("empty start position"))?;
+                let v = match key.as_str() {
+                    "timestamp" => StartPosition::Timestamp(m.next_value()?),
+                    "timestamp_ms" => StartPosition::TimestampMs(m.next_value()?),
+                    k => return Err(serde::de::Error::unknown_field(k, &["timestamp", "timestamp_ms"])),
+                };
+                if m.next_key::<String>()?.is_some() {
+                    return Err(serde::de::Error::custom("give one of timestamp or timestamp_ms"));
+                }
+                Ok(v)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl StartPosition {
@@ -156,8 +253,7 @@ impl StartPosition {
 }
 
 /// File source options.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct FileSource {
     /// Path of a `.jsonl` or `.parquet` file, relative to the pipeline file.
     pub path: PathBuf,
@@ -276,21 +372,54 @@ pub struct WindowConfig {
     pub current: CurrentConfig,
 }
 
-/// Reference window.
+/// Reference window: `{type: first, size: N}` or `{type: file, path: P}`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "ReferenceSpec")]
 pub enum ReferenceConfig {
     /// The first `size` events of each key after start.
-    First {
-        /// Number of events.
-        size: Positive,
-    },
+    First { size: Positive },
     /// Events from a JSONL or Parquet file (decoded, transformed and scored like
-    /// the stream), shared by all keys unless the file has the key column.
-    File {
-        /// Path, relative to the pipeline file.
-        path: PathBuf,
-    },
+    /// the stream), shared by all keys.
+    File { path: PathBuf },
+}
+
+/// Reference kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceType {
+    First,
+    File,
+}
+
+/// The `reference:` section as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceSpec {
+    /// `first` or `file`.
+    #[serde(rename = "type")]
+    pub kind: ReferenceType,
+    /// first: number of events.
+    #[serde(default)]
+    pub size: Option<Positive>,
+    /// file: path, relative to the pipeline file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+impl TryFrom<ReferenceSpec> for ReferenceConfig {
+    type Error = String;
+    fn try_from(s: ReferenceSpec) -> Result<Self, String> {
+        match s.kind {
+            ReferenceType::First => {
+                only("a `first` reference", &[("path", s.path.is_some())])?;
+                Ok(ReferenceConfig::First { size: s.size.ok_or("a `first` reference needs `size`")? })
+            }
+            ReferenceType::File => {
+                only("a `file` reference", &[("size", s.size.is_some())])?;
+                Ok(ReferenceConfig::File { path: s.path.ok_or("a `file` reference needs `path`")? })
+            }
+        }
+    }
 }
 
 /// Current window, count-based.
@@ -299,14 +428,15 @@ pub enum ReferenceConfig {
 pub struct CurrentConfig {
     /// Events in the window.
     pub size: Positive,
-    /// Events between evaluations (default: `size`, tumbling).
+    /// Events between evaluations (default: `size`, tumbling). Smaller than
+    /// `size`: overlapping windows; larger: windows with untested gaps.
     #[serde(default)]
     pub slide: Option<Positive>,
 }
 
-/// A drift detector.
+/// A drift detector, built from its [`DetectorSpec`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(try_from = "DetectorSpec")]
 pub enum DetectorConfig {
     /// Two-sample Kolmogorov–Smirnov per numeric column.
     Ks(KsDetector),
@@ -314,6 +444,18 @@ pub enum DetectorConfig {
     Mmd(MmdDetector),
     /// A query of your own over `windows`.
     Sql(SqlDetector),
+}
+
+/// Detector kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    /// Two-sample Kolmogorov–Smirnov per numeric column.
+    Ks,
+    /// MMD² on a vector column.
+    Mmd,
+    /// A query of your own over `windows`.
+    Sql,
 }
 
 /// Multiple-testing correction across a detector's columns.
@@ -327,70 +469,133 @@ pub enum Correction {
     Bonferroni,
 }
 
-/// `kind: ks`.
+/// A `detectors:` item as written: one flat map, so every key is checked and
+/// located by serde; the options that apply depend on `kind`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KsDetector {
-    /// Detector name (unique in the pipeline).
+pub struct DetectorSpec {
+    /// Detector name, unique in the pipeline; appears in alerts.
     pub name: String,
-    /// Numeric columns to test.
-    pub columns: Vec<String>,
-    /// Significance level for the detector as a whole (default 0.01).
+    /// `ks`, `mmd` or `sql`.
+    pub kind: DetectorKind,
+    /// Significance level of the detector as a whole (default 0.01).
     #[serde(default)]
     pub alpha: Alpha,
-    /// Correction across columns (default bonferroni).
+    /// ks, sql: correction across columns, `none` or `bonferroni` (default).
     #[serde(default)]
+    pub correction: Option<Correction>,
+    /// ks: numeric columns to test.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// mmd: vector column (default `embedding`).
+    #[serde(default)]
+    pub column: Option<String>,
+    /// mmd: permutations for the p-value (default 200; p ≥ 1/(permutations+1)).
+    #[serde(default)]
+    pub permutations: Option<Positive>,
+    /// mmd: seed of the permutations (default 0).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// mmd: kernel bandwidth σ; default the median heuristic on the reference.
+    #[serde(default)]
+    pub sigma: Option<f64>,
+    /// sql: a SELECT over `windows` returning an optional `key` column and one
+    /// or more test-result columns (`ks_test(…)`, `mmd_test(…)`); GROUP BY key.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// sql: kind of drift the query watches: covariate (default), label or concept.
+    #[serde(default)]
+    pub drift_type: Option<crate::alert::DriftType>,
+}
+
+impl TryFrom<DetectorSpec> for DetectorConfig {
+    type Error = String;
+    fn try_from(s: DetectorSpec) -> Result<Self, String> {
+        let mmd_only = [
+            ("column", s.column.is_some()),
+            ("permutations", s.permutations.is_some()),
+            ("seed", s.seed.is_some()),
+            ("sigma", s.sigma.is_some()),
+        ];
+        match s.kind {
+            DetectorKind::Ks => {
+                only("kind ks", &mmd_only)?;
+                only("kind ks", &[("sql", s.sql.is_some()), ("drift_type", s.drift_type.is_some())])?;
+                let columns = s.columns.ok_or("kind ks needs `columns`")?;
+                if columns.is_empty() {
+                    return Err("`columns` needs at least one column".into());
+                }
+                Ok(DetectorConfig::Ks(KsDetector {
+                    name: s.name,
+                    columns,
+                    alpha: s.alpha,
+                    correction: s.correction.unwrap_or_default(),
+                }))
+            }
+            DetectorKind::Mmd => {
+                only(
+                    "kind mmd",
+                    &[
+                        ("columns", s.columns.is_some()),
+                        ("correction", s.correction.is_some()),
+                        ("sql", s.sql.is_some()),
+                        ("drift_type", s.drift_type.is_some()),
+                    ],
+                )?;
+                if s.sigma.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
+                    return Err("`sigma` must be a positive number".into());
+                }
+                Ok(DetectorConfig::Mmd(MmdDetector {
+                    name: s.name,
+                    column: s.column.unwrap_or_else(|| "embedding".into()),
+                    alpha: s.alpha,
+                    permutations: s.permutations.unwrap_or(Positive(200)),
+                    seed: s.seed.unwrap_or(0),
+                    sigma: s.sigma,
+                }))
+            }
+            DetectorKind::Sql => {
+                only("kind sql", &mmd_only)?;
+                only("kind sql", &[("columns", s.columns.is_some())])?;
+                Ok(DetectorConfig::Sql(SqlDetector {
+                    name: s.name,
+                    sql: s.sql.ok_or("kind sql needs `sql`")?,
+                    alpha: s.alpha,
+                    correction: s.correction.unwrap_or_default(),
+                    drift_type: s.drift_type,
+                }))
+            }
+        }
+    }
+}
+
+/// `kind: ks` (fields as in [`DetectorSpec`]).
+#[derive(Debug, Clone)]
+pub struct KsDetector {
+    pub name: String,
+    pub columns: Vec<String>,
+    pub alpha: Alpha,
     pub correction: Correction,
 }
 
-/// `kind: mmd`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `kind: mmd` (fields as in [`DetectorSpec`]).
+#[derive(Debug, Clone)]
 pub struct MmdDetector {
-    /// Detector name (unique in the pipeline).
     pub name: String,
-    /// Vector column (default `embedding`).
-    #[serde(default = "embedding_col")]
     pub column: String,
-    /// Significance level (default 0.01).
-    #[serde(default)]
     pub alpha: Alpha,
-    /// Permutations for the p-value (default 200; p ≥ 1/(permutations+1)).
-    #[serde(default = "default_perms")]
     pub permutations: Positive,
-    /// Seed of the permutations (default 0).
-    #[serde(default)]
     pub seed: u64,
-    /// Kernel bandwidth; default: median heuristic on the reference.
-    #[serde(default)]
     pub sigma: Option<f64>,
 }
 
-fn embedding_col() -> String {
-    "embedding".into()
-}
-fn default_perms() -> Positive {
-    Positive(200)
-}
-
-/// `kind: sql`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `kind: sql` (fields as in [`DetectorSpec`]).
+#[derive(Debug, Clone)]
 pub struct SqlDetector {
-    /// Detector name (unique in the pipeline).
     pub name: String,
-    /// A SELECT over `windows` returning an optional `key` column and one or
-    /// more result columns of a test function (`ks_test`, `mmd_test`), each a
-    /// struct with `statistic` and `p_value`; group by `key` for per-key drift.
     pub sql: String,
-    /// Significance level per result column (default 0.01).
-    #[serde(default)]
     pub alpha: Alpha,
-    /// Correction across result columns (default bonferroni).
-    #[serde(default)]
     pub correction: Correction,
-    /// Kind of drift the query watches: covariate (default), label or concept.
-    #[serde(default)]
     pub drift_type: Option<crate::alert::DriftType>,
 }
 
@@ -494,11 +699,6 @@ impl Pipeline {
                 return Err(self.err("source.start", e));
             }
         }
-        if let Some(s) = self.window.current.slide {
-            if s.get() > self.window.current.size.get() {
-                return Err(self.err("window.current.slide", "must not exceed window.current.size"));
-            }
-        }
         if self.detectors.is_empty() {
             return Err(self.err("detectors", "at least one detector is needed"));
         }
@@ -506,16 +706,6 @@ impl Pipeline {
         for (i, d) in self.detectors.iter().enumerate() {
             if !names.insert(d.name()) {
                 return Err(self.err(format!("detectors[{i}].name"), format!("duplicate detector name `{}`", d.name())));
-            }
-            if let DetectorConfig::Ks(k) = d {
-                if k.columns.is_empty() {
-                    return Err(self.err(format!("detectors[{i}].columns"), "at least one column is needed"));
-                }
-            }
-            if let DetectorConfig::Mmd(m) = d {
-                if m.sigma.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
-                    return Err(self.err(format!("detectors[{i}].sigma"), "must be a positive number"));
-                }
             }
         }
         Ok(())

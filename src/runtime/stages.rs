@@ -12,7 +12,7 @@ use crate::alert::{self, Evaluation};
 use crate::config::{ConfigError, DetectorConfig, Pipeline, ReferenceConfig};
 use crate::decode::{Decoder, Rejection};
 use crate::detect::Detectors;
-use crate::model::Model;
+use crate::model::{Model, ModelError};
 use crate::schema::{EventSchema, FieldKind};
 use crate::source::{RawRecord, file};
 use crate::transform::Transform;
@@ -66,7 +66,12 @@ impl Stages {
                     return Err(cfg_err("model.shape".into(), format!("shape {shape:?} has {} elements, column `{}` has {len}", shape.iter().product::<usize>(), m.input)));
                 }
                 let path = pipeline.resolve(&m.path);
-                let model = Model::load(m, &path, shape)?;
+                // Problems of the model file itself are problems of this pipeline's `model` section.
+                let model = Model::load(m, &path, shape).map_err(|e| match e {
+                    ModelError::File { .. } | ModelError::Invalid { .. } => cfg_err("model.path".into(), e.to_string()),
+                    ModelError::Mismatch { .. } => cfg_err("model".into(), e.to_string()),
+                    other => other.into(),
+                })?;
                 current = model.output_schema(&current);
                 Some(model)
             }

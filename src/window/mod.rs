@@ -95,6 +95,8 @@ impl Windows {
             };
             self.push_key(key, part, &mut due)?;
         }
+        // Stream order, whatever the keys' order inside the batch was.
+        due.sort_by_key(|d| (d.coords.end.1, d.coords.end.0));
         Ok(due)
     }
 
