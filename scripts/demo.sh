@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo build --quiet --bin driftwatch
+# `--tests` builds the binary with the same dependency features as the test
+# suite, so the demo and the tests share one warm build instead of two.
+cargo build --quiet --tests
 exec "$CARGO_TARGET_DIR/debug/driftwatch" demo "$@"

@@ -24,7 +24,11 @@ use crate::source::RawRecord;
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -41,7 +45,11 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     let SourceConfig::Kafka(src) = pipeline.source.clone() else {
         return Err(other("the bench pipeline must have a kafka source"));
     };
-    for t in [&src.topic, &pipeline.output.alerts_topic, &pipeline.output.dead_letter_topic] {
+    for t in [
+        &src.topic,
+        &pipeline.output.alerts_topic,
+        &pipeline.output.dead_letter_topic,
+    ] {
         broker.create_topic(t, 1).map_err(other)?;
     }
     // Distinct payloads, cycled: the stream is long, the generation cheap.
@@ -50,7 +58,15 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     let payloads: Vec<Vec<u8>> = (0..4096u64)
         .map(|i| {
             let img = &pool[rng.random_range(0..pool.len())];
-            serde_json::to_vec(&make_event(img, &mut rng, None, "bench", i, 1_767_225_600_000 + i as i64)).unwrap_or_default()
+            serde_json::to_vec(&make_event(
+                img,
+                &mut rng,
+                None,
+                "bench",
+                i,
+                1_767_225_600_000 + i as i64,
+            ))
+            .unwrap_or_default()
         })
         .collect();
     let t = Instant::now();
@@ -74,9 +90,15 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
             }
         }
     }
-    producer.flush(Timeout::After(std::time::Duration::from_secs(120))).map_err(other)?;
+    producer
+        .flush(Timeout::After(std::time::Duration::from_secs(120)))
+        .map_err(other)?;
     drop(producer);
-    println!("produced {events} events in {:.1} s; RSS after produce {} MiB", t.elapsed().as_secs_f64(), rss_kib("VmRSS:") / 1024);
+    println!(
+        "produced {events} events in {:.1} s; RSS after produce {} MiB",
+        t.elapsed().as_secs_f64(),
+        rss_kib("VmRSS:") / 1024
+    );
     let rss_base = rss_kib("VmRSS:");
 
     // Ceiling 1: consume + decode alone.
@@ -93,11 +115,18 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     let mut batches = vec![];
     let (mut n, mut t0) = (0u64, None);
     while n < events {
-        let Some(m) = consumer.poll(std::time::Duration::from_millis(500)) else { continue };
+        let Some(m) = consumer.poll(std::time::Duration::from_millis(500)) else {
+            continue;
+        };
         let m = m.map_err(other)?;
         t0.get_or_insert_with(Instant::now);
         use rdkafka::Message;
-        let rec = RawRecord { payload: m.payload().map(<[u8]>::to_vec), partition: m.partition(), offset: m.offset(), timestamp_ms: None };
+        let rec = RawRecord {
+            payload: m.payload().map(<[u8]>::to_vec),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: None,
+        };
         let _ = dec.decode(&rec);
         n += 1;
         if dec.len() >= max {
@@ -130,7 +159,10 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     let t = Instant::now();
     runtime::run(
         stages,
-        RunOptions { max_events: Some(events), group_id: Some("driftwatch-bench".into()) },
+        RunOptions {
+            max_events: Some(events),
+            group_id: Some("driftwatch-bench".into()),
+        },
         Arc::new(AtomicBool::new(false)),
         stats.clone(),
         None,

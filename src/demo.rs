@@ -68,7 +68,11 @@ impl DemoSummary {
             if s != scanner || ph != phase {
                 continue;
             }
-            for e in self.evaluations.iter().filter(|e| e.drift && e.key.as_deref() == Some(s.as_str())) {
+            for e in self
+                .evaluations
+                .iter()
+                .filter(|e| e.drift && e.key.as_deref() == Some(s.as_str()))
+            {
                 let end = e.window.current_offsets.iter().map(|r| r.last).max().unwrap_or(-1);
                 if end >= *first && end <= *last {
                     out.entry(e.detector.clone()).or_insert(end - first + 1);
@@ -85,12 +89,21 @@ pub fn load_pool(path: &Path) -> Result<Vec<PoolImage>, RuntimeError> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| RuntimeError::Other(format!("{}:{}: {e}", path.display(), i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| RuntimeError::Other(format!("{}:{}: {e}", path.display(), i + 1)))
+        })
         .collect()
 }
 
 /// One event JSON: an image from the pool with seeded noise and an optional shift.
-pub fn make_event(img: &PoolImage, rng: &mut ChaCha8Rng, shift: Option<(f32, f32)>, scanner: &str, id: u64, ts: i64) -> serde_json::Value {
+pub fn make_event(
+    img: &PoolImage,
+    rng: &mut ChaCha8Rng,
+    shift: Option<(f32, f32)>,
+    scanner: &str,
+    id: u64,
+    ts: i64,
+) -> serde_json::Value {
     let px: Vec<f32> = img
         .pixels
         .iter()
@@ -117,10 +130,25 @@ pub fn make_event(img: &PoolImage, rng: &mut ChaCha8Rng, shift: Option<(f32, f32
 
 /// The demo's phases per scanner.
 pub fn phases(n: usize) -> Vec<(&'static str, Vec<Phase>)> {
-    let clean = |name| Phase { name, events: n, shift: None };
+    let clean = |name| Phase {
+        name,
+        events: n,
+        shift: None,
+    };
     vec![
         ("a", vec![clean("reference"), clean("clean"), clean("clean, later")]),
-        ("b", vec![clean("reference"), clean("clean"), Phase { name: "new scanner (covariate)", events: n, shift: Some((0.6, 3.0)) }]),
+        (
+            "b",
+            vec![
+                clean("reference"),
+                clean("clean"),
+                Phase {
+                    name: "new scanner (covariate)",
+                    events: n,
+                    shift: Some((0.6, 3.0)),
+                },
+            ],
+        ),
     ]
 }
 
@@ -136,17 +164,34 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
         return Err(RuntimeError::Other("the demo pipeline must have a kafka source".into()));
     };
     let scanners = phases(opts.phase_events);
-    for (t, parts) in [(&src.topic, scanners.len() as i32), (&pipeline.output.alerts_topic, 1), (&pipeline.output.dead_letter_topic, 1)] {
-        broker.create_topic(t, parts).map_err(|e| RuntimeError::Other(e.to_string()))?;
+    for (t, parts) in [
+        (&src.topic, scanners.len() as i32),
+        (&pipeline.output.alerts_topic, 1),
+        (&pipeline.output.dead_letter_topic, 1),
+    ] {
+        broker
+            .create_topic(t, parts)
+            .map_err(|e| RuntimeError::Other(e.to_string()))?;
     }
     if let Some(t) = &pipeline.output.stats_topic {
-        broker.create_topic(t, 1).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        broker
+            .create_topic(t, 1)
+            .map_err(|e| RuntimeError::Other(e.to_string()))?;
     }
     if opts.live {
-        eprintln!("embedded broker at {bootstrap}; producing {} events…", scanners.iter().map(|s| s.1.iter().map(|p| p.events).sum::<usize>()).sum::<usize>());
+        eprintln!(
+            "embedded broker at {bootstrap}; producing {} events…",
+            scanners
+                .iter()
+                .map(|s| s.1.iter().map(|p| p.events).sum::<usize>())
+                .sum::<usize>()
+        );
     }
     let pool = load_pool(&opts.pool)?;
-    let producer: FutureProducer = broker.client_config().create().map_err(|e| RuntimeError::Kafka { what: "demo producer".into(), source: e })?;
+    let producer: FutureProducer = broker.client_config().create().map_err(|e| RuntimeError::Kafka {
+        what: "demo producer".into(),
+        source: e,
+    })?;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut summary = DemoSummary::default();
     let mut total = 0u64;
@@ -155,14 +200,25 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
         let key = format!("scanner-{scanner}");
         let mut offset = 0i64;
         for phase in ph {
-            summary.phases.push((key.clone(), phase.name.to_string(), offset, offset + phase.events as i64 - 1));
+            summary.phases.push((
+                key.clone(),
+                phase.name.to_string(),
+                offset,
+                offset + phase.events as i64 - 1,
+            ));
             for _ in 0..phase.events {
                 let img = &pool[rng.random_range(0..pool.len())];
                 let ts = 1_767_225_600_000 + offset * 100;
                 let ev = make_event(img, &mut rng, phase.shift, &key, offset as u64, ts);
                 let body = serde_json::to_vec(&ev).unwrap_or_default();
-                let rec = FutureRecord::to(&src.topic).payload(&body).key(&key).partition(part as i32);
-                futures.push(producer.send_result(rec).map_err(|(e, _)| RuntimeError::Kafka { what: "demo produce".into(), source: e })?);
+                let rec = FutureRecord::to(&src.topic)
+                    .payload(&body)
+                    .key(&key)
+                    .partition(part as i32);
+                futures.push(producer.send_result(rec).map_err(|(e, _)| RuntimeError::Kafka {
+                    what: "demo produce".into(),
+                    source: e,
+                })?);
                 offset += 1;
                 total += 1;
             }
@@ -170,7 +226,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
     }
     for f in futures {
         if !matches!(f.await, Ok(Ok(_))) {
-            return Err(RuntimeError::Other("demo: an event was not delivered to the embedded broker".into()));
+            return Err(RuntimeError::Other(
+                "demo: an event was not delivered to the embedded broker".into(),
+            ));
         }
     }
     let stages = Stages::build(pipeline).await?;
@@ -186,7 +244,16 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
     });
     let stats = Arc::new(RunStats::default());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let run = runtime::run(stages, RunOptions { max_events: Some(total), group_id: None }, shutdown, stats.clone(), Some(observer));
+    let run = runtime::run(
+        stages,
+        RunOptions {
+            max_events: Some(total),
+            group_id: None,
+        },
+        shutdown,
+        stats.clone(),
+        Some(observer),
+    );
     tokio::time::timeout(Duration::from_secs(300), run)
         .await
         .map_err(|_| RuntimeError::Other("demo: pipeline did not finish within 300 s".into()))??;
@@ -205,7 +272,13 @@ pub fn live_line(e: &Evaluation, color: bool) -> String {
     } else {
         "  ok "
     };
-    let worst = e.tests.iter().filter(|t| t.drift).map(|t| t.column.as_str()).collect::<Vec<_>>().join(",");
+    let worst = e
+        .tests
+        .iter()
+        .filter(|t| t.drift)
+        .map(|t| t.column.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     format!(
         "{flag} {:<10} eval {:>3}  {:<16} {:<4} stat {:>9.5}  p {:>9.3e}  (threshold {:.1e}){}",
         e.key.as_deref().unwrap_or("-"),
@@ -215,13 +288,19 @@ pub fn live_line(e: &Evaluation, color: bool) -> String {
         e.statistic,
         e.p_value,
         e.threshold,
-        if worst.is_empty() { String::new() } else { format!("  drifted: {worst}") }
+        if worst.is_empty() {
+            String::new()
+        } else {
+            format!("  drifted: {worst}")
+        }
     )
 }
 
 /// The summary table printed at the end.
 pub fn summary_table(s: &DemoSummary, detectors: &[String]) -> String {
-    let mut out = String::from("\nscanner     phase                      detectors fired (events into the phase at first alert)\n");
+    let mut out = String::from(
+        "\nscanner     phase                      detectors fired (events into the phase at first alert)\n",
+    );
     for (scanner, phase, first, last) in &s.phases {
         let fired = s.fired(scanner, phase);
         let cell = if phase == "reference" {
@@ -229,10 +308,20 @@ pub fn summary_table(s: &DemoSummary, detectors: &[String]) -> String {
         } else if fired.is_empty() {
             "none".to_string()
         } else {
-            detectors.iter().filter_map(|d| fired.get(d).map(|n| format!("{d} after {n}"))).collect::<Vec<_>>().join(", ")
+            detectors
+                .iter()
+                .filter_map(|d| fired.get(d).map(|n| format!("{d} after {n}")))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         out += &format!("{scanner:<11} {:<26} {cell}   [offsets {first}..{last}]\n", phase);
     }
-    out += &format!("\n{} events read, {} dead-lettered, {} evaluations, {} alerts\n", s.received, s.dead_lettered, s.evaluations.len(), s.evaluations.iter().filter(|e| e.drift).count());
+    out += &format!(
+        "\n{} events read, {} dead-lettered, {} evaluations, {} alerts\n",
+        s.received,
+        s.dead_lettered,
+        s.evaluations.len(),
+        s.evaluations.iter().filter(|e| e.drift).count()
+    );
     out
 }

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use driftwatch::runtime::{self, RunOptions, RunStats, RuntimeError};
 
 #[derive(Parser)]
-#[command(name = "driftwatch", version, about = "Streaming drift detection for ML models, straight off Kafka")]
+#[command(
+    name = "driftwatch",
+    version,
+    about = "Streaming drift detection for ML models, straight off Kafka"
+)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
@@ -79,10 +83,13 @@ enum Cmd {
     },
 }
 
-fn init_logging(json: bool) {
+/// Logs go to stderr; `DRIFTWATCH_LOG` (tracing filter syntax) overrides the default level.
+fn init_logging(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTWATCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -92,14 +99,22 @@ fn init_logging(json: bool) {
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<RuntimeError>() {
-        Some(RuntimeError::Config(_) | RuntimeError::Model(_) | RuntimeError::Transform(_) | RuntimeError::File(_)) => 2,
+        Some(RuntimeError::Config(_) | RuntimeError::Model(_) | RuntimeError::Transform(_) | RuntimeError::File(_)) => {
+            2
+        }
         _ => 1,
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    // The demo and the benchmark print their own view; per-evaluation log lines would bury it.
+    let default = if matches!(cli.cmd, Cmd::Demo { .. } | Cmd::Bench { .. }) {
+        "warn"
+    } else {
+        "info,rdkafka=warn"
+    };
+    init_logging(cli.log_json, default);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -144,11 +159,22 @@ fn on_signal(flag: Arc<AtomicBool>) {
 
 async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Run { pipeline, group_id, max_events } => {
+        Cmd::Run {
+            pipeline,
+            group_id,
+            max_events,
+        } => {
             let stages = runtime::validate(&pipeline).await?;
             let shutdown = Arc::new(AtomicBool::new(false));
             on_signal(shutdown.clone());
-            runtime::run(stages, RunOptions { max_events, group_id }, shutdown, Arc::new(RunStats::default()), None).await?;
+            runtime::run(
+                stages,
+                RunOptions { max_events, group_id },
+                shutdown,
+                Arc::new(RunStats::default()),
+                None,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Validate { pipelines } => {
@@ -162,9 +188,17 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
-        Cmd::Compare { pipeline, reference, current } => {
+        Cmd::Compare {
+            pipeline,
+            reference,
+            current,
+        } => {
             let stages = runtime::validate(&pipeline).await?;
             let report = runtime::compare(stages, &reference, &current).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -174,7 +208,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let b = driftwatch::broker::Broker::start(brokers)?;
             for t in &topics {
                 let (name, parts) = match t.split_once(':') {
-                    Some((n, p)) => (n, p.parse::<i32>().with_context(|| format!("--topic {t}: partitions must be a number"))?),
+                    Some((n, p)) => (
+                        n,
+                        p.parse::<i32>()
+                            .with_context(|| format!("--topic {t}: partitions must be a number"))?,
+                    ),
                     None => (t.as_str(), 1),
                 };
                 b.create_topic(name, parts)?;
@@ -184,8 +222,19 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             tokio::signal::ctrl_c().await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo { pipeline, pool, phase_events, seed } => {
-            let opts = driftwatch::demo::DemoOptions { pipeline: pipeline.clone(), pool, seed, phase_events, live: true };
+        Cmd::Demo {
+            pipeline,
+            pool,
+            phase_events,
+            seed,
+        } => {
+            let opts = driftwatch::demo::DemoOptions {
+                pipeline: pipeline.clone(),
+                pool,
+                seed,
+                phase_events,
+                live: true,
+            };
             let summary = driftwatch::demo::run(opts).await?;
             let p = driftwatch::config::Pipeline::load(&pipeline)?;
             let names: Vec<String> = p.detectors.iter().map(|d| d.name().to_string()).collect();

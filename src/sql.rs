@@ -28,7 +28,10 @@ pub struct SwapTable {
 
 impl SwapTable {
     pub fn new(schema: SchemaRef) -> Self {
-        Self { schema, batches: RwLock::new(vec![]) }
+        Self {
+            schema,
+            batches: RwLock::new(vec![]),
+        }
     }
 
     /// Replaces the table's contents.
@@ -53,7 +56,11 @@ impl TableProvider for SwapTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batches = self.batches.read().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
     }
 }
 
@@ -68,7 +75,9 @@ impl SqlStage {
     pub fn new(name: &str, schema: SchemaRef) -> Result<Self> {
         // One partition: windows are small and the plans run many times; the
         // parallelism is across pipeline stages, not inside one query.
-        let config = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+        let config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_information_schema(false);
         let ctx = SessionContext::new_with_config(config);
         for f in crate::detect::udaf::all() {
             ctx.register_udaf(f);
@@ -80,7 +89,10 @@ impl SqlStage {
 
     /// Plans a query once; only SELECTs are allowed.
     pub async fn plan(&self, sql: &str) -> Result<LogicalPlan> {
-        let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let opts = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
         let df = self.ctx.sql_with_options(sql, opts).await?;
         Ok(df.into_optimized_plan()?)
     }

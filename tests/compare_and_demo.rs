@@ -25,7 +25,12 @@ fn shifted_copy(dir: &std::path::Path) -> std::path::PathBuf {
     let mut out = String::new();
     for line in text.lines() {
         let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let px: Vec<f64> = v["pixels"].as_array().unwrap().iter().map(|p| (p.as_f64().unwrap() * 0.6 + 3.0).min(16.0)).collect();
+        let px: Vec<f64> = v["pixels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p.as_f64().unwrap() * 0.6 + 3.0).min(16.0))
+            .collect();
         v["mean_intensity"] = (px.iter().sum::<f64>() / 64.0).into();
         v["ink_fraction"] = (px.iter().filter(|p| **p > 4.0).count() as f64 / 64.0).into();
         v["pixels"] = px.into();
@@ -68,10 +73,20 @@ async fn demo_flags_the_new_scanner_and_nothing_else() {
     let s = driftwatch::demo::run(opts).await.expect("demo runs");
     assert_eq!(s.received, 6000);
     assert_eq!(s.dead_lettered, 0);
-    assert!(s.evaluations.len() >= 2 * 7 * 2, "every window of both scanners evaluated by both detectors");
-    let a_alerts: Vec<_> = s.evaluations.iter().filter(|e| e.drift && e.key.as_deref() == Some("scanner-a")).collect();
+    assert!(
+        s.evaluations.len() >= 2 * 7 * 2,
+        "every window of both scanners evaluated by both detectors"
+    );
+    let a_alerts: Vec<_> = s
+        .evaluations
+        .iter()
+        .filter(|e| e.drift && e.key.as_deref() == Some("scanner-a"))
+        .collect();
     assert!(a_alerts.is_empty(), "scanner a never changes: {a_alerts:#?}");
-    assert!(s.fired("scanner-b", "clean").is_empty(), "no alert before the new scanner");
+    assert!(
+        s.fired("scanner-b", "clean").is_empty(),
+        "no alert before the new scanner"
+    );
     let fired = s.fired("scanner-b", "new scanner (covariate)");
     assert!(fired.contains_key("image_features_ks"), "{fired:?}");
     assert!(fired.contains_key("embedding_mmd"), "{fired:?}");

@@ -29,7 +29,12 @@ output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq, stats_to
 
 fn setup(topic: &str) -> (Broker, tempfile::TempDir, std::path::PathBuf) {
     let broker = Broker::start(1).unwrap();
-    for t in [topic.to_string(), format!("{topic}-alerts"), format!("{topic}-dlq"), format!("{topic}-stats")] {
+    for t in [
+        topic.to_string(),
+        format!("{topic}-alerts"),
+        format!("{topic}-dlq"),
+        format!("{topic}-stats"),
+    ] {
         broker.create_topic(&t, 1).unwrap();
     }
     // SAFETY of set_var: a per-test variable name, set before the pipeline reads it.
@@ -60,7 +65,10 @@ async fn mean_shift_alerts_and_no_shift_does_not() {
     let a = &alerts[0];
     let v = alert_validator();
     let errors: Vec<String> = v.iter_errors(a).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "alert does not match schemas/alert.schema.json: {errors:?}\n{a:#}");
+    assert!(
+        errors.is_empty(),
+        "alert does not match schemas/alert.schema.json: {errors:?}\n{a:#}"
+    );
     assert_eq!(a["detector"], "x_ks");
     assert_eq!(a["drift_type"], "covariate");
     assert_eq!(a["evaluation"], 4);
@@ -97,7 +105,11 @@ async fn bad_events_go_to_the_dead_letter_topic_and_good_ones_go_on() {
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(stats.dead_lettered.load(Relaxed), bad.len() as u64);
     assert_eq!(stats.decoded.load(Relaxed), 700);
-    assert_eq!(stats.evaluations.load(Relaxed), 1, "the 400 good events after the reference fill one window");
+    assert_eq!(
+        stats.evaluations.load(Relaxed),
+        1,
+        "the 400 good events after the reference fill one window"
+    );
 
     let dlq = read_topic(&broker, "bad-dlq", bad.len(), Duration::from_secs(20));
     let reasons: Vec<&str> = dlq.iter().map(|d| d["reason"].as_str().unwrap()).collect();
@@ -126,11 +138,21 @@ async fn restart_resumes_from_committed_offsets_without_resending_alerts() {
     assert_eq!(first.len(), 1, "one shifted window evaluated before the stop");
     // The restart reads the rest (it replays the reference from the committed offset).
     let stats = run_pipeline(&p, 1500, "g-restart").await;
-    assert!(stats.suppressed.load(std::sync::atomic::Ordering::Relaxed) >= 1, "already delivered evaluations are not redone");
+    assert!(
+        stats.suppressed.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "already delivered evaluations are not redone"
+    );
     let all = read_topic(&broker, "restart-alerts", 2, Duration::from_secs(10));
     let ids: HashSet<&str> = all.iter().map(|a| a["alert_id"].as_str().unwrap()).collect();
-    assert_eq!(all.len(), 2, "the second shifted window alerts once; the first is not re-sent: {all:#?}");
+    assert_eq!(
+        all.len(),
+        2,
+        "the second shifted window alerts once; the first is not re-sent: {all:#?}"
+    );
     assert_eq!(ids.len(), 2);
-    let lasts: Vec<i64> = all.iter().map(|a| a["window"]["current_offsets"][0]["last"].as_i64().unwrap()).collect();
+    let lasts: Vec<i64> = all
+        .iter()
+        .map(|a| a["window"]["current_offsets"][0]["last"].as_i64().unwrap())
+        .collect();
     assert_eq!(lasts, vec![899, 1199]);
 }

@@ -12,7 +12,11 @@ use common::root;
 async fn shipped_pipelines_validate() {
     for p in ["pipelines/digits.yaml", "pipelines/bench.yaml"] {
         let stages = driftwatch::runtime::validate(&root().join(p)).await;
-        assert!(stages.is_ok(), "{p}: {}", stages.err().map(|e| e.to_string()).unwrap_or_default());
+        assert!(
+            stages.is_ok(),
+            "{p}: {}",
+            stages.err().map(|e| e.to_string()).unwrap_or_default()
+        );
     }
 }
 
@@ -32,7 +36,10 @@ async fn each_invalid_pipeline_fails_with_its_message() {
             .unwrap_or_else(|| panic!("{} has no `# expect:` header", f.display()))
             .to_string();
         match driftwatch::runtime::validate(f).await {
-            Ok(_) => failures.push(format!("{}: validated, expected an error containing {expect:?}", f.display())),
+            Ok(_) => failures.push(format!(
+                "{}: validated, expected an error containing {expect:?}",
+                f.display()
+            )),
             Err(e) => {
                 let msg = e.to_string();
                 if !msg.contains(&expect) {
@@ -56,7 +63,10 @@ fn the_cli_exits_non_zero_and_names_each_file() {
     assert_eq!(out.status.code(), Some(2));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("ok: ") && stdout.contains("digits.yaml"), "{stdout}");
-    assert!(stdout.contains("zero_window_size.yaml:7:19: window.current.size"), "{stdout}");
+    assert!(
+        stdout.contains("zero_window_size.yaml:7:19: window.current.size"),
+        "{stdout}"
+    );
     assert!(stdout.contains("unknown_key.yaml:6:1: detectorz"), "{stdout}");
 }
 
@@ -75,7 +85,11 @@ fn env_secrets_are_never_printed() {
         .env("DW_SECRET_SIZE", "s3cr3t-token")
         .output()
         .unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(!all.contains("s3cr3t-token"), "secret leaked: {all}");
     assert!(all.contains("window.reference.size") && all.contains("***"), "{all}");

@@ -86,7 +86,12 @@ pub fn drift_type_of(kind: &str, configured: Option<DriftType>) -> DriftType {
 }
 
 /// Builds the evaluation record of a detector result.
-pub fn evaluation(pipeline: &str, r: &DetectorResult, drift_type: DriftType, model: Option<&ModelIdentity>) -> Evaluation {
+pub fn evaluation(
+    pipeline: &str,
+    r: &DetectorResult,
+    drift_type: DriftType,
+    model: Option<&ModelIdentity>,
+) -> Evaluation {
     let c = r.coords.clone().unwrap_or_else(|| crate::window::Coords {
         reference_size: 0,
         current_size: 0,
@@ -113,7 +118,11 @@ pub fn evaluation(pipeline: &str, r: &DetectorResult, drift_type: DriftType, mod
             current_offsets: c
                 .current_offsets
                 .iter()
-                .map(|(p, (f, l))| OffsetRange { partition: *p, first: *f, last: *l })
+                .map(|(p, (f, l))| OffsetRange {
+                    partition: *p,
+                    first: *f,
+                    last: *l,
+                })
                 .collect(),
             current_start_ms: c.current_time_ms.0,
             current_end_ms: c.current_time_ms.1,

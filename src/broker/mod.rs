@@ -35,12 +35,19 @@ impl Broker {
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
         self.cluster
             .create_topic(topic, partitions.max(1), 1)
-            .map_err(|e| BrokerError::Topic { topic: topic.into(), message: e.to_string() })
+            .map_err(|e| BrokerError::Topic {
+                topic: topic.into(),
+                message: e.to_string(),
+            })
     }
 
     /// Takes broker `id` (1-based) down or up, to simulate outages.
     pub fn set_broker_up(&self, id: i32, up: bool) -> Result<(), BrokerError> {
-        let r = if up { self.cluster.broker_up(id) } else { self.cluster.broker_down(id) };
+        let r = if up {
+            self.cluster.broker_up(id)
+        } else {
+            self.cluster.broker_down(id)
+        };
         r.map_err(|e| BrokerError::Start(e.to_string()))
     }
 

@@ -48,7 +48,11 @@ pub fn interpolate(src: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
                 Some('{') => {
                     let rest = &src[i + 2..];
                     let Some(end) = rest.find('}') else {
-                        return Err(InterpolateError { line, column: col, message: "unterminated `${`".into() });
+                        return Err(InterpolateError {
+                            line,
+                            column: col,
+                            message: "unterminated `${`".into(),
+                        });
                     };
                     let inner = &rest[..end];
                     let (name, default) = match inner.split_once(":-") {
@@ -72,7 +76,9 @@ pub fn interpolate(src: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
                             return Err(InterpolateError {
                                 line,
                                 column: col,
-                                message: format!("environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"),
+                                message: format!(
+                                    "environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"
+                                ),
                             });
                         }
                     }
@@ -143,12 +149,20 @@ mod tests {
 
     #[test]
     fn bad_name_and_unterminated() {
-        assert!(interpolate("a: ${A B}", env).unwrap_err().message.contains("invalid variable name"));
+        assert!(
+            interpolate("a: ${A B}", env)
+                .unwrap_err()
+                .message
+                .contains("invalid variable name")
+        );
         assert!(interpolate("a: ${A", env).unwrap_err().message.contains("unterminated"));
     }
 
     #[test]
     fn redacts() {
-        assert_eq!(redact("bad value hunter22 here", &["hunter22".into()]), "bad value *** here");
+        assert_eq!(
+            redact("bad value hunter22 here", &["hunter22".into()]),
+            "bad value *** here"
+        );
     }
 }

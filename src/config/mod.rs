@@ -18,14 +18,26 @@ pub enum ConfigError {
     /// The file could not be read.
     Io { path: PathBuf, source: std::io::Error },
     /// The file is not valid YAML, or does not match the expected structure.
-    Invalid { path: PathBuf, line: Option<usize>, column: Option<usize>, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        column: Option<usize>,
+        key: String,
+        message: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::Io { path, source } => write!(f, "{}: cannot read: {source}", path.display()),
-            ConfigError::Invalid { path, line, column, key, message } => {
+            ConfigError::Invalid {
+                path,
+                line,
+                column,
+                key,
+                message,
+            } => {
                 write!(f, "{}: {message}", Loc(path, *line, *column, key))
             }
         }
@@ -86,7 +98,10 @@ impl ConfigError {
 /// Reads `path`, interpolates the environment and deserializes it, rejecting
 /// unknown keys. Errors are located and have environment values redacted.
 pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+    let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.into(),
+        source,
+    })?;
     parse_yaml(path, &raw)
 }
 
@@ -143,7 +158,9 @@ pub fn locate(text: &str, key_path: &str) -> Option<(usize, usize)> {
 
 /// As [`locate`], but only when every segment of the path was found.
 pub fn locate_exact(text: &str, key_path: &str) -> Option<(usize, usize)> {
-    locate_inner(text, key_path).filter(|(_, complete)| *complete).map(|(pos, _)| pos)
+    locate_inner(text, key_path)
+        .filter(|(_, complete)| *complete)
+        .map(|(pos, _)| pos)
 }
 
 fn locate_inner(text: &str, key_path: &str) -> Option<((usize, usize), bool)> {
@@ -187,7 +204,9 @@ fn locate_inner(text: &str, key_path: &str) -> Option<((usize, usize), bool)> {
                 }
             }
         }
-        let Some((li, col)) = hit else { return found.map(|f| (f, false)) };
+        let Some((li, col)) = hit else {
+            return found.map(|f| (f, false));
+        };
         found = Some((li + 1, col + 1));
         parent_indent = col as i64;
         same_line = matches!(seg, Seg::Index(_));

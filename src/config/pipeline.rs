@@ -21,10 +21,18 @@ impl<'de> Deserialize<'de> for Positive {
                 f.write_str("a positive integer")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Positive, E> {
-                if v == 0 { Err(E::custom("expected a positive integer, got 0")) } else { Ok(Positive(v as usize)) }
+                if v == 0 {
+                    Err(E::custom("expected a positive integer, got 0"))
+                } else {
+                    Ok(Positive(v as usize))
+                }
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Positive, E> {
-                if v <= 0 { Err(E::custom(format!("expected a positive integer, got {v}"))) } else { Ok(Positive(v as usize)) }
+                if v <= 0 {
+                    Err(E::custom(format!("expected a positive integer, got {v}")))
+                } else {
+                    Ok(Positive(v as usize))
+                }
             }
         }
         d.deserialize_u64(V)
@@ -47,7 +55,9 @@ impl<'de> Deserialize<'de> for Alpha {
         if v > 0.0 && v < 1.0 {
             Ok(Alpha(v))
         } else {
-            Err(serde::de::Error::custom(format!("expected a probability strictly between 0 and 1, got {v}")))
+            Err(serde::de::Error::custom(format!(
+                "expected a probability strictly between 0 and 1, got {v}"
+            )))
         }
     }
 }
@@ -171,7 +181,9 @@ impl TryFrom<SourceSpec> for SourceConfig {
                         ("properties", !s.properties.is_empty()),
                     ],
                 )?;
-                Ok(SourceConfig::File(FileSource { path: s.path.ok_or("a file source needs `path`")? }))
+                Ok(SourceConfig::File(FileSource {
+                    path: s.path.ok_or("a file source needs `path`")?,
+                }))
             }
         }
     }
@@ -223,7 +235,9 @@ impl<'de> Deserialize<'de> for StartPosition {
                 }
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<StartPosition, A::Error> {
-                let key: String = m.next_key()?.ok_or_else(|| serde::de::Error::custom("empty start position"))?;
+                let key: String = m
+                    .next_key()?
+                    .ok_or_else(|| serde::de::Error::custom("empty start position"))?;
                 let v = match key.as_str() {
                     "timestamp" => StartPosition::Timestamp(m.next_value()?),
                     "timestamp_ms" => StartPosition::TimestampMs(m.next_value()?),
@@ -245,7 +259,13 @@ impl StartPosition {
         match self {
             StartPosition::Timestamp(s) => humantime::parse_rfc3339_weak(s)
                 .map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))
-                .map(|t| Some(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))),
+                .map(|t| {
+                    Some(
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as i64)
+                            .unwrap_or(0),
+                    )
+                }),
             StartPosition::TimestampMs(ms) => Ok(Some(*ms)),
             _ => Ok(None),
         }
@@ -287,7 +307,11 @@ fn default_max_event_bytes() -> Positive {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_events: default_max_events(), linger_ms: default_linger_ms(), max_event_bytes: default_max_event_bytes() }
+        Self {
+            max_events: default_max_events(),
+            linger_ms: default_linger_ms(),
+            max_event_bytes: default_max_event_bytes(),
+        }
     }
 }
 
@@ -354,7 +378,10 @@ fn default_logits() -> Option<String> {
 
 impl Default for ModelOutputs {
     fn default() -> Self {
-        Self { embedding: default_embedding(), logits: default_logits() }
+        Self {
+            embedding: default_embedding(),
+            logits: default_logits(),
+        }
     }
 }
 
@@ -412,11 +439,15 @@ impl TryFrom<ReferenceSpec> for ReferenceConfig {
         match s.kind {
             ReferenceType::First => {
                 only("a `first` reference", &[("path", s.path.is_some())])?;
-                Ok(ReferenceConfig::First { size: s.size.ok_or("a `first` reference needs `size`")? })
+                Ok(ReferenceConfig::First {
+                    size: s.size.ok_or("a `first` reference needs `size`")?,
+                })
             }
             ReferenceType::File => {
                 only("a `file` reference", &[("size", s.size.is_some())])?;
-                Ok(ReferenceConfig::File { path: s.path.ok_or("a `file` reference needs `path`")? })
+                Ok(ReferenceConfig::File {
+                    path: s.path.ok_or("a `file` reference needs `path`")?,
+                })
             }
         }
     }
@@ -520,7 +551,10 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
         match s.kind {
             DetectorKind::Ks => {
                 only("kind ks", &mmd_only)?;
-                only("kind ks", &[("sql", s.sql.is_some()), ("drift_type", s.drift_type.is_some())])?;
+                only(
+                    "kind ks",
+                    &[("sql", s.sql.is_some()), ("drift_type", s.drift_type.is_some())],
+                )?;
                 let columns = s.columns.ok_or("kind ks needs `columns`")?;
                 if columns.is_empty() {
                     return Err("`columns` needs at least one column".into());
@@ -677,7 +711,11 @@ impl Pipeline {
 
     /// Resolves a path relative to the pipeline file.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     fn err(&self, key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
@@ -685,7 +723,12 @@ impl Pipeline {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(self.err("name", "must be non-empty and use only letters, digits, '-', '_', '.'"));
         }
         if let SourceConfig::Kafka(k) = &self.source {
@@ -705,7 +748,10 @@ impl Pipeline {
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.detectors.iter().enumerate() {
             if !names.insert(d.name()) {
-                return Err(self.err(format!("detectors[{i}].name"), format!("duplicate detector name `{}`", d.name())));
+                return Err(self.err(
+                    format!("detectors[{i}].name"),
+                    format!("duplicate detector name `{}`", d.name()),
+                ));
             }
         }
         Ok(())

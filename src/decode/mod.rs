@@ -162,12 +162,20 @@ impl Decoder {
             })
         };
         let Some(payload) = rec.payload.as_deref() else {
-            return Err(reject(Reason::EmptyPayload, "null message value (tombstone)".into(), None));
+            return Err(reject(
+                Reason::EmptyPayload,
+                "null message value (tombstone)".into(),
+                None,
+            ));
         };
         if payload.len() > self.max_bytes {
             return Err(reject(
                 Reason::Oversized,
-                format!("event of {} bytes exceeds batch.max_event_bytes = {}", payload.len(), self.max_bytes),
+                format!(
+                    "event of {} bytes exceeds batch.max_event_bytes = {}",
+                    payload.len(),
+                    self.max_bytes
+                ),
                 None,
             ));
         }
@@ -184,7 +192,10 @@ impl Decoder {
             let nullable = f.nullable || Some(&f.name) == self.schema.label.as_ref();
             let cell = match obj.get(&f.name) {
                 None | Some(Value::Null) if nullable => Ok(Cell::Null),
-                None | Some(Value::Null) => Err((Reason::MissingField, format!("required field `{}` is missing or null", f.name))),
+                None | Some(Value::Null) => Err((
+                    Reason::MissingField,
+                    format!("required field `{}` is missing or null", f.name),
+                )),
                 Some(v) => parse_cell(f, v, &mut self.scratch),
             };
             match cell {
@@ -238,7 +249,10 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn wrong(f: &FieldSpec, want: &str, v: &Value) -> FieldErr {
-    (Reason::WrongType, format!("field `{}`: expected {want}, got {}", f.name, type_name(v)))
+    (
+        Reason::WrongType,
+        format!("field `{}`: expected {want}, got {}", f.name, type_name(v)),
+    )
 }
 
 fn parse_cell(f: &FieldSpec, v: &Value, scratch: &mut Vec<f32>) -> Result<Cell, FieldErr> {
@@ -264,7 +278,12 @@ fn parse_cell(f: &FieldSpec, v: &Value, scratch: &mut Vec<f32>) -> Result<Cell, 
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| Cell::I(d.as_millis() as i64))
-                .ok_or_else(|| (Reason::WrongType, format!("field `{}`: `{s}` is not an RFC 3339 time", f.name))),
+                .ok_or_else(|| {
+                    (
+                        Reason::WrongType,
+                        format!("field `{}`: `{s}` is not an RFC 3339 time", f.name),
+                    )
+                }),
             _ => Err(wrong(f, "epoch milliseconds or an RFC 3339 string", v)),
         },
         FieldKind::Tensor => {
@@ -275,7 +294,11 @@ fn parse_cell(f: &FieldSpec, v: &Value, scratch: &mut Vec<f32>) -> Result<Cell, 
             if got != want {
                 return Err((
                     Reason::WrongTensorLength,
-                    format!("field `{}`: expected {want} numbers (shape {:?}), got {got}", f.name, f.shape.clone().unwrap_or_default()),
+                    format!(
+                        "field `{}`: expected {want} numbers (shape {:?}), got {got}",
+                        f.name,
+                        f.shape.clone().unwrap_or_default()
+                    ),
                 ));
             }
             Ok(Cell::T(start))
@@ -293,7 +316,13 @@ fn number(f: &FieldSpec, v: &Value) -> Result<f64, FieldErr> {
         _ => return Err(wrong(f, "a number", v)),
     };
     if !x.is_finite() && !f.allow_non_finite {
-        return Err((Reason::NonFinite, format!("field `{}`: {x} is not allowed (set allow_non_finite: true to accept)", f.name)));
+        return Err((
+            Reason::NonFinite,
+            format!(
+                "field `{}`: {x} is not allowed (set allow_non_finite: true to accept)",
+                f.name
+            ),
+        ));
     }
     Ok(x)
 }
@@ -365,20 +394,35 @@ fn push(col: &mut Col, cell: Cell, scratch: &[f32]) {
 }
 
 fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
-    if valid.iter().all(|v| *v) { None } else { Some(NullBuffer::from(valid)) }
+    if valid.iter().all(|v| *v) {
+        None
+    } else {
+        Some(NullBuffer::from(valid))
+    }
 }
 
 fn finish(col: &mut Col) -> ArrayRef {
     match col {
         Col::F(v, n) => Arc::new(Float64Array::new(std::mem::take(v).into(), nulls(std::mem::take(n)))),
         Col::I(v, n) => Arc::new(Int64Array::new(std::mem::take(v).into(), nulls(std::mem::take(n)))),
-        Col::Ts(v, n) => Arc::new(TimestampMillisecondArray::new(std::mem::take(v).into(), nulls(std::mem::take(n)))),
+        Col::Ts(v, n) => Arc::new(TimestampMillisecondArray::new(
+            std::mem::take(v).into(),
+            nulls(std::mem::take(n)),
+        )),
         Col::B(v, n) => Arc::new(BooleanArray::new(std::mem::take(v).into(), nulls(std::mem::take(n)))),
         Col::S(b) => Arc::new(b.finish()),
         Col::T(v, n, len) => {
             let values = Float32Array::from(std::mem::take(v));
-            let field = Arc::new(Field::new_list_field(datafusion::arrow::datatypes::DataType::Float32, false));
-            Arc::new(FixedSizeListArray::new(field, *len as i32, Arc::new(values), nulls(std::mem::take(n))))
+            let field = Arc::new(Field::new_list_field(
+                datafusion::arrow::datatypes::DataType::Float32,
+                false,
+            ));
+            Arc::new(FixedSizeListArray::new(
+                field,
+                *len as i32,
+                Arc::new(values),
+                nulls(std::mem::take(n)),
+            ))
         }
     }
 }

@@ -13,7 +13,12 @@ fn schema() -> Arc<EventSchema> {
 }
 
 fn rec(off: i64, s: &str) -> RawRecord {
-    RawRecord { payload: Some(s.as_bytes().to_vec()), partition: 0, offset: off, timestamp_ms: Some(5) }
+    RawRecord {
+        payload: Some(s.as_bytes().to_vec()),
+        partition: 0,
+        offset: off,
+        timestamp_ms: Some(5),
+    }
 }
 
 const GOOD: &str = r#"{"site":"a","x":1.5,"ts":1000,"label":3,"px":[[1,2],[3,4]]}"#;
@@ -22,7 +27,11 @@ const GOOD: &str = r#"{"site":"a","x":1.5,"ts":1000,"label":3,"px":[[1,2],[3,4]]
 fn good_events_become_a_batch() {
     let mut d = Decoder::new(schema(), 1024);
     d.decode(&rec(0, GOOD)).unwrap();
-    d.decode(&rec(1, r#"{"site":"b","x":2,"ts":"2026-01-01T00:00:00Z","px":[1,2,3,4],"extra":true}"#)).unwrap();
+    d.decode(&rec(
+        1,
+        r#"{"site":"b","x":2,"ts":"2026-01-01T00:00:00Z","px":[1,2,3,4],"extra":true}"#,
+    ))
+    .unwrap();
     let b = d.flush().unwrap().unwrap();
     assert_eq!(b.num_rows(), 2);
     assert_eq!(b.num_columns(), 8);
@@ -38,10 +47,26 @@ fn each_kind_of_bad_event_is_rejected_with_its_reason() {
         ("{not json", Reason::MalformedJson, None),
         ("[1,2]", Reason::NotAnObject, None),
         (r#"{"x":1,"ts":1,"px":[1,2,3,4]}"#, Reason::MissingField, Some("site")),
-        (r#"{"site":"a","x":"high","ts":1,"px":[1,2,3,4]}"#, Reason::WrongType, Some("x")),
-        (r#"{"site":"a","x":1,"ts":1,"px":[1,2,3]}"#, Reason::WrongTensorLength, Some("px")),
-        (r#"{"site":"a","x":"NaN","ts":1,"px":[1,2,3,4]}"#, Reason::NonFinite, Some("x")),
-        (r#"{"site":"a","x":1,"ts":1,"px":[1,2,3,1e300]}"#, Reason::NonFinite, Some("px")),
+        (
+            r#"{"site":"a","x":"high","ts":1,"px":[1,2,3,4]}"#,
+            Reason::WrongType,
+            Some("x"),
+        ),
+        (
+            r#"{"site":"a","x":1,"ts":1,"px":[1,2,3]}"#,
+            Reason::WrongTensorLength,
+            Some("px"),
+        ),
+        (
+            r#"{"site":"a","x":"NaN","ts":1,"px":[1,2,3,4]}"#,
+            Reason::NonFinite,
+            Some("x"),
+        ),
+        (
+            r#"{"site":"a","x":1,"ts":1,"px":[1,2,3,1e300]}"#,
+            Reason::NonFinite,
+            Some("px"),
+        ),
     ];
     for (i, (payload, reason, field)) in cases.iter().enumerate() {
         let r = d.decode(&rec(i as i64, payload)).unwrap_err();
@@ -52,7 +77,12 @@ fn each_kind_of_bad_event_is_rejected_with_its_reason() {
     }
     let big = format!(r#"{{"site":"{}"}}"#, "a".repeat(300));
     assert_eq!(d.decode(&rec(9, &big)).unwrap_err().reason, Reason::Oversized);
-    let tomb = RawRecord { payload: None, partition: 1, offset: 10, timestamp_ms: None };
+    let tomb = RawRecord {
+        payload: None,
+        partition: 1,
+        offset: 10,
+        timestamp_ms: None,
+    };
     assert_eq!(d.decode(&tomb).unwrap_err().reason, Reason::EmptyPayload);
     // Nothing half-appended: a good event after all the bad ones is the only row.
     d.decode(&rec(11, GOOD)).unwrap();

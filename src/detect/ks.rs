@@ -45,7 +45,10 @@ pub fn ks_2samp_sorted(a: &[f64], b: &[f64]) -> Option<KsResult> {
         return None;
     }
     let (d, p) = statistic_and_p(statistic_sorted(a, b), n1, n2);
-    Some(KsResult { statistic: d, p_value: p.clamp(0.0, 1.0) })
+    Some(KsResult {
+        statistic: d,
+        p_value: p.clamp(0.0, 1.0),
+    })
 }
 
 /// sup |F_a − F_b| by a merge walk; equal values are consumed on both sides
@@ -90,7 +93,11 @@ pub fn statistic_and_p(d: f64, n1: usize, n2: usize) -> (f64, f64) {
         if h == 0 {
             return (d, 1.0);
         }
-        let p = if n1 == n2 { prob_outside_square(n1, h) } else { outer_prob_inside(n1, n2, g, h) };
+        let p = if n1 == n2 {
+            prob_outside_square(n1, h)
+        } else {
+            outer_prob_inside(n1, n2, g, h)
+        };
         if p.is_finite() && (0.0..=1.0).contains(&p) {
             return (d, p);
         }
@@ -243,13 +250,23 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let cases = v["cases"].as_array().unwrap();
         assert!(cases.len() >= 20);
-        let nums = |x: &serde_json::Value| x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap()).collect::<Vec<_>>();
+        let nums = |x: &serde_json::Value| {
+            x.as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_f64().unwrap())
+                .collect::<Vec<_>>()
+        };
         for c in cases {
             let (a, b) = (nums(&c["a"]), nums(&c["b"]));
             let r = ks_2samp(&a, &b).unwrap();
             let (ws, wp) = (c["statistic"].as_f64().unwrap(), c["p_value"].as_f64().unwrap());
             let what = format!("{} n={} m={}", c["kind"], a.len(), b.len());
-            assert!((r.statistic - ws).abs() <= 1e-12 * ws.abs().max(1e-300), "{what}: D {} vs {ws}", r.statistic);
+            assert!(
+                (r.statistic - ws).abs() <= 1e-12 * ws.abs().max(1e-300),
+                "{what}: D {} vs {ws}",
+                r.statistic
+            );
             assert!((r.p_value - wp).abs() <= 1e-9, "{what}: p {} vs {wp}", r.p_value);
             // Symmetric in its arguments.
             let s = ks_2samp(&b, &a).unwrap();

@@ -35,7 +35,11 @@ pub struct MmdOptions {
 
 impl Default for MmdOptions {
     fn default() -> Self {
-        Self { permutations: 200, seed: 0, sigma: None }
+        Self {
+            permutations: 200,
+            seed: 0,
+            sigma: None,
+        }
     }
 }
 
@@ -99,7 +103,11 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         }
     }
     let p = (1 + exceed) as f64 / (opts.permutations + 1) as f64;
-    Some(MmdResult { statistic: t, p_value: p, sigma })
+    Some(MmdResult {
+        statistic: t,
+        p_value: p,
+        sigma,
+    })
 }
 
 fn mmd_from_sums(xx: f64, xy: f64, yy: f64, n: usize, m: usize) -> f64 {
@@ -143,7 +151,10 @@ pub fn median_heuristic_sigma(reference: &[f64], dim: usize) -> f64 {
     let mut d = Vec::with_capacity(n * (n.saturating_sub(1)) / 2);
     for i in 0..n {
         for j in (i + 1)..n {
-            d.push(sq_dist(&reference[i * dim..(i + 1) * dim], &reference[j * dim..(j + 1) * dim]));
+            d.push(sq_dist(
+                &reference[i * dim..(i + 1) * dim],
+                &reference[j * dim..(j + 1) * dim],
+            ));
         }
     }
     if d.is_empty() {
@@ -157,7 +168,11 @@ pub fn median_heuristic_sigma(reference: &[f64], dim: usize) -> f64 {
         let lo = d[..mid].iter().copied().fold(f64::NEG_INFINITY, f64::max);
         (lo + hi) / 2.0
     };
-    if med > 0.0 && med.is_finite() { (med / 2.0).sqrt() } else { 1.0 }
+    if med > 0.0 && med.is_finite() {
+        (med / 2.0).sqrt()
+    } else {
+        1.0
+    }
 }
 
 #[cfg(test)]
@@ -210,9 +225,24 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let x = gauss(&mut rng, 40, 3, 0.0);
         let y = gauss(&mut rng, 30, 3, 0.5);
-        let r = mmd_test(&x, &y, 3, &MmdOptions { permutations: 10, seed: 1, sigma: None }).unwrap();
+        let r = mmd_test(
+            &x,
+            &y,
+            3,
+            &MmdOptions {
+                permutations: 10,
+                seed: 1,
+                sigma: None,
+            },
+        )
+        .unwrap();
         let want = naive(&x, &y, 3, r.sigma);
-        assert!((r.statistic - want).abs() <= 1e-12 * want.abs().max(1e-12), "{} vs {}", r.statistic, want);
+        assert!(
+            (r.statistic - want).abs() <= 1e-12 * want.abs().max(1e-12),
+            "{} vs {}",
+            r.statistic,
+            want
+        );
     }
 
     #[test]
@@ -220,9 +250,24 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let x = gauss(&mut rng, 30, 2, 0.0);
         let y = gauss(&mut rng, 12, 2, 0.3);
-        let r = mmd_test(&x, &y, 2, &MmdOptions { permutations: 5, seed: 1, sigma: Some(0.8) }).unwrap();
+        let r = mmd_test(
+            &x,
+            &y,
+            2,
+            &MmdOptions {
+                permutations: 5,
+                seed: 1,
+                sigma: Some(0.8),
+            },
+        )
+        .unwrap();
         let want = naive(&x, &y, 2, 0.8);
-        assert!((r.statistic - want).abs() <= 1e-12 * want.abs().max(1e-12), "{} vs {}", r.statistic, want);
+        assert!(
+            (r.statistic - want).abs() <= 1e-12 * want.abs().max(1e-12),
+            "{} vs {}",
+            r.statistic,
+            want
+        );
     }
 
     #[test]
@@ -230,7 +275,11 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let x = gauss(&mut rng, 100, 4, 0.0);
         let y = gauss(&mut rng, 100, 4, 1.0);
-        let opts = MmdOptions { permutations: 99, seed: 3, sigma: None };
+        let opts = MmdOptions {
+            permutations: 99,
+            seed: 3,
+            sigma: None,
+        };
         let r = mmd_test(&x, &y, 4, &opts).unwrap();
         assert_eq!(r.p_value, 0.01, "clear shift: every permutation below T, p = 1/(B+1)");
         let z = gauss(&mut rng, 100, 4, 0.0);
@@ -243,7 +292,11 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let x = gauss(&mut rng, 50, 2, 0.0);
         let y = gauss(&mut rng, 50, 2, 0.1);
-        let o = MmdOptions { permutations: 50, seed: 9, sigma: None };
+        let o = MmdOptions {
+            permutations: 50,
+            seed: 9,
+            sigma: None,
+        };
         assert_eq!(mmd_test(&x, &y, 2, &o), mmd_test(&x, &y, 2, &o));
     }
 

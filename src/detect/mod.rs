@@ -90,9 +90,15 @@ pub fn detector_sql(d: &DetectorConfig) -> String {
     let cur = format!("{WINDOW_COL} = 'current'");
     match d {
         DetectorConfig::Ks(k) => {
-            let cols: Vec<String> =
-                k.columns.iter().map(|c| format!("ks_test({}, {cur}) AS {}", ident(c), ident(c))).collect();
-            format!("SELECT {KEY_COL}, {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}", cols.join(", "))
+            let cols: Vec<String> = k
+                .columns
+                .iter()
+                .map(|c| format!("ks_test({}, {cur}) AS {}", ident(c), ident(c)))
+                .collect();
+            format!(
+                "SELECT {KEY_COL}, {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+                cols.join(", ")
+            )
         }
         DetectorConfig::Mmd(m) => {
             let sigma = m.sigma.map(|s| format!(", {s:?}")).unwrap_or_default();
@@ -109,8 +115,17 @@ pub fn detector_sql(d: &DetectorConfig) -> String {
 
 /// Schema of the `windows` table for scored events of `scored`.
 pub fn windows_schema(scored: &Schema) -> SchemaRef {
-    let mut fields = vec![Field::new(KEY_COL, DataType::Utf8, false), Field::new(WINDOW_COL, DataType::Utf8, false)];
-    fields.extend(scored.fields().iter().filter(|f| f.name() != KEY_COL && f.name() != WINDOW_COL).map(|f| f.as_ref().clone()));
+    let mut fields = vec![
+        Field::new(KEY_COL, DataType::Utf8, false),
+        Field::new(WINDOW_COL, DataType::Utf8, false),
+    ];
+    fields.extend(
+        scored
+            .fields()
+            .iter()
+            .filter(|f| f.name() != KEY_COL && f.name() != WINDOW_COL)
+            .map(|f| f.as_ref().clone()),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -118,16 +133,27 @@ impl Detectors {
     /// Plans every detector against the schema of scored events.
     pub async fn new(scored: &Schema, detectors: &[DetectorConfig]) -> Result<Self, DetectError> {
         let schema = windows_schema(scored);
-        let stage = SqlStage::new(WINDOWS_TABLE, schema.clone())
-            .map_err(|e| DetectError::Plan { detector: String::new(), message: e.to_string() })?;
+        let stage = SqlStage::new(WINDOWS_TABLE, schema.clone()).map_err(|e| DetectError::Plan {
+            detector: String::new(),
+            message: e.to_string(),
+        })?;
         let mut planned = vec![];
         for d in detectors {
             let sql = detector_sql(d);
-            let err = |m: String| DetectError::Plan { detector: d.name().to_string(), message: m };
+            let err = |m: String| DetectError::Plan {
+                detector: d.name().to_string(),
+                message: m,
+            };
             let plan = stage.plan(&sql).await.map_err(|e| err(format!("{e} (query: {sql})")))?;
             check_output(plan.schema().as_arrow()).map_err(err)?;
             let (alpha, correction) = d.alpha();
-            planned.push(Planned { name: d.name().to_string(), kind: d.kind(), alpha, correction, plan });
+            planned.push(Planned {
+                name: d.name().to_string(),
+                kind: d.kind(),
+                alpha,
+                correction,
+                plan,
+            });
         }
         Ok(Self { stage, schema, planned })
     }
@@ -149,7 +175,10 @@ impl Detectors {
                 .stage
                 .run(&p.plan, batches.clone())
                 .await
-                .map_err(|e| DetectError::Run { detector: p.name.clone(), message: e.to_string() })?;
+                .map_err(|e| DetectError::Run {
+                    detector: p.name.clone(),
+                    message: e.to_string(),
+                })?;
             for b in rows {
                 out.extend(read_results(p, &b, &due.key, &due.coords));
             }
@@ -159,10 +188,14 @@ impl Detectors {
 
     fn with_window(&self, b: &RecordBatch, key: &str, window: &str) -> Result<RecordBatch, String> {
         let n = b.num_rows();
-        let mut cols: Vec<ArrayRef> =
-            vec![Arc::new(StringArray::from(vec![key; n])), Arc::new(StringArray::from(vec![window; n]))];
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![key; n])),
+            Arc::new(StringArray::from(vec![window; n])),
+        ];
         for f in self.schema.fields().iter().skip(2) {
-            let c = b.column_by_name(f.name()).ok_or_else(|| format!("column `{}` missing from window batch", f.name()))?;
+            let c = b
+                .column_by_name(f.name())
+                .ok_or_else(|| format!("column `{}` missing from window batch", f.name()))?;
             cols.push(c.clone());
         }
         RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| e.to_string())
@@ -197,7 +230,11 @@ fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) ->
     let key_col = b.column_by_name(KEY_COL).map(|c| c.as_string::<i32>().clone());
     let mut out = vec![];
     for row in 0..b.num_rows() {
-        let key = key_col.as_ref().filter(|k| k.is_valid(row)).map(|k| k.value(row).to_string()).unwrap_or_else(|| due_key.to_string());
+        let key = key_col
+            .as_ref()
+            .filter(|k| k.is_valid(row))
+            .map(|k| k.value(row).to_string())
+            .unwrap_or_else(|| due_key.to_string());
         let mut tests = vec![];
         for (i, f) in schema.fields().iter().enumerate() {
             if f.name() == KEY_COL {
@@ -209,7 +246,12 @@ fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) ->
             }
             let get = |n: &str| s.column_by_name(n).map(|c| c.as_primitive::<Float64Type>().value(row));
             if let (Some(stat), Some(pv)) = (get("statistic"), get("p_value")) {
-                tests.push(TestResult { column: f.name().clone(), statistic: stat, p_value: pv, drift: false });
+                tests.push(TestResult {
+                    column: f.name().clone(),
+                    statistic: stat,
+                    p_value: pv,
+                    drift: false,
+                });
             }
         }
         if tests.is_empty() {
@@ -222,7 +264,10 @@ fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) ->
         for t in &mut tests {
             t.drift = t.p_value < threshold;
         }
-        let best = tests.iter().min_by(|a, b| a.p_value.total_cmp(&b.p_value)).expect("non-empty");
+        let best = tests
+            .iter()
+            .min_by(|a, b| a.p_value.total_cmp(&b.p_value))
+            .expect("non-empty");
         out.push(DetectorResult {
             detector: p.name.clone(),
             kind: p.kind.to_string(),

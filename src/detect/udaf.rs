@@ -49,7 +49,14 @@ fn result_fields(extra: &[&str]) -> Fields {
 fn result_scalar(fields: Fields, vals: Option<(f64, f64, usize, usize, Vec<f64>)>) -> ScalarValue {
     let (s, p, nr, nc, extra, nulls) = match vals {
         Some((s, p, nr, nc, extra)) => (s, p, nr as u64, nc as u64, extra, None),
-        None => (0.0, 1.0, 0, 0, vec![0.0; fields.len() - 4], Some(NullBuffer::new_null(1))),
+        None => (
+            0.0,
+            1.0,
+            0,
+            0,
+            vec![0.0; fields.len() - 4],
+            Some(NullBuffer::new_null(1)),
+        ),
     };
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(Float64Array::from(vec![s])),
@@ -57,7 +64,11 @@ fn result_scalar(fields: Fields, vals: Option<(f64, f64, usize, usize, Vec<f64>)
         Arc::new(UInt64Array::from(vec![nr])),
         Arc::new(UInt64Array::from(vec![nc])),
     ];
-    cols.extend(extra.into_iter().map(|v| Arc::new(Float64Array::from(vec![v])) as ArrayRef));
+    cols.extend(
+        extra
+            .into_iter()
+            .map(|v| Arc::new(Float64Array::from(vec![v])) as ArrayRef),
+    );
     ScalarValue::Struct(Arc::new(StructArray::new(fields, cols, nulls)))
 }
 
@@ -115,7 +126,9 @@ pub struct KsTest {
 
 impl KsTest {
     pub fn new() -> Self {
-        Self { signature: Signature::any(2, Volatility::Immutable) }
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
     }
 }
 
@@ -139,7 +152,10 @@ impl AggregateUDFImpl for KsTest {
         Ok(Box::new(KsAcc::default()))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(vec![list_field(args.name, "reference"), list_field(args.name, "current")])
+        Ok(vec![
+            list_field(args.name, "reference"),
+            list_field(args.name, "current"),
+        ])
     }
 }
 
@@ -158,7 +174,12 @@ impl Accumulator for KsAcc {
             if v.is_null(i) || c.is_null(i) || !v.value(i).is_finite() {
                 continue;
             }
-            if c.value(i) { &mut self.current } else { &mut self.reference }.push(v.value(i));
+            if c.value(i) {
+                &mut self.current
+            } else {
+                &mut self.reference
+            }
+            .push(v.value(i));
         }
         Ok(())
     }
@@ -190,7 +211,9 @@ pub struct MmdTest {
 impl MmdTest {
     pub fn new() -> Self {
         let sig = TypeSignature::Any;
-        Self { signature: Signature::one_of(vec![sig(2), sig(3), sig(4), sig(5)], Volatility::Immutable) }
+        Self {
+            signature: Signature::one_of(vec![sig(2), sig(3), sig(4), sig(5)], Volatility::Immutable),
+        }
     }
 }
 
@@ -240,7 +263,11 @@ impl Default for MmdAcc {
             reference: vec![],
             current: vec![],
             dim: None,
-            opts: MmdOptions { permutations: DEFAULT_PERMUTATIONS, seed: 0, sigma: None },
+            opts: MmdOptions {
+                permutations: DEFAULT_PERMUTATIONS,
+                seed: 0,
+                sigma: None,
+            },
         }
     }
 }
@@ -289,7 +316,9 @@ impl Accumulator for MmdAcc {
                 let l = values[0].as_fixed_size_list();
                 (*d as usize, cast(l.values(), &DataType::Float64)?, l.logical_nulls())
             }
-            DataType::Float32 | DataType::Float64 => (1, cast(&values[0], &DataType::Float64)?, values[0].logical_nulls()),
+            DataType::Float32 | DataType::Float64 => {
+                (1, cast(&values[0], &DataType::Float64)?, values[0].logical_nulls())
+            }
             t => return exec_err!("mmd_test: first argument must be a fixed-size float vector or a float, got {t}"),
         };
         if values[0].is_empty() {
@@ -310,15 +339,29 @@ impl Accumulator for MmdAcc {
             if row.iter().any(|x| !x.is_finite()) {
                 continue;
             }
-            if c.value(i) { &mut self.current } else { &mut self.reference }.extend_from_slice(row);
+            if c.value(i) {
+                &mut self.current
+            } else {
+                &mut self.reference
+            }
+            .extend_from_slice(row);
         }
         Ok(())
     }
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        let r = self.dim.and_then(|d| mmd_test(&self.reference, &self.current, d, &self.opts)).map(|r| {
-            let d = self.dim.unwrap_or(1);
-            (r.statistic, r.p_value, self.reference.len() / d, self.current.len() / d, vec![r.sigma])
-        });
+        let r = self
+            .dim
+            .and_then(|d| mmd_test(&self.reference, &self.current, d, &self.opts))
+            .map(|r| {
+                let d = self.dim.unwrap_or(1);
+                (
+                    r.statistic,
+                    r.p_value,
+                    self.reference.len() / d,
+                    self.current.len() / d,
+                    vec![r.sigma],
+                )
+            });
         Ok(result_scalar(result_fields(&["sigma"]), r))
     }
     fn size(&self) -> usize {
@@ -337,10 +380,21 @@ impl Accumulator for MmdAcc {
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         extend_from_list(&mut self.reference, &states[0])?;
         extend_from_list(&mut self.current, &states[1])?;
-        if let Some(d) = states[2].as_primitive::<datafusion::arrow::datatypes::UInt64Type>().iter().flatten().next() {
+        if let Some(d) = states[2]
+            .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+            .iter()
+            .flatten()
+            .next()
+        {
             self.set_dim(d as usize)?;
         }
-        let u = |i: usize| states[i].as_primitive::<datafusion::arrow::datatypes::UInt64Type>().iter().flatten().next();
+        let u = |i: usize| {
+            states[i]
+                .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+                .iter()
+                .flatten()
+                .next()
+        };
         if let Some(p) = u(3) {
             self.opts.permutations = p as usize;
         }

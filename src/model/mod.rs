@@ -69,7 +69,11 @@ pub fn runtime_candidates() -> Vec<PathBuf> {
             v.push(d.join(ORT_LIB_NAME));
         }
     }
-    v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/onnxruntime").join(ORT_LIB_NAME));
+    v.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".deps/onnxruntime")
+            .join(ORT_LIB_NAME),
+    );
     v.push(PathBuf::from("/usr/local/lib").join(ORT_LIB_NAME));
     v
 }
@@ -81,19 +85,30 @@ pub fn environment() -> Result<&'static Environment, ModelError> {
         let Some(lib) = cands.iter().find(|p| p.is_file()) else {
             return Err(format!(
                 "missing:{}",
-                cands.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                cands
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         };
         let b = ort::init_from(lib).map_err(|e| format!("load:{}:{e}", lib.display()))?;
-        b.with_name("driftwatch").build().map_err(|e| format!("load:{}:{e}", lib.display()))
+        b.with_name("driftwatch")
+            .build()
+            .map_err(|e| format!("load:{}:{e}", lib.display()))
     });
     match r {
         Ok(e) => Ok(e),
-        Err(s) if s.starts_with("missing:") => Err(ModelError::RuntimeMissing { tried: s[8..].to_string() }),
+        Err(s) if s.starts_with("missing:") => Err(ModelError::RuntimeMissing {
+            tried: s[8..].to_string(),
+        }),
         Err(s) => {
             let rest = &s[5..];
             let (p, d) = rest.split_once(':').unwrap_or((rest, ""));
-            Err(ModelError::RuntimeLoad { path: p.into(), detail: d.to_string() })
+            Err(ModelError::RuntimeLoad {
+                path: p.into(),
+                detail: d.to_string(),
+            })
         }
     }
 }
@@ -119,12 +134,18 @@ struct OutputSpec {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("path", &self.path).field("input", &self.input_name).finish()
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("input", &self.input_name)
+            .finish()
     }
 }
 
 fn file_err(path: &Path, detail: impl Into<String>) -> ModelError {
-    ModelError::File { path: path.into(), detail: detail.into() }
+    ModelError::File {
+        path: path.into(),
+        detail: detail.into(),
+    }
 }
 
 impl Model {
@@ -138,14 +159,20 @@ impl Model {
         }
         let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
         let env = environment()?;
-        let invalid = |e: String| ModelError::Invalid { path: path.into(), detail: e };
+        let invalid = |e: String| ModelError::Invalid {
+            path: path.into(),
+            detail: e,
+        };
         let session = Session::builder(env)
             .map_err(|e| invalid(e.to_string()))?
             .with_intra_threads(cfg.threads.get())
             .map_err(|e| invalid(e.to_string()))?
             .commit_from_memory(&bytes)
             .map_err(|e| invalid(e.to_string()))?;
-        let mismatch = |d: String| ModelError::Mismatch { path: path.into(), detail: d };
+        let mismatch = |d: String| ModelError::Mismatch {
+            path: path.into(),
+            detail: d,
+        };
         let names = |o: &[ort::value::Outlet]| o.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ");
         let input_name = match &cfg.input_name {
             Some(n) => session
@@ -164,7 +191,11 @@ impl Model {
             }
         };
         let per_event: usize = shape.iter().product();
-        let input = session.inputs().iter().find(|i| i.name() == input_name).expect("found above");
+        let input = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() == input_name)
+            .expect("found above");
         if let Some(s) = input.dtype().tensor_shape() {
             let dims: Vec<i64> = s.iter().copied().collect();
             let want: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
@@ -177,15 +208,28 @@ impl Model {
             }
         }
         if input.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32) {
-            return Err(mismatch(format!("input `{input_name}` must be float32, is {:?}", input.dtype())));
+            return Err(mismatch(format!(
+                "input `{input_name}` must be float32, is {:?}",
+                input.dtype()
+            )));
         }
         let mut outputs = vec![];
-        for (want, column) in [(&cfg.outputs.embedding, EMBEDDING_COL), (&cfg.outputs.logits, LOGITS_COL)] {
+        for (want, column) in [
+            (&cfg.outputs.embedding, EMBEDDING_COL),
+            (&cfg.outputs.logits, LOGITS_COL),
+        ] {
             if let Some(n) = want {
                 if !session.outputs().iter().any(|o| o.name() == n) {
-                    return Err(mismatch(format!("no output named `{n}` (outputs: {})", names(session.outputs()))));
+                    return Err(mismatch(format!(
+                        "no output named `{n}` (outputs: {})",
+                        names(session.outputs())
+                    )));
                 }
-                outputs.push(OutputSpec { onnx_name: n.clone(), column, dim: 0 });
+                outputs.push(OutputSpec {
+                    onnx_name: n.clone(),
+                    column,
+                    dim: 0,
+                });
             }
         }
         let identity = identity(&session, path, &bytes);
@@ -233,14 +277,20 @@ impl Model {
 
     /// Runs `n` events (flat, row-major) and returns each output's flat values and per-event size.
     fn infer(&mut self, flat: &[f32], n: usize) -> Result<Vec<(Vec<f32>, usize)>, ModelError> {
-        let err = |e: String| ModelError::Inference { path: self.path.clone(), detail: e };
+        let err = |e: String| ModelError::Inference {
+            path: self.path.clone(),
+            detail: e,
+        };
         let mut dims = vec![n as i64];
         dims.extend(self.shape.iter().map(|d| *d as i64));
         let tensor = TensorRef::from_array_view((dims, flat)).map_err(|e| err(e.to_string()))?;
         let outs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| ModelError::Inference { path: self.path.clone(), detail: e.to_string() })?;
+            .map_err(|e| ModelError::Inference {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })?;
         let mut res = vec![];
         for o in &self.outputs {
             let v = outs.get(&o.onnx_name).ok_or_else(|| ModelError::Inference {
@@ -254,7 +304,11 @@ impl Model {
             if shape.is_empty() || shape[0] != n as i64 {
                 return Err(ModelError::Inference {
                     path: self.path.clone(),
-                    detail: format!("output `{}` has shape {:?}, expected batch {n} first", o.onnx_name, &shape[..]),
+                    detail: format!(
+                        "output `{}` has shape {:?}, expected batch {n} first",
+                        o.onnx_name,
+                        &shape[..]
+                    ),
                 });
             }
             res.push((data.to_vec(), data.len() / n.max(1)));
@@ -264,13 +318,18 @@ impl Model {
 
     /// Scores a batch: appends the output columns. Null input rows get null outputs.
     pub fn score(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ModelError> {
-        let mismatch = |d: String| ModelError::Mismatch { path: self.path.clone(), detail: d };
+        let mismatch = |d: String| ModelError::Mismatch {
+            path: self.path.clone(),
+            detail: d,
+        };
         let col = batch
             .column_by_name(&self.input_col)
             .ok_or_else(|| mismatch(format!("input column `{}` not in the batch", self.input_col)))?
             .clone();
         let list = match col.data_type() {
-            DataType::FixedSizeList(f, len) if *f.data_type() == DataType::Float32 && *len as usize == self.per_event => {
+            DataType::FixedSizeList(f, len)
+                if *f.data_type() == DataType::Float32 && *len as usize == self.per_event =>
+            {
                 col.as_fixed_size_list().clone()
             }
             t => {
@@ -293,7 +352,10 @@ impl Model {
                 if dim != self.outputs[j].dim {
                     return Err(ModelError::Inference {
                         path: self.path.clone(),
-                        detail: format!("output `{}` changed size from {} to {dim}", self.outputs[j].onnx_name, self.outputs[j].dim),
+                        detail: format!(
+                            "output `{}` changed size from {} to {dim}",
+                            self.outputs[j].onnx_name, self.outputs[j].dim
+                        ),
                     });
                 }
                 collected[j].extend_from_slice(&data);
@@ -311,13 +373,20 @@ impl Model {
                 ));
             }
             let field = Arc::new(Field::new_list_field(DataType::Float32, false));
-            arrays.push(Arc::new(FixedSizeListArray::new(field, spec.dim as i32, Arc::new(Float32Array::from(data)), nulls.clone())));
+            arrays.push(Arc::new(FixedSizeListArray::new(
+                field,
+                spec.dim as i32,
+                Arc::new(Float32Array::from(data)),
+                nulls.clone(),
+            )));
         }
         if let Some(p) = predicted {
             arrays.push(Arc::new(p));
         }
-        RecordBatch::try_new(self.output_schema(batch.schema().as_ref()), arrays)
-            .map_err(|e| ModelError::Inference { path: self.path.clone(), detail: e.to_string() })
+        RecordBatch::try_new(self.output_schema(batch.schema().as_ref()), arrays).map_err(|e| ModelError::Inference {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -334,7 +403,12 @@ fn argmax(xs: &[f32]) -> i64 {
 fn identity(session: &Session, path: &Path, bytes: &[u8]) -> ModelIdentity {
     let mut metadata = BTreeMap::new();
     if let Ok(m) = session.metadata() {
-        for (k, v) in [("producer", m.producer()), ("graph_name", m.name()), ("description", m.description()), ("domain", m.domain())] {
+        for (k, v) in [
+            ("producer", m.producer()),
+            ("graph_name", m.name()),
+            ("description", m.description()),
+            ("domain", m.domain()),
+        ] {
             if let Some(v) = v.filter(|v| !v.is_empty()) {
                 metadata.insert(k.to_string(), v);
             }
@@ -350,5 +424,9 @@ fn identity(session: &Session, path: &Path, bytes: &[u8]) -> ModelIdentity {
             }
         }
     }
-    ModelIdentity { path: path.display().to_string(), sha256: hex::encode(Sha256::digest(bytes)), metadata }
+    ModelIdentity {
+        path: path.display().to_string(),
+        sha256: hex::encode(Sha256::digest(bytes)),
+        metadata,
+    }
 }

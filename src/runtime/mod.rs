@@ -44,7 +44,10 @@ pub enum RuntimeError {
     #[error("decode: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("kafka ({what}): {source}")]
-    Kafka { what: String, source: rdkafka::error::KafkaError },
+    Kafka {
+        what: String,
+        source: rdkafka::error::KafkaError,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -106,9 +109,15 @@ pub async fn run(
 ) -> Result<(), RuntimeError> {
     let p = stages.pipeline.clone();
     let SourceConfig::Kafka(src) = &p.source else {
-        return Err(RuntimeError::Other("`run` needs a kafka source; use `compare` or `replay --input` for files".into()));
+        return Err(RuntimeError::Other(
+            "`run` needs a kafka source; use `compare` or `replay --input` for files".into(),
+        ));
     };
-    let group = opts.group_id.clone().or_else(|| src.group_id.clone()).unwrap_or_else(|| format!("driftwatch-{}", p.name));
+    let group = opts
+        .group_id
+        .clone()
+        .or_else(|| src.group_id.clone())
+        .unwrap_or_else(|| format!("driftwatch-{}", p.name));
     let consumer = Arc::new(KafkaConsumer::new(src, &group).map_err(kafka_err("creating consumer"))?);
     let out_brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
     let out_props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
@@ -132,7 +141,19 @@ pub async fn run(
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     let mut result = Ok(());
     while let Some(work) = rx.recv().await {
-        if let Err(e) = process(&mut stages, &mut windows, &consumer, &producer, &p, &stats, observer.as_ref(), work, &mut last).await {
+        if let Err(e) = process(
+            &mut stages,
+            &mut windows,
+            &consumer,
+            &producer,
+            &p,
+            &stats,
+            observer.as_ref(),
+            work,
+            &mut last,
+        )
+        .await
+        {
             // Stop reading; nothing more is committed, so a restart redoes this batch.
             shutdown.store(true, Ordering::SeqCst);
             result = Err(e);
@@ -140,7 +161,9 @@ pub async fn run(
         }
     }
     drop(rx);
-    let read = reader.await.map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?;
+    let read = reader
+        .await
+        .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?;
     result?;
     read?;
     // Final synchronous commit of what is accounted for.
@@ -169,12 +192,14 @@ async fn read_loop(
     let mut read = 0u64;
     loop {
         let stop = shutdown.load(Ordering::SeqCst) || max_events.is_some_and(|m| read >= m);
-        let flush_now = stop
-            || decoder.len() >= max
-            || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        let flush_now = stop || decoder.len() >= max || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         if flush_now && (!decoder.is_empty() || !pending.is_empty() || !last.is_empty()) {
             let batch = decoder.flush()?;
-            let work = Work { batch, last: std::mem::take(&mut last), pending: std::mem::take(&mut pending) };
+            let work = Work {
+                batch,
+                last: std::mem::take(&mut last),
+                pending: std::mem::take(&mut pending),
+            };
             if tx.send(work).await.is_err() {
                 return Ok(()); // processing stopped
             }
@@ -183,7 +208,9 @@ async fn read_loop(
         if stop {
             return Ok(());
         }
-        let wait = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now())).unwrap_or(Duration::from_millis(200));
+        let wait = deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or(Duration::from_millis(200));
         let rec = match tokio::time::timeout(wait, consumer.recv()).await {
             Err(_) => continue, // linger elapsed or periodic shutdown check
             Ok(Err(e)) => {
@@ -206,12 +233,28 @@ async fn read_loop(
             }
             Err(rej) => {
                 stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(reason = rej.reason.as_str(), partition = rej.partition, offset = rej.offset, "{}", rej.message);
-                let body = serde_json::to_vec(&DeadLetter { pipeline: &p.name, topic: &topic, rejection: &rej }).unwrap_or_default();
+                tracing::warn!(
+                    reason = rej.reason.as_str(),
+                    partition = rej.partition,
+                    offset = rej.offset,
+                    "{}",
+                    rej.message
+                );
+                let body = serde_json::to_vec(&DeadLetter {
+                    pipeline: &p.name,
+                    topic: &topic,
+                    rejection: &rej,
+                })
+                .unwrap_or_default();
                 let key = format!("{}/{}/{}", topic, rej.partition, rej.offset);
                 match producer.send_result(FutureRecord::to(&p.output.dead_letter_topic).payload(&body).key(&key)) {
                     Ok(f) => pending.push(f),
-                    Err((e, _)) => return Err(RuntimeError::Kafka { what: "dead-letter produce".into(), source: e }),
+                    Err((e, _)) => {
+                        return Err(RuntimeError::Kafka {
+                            what: "dead-letter produce".into(),
+                            source: e,
+                        });
+                    }
                 }
             }
         }
@@ -261,7 +304,10 @@ async fn process(
                 for t in topics {
                     let f = producer
                         .send_result(FutureRecord::to(t).payload(&body).key(&key))
-                        .map_err(|(e, _)| RuntimeError::Kafka { what: format!("produce to {t}"), source: e })?;
+                        .map_err(|(e, _)| RuntimeError::Kafka {
+                            what: format!("produce to {t}"),
+                            source: e,
+                        })?;
                     pending.push(f);
                 }
             }
@@ -270,7 +316,12 @@ async fn process(
     for f in pending {
         match f.await {
             Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(RuntimeError::Kafka { what: "delivery".into(), source: e }),
+            Ok(Err((e, _))) => {
+                return Err(RuntimeError::Kafka {
+                    what: "delivery".into(),
+                    source: e,
+                });
+            }
             Err(_) => return Err(RuntimeError::Other("delivery cancelled (producer closed)".into())),
         }
     }
@@ -304,7 +355,11 @@ fn commit(
 }
 
 /// `compare`: one evaluation of every detector, reference file vs current file.
-pub async fn compare(mut stages: Stages, reference: &std::path::Path, current: &std::path::Path) -> Result<CompareReport, RuntimeError> {
+pub async fn compare(
+    mut stages: Stages,
+    reference: &std::path::Path,
+    current: &std::path::Path,
+) -> Result<CompareReport, RuntimeError> {
     let (rb, rrej) = stages.ingest(&file::read_records(reference)?).await?;
     let (cb, crej) = stages.ingest(&file::read_records(current)?).await?;
     for (name, rej) in [(reference, &rrej), (current, &crej)] {
@@ -320,7 +375,12 @@ pub async fn compare(mut stages: Stages, reference: &std::path::Path, current: &
         end: (0, -1),
         evaluation: 1,
     };
-    let due = Due { key: String::new(), reference: rb, current: cb, coords };
+    let due = Due {
+        key: String::new(),
+        reference: rb,
+        current: cb,
+        coords,
+    };
     let evals = stages.evaluate(&due).await?;
     let detectors = evals
         .into_iter()
@@ -333,7 +393,12 @@ pub async fn compare(mut stages: Stages, reference: &std::path::Path, current: &
             tests: e
                 .tests
                 .into_iter()
-                .map(|t| CompareTest { column: t.column, statistic: t.statistic, p_value: t.p_value, drift: t.drift })
+                .map(|t| CompareTest {
+                    column: t.column,
+                    statistic: t.statistic,
+                    p_value: t.p_value,
+                    drift: t.drift,
+                })
                 .collect(),
         })
         .collect();

@@ -35,14 +35,22 @@ impl Stages {
     pub async fn build(pipeline: Pipeline) -> Result<Self, RuntimeError> {
         let schema_path = pipeline.resolve(&pipeline.schema);
         if !schema_path.is_file() {
-            return Err(ConfigError::invalid(&pipeline.path, "schema", format!("schema file {} not found", schema_path.display())).into());
+            return Err(ConfigError::invalid(
+                &pipeline.path,
+                "schema",
+                format!("schema file {} not found", schema_path.display()),
+            )
+            .into());
         }
         let schema = Arc::new(EventSchema::load(&schema_path)?);
-        let cfg_err = |key: String, msg: String| -> RuntimeError { ConfigError::invalid(&pipeline.path, key, msg).into() };
+        let cfg_err =
+            |key: String, msg: String| -> RuntimeError { ConfigError::invalid(&pipeline.path, key, msg).into() };
         let mut current = schema.arrow_schema();
         let transform = match &pipeline.transform {
             Some(t) => {
-                let tr = Transform::new(current.clone(), &t.sql).await.map_err(|e| cfg_err("transform.sql".into(), e.to_string()))?;
+                let tr = Transform::new(current.clone(), &t.sql)
+                    .await
+                    .map_err(|e| cfg_err("transform.sql".into(), e.to_string()))?;
                 current = tr.output_schema();
                 Some(tr)
             }
@@ -51,11 +59,19 @@ impl Stages {
         let model = match &pipeline.model {
             Some(m) => {
                 let field = current.field_with_name(&m.input).map_err(|_| {
-                    cfg_err("model.input".into(), format!("no column `{}` (columns: {})", m.input, names(&current)))
+                    cfg_err(
+                        "model.input".into(),
+                        format!("no column `{}` (columns: {})", m.input, names(&current)),
+                    )
                 })?;
                 let len = match field.data_type() {
                     DataType::FixedSizeList(f, n) if *f.data_type() == DataType::Float32 => *n as usize,
-                    t => return Err(cfg_err("model.input".into(), format!("column `{}` is {t}, not a float tensor", m.input))),
+                    t => {
+                        return Err(cfg_err(
+                            "model.input".into(),
+                            format!("column `{}` is {t}, not a float tensor", m.input),
+                        ));
+                    }
                 };
                 let shape = match (&m.shape, schema.field(&m.input)) {
                     (Some(s), _) => s.clone(),
@@ -63,7 +79,14 @@ impl Stages {
                     _ => vec![len],
                 };
                 if shape.iter().product::<usize>() != len {
-                    return Err(cfg_err("model.shape".into(), format!("shape {shape:?} has {} elements, column `{}` has {len}", shape.iter().product::<usize>(), m.input)));
+                    return Err(cfg_err(
+                        "model.shape".into(),
+                        format!(
+                            "shape {shape:?} has {} elements, column `{}` has {len}",
+                            shape.iter().product::<usize>(),
+                            m.input
+                        ),
+                    ));
                 }
                 let path = pipeline.resolve(&m.path);
                 // Problems of the model file itself are problems of this pipeline's `model` section.
@@ -79,7 +102,10 @@ impl Stages {
         };
         if let Some(k) = key_column(&pipeline, &schema) {
             if current.field_with_name(&k).is_err() {
-                return Err(cfg_err("window.key".into(), format!("no column `{k}` (columns: {})", names(&current))));
+                return Err(cfg_err(
+                    "window.key".into(),
+                    format!("no column `{k}` (columns: {})", names(&current)),
+                ));
             }
         }
         for (i, d) in pipeline.detectors.iter().enumerate() {
@@ -88,21 +114,49 @@ impl Stages {
                     for (j, c) in k.columns.iter().enumerate() {
                         match current.field_with_name(c) {
                             Ok(f) if f.data_type().is_numeric() => {}
-                            Ok(f) => return Err(cfg_err(format!("detectors[{i}].columns[{j}]"), format!("column `{c}` is {}, ks needs a number", f.data_type()))),
-                            Err(_) => return Err(cfg_err(format!("detectors[{i}].columns[{j}]"), format!("no column `{c}` (columns: {})", names(&current)))),
+                            Ok(f) => {
+                                return Err(cfg_err(
+                                    format!("detectors[{i}].columns[{j}]"),
+                                    format!("column `{c}` is {}, ks needs a number", f.data_type()),
+                                ));
+                            }
+                            Err(_) => {
+                                return Err(cfg_err(
+                                    format!("detectors[{i}].columns[{j}]"),
+                                    format!("no column `{c}` (columns: {})", names(&current)),
+                                ));
+                            }
                         }
                     }
                 }
                 DetectorConfig::Mmd(m) => match current.field_with_name(&m.column) {
-                    Ok(f) if matches!(f.data_type(), DataType::FixedSizeList(..) | DataType::Float32 | DataType::Float64) => {}
-                    Ok(f) => return Err(cfg_err(format!("detectors[{i}].column"), format!("column `{}` is {}, mmd needs a float vector", m.column, f.data_type()))),
-                    Err(_) => return Err(cfg_err(format!("detectors[{i}].column"), format!("no column `{}` (columns: {})", m.column, names(&current)))),
+                    Ok(f)
+                        if matches!(
+                            f.data_type(),
+                            DataType::FixedSizeList(..) | DataType::Float32 | DataType::Float64
+                        ) => {}
+                    Ok(f) => {
+                        return Err(cfg_err(
+                            format!("detectors[{i}].column"),
+                            format!("column `{}` is {}, mmd needs a float vector", m.column, f.data_type()),
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(cfg_err(
+                            format!("detectors[{i}].column"),
+                            format!("no column `{}` (columns: {})", m.column, names(&current)),
+                        ));
+                    }
                 },
                 DetectorConfig::Sql(_) => {}
             }
         }
         let detectors = Detectors::new(&current, &pipeline.detectors).await.map_err(|e| {
-            let i = pipeline.detectors.iter().position(|d| e.to_string().contains(&format!("`{}`", d.name()))).unwrap_or(0);
+            let i = pipeline
+                .detectors
+                .iter()
+                .position(|d| e.to_string().contains(&format!("`{}`", d.name())))
+                .unwrap_or(0);
             let key = match &pipeline.detectors[i] {
                 DetectorConfig::Sql(_) => format!("detectors[{i}].sql"),
                 _ => format!("detectors[{i}]"),
@@ -112,10 +166,20 @@ impl Stages {
         if let ReferenceConfig::File { path } = &pipeline.window.reference {
             let p = pipeline.resolve(path);
             if !p.is_file() {
-                return Err(cfg_err("window.reference.path".into(), format!("file {} not found", p.display())));
+                return Err(cfg_err(
+                    "window.reference.path".into(),
+                    format!("file {} not found", p.display()),
+                ));
             }
         }
-        Ok(Self { schema, transform, model, detectors, scored_schema: current, pipeline })
+        Ok(Self {
+            schema,
+            transform,
+            model,
+            detectors,
+            scored_schema: current,
+            pipeline,
+        })
     }
 
     /// A decoder for this pipeline's events.
@@ -169,14 +233,24 @@ impl Stages {
                     tracing::warn!(file = %p.display(), rejected = rejected.len(), first = %r.message, "reference events rejected");
                 }
                 if batches.iter().all(|b| b.num_rows() == 0) {
-                    return Err(RuntimeError::Config(ConfigError::invalid(&self.pipeline.path, "window.reference.path", format!("{} holds no valid event", p.display()))));
+                    return Err(RuntimeError::Config(ConfigError::invalid(
+                        &self.pipeline.path,
+                        "window.reference.path",
+                        format!("{} holds no valid event", p.display()),
+                    )));
                 }
                 ReferenceMode::Fixed(batches)
             }
         };
         let size = w.current.size.get();
         let slide = w.current.slide.map(|s| s.get()).unwrap_or(size);
-        Ok(Windows::new(key_column(&self.pipeline, &self.schema), self.schema.event_time.clone(), reference, size, slide))
+        Ok(Windows::new(
+            key_column(&self.pipeline, &self.schema),
+            self.schema.event_time.clone(),
+            reference,
+            size,
+            slide,
+        ))
     }
 
     /// Runs the detectors on a window pair and builds the evaluation records.
@@ -214,7 +288,12 @@ impl Stages {
 }
 
 fn names(s: &SchemaRef) -> String {
-    s.fields().iter().map(|f| f.name().as_str()).filter(|n| !n.starts_with('_')).collect::<Vec<_>>().join(", ")
+    s.fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| !n.starts_with('_'))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The key column: the pipeline's `window.key`, else the schema's `key`.

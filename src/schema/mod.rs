@@ -132,14 +132,20 @@ impl EventSchema {
         let mut seen = std::collections::HashSet::new();
         for (i, f) in self.fields.iter().enumerate() {
             if f.name.is_empty() || f.name.starts_with('_') {
-                return Err((format!("fields[{i}].name"), "must be non-empty and not start with '_' (reserved)".into()));
+                return Err((
+                    format!("fields[{i}].name"),
+                    "must be non-empty and not start with '_' (reserved)".into(),
+                ));
             }
             if !seen.insert(f.name.as_str()) {
                 return Err((format!("fields[{i}].name"), format!("duplicate field `{}`", f.name)));
             }
             match (f.kind, &f.shape) {
                 (FieldKind::Tensor, None) => {
-                    return Err((format!("fields[{i}].shape"), "a tensor field needs a shape, e.g. [1, 8, 8]".into()));
+                    return Err((
+                        format!("fields[{i}].shape"),
+                        "a tensor field needs a shape, e.g. [1, 8, 8]".into(),
+                    ));
                 }
                 (FieldKind::Tensor, Some(s)) if s.is_empty() || s.contains(&0) => {
                     return Err((format!("fields[{i}].shape"), "dimensions must be positive".into()));
@@ -150,7 +156,12 @@ impl EventSchema {
                 _ => {}
             }
         }
-        for (role, name) in [("key", &self.key), ("event_id", &self.event_id), ("event_time", &self.event_time), ("label", &self.label)] {
+        for (role, name) in [
+            ("key", &self.key),
+            ("event_id", &self.event_id),
+            ("event_time", &self.event_time),
+            ("label", &self.label),
+        ] {
             if let Some(n) = name {
                 let Some(f) = self.field(n) else {
                     return Err((role.into(), format!("no field named `{n}` in `fields`")));
@@ -158,10 +169,16 @@ impl EventSchema {
                 let ok = match role {
                     "key" | "event_id" => matches!(f.kind, FieldKind::Category | FieldKind::String | FieldKind::Int),
                     "event_time" => matches!(f.kind, FieldKind::Timestamp | FieldKind::Int),
-                    _ => matches!(f.kind, FieldKind::Category | FieldKind::String | FieldKind::Int | FieldKind::Bool),
+                    _ => matches!(
+                        f.kind,
+                        FieldKind::Category | FieldKind::String | FieldKind::Int | FieldKind::Bool
+                    ),
                 };
                 if !ok {
-                    return Err((role.into(), format!("field `{n}` has type {:?}, not usable as {role}", f.kind)));
+                    return Err((
+                        role.into(),
+                        format!("field `{n}` has type {:?}, not usable as {role}", f.kind),
+                    ));
                 }
             }
         }
@@ -175,8 +192,17 @@ impl EventSchema {
 
     /// The Arrow schema of a decoded batch: declared fields, then source coordinates.
     pub fn arrow_schema(&self) -> SchemaRef {
-        let mut fields: Vec<Field> =
-            self.fields.iter().map(|f| Field::new(&f.name, f.data_type(), f.nullable || Some(&f.name) == self.label.as_ref())).collect();
+        let mut fields: Vec<Field> = self
+            .fields
+            .iter()
+            .map(|f| {
+                Field::new(
+                    &f.name,
+                    f.data_type(),
+                    f.nullable || Some(&f.name) == self.label.as_ref(),
+                )
+            })
+            .collect();
         fields.push(Field::new(PARTITION_COL, DataType::Int32, false));
         fields.push(Field::new(OFFSET_COL, DataType::Int64, false));
         fields.push(Field::new(TIMESTAMP_COL, DataType::Int64, false));
@@ -209,7 +235,8 @@ mod tests {
 
     #[test]
     fn arrow_types() {
-        let s = parse("name: x\nfields:\n  - {name: a, type: float}\n  - {name: p, type: tensor, shape: [2, 3]}\n").unwrap();
+        let s = parse("name: x\nfields:\n  - {name: a, type: float}\n  - {name: p, type: tensor, shape: [2, 3]}\n")
+            .unwrap();
         let a = s.arrow_schema();
         assert_eq!(a.field(1).data_type(), &tensor_type(6));
         assert_eq!(a.fields().len(), 5);

@@ -38,7 +38,9 @@ pub fn client_config(brokers: &str, props: &BTreeMap<String, String>) -> ClientC
 /// A producer for output topics: acks=all, so a delivered record is on every in-sync replica.
 pub fn producer(brokers: &str, props: &BTreeMap<String, String>) -> KafkaResult<FutureProducer> {
     let mut c = client_config(brokers, props);
-    c.set("acks", "all").set("message.timeout.ms", "300000").set("linger.ms", "5");
+    c.set("acks", "all")
+        .set("message.timeout.ms", "300000")
+        .set("linger.ms", "5");
     c.create()
 }
 
@@ -77,7 +79,11 @@ impl ConsumerContext for Ctx {
                 // What was delivered before, from the group's commit metadata.
                 if let Ok(committed) = base.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
                     for e in committed.elements() {
-                        if let Some(hw) = e.metadata().strip_prefix(META_PREFIX).and_then(|s| s.parse::<i64>().ok()) {
+                        if let Some(hw) = e
+                            .metadata()
+                            .strip_prefix(META_PREFIX)
+                            .and_then(|s| s.parse::<i64>().ok())
+                        {
                             shared.delivered.insert(e.partition(), hw);
                         }
                     }
@@ -150,14 +156,24 @@ impl KafkaConsumer {
             .set("enable.partition.eof", "false");
         // Pass-through properties may override the above, except the commit ones we rely on.
         for (k, v) in &cfg.properties {
-            if !matches!(k.as_str(), "enable.auto.commit" | "enable.auto.offset.store" | "group.id") {
+            if !matches!(
+                k.as_str(),
+                "enable.auto.commit" | "enable.auto.offset.store" | "group.id"
+            ) {
                 c.set(k, v);
             }
         }
-        let consumer: StreamConsumer<Ctx> =
-            c.create_with_context(Ctx { topic: cfg.topic.clone(), start, shared: shared.clone() })?;
+        let consumer: StreamConsumer<Ctx> = c.create_with_context(Ctx {
+            topic: cfg.topic.clone(),
+            start,
+            shared: shared.clone(),
+        })?;
         consumer.subscribe(&[&cfg.topic])?;
-        Ok(Self { consumer, topic: cfg.topic.clone(), shared })
+        Ok(Self {
+            consumer,
+            topic: cfg.topic.clone(),
+            shared,
+        })
     }
 
     /// Next record; waits until one arrives.
@@ -173,13 +189,22 @@ impl KafkaConsumer {
 
     /// Last delivered offset of a partition from an earlier run (commit metadata).
     pub fn delivered(&self, partition: i32) -> Option<i64> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner()).delivered.get(&partition).copied()
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .delivered
+            .get(&partition)
+            .copied()
     }
 
     /// Partitions assigned and revoked since the last call, and rebalance errors.
     pub fn take_changes(&self) -> (BTreeSet<i32>, BTreeSet<i32>, Vec<String>) {
         let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        (std::mem::take(&mut s.assigned), std::mem::take(&mut s.revoked), std::mem::take(&mut s.errors))
+        (
+            std::mem::take(&mut s.assigned),
+            std::mem::take(&mut s.revoked),
+            std::mem::take(&mut s.errors),
+        )
     }
 
     /// Commits, per partition, `next` (where a restart must resume reading)
@@ -203,7 +228,11 @@ impl KafkaConsumer {
 }
 
 /// Per partition, the range of offsets present: (low, high) watermarks.
-pub fn watermarks(brokers: &str, props: &BTreeMap<String, String>, topic: &str) -> KafkaResult<BTreeMap<i32, (i64, i64)>> {
+pub fn watermarks(
+    brokers: &str,
+    props: &BTreeMap<String, String>,
+    topic: &str,
+) -> KafkaResult<BTreeMap<i32, (i64, i64)>> {
     let c: BaseConsumer = client_config(brokers, props).create()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut out = BTreeMap::new();

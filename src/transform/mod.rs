@@ -50,7 +50,11 @@ impl Transform {
 
     /// Runs the transform on one batch.
     pub async fn run(&self, batch: RecordBatch) -> Result<RecordBatch, TransformError> {
-        let out = self.stage.run(&self.plan, vec![batch]).await.map_err(|e| TransformError::Run(e.to_string()))?;
+        let out = self
+            .stage
+            .run(&self.plan, vec![batch])
+            .await
+            .map_err(|e| TransformError::Run(e.to_string()))?;
         concat_batches(&self.output, &out).map_err(|e| TransformError::Run(e.to_string()))
     }
 }

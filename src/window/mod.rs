@@ -75,8 +75,21 @@ pub struct Windows {
 
 impl Windows {
     /// `time_col`: event-time column (Timestamp(ms) or Int64 ms), if any.
-    pub fn new(key_col: Option<String>, time_col: Option<String>, reference: ReferenceMode, size: usize, slide: usize) -> Self {
-        Self { key_col, time_col, reference, size, slide: slide.max(1), keys: HashMap::new() }
+    pub fn new(
+        key_col: Option<String>,
+        time_col: Option<String>,
+        reference: ReferenceMode,
+        size: usize,
+        slide: usize,
+    ) -> Self {
+        Self {
+            key_col,
+            time_col,
+            reference,
+            size,
+            slide: slide.max(1),
+            keys: HashMap::new(),
+        }
     }
 
     /// Number of keys with state.
@@ -121,10 +134,13 @@ impl Windows {
                 })
                 .push(i as u32);
         }
-        Ok(order.into_iter().map(|k| {
-            let rows = groups.remove(k.as_str()).unwrap_or_default();
-            (k, rows)
-        }).collect())
+        Ok(order
+            .into_iter()
+            .map(|k| {
+                let rows = groups.remove(k.as_str()).unwrap_or_default();
+                (k, rows)
+            })
+            .collect())
     }
 
     fn push_key(&mut self, key: String, mut part: RecordBatch, due: &mut Vec<Due>) -> Result<(), ArrowError> {
@@ -140,7 +156,11 @@ impl Windows {
         }
         while part.num_rows() > 0 {
             // Rows until the next evaluation point.
-            let need = if st.cur_rows < size { size - st.cur_rows } else { slide - st.since_eval };
+            let need = if st.cur_rows < size {
+                size - st.cur_rows
+            } else {
+                slide - st.since_eval
+            };
             let take = need.min(part.num_rows());
             st.current.push_back(part.slice(0, take));
             st.cur_rows += take;
@@ -160,7 +180,12 @@ impl Windows {
                 };
                 let current: Vec<RecordBatch> = st.current.iter().cloned().collect();
                 let coords = coords(&reference, &current, self.time_col.as_deref(), st.evaluations);
-                due.push(Due { key: key.clone(), reference, current, coords });
+                due.push(Due {
+                    key: key.clone(),
+                    reference,
+                    current,
+                    coords,
+                });
             }
         }
         Ok(())
@@ -172,7 +197,9 @@ impl Windows {
         let mut out: BTreeMap<i32, i64> = BTreeMap::new();
         for st in self.keys.values() {
             for b in st.reference.iter().chain(st.current.iter()) {
-                let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else { continue };
+                let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else {
+                    continue;
+                };
                 let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
                 for i in 0..b.num_rows() {
                     let e = out.entry(p.value(i)).or_insert(i64::MAX);
@@ -205,7 +232,9 @@ fn coords(reference: &[RecordBatch], current: &[RecordBatch], time_col: Option<&
     let (mut tmin, mut tmax) = (i64::MAX, i64::MIN);
     let mut end = (0, -1);
     for b in current {
-        let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else { continue };
+        let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else {
+            continue;
+        };
         let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
         let t = time_col
             .and_then(|c| b.column_by_name(c))

@@ -23,7 +23,10 @@ pub async fn produce(broker: &Broker, topic: &str, events: &[String]) {
     let p: FutureProducer = broker.client_config().create().expect("producer");
     let mut fs = vec![];
     for e in events {
-        fs.push(p.send_result(FutureRecord::<(), _>::to(topic).payload(e.as_bytes()).partition(0)).expect("queue"));
+        fs.push(
+            p.send_result(FutureRecord::<(), _>::to(topic).payload(e.as_bytes()).partition(0))
+                .expect("queue"),
+        );
     }
     for f in fs {
         f.await.expect("delivery future").expect("delivered");
@@ -32,7 +35,11 @@ pub async fn produce(broker: &Broker, topic: &str, events: &[String]) {
 
 /// Reads every message of partition 0 of `topic` (waits until `min` arrived, or `wait`).
 pub fn read_topic(broker: &Broker, topic: &str, min: usize, wait: Duration) -> Vec<serde_json::Value> {
-    let c: BaseConsumer = broker.client_config().set("group.id", "dw-test-reader").create().expect("consumer");
+    let c: BaseConsumer = broker
+        .client_config()
+        .set("group.id", "dw-test-reader")
+        .create()
+        .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("tpl");
     c.assign(&tpl).expect("assign");
@@ -64,7 +71,8 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// A one-float-feature schema: `x`, plus an optional key `site`.
-pub const SCHEMA_X: &str = "name: x\nfields:\n  - {name: site, type: category, nullable: true}\n  - {name: x, type: float}\n";
+pub const SCHEMA_X: &str =
+    "name: x\nfields:\n  - {name: site, type: category, nullable: true}\n  - {name: x, type: float}\n";
 
 /// Runs a pipeline file until `max_events` are read; returns the run's counters.
 pub async fn run_pipeline(path: &Path, max_events: u64, group: &str) -> Arc<RunStats> {
@@ -73,12 +81,18 @@ pub async fn run_pipeline(path: &Path, max_events: u64, group: &str) -> Arc<RunS
     let stats = Arc::new(RunStats::default());
     let fut = runtime::run(
         stages,
-        RunOptions { max_events: Some(max_events), group_id: Some(group.into()) },
+        RunOptions {
+            max_events: Some(max_events),
+            group_id: Some(group.into()),
+        },
         Arc::new(AtomicBool::new(false)),
         stats.clone(),
         None,
     );
-    tokio::time::timeout(Duration::from_secs(240), fut).await.expect("run finishes in time").expect("run succeeds");
+    tokio::time::timeout(Duration::from_secs(240), fut)
+        .await
+        .expect("run finishes in time")
+        .expect("run succeeds");
     stats
 }
 
