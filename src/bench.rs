@@ -129,12 +129,12 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
         };
         let _ = dec.decode(&rec);
         n += 1;
-        if dec.len() >= max {
-            if let Some(b) = dec.flush()? {
-                // Keep a sample of batches for the model ceiling, not all (memory).
-                if batches.len() < 64 {
-                    batches.push(b);
-                }
+        if dec.len() >= max
+            && let Some(b) = dec.flush()?
+        {
+            // Keep a sample of batches for the model ceiling, not all (memory).
+            if batches.len() < 64 {
+                batches.push(b);
             }
         }
     }

@@ -94,7 +94,7 @@ impl SqlStage {
             .with_allow_dml(false)
             .with_allow_statements(false);
         let df = self.ctx.sql_with_options(sql, opts).await?;
-        Ok(df.into_optimized_plan()?)
+        df.into_optimized_plan()
     }
 
     /// Runs a plan over `batches`.

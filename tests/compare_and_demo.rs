@@ -96,3 +96,107 @@ async fn demo_flags_the_new_scanner_and_nothing_else() {
     assert_eq!(m.sha256.len(), 64);
     assert!(m.metadata.contains_key("test_accuracy") && m.metadata.contains_key("train.optimizer"));
 }
+
+/// A pipeline with a SQL transform (a derived column) and a SQL detector of the
+/// user's own, over the same files: both stages are real DataFusion queries.
+#[test]
+fn transform_and_sql_detector_run_in_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = root().join("schemas/digits.yaml");
+    let model = root().join("models/digits_cnn.onnx");
+    let p = common::write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "name: sqltest
+schema: {}
+source: {{type: file, path: unused.jsonl}}
+transform:
+  sql: \"SELECT *, mean_intensity * (1.0 - ink_fraction) AS background FROM events\"
+model: {{path: {}, input: pixels}}
+window: {{reference: {{type: first, size: 10}}, current: {{size: 10}}}}
+detectors:
+  - name: background_and_class
+    kind: sql
+    sql: >-
+      SELECT key, ks_test(background, window = 'current') AS background,
+                  ks_test(CAST(predicted_class AS DOUBLE), window = 'current') AS predicted_class
+      FROM windows GROUP BY key
+    drift_type: covariate
+",
+            schema.display(),
+            model.display()
+        ),
+    );
+    let run = |current: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+            .arg("compare")
+            .arg(&p)
+            .arg("--reference")
+            .arg(root().join("models/digits_train.jsonl"))
+            .arg("--current")
+            .arg(current)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let same = run(&root().join("tests/data/digits_test.jsonl"));
+    let shifted = run(&shifted_copy(dir.path()));
+    let tests = |v: &serde_json::Value| v["detectors"][0]["tests"].as_array().unwrap().clone();
+    assert_eq!(tests(&same).len(), 2);
+    assert_eq!(same["detectors"][0]["kind"], "sql");
+    assert_eq!(same["detectors"][0]["drift"], false, "{same:#}");
+    assert_eq!(shifted["detectors"][0]["drift"], true, "{shifted:#}");
+    let bg = tests(&shifted)
+        .into_iter()
+        .find(|t| t["column"] == "background")
+        .unwrap();
+    assert_eq!(bg["drift"], true);
+}
+
+#[test]
+fn a_missing_onnx_runtime_says_what_to_do() {
+    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["validate", "pipelines/digits.yaml"])
+        .current_dir(root())
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so.1.31.1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("ONNX Runtime library not found"), "{stdout}");
+    assert!(
+        stdout.contains("scripts/setup.sh") && stdout.contains("ORT_DYLIB_PATH"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_broker_command_prints_a_usable_address() {
+    use std::io::BufRead;
+    use std::time::Duration;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["broker", "--topic", "cli-t:2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().to_string();
+    assert!(addr.contains(':'), "first line is host:port: {addr:?}");
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some("cli-t"), Duration::from_secs(10))
+        .expect("metadata from the embedded broker");
+    assert_eq!(md.topics()[0].partitions().len(), 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

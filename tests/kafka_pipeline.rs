@@ -9,12 +9,12 @@ use std::time::Duration;
 use common::*;
 use driftwatch::broker::Broker;
 
-fn pipeline(dir: &std::path::Path, topic: &str) -> std::path::PathBuf {
+fn pipeline(dir: &std::path::Path, topic: &str, start: &str) -> std::path::PathBuf {
     write(dir, "x.schema.yaml", SCHEMA_X);
     let text = format!(
         "name: xtest
 schema: x.schema.yaml
-source: {{type: kafka, brokers: \"${{KAFKA_BROKERS_{topic}}}\", topic: {topic}}}
+source: {{type: kafka, brokers: \"${{KAFKA_BROKERS_{topic}}}\", topic: {topic}, start: {start}}}
 batch: {{max_events: 64, linger_ms: 20}}
 window:
   reference: {{type: first, size: 300}}
@@ -28,6 +28,10 @@ output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq, stats_to
 }
 
 fn setup(topic: &str) -> (Broker, tempfile::TempDir, std::path::PathBuf) {
+    setup_with(topic, "committed")
+}
+
+fn setup_with(topic: &str, start: &str) -> (Broker, tempfile::TempDir, std::path::PathBuf) {
     let broker = Broker::start(1).unwrap();
     for t in [
         topic.to_string(),
@@ -40,7 +44,7 @@ fn setup(topic: &str) -> (Broker, tempfile::TempDir, std::path::PathBuf) {
     // SAFETY of set_var: a per-test variable name, set before the pipeline reads it.
     unsafe { std::env::set_var(format!("KAFKA_BROKERS_{topic}"), broker.bootstrap()) };
     let dir = tempfile::tempdir().unwrap();
-    let p = pipeline(dir.path(), topic);
+    let p = pipeline(dir.path(), topic, start);
     (broker, dir, p)
 }
 
@@ -155,4 +159,72 @@ async fn restart_resumes_from_committed_offsets_without_resending_alerts() {
         .map(|a| a["window"]["current_offsets"][0]["last"].as_i64().unwrap())
         .collect();
     assert_eq!(lasts, vec![899, 1199]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timestamp_start_skips_older_events() {
+    let (broker, _dir, p) = setup_with("ts", "{timestamp_ms: 5000}");
+    let producer: rdkafka::producer::FutureProducer = broker.client_config().create().unwrap();
+    let old = normal_events(7, 500, 3.0); // would alert if read
+    let new = normal_events(8, 700, 0.0);
+    for (events, ts) in [(&old, 1000i64), (&new, 5000)] {
+        for e in events {
+            let rec = rdkafka::producer::FutureRecord::<(), _>::to("ts")
+                .payload(e.as_bytes())
+                .partition(0)
+                .timestamp(ts);
+            producer.send(rec, Duration::from_secs(10)).await.unwrap();
+        }
+    }
+    let stats = run_pipeline(&p, 700, "g-ts").await;
+    assert_eq!(stats.received.load(std::sync::atomic::Ordering::Relaxed), 700);
+    let evals = read_topic(&broker, "ts-stats", 1, Duration::from_secs(20));
+    assert_eq!(evals.len(), 1);
+    assert_eq!(
+        evals[0]["window"]["current_offsets"][0]["first"], 800,
+        "reference = offsets 500..799"
+    );
+    assert_eq!(evals[0]["drift"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_delivers_commits_and_exits_zero() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (broker, _dir, p) = setup("term");
+    produce(&broker, "term", &normal_events(9, 700, 0.0)).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["run", "--group-id", "g-term"])
+        .arg(&p)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // One evaluation on the stats topic: the run is in the middle of its work.
+    let evals = read_topic(&broker, "term-stats", 1, Duration::from_secs(90));
+    assert_eq!(evals.len(), 1);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "driftwatch did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+    // Committed: the oldest offset a window still holds (the reference starts at 0),
+    // and the last offset whose evaluations were delivered.
+    let c: BaseConsumer = broker.client_config().set("group.id", "g-term").create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition("term", 0);
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let e = &committed.elements()[0];
+    assert_eq!(e.offset(), rdkafka::Offset::Offset(0));
+    assert_eq!(e.metadata(), "dw1:hw=699");
 }

@@ -129,10 +129,11 @@ pub fn parse_yaml<T: DeserializeOwned>(path: &Path, raw: &str) -> Result<T, Conf
         if let Some(i) = msg.find(" at line ") {
             msg.truncate(i);
         }
-        if let Some((head, rest)) = msg.split_once(": ") {
-            if !head.is_empty() && head.chars().all(|c| c.is_ascii_alphanumeric() || "._[]-".contains(c)) {
-                msg = rest.to_string();
-            }
+        if let Some((head, rest)) = msg.split_once(": ")
+            && !head.is_empty()
+            && head.chars().all(|c| c.is_ascii_alphanumeric() || "._[]-".contains(c))
+        {
+            msg = rest.to_string();
         }
         ConfigError::Invalid {
             path: path.into(),

@@ -58,7 +58,7 @@ pub struct MmdResult {
 /// `dim` columns. Returns `None` when either side has fewer than two rows
 /// (the U-statistic is undefined) or `dim` is 0.
 pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOptions) -> Option<MmdResult> {
-    if dim == 0 || reference.len() % dim != 0 || current.len() % dim != 0 {
+    if dim == 0 || !reference.len().is_multiple_of(dim) || !current.len().is_multiple_of(dim) {
         return None;
     }
     let (n, m) = (reference.len() / dim, current.len() / dim);

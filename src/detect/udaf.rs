@@ -296,15 +296,15 @@ impl MmdAcc {
 
 impl Accumulator for MmdAcc {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        if let Some(a) = values.get(2) {
-            if let Some(b) = literal_u64(a, "permutations")? {
-                self.opts.permutations = b as usize;
-            }
+        if let Some(a) = values.get(2)
+            && let Some(b) = literal_u64(a, "permutations")?
+        {
+            self.opts.permutations = b as usize;
         }
-        if let Some(a) = values.get(3) {
-            if let Some(s) = literal_u64(a, "seed")? {
-                self.opts.seed = s;
-            }
+        if let Some(a) = values.get(3)
+            && let Some(s) = literal_u64(a, "seed")?
+        {
+            self.opts.seed = s;
         }
         if let Some(a) = values.get(4) {
             let s = as_f64(a, "mmd_test")?;

@@ -64,10 +64,10 @@ pub fn runtime_candidates() -> Vec<PathBuf> {
         v.push(PathBuf::from(p));
     }
     v.push(Path::new(".deps/onnxruntime").join(ORT_LIB_NAME));
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(d) = exe.parent() {
-            v.push(d.join(ORT_LIB_NAME));
-        }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(d) = exe.parent()
+    {
+        v.push(d.join(ORT_LIB_NAME));
     }
     v.push(
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -81,6 +81,12 @@ pub fn runtime_candidates() -> Vec<PathBuf> {
 /// The process-wide ONNX Runtime environment (only one may exist per process).
 pub fn environment() -> Result<&'static Environment, ModelError> {
     let r = ENV.get_or_init(|| {
+        // An explicit ORT_DYLIB_PATH is obeyed, not silently replaced by another copy.
+        if let Ok(p) = std::env::var("ORT_DYLIB_PATH")
+            && !Path::new(&p).is_file()
+        {
+            return Err(format!("missing:ORT_DYLIB_PATH={p} (not a file)"));
+        }
         let cands = runtime_candidates();
         let Some(lib) = cands.iter().find(|p| p.is_file()) else {
             return Err(format!(

@@ -100,13 +100,13 @@ impl Stages {
             }
             None => None,
         };
-        if let Some(k) = key_column(&pipeline, &schema) {
-            if current.field_with_name(&k).is_err() {
-                return Err(cfg_err(
-                    "window.key".into(),
-                    format!("no column `{k}` (columns: {})", names(&current)),
-                ));
-            }
+        if let Some(k) = key_column(&pipeline, &schema)
+            && current.field_with_name(&k).is_err()
+        {
+            return Err(cfg_err(
+                "window.key".into(),
+                format!("no column `{k}` (columns: {})", names(&current)),
+            ));
         }
         for (i, d) in pipeline.detectors.iter().enumerate() {
             match d {
@@ -208,10 +208,10 @@ impl Stages {
             if let Err(e) = dec.decode(r) {
                 rejected.push(*e);
             }
-            if dec.len() >= max {
-                if let Some(b) = dec.flush()? {
-                    out.push(self.score(b).await?);
-                }
+            if dec.len() >= max
+                && let Some(b) = dec.flush()?
+            {
+                out.push(self.score(b).await?);
             }
         }
         if let Some(b) = dec.flush()? {

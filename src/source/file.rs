@@ -40,19 +40,17 @@ pub fn read_records(path: &Path) -> Result<Vec<RawRecord>, FileError> {
 fn read_jsonl(path: &Path) -> Result<Vec<RawRecord>, FileError> {
     let f = std::fs::File::open(path).map_err(|e| err(path, e))?;
     let mut out = vec![];
-    let mut offset = 0i64;
-    for line in std::io::BufReader::new(f).split(b'\n') {
+    for (offset, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
         let line = line.map_err(|e| err(path, e))?;
         // Blank lines are layout, not events.
         if !line.iter().all(u8::is_ascii_whitespace) {
             out.push(RawRecord {
                 payload: Some(line),
                 partition: 0,
-                offset,
+                offset: offset as i64,
                 timestamp_ms: None,
             });
         }
-        offset += 1;
     }
     Ok(out)
 }

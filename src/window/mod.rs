@@ -146,13 +146,13 @@ impl Windows {
     fn push_key(&mut self, key: String, mut part: RecordBatch, due: &mut Vec<Due>) -> Result<(), ArrowError> {
         let (size, slide) = (self.size, self.slide);
         let st = self.keys.entry(key.clone()).or_default();
-        if let ReferenceMode::First(n) = self.reference {
-            if st.ref_rows < n {
-                let take = (n - st.ref_rows).min(part.num_rows());
-                st.reference.push(part.slice(0, take));
-                st.ref_rows += take;
-                part = part.slice(take, part.num_rows() - take);
-            }
+        if let ReferenceMode::First(n) = self.reference
+            && st.ref_rows < n
+        {
+            let take = (n - st.ref_rows).min(part.num_rows());
+            st.reference.push(part.slice(0, take));
+            st.ref_rows += take;
+            part = part.slice(take, part.num_rows() - take);
         }
         while part.num_rows() > 0 {
             // Rows until the next evaluation point.
