@@ -193,6 +193,12 @@ async fn read_loop(
     loop {
         let stop = shutdown.load(Ordering::SeqCst) || max_events.is_some_and(|m| read >= m);
         let flush_now = stop || decoder.len() >= max || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        if flush_now {
+            // Rebalance problems are reported by the consumer context; say them here.
+            for e in consumer.take_changes().2 {
+                tracing::error!(error = %e, "consumer group");
+            }
+        }
         if flush_now && (!decoder.is_empty() || !pending.is_empty() || !last.is_empty()) {
             let batch = decoder.flush()?;
             let work = Work {

@@ -104,11 +104,15 @@ impl ConsumerContext for Ctx {
                                     let _ = tpl.set_partition_offset(&self.topic, e.partition(), e.offset());
                                 }
                             }
-                            Err(e) => shared.errors.push(format!("offsets for start timestamp {ts}: {e}")),
+                            Err(e) => {
+                                tracing::error!(error = %e, ts, "cannot resolve the start timestamp to offsets");
+                                shared.errors.push(format!("offsets for start timestamp {ts}: {e}"))
+                            }
                         }
                     }
                 }
                 for e in tpl.elements() {
+                    tracing::info!(topic = %self.topic, partition = e.partition(), start = ?e.offset(), "partition assigned");
                     shared.assigned.insert(e.partition());
                     shared.revoked.remove(&e.partition());
                 }
