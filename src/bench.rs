@@ -11,15 +11,13 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::broker::Broker;
 use crate::config::{Pipeline, SourceConfig};
 use crate::demo::{load_pool, make_event};
 use crate::runtime::{self, RunOptions, RunStats, RuntimeError, Stages};
-use crate::source::RawRecord;
+use crate::source::kafka::KafkaConsumer;
 
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -70,29 +68,28 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
         })
         .collect();
     let t = Instant::now();
-    let producer: ThreadedProducer<DefaultProducerContext> = broker
+    let producer: FutureProducer = broker
         .client_config()
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "1000000")
         .set("batch.num.messages", "10000")
         .create()
         .map_err(other)?;
+    let mut pending = Vec::with_capacity(10_000);
     for i in 0..events {
         let p = &payloads[(i % payloads.len() as u64) as usize];
-        let mut rec = BaseRecord::<(), [u8]>::to(&src.topic).payload(p.as_slice());
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(std::time::Duration::from_millis(5));
+        let rec = FutureRecord::<(), [u8]>::to(&src.topic).payload(p.as_slice());
+        pending.push(producer.send_result(rec).map_err(|(e, _)| other(e))?);
+        if pending.len() == 10_000 || i + 1 == events {
+            for f in pending.drain(..) {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(other(format!("bench produce: {e}"))),
+                    Err(_) => return Err(other("bench produce: cancelled")),
                 }
             }
         }
     }
-    producer
-        .flush(Timeout::After(std::time::Duration::from_secs(120)))
-        .map_err(other)?;
     drop(producer);
     println!(
         "produced {events} events in {:.1} s; RSS after produce {} MiB",
@@ -103,30 +100,15 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
 
     // Ceiling 1: consume + decode alone.
     let mut stages = Stages::build(pipeline.clone()).await?;
-    let consumer: BaseConsumer = crate::source::kafka::client_config(&src.brokers, &Default::default())
-        .set("group.id", "driftwatch-bench-ceiling")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(other)?;
-    consumer.subscribe(&[&src.topic]).map_err(other)?;
+    // The pipeline's own consumer, in a group of its own.
+    let consumer = KafkaConsumer::new(&src, "driftwatch-bench-ceiling").map_err(other)?;
     let mut dec = stages.decoder();
     let max = pipeline.batch.max_events.get();
     let mut batches = vec![];
     let (mut n, mut t0) = (0u64, None);
     while n < events {
-        let Some(m) = consumer.poll(std::time::Duration::from_millis(500)) else {
-            continue;
-        };
-        let m = m.map_err(other)?;
+        let rec = consumer.recv().await.map_err(other)?;
         t0.get_or_insert_with(Instant::now);
-        use rdkafka::Message;
-        let rec = RawRecord {
-            payload: m.payload().map(<[u8]>::to_vec),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: None,
-        };
         let _ = dec.decode(&rec);
         n += 1;
         if dec.len() >= max
