@@ -37,6 +37,15 @@ pub enum DetectError {
     Run { detector: String, message: String },
 }
 
+impl DetectError {
+    /// Name of the detector at fault ("" when it is not one detector's).
+    pub fn detector(&self) -> &str {
+        match self {
+            DetectError::Plan { detector, .. } | DetectError::Run { detector, .. } => detector,
+        }
+    }
+}
+
 /// One test inside a detector (one column).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TestResult {

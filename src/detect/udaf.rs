@@ -311,30 +311,32 @@ impl Accumulator for MmdAcc {
             self.opts.sigma = s.iter().flatten().next().filter(|s| *s > 0.0);
         }
         let c = as_bool(&values[1], "mmd_test")?;
-        let (dim, flat, nulls) = match values[0].data_type() {
-            DataType::FixedSizeList(_, d) => {
-                let l = values[0].as_fixed_size_list();
-                (*d as usize, cast(l.values(), &DataType::Float64)?, l.logical_nulls())
-            }
-            DataType::Float32 | DataType::Float64 => {
-                (1, cast(&values[0], &DataType::Float64)?, values[0].logical_nulls())
-            }
-            t => return exec_err!("mmd_test: first argument must be a fixed-size float vector or a float, got {t}"),
-        };
         if values[0].is_empty() {
             return Ok(());
         }
+        // `base`: where row 0 starts in `flat` (a sliced list keeps its whole child array).
+        let (dim, flat, nulls, base) = match values[0].data_type() {
+            DataType::FixedSizeList(_, d) => {
+                let l = values[0].as_fixed_size_list();
+                (
+                    *d as usize,
+                    cast(l.values(), &DataType::Float64)?,
+                    l.logical_nulls(),
+                    l.value_offset(0) as usize,
+                )
+            }
+            DataType::Float32 | DataType::Float64 => {
+                (1, cast(&values[0], &DataType::Float64)?, values[0].logical_nulls(), 0)
+            }
+            t => return exec_err!("mmd_test: first argument must be a fixed-size float vector or a float, got {t}"),
+        };
         self.set_dim(dim)?;
         let flat = flat.as_primitive::<Float64Type>();
-        let offset = match values[0].data_type() {
-            DataType::FixedSizeList(..) => values[0].as_fixed_size_list().offset(),
-            _ => 0,
-        };
         for i in 0..values[0].len() {
             if nulls.as_ref().is_some_and(|n| n.is_null(i)) || c.is_null(i) {
                 continue;
             }
-            let start = if dim == 1 { i } else { (i + offset) * dim - offset * dim };
+            let start = base + i * dim;
             let row = &flat.values()[start..start + dim];
             if row.iter().any(|x| !x.is_finite()) {
                 continue;

@@ -15,7 +15,6 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use rdkafka::consumer::CommitMode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -195,7 +194,7 @@ async fn read_loop(
         let flush_now = stop || decoder.len() >= max || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         if flush_now {
             // Rebalance problems are reported by the consumer context; say them here.
-            for e in consumer.take_changes().2 {
+            for e in consumer.take_errors() {
                 tracing::error!(error = %e, "consumer group");
             }
         }
@@ -443,6 +442,3 @@ pub struct CompareTest {
     pub p_value: f64,
     pub drift: bool,
 }
-
-/// Timeout for flushing producers at shutdown.
-pub const FLUSH_TIMEOUT: Timeout = Timeout::After(Duration::from_secs(30));

@@ -155,7 +155,7 @@ impl Stages {
             let i = pipeline
                 .detectors
                 .iter()
-                .position(|d| e.to_string().contains(&format!("`{}`", d.name())))
+                .position(|d| d.name() == e.detector())
                 .unwrap_or(0);
             let key = match &pipeline.detectors[i] {
                 DetectorConfig::Sql(_) => format!("detectors[{i}].sql"),

@@ -6,7 +6,7 @@
 //! After a restart the windows are rebuilt by replaying from the committed
 //! offset and evaluations up to `hw` are not sent again (DESIGN §5).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,9 +57,6 @@ enum Start {
 struct Shared {
     /// Per partition: the last offset whose evaluations were already delivered.
     delivered: BTreeMap<i32, i64>,
-    /// Partitions assigned since the last call to `take_assignment_changes`.
-    assigned: BTreeSet<i32>,
-    revoked: BTreeSet<i32>,
     errors: Vec<String>,
 }
 
@@ -113,8 +110,6 @@ impl ConsumerContext for Ctx {
                 }
                 for e in tpl.elements() {
                     tracing::info!(topic = %self.topic, partition = e.partition(), start = ?e.offset(), "partition assigned");
-                    shared.assigned.insert(e.partition());
-                    shared.revoked.remove(&e.partition());
                 }
                 if let Err(e) = base.assign(tpl) {
                     shared.errors.push(format!("assign: {e}"));
@@ -122,8 +117,6 @@ impl ConsumerContext for Ctx {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 for e in tpl.elements() {
-                    shared.revoked.insert(e.partition());
-                    shared.assigned.remove(&e.partition());
                     shared.delivered.remove(&e.partition());
                 }
                 if let Err(e) = base.unassign() {
@@ -201,14 +194,9 @@ impl KafkaConsumer {
             .copied()
     }
 
-    /// Partitions assigned and revoked since the last call, and rebalance errors.
-    pub fn take_changes(&self) -> (BTreeSet<i32>, BTreeSet<i32>, Vec<String>) {
-        let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        (
-            std::mem::take(&mut s.assigned),
-            std::mem::take(&mut s.revoked),
-            std::mem::take(&mut s.errors),
-        )
+    /// Rebalance errors since the last call.
+    pub fn take_errors(&self) -> Vec<String> {
+        std::mem::take(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()).errors)
     }
 
     /// Commits, per partition, `next` (where a restart must resume reading)
