@@ -280,14 +280,15 @@ pub fn live_line(e: &Evaluation, color: bool) -> String {
         .collect::<Vec<_>>()
         .join(",");
     format!(
-        "{flag} {:<10} eval {:>3}  {:<16} {:<4} stat {:>9.5}  p {:>9.3e}  (threshold {:.1e}){}",
+        "{flag} {:<10} eval {:>3}  {:<16} {:<4} stat {:>9.5}  {}  (threshold {}){}",
         e.key.as_deref().unwrap_or("-"),
         e.evaluation,
         e.detector,
         e.kind,
         e.statistic,
-        e.p_value,
-        e.threshold,
+        e.p_value
+            .map_or_else(|| "           ".to_string(), |p| format!("p {p:>9.3e}")),
+        e.threshold.map_or_else(|| "-".to_string(), |t| format!("{t:.1e}")),
         if worst.is_empty() {
             String::new()
         } else {

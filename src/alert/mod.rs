@@ -56,10 +56,16 @@ pub struct Evaluation {
     pub key: Option<String>,
     /// Evaluation number for this key (1-based).
     pub evaluation: u64,
+    /// The detector's tests found drift on this evaluation.
     pub drift: bool,
+    /// The evaluation is sent as an alert: it drifted and the pipeline's
+    /// `alerting` rules (hysteresis, cooldown) let it through.
+    pub alert: bool,
     pub statistic: f64,
-    pub p_value: f64,
-    pub threshold: f64,
+    /// Smallest p-value; null for distance detectors.
+    pub p_value: Option<f64>,
+    /// p-value cutoff (tests) or statistic threshold (distances).
+    pub threshold: Option<f64>,
     pub window: WindowInfo,
     pub tests: Vec<TestResult>,
     /// The model that scored the events, if the pipeline has one.
@@ -76,13 +82,70 @@ pub fn alert_id(pipeline: &str, detector: &str, key: &str, end: (i32, i64)) -> S
     hex::encode(&h.finalize()[..16])
 }
 
-/// Drift type of a detector kind (the rule documented in the README).
-pub fn drift_type_of(kind: &str, configured: Option<DriftType>) -> DriftType {
+/// Drift type of a detector (the rule documented in the README): what the
+/// configuration says, else by what is tested — error rates → concept;
+/// predicted classes or class priors → label; inputs and embeddings → covariate.
+pub fn drift_type_of(kind: &str, columns: &[String], configured: Option<DriftType>) -> DriftType {
     configured.unwrap_or(match kind {
-        "chi2" | "label_shift" | "bbse" => DriftType::Label,
         "error_rate" => DriftType::Concept,
+        "label_shift" | "bbse" => DriftType::Label,
+        _ if columns.iter().any(|c| c == "predicted_class") => DriftType::Label,
         _ => DriftType::Covariate,
     })
+}
+
+/// Turns drifting evaluations into alerts: at least k of the last m
+/// evaluations of a detector and key drifted, and no alert of theirs within
+/// the last `cooldown` evaluations. State is per (detector, key) and depends
+/// only on the sequence of evaluations, so a replay reproduces it.
+#[derive(Debug, Default)]
+pub struct AlertPolicy {
+    k: usize,
+    m: usize,
+    cooldown: usize,
+    state: std::collections::HashMap<(String, String), PolicyState>,
+}
+
+#[derive(Debug, Default)]
+struct PolicyState {
+    recent: std::collections::VecDeque<bool>,
+    quiet_left: usize,
+}
+
+impl AlertPolicy {
+    pub fn new(cfg: &crate::config::AlertingConfig) -> Self {
+        let (k, m) = cfg.hysteresis.map_or((1, 1), |h| (h.k.get(), h.m.get()));
+        Self {
+            k,
+            m,
+            cooldown: cfg.cooldown,
+            state: Default::default(),
+        }
+    }
+
+    /// Whether the policy keeps state between evaluations (then evaluations
+    /// a restart skips must still be fed to it).
+    pub fn stateful(&self) -> bool {
+        self.m > 1 || self.cooldown > 0
+    }
+
+    /// Records one evaluation and says whether it alerts.
+    pub fn decide(&mut self, detector: &str, key: &str, drift: bool) -> bool {
+        let s = self.state.entry((detector.to_string(), key.to_string())).or_default();
+        s.recent.push_back(drift);
+        while s.recent.len() > self.m {
+            s.recent.pop_front();
+        }
+        if s.quiet_left > 0 {
+            s.quiet_left -= 1;
+            return false;
+        }
+        let fire = drift && s.recent.iter().filter(|d| **d).count() >= self.k;
+        if fire {
+            s.quiet_left = self.cooldown;
+        }
+        fire
+    }
 }
 
 /// Builds the evaluation record of a detector result.
@@ -109,6 +172,7 @@ pub fn evaluation(
         key: (!r.key.is_empty()).then(|| r.key.clone()),
         evaluation: c.evaluation,
         drift: r.drift,
+        alert: r.drift,
         statistic: r.statistic,
         p_value: r.p_value,
         threshold: r.threshold,
@@ -150,5 +214,28 @@ mod tests {
         // No ambiguity from concatenation.
         assert_ne!(alert_id("p", "dk", "", (0, 1)), alert_id("p", "d", "k", (0, 1)));
         assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn hysteresis_and_cooldown() {
+        use crate::config::{AlertingConfig, Hysteresis, Positive};
+        let cfg = AlertingConfig {
+            ert: None,
+            hysteresis: Some(Hysteresis {
+                k: Positive(2),
+                m: Positive(3),
+            }),
+            cooldown: 2,
+        };
+        let mut p = AlertPolicy::new(&cfg);
+        let seq = [true, false, true, true, true, true, false, false, true];
+        let got: Vec<bool> = seq.iter().map(|d| p.decide("d", "k", *d)).collect();
+        // 2 of 3 first met at index 2; then 2 quiet evaluations; index 5 fires again.
+        assert_eq!(got, [false, false, true, false, false, true, false, false, false]);
+        // Keys are independent; the default policy alerts on every drift.
+        assert!(!p.decide("d", "other", true));
+        let mut plain = AlertPolicy::new(&AlertingConfig::default());
+        assert!(!plain.stateful());
+        assert!(plain.decide("d", "k", true) && plain.decide("d", "k", true) && !plain.decide("d", "k", false));
     }
 }

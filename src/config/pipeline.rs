@@ -91,6 +91,9 @@ pub struct Pipeline {
     pub window: WindowConfig,
     /// Drift detectors, each a query over the `windows` table.
     pub detectors: Vec<DetectorConfig>,
+    /// False-alarm budget (`ert`), hysteresis and cooldown of alerts.
+    #[serde(default)]
+    pub alerting: AlertingConfig,
     /// Where alerts, statistics and dead letters go.
     #[serde(default)]
     pub output: OutputConfig,
@@ -470,9 +473,13 @@ pub struct CurrentConfig {
 #[serde(try_from = "DetectorSpec")]
 pub enum DetectorConfig {
     /// Two-sample Kolmogorov–Smirnov per numeric column.
-    Ks(KsDetector),
+    Ks(ColumnTests),
+    /// Chi-square homogeneity per categorical column.
+    Chi2(ColumnTests),
     /// MMD² on a vector column (e.g. the CNN embedding).
     Mmd(MmdDetector),
+    /// A distance (PSI, KL, JS, Wasserstein) per column, against a threshold.
+    Distance(DistanceDetector),
     /// A query of your own over `windows`.
     Sql(SqlDetector),
 }
@@ -481,10 +488,20 @@ pub enum DetectorConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DetectorKind {
-    /// Two-sample Kolmogorov–Smirnov per numeric column.
+    /// Two-sample Kolmogorov–Smirnov per numeric column (p-value).
     Ks,
-    /// MMD² on a vector column.
+    /// Chi-square homogeneity per categorical column, e.g. `predicted_class` (p-value).
+    Chi2,
+    /// MMD² on a vector column (permutation p-value).
     Mmd,
+    /// Population stability index per column (threshold on the statistic).
+    Psi,
+    /// Kullback–Leibler divergence, current ‖ reference (threshold).
+    Kl,
+    /// Jensen–Shannon divergence, base 2, in [0, 1] (threshold).
+    Js,
+    /// Wasserstein-1 distance in reference standard deviations (threshold).
+    Wasserstein,
     /// A query of your own over `windows`.
     Sql,
 }
@@ -498,6 +515,9 @@ pub enum Correction {
     /// Each column tested at `alpha / columns` (family-wise error ≤ alpha).
     #[default]
     Bonferroni,
+    /// Benjamini–Hochberg: the columns with the k smallest p-values drift,
+    /// k the largest with p₍ₖ₎ ≤ k·alpha/columns (false discovery rate ≤ alpha).
+    BenjaminiHochberg,
 }
 
 /// A `detectors:` item as written: one flat map, so every key is checked and
@@ -507,15 +527,17 @@ pub enum Correction {
 pub struct DetectorSpec {
     /// Detector name, unique in the pipeline; appears in alerts.
     pub name: String,
-    /// `ks`, `mmd` or `sql`.
+    /// `ks`, `chi2`, `mmd`, `psi`, `kl`, `js`, `wasserstein` or `sql`.
     pub kind: DetectorKind,
-    /// Significance level of the detector as a whole (default 0.01).
+    /// ks, chi2, mmd, sql: significance level of the detector as a whole per
+    /// evaluation (default 0.01, or derived from `alerting.ert`).
     #[serde(default)]
-    pub alpha: Alpha,
-    /// ks, sql: correction across columns, `none` or `bonferroni` (default).
+    pub alpha: Option<Alpha>,
+    /// ks, chi2, sql: correction across columns: `none`, `bonferroni`
+    /// (default) or `benjamini_hochberg`.
     #[serde(default)]
     pub correction: Option<Correction>,
-    /// ks: numeric columns to test.
+    /// ks, chi2, psi, kl, js, wasserstein: columns to test.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
     /// mmd: vector column (default `embedding`).
@@ -530,13 +552,33 @@ pub struct DetectorSpec {
     /// mmd: kernel bandwidth σ; default the median heuristic on the reference.
     #[serde(default)]
     pub sigma: Option<f64>,
+    /// mmd: `quadratic` (default; unbiased U-statistic, permutation p-value)
+    /// or `linear` (linear-time statistic, normal p-value: for large windows).
+    #[serde(default)]
+    pub method: Option<MmdMethod>,
+    /// psi, kl, js, wasserstein, sql: a column drifts when its distance
+    /// exceeds this. Defaults: psi 0.2, kl 0.1, js 0.1, wasserstein 0.5 (σ).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// psi, kl, js: quantile bins fitted on the reference for float columns
+    /// (default 10; other column types use their categories).
+    #[serde(default)]
+    pub bins: Option<Positive>,
     /// sql: a SELECT over `windows` returning an optional `key` column and one
-    /// or more test-result columns (`ks_test(…)`, `mmd_test(…)`); GROUP BY key.
+    /// or more result columns (`ks_test(…)`, `mmd_test(…)`, `psi(…)`, …); GROUP BY key.
     #[serde(default)]
     pub sql: Option<String>,
     /// sql: kind of drift the query watches: covariate (default), label or concept.
     #[serde(default)]
     pub drift_type: Option<crate::alert::DriftType>,
+}
+
+fn columns(kind: &str, c: Option<Vec<String>>) -> Result<Vec<String>, String> {
+    let c = c.ok_or_else(|| format!("kind {kind} needs `columns`"))?;
+    if c.is_empty() {
+        return Err("`columns` needs at least one column".into());
+    }
+    Ok(c)
 }
 
 impl TryFrom<DetectorSpec> for DetectorConfig {
@@ -547,55 +589,101 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
             ("permutations", s.permutations.is_some()),
             ("seed", s.seed.is_some()),
             ("sigma", s.sigma.is_some()),
+            ("method", s.method.is_some()),
         ];
+        let sql_only = [("sql", s.sql.is_some()), ("drift_type", s.drift_type.is_some())];
+        let distance_only = [("threshold", s.threshold.is_some()), ("bins", s.bins.is_some())];
+        let test_only = [("alpha", s.alpha.is_some()), ("correction", s.correction.is_some())];
+        if s.threshold.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
+            return Err("`threshold` must be a non-negative number".into());
+        }
+        let name = s.name;
         match s.kind {
-            DetectorKind::Ks => {
-                only("kind ks", &mmd_only)?;
-                only(
-                    "kind ks",
-                    &[("sql", s.sql.is_some()), ("drift_type", s.drift_type.is_some())],
-                )?;
-                let columns = s.columns.ok_or("kind ks needs `columns`")?;
-                if columns.is_empty() {
-                    return Err("`columns` needs at least one column".into());
-                }
-                Ok(DetectorConfig::Ks(KsDetector {
-                    name: s.name,
-                    columns,
+            k @ (DetectorKind::Ks | DetectorKind::Chi2) => {
+                let kn = if k == DetectorKind::Ks { "kind ks" } else { "kind chi2" };
+                only(kn, &mmd_only)?;
+                only(kn, &sql_only)?;
+                only(kn, &distance_only)?;
+                let t = ColumnTests {
+                    name,
+                    columns: columns(&kn[5..], s.columns)?,
                     alpha: s.alpha,
                     correction: s.correction.unwrap_or_default(),
-                }))
+                };
+                Ok(if k == DetectorKind::Ks {
+                    DetectorConfig::Ks(t)
+                } else {
+                    DetectorConfig::Chi2(t)
+                })
             }
             DetectorKind::Mmd => {
                 only(
                     "kind mmd",
-                    &[
-                        ("columns", s.columns.is_some()),
-                        ("correction", s.correction.is_some()),
-                        ("sql", s.sql.is_some()),
-                        ("drift_type", s.drift_type.is_some()),
-                    ],
+                    &[("columns", s.columns.is_some()), ("correction", s.correction.is_some())],
                 )?;
+                only("kind mmd", &sql_only)?;
+                only("kind mmd", &distance_only)?;
                 if s.sigma.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
                     return Err("`sigma` must be a positive number".into());
                 }
+                let method = s.method.unwrap_or_default();
+                if method == MmdMethod::Linear {
+                    only(
+                        "method linear (no permutations)",
+                        &[("permutations", s.permutations.is_some()), ("seed", s.seed.is_some())],
+                    )?;
+                }
                 Ok(DetectorConfig::Mmd(MmdDetector {
-                    name: s.name,
+                    name,
                     column: s.column.unwrap_or_else(|| "embedding".into()),
                     alpha: s.alpha,
                     permutations: s.permutations.unwrap_or(Positive(200)),
                     seed: s.seed.unwrap_or(0),
                     sigma: s.sigma,
+                    method,
+                }))
+            }
+            k @ (DetectorKind::Psi | DetectorKind::Kl | DetectorKind::Js | DetectorKind::Wasserstein) => {
+                let metric = match k {
+                    DetectorKind::Psi => Metric::Psi,
+                    DetectorKind::Kl => Metric::Kl,
+                    DetectorKind::Js => Metric::Js,
+                    _ => Metric::Wasserstein,
+                };
+                let kn = format!("kind {}", metric.name());
+                only(&kn, &mmd_only)?;
+                only(&kn, &sql_only)?;
+                only(&kn, &test_only)?;
+                if metric == Metric::Wasserstein {
+                    only(&kn, &[("bins", s.bins.is_some())])?;
+                }
+                if s.bins.is_some_and(|b| b.get() < 2) {
+                    return Err("`bins` must be at least 2".into());
+                }
+                Ok(DetectorConfig::Distance(DistanceDetector {
+                    name,
+                    metric,
+                    columns: columns(metric.name(), s.columns)?,
+                    threshold: s.threshold.unwrap_or(match metric {
+                        Metric::Psi => 0.2,
+                        Metric::Kl | Metric::Js => 0.1,
+                        Metric::Wasserstein => 0.5,
+                    }),
+                    bins: s.bins.map_or(crate::detect::divergence::DEFAULT_BINS, Positive::get),
                 }))
             }
             DetectorKind::Sql => {
                 only("kind sql", &mmd_only)?;
-                only("kind sql", &[("columns", s.columns.is_some())])?;
+                only(
+                    "kind sql",
+                    &[("columns", s.columns.is_some()), ("bins", s.bins.is_some())],
+                )?;
                 Ok(DetectorConfig::Sql(SqlDetector {
-                    name: s.name,
+                    name,
                     sql: s.sql.ok_or("kind sql needs `sql`")?,
                     alpha: s.alpha,
                     correction: s.correction.unwrap_or_default(),
+                    threshold: s.threshold,
                     drift_type: s.drift_type,
                 }))
             }
@@ -603,12 +691,14 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
     }
 }
 
-/// `kind: ks` (fields as in [`DetectorSpec`]).
+pub use crate::detect::divergence::Metric;
+
+/// `kind: ks` and `kind: chi2` (fields as in [`DetectorSpec`]).
 #[derive(Debug, Clone)]
-pub struct KsDetector {
+pub struct ColumnTests {
     pub name: String,
     pub columns: Vec<String>,
-    pub alpha: Alpha,
+    pub alpha: Option<Alpha>,
     pub correction: Correction,
 }
 
@@ -617,10 +707,32 @@ pub struct KsDetector {
 pub struct MmdDetector {
     pub name: String,
     pub column: String,
-    pub alpha: Alpha,
+    pub alpha: Option<Alpha>,
     pub permutations: Positive,
     pub seed: u64,
     pub sigma: Option<f64>,
+    pub method: MmdMethod,
+}
+
+/// How MMD is computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MmdMethod {
+    /// Unbiased U-statistic, O((n+m)²), permutation p-value.
+    #[default]
+    Quadratic,
+    /// Linear-time statistic over disjoint pairs, O(n), normal p-value.
+    Linear,
+}
+
+/// `kind: psi | kl | js | wasserstein` (fields as in [`DetectorSpec`]).
+#[derive(Debug, Clone)]
+pub struct DistanceDetector {
+    pub name: String,
+    pub metric: Metric,
+    pub columns: Vec<String>,
+    pub threshold: f64,
+    pub bins: usize,
 }
 
 /// `kind: sql` (fields as in [`DetectorSpec`]).
@@ -628,34 +740,124 @@ pub struct MmdDetector {
 pub struct SqlDetector {
     pub name: String,
     pub sql: String,
-    pub alpha: Alpha,
+    pub alpha: Option<Alpha>,
     pub correction: Correction,
+    /// Threshold for result columns without a p-value (distances).
+    pub threshold: Option<f64>,
     pub drift_type: Option<crate::alert::DriftType>,
+}
+
+/// How a detector decides that a column drifted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// Level of the detector per evaluation (tests with p-values).
+    pub alpha: f64,
+    pub correction: Correction,
+    /// Threshold on the statistic (results without p-value), if any.
+    pub threshold: Option<f64>,
 }
 
 impl DetectorConfig {
     pub fn name(&self) -> &str {
         match self {
-            DetectorConfig::Ks(d) => &d.name,
+            DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => &d.name,
             DetectorConfig::Mmd(d) => &d.name,
+            DetectorConfig::Distance(d) => &d.name,
             DetectorConfig::Sql(d) => &d.name,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             DetectorConfig::Ks(_) => "ks",
+            DetectorConfig::Chi2(_) => "chi2",
             DetectorConfig::Mmd(_) => "mmd",
+            DetectorConfig::Distance(d) => d.metric.name(),
             DetectorConfig::Sql(_) => "sql",
         }
     }
-    /// (alpha, correction) of the detector.
-    pub fn alpha(&self) -> (f64, Correction) {
+    /// Columns the detector tests (empty for sql).
+    pub fn columns(&self) -> Vec<String> {
         match self {
-            DetectorConfig::Ks(d) => (d.alpha.0, d.correction),
-            DetectorConfig::Mmd(d) => (d.alpha.0, Correction::None),
-            DetectorConfig::Sql(d) => (d.alpha.0, d.correction),
+            DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => d.columns.clone(),
+            DetectorConfig::Distance(d) => d.columns.clone(),
+            DetectorConfig::Mmd(d) => vec![d.column.clone()],
+            DetectorConfig::Sql(_) => vec![],
         }
     }
+    /// The alpha as configured (None: not given, or not a test).
+    fn alpha_slot(&mut self) -> Option<&mut Option<Alpha>> {
+        match self {
+            DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => Some(&mut d.alpha),
+            DetectorConfig::Mmd(d) => Some(&mut d.alpha),
+            DetectorConfig::Sql(d) => Some(&mut d.alpha),
+            DetectorConfig::Distance(_) => None,
+        }
+    }
+    /// How the detector's results turn into drift / no drift.
+    pub fn decision(&self) -> Decision {
+        let a = |a: &Option<Alpha>| a.unwrap_or_default().0;
+        match self {
+            DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => Decision {
+                alpha: a(&d.alpha),
+                correction: d.correction,
+                threshold: None,
+            },
+            DetectorConfig::Mmd(d) => Decision {
+                alpha: a(&d.alpha),
+                correction: Correction::None,
+                threshold: None,
+            },
+            DetectorConfig::Distance(d) => Decision {
+                alpha: 0.0,
+                correction: Correction::None,
+                threshold: Some(d.threshold),
+            },
+            DetectorConfig::Sql(d) => Decision {
+                alpha: a(&d.alpha),
+                correction: d.correction,
+                threshold: d.threshold,
+            },
+        }
+    }
+}
+
+/// When evaluations become alerts: the false-alarm budget and alert shaping.
+///
+/// Sliding windows test overlapping data again and again, so a per-test α of
+/// 0.05 would mean false alarms all day. With `ert` the pipeline states the
+/// expected number of evaluations between false alarms (per key), and the
+/// per-evaluation budget α = 1/ert is split evenly (Bonferroni) across the
+/// detectors that give p-values; each detector splits its share across its
+/// columns by its `correction`. Under no drift each detector's p-values are
+/// uniform, so the chance that any detector fires on an evaluation is at most
+/// 1/ert, and the mean run between false alarms is at least `ert`
+/// evaluations. Distance detectors have thresholds, not p-values, and are not
+/// part of this budget.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Expected run time between false alarms, in evaluations per key
+    /// (e.g. 1000). Replaces the detectors' `alpha`, which must then be left out.
+    #[serde(default)]
+    pub ert: Option<Positive>,
+    /// Alert only when at least `k` of the last `m` evaluations of a detector
+    /// (same key) drifted. Default: every drifting evaluation alerts.
+    #[serde(default)]
+    pub hysteresis: Option<Hysteresis>,
+    /// After an alert, this many further evaluations of the same detector and
+    /// key do not alert (default 0).
+    #[serde(default)]
+    pub cooldown: usize,
+}
+
+/// `k` of the last `m` evaluations.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Hysteresis {
+    /// Drifting evaluations needed (1 ≤ k ≤ m).
+    pub k: Positive,
+    /// Evaluations looked at, the current one included.
+    pub m: Positive,
 }
 
 /// Outputs. Kafka topics are written on the source's brokers unless `brokers` is set.
@@ -706,6 +908,7 @@ impl Pipeline {
         p.path = path.to_path_buf();
         p.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         p.check()?;
+        p.apply_ert()?;
         Ok(p)
     }
 
@@ -722,7 +925,33 @@ impl Pipeline {
         ConfigError::invalid(&self.path, key, msg)
     }
 
+    /// With `alerting.ert`, sets every test detector's alpha to its share of 1/ert.
+    fn apply_ert(&mut self) -> Result<(), ConfigError> {
+        let Some(ert) = self.alerting.ert else {
+            return Ok(());
+        };
+        let tests = self.detectors.iter_mut().filter_map(|d| d.alpha_slot()).count();
+        for (i, d) in self.detectors.iter_mut().enumerate() {
+            if let Some(slot) = d.alpha_slot() {
+                if slot.is_some() {
+                    return Err(ConfigError::invalid(
+                        &self.path,
+                        format!("detectors[{i}].alpha"),
+                        "leave `alpha` out when `alerting.ert` is set: it is derived from the ert",
+                    ));
+                }
+                *slot = Some(Alpha(1.0 / (ert.get() as f64 * tests as f64)));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
+        if let Some(h) = self.alerting.hysteresis
+            && h.k > h.m
+        {
+            return Err(self.err("alerting.hysteresis.k", format!("k = {} exceeds m = {}", h.k.0, h.m.0)));
+        }
         if self.name.is_empty()
             || !self
                 .name

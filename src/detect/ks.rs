@@ -11,7 +11,8 @@
 //!   n ≠ m Hodges' "inside method" rewritten to carry 1 − p (Viehmann 2021,
 //!   arXiv:2102.08037) so small p-values keep their relative accuracy;
 //! - asymptotic otherwise (or when the exact recursion under/overflows):
-//!   the Kolmogorov distribution with en = round(nm / (n + m)).
+//!   P(D_en ≥ D) for the one-sample statistic with en = round(nm / (n + m)),
+//!   i.e. scipy's `kstwo.sf(D, en)` (see [`super::kolmogorov`]).
 //!
 //! References: Hodges, J.L. (1958) "The significance probability of the
 //! Smirnov two-sample test", Arkiv för Matematik 3(43); Viehmann (2021).
@@ -105,7 +106,7 @@ pub fn statistic_and_p(d: f64, n1: usize, n2: usize) -> (f64, f64) {
     let (m, n) = (n1.max(n2) as f64, n1.min(n2) as f64);
     // numpy's round: half to even.
     let en = (m * n / (m + n)).round_ties_even();
-    (d, kolmogorov_n_sf(d, en))
+    (d, super::kolmogorov::kolmogn_sf(en as u64, d))
 }
 
 /// P(D_{n,n} ≥ h/n) = 2 Σ_k (−1)^{k+1} C(2n, n − kh) / C(2n, n), evaluated as
@@ -169,42 +170,6 @@ fn outer_prob_inside(m: u64, n: u64, g: u64, h: u64) -> f64 {
         }
     }
     a[(maxj - minj - 1) as usize]
-}
-
-/// Survival function of the limiting Kolmogorov distribution evaluated at
-/// sqrt(en)·d: Q(t) = 2 Σ_{k≥1} (−1)^{k−1} exp(−2k²t²). For small t the
-/// alternating series converges slowly, so the Jacobi-theta form of the CDF
-/// is used there: F(t) = sqrt(2π)/t Σ_{k≥1} exp(−(2k−1)²π²/(8t²)).
-pub fn kolmogorov_n_sf(d: f64, en: f64) -> f64 {
-    let t = d * en.sqrt();
-    kolmogorov_sf(t)
-}
-
-/// Q(t) = P(K > t) for the Kolmogorov distribution.
-pub fn kolmogorov_sf(t: f64) -> f64 {
-    if t <= 0.0 {
-        return 1.0;
-    }
-    if t < 1.0 {
-        let mut cdf = 0.0;
-        let c = std::f64::consts::PI.powi(2) / (8.0 * t * t);
-        for k in 1..=20 {
-            let kk = (2 * k - 1) as f64;
-            cdf += (-kk * kk * c).exp();
-        }
-        (1.0 - (2.0 * std::f64::consts::PI).sqrt() / t * cdf).clamp(0.0, 1.0)
-    } else {
-        let mut s = 0.0;
-        for k in 1..=100 {
-            let kf = k as f64;
-            let term = (-2.0 * kf * kf * t * t).exp();
-            s += if k % 2 == 1 { term } else { -term };
-            if term < 1e-300 {
-                break;
-            }
-        }
-        (2.0 * s).clamp(0.0, 1.0)
-    }
 }
 
 #[cfg(test)]
@@ -271,6 +236,28 @@ mod tests {
             // Symmetric in its arguments.
             let s = ks_2samp(&b, &a).unwrap();
             assert_eq!((s.statistic, s.p_value), (r.statistic, r.p_value), "{what}");
+        }
+    }
+
+    /// Large samples named by generator: the exact path up to 10,000 and each
+    /// region of the asymptotic one.
+    #[test]
+    fn matches_scipy_on_large_samples() {
+        let v = super::super::testgen::fixture("ks_golden.json");
+        for c in v["large_cases"].as_array().unwrap() {
+            let (a, b) = (
+                super::super::testgen::synth(&c["a"]),
+                super::super::testgen::synth(&c["b"]),
+            );
+            let r = ks_2samp(&a, &b).unwrap();
+            let (ws, wp) = (c["statistic"].as_f64().unwrap(), c["p_value"].as_f64().unwrap());
+            let what = format!("n={} m={}", a.len(), b.len());
+            assert!(
+                (r.statistic - ws).abs() <= 1e-12 * ws.abs(),
+                "{what}: D {} vs {ws}",
+                r.statistic
+            );
+            assert!((r.p_value - wp).abs() <= 1e-9, "{what}: p {} vs {wp}", r.p_value);
         }
     }
 

@@ -16,11 +16,28 @@
 //! kernel matrix with zero diagonal, r = K₀·1, S = 1ᵀK₀1 and s the indicator of
 //! the permuted "reference" set, the three block sums are
 //!   Σ_XX = sᵀK₀s,  Σ_XY = sᵀr − sᵀK₀s,  Σ_YY = S − 2sᵀr + sᵀK₀s,
-//! so each permutation costs one quadratic form over the smaller set.
+//! so each permutation costs one quadratic form over the smaller set. The B
+//! quadratic forms are computed together, block of rows by block of rows, so
+//! the matrix streams through the cache once for all permutations (a masked
+//! matrix product) instead of once per permutation.
+//!
+//! Sliding windows: the reference block K_XX (and σ) is computed once per
+//! reference and kept in a small process-wide cache keyed by the reference's
+//! content; the current block's rows are matched by content against the
+//! previous evaluation of the same reference, so a slide computes only the
+//! kernel rows of the events that entered the window.
+//!
+//! For windows too large for the quadratic statistic, [`mmd_linear`] gives
+//! the linear-time statistic with its normal null (Gretton et al. 2012, §6).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+
+use super::special::normal_sf;
 
 /// Options of one MMD test.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,6 +48,8 @@ pub struct MmdOptions {
     pub seed: u64,
     /// Kernel bandwidth σ; `None` = median heuristic on the reference.
     pub sigma: Option<f64>,
+    /// Threads for the permutations (the p-value does not depend on it).
+    pub threads: usize,
 }
 
 impl Default for MmdOptions {
@@ -39,6 +58,7 @@ impl Default for MmdOptions {
             permutations: 200,
             seed: 0,
             sigma: None,
+            threads: 1,
         }
     }
 }
@@ -48,10 +68,176 @@ impl Default for MmdOptions {
 pub struct MmdResult {
     /// MMD²_u (may be slightly negative under the null).
     pub statistic: f64,
-    /// Permutation p-value in [1/(B+1), 1].
+    /// Permutation p-value in [1/(B+1), 1] (linear test: normal tail).
     pub p_value: f64,
     /// Bandwidth σ used.
     pub sigma: f64,
+}
+
+/// Kernel blocks of one evaluation. K_XX and K_YY have zero diagonals.
+struct Gram {
+    n: usize,
+    m: usize,
+    kxx: Arc<Vec<f64>>,
+    /// n × m, and its transpose m × n (row access for both sides).
+    kxy: Vec<f64>,
+    kyx: Vec<f64>,
+    kyy: Vec<f64>,
+}
+
+impl Gram {
+    /// Row i of the pooled matrix as (part against X, part against Y).
+    fn row(&self, i: usize) -> (&[f64], &[f64]) {
+        let (n, m) = (self.n, self.m);
+        if i < n {
+            (&self.kxx[i * n..(i + 1) * n], &self.kxy[i * m..(i + 1) * m])
+        } else {
+            let j = i - n;
+            (&self.kyx[j * n..(j + 1) * n], &self.kyy[j * m..(j + 1) * m])
+        }
+    }
+}
+
+/// What is kept between evaluations against the same reference.
+struct CacheEntry {
+    key: (u64, usize, u64),
+    sigma: f64,
+    kxx: Arc<Vec<f64>>,
+    /// Previous current window: rows, and its kernel blocks.
+    current: Vec<f64>,
+    kyx: Vec<f64>,
+    kyy: Vec<f64>,
+}
+
+/// A few references at once (several keys, detectors); oldest dropped first.
+const CACHE_ENTRIES: usize = 8;
+static CACHE: Mutex<Vec<CacheEntry>> = Mutex::new(Vec::new());
+
+/// Empties the kernel cache (benchmarks measure the cold path with it).
+pub fn clear_kernel_cache() {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+fn hash_rows(x: &[f64]) -> u64 {
+    // FNV-1a over the bit patterns: cheap, and equal rows hash equal.
+    x.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ v.to_bits()).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn kernel(a: &[f64], b: &[f64], gamma: f64) -> f64 {
+    (-gamma * sq_dist(a, b)).exp()
+}
+
+/// Builds the kernel blocks, reusing what the cache holds for this reference.
+fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) -> (Gram, f64) {
+    let (n, m) = (reference.len() / dim, current.len() / dim);
+    let key = (hash_rows(reference), dim, sigma_opt.map_or(0, f64::to_bits));
+    let cached = {
+        let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        c.iter().position(|e| e.key == key).map(|i| c.remove(i))
+    };
+    let (sigma, kxx, prev) = match cached {
+        Some(e) => (e.sigma, e.kxx, Some((e.current, e.kyx, e.kyy))),
+        None => {
+            let sigma = sigma_opt.unwrap_or_else(|| median_heuristic_sigma(reference, dim));
+            let gamma = 1.0 / (2.0 * sigma * sigma);
+            let mut k = vec![0.0; n * n];
+            for i in 0..n {
+                for j in (i + 1)..n {
+                    let v = kernel(
+                        &reference[i * dim..(i + 1) * dim],
+                        &reference[j * dim..(j + 1) * dim],
+                        gamma,
+                    );
+                    k[i * n + j] = v;
+                    k[j * n + i] = v;
+                }
+            }
+            (sigma, Arc::new(k), None)
+        }
+    };
+    let gamma = 1.0 / (2.0 * sigma * sigma);
+    // Where each current row was in the previous current window, if it was.
+    let old_pos: Vec<Option<usize>> = match &prev {
+        Some((old, _, _)) => {
+            let pm = old.len() / dim;
+            let mut by_hash: HashMap<u64, usize> = HashMap::with_capacity(pm);
+            for j in 0..pm {
+                by_hash.insert(hash_rows(&old[j * dim..(j + 1) * dim]), j);
+            }
+            (0..m)
+                .map(|j| {
+                    let row = &current[j * dim..(j + 1) * dim];
+                    by_hash
+                        .get(&hash_rows(row))
+                        .copied()
+                        .filter(|&o| &old[o * dim..(o + 1) * dim] == row)
+                })
+                .collect()
+        }
+        None => vec![None; m],
+    };
+    let mut kyx = vec![0.0; m * n];
+    for j in 0..m {
+        let dst = &mut kyx[j * n..(j + 1) * n];
+        match (old_pos[j], &prev) {
+            (Some(o), Some((_, pkyx, _))) => dst.copy_from_slice(&pkyx[o * n..(o + 1) * n]),
+            _ => {
+                let y = &current[j * dim..(j + 1) * dim];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = kernel(&reference[i * dim..(i + 1) * dim], y, gamma);
+                }
+            }
+        }
+    }
+    let mut kyy = vec![0.0; m * m];
+    let pm = prev.as_ref().map_or(0, |(old, _, _)| old.len() / dim);
+    for j in 0..m {
+        for l in (j + 1)..m {
+            let v = match (old_pos[j], old_pos[l], &prev) {
+                (Some(a), Some(b), Some((_, _, pkyy))) => pkyy[a * pm + b],
+                _ => kernel(
+                    &current[j * dim..(j + 1) * dim],
+                    &current[l * dim..(l + 1) * dim],
+                    gamma,
+                ),
+            };
+            kyy[j * m + l] = v;
+            kyy[l * m + j] = v;
+        }
+    }
+    let mut kxy = vec![0.0; n * m];
+    for j in 0..m {
+        for i in 0..n {
+            kxy[i * m + j] = kyx[j * n + i];
+        }
+    }
+    {
+        let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= CACHE_ENTRIES {
+            c.remove(0);
+        }
+        c.push(CacheEntry {
+            key,
+            sigma,
+            kxx: kxx.clone(),
+            current: current.to_vec(),
+            kyx: kyx.clone(),
+            kyy: kyy.clone(),
+        });
+    }
+    (
+        Gram {
+            n,
+            m,
+            kxx,
+            kxy,
+            kyx,
+            kyy,
+        },
+        sigma,
+    )
 }
 
 /// Test `reference` (n rows) against `current` (m rows), both row-major with
@@ -65,39 +251,58 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     if n < 2 || m < 2 {
         return None;
     }
-    let sigma = match opts.sigma {
-        Some(s) if s > 0.0 && s.is_finite() => s,
-        _ => median_heuristic_sigma(reference, dim),
-    };
+    let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
+    let (g, sigma) = gram(reference, current, dim, sigma_opt);
     let total = n + m;
-    let pooled: Vec<f64> = reference.iter().chain(current).copied().collect();
-    let k = kernel_matrix(&pooled, total, dim, sigma);
-    let row_sums: Vec<f64> = (0..total).map(|i| k[i * total..(i + 1) * total].iter().sum()).collect();
+    let row_sums: Vec<f64> = (0..total)
+        .map(|i| {
+            let (a, b) = g.row(i);
+            a.iter().sum::<f64>() + b.iter().sum::<f64>()
+        })
+        .collect();
     let grand: f64 = row_sums.iter().sum();
+    let sxx: f64 = g.kxx.iter().sum();
+    let syy: f64 = g.kyy.iter().sum();
+    let t = mmd_from_sums(sxx, (grand - sxx - syy) / 2.0, syy, n, m);
 
-    // `perm[..n]` is the reference side. The quadratic form is taken over the
-    // smaller side; the identities above give the other sums from it.
-    let stat_for = |perm: &[usize]| -> f64 {
-        let (q, sr) = if n <= m {
-            let xs = &perm[..n];
-            (quad_form(&k, total, xs), xs.iter().map(|&i| row_sums[i]).sum::<f64>())
-        } else {
-            let ys = &perm[n..];
-            let qy = quad_form(&k, total, ys);
-            let sr = grand - ys.iter().map(|&i| row_sums[i]).sum::<f64>();
-            (qy - grand + 2.0 * sr, sr)
-        };
-        mmd_from_sums(q, sr - q, grand - 2.0 * sr + q, n, m)
-    };
-    let identity: Vec<usize> = (0..total).collect();
-    let t = stat_for(&identity);
-
+    // Each permutation: the members of the smaller side (`small_is_x`: the
+    // permuted reference side), sorted so rows are visited in order.
+    let small_is_x = n <= m;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut idx: Vec<usize> = (0..total).collect();
+    let mut idx: Vec<u32> = (0..total as u32).collect();
+    let members: Vec<Vec<u32>> = (0..opts.permutations)
+        .map(|_| {
+            idx.shuffle(&mut rng);
+            let mut s = if small_is_x {
+                idx[..n].to_vec()
+            } else {
+                idx[n..].to_vec()
+            };
+            s.sort_unstable();
+            s
+        })
+        .collect();
+    let threads = opts.threads.clamp(1, members.len().max(1));
+    let chunk = members.len().div_ceil(threads).max(1);
+    let quads: Vec<f64> = if threads == 1 {
+        quad_forms(&g, &members)
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = members.chunks(chunk).map(|c| s.spawn(|| quad_forms(&g, c))).collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        })
+    };
     let mut exceed = 0usize;
-    for _ in 0..opts.permutations {
-        idx.shuffle(&mut rng);
-        let tb = stat_for(&idx);
+    for (q, mem) in quads.iter().zip(&members) {
+        let s_r: f64 = mem.iter().map(|&i| row_sums[i as usize]).sum();
+        // Σ over the permuted X side (sr) and its quadratic form (xx).
+        let (xx, sr) = if small_is_x {
+            (*q, s_r)
+        } else {
+            let sr = grand - s_r;
+            (q - grand + 2.0 * sr, sr)
+        };
+        let tb = mmd_from_sums(xx, sr - xx, grand - 2.0 * sr + xx, n, m);
         if tb >= t {
             exceed += 1;
         }
@@ -110,38 +315,116 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     })
 }
 
+/// Rows per block: a block of pooled rows stays in cache while every
+/// permutation's mask is applied to it.
+const BLOCK_ROWS: usize = 16;
+
+/// sᵀK₀s for each member set s, by blocks of rows.
+fn quad_forms(g: &Gram, members: &[Vec<u32>]) -> Vec<f64> {
+    let (n, m) = (g.n, g.m);
+    let total = n + m;
+    let masks: Vec<Vec<f64>> = members
+        .iter()
+        .map(|mem| {
+            let mut v = vec![0.0; total];
+            for &i in mem {
+                v[i as usize] = 1.0;
+            }
+            v
+        })
+        .collect();
+    let mut q = vec![0.0; members.len()];
+    let mut cursor = vec![0usize; members.len()];
+    for start in (0..total).step_by(BLOCK_ROWS) {
+        let end = (start + BLOCK_ROWS).min(total);
+        for (b, mem) in members.iter().enumerate() {
+            let (mask_x, mask_y) = masks[b].split_at(n);
+            let mut c = cursor[b];
+            while c < mem.len() && (mem[c] as usize) < end {
+                let (rx, ry) = g.row(mem[c] as usize);
+                q[b] += dot(rx, mask_x) + dot(ry, mask_y);
+                c += 1;
+            }
+            cursor[b] = c;
+        }
+    }
+    q
+}
+
+/// Dot product with four accumulators, so the compiler can vectorise it.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc[0] + acc[1] + acc[2] + acc[3] + tail
+}
+
 fn mmd_from_sums(xx: f64, xy: f64, yy: f64, n: usize, m: usize) -> f64 {
     let (nf, mf) = (n as f64, m as f64);
     xx / (nf * (nf - 1.0)) + yy / (mf * (mf - 1.0)) - 2.0 * xy / (nf * mf)
 }
 
-/// Σ_{i,j∈xs} K[i,j] (K has a zero diagonal).
-fn quad_form(k: &[f64], total: usize, xs: &[usize]) -> f64 {
-    let mut q = 0.0;
-    for &i in xs {
-        let row = &k[i * total..(i + 1) * total];
-        q += xs.iter().map(|&j| row[j]).sum::<f64>();
+/// Linear-time MMD² (Gretton et al. 2012, §6, Lemma 14): with p = ⌊min(n,m)/2⌋
+/// disjoint pairs, h_i = k(x₂ᵢ,x₂ᵢ₊₁) + k(y₂ᵢ,y₂ᵢ₊₁) − k(x₂ᵢ,y₂ᵢ₊₁) − k(x₂ᵢ₊₁,y₂ᵢ),
+/// MMD²_l = mean(h), and under the null √p·MMD²_l/sd(h) → N(0,1), so the
+/// one-sided p-value is P(Z ≥ √p·mean/sd). O(n·dim) time and no matrix:
+/// for windows too large for the quadratic test. Rows beyond 2p are unused.
+pub fn mmd_linear(reference: &[f64], current: &[f64], dim: usize, sigma: Option<f64>) -> Option<MmdResult> {
+    if dim == 0 || !reference.len().is_multiple_of(dim) || !current.len().is_multiple_of(dim) {
+        return None;
     }
-    q
-}
-
-/// Pooled kernel matrix with a zero diagonal (the U-statistic excludes i = j).
-fn kernel_matrix(z: &[f64], total: usize, dim: usize, sigma: f64) -> Vec<f64> {
+    let pairs = (reference.len() / dim).min(current.len() / dim) / 2;
+    if pairs < 2 {
+        return None;
+    }
+    // σ from (at most) the first 1000 reference rows: the median heuristic is O(n²).
+    let sigma = sigma
+        .filter(|s| *s > 0.0 && s.is_finite())
+        .unwrap_or_else(|| median_heuristic_sigma(&reference[..reference.len().min(1000 * dim)], dim));
     let gamma = 1.0 / (2.0 * sigma * sigma);
-    let mut k = vec![0.0; total * total];
-    for i in 0..total {
-        let zi = &z[i * dim..(i + 1) * dim];
-        for j in (i + 1)..total {
-            let v = (-gamma * sq_dist(zi, &z[j * dim..(j + 1) * dim])).exp();
-            k[i * total + j] = v;
-            k[j * total + i] = v;
-        }
-    }
-    k
+    let row = |v: &[f64], i: usize| -> Vec<f64> { v[i * dim..(i + 1) * dim].to_vec() };
+    let h: Vec<f64> = (0..pairs)
+        .map(|i| {
+            let (x1, x2) = (row(reference, 2 * i), row(reference, 2 * i + 1));
+            let (y1, y2) = (row(current, 2 * i), row(current, 2 * i + 1));
+            kernel(&x1, &x2, gamma) + kernel(&y1, &y2, gamma) - kernel(&x1, &y2, gamma) - kernel(&x2, &y1, gamma)
+        })
+        .collect();
+    let pf = pairs as f64;
+    let mean = h.iter().sum::<f64>() / pf;
+    let var = h.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (pf - 1.0);
+    let p = if var > 0.0 {
+        normal_sf(mean / (var / pf).sqrt())
+    } else if mean > 0.0 {
+        0.0
+    } else {
+        1.0
+    };
+    Some(MmdResult {
+        statistic: mean,
+        p_value: p,
+        sigma,
+    })
 }
 
 fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            let d = x[k] - y[k];
+            acc[k] += d * d;
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum();
+    acc[0] + acc[1] + acc[2] + acc[3] + tail
 }
 
 /// σ = sqrt(median_{i<j} ‖x_i − x_j‖² / 2) over the reference rows. Falls back
@@ -233,6 +516,7 @@ mod tests {
                 permutations: 10,
                 seed: 1,
                 sigma: None,
+                threads: 1,
             },
         )
         .unwrap();
@@ -258,6 +542,7 @@ mod tests {
                 permutations: 5,
                 seed: 1,
                 sigma: Some(0.8),
+                threads: 1,
             },
         )
         .unwrap();
@@ -279,6 +564,7 @@ mod tests {
             permutations: 99,
             seed: 3,
             sigma: None,
+            threads: 1,
         };
         let r = mmd_test(&x, &y, 4, &opts).unwrap();
         assert_eq!(r.p_value, 0.01, "clear shift: every permutation below T, p = 1/(B+1)");
@@ -296,6 +582,7 @@ mod tests {
             permutations: 50,
             seed: 9,
             sigma: None,
+            threads: 1,
         };
         assert_eq!(mmd_test(&x, &y, 2, &o), mmd_test(&x, &y, 2, &o));
     }

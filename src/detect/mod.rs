@@ -8,8 +8,14 @@
 //! columns, each a struct with `statistic` and `p_value` (what `ks_test` and
 //! `mmd_test` return).
 
+pub mod chi2;
+pub mod divergence;
+pub mod kolmogorov;
 pub mod ks;
 pub mod mmd;
+pub mod special;
+#[cfg(test)]
+pub(crate) mod testgen;
 pub mod udaf;
 
 use std::sync::Arc;
@@ -19,7 +25,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaR
 use datafusion::logical_expr::LogicalPlan;
 use serde::Serialize;
 
-use crate::config::{Correction, DetectorConfig};
+use crate::config::{Correction, Decision, DetectorConfig, Metric, MmdMethod};
 use crate::sql::SqlStage;
 use crate::window::{Coords, Due};
 
@@ -51,7 +57,8 @@ impl DetectError {
 pub struct TestResult {
     pub column: String,
     pub statistic: f64,
-    pub p_value: f64,
+    /// None for distances, which are compared to a threshold instead.
+    pub p_value: Option<f64>,
     /// Whether this column drifted at the corrected threshold.
     pub drift: bool,
 }
@@ -63,12 +70,14 @@ pub struct DetectorResult {
     pub kind: String,
     pub key: String,
     pub drift: bool,
-    /// Statistic of the most significant test.
+    /// Statistic of the most significant test (largest distance for distances).
     pub statistic: f64,
-    /// Smallest p-value among the tests.
-    pub p_value: f64,
-    /// Per-test threshold the p-values are compared to (alpha after correction).
-    pub threshold: f64,
+    /// Smallest p-value among the tests (None for distance detectors).
+    pub p_value: Option<f64>,
+    /// What the tests are compared to: the per-test p-value cutoff (alpha
+    /// after correction) for tests, the statistic's threshold for distances
+    /// (None when a sql detector's distance has none configured).
+    pub threshold: Option<f64>,
     pub tests: Vec<TestResult>,
     #[serde(skip)]
     pub coords: Option<Coords>,
@@ -77,8 +86,7 @@ pub struct DetectorResult {
 struct Planned {
     name: String,
     kind: &'static str,
-    alpha: f64,
-    correction: Correction,
+    decision: Decision,
     plan: LogicalPlan,
 }
 
@@ -97,16 +105,30 @@ pub fn ident(s: &str) -> String {
 /// The SQL of a built-in detector (or the user's own).
 pub fn detector_sql(d: &DetectorConfig) -> String {
     let cur = format!("{WINDOW_COL} = 'current'");
+    let per_column = |f: &str, cols: &[String], extra: &str| {
+        let cols: Vec<String> = cols
+            .iter()
+            .map(|c| format!("{f}({}, {cur}{extra}) AS {}", ident(c), ident(c)))
+            .collect();
+        format!(
+            "SELECT {KEY_COL}, {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+            cols.join(", ")
+        )
+    };
     match d {
-        DetectorConfig::Ks(k) => {
-            let cols: Vec<String> = k
-                .columns
-                .iter()
-                .map(|c| format!("ks_test({}, {cur}) AS {}", ident(c), ident(c)))
-                .collect();
+        DetectorConfig::Ks(k) => per_column("ks_test", &k.columns, ""),
+        DetectorConfig::Chi2(k) => per_column("chi2_test", &k.columns, ""),
+        DetectorConfig::Distance(k) => match k.metric {
+            Metric::Psi => per_column("psi", &k.columns, &format!(", {}", k.bins)),
+            Metric::Kl => per_column("kl_divergence", &k.columns, &format!(", {}", k.bins)),
+            Metric::Js => per_column("js_divergence", &k.columns, &format!(", {}", k.bins)),
+            Metric::Wasserstein => per_column("wasserstein_distance", &k.columns, ""),
+        },
+        DetectorConfig::Mmd(m) if m.method == MmdMethod::Linear => {
+            let sigma = m.sigma.map(|s| format!(", {s:?}")).unwrap_or_default();
             format!(
-                "SELECT {KEY_COL}, {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
-                cols.join(", ")
+                "SELECT {KEY_COL}, mmd_linear_test({c}, {cur}{sigma}) AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+                c = ident(&m.column)
             )
         }
         DetectorConfig::Mmd(m) => {
@@ -155,12 +177,10 @@ impl Detectors {
             };
             let plan = stage.plan(&sql).await.map_err(|e| err(format!("{e} (query: {sql})")))?;
             check_output(plan.schema().as_arrow()).map_err(err)?;
-            let (alpha, correction) = d.alpha();
             planned.push(Planned {
                 name: d.name().to_string(),
                 kind: d.kind(),
-                alpha,
-                correction,
+                decision: d.decision(),
                 plan,
             });
         }
@@ -253,12 +273,17 @@ fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) ->
             if s.is_null(row) {
                 continue; // too few rows on a side: no test
             }
-            let get = |n: &str| s.column_by_name(n).map(|c| c.as_primitive::<Float64Type>().value(row));
-            if let (Some(stat), Some(pv)) = (get("statistic"), get("p_value")) {
+            let get = |n: &str| {
+                s.column_by_name(n)
+                    .map(|c| c.as_primitive::<Float64Type>())
+                    .filter(|c| c.is_valid(row))
+                    .map(|c| c.value(row))
+            };
+            if let Some(stat) = get("statistic") {
                 tests.push(TestResult {
                     column: f.name().clone(),
                     statistic: stat,
-                    p_value: pv,
+                    p_value: get("p_value"),
                     drift: false,
                 });
             }
@@ -266,16 +291,19 @@ fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) ->
         if tests.is_empty() {
             continue;
         }
-        let threshold = match p.correction {
-            Correction::None => p.alpha,
-            Correction::Bonferroni => p.alpha / tests.len() as f64,
-        };
+        let p_values: Vec<f64> = tests.iter().filter_map(|t| t.p_value).collect();
+        let cutoff = p_cutoff(&p_values, p.decision.alpha, p.decision.correction);
         for t in &mut tests {
-            t.drift = t.p_value < threshold;
+            t.drift = match t.p_value {
+                Some(pv) => pv <= cutoff,
+                None => p.decision.threshold.is_some_and(|th| t.statistic > th),
+            };
         }
         let best = tests
             .iter()
-            .min_by(|a, b| a.p_value.total_cmp(&b.p_value))
+            .filter(|t| t.p_value.is_some())
+            .min_by(|a, b| a.p_value.unwrap_or(1.0).total_cmp(&b.p_value.unwrap_or(1.0)))
+            .or_else(|| tests.iter().max_by(|a, b| a.statistic.total_cmp(&b.statistic)))
             .expect("non-empty");
         out.push(DetectorResult {
             detector: p.name.clone(),
@@ -284,10 +312,58 @@ fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) ->
             drift: tests.iter().any(|t| t.drift),
             statistic: best.statistic,
             p_value: best.p_value,
-            threshold,
+            threshold: if best.p_value.is_some() {
+                Some(cutoff)
+            } else {
+                p.decision.threshold
+            },
             tests: tests.clone(),
             coords: Some(coords.clone()),
         });
     }
     out
+}
+
+/// The p-value at or below which a test drifts, for `m` tests at level alpha.
+/// Bonferroni: alpha/m. Benjamini–Hochberg (1995): k·alpha/m for the largest k
+/// with p₍ₖ₎ ≤ k·alpha/m (sorted ascending); when there is no such k nothing
+/// drifts and alpha/m — the smallest BH cutoff — is reported.
+pub fn p_cutoff(p_values: &[f64], alpha: f64, correction: Correction) -> f64 {
+    let m = p_values.len().max(1) as f64;
+    match correction {
+        Correction::None => alpha,
+        Correction::Bonferroni => alpha / m,
+        Correction::BenjaminiHochberg => {
+            let mut sorted = p_values.to_vec();
+            sorted.sort_unstable_by(f64::total_cmp);
+            sorted
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(i, p)| **p <= (*i as f64 + 1.0) * alpha / m)
+                .map_or(alpha / m, |(i, _)| (i as f64 + 1.0) * alpha / m)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrections() {
+        let p = [0.01, 0.04, 0.03, 0.005];
+        assert_eq!(p_cutoff(&p, 0.05, Correction::None), 0.05);
+        assert_eq!(p_cutoff(&p, 0.05, Correction::Bonferroni), 0.0125);
+        // Sorted 0.005, 0.01, 0.03, 0.04 against 0.0125, 0.025, 0.0375, 0.05: k = 4.
+        assert_eq!(p_cutoff(&p, 0.05, Correction::BenjaminiHochberg), 0.05);
+        // 0.001 ≤ 0.0125, 0.2 > 0.025, 0.3 > 0.0375, 0.9 > 0.05: k = 1.
+        assert_eq!(
+            p_cutoff(&[0.9, 0.2, 0.001, 0.3], 0.05, Correction::BenjaminiHochberg),
+            0.0125
+        );
+        // statsmodels.multipletests([0.03, 0.04], 0.05, 'fdr_bh') rejects both; Bonferroni neither.
+        assert_eq!(p_cutoff(&[0.03, 0.04], 0.05, Correction::BenjaminiHochberg), 0.05);
+        assert!(0.03 > p_cutoff(&[0.03, 0.04], 0.05, Correction::Bonferroni));
+    }
 }

@@ -7,37 +7,54 @@
 //! ```
 //!
 //! Each returns a struct `{statistic, p_value, n_reference, n_current}`
-//! (`mmd_test` adds `sigma`), or NULL when a side has too few rows.
+//! (`mmd_test` adds `sigma`), or NULL when a side has too few rows. Tests
+//! (`ks_test`, `chi2_test`, `mmd_test`) give a p-value; distances (`psi`,
+//! `kl_divergence`, `js_divergence`, `wasserstein_distance`) a NULL one and
+//! are compared to a threshold on the statistic.
 //! `mmd_test(vector, is_current [, permutations [, seed [, sigma]]])`: the
 //! optional arguments are literals; sigma ≤ 0 means the median heuristic.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, ListArray, StructArray, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, ListArray, StringArray, StructArray, UInt64Array,
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, UInt64Type};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
 
+use super::chi2::{chi2_homogeneity, contingency};
+use super::divergence::{self, DEFAULT_BINS, Metric};
 use super::ks::ks_2samp;
-use super::mmd::{MmdOptions, mmd_test};
+use super::mmd::{MmdOptions, mmd_linear, mmd_test};
 
 /// Default number of permutations of `mmd_test` when the query gives none.
 pub const DEFAULT_PERMUTATIONS: usize = 200;
 
 /// All driftwatch aggregate functions, for registration in a session.
 pub fn all() -> Vec<AggregateUDF> {
-    vec![AggregateUDF::from(KsTest::new()), AggregateUDF::from(MmdTest::new())]
+    vec![
+        AggregateUDF::from(TwoSample::new("ks_test", Stat::Ks)),
+        AggregateUDF::from(TwoSample::new("chi2_test", Stat::Chi2)),
+        AggregateUDF::from(TwoSample::new("psi", Stat::Distance(Metric::Psi))),
+        AggregateUDF::from(TwoSample::new("kl_divergence", Stat::Distance(Metric::Kl))),
+        AggregateUDF::from(TwoSample::new("js_divergence", Stat::Distance(Metric::Js))),
+        AggregateUDF::from(TwoSample::new(
+            "wasserstein_distance",
+            Stat::Distance(Metric::Wasserstein),
+        )),
+        AggregateUDF::from(MmdTest::new(false)),
+        AggregateUDF::from(MmdTest::new(true)),
+    ]
 }
 
 fn result_fields(extra: &[&str]) -> Fields {
     let mut f = vec![
         Field::new("statistic", DataType::Float64, false),
-        Field::new("p_value", DataType::Float64, false),
+        Field::new("p_value", DataType::Float64, true),
         Field::new("n_reference", DataType::UInt64, false),
         Field::new("n_current", DataType::UInt64, false),
     ];
@@ -46,12 +63,12 @@ fn result_fields(extra: &[&str]) -> Fields {
 }
 
 /// One-row struct scalar; `None` gives a NULL struct of the same type.
-fn result_scalar(fields: Fields, vals: Option<(f64, f64, usize, usize, Vec<f64>)>) -> ScalarValue {
+fn result_scalar(fields: Fields, vals: Option<(f64, Option<f64>, usize, usize, Vec<f64>)>) -> ScalarValue {
     let (s, p, nr, nc, extra, nulls) = match vals {
         Some((s, p, nr, nc, extra)) => (s, p, nr as u64, nc as u64, extra, None),
         None => (
             0.0,
-            1.0,
+            None,
             0,
             0,
             vec![0.0; fields.len() - 4],
@@ -116,116 +133,240 @@ fn as_bool<'a>(values: &'a ArrayRef, fname: &str) -> Result<&'a BooleanArray> {
     }
 }
 
-// ---------------------------------------------------------------- ks_test
+// ---------------------------------------------------------------- two-sample tests on one column
 
-/// `ks_test(value, is_current)`: two-sample KS, see [`super::ks`].
+/// What a [`TwoSample`] aggregate computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stat {
+    /// Kolmogorov–Smirnov on a numeric column.
+    Ks,
+    /// Chi-square homogeneity on a categorical column (any type; values compared as text).
+    Chi2,
+    /// A distance without p-value (float columns binned, others by category).
+    Distance(Metric),
+}
+
+/// `ks_test(value, is_current)`, `chi2_test(value, is_current)`,
+/// `psi(value, is_current [, bins])`, `kl_divergence(…)`, `js_divergence(…)`,
+/// `wasserstein_distance(value, is_current)`: see [`super::ks`],
+/// [`super::chi2`], [`super::divergence`]. Distances return a NULL `p_value`.
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub struct KsTest {
+pub struct TwoSample {
+    name: &'static str,
+    stat: Stat,
     signature: Signature,
 }
 
-impl KsTest {
-    pub fn new() -> Self {
+impl TwoSample {
+    pub fn new(name: &'static str, stat: Stat) -> Self {
+        let binned = matches!(stat, Stat::Distance(m) if m != Metric::Wasserstein);
+        let arities = if binned { vec![2, 3] } else { vec![2] };
         Self {
-            signature: Signature::any(2, Volatility::Immutable),
+            name,
+            stat,
+            signature: Signature::one_of(
+                arities.into_iter().map(TypeSignature::Any).collect(),
+                Volatility::Immutable,
+            ),
+        }
+    }
+
+    /// Whether values of type `t` are treated as categories.
+    fn categorical(&self, t: &DataType) -> Result<bool> {
+        match self.stat {
+            Stat::Ks | Stat::Distance(Metric::Wasserstein) if t.is_numeric() => Ok(false),
+            Stat::Ks | Stat::Distance(Metric::Wasserstein) => {
+                exec_err!("{}: first argument must be numeric, got {t}", self.name)
+            }
+            Stat::Chi2 => Ok(true),
+            Stat::Distance(_) => Ok(!t.is_floating()),
         }
     }
 }
 
-impl Default for KsTest {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl AggregateUDFImpl for KsTest {
+impl AggregateUDFImpl for TwoSample {
     fn name(&self) -> &str {
-        "ks_test"
+        self.name
     }
     fn signature(&self) -> &Signature {
         &self.signature
     }
-    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        if let Some(t) = args.first() {
+            self.categorical(t)?;
+        }
         Ok(DataType::Struct(result_fields(&[])))
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(KsAcc::default()))
+        Ok(Box::new(SampleAcc {
+            name: self.name,
+            stat: self.stat,
+            numeric: Default::default(),
+            categories: Default::default(),
+            bins: None,
+        }))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        let text = |state: &str| {
+            Arc::new(Field::new(
+                format!("{}[{state}]", args.name),
+                DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                true,
+            ))
+        };
         Ok(vec![
             list_field(args.name, "reference"),
             list_field(args.name, "current"),
+            text("reference_categories"),
+            text("current_categories"),
+            Arc::new(Field::new(format!("{}[bins]", args.name), DataType::UInt64, true)),
         ])
     }
 }
 
-#[derive(Debug, Default)]
-struct KsAcc {
-    reference: Vec<f64>,
-    current: Vec<f64>,
+/// Values of both windows, numeric or categorical, kept until evaluation.
+#[derive(Debug)]
+struct SampleAcc {
+    name: &'static str,
+    stat: Stat,
+    /// [reference, current]
+    numeric: [Vec<f64>; 2],
+    categories: [Vec<String>; 2],
+    bins: Option<u64>,
 }
 
-impl Accumulator for KsAcc {
+impl SampleAcc {
+    fn sizes(&self) -> (usize, usize) {
+        (
+            self.numeric[0].len() + self.categories[0].len(),
+            self.numeric[1].len() + self.categories[1].len(),
+        )
+    }
+}
+
+impl Accumulator for SampleAcc {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let v = as_f64(&values[0], "ks_test")?;
-        let c = as_bool(&values[1], "ks_test")?;
-        for i in 0..v.len() {
-            // NULL or non-finite values (e.g. from a derived SQL column) carry no information.
-            if v.is_null(i) || c.is_null(i) || !v.value(i).is_finite() {
-                continue;
+        if let Some(a) = values.get(2)
+            && let Some(b) = literal_u64(a, self.name, "bins")?
+        {
+            if b < 2 {
+                return exec_err!("{}: bins must be at least 2, got {b}", self.name);
             }
-            if c.value(i) {
-                &mut self.current
-            } else {
-                &mut self.reference
+            self.bins = Some(b);
+        }
+        let c = as_bool(&values[1], self.name)?;
+        let udf = TwoSample::new(self.name, self.stat);
+        if udf.categorical(values[0].data_type())? {
+            let text = cast(&values[0], &DataType::Utf8)?;
+            let text = text.as_string::<i32>();
+            for i in 0..text.len() {
+                if text.is_valid(i) && c.is_valid(i) {
+                    self.categories[usize::from(c.value(i))].push(text.value(i).to_string());
+                }
             }
-            .push(v.value(i));
+        } else {
+            let v = as_f64(&values[0], self.name)?;
+            for i in 0..v.len() {
+                // NULL or non-finite values (e.g. from a derived SQL column) carry no information.
+                if v.is_valid(i) && c.is_valid(i) && v.value(i).is_finite() {
+                    self.numeric[usize::from(c.value(i))].push(v.value(i));
+                }
+            }
         }
         Ok(())
     }
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        let r = ks_2samp(&self.reference, &self.current)
-            .map(|r| (r.statistic, r.p_value, self.reference.len(), self.current.len(), vec![]));
-        Ok(result_scalar(result_fields(&[]), r))
+        let [rn, cn] = &self.numeric;
+        let [rc, cc] = &self.categories;
+        let bins = self.bins.map_or(DEFAULT_BINS, |b| b as usize);
+        let r: Option<(f64, Option<f64>)> = match self.stat {
+            Stat::Ks => ks_2samp(rn, cn).map(|r| (r.statistic, Some(r.p_value))),
+            Stat::Chi2 => {
+                let (_, p, q) = contingency(rc, cc);
+                chi2_homogeneity(&p, &q).map(|r| (r.statistic, Some(r.p_value)))
+            }
+            Stat::Distance(m) if rc.is_empty() && cc.is_empty() => {
+                divergence::numeric(m, rn, cn, bins).map(|d| (d, None))
+            }
+            Stat::Distance(m) => divergence::categorical(m, rc, cc).map(|d| (d, None)),
+        };
+        let (nr, nc) = self.sizes();
+        Ok(result_scalar(
+            result_fields(&[]),
+            r.map(|(s, p)| (s, p, nr, nc, vec![])),
+        ))
     }
     fn size(&self) -> usize {
-        size_of_val(self) + 8 * (self.reference.capacity() + self.current.capacity())
+        size_of_val(self)
+            + 8 * (self.numeric[0].capacity() + self.numeric[1].capacity())
+            + self
+                .categories
+                .iter()
+                .flatten()
+                .map(|s| s.capacity() + 24)
+                .sum::<usize>()
     }
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![list_scalar(&self.reference), list_scalar(&self.current)])
+        let text = |v: &[String]| {
+            let arr = ListArray::new(
+                Arc::new(Field::new_list_field(DataType::Utf8, true)),
+                OffsetBuffer::from_lengths([v.len()]),
+                Arc::new(StringArray::from_iter_values(v)),
+                None,
+            );
+            ScalarValue::List(Arc::new(arr))
+        };
+        Ok(vec![
+            list_scalar(&self.numeric[0]),
+            list_scalar(&self.numeric[1]),
+            text(&self.categories[0]),
+            text(&self.categories[1]),
+            ScalarValue::UInt64(self.bins),
+        ])
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        extend_from_list(&mut self.reference, &states[0])?;
-        extend_from_list(&mut self.current, &states[1])
+        for side in 0..2 {
+            extend_from_list(&mut self.numeric[side], &states[side])?;
+            let list = states[2 + side].as_list::<i32>();
+            for i in 0..list.len() {
+                if list.is_valid(i) {
+                    let v = list.value(i);
+                    self.categories[side].extend(v.as_string::<i32>().iter().flatten().map(str::to_string));
+                }
+            }
+        }
+        if let Some(b) = states[4].as_primitive::<UInt64Type>().iter().flatten().next() {
+            self.bins = Some(b);
+        }
+        Ok(())
     }
 }
 
 // ---------------------------------------------------------------- mmd_test
 
-/// `mmd_test(vector, is_current [, permutations [, seed [, sigma]]])`: MMD², see [`super::mmd`].
+/// `mmd_test(vector, is_current [, permutations [, seed [, sigma]]])`: MMD²
+/// with a permutation p-value; `mmd_linear_test(vector, is_current [, sigma])`:
+/// the linear-time statistic with its normal p-value. See [`super::mmd`].
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct MmdTest {
+    linear: bool,
     signature: Signature,
 }
 
 impl MmdTest {
-    pub fn new() -> Self {
+    pub fn new(linear: bool) -> Self {
         let sig = TypeSignature::Any;
+        let arities = if linear { vec![2, 3] } else { vec![2, 3, 4, 5] };
         Self {
-            signature: Signature::one_of(vec![sig(2), sig(3), sig(4), sig(5)], Volatility::Immutable),
+            linear,
+            signature: Signature::one_of(arities.into_iter().map(sig).collect(), Volatility::Immutable),
         }
-    }
-}
-
-impl Default for MmdTest {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
 impl AggregateUDFImpl for MmdTest {
     fn name(&self) -> &str {
-        "mmd_test"
+        if self.linear { "mmd_linear_test" } else { "mmd_test" }
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -234,7 +375,10 @@ impl AggregateUDFImpl for MmdTest {
         Ok(DataType::Struct(result_fields(&["sigma"])))
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(MmdAcc::default()))
+        Ok(Box::new(MmdAcc {
+            linear: self.linear,
+            ..Default::default()
+        }))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         let f = |s: &str, t: DataType| Arc::new(Field::new(format!("{}[{s}]", args.name), t, true));
@@ -251,6 +395,7 @@ impl AggregateUDFImpl for MmdTest {
 
 #[derive(Debug)]
 struct MmdAcc {
+    linear: bool,
     reference: Vec<f64>,
     current: Vec<f64>,
     dim: Option<usize>,
@@ -260,6 +405,7 @@ struct MmdAcc {
 impl Default for MmdAcc {
     fn default() -> Self {
         Self {
+            linear: false,
             reference: vec![],
             current: vec![],
             dim: None,
@@ -267,17 +413,18 @@ impl Default for MmdAcc {
                 permutations: DEFAULT_PERMUTATIONS,
                 seed: 0,
                 sigma: None,
+                threads: 1,
             },
         }
     }
 }
 
 /// First non-null value of a literal argument column, as u64.
-fn literal_u64(a: &ArrayRef, what: &str) -> Result<Option<u64>> {
-    let v = as_f64(a, "mmd_test")?;
+fn literal_u64(a: &ArrayRef, fname: &str, what: &str) -> Result<Option<u64>> {
+    let v = as_f64(a, fname)?;
     match v.iter().flatten().next() {
         Some(x) if x >= 0.0 && x.fract() == 0.0 => Ok(Some(x as u64)),
-        Some(x) => exec_err!("mmd_test: {what} must be a non-negative integer, got {x}"),
+        Some(x) => exec_err!("{fname}: {what} must be a non-negative integer, got {x}"),
         None => Ok(None),
     }
 }
@@ -296,17 +443,21 @@ impl MmdAcc {
 
 impl Accumulator for MmdAcc {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        if let Some(a) = values.get(2)
-            && let Some(b) = literal_u64(a, "permutations")?
+        // mmd_linear_test has only sigma after the two columns.
+        let sigma_at = if self.linear { 2 } else { 4 };
+        if !self.linear
+            && let Some(a) = values.get(2)
+            && let Some(b) = literal_u64(a, "mmd_test", "permutations")?
         {
             self.opts.permutations = b as usize;
         }
-        if let Some(a) = values.get(3)
-            && let Some(s) = literal_u64(a, "seed")?
+        if !self.linear
+            && let Some(a) = values.get(3)
+            && let Some(s) = literal_u64(a, "mmd_test", "seed")?
         {
             self.opts.seed = s;
         }
-        if let Some(a) = values.get(4) {
+        if let Some(a) = values.get(sigma_at) {
             let s = as_f64(a, "mmd_test")?;
             self.opts.sigma = s.iter().flatten().next().filter(|s| *s > 0.0);
         }
@@ -353,12 +504,18 @@ impl Accumulator for MmdAcc {
     fn evaluate(&mut self) -> Result<ScalarValue> {
         let r = self
             .dim
-            .and_then(|d| mmd_test(&self.reference, &self.current, d, &self.opts))
+            .and_then(|d| {
+                if self.linear {
+                    mmd_linear(&self.reference, &self.current, d, self.opts.sigma)
+                } else {
+                    mmd_test(&self.reference, &self.current, d, &self.opts)
+                }
+            })
             .map(|r| {
                 let d = self.dim.unwrap_or(1);
                 (
                     r.statistic,
-                    r.p_value,
+                    Some(r.p_value),
                     self.reference.len() / d,
                     self.current.len() / d,
                     vec![r.sigma],
@@ -382,21 +539,10 @@ impl Accumulator for MmdAcc {
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         extend_from_list(&mut self.reference, &states[0])?;
         extend_from_list(&mut self.current, &states[1])?;
-        if let Some(d) = states[2]
-            .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
-            .iter()
-            .flatten()
-            .next()
-        {
+        if let Some(d) = states[2].as_primitive::<UInt64Type>().iter().flatten().next() {
             self.set_dim(d as usize)?;
         }
-        let u = |i: usize| {
-            states[i]
-                .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
-                .iter()
-                .flatten()
-                .next()
-        };
+        let u = |i: usize| states[i].as_primitive::<UInt64Type>().iter().flatten().next();
         if let Some(p) = u(3) {
             self.opts.permutations = p as usize;
         }

@@ -138,6 +138,7 @@ pub async fn run(
     ));
 
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut policy = crate::alert::AlertPolicy::new(&p.alerting);
     let mut result = Ok(());
     while let Some(work) = rx.recv().await {
         if let Err(e) = process(
@@ -150,6 +151,7 @@ pub async fn run(
             observer.as_ref(),
             work,
             &mut last,
+            &mut policy,
         )
         .await
         {
@@ -277,20 +279,29 @@ async fn process(
     observer: Option<&Observer>,
     work: Work,
     last: &mut BTreeMap<i32, i64>,
+    policy: &mut crate::alert::AlertPolicy,
 ) -> Result<(), RuntimeError> {
     let mut pending = work.pending;
     if let Some(batch) = work.batch {
         let scored = stages.score(batch).await?;
         for due in windows.push(&scored)? {
-            if already_delivered(consumer, &due) {
+            let resent = already_delivered(consumer, &due);
+            if resent {
                 stats.suppressed.fetch_add(1, Ordering::Relaxed);
-                continue;
+                if !policy.stateful() {
+                    continue;
+                }
             }
-            for ev in stages.evaluate(&due).await? {
+            for mut ev in stages.evaluate(&due).await? {
+                ev.alert = policy.decide(&ev.detector, ev.key.as_deref().unwrap_or(""), ev.drift);
+                if resent {
+                    // Only rebuilding the alert policy's memory: sent by an earlier run.
+                    continue;
+                }
                 stats.evaluations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     detector = %ev.detector, key = ev.key.as_deref().unwrap_or(""), evaluation = ev.evaluation,
-                    statistic = ev.statistic, p_value = ev.p_value, threshold = ev.threshold, drift = ev.drift,
+                    statistic = ev.statistic, p_value = ev.p_value, threshold = ev.threshold, drift = ev.drift, alert = ev.alert,
                     "evaluation"
                 );
                 if let Some(o) = observer {
@@ -299,7 +310,7 @@ async fn process(
                 let body = serde_json::to_vec(&ev).map_err(|e| RuntimeError::Other(e.to_string()))?;
                 let key = message_key(&ev);
                 let mut topics = vec![];
-                if ev.drift {
+                if ev.alert {
                     stats.alerts.fetch_add(1, Ordering::Relaxed);
                     topics.push(p.output.alerts_topic.as_str());
                 }
@@ -395,16 +406,7 @@ pub async fn compare(
             drift_type: e.drift_type,
             drift: e.drift,
             threshold: e.threshold,
-            tests: e
-                .tests
-                .into_iter()
-                .map(|t| CompareTest {
-                    column: t.column,
-                    statistic: t.statistic,
-                    p_value: t.p_value,
-                    drift: t.drift,
-                })
-                .collect(),
+            tests: e.tests,
         })
         .collect();
     Ok(CompareReport {
@@ -431,14 +433,6 @@ pub struct CompareDetector {
     pub kind: String,
     pub drift_type: crate::alert::DriftType,
     pub drift: bool,
-    pub threshold: f64,
-    pub tests: Vec<CompareTest>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CompareTest {
-    pub column: String,
-    pub statistic: f64,
-    pub p_value: f64,
-    pub drift: bool,
+    pub threshold: Option<f64>,
+    pub tests: Vec<crate::detect::TestResult>,
 }

@@ -110,22 +110,29 @@ impl Stages {
         }
         for (i, d) in pipeline.detectors.iter().enumerate() {
             match d {
-                DetectorConfig::Ks(k) => {
-                    for (j, c) in k.columns.iter().enumerate() {
-                        match current.field_with_name(c) {
-                            Ok(f) if f.data_type().is_numeric() => {}
-                            Ok(f) => {
-                                return Err(cfg_err(
-                                    format!("detectors[{i}].columns[{j}]"),
-                                    format!("column `{c}` is {}, ks needs a number", f.data_type()),
-                                ));
-                            }
+                DetectorConfig::Ks(_) | DetectorConfig::Chi2(_) | DetectorConfig::Distance(_) => {
+                    let (cols, numeric) = match d {
+                        DetectorConfig::Ks(k) => (&k.columns, true),
+                        DetectorConfig::Chi2(k) => (&k.columns, false),
+                        DetectorConfig::Distance(k) => (&k.columns, k.metric == crate::config::Metric::Wasserstein),
+                        _ => unreachable!("matched above"),
+                    };
+                    for (j, c) in cols.iter().enumerate() {
+                        let at = format!("detectors[{i}].columns[{j}]");
+                        let t = match current.field_with_name(c) {
+                            Ok(f) => f.data_type().clone(),
                             Err(_) => {
-                                return Err(cfg_err(
-                                    format!("detectors[{i}].columns[{j}]"),
-                                    format!("no column `{c}` (columns: {})", names(&current)),
-                                ));
+                                return Err(cfg_err(at, format!("no column `{c}` (columns: {})", names(&current))));
                             }
+                        };
+                        let ok = if numeric { t.is_numeric() } else { !t.is_nested() };
+                        if !ok {
+                            let need = if numeric {
+                                "a number"
+                            } else {
+                                "a scalar column (number, string or boolean)"
+                            };
+                            return Err(cfg_err(at, format!("column `{c}` is {t}, {} needs {need}", d.kind())));
                         }
                     }
                 }
@@ -265,7 +272,13 @@ impl Stages {
                     DetectorConfig::Sql(s) => s.drift_type,
                     _ => None,
                 });
-                alert::evaluation(&self.pipeline.name, r, alert::drift_type_of(&r.kind, configured), model)
+                let cols = cfg.map(|d| d.columns()).unwrap_or_default();
+                alert::evaluation(
+                    &self.pipeline.name,
+                    r,
+                    alert::drift_type_of(&r.kind, &cols, configured),
+                    model,
+                )
             })
             .collect())
     }
