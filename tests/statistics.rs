@@ -183,7 +183,7 @@ async fn ert_budget_holds_over_a_long_null_stream() {
     let (keys, evals_per_key) = (30usize, 60usize);
     let mut rng = Rng(14);
     let mut per_key = vec![(0usize, 0usize); keys];
-    for k in 0..keys {
+    for (k, counts) in per_key.iter_mut().enumerate() {
         let n = 300 + evals_per_key * 100;
         let events = (0..n).map(|_| {
             let c = ["a", "b", "c", "d"][(rng.uniform() * 4.0) as usize];
@@ -198,8 +198,8 @@ async fn ert_budget_holds_over_a_long_null_stream() {
                 // is any detector drifting.
                 let evs = stages.evaluate(&due).await.unwrap();
                 assert_eq!(evs.len(), 2);
-                per_key[k].0 += 1;
-                per_key[k].1 += usize::from(evs.iter().any(|e| e.drift));
+                counts.0 += 1;
+                counts.1 += usize::from(evs.iter().any(|e| e.drift));
             }
         }
     }

@@ -63,7 +63,10 @@ fn result_fields(extra: &[&str]) -> Fields {
 }
 
 /// One-row struct scalar; `None` gives a NULL struct of the same type.
-fn result_scalar(fields: Fields, vals: Option<(f64, Option<f64>, usize, usize, Vec<f64>)>) -> ScalarValue {
+/// (statistic, p-value, reference rows, current rows, extra fields).
+type ResultRow = (f64, Option<f64>, usize, usize, Vec<f64>);
+
+fn result_scalar(fields: Fields, vals: Option<ResultRow>) -> ScalarValue {
     let (s, p, nr, nc, extra, nulls) = match vals {
         Some((s, p, nr, nc, extra)) => (s, p, nr as u64, nc as u64, extra, None),
         None => (
