@@ -1,10 +1,16 @@
-//! Statistics benchmarks (criterion): `cargo bench --bench stats`.
+//! Statistics benchmarks: `cargo bench --bench stats` (add `--profile dev` to
+//! reuse the test build's dependencies).
 //!
 //! - MMD test, n = m = 1000, d = 32, B = 100, from scratch (cache cleared), one and two threads;
 //! - MMD slide: reference 1000, current 1000, slide 100, per evaluation (cache warm);
 //! - KS on 32 features, n = m = 1000.
+//!
+//! Each figure is the median of repeated runs after a warm-up, with the
+//! interquartile range: robust to a busy machine, unlike a mean.
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
 use driftwatch::detect::ks::ks_2samp;
 use driftwatch::detect::mmd::{MmdOptions, clear_kernel_cache, mmd_test};
 
@@ -22,51 +28,88 @@ fn normals(seed: u64, n: usize, shift: f64) -> Vec<f64> {
         .collect()
 }
 
-fn mmd(c: &mut Criterion) {
+/// Runs `f` (after `setup`, untimed) until ~2 s or 200 samples; prints median and IQR.
+fn bench(name: &str, mut setup: impl FnMut(), mut f: impl FnMut()) -> Duration {
+    for _ in 0..3 {
+        setup();
+        f();
+    }
+    let mut samples = vec![];
+    let start = Instant::now();
+    while samples.len() < 200 && (start.elapsed() < Duration::from_secs(2) || samples.len() < 10) {
+        setup();
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let q = |f: f64| samples[((samples.len() - 1) as f64 * f) as usize];
+    println!(
+        "{name:<48} median {:>10.3} ms   IQR {:.3}–{:.3} ms   ({} runs)",
+        q(0.5).as_secs_f64() * 1e3,
+        q(0.25).as_secs_f64() * 1e3,
+        q(0.75).as_secs_f64() * 1e3,
+        samples.len()
+    );
+    q(0.5)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects benchmarks by substring.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let on = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     let d = 32;
     let x = normals(1, 1000 * d, 0.0);
     let y = normals(2, 1000 * d, 0.05);
     for threads in [1, 2] {
+        let name = format!("mmd n=m=1000 d=32 B=100 threads={threads}");
+        if on(&name) {
+            let o = MmdOptions {
+                permutations: 100,
+                seed: 1,
+                sigma: None,
+                threads,
+            };
+            bench(&name, clear_kernel_cache, || {
+                black_box(mmd_test(&x, &y, d, &o));
+            });
+        }
+    }
+    let name = "mmd slide ref=1000 cur=1000 slide=100 B=100";
+    if on(name) {
+        let stream = normals(3, 20_000 * d, 0.0);
         let o = MmdOptions {
             permutations: 100,
             seed: 1,
             sigma: None,
-            threads,
+            threads: 1,
         };
-        c.bench_function(&format!("mmd n=m=1000 d=32 B=100 threads={threads}"), |b| {
-            b.iter_batched(clear_kernel_cache, |_| mmd_test(&x, &y, d, &o), BatchSize::SmallInput)
-        });
+        clear_kernel_cache();
+        let mut start = 0usize;
+        bench(
+            name,
+            || {},
+            || {
+                start = (start + 100) % 19_000;
+                black_box(mmd_test(&x, &stream[start * d..(start + 1000) * d], d, &o));
+            },
+        );
     }
-    // Sliding: each evaluation's current window is the previous one moved by 100 rows.
-    let stream = normals(3, 20_000 * d, 0.0);
-    let o = MmdOptions {
-        permutations: 100,
-        seed: 1,
-        sigma: None,
-        threads: 1,
-    };
-    clear_kernel_cache();
-    let mut start = 0usize;
-    c.bench_function("mmd slide ref=1000 cur=1000 slide=100 B=100", |b| {
-        b.iter(|| {
-            start = (start + 100) % 19_000;
-            mmd_test(&x, &stream[start * d..(start + 1000) * d], d, &o)
-        })
-    });
+    let name = "ks 32 features n=m=1000";
+    if on(name) {
+        let refs: Vec<Vec<f64>> = (0..32).map(|f| normals(10 + f, 1000, 0.0)).collect();
+        let curs: Vec<Vec<f64>> = (0..32).map(|f| normals(100 + f, 1000, 0.02)).collect();
+        bench(
+            name,
+            || {},
+            || {
+                let s: f64 = refs
+                    .iter()
+                    .zip(&curs)
+                    .map(|(r, c)| ks_2samp(r, c).map_or(1.0, |r| r.p_value))
+                    .sum();
+                black_box(s);
+            },
+        );
+    }
 }
-
-fn ks(c: &mut Criterion) {
-    let refs: Vec<Vec<f64>> = (0..32).map(|f| normals(10 + f, 1000, 0.0)).collect();
-    let curs: Vec<Vec<f64>> = (0..32).map(|f| normals(100 + f, 1000, 0.02)).collect();
-    c.bench_function("ks 32 features n=m=1000", |b| {
-        b.iter(|| {
-            refs.iter()
-                .zip(&curs)
-                .map(|(r, c)| ks_2samp(r, c).map_or(1.0, |r| r.p_value))
-                .sum::<f64>()
-        })
-    });
-}
-
-criterion_group!(benches, mmd, ks);
-criterion_main!(benches);
