@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
@@ -32,6 +32,85 @@ fn rss_kib(field: &str) -> u64 {
 
 fn other(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Other(e.to_string())
+}
+
+/// Events produced ahead of the consumer at most. The embedded broker keeps
+/// only about 5 MiB per partition (older messages are dropped, as retention
+/// would), so the stream is produced (lz4-compressed, ~4× smaller) while it is
+/// consumed, never far ahead — but several batches ahead, or the pipeline's
+/// batches would wait for their linger time instead of filling.
+const AHEAD: u64 = 10_000;
+
+/// A consumer that makes no progress for this long has lost messages.
+const STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How far a consumer got.
+trait Progress: Send + Sync {
+    fn get(&self) -> u64;
+}
+
+impl Progress for AtomicU64 {
+    fn get(&self) -> u64 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+struct ProgressOf(Arc<RunStats>);
+
+impl Progress for ProgressOf {
+    fn get(&self) -> u64 {
+        self.0.received.load(Ordering::Relaxed)
+    }
+}
+
+/// Produces `events` payloads (cycled) to `topic`, staying at most [`AHEAD`]
+/// events in front of `progress`.
+async fn feed(
+    producer: FutureProducer,
+    topic: String,
+    payloads: Arc<Vec<Vec<u8>>>,
+    events: u64,
+    progress: Arc<dyn Progress>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), RuntimeError> {
+    let mut pending = std::collections::VecDeque::new();
+    let (mut seen, mut since) = (0, Instant::now());
+    for i in 0..events {
+        while i >= progress.get() + AHEAD {
+            if progress.get() != seen {
+                (seen, since) = (progress.get(), Instant::now());
+            } else if since.elapsed() > STALL {
+                stop.store(true, Ordering::SeqCst);
+                return Err(other(format!(
+                    "the consumer stalled at {seen} events: the embedded broker dropped messages it had not yet delivered"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let p = &payloads[(i % payloads.len() as u64) as usize];
+        let rec = FutureRecord::<(), [u8]>::to(&topic).payload(p.as_slice());
+        pending.push_back(producer.send_result(rec).map_err(|(e, _)| other(e))?);
+        // Bound the futures in hand; delivery is checked in order.
+        while pending.len() > AHEAD as usize {
+            if let Some(f) = pending.pop_front() {
+                delivered(f.await)?;
+            }
+        }
+    }
+    for f in pending {
+        delivered(f.await)?;
+    }
+    Ok(())
+}
+
+fn delivered<T, M>(
+    r: Result<Result<T, (rdkafka::error::KafkaError, M)>, futures::channel::oneshot::Canceled>,
+) -> Result<(), RuntimeError> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(other(format!("bench produce: {e}"))),
+        Err(_) => Err(other("bench produce: cancelled")),
+    }
 }
 
 /// Runs the benchmark and prints a report to stdout.
@@ -67,50 +146,49 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
             .unwrap_or_default()
         })
         .collect();
-    let t = Instant::now();
     let producer: FutureProducer = broker
         .client_config()
-        .set("linger.ms", "20")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
-        .set("batch.num.messages", "10000")
         .create()
         .map_err(other)?;
-    let mut pending = Vec::with_capacity(10_000);
-    for i in 0..events {
-        let p = &payloads[(i % payloads.len() as u64) as usize];
-        let rec = FutureRecord::<(), [u8]>::to(&src.topic).payload(p.as_slice());
-        pending.push(producer.send_result(rec).map_err(|(e, _)| other(e))?);
-        if pending.len() == 10_000 || i + 1 == events {
-            for f in pending.drain(..) {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(other(format!("bench produce: {e}"))),
-                    Err(_) => return Err(other("bench produce: cancelled")),
-                }
-            }
-        }
-    }
-    drop(producer);
-    println!(
-        "produced {events} events in {:.1} s; RSS after produce {} MiB",
-        t.elapsed().as_secs_f64(),
-        rss_kib("VmRSS:") / 1024
-    );
+    let payloads = Arc::new(payloads);
     let rss_base = rss_kib("VmRSS:");
 
     // Ceiling 1: consume + decode alone.
     let mut stages = Stages::build(pipeline.clone()).await?;
-    // The pipeline's own consumer, in a group of its own.
-    let consumer = KafkaConsumer::new(&src, "driftwatch-bench-ceiling").map_err(other)?;
+    // The pipeline's own consumer, in a group of its own, on a topic of its own.
+    let mut ceiling_src = src.clone();
+    ceiling_src.topic = format!("{}-ceiling", src.topic);
+    broker.create_topic(&ceiling_src.topic, 1).map_err(other)?;
+    let consumed = Arc::new(AtomicU64::new(0));
+    let feeder = tokio::spawn(feed(
+        producer.clone(),
+        ceiling_src.topic.clone(),
+        payloads.clone(),
+        events,
+        consumed.clone(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    let consumer = KafkaConsumer::new(&ceiling_src, "driftwatch-bench-ceiling").map_err(other)?;
     let mut dec = stages.decoder();
     let max = pipeline.batch.max_events.get();
     let mut batches = vec![];
     let (mut n, mut t0) = (0u64, None);
     while n < events {
-        let rec = consumer.recv().await.map_err(other)?;
+        let rec = match tokio::time::timeout(STALL, consumer.recv()).await {
+            Ok(r) => r.map_err(other)?,
+            Err(_) => {
+                return Err(other(format!(
+                    "no event for {STALL:?} after {n}: messages were dropped"
+                )));
+            }
+        };
         t0.get_or_insert_with(Instant::now);
         let _ = dec.decode(&rec);
         n += 1;
+        consumed.store(n, Ordering::Relaxed);
         if dec.len() >= max
             && let Some(b) = dec.flush()?
         {
@@ -122,6 +200,7 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     }
     let decode_secs = t0.map(|t| t.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
     drop(consumer);
+    feeder.await.map_err(other)??;
     let decode_rate = events as f64 / decode_secs;
 
     // Ceiling 2: the model alone on the same batches.
@@ -138,6 +217,15 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
 
     // End to end.
     let stats = Arc::new(RunStats::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let feeder = tokio::spawn(feed(
+        producer.clone(),
+        src.topic.clone(),
+        payloads.clone(),
+        events,
+        Arc::new(ProgressOf(stats.clone())),
+        shutdown.clone(),
+    ));
     let t = Instant::now();
     runtime::run(
         stages,
@@ -145,12 +233,13 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
             max_events: Some(events),
             group_id: Some("driftwatch-bench".into()),
         },
-        Arc::new(AtomicBool::new(false)),
+        shutdown.clone(),
         stats.clone(),
         None,
     )
     .await?;
     let e2e = events as f64 / t.elapsed().as_secs_f64();
+    feeder.await.map_err(other)??;
     let peak = rss_kib("VmHWM:");
     println!("events:                      {events}");
     println!("consume + decode alone:      {decode_rate:>12.0} events/s");
