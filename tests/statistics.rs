@@ -139,6 +139,53 @@ fn mmd_p_value_within_monte_carlo_error_of_10000_permutations() {
     }
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// chi-square, JS and Wasserstein are symmetric in the two windows; every
+    /// statistic ignores row order; p-values stay in [0, 1] (MMD: ≥ 1/(B+1)).
+    #[test]
+    fn symmetric_order_free_and_bounded(
+        a in proptest::collection::vec(0u8..6, 2..80),
+        b in proptest::collection::vec(0u8..6, 2..80),
+        seed in 0u64..1000,
+    ) {
+        use driftwatch::detect::chi2::{chi2_homogeneity, contingency};
+        use driftwatch::detect::divergence::{Metric, categorical, numeric};
+        let (ca, cb): (Vec<String>, Vec<String>) = (a.iter().map(u8::to_string).collect(), b.iter().map(u8::to_string).collect());
+        let (_, p, q) = contingency(&ca, &cb);
+        let r = chi2_homogeneity(&p, &q).unwrap();
+        let r2 = chi2_homogeneity(&q, &p).unwrap();
+        proptest::prop_assert!((r.statistic - r2.statistic).abs() <= 1e-9 * r.statistic.max(1.0));
+        proptest::prop_assert!((0.0..=1.0).contains(&r.p_value));
+        let mut rev = ca.clone();
+        rev.reverse();
+        let (_, p3, q3) = contingency(&rev, &cb);
+        proptest::prop_assert_eq!(chi2_homogeneity(&p3, &q3).unwrap(), r);
+        let js = categorical(Metric::Js, &ca, &cb).unwrap();
+        proptest::prop_assert!((js - categorical(Metric::Js, &cb, &ca).unwrap()).abs() < 1e-12);
+        proptest::prop_assert!((0.0..=1.0).contains(&js));
+        let (fa, fb): (Vec<f64>, Vec<f64>) = (a.iter().map(|v| f64::from(*v)).collect(), b.iter().map(|v| f64::from(*v) * 1.5).collect());
+        let w = driftwatch::detect::divergence::wasserstein(&fa, &fb);
+        proptest::prop_assert!((w - driftwatch::detect::divergence::wasserstein(&fb, &fa)).abs() < 1e-12);
+        for m in [Metric::Psi, Metric::Kl, Metric::Js, Metric::Wasserstein] {
+            let d = numeric(m, &fa, &fb, 4).unwrap();
+            let mut fr = fa.clone();
+            fr.reverse();
+            proptest::prop_assert!(d.is_finite() && d >= -1e-12);
+            proptest::prop_assert!((numeric(m, &fr, &fb, 4).unwrap() - d).abs() < 1e-12);
+        }
+        // MMD: the statistic is invariant to the order of rows within a window.
+        let o = MmdOptions { permutations: 19, seed, sigma: Some(1.0), threads: 1 };
+        let m1 = mmd_test(&fa, &fb, 1, &o).unwrap();
+        let mut fr = fa.clone();
+        fr.reverse();
+        let m2 = mmd_test(&fr, &fb, 1, &o).unwrap();
+        proptest::prop_assert!((m1.statistic - m2.statistic).abs() <= 1e-12 * m1.statistic.abs().max(1e-6));
+        proptest::prop_assert!(m1.p_value >= 1.0 / 20.0 && m1.p_value <= 1.0);
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();

@@ -37,6 +37,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+use super::simd;
 use super::special::normal_sf;
 
 /// Options of one MMD test.
@@ -144,14 +145,14 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
             let gamma = 1.0 / (2.0 * sigma * sigma);
             let mut k = vec![0.0; n * n];
             for i in 0..n {
-                for j in (i + 1)..n {
-                    let v = kernel(
-                        &reference[i * dim..(i + 1) * dim],
-                        &reference[j * dim..(j + 1) * dim],
-                        gamma,
-                    );
-                    k[i * n + j] = v;
-                    k[j * n + i] = v;
+                let xi = &reference[i * dim..(i + 1) * dim];
+                let row = &mut k[i * n + i + 1..(i + 1) * n];
+                simd::sq_dists_to(xi, &reference[(i + 1) * dim..], row);
+                simd::gaussian_in_place(row, gamma);
+            }
+            for i in 0..n {
+                for j in 0..i {
+                    k[i * n + j] = k[j * n + i];
                 }
             }
             (sigma, Arc::new(k), None)
@@ -185,26 +186,43 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
             (Some(o), Some((_, pkyx, _))) => dst.copy_from_slice(&pkyx[o * n..(o + 1) * n]),
             _ => {
                 let y = &current[j * dim..(j + 1) * dim];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = kernel(&reference[i * dim..(i + 1) * dim], y, gamma);
-                }
+                simd::sq_dists_to(y, reference, dst);
+                simd::gaussian_in_place(dst, gamma);
             }
         }
     }
     let mut kyy = vec![0.0; m * m];
     let pm = prev.as_ref().map_or(0, |(old, _, _)| old.len() / dim);
+    // Rows of events new to the window are computed (whole rows, which
+    // covers their pairs with every other event); pairs of events both in the
+    // previous window are copied. Without a previous window: the triangle.
+    let mut buf = vec![0.0; m];
     for j in 0..m {
-        for l in (j + 1)..m {
-            let v = match (old_pos[j], old_pos[l], &prev) {
-                (Some(a), Some(b), Some((_, _, pkyy))) => pkyy[a * pm + b],
-                _ => kernel(
-                    &current[j * dim..(j + 1) * dim],
-                    &current[l * dim..(l + 1) * dim],
-                    gamma,
-                ),
-            };
-            kyy[j * m + l] = v;
-            kyy[l * m + j] = v;
+        if old_pos[j].is_some() {
+            continue;
+        }
+        let from = if prev.is_some() { 0 } else { j + 1 };
+        let y = &current[j * dim..(j + 1) * dim];
+        let row = &mut buf[from..m];
+        simd::sq_dists_to(y, &current[from * dim..], row);
+        simd::gaussian_in_place(row, gamma);
+        for (l, v) in (from..m).zip(row.iter()) {
+            if l != j {
+                kyy[j * m + l] = *v;
+                kyy[l * m + j] = *v;
+            }
+        }
+    }
+    if let Some((_, _, pkyy)) = &prev {
+        for j in 0..m {
+            let Some(a) = old_pos[j] else { continue };
+            for l in (j + 1)..m {
+                if let Some(b) = old_pos[l] {
+                    let v = pkyy[a * pm + b];
+                    kyy[j * m + l] = v;
+                    kyy[l * m + j] = v;
+                }
+            }
         }
     }
     let mut kxy = vec![0.0; n * m];
@@ -319,16 +337,19 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
 /// permutation's mask is applied to it.
 const BLOCK_ROWS: usize = 16;
 
-/// sᵀK₀s for each member set s, by blocks of rows.
+/// sᵀK₀s for each member set s, by blocks of rows. K₀ is symmetric with a
+/// zero diagonal, so sᵀK₀s = 2 Σ_{i∈s} Σ_{j∈s, j>i} K₀[i,j]: half a row each.
 fn quad_forms(g: &Gram, members: &[Vec<u32>]) -> Vec<f64> {
     let (n, m) = (g.n, g.m);
     let total = n + m;
-    let masks: Vec<Vec<f64>> = members
+    // Membership as bitsets: 250 bytes a permutation, so all of them stay in
+    // L1 while a block of matrix rows streams through.
+    let masks: Vec<Vec<u64>> = members
         .iter()
         .map(|mem| {
-            let mut v = vec![0.0; total];
+            let mut v = vec![0u64; total.div_ceil(64)];
             for &i in mem {
-                v[i as usize] = 1.0;
+                v[i as usize >> 6] |= 1 << (i & 63);
             }
             v
         })
@@ -338,31 +359,23 @@ fn quad_forms(g: &Gram, members: &[Vec<u32>]) -> Vec<f64> {
     for start in (0..total).step_by(BLOCK_ROWS) {
         let end = (start + BLOCK_ROWS).min(total);
         for (b, mem) in members.iter().enumerate() {
-            let (mask_x, mask_y) = masks[b].split_at(n);
+            let bits = &masks[b];
             let mut c = cursor[b];
             while c < mem.len() && (mem[c] as usize) < end {
-                let (rx, ry) = g.row(mem[c] as usize);
-                q[b] += dot(rx, mask_x) + dot(ry, mask_y);
+                let i = mem[c] as usize;
+                let (rx, ry) = g.row(i);
+                q[b] += 2.0
+                    * if i < n {
+                        simd::masked_sum(&rx[i + 1..], bits, i + 1) + simd::masked_sum(ry, bits, n)
+                    } else {
+                        simd::masked_sum(&ry[i - n + 1..], bits, i + 1)
+                    };
                 c += 1;
             }
             cursor[b] = c;
         }
     }
     q
-}
-
-/// Dot product with four accumulators, so the compiler can vectorise it.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..4 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc[0] + acc[1] + acc[2] + acc[3] + tail
 }
 
 fn mmd_from_sums(xx: f64, xy: f64, yy: f64, n: usize, m: usize) -> f64 {
@@ -414,17 +427,7 @@ pub fn mmd_linear(reference: &[f64], current: &[f64], dim: usize, sigma: Option<
 }
 
 fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..4 {
-            let d = x[k] - y[k];
-            acc[k] += d * d;
-        }
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum();
-    acc[0] + acc[1] + acc[2] + acc[3] + tail
+    simd::sq_dist(a, b)
 }
 
 /// σ = sqrt(median_{i<j} ‖x_i − x_j‖² / 2) over the reference rows. Falls back

@@ -13,6 +13,7 @@ pub mod divergence;
 pub mod kolmogorov;
 pub mod ks;
 pub mod mmd;
+pub mod simd;
 pub mod special;
 #[cfg(test)]
 pub(crate) mod testgen;
