@@ -234,8 +234,9 @@ fn hsum(v: __m256d) -> f64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gaussian_avx2(x: &mut [f64], gamma: f64) {
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // ln 2 = LN2_HI + LN2_LO, LN2_HI with its low bits zero so k·LN2_HI is exact.
+    const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
     let n = x.len();
     let neg_gamma = _mm256_set1_pd(-gamma);
     let log2e = _mm256_set1_pd(std::f64::consts::LOG2_E);

@@ -82,3 +82,55 @@ fn read_parquet(path: &Path) -> Result<Vec<RawRecord>, FileError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, Float64Array, ListArray, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::Float64Type;
+    use datafusion::parquet::arrow::ArrowWriter;
+
+    use super::*;
+
+    /// A Parquet row becomes the same JSON event a JSONL line would be:
+    /// nulls left out, lists as arrays, offsets numbered across row groups.
+    #[test]
+    fn parquet_rows_become_json_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.parquet");
+        let batch = RecordBatch::try_from_iter([
+            (
+                "k",
+                Arc::new(StringArray::from(vec![Some("a"), Some("b"), None])) as ArrayRef,
+            ),
+            ("x", Arc::new(Float64Array::from(vec![1.5, -2.0, 3.25])) as ArrayRef),
+            (
+                "v",
+                Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
+                    Some(vec![Some(1.0), Some(2.0)]),
+                    Some(vec![Some(3.0), Some(4.0)]),
+                    Some(vec![Some(5.0), Some(6.0)]),
+                ])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let f = std::fs::File::create(&path).unwrap();
+        let mut w = ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.flush().unwrap(); // a second row group
+        w.write(&batch.slice(0, 1)).unwrap();
+        w.close().unwrap();
+        let recs = read_records(&path).unwrap();
+        assert_eq!(recs.len(), 4);
+        let json = |i: usize| serde_json::from_slice::<serde_json::Value>(recs[i].payload.as_ref().unwrap()).unwrap();
+        assert_eq!(json(0), serde_json::json!({"k": "a", "x": 1.5, "v": [1.0, 2.0]}));
+        assert_eq!(json(2), serde_json::json!({"x": 3.25, "v": [5.0, 6.0]}));
+        assert_eq!(json(3), json(0));
+        assert_eq!(recs.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        // Not a Parquet file: a clear error naming the file.
+        std::fs::write(dir.path().join("bad.parquet"), b"not parquet").unwrap();
+        let e = read_records(&dir.path().join("bad.parquet")).unwrap_err().to_string();
+        assert!(e.contains("bad.parquet"), "{e}");
+    }
+}
