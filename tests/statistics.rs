@@ -181,7 +181,8 @@ proptest::proptest! {
         let mut fr = fa.clone();
         fr.reverse();
         let m2 = mmd_test(&fr, &fb, 1, &o).unwrap();
-        proptest::prop_assert!((m1.statistic - m2.statistic).abs() <= 1e-12 * m1.statistic.abs().max(1e-6));
+        // Up to summation order: MMD² is a difference of sums of kernel values ≤ 1.
+        proptest::prop_assert!((m1.statistic - m2.statistic).abs() <= 1e-12);
         proptest::prop_assert!(m1.p_value >= 1.0 / 20.0 && m1.p_value <= 1.0);
     }
 }

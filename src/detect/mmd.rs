@@ -218,7 +218,8 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
             let Some(a) = old_pos[j] else { continue };
             for l in (j + 1)..m {
                 if let Some(b) = old_pos[l] {
-                    let v = pkyy[a * pm + b];
+                    // Equal rows map to one old row, whose diagonal is 0; k(y, y) = 1.
+                    let v = if a == b { 1.0 } else { pkyy[a * pm + b] };
                     kyy[j * m + l] = v;
                     kyy[l * m + j] = v;
                 }
@@ -281,7 +282,8 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     let grand: f64 = row_sums.iter().sum();
     let sxx: f64 = g.kxx.iter().sum();
     let syy: f64 = g.kyy.iter().sum();
-    let t = mmd_from_sums(sxx, (grand - sxx - syy) / 2.0, syy, n, m);
+    let sxy: f64 = g.kxy.iter().sum();
+    let t = mmd_from_sums(sxx, sxy, syy, n, m);
 
     // Each permutation: the members of the smaller side (`small_is_x`: the
     // permuted reference side), sorted so rows are visited in order.
@@ -530,6 +532,32 @@ mod tests {
             r.statistic,
             want
         );
+    }
+
+    /// A slide reuses cached kernel rows — also for repeated rows, whose
+    /// cached partner is themselves (k(y, y) = 1, not the zero diagonal).
+    #[test]
+    fn cached_slides_match_the_definition() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let x = gauss(&mut rng, 25, 2, 0.0);
+        let mut stream = gauss(&mut rng, 40, 2, 0.2);
+        stream.copy_within(20..24, 30); // rows 10 and 11 repeat as rows 15 and 16 (dim 2)
+        let o = MmdOptions {
+            permutations: 5,
+            seed: 1,
+            sigma: Some(1.1),
+            threads: 1,
+        };
+        for start in [0usize, 4, 8, 12] {
+            let y = &stream[start * 2..(start + 20) * 2];
+            let r = mmd_test(&x, y, 2, &o).unwrap();
+            let want = naive(&x, y, 2, 1.1);
+            assert!(
+                (r.statistic - want).abs() <= 1e-12 * want.abs().max(1e-9),
+                "start {start}: {} vs {want}",
+                r.statistic
+            );
+        }
     }
 
     #[test]
