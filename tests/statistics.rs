@@ -330,6 +330,10 @@ detectors:
     assert_eq!(dets.len(), 9, "{drifted:#}");
     for d in dets {
         assert_eq!(d["drift"], true, "{d:#}");
+        // Everything drifted: each detector names the eight others.
+        let others = d["also_drifted"].as_array().unwrap();
+        assert_eq!(others.len(), 8, "{d:#}");
+        assert!(!others.contains(&d["name"]));
         for t in d["tests"].as_array().unwrap() {
             assert_eq!(t["drift"], true, "{} {t:#}", d["name"]);
         }

@@ -66,6 +66,9 @@ pub struct Evaluation {
     pub p_value: Option<f64>,
     /// p-value cutoff (tests) or statistic threshold (distances).
     pub threshold: Option<f64>,
+    /// The other detectors that drifted on the same evaluation (same key and
+    /// window), so an alert says when it is not alone.
+    pub also_drifted: Vec<String>,
     pub window: WindowInfo,
     pub tests: Vec<TestResult>,
     /// The model that scored the events, if the pipeline has one.
@@ -176,6 +179,7 @@ pub fn evaluation(
         statistic: r.statistic,
         p_value: r.p_value,
         threshold: r.threshold,
+        also_drifted: vec![],
         window: WindowInfo {
             reference_size: c.reference_size,
             current_size: c.current_size,

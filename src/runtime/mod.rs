@@ -405,6 +405,7 @@ pub async fn compare(
             kind: e.kind,
             drift_type: e.drift_type,
             drift: e.drift,
+            also_drifted: e.also_drifted,
             threshold: e.threshold,
             tests: e.tests,
         })
@@ -433,6 +434,8 @@ pub struct CompareDetector {
     pub kind: String,
     pub drift_type: crate::alert::DriftType,
     pub drift: bool,
+    /// Other detectors that drifted on the same data.
+    pub also_drifted: Vec<String>,
     pub threshold: Option<f64>,
     pub tests: Vec<crate::detect::TestResult>,
 }

@@ -264,7 +264,7 @@ impl Stages {
     pub async fn evaluate(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
         let results = self.detectors.evaluate(due).await?;
         let model = self.model.as_ref().map(|m| m.identity());
-        Ok(results
+        let mut evals: Vec<Evaluation> = results
             .iter()
             .map(|r| {
                 let cfg = self.pipeline.detectors.iter().find(|d| d.name() == r.detector);
@@ -280,7 +280,21 @@ impl Stages {
                     model,
                 )
             })
-            .collect())
+            .collect();
+        // Per key: which detectors drifted on this evaluation.
+        let drifted: Vec<(Option<String>, String)> = evals
+            .iter()
+            .filter(|e| e.drift)
+            .map(|e| (e.key.clone(), e.detector.clone()))
+            .collect();
+        for e in &mut evals {
+            e.also_drifted = drifted
+                .iter()
+                .filter(|(k, d)| *k == e.key && *d != e.detector)
+                .map(|(_, d)| d.clone())
+                .collect();
+        }
+        Ok(evals)
     }
 
     /// One-line description of what was built, for `validate`.
