@@ -44,24 +44,8 @@ const AHEAD: u64 = 10_000;
 /// A consumer that makes no progress for this long has lost messages.
 const STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// How far a consumer got.
-trait Progress: Send + Sync {
-    fn get(&self) -> u64;
-}
-
-impl Progress for AtomicU64 {
-    fn get(&self) -> u64 {
-        self.load(Ordering::Relaxed)
-    }
-}
-
-struct ProgressOf(Arc<RunStats>);
-
-impl Progress for ProgressOf {
-    fn get(&self) -> u64 {
-        self.0.received.load(Ordering::Relaxed)
-    }
-}
+/// How far a consumer got (events read).
+type Progress = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Produces `events` payloads (cycled) to `topic`, staying at most [`AHEAD`]
 /// events in front of `progress`.
@@ -70,15 +54,15 @@ async fn feed(
     topic: String,
     payloads: Arc<Vec<Vec<u8>>>,
     events: u64,
-    progress: Arc<dyn Progress>,
+    progress: Progress,
     stop: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
     let mut pending = std::collections::VecDeque::new();
     let (mut seen, mut since) = (0, Instant::now());
     for i in 0..events {
-        while i >= progress.get() + AHEAD {
-            if progress.get() != seen {
-                (seen, since) = (progress.get(), Instant::now());
+        while i >= progress() + AHEAD {
+            if progress() != seen {
+                (seen, since) = (progress(), Instant::now());
             } else if since.elapsed() > STALL {
                 stop.store(true, Ordering::SeqCst);
                 return Err(other(format!(
@@ -168,7 +152,10 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
         ceiling_src.topic.clone(),
         payloads.clone(),
         events,
-        consumed.clone(),
+        {
+            let consumed = consumed.clone();
+            Arc::new(move || consumed.load(Ordering::Relaxed))
+        },
         Arc::new(AtomicBool::new(false)),
     ));
     let consumer = KafkaConsumer::new(&ceiling_src, "driftwatch-bench-ceiling").map_err(other)?;
@@ -223,7 +210,10 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
         src.topic.clone(),
         payloads.clone(),
         events,
-        Arc::new(ProgressOf(stats.clone())),
+        {
+            let stats = stats.clone();
+            Arc::new(move || stats.received.load(Ordering::Relaxed))
+        },
         shutdown.clone(),
     ));
     let t = Instant::now();

@@ -82,8 +82,8 @@ struct Gram {
     kxx: Arc<Vec<f64>>,
     /// n × m, and its transpose m × n (row access for both sides).
     kxy: Vec<f64>,
-    kyx: Vec<f64>,
-    kyy: Vec<f64>,
+    kyx: Arc<Vec<f64>>,
+    kyy: Arc<Vec<f64>>,
 }
 
 impl Gram {
@@ -106,8 +106,8 @@ struct CacheEntry {
     kxx: Arc<Vec<f64>>,
     /// Previous current window: rows, and its kernel blocks.
     current: Vec<f64>,
-    kyx: Vec<f64>,
-    kyy: Vec<f64>,
+    kyx: Arc<Vec<f64>>,
+    kyy: Arc<Vec<f64>>,
 }
 
 /// A few references at once (several keys, detectors); oldest dropped first.
@@ -232,6 +232,8 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
             kxy[i * m + j] = kyx[j * n + i];
         }
     }
+    // Shared with the cache, not copied: the next slide reads them.
+    let (kyx, kyy) = (Arc::new(kyx), Arc::new(kyy));
     {
         let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         if c.len() >= CACHE_ENTRIES {

@@ -1,5 +1,5 @@
-//! The MMD kernel's inner loops — dot products, squared distances and exp of
-//! a row — with an AVX2/FMA path chosen at run time and a portable fallback.
+//! The MMD kernel's inner loops — squared distances, exp of a row and masked
+//! row sums — with an AVX2/FMA path chosen at run time and a portable fallback.
 //! Explicit intrinsics, so the speed does not depend on the optimisation
 //! level the crate is built at.
 //!
@@ -18,23 +18,12 @@ fn has_avx2() -> bool {
     *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
-/// Σ a_i b_i.
-pub fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len().min(b.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are present (checked above).
-        return unsafe { dot_avx2(&a[..n], &b[..n]) };
-    }
-    a[..n].iter().zip(&b[..n]).map(|(x, y)| x * y).sum()
-}
-
 /// Σ (a_i − b_i)².
 pub fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: as in `dot`.
+        // SAFETY: AVX2 and FMA are present (checked above).
         return unsafe { sq_dist_avx2(&a[..n], &b[..n]) };
     }
     a[..n].iter().zip(&b[..n]).map(|(x, y)| (x - y) * (x - y)).sum()
@@ -45,7 +34,7 @@ pub fn sq_dists_to(x: &[f64], ys: &[f64], out: &mut [f64]) {
     let d = x.len();
     #[cfg(target_arch = "x86_64")]
     if has_avx2() && d > 0 {
-        // SAFETY: as in `dot`.
+        // SAFETY: as in `sq_dist`.
         unsafe { sq_dists_avx2(x, ys, out) };
         return;
     }
@@ -62,7 +51,7 @@ pub fn sq_dists_to(x: &[f64], ys: &[f64], out: &mut [f64]) {
 pub fn masked_sum(row: &[f64], bits: &[u64], first_bit: usize) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: as in `dot`.
+        // SAFETY: as in `sq_dist`.
         return unsafe { masked_sum_avx2(row, bits, first_bit) };
     }
     row.iter()
@@ -163,42 +152,13 @@ unsafe fn sq_dists_avx2(x: &[f64], ys: &[f64], out: &mut [f64]) {
 pub fn gaussian_in_place(x: &mut [f64], gamma: f64) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: as in `dot`.
+        // SAFETY: as in `sq_dist`.
         unsafe { gaussian_avx2(x, gamma) };
         return;
     }
     for v in x {
         *v = (-gamma * *v).exp();
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len();
-    let (mut s0, mut s1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
-    let mut i = 0;
-    // SAFETY (loads): i + 8 ≤ n = a.len() = b.len().
-    unsafe {
-        while i + 8 <= n {
-            s0 = _mm256_fmadd_pd(
-                _mm256_loadu_pd(a.as_ptr().add(i)),
-                _mm256_loadu_pd(b.as_ptr().add(i)),
-                s0,
-            );
-            s1 = _mm256_fmadd_pd(
-                _mm256_loadu_pd(a.as_ptr().add(i + 4)),
-                _mm256_loadu_pd(b.as_ptr().add(i + 4)),
-                s1,
-            );
-            i += 8;
-        }
-    }
-    let mut t = hsum(_mm256_add_pd(s0, s1));
-    for j in i..n {
-        t += a[j] * b[j];
-    }
-    t
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -312,8 +272,6 @@ mod tests {
     fn agrees_with_scalar() {
         let a: Vec<f64> = (0..37).map(|i| (i as f64 * 0.7).sin()).collect();
         let b: Vec<f64> = (0..37).map(|i| (i as f64 * 0.3).cos()).collect();
-        let want: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - want).abs() < 1e-13);
         let want: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
         assert!((sq_dist(&a, &b) - want).abs() < 1e-13);
         let mut x: Vec<f64> = (0..1003)

@@ -173,17 +173,17 @@ impl TwoSample {
             ),
         }
     }
+}
 
-    /// Whether values of type `t` are treated as categories.
-    fn categorical(&self, t: &DataType) -> Result<bool> {
-        match self.stat {
-            Stat::Ks | Stat::Distance(Metric::Wasserstein) if t.is_numeric() => Ok(false),
-            Stat::Ks | Stat::Distance(Metric::Wasserstein) => {
-                exec_err!("{}: first argument must be numeric, got {t}", self.name)
-            }
-            Stat::Chi2 => Ok(true),
-            Stat::Distance(_) => Ok(!t.is_floating()),
+/// Whether `stat` treats values of type `t` as categories (`name`: for errors).
+fn categorical(name: &str, stat: Stat, t: &DataType) -> Result<bool> {
+    match stat {
+        Stat::Ks | Stat::Distance(Metric::Wasserstein) if t.is_numeric() => Ok(false),
+        Stat::Ks | Stat::Distance(Metric::Wasserstein) => {
+            exec_err!("{name}: first argument must be numeric, got {t}")
         }
+        Stat::Chi2 => Ok(true),
+        Stat::Distance(_) => Ok(!t.is_floating()),
     }
 }
 
@@ -196,7 +196,7 @@ impl AggregateUDFImpl for TwoSample {
     }
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         if let Some(t) = args.first() {
-            self.categorical(t)?;
+            categorical(self.name, self.stat, t)?;
         }
         Ok(DataType::Struct(result_fields(&[])))
     }
@@ -258,8 +258,7 @@ impl Accumulator for SampleAcc {
             self.bins = Some(b);
         }
         let c = as_bool(&values[1], self.name)?;
-        let udf = TwoSample::new(self.name, self.stat);
-        if udf.categorical(values[0].data_type())? {
+        if categorical(self.name, self.stat, values[0].data_type())? {
             let text = cast(&values[0], &DataType::Utf8)?;
             let text = text.as_string::<i32>();
             for i in 0..text.len() {
