@@ -39,28 +39,31 @@ fn binomial_999(p: f64, trials: usize) -> (f64, f64) {
     (p - 3.29 * sd, p + 3.29 * sd)
 }
 
-#[test]
-fn ks_is_calibrated_and_powerful() {
-    let mut rng = Rng(11);
-    let trials = 600;
-    let alarms = (0..trials)
-        .filter(|_| {
-            let (a, b) = (rng.normals(200, 0.0), rng.normals(150, 0.0));
-            ks_2samp(&a, &b).unwrap().p_value <= 0.05
-        })
-        .count();
+/// How many of `trials` seeded tests reject at α = 0.05 (`p_value(t)` for trial t).
+fn rejections(trials: usize, mut p_value: impl FnMut(u64) -> f64) -> usize {
+    (0..trials).filter(|&t| p_value(t as u64) <= 0.05).count()
+}
+
+/// Asserts the false-alarm rate of `alarms` in `trials` null trials is in the
+/// binomial 99.9 % interval around α = 0.05.
+fn assert_calibrated(what: &str, alarms: usize, trials: usize) {
     let rate = alarms as f64 / trials as f64;
     let (lo, hi) = binomial_999(0.05, trials);
     assert!(
         rate >= lo && rate <= hi,
-        "KS false-alarm rate {rate} outside [{lo}, {hi}]"
+        "{what} false-alarm rate {rate} outside [{lo}, {hi}]"
     );
-    let detected = (0..200)
-        .filter(|_| {
-            let (a, b) = (rng.normals(200, 0.0), rng.normals(150, 0.5));
-            ks_2samp(&a, &b).unwrap().p_value <= 0.05
-        })
-        .count();
+}
+
+#[test]
+fn ks_is_calibrated_and_powerful() {
+    let mut rng = Rng(11);
+    let mut ks = |shift| {
+        let (a, b) = (rng.normals(200, 0.0), rng.normals(150, shift));
+        ks_2samp(&a, &b).unwrap().p_value
+    };
+    assert_calibrated("KS", rejections(600, |_| ks(0.0)), 600);
+    let detected = rejections(200, |_| ks(0.5));
     assert!(detected >= 190, "KS power {detected}/200 on a 0.5σ shift");
 }
 
@@ -74,25 +77,12 @@ fn mmd_is_calibrated_and_powerful() {
         sigma: None,
         threads: 1,
     };
-    let trials = 500;
-    let alarms = (0..trials)
-        .filter(|&t| {
-            let (a, b) = (rng.normals(40 * dim, 0.0), rng.normals(30 * dim, 0.0));
-            mmd_test(&a, &b, dim, &opts(t as u64)).unwrap().p_value <= 0.05
-        })
-        .count();
-    let rate = alarms as f64 / trials as f64;
-    let (lo, hi) = binomial_999(0.05, trials);
-    assert!(
-        rate >= lo && rate <= hi,
-        "MMD false-alarm rate {rate} outside [{lo}, {hi}]"
-    );
-    let detected = (0..100)
-        .filter(|&t| {
-            let (a, b) = (rng.normals(40 * dim, 0.0), rng.normals(30 * dim, 1.0));
-            mmd_test(&a, &b, dim, &opts(t as u64)).unwrap().p_value <= 0.05
-        })
-        .count();
+    let mut mmd = |t, shift| {
+        let (a, b) = (rng.normals(40 * dim, 0.0), rng.normals(30 * dim, shift));
+        mmd_test(&a, &b, dim, &opts(t)).unwrap().p_value
+    };
+    assert_calibrated("MMD", rejections(500, |t| mmd(t, 0.0)), 500);
+    let detected = rejections(100, |t| mmd(t, 1.0));
     assert!(detected >= 95, "MMD power {detected}/100 on a 1σ shift");
 }
 

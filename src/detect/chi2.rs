@@ -94,14 +94,8 @@ mod tests {
 
     #[test]
     fn matches_scipy_chi2_contingency() {
+        use super::super::testgen::nums;
         let v = super::super::testgen::fixture("stats_golden.json");
-        let nums = |x: &serde_json::Value| {
-            x.as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f.as_f64().unwrap())
-                .collect::<Vec<_>>()
-        };
         for c in v["chi2"].as_array().unwrap() {
             let r = chi2_homogeneity(&nums(&c["reference"]), &nums(&c["current"])).unwrap();
             let (ws, wp) = (c["statistic"].as_f64().unwrap(), c["p_value"].as_f64().unwrap());

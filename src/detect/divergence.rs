@@ -218,10 +218,7 @@ mod tests {
     fn wasserstein_matches_scipy_golden() {
         let v = super::super::testgen::fixture("stats_golden.json");
         for c in v["wasserstein"].as_array().unwrap() {
-            let (a, b) = (
-                super::super::testgen::synth(&c["a"]),
-                super::super::testgen::synth(&c["b"]),
-            );
+            let (a, b) = super::super::testgen::pair(c);
             let w = c["distance"].as_f64().unwrap();
             assert!((wasserstein(&a, &b) - w).abs() <= 1e-12 * w, "{c}");
             let norm = numeric(Metric::Wasserstein, &a, &b, 10).unwrap();

@@ -211,17 +211,10 @@ mod tests {
     /// tests/fixtures/ks_golden.json, written by scripts/golden_stats.py from scipy.
     #[test]
     fn matches_scipy_golden_values() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ks_golden.json");
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        use super::super::testgen::nums;
+        let v = super::super::testgen::fixture("ks_golden.json");
         let cases = v["cases"].as_array().unwrap();
         assert!(cases.len() >= 20);
-        let nums = |x: &serde_json::Value| {
-            x.as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f.as_f64().unwrap())
-                .collect::<Vec<_>>()
-        };
         for c in cases {
             let (a, b) = (nums(&c["a"]), nums(&c["b"]));
             let r = ks_2samp(&a, &b).unwrap();
@@ -245,10 +238,7 @@ mod tests {
     fn matches_scipy_on_large_samples() {
         let v = super::super::testgen::fixture("ks_golden.json");
         for c in v["large_cases"].as_array().unwrap() {
-            let (a, b) = (
-                super::super::testgen::synth(&c["a"]),
-                super::super::testgen::synth(&c["b"]),
-            );
+            let (a, b) = super::super::testgen::pair(c);
             let r = ks_2samp(&a, &b).unwrap();
             let (ws, wp) = (c["statistic"].as_f64().unwrap(), c["p_value"].as_f64().unwrap());
             let what = format!("n={} m={}", a.len(), b.len());

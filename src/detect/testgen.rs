@@ -53,6 +53,16 @@ pub fn synth(spec: &Value) -> Vec<f64> {
     xs.into_iter().map(|x| x * scale + shift).collect()
 }
 
+/// Samples `a` and `b` of a golden case, from their generator specs.
+pub fn pair(case: &Value) -> (Vec<f64>, Vec<f64>) {
+    (synth(&case["a"]), synth(&case["b"]))
+}
+
+/// A JSON array of numbers.
+pub fn nums(x: &Value) -> Vec<f64> {
+    x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap()).collect()
+}
+
 /// A fixture file of `tests/fixtures`.
 pub fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
