@@ -9,13 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::broker::Broker;
 use crate::config::{Pipeline, SourceConfig};
-use crate::demo::{load_pool, make_event};
 use crate::runtime::{self, RunOptions, RunStats, RuntimeError, Stages};
 use crate::source::kafka::KafkaConsumer;
 
@@ -114,21 +111,10 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
         broker.create_topic(t, 1).map_err(other)?;
     }
     // Distinct payloads, cycled: the stream is long, the generation cheap.
-    let pool = load_pool(pool)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let payloads: Vec<Vec<u8>> = (0..4096u64)
-        .map(|i| {
-            let img = &pool[rng.random_range(0..pool.len())];
-            serde_json::to_vec(&make_event(
-                img,
-                &mut rng,
-                None,
-                "bench",
-                i,
-                1_767_225_600_000 + i as i64,
-            ))
-            .unwrap_or_default()
-        })
+    let payloads: Vec<Vec<u8>> = crate::scenario::clean_events(pool, "bench", 4096, 1)
+        .map_err(other)?
+        .into_iter()
+        .map(String::into_bytes)
         .collect();
     let producer: FutureProducer = broker
         .client_config()

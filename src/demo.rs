@@ -1,81 +1,114 @@
-//! `driftwatch demo`: the embedded broker, a stream of digit images from two
-//! scanners, and `pipelines/digits.yaml` watching it. Scanner `a` stays
-//! clean; scanner `b` is replaced by a "new scanner" (lower contrast, brighter
-//! background) half-way: covariate shift, which the KS detectors on image
-//! features and the MMD on the CNN embedding catch, for key `b` only.
+//! `driftwatch demo`: the embedded broker, the default scenario
+//! (`pipelines/scenarios/demo.yaml`: scanner `a` stays clean, scanner `b`
+//! goes through a new scanner, a change of class priors and a relabelling,
+//! with clean phases between) and `pipelines/digits.yaml` watching it; a live
+//! line per evaluation, then a table of which detectors alerted in which phase.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Deserialize;
+use rdkafka::producer::FutureProducer;
 
 use crate::alert::Evaluation;
 use crate::broker::Broker;
-use crate::config::Pipeline;
+use crate::config::{Pipeline, WindowConfig};
 use crate::runtime::{self, RunOptions, RunStats, RuntimeError, Stages};
+use crate::scenario::{LabelsMode, Loaded, Truth, TruthPhase};
 
-/// One image of the pool.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PoolImage {
-    pub pixels: Vec<f32>,
-    pub label: i64,
-}
-
-/// A phase of the demo stream for one scanner.
-#[derive(Debug, Clone)]
-pub struct Phase {
-    pub name: &'static str,
-    pub events: usize,
-    /// Contrast factor and added background (0..16 scale); `None` = clean.
-    pub shift: Option<(f32, f32)>,
-}
+/// How long the demo waits for the next event before it gives up.
+const STALL: Duration = Duration::from_secs(30);
 
 /// Options of the demo.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub pipeline: PathBuf,
-    pub pool: PathBuf,
-    pub seed: u64,
-    /// Events per phase.
-    pub phase_events: usize,
+    pub scenario: PathBuf,
+    /// Overrides the scenario's seed.
+    pub seed: Option<u64>,
     /// Print the live view.
     pub live: bool,
 }
 
-/// What the demo saw, per scanner and phase.
-#[derive(Debug, Clone, Default)]
+/// What the demo saw.
+#[derive(Debug, Clone)]
 pub struct DemoSummary {
-    /// (scanner, phase name, first offset, last offset)
-    pub phases: Vec<(String, String, i64, i64)>,
+    pub truth: Truth,
     /// Every evaluation.
     pub evaluations: Vec<Evaluation>,
     pub received: u64,
     pub dead_lettered: u64,
+    /// Current-window size: alerts this soon after a drift phase may still see it.
+    pub window: usize,
+}
+
+/// Where an evaluation falls relative to the truth.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// In a drift phase, `events` into it.
+    Detected { events: i64 },
+    /// In a clean phase, within one window of the end of a drift phase.
+    Settling,
+    /// In a clean phase: a false alarm.
+    FalseAlarm,
 }
 
 impl DemoSummary {
-    /// Detectors that fired in a phase, with events into the phase at their first alert.
-    pub fn fired(&self, scanner: &str, phase: &str) -> BTreeMap<String, i64> {
+    /// Alerts per phase: for each detector, its first alert's verdict.
+    pub fn alerts_in(&self, phase: &TruthPhase) -> BTreeMap<String, Verdict> {
         let mut out = BTreeMap::new();
-        for (s, ph, first, last) in &self.phases {
-            if s != scanner || ph != phase {
+        for e in self
+            .evaluations
+            .iter()
+            .filter(|e| e.alert && e.key.as_deref() == Some(phase.key.as_str()))
+        {
+            let Some(end) = e
+                .window
+                .current_offsets
+                .iter()
+                .find(|r| r.partition == phase.partition)
+                .map(|r| r.last)
+            else {
+                continue;
+            };
+            if end < phase.first_offset || end > phase.last_offset {
                 continue;
             }
-            for e in self
-                .evaluations
-                .iter()
-                .filter(|e| e.drift && e.key.as_deref() == Some(s.as_str()))
-            {
-                let end = e.window.current_offsets.iter().map(|r| r.last).max().unwrap_or(-1);
-                if end >= *first && end <= *last {
-                    out.entry(e.detector.clone()).or_insert(end - first + 1);
+            let v = if phase.drift {
+                Verdict::Detected {
+                    events: end - phase.first_offset + 1,
+                }
+            } else if self.after_drift(phase, end) {
+                Verdict::Settling
+            } else {
+                Verdict::FalseAlarm
+            };
+            out.entry(e.detector.clone()).or_insert(v);
+        }
+        out
+    }
+
+    /// Whether `offset` of a clean phase is within one window of a preceding drift phase.
+    fn after_drift(&self, phase: &TruthPhase, offset: i64) -> bool {
+        self.truth.phases.iter().any(|p| {
+            p.drift
+                && p.key == phase.key
+                && p.partition == phase.partition
+                && p.last_offset < offset
+                && offset - p.last_offset < self.window as i64
+        })
+    }
+
+    /// False alarms: alerts in clean phases, settling windows excepted.
+    pub fn false_alarms(&self) -> Vec<(String, String)> {
+        let mut out = vec![];
+        for p in self.truth.phases.iter().filter(|p| !p.drift) {
+            for (d, v) in self.alerts_in(p) {
+                if v == Verdict::FalseAlarm {
+                    out.push((p.key.clone(), format!("{d} in {}", p.name)));
                 }
             }
         }
@@ -83,78 +116,14 @@ impl DemoSummary {
     }
 }
 
-/// Reads the image pool (JSONL with `pixels` and `label`).
-pub fn load_pool(path: &Path) -> Result<Vec<PoolImage>, RuntimeError> {
-    let text = std::fs::read_to_string(path).map_err(|e| RuntimeError::Other(format!("{}: {e}", path.display())))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| RuntimeError::Other(format!("{}:{}: {e}", path.display(), i + 1)))
-        })
-        .collect()
-}
-
-/// One event JSON: an image from the pool with seeded noise and an optional shift.
-pub fn make_event(
-    img: &PoolImage,
-    rng: &mut ChaCha8Rng,
-    shift: Option<(f32, f32)>,
-    scanner: &str,
-    id: u64,
-    ts: i64,
-) -> serde_json::Value {
-    let px: Vec<f32> = img
-        .pixels
-        .iter()
-        .map(|&v| {
-            let mut x = v + rng.random_range(-0.5f32..0.5);
-            if let Some((contrast, background)) = shift {
-                x = x * contrast + background;
-            }
-            (x.clamp(0.0, 16.0) * 100.0).round() / 100.0
-        })
-        .collect();
-    let mean = px.iter().sum::<f32>() / px.len() as f32;
-    let ink = px.iter().filter(|&&v| v > 4.0).count() as f32 / px.len() as f32;
-    serde_json::json!({
-        "event_id": format!("{scanner}-{id}"),
-        "ts": ts,
-        "scanner": scanner,
-        "pixels": px,
-        "mean_intensity": mean,
-        "ink_fraction": ink,
-        "label": img.label,
-    })
-}
-
-/// The demo's phases per scanner.
-pub fn phases(n: usize) -> Vec<(&'static str, Vec<Phase>)> {
-    let clean = |name| Phase {
-        name,
-        events: n,
-        shift: None,
-    };
-    vec![
-        ("a", vec![clean("reference"), clean("clean"), clean("clean, later")]),
-        (
-            "b",
-            vec![
-                clean("reference"),
-                clean("clean"),
-                Phase {
-                    name: "new scanner (covariate)",
-                    events: n,
-                    shift: Some((0.6, 3.0)),
-                },
-            ],
-        ),
-    ]
-}
-
 /// Runs the demo end to end on an embedded broker.
 pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
-    let broker = Broker::start(1).map_err(|e| RuntimeError::Other(e.to_string()))?;
+    let other = |e: &dyn std::fmt::Display| RuntimeError::Other(e.to_string());
+    let mut scenario = Loaded::load(&opts.scenario).map_err(|e| other(&e))?;
+    if let Some(seed) = opts.seed {
+        scenario.scenario.seed = seed;
+    }
+    let broker = Broker::start(1).map_err(|e| other(&e))?;
     let bootstrap = broker.bootstrap();
     // The pipeline reads its brokers from ${KAFKA_BROKERS}.
     // SAFETY of set_var: called before any thread of ours reads the environment.
@@ -163,74 +132,42 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
     let crate::config::SourceConfig::Kafka(src) = &pipeline.source else {
         return Err(RuntimeError::Other("the demo pipeline must have a kafka source".into()));
     };
-    let scanners = phases(opts.phase_events);
-    for (t, parts) in [
-        (&src.topic, scanners.len() as i32),
-        (&pipeline.output.alerts_topic, 1),
-        (&pipeline.output.dead_letter_topic, 1),
-    ] {
-        broker
-            .create_topic(t, parts)
-            .map_err(|e| RuntimeError::Other(e.to_string()))?;
+    let WindowConfig { current, .. } = &pipeline.window;
+    let window = current.size.get();
+    let partitions = scenario.scenario.keys.len() as i32;
+    let mut topics = vec![
+        (src.topic.clone(), partitions),
+        (pipeline.output.alerts_topic.clone(), 1),
+        (pipeline.output.dead_letter_topic.clone(), 1),
+    ];
+    topics.extend(pipeline.output.stats_topic.clone().map(|t| (t, 1)));
+    if let LabelsMode::Topic { topic, .. } = &scenario.scenario.labels {
+        topics.push((topic.clone(), partitions));
     }
-    if let Some(t) = &pipeline.output.stats_topic {
-        broker
-            .create_topic(t, 1)
-            .map_err(|e| RuntimeError::Other(e.to_string()))?;
+    for (t, parts) in &topics {
+        broker.create_topic(t, *parts).map_err(|e| other(&e))?;
     }
+    let total = scenario.total_events() as u64;
     if opts.live {
         eprintln!(
-            "embedded broker at {bootstrap}; producing {} events…",
-            scanners
-                .iter()
-                .map(|s| s.1.iter().map(|p| p.events).sum::<usize>())
-                .sum::<usize>()
+            "embedded broker at {bootstrap}; producing scenario `{}` ({total} events, seed {})…",
+            scenario.scenario.name, scenario.scenario.seed
         );
     }
-    let pool = load_pool(&opts.pool)?;
-    let producer: FutureProducer = broker.client_config().create().map_err(|e| RuntimeError::Kafka {
-        what: "demo producer".into(),
-        source: e,
-    })?;
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut summary = DemoSummary::default();
-    let mut total = 0u64;
-    let mut futures = vec![];
-    for (part, (scanner, ph)) in scanners.iter().enumerate() {
-        let key = format!("scanner-{scanner}");
-        let mut offset = 0i64;
-        for phase in ph {
-            summary.phases.push((
-                key.clone(),
-                phase.name.to_string(),
-                offset,
-                offset + phase.events as i64 - 1,
-            ));
-            for _ in 0..phase.events {
-                let img = &pool[rng.random_range(0..pool.len())];
-                let ts = 1_767_225_600_000 + offset * 100;
-                let ev = make_event(img, &mut rng, phase.shift, &key, offset as u64, ts);
-                let body = serde_json::to_vec(&ev).unwrap_or_default();
-                let rec = FutureRecord::to(&src.topic)
-                    .payload(&body)
-                    .key(&key)
-                    .partition(part as i32);
-                futures.push(producer.send_result(rec).map_err(|(e, _)| RuntimeError::Kafka {
-                    what: "demo produce".into(),
-                    source: e,
-                })?);
-                offset += 1;
-                total += 1;
-            }
-        }
-    }
-    for f in futures {
-        if !matches!(f.await, Ok(Ok(_))) {
-            return Err(RuntimeError::Other(
-                "demo: an event was not delivered to the embedded broker".into(),
-            ));
-        }
-    }
+    // lz4: the embedded broker keeps only ~5 MiB per partition and drops
+    // older messages silently; compressed, the whole scenario fits.
+    let producer: FutureProducer = broker
+        .client_config()
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .create()
+        .map_err(|e| RuntimeError::Kafka {
+            what: "demo producer".into(),
+            source: e,
+        })?;
+    let truth = crate::scenario::produce_kafka(&scenario, &producer, &src.topic, partitions)
+        .await
+        .map_err(|e| other(&e))?;
     let stages = Stages::build(pipeline).await?;
     let seen = Arc::new(Mutex::new(vec![]));
     let seen2 = seen.clone();
@@ -250,27 +187,51 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
             max_events: Some(total),
             group_id: None,
         },
-        shutdown,
+        shutdown.clone(),
         stats.clone(),
         Some(observer),
     );
-    tokio::time::timeout(Duration::from_secs(300), run)
-        .await
-        .map_err(|_| RuntimeError::Other("demo: pipeline did not finish within 300 s".into()))??;
-    summary.evaluations = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
-    summary.received = stats.received.load(std::sync::atomic::Ordering::Relaxed);
-    summary.dead_lettered = stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::pin!(run);
+    // A pipeline that stops receiving (messages lost by the broker) fails
+    // with a message instead of hanging.
+    let (mut seen_n, mut since) = (0, std::time::Instant::now());
+    loop {
+        tokio::select! {
+            r = &mut run => { r?; break; }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                let n = stats.received.load(std::sync::atomic::Ordering::Relaxed);
+                if n != seen_n {
+                    (seen_n, since) = (n, std::time::Instant::now());
+                } else if since.elapsed() > STALL {
+                    shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(RuntimeError::Other(format!(
+                        "demo: the pipeline received no event for {}s, at {n} of {total}: the embedded broker keeps about 5 MiB per partition and may have dropped the rest; use a shorter scenario",
+                        STALL.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+    let evaluations = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
     drop(producer);
     drop(broker);
-    Ok(summary)
+    Ok(DemoSummary {
+        truth,
+        evaluations,
+        received: stats.received.load(std::sync::atomic::Ordering::Relaxed),
+        dead_lettered: stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
+        window,
+    })
 }
 
 /// One line of the live view.
 pub fn live_line(e: &Evaluation, color: bool) -> String {
-    let flag = if e.drift {
-        if color { "\x1b[1;31mDRIFT\x1b[0m" } else { "DRIFT" }
-    } else {
-        "  ok "
+    let flag = match (e.alert, e.drift) {
+        (true, _) if color => "\x1b[1;31mALERT\x1b[0m",
+        (true, _) => "ALERT",
+        (false, true) if color => "\x1b[33mdrift\x1b[0m",
+        (false, true) => "drift",
+        _ => "  ok ",
     };
     let worst = e
         .tests
@@ -299,30 +260,39 @@ pub fn live_line(e: &Evaluation, color: bool) -> String {
 
 /// The summary table printed at the end.
 pub fn summary_table(s: &DemoSummary, detectors: &[String]) -> String {
-    let mut out = String::from(
-        "\nscanner     phase                      detectors fired (events into the phase at first alert)\n",
+    let mut out = format!(
+        "\n{:<10} {:<24} {:<9} {}\n",
+        "key", "phase", "truth", "alerts (events into the phase at the first)"
     );
-    for (scanner, phase, first, last) in &s.phases {
-        let fired = s.fired(scanner, phase);
-        let cell = if phase == "reference" {
+    for p in &s.truth.phases {
+        let alerts = s.alerts_in(p);
+        let cell = if p.name == "reference" {
             "(reference window)".to_string()
-        } else if fired.is_empty() {
-            "none".to_string()
+        } else if alerts.is_empty() {
+            if p.drift { "none: missed" } else { "none" }.to_string()
         } else {
             detectors
                 .iter()
-                .filter_map(|d| fired.get(d).map(|n| format!("{d} after {n}")))
+                .filter_map(|d| {
+                    alerts.get(d).map(|v| match v {
+                        Verdict::Detected { events } => format!("{d} after {events}"),
+                        Verdict::Settling => format!("{d} (window still holds the drift)"),
+                        Verdict::FalseAlarm => format!("{d} FALSE ALARM"),
+                    })
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        out += &format!("{scanner:<11} {:<26} {cell}   [offsets {first}..{last}]\n", phase);
+        let truth = if p.drift { p.kind.as_str() } else { "-" };
+        out += &format!("{:<10} {:<24} {truth:<9} {cell}\n", p.key, p.name);
     }
+    let alerts = s.evaluations.iter().filter(|e| e.alert).count();
     out += &format!(
-        "\n{} events read, {} dead-lettered, {} evaluations, {} alerts\n",
+        "\n{} events read, {} dead-lettered, {} evaluations, {alerts} alerts, {} false alarms\n",
         s.received,
         s.dead_lettered,
         s.evaluations.len(),
-        s.evaluations.iter().filter(|e| e.drift).count()
+        s.false_alarms().len()
     );
     out
 }

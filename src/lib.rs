@@ -14,6 +14,7 @@ pub mod demo;
 pub mod detect;
 pub mod model;
 pub mod runtime;
+pub mod scenario;
 pub mod schema;
 pub mod source;
 pub mod sql;

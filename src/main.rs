@@ -58,18 +58,42 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         brokers: i32,
     },
-    /// The demo: embedded broker, digit images, a CNN, drift caught live.
+    /// The demo: embedded broker, digit images, a CNN, each kind of drift caught live.
     Demo {
         #[arg(long, default_value = "pipelines/digits.yaml")]
         pipeline: PathBuf,
-        /// Image pool (JSONL with pixels and label).
-        #[arg(long, default_value = "models/digits_train.jsonl")]
-        pool: PathBuf,
-        /// Events per phase and scanner.
-        #[arg(long, default_value_t = 1000)]
-        phase_events: usize,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
+        /// The drift scenario streamed through it.
+        #[arg(long, default_value = "pipelines/scenarios/demo.yaml")]
+        scenario: PathBuf,
+        /// Overrides the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Write a drift scenario's events to a Kafka topic (--brokers, --topic) or a JSONL file (--out),
+    /// and its ground truth (phase boundaries in event time and offsets) to --truth.
+    Produce {
+        scenario: PathBuf,
+        #[arg(long, requires = "topic", conflicts_with = "out")]
+        brokers: Option<String>,
+        #[arg(long, requires = "brokers")]
+        topic: Option<String>,
+        /// JSONL file of events instead of Kafka.
+        #[arg(long, required_unless_present = "brokers")]
+        out: Option<PathBuf>,
+        /// JSONL file for late labels when the scenario sends them separately (with --out).
+        #[arg(long)]
+        labels_out: Option<PathBuf>,
+        /// Ground-truth file (default: TOPIC.truth.json, or the --out file with .truth.json).
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// Overrides the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Model tools.
+    Model {
+        #[command(subcommand)]
+        cmd: ModelCmd,
     },
     /// End-to-end throughput benchmark on the embedded broker.
     Bench {
@@ -80,6 +104,18 @@ enum Cmd {
         /// Events to push through.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Inputs, outputs, parameters per layer (and what convolutions save over
+    /// fully connected layers), metadata. Works without ONNX Runtime.
+    Inspect {
+        model: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -102,6 +138,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(RuntimeError::Config(_) | RuntimeError::Model(_) | RuntimeError::Transform(_) | RuntimeError::File(_)) => {
             2
         }
+        _ if e.downcast_ref::<ScenarioFailed>().is_some() => 2,
         _ => 1,
     }
 }
@@ -224,15 +261,13 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Demo {
             pipeline,
-            pool,
-            phase_events,
+            scenario,
             seed,
         } => {
             let opts = driftwatch::demo::DemoOptions {
                 pipeline: pipeline.clone(),
-                pool,
+                scenario,
                 seed,
-                phase_events,
                 live: true,
             };
             let summary = driftwatch::demo::run(opts).await?;
@@ -241,9 +276,87 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             println!("{}", driftwatch::demo::summary_table(&summary, &names));
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Produce {
+            scenario,
+            brokers,
+            topic,
+            out,
+            labels_out,
+            truth,
+            seed,
+        } => {
+            use driftwatch::scenario;
+            let mut l = scenario::Loaded::load(&scenario).map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
+            if let Some(seed) = seed {
+                l.scenario.seed = seed;
+            }
+            let (t, truth_path) = match (out, brokers, topic) {
+                (Some(out), _, _) => {
+                    let t = scenario::write_jsonl(&l, &out, labels_out.as_deref())?;
+                    (t, truth.unwrap_or_else(|| out.with_extension("truth.json")))
+                }
+                (None, Some(brokers), Some(topic)) => {
+                    let t = produce_to(&l, &brokers, &topic).await?;
+                    (t, truth.unwrap_or_else(|| PathBuf::from(format!("{topic}.truth.json"))))
+                }
+                _ => anyhow::bail!("give --brokers and --topic, or --out"),
+            };
+            t.write(&truth_path)?;
+            eprintln!(
+                "{} events of scenario `{}` (seed {}) written to {}; ground truth in {}",
+                l.total_events(),
+                l.scenario.name,
+                l.scenario.seed,
+                t.destination,
+                truth_path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Model {
+            cmd: ModelCmd::Inspect { model, json },
+        } => {
+            let m = driftwatch::model::inspect::inspect(&model).map_err(RuntimeError::from)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print!("{m}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench { pipeline, pool, events } => {
             driftwatch::bench::bench(&pipeline, &pool, events).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A scenario file that cannot be used: exit code 2, like an invalid pipeline.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct ScenarioFailed(driftwatch::scenario::ScenarioError);
+
+/// Produces a scenario to a Kafka topic, waiting for every delivery.
+async fn produce_to(
+    l: &driftwatch::scenario::Loaded,
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<driftwatch::scenario::Truth> {
+    use rdkafka::producer::{FutureProducer, Producer};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .context("cannot create the Kafka producer")?;
+    let md = tokio::task::block_in_place(|| {
+        producer
+            .client()
+            .fetch_metadata(Some(topic), std::time::Duration::from_secs(15))
+    })
+    .with_context(|| format!("cannot reach the brokers at {brokers}"))?;
+    // A topic that does not exist yet is auto-created with the broker's default (one partition here).
+    let partitions = md.topics().first().map_or(1, |t| t.partitions().len().max(1) as i32);
+    Ok(driftwatch::scenario::produce_kafka(l, &producer, topic, partitions).await?)
 }

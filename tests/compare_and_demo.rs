@@ -61,40 +61,73 @@ fn compare_finds_the_shift_and_not_the_same_distribution() {
     assert_eq!(shifted["reference_events"], 1347);
 }
 
+/// The demo scenario end to end, on several seeds: no false alarm on clean
+/// data (by the pipeline's α budget and hysteresis, not by a lucky seed), the
+/// new scanner caught by the embedding MMD and the feature KS, the class-prior
+/// change by the predicted-class chi-square.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_flags_the_new_scanner_and_nothing_else() {
-    let opts = driftwatch::demo::DemoOptions {
-        pipeline: root().join("pipelines/digits.yaml"),
-        pool: root().join("models/digits_train.jsonl"),
-        seed: 11,
-        phase_events: 1000,
-        live: false,
-    };
-    let s = driftwatch::demo::run(opts).await.expect("demo runs");
-    assert_eq!(s.received, 6000);
-    assert_eq!(s.dead_lettered, 0);
-    assert!(
-        s.evaluations.len() >= 2 * 7 * 2,
-        "every window of both scanners evaluated by both detectors"
-    );
-    let a_alerts: Vec<_> = s
-        .evaluations
-        .iter()
-        .filter(|e| e.drift && e.key.as_deref() == Some("scanner-a"))
-        .collect();
-    assert!(a_alerts.is_empty(), "scanner a never changes: {a_alerts:#?}");
-    assert!(
-        s.fired("scanner-b", "clean").is_empty(),
-        "no alert before the new scanner"
-    );
-    let fired = s.fired("scanner-b", "new scanner (covariate)");
-    assert!(fired.contains_key("image_features_ks"), "{fired:?}");
-    assert!(fired.contains_key("embedding_mmd"), "{fired:?}");
-    // Every alert carries the model's identity.
-    let e = s.evaluations.iter().find(|e| e.drift).unwrap();
-    let m = e.model.as_ref().expect("model identity");
-    assert_eq!(m.sha256.len(), 64);
-    assert!(m.metadata.contains_key("test_accuracy") && m.metadata.contains_key("train.optimizer"));
+async fn demo_flags_each_drift_in_its_phase_and_nothing_on_clean_data() {
+    for seed in [7, 11, 23] {
+        let opts = driftwatch::demo::DemoOptions {
+            pipeline: root().join("pipelines/digits.yaml"),
+            scenario: root().join("pipelines/scenarios/demo.yaml"),
+            seed: Some(seed),
+            live: false,
+        };
+        let s = driftwatch::demo::run(opts).await.expect("demo runs");
+        assert_eq!(s.received, 16_500);
+        assert_eq!(s.dead_lettered, 0);
+        // (6000 + 8500) / 500 windows after the references, three detectors each.
+        assert_eq!(s.evaluations.len(), (12 + 17) * 3, "seed {seed}");
+        assert!(s.false_alarms().is_empty(), "seed {seed}: {:?}", s.false_alarms());
+        let phase = |name: &str| {
+            s.truth
+                .phases
+                .iter()
+                .find(|p| p.key == "scanner-b" && p.name == name)
+                .unwrap()
+        };
+        let detected = |name: &str| {
+            s.alerts_in(phase(name))
+                .into_iter()
+                .filter(|(_, v)| matches!(v, driftwatch::demo::Verdict::Detected { .. }))
+                .map(|(d, _)| d)
+                .collect::<Vec<_>>()
+        };
+        let cov = detected("new scanner");
+        assert!(
+            cov.contains(&"embedding_mmd".into()) && cov.contains(&"image_features_ks".into()),
+            "seed {seed}: {cov:?}"
+        );
+        let label = detected("more 0s and 1s");
+        assert!(label.contains(&"predicted_class_chi2".into()), "seed {seed}: {label:?}");
+        // Scanner a never changes: not a single alert.
+        assert!(
+            !s.evaluations
+                .iter()
+                .any(|e| e.alert && e.key.as_deref() == Some("scanner-a")),
+            "seed {seed}"
+        );
+        // Alerts say what kind of drift they are about, and which model.
+        let e = s
+            .evaluations
+            .iter()
+            .find(|e| e.alert && e.detector == "predicted_class_chi2")
+            .unwrap();
+        assert_eq!(e.drift_type, driftwatch::alert::DriftType::Label);
+        let m = e.model.as_ref().expect("model identity");
+        assert_eq!(m.sha256.len(), 64);
+        assert!(m.metadata.contains_key("test_accuracy") && m.metadata.contains_key("train.optimizer"));
+        let table = driftwatch::demo::summary_table(
+            &s,
+            &[
+                "image_features_ks".into(),
+                "embedding_mmd".into(),
+                "predicted_class_chi2".into(),
+            ],
+        );
+        assert!(table.contains("0 false alarms"), "{table}");
+    }
 }
 
 /// A pipeline with a SQL transform (a derived column) and a SQL detector of the

@@ -18,6 +18,12 @@ async fn shipped_pipelines_validate() {
             stages.err().map(|e| e.to_string()).unwrap_or_default()
         );
     }
+    for f in std::fs::read_dir(root().join("pipelines/scenarios")).unwrap() {
+        let f = f.unwrap().path();
+        if let Err(e) = driftwatch::scenario::Loaded::load(&f) {
+            panic!("{}: {e}", f.display());
+        }
+    }
 }
 
 #[tokio::test]

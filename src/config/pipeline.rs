@@ -909,6 +909,7 @@ impl Pipeline {
         p.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         p.check()?;
         p.apply_ert()?;
+        p.check_resolution()?;
         Ok(p)
     }
 
@@ -923,6 +924,31 @@ impl Pipeline {
 
     fn err(&self, key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
         ConfigError::invalid(&self.path, key, msg)
+    }
+
+    /// A permutation p-value is never below 1/(B+1): a detector whose alpha is
+    /// smaller could never fire, so say so instead of watching in silence.
+    fn check_resolution(&self) -> Result<(), ConfigError> {
+        for (i, d) in self.detectors.iter().enumerate() {
+            if let DetectorConfig::Mmd(m) = d
+                && m.method == MmdMethod::Quadratic
+            {
+                let alpha = m.alpha.unwrap_or_default().0;
+                let b = m.permutations.get() as f64;
+                if alpha < 1.0 / (b + 1.0) {
+                    return Err(self.err(
+                        format!("detectors[{i}].permutations"),
+                        format!(
+                            "with {b} permutations the smallest p-value is 1/{} = {:.2e}, above alpha {alpha:.2e}: this detector could never fire; use at least {} permutations, a larger alpha or ert, or method: linear",
+                            b + 1.0,
+                            1.0 / (b + 1.0),
+                            (1.0 / alpha).ceil() as u64 - 1
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// With `alerting.ert`, sets every test detector's alpha to its share of 1/ert.

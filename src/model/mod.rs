@@ -14,6 +14,8 @@ use ort::value::TensorRef;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub mod inspect;
+
 use crate::config::ModelConfig;
 use crate::schema::tensor_type;
 

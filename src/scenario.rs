@@ -1,0 +1,1076 @@
+//! Drift scenarios: seeded streams of digit events in phases, for the demo,
+//! tests and backtests (`driftwatch produce`).
+//!
+//! A scenario (`pipelines/scenarios/*.yaml`) lists keys (scanners) and, per
+//! key, phases in order: `clean`, `covariate` (a "new scanner": contrast,
+//! background, blur on the images; labels unchanged), `label` (class priors
+//! changed; images drawn from the same per-class pool), `concept` (labels of
+//! some classes remapped; images unchanged). Every image is drawn from the
+//! pool with small seeded noise, so long streams are not exact repeats, and
+//! the same scenario and seed always give the same events. Every run also
+//! writes its ground truth ([`Truth`]): each phase's event-time range and
+//! per-partition offsets, what drifted, and the true class priors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, Positive, load_yaml};
+
+/// Pixels per image (8×8).
+pub const PIXELS: usize = 64;
+/// Pixel intensities are on this scale (scikit-learn's digits).
+pub const MAX_INTENSITY: f32 = 16.0;
+
+/// A scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name, written into the truth file.
+    pub name: String,
+    /// Seed of every random draw (image choice, noise). Default 0.
+    #[serde(default)]
+    pub seed: u64,
+    /// Image pool: JSONL with `pixels` (64 intensities 0..16) and `label`,
+    /// relative to the scenario file.
+    pub pool: PathBuf,
+    /// Event time of the first event, RFC 3339. Default 2026-01-01T00:00:00Z.
+    #[serde(default = "default_start")]
+    pub start_time: String,
+    /// Event-time step between consecutive events of one key, in ms. Default 100.
+    #[serde(default = "default_interval")]
+    pub interval_ms: Positive,
+    /// Uniform noise added to every pixel, ± this much (0..16 scale). Default 0.5.
+    #[serde(default = "default_noise")]
+    pub noise: f32,
+    /// Where labels go: `inline` (a `label` field in each event, default),
+    /// `none`, or `{topic: NAME, delay_events: N}`: `{event_id, label, ts}`
+    /// records on a separate topic (or file), each sent N event steps after
+    /// its event, as labels that arrive late.
+    #[serde(default)]
+    pub labels: LabelsMode,
+    /// Keys (e.g. scanners) and their phases, in order. Events of all keys
+    /// are interleaved in event time.
+    pub keys: BTreeMap<String, Vec<PhaseConfig>>,
+}
+
+fn default_start() -> String {
+    "2026-01-01T00:00:00Z".into()
+}
+fn default_interval() -> Positive {
+    Positive(100)
+}
+fn default_noise() -> f32 {
+    0.5
+}
+
+/// Where labels go: `inline`, `none`, or `{topic: NAME, delay_events: N}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum LabelsMode {
+    #[default]
+    Inline,
+    None,
+    /// A separate labels topic, `delay_events` event steps late.
+    Topic {
+        topic: String,
+        delay_events: usize,
+    },
+}
+
+impl<'de> Deserialize<'de> for LabelsMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Topic {
+            topic: String,
+            delay_events: usize,
+        }
+        use serde::de::Error;
+        let v = serde_norway::Value::deserialize(d)?;
+        match &v {
+            serde_norway::Value::String(s) if s == "inline" => Ok(LabelsMode::Inline),
+            serde_norway::Value::String(s) if s == "none" => Ok(LabelsMode::None),
+            serde_norway::Value::Mapping(_) => {
+                let t: Topic = serde_norway::from_value(v).map_err(D::Error::custom)?;
+                Ok(LabelsMode::Topic {
+                    topic: t.topic,
+                    delay_events: t.delay_events,
+                })
+            }
+            _ => Err(D::Error::custom(
+                "expected `inline`, `none` or `{topic: NAME, delay_events: N}`",
+            )),
+        }
+    }
+}
+
+/// One phase of one key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PhaseConfig {
+    /// Images and labels as in the pool.
+    Clean {
+        events: Positive,
+        /// Shown in the summary and the truth file (default: the kind).
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// A new scanner: x' = contrast·((1−blur)·x + blur·box3×3(x)) + background, clamped to 0..16.
+    Covariate {
+        events: Positive,
+        #[serde(default)]
+        name: Option<String>,
+        /// Multiplies every intensity (default 1).
+        #[serde(default = "one")]
+        contrast: f32,
+        /// Added to every intensity, 0..16 scale (default 0).
+        #[serde(default)]
+        background: f32,
+        /// Share of a 3×3 box blur mixed in, 0..1 (default 0).
+        #[serde(default)]
+        blur: f32,
+    },
+    /// Class priors changed: `priors` gives the probability of the listed
+    /// classes; the others share the rest in proportion to their pool frequency.
+    Label {
+        events: Positive,
+        #[serde(default)]
+        name: Option<String>,
+        priors: BTreeMap<i64, f64>,
+    },
+    /// Labels remapped (`{3: 8, 8: 3}`: every 3 is labelled 8 and every 8 is 3); images unchanged.
+    Concept {
+        events: Positive,
+        #[serde(default)]
+        name: Option<String>,
+        remap: BTreeMap<i64, i64>,
+    },
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl PhaseConfig {
+    pub fn events(&self) -> usize {
+        match self {
+            PhaseConfig::Clean { events, .. }
+            | PhaseConfig::Covariate { events, .. }
+            | PhaseConfig::Label { events, .. }
+            | PhaseConfig::Concept { events, .. } => events.get(),
+        }
+    }
+
+    /// `clean`, `covariate`, `label` or `concept`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PhaseConfig::Clean { .. } => "clean",
+            PhaseConfig::Covariate { .. } => "covariate",
+            PhaseConfig::Label { .. } => "label",
+            PhaseConfig::Concept { .. } => "concept",
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            PhaseConfig::Clean { name, .. }
+            | PhaseConfig::Covariate { name, .. }
+            | PhaseConfig::Label { name, .. }
+            | PhaseConfig::Concept { name, .. } => name.clone().unwrap_or_else(|| self.kind().to_string()),
+        }
+    }
+}
+
+/// One image of the pool.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PoolImage {
+    pub pixels: Vec<f32>,
+    pub label: i64,
+}
+
+/// The image pool, also grouped by class.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub images: Vec<PoolImage>,
+    /// Classes present, ascending, and the indices of their images.
+    pub by_class: BTreeMap<i64, Vec<usize>>,
+}
+
+impl Pool {
+    /// Reads a pool (JSONL with `pixels` and `label`); every image must have 64 finite pixels.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let err = |line: usize, message: String| ScenarioError::Pool {
+            path: path.into(),
+            line,
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(0, format!("cannot read: {e}")))?;
+        let mut images = vec![];
+        for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let img: PoolImage = serde_json::from_str(l).map_err(|e| err(i + 1, e.to_string()))?;
+            if img.pixels.len() != PIXELS || img.pixels.iter().any(|v| !v.is_finite()) {
+                return Err(err(i + 1, format!("expected {PIXELS} finite pixels")));
+            }
+            images.push(img);
+        }
+        if images.is_empty() {
+            return Err(err(0, "the pool has no images".into()));
+        }
+        let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, img) in images.iter().enumerate() {
+            by_class.entry(img.label).or_default().push(i);
+        }
+        Ok(Pool { images, by_class })
+    }
+
+    /// Class frequencies of the pool.
+    pub fn priors(&self) -> BTreeMap<i64, f64> {
+        let n = self.images.len() as f64;
+        self.by_class.iter().map(|(c, v)| (*c, v.len() as f64 / n)).collect()
+    }
+}
+
+/// A scenario that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{}:{line}: {message}", path.display())]
+    Pool {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{what}: {message}")]
+    Output { what: String, message: String },
+}
+
+/// A loaded, checked scenario with its pool.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub scenario: Scenario,
+    pub pool: Pool,
+    pub start_ms: i64,
+    /// Per key (in `keys` order) and phase: the class priors images are drawn from.
+    pub priors: Vec<Vec<BTreeMap<i64, f64>>>,
+}
+
+impl Loaded {
+    /// Reads and checks a scenario file (unknown keys rejected; errors name file, line and key).
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let mut scenario: Scenario = load_yaml(path)?;
+        if !scenario.pool.is_absolute() {
+            scenario.pool = path.parent().unwrap_or(Path::new(".")).join(&scenario.pool);
+        }
+        let pool = Pool::load(&scenario.pool)?;
+        Self::new(scenario, pool, path)
+    }
+
+    /// Checks a scenario (errors are located in `path`).
+    pub fn new(scenario: Scenario, pool: Pool, path: &Path) -> Result<Self, ScenarioError> {
+        let bad = |key: String, msg: String| ScenarioError::Config(ConfigError::invalid(path, key, msg));
+        let start_ms = humantime::parse_rfc3339_weak(&scenario.start_time)
+            .map_err(|e| {
+                bad(
+                    "start_time".into(),
+                    format!("`{}` is not an RFC 3339 time: {e}", scenario.start_time),
+                )
+            })?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        if !(scenario.noise.is_finite() && (0.0..=MAX_INTENSITY).contains(&scenario.noise)) {
+            return Err(bad("noise".into(), format!("expected 0..16, got {}", scenario.noise)));
+        }
+        if scenario.keys.is_empty() {
+            return Err(bad("keys".into(), "at least one key with phases is needed".into()));
+        }
+        let base = pool.priors();
+        let mut priors = vec![];
+        for (key, phases) in &scenario.keys {
+            if phases.is_empty() {
+                return Err(bad(format!("keys.{key}"), "at least one phase is needed".into()));
+            }
+            let mut per_phase = vec![];
+            for (i, ph) in phases.iter().enumerate() {
+                let at = |field: &str| format!("keys.{key}[{i}].{field}");
+                per_phase.push(match ph {
+                    PhaseConfig::Covariate {
+                        contrast,
+                        background,
+                        blur,
+                        ..
+                    } => {
+                        if !(contrast.is_finite() && *contrast > 0.0) {
+                            return Err(bad(
+                                at("contrast"),
+                                format!("expected a positive number, got {contrast}"),
+                            ));
+                        }
+                        if !(background.is_finite() && background.abs() <= MAX_INTENSITY) {
+                            return Err(bad(at("background"), format!("expected -16..16, got {background}")));
+                        }
+                        if !(blur.is_finite() && (0.0..=1.0).contains(blur)) {
+                            return Err(bad(at("blur"), format!("expected 0..1, got {blur}")));
+                        }
+                        base.clone()
+                    }
+                    PhaseConfig::Label { priors: p, .. } => {
+                        shifted_priors(&base, p).map_err(|m| bad(at("priors"), m))?
+                    }
+                    PhaseConfig::Concept { remap, .. } => {
+                        for (from, to) in remap {
+                            if !base.contains_key(from) || !base.contains_key(to) {
+                                return Err(bad(
+                                    at("remap"),
+                                    format!("{from} → {to}: both must be classes of the pool"),
+                                ));
+                            }
+                        }
+                        base.clone()
+                    }
+                    PhaseConfig::Clean { .. } => base.clone(),
+                });
+            }
+            priors.push(per_phase);
+        }
+        if let LabelsMode::Topic { topic, .. } = &scenario.labels
+            && topic.trim().is_empty()
+        {
+            return Err(bad("labels.topic".into(), "must not be empty".into()));
+        }
+        Ok(Loaded {
+            scenario,
+            pool,
+            start_ms,
+            priors,
+        })
+    }
+
+    /// Events over all keys.
+    pub fn total_events(&self) -> usize {
+        self.scenario.keys.values().flatten().map(PhaseConfig::events).sum()
+    }
+
+    /// The events and label records in emission order (deterministic).
+    pub fn emissions(&self) -> Emissions<'_> {
+        Emissions::new(self)
+    }
+}
+
+/// `n` clean events of one key from the pool at `pool_path` (JSON text), e.g. for benchmarks.
+pub fn clean_events(pool_path: &Path, key: &str, n: usize, seed: u64) -> Result<Vec<String>, ScenarioError> {
+    let pool = Pool::load(pool_path)?;
+    let scenario = Scenario {
+        name: "clean".into(),
+        seed,
+        pool: pool_path.into(),
+        start_time: default_start(),
+        interval_ms: Positive(1),
+        noise: default_noise(),
+        labels: LabelsMode::Inline,
+        keys: [(
+            key.to_string(),
+            vec![PhaseConfig::Clean {
+                events: Positive(n.max(1)),
+                name: None,
+            }],
+        )]
+        .into(),
+    };
+    let l = Loaded::new(scenario, pool, pool_path)?;
+    Ok(l.emissions()
+        .filter_map(|e| match e {
+            Emission::Event(e) => Some(e.json),
+            Emission::Label { .. } => None,
+        })
+        .collect())
+}
+
+/// Priors of a label phase: the listed classes get their probability, the
+/// others share the rest in proportion to their pool frequency.
+fn shifted_priors(base: &BTreeMap<i64, f64>, listed: &BTreeMap<i64, f64>) -> Result<BTreeMap<i64, f64>, String> {
+    let mut sum = 0.0;
+    for (c, p) in listed {
+        if !base.contains_key(c) {
+            return Err(format!("class {c} is not in the pool"));
+        }
+        if !(p.is_finite() && (0.0..=1.0).contains(p)) {
+            return Err(format!("class {c}: expected a probability 0..1, got {p}"));
+        }
+        sum += p;
+    }
+    if sum > 1.0 + 1e-9 {
+        return Err(format!("the listed probabilities add up to {sum}, more than 1"));
+    }
+    let rest: f64 = base
+        .iter()
+        .filter(|(c, _)| !listed.contains_key(c))
+        .map(|(_, p)| p)
+        .sum();
+    if rest == 0.0 && (1.0 - sum).abs() > 1e-9 {
+        return Err(format!(
+            "every class is listed, so the probabilities must add up to 1, not {sum}"
+        ));
+    }
+    Ok(base
+        .iter()
+        .map(|(c, p)| {
+            (
+                *c,
+                listed
+                    .get(c)
+                    .copied()
+                    .unwrap_or(p / rest.max(f64::MIN_POSITIVE) * (1.0 - sum)),
+            )
+        })
+        .collect())
+}
+
+/// What a scenario emits, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Emission {
+    Event(Event),
+    /// A late label: `{event_id, label, ts}`.
+    Label {
+        key: String,
+        key_index: usize,
+        json: String,
+    },
+}
+
+/// One generated event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub key: String,
+    pub key_index: usize,
+    /// Phase index within the key.
+    pub phase: usize,
+    pub event_id: String,
+    pub ts: i64,
+    /// The label the event is given (after a concept phase's remap).
+    pub label: i64,
+    /// The event as JSON, as it goes on the topic.
+    pub json: String,
+}
+
+/// Iterator over a scenario's emissions: step t emits the t-th event of every
+/// key that still has one, then the labels that fall due.
+pub struct Emissions<'a> {
+    l: &'a Loaded,
+    keys: Vec<(&'a String, &'a Vec<PhaseConfig>)>,
+    rngs: Vec<ChaCha8Rng>,
+    step: usize,
+    /// Per key: (phase index, events left in it).
+    pos: Vec<(usize, usize)>,
+    queue: std::collections::VecDeque<Emission>,
+    pending_labels: std::collections::VecDeque<(usize, Emission)>,
+}
+
+impl<'a> Emissions<'a> {
+    fn new(l: &'a Loaded) -> Self {
+        let keys: Vec<_> = l.scenario.keys.iter().collect();
+        // One stream per key, so adding a key does not change the others.
+        let rngs = keys
+            .iter()
+            .map(|(k, _)| ChaCha8Rng::seed_from_u64(l.scenario.seed ^ fnv1a(k.as_bytes())))
+            .collect();
+        let pos = keys.iter().map(|(_, p)| (0, p[0].events())).collect();
+        Emissions {
+            l,
+            keys,
+            rngs,
+            step: 0,
+            pos,
+            queue: Default::default(),
+            pending_labels: Default::default(),
+        }
+    }
+
+    fn fill(&mut self) {
+        let ts = self.l.start_ms + (self.step * self.l.scenario.interval_ms.get()) as i64;
+        for k in 0..self.keys.len() {
+            let (key, phases) = self.keys[k];
+            let (phase, left) = &mut self.pos[k];
+            if *phase >= phases.len() {
+                continue;
+            }
+            let ev = generate(self.l, &mut self.rngs[k], key, k, *phase, self.step, ts);
+            if let LabelsMode::Topic { delay_events, .. } = &self.l.scenario.labels {
+                let json = serde_json::json!({"event_id": ev.event_id, "label": ev.label}).to_string();
+                self.pending_labels.push_back((
+                    self.step + delay_events,
+                    Emission::Label {
+                        key: key.clone(),
+                        key_index: k,
+                        json,
+                    },
+                ));
+            }
+            self.queue.push_back(Emission::Event(ev));
+            *left -= 1;
+            if *left == 0 {
+                *phase += 1;
+                if let Some(p) = phases.get(*phase) {
+                    *left = p.events();
+                }
+            }
+        }
+        let done = self.pos.iter().zip(&self.keys).all(|((p, _), (_, ph))| *p >= ph.len());
+        while let Some((due, _)) = self.pending_labels.front() {
+            if *due > self.step && !done {
+                break;
+            }
+            if let Some((_, e)) = self.pending_labels.pop_front() {
+                self.queue.push_back(stamp_label(e, ts));
+            }
+        }
+        self.step += 1;
+    }
+}
+
+/// Adds the arrival time to a label record.
+fn stamp_label(e: Emission, ts: i64) -> Emission {
+    match e {
+        Emission::Label { key, key_index, json } => {
+            let mut v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            v["ts"] = ts.into();
+            Emission::Label {
+                key,
+                key_index,
+                json: v.to_string(),
+            }
+        }
+        other => other,
+    }
+}
+
+impl Iterator for Emissions<'_> {
+    type Item = Emission;
+    fn next(&mut self) -> Option<Emission> {
+        loop {
+            if let Some(e) = self.queue.pop_front() {
+                return Some(e);
+            }
+            let active = self.pos.iter().zip(&self.keys).any(|((p, _), (_, ph))| *p < ph.len());
+            if !active {
+                return None;
+            }
+            self.fill();
+        }
+    }
+}
+
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Draws index i with probability w_i / Σw.
+fn draw(rng: &mut ChaCha8Rng, weights: &[f64]) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut u = rng.random_range(0.0..total);
+    for (i, w) in weights.iter().enumerate() {
+        if u < *w {
+            return i;
+        }
+        u -= w;
+    }
+    weights.len() - 1
+}
+
+fn generate(l: &Loaded, rng: &mut ChaCha8Rng, key: &str, k: usize, phase: usize, step: usize, ts: i64) -> Event {
+    let ph = &l.scenario.keys[key][phase];
+    let pool = &l.pool;
+    let img = match ph {
+        PhaseConfig::Label { .. } => {
+            let priors = &l.priors[k][phase];
+            let classes: Vec<_> = priors.keys().copied().collect();
+            let w: Vec<f64> = priors.values().copied().collect();
+            let members = &pool.by_class[&classes[draw(rng, &w)]];
+            &pool.images[members[rng.random_range(0..members.len())]]
+        }
+        _ => &pool.images[rng.random_range(0..pool.images.len())],
+    };
+    let noise = l.scenario.noise;
+    let mut px: Vec<f32> = img
+        .pixels
+        .iter()
+        .map(|&v| {
+            if noise > 0.0 {
+                v + rng.random_range(-noise..noise)
+            } else {
+                v
+            }
+        })
+        .collect();
+    if let PhaseConfig::Covariate {
+        contrast,
+        background,
+        blur,
+        ..
+    } = ph
+    {
+        let src = px.clone();
+        for (i, v) in px.iter_mut().enumerate() {
+            let (r, c) = ((i / 8) as i32, (i % 8) as i32);
+            let mut s = 0.0;
+            let mut n = 0.0;
+            for dr in -1..=1 {
+                for dc in -1..=1 {
+                    let (rr, cc) = (r + dr, c + dc);
+                    if (0..8).contains(&rr) && (0..8).contains(&cc) {
+                        s += src[(rr * 8 + cc) as usize];
+                        n += 1.0;
+                    }
+                }
+            }
+            *v = contrast * ((1.0 - blur) * *v + blur * s / n) + background;
+        }
+    }
+    for v in &mut px {
+        *v = (v.clamp(0.0, MAX_INTENSITY) * 100.0).round() / 100.0;
+    }
+    let label = match ph {
+        PhaseConfig::Concept { remap, .. } => remap.get(&img.label).copied().unwrap_or(img.label),
+        _ => img.label,
+    };
+    let mean = px.iter().sum::<f32>() / PIXELS as f32;
+    let ink = px.iter().filter(|&&v| v > 4.0).count() as f32 / PIXELS as f32;
+    let event_id = format!("{key}-{step}");
+    let mut ev = serde_json::json!({
+        "event_id": event_id,
+        "ts": ts,
+        "scanner": key,
+        "pixels": px,
+        "mean_intensity": mean,
+        "ink_fraction": ink,
+    });
+    if l.scenario.labels == LabelsMode::Inline {
+        ev["label"] = label.into();
+    }
+    Event {
+        key: key.to_string(),
+        key_index: k,
+        phase,
+        event_id,
+        ts,
+        label,
+        json: ev.to_string(),
+    }
+}
+
+/// Ground truth of one produced scenario: what a backtest is scored against.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Truth {
+    pub scenario: String,
+    pub seed: u64,
+    /// Topic (Kafka) or file (JSONL) the events went to.
+    pub destination: String,
+    /// Where late labels went, if on their own topic or file.
+    pub labels_destination: Option<String>,
+    pub phases: Vec<TruthPhase>,
+}
+
+/// One phase of one key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TruthPhase {
+    pub key: String,
+    pub name: String,
+    /// `clean`, `covariate`, `label` or `concept`.
+    pub kind: String,
+    /// Whether something drifted in this phase (every kind but `clean`).
+    pub drift: bool,
+    pub events: usize,
+    /// Event time of the first and last event, epoch ms.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// Partition and offsets of the first and last event (for a JSONL file:
+    /// partition 0 and 0-based line numbers).
+    pub partition: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    /// True class priors the phase's images are drawn from.
+    pub priors: BTreeMap<i64, f64>,
+}
+
+impl Truth {
+    /// Reads a truth file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Output {
+            what: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        serde_json::from_str(&text).map_err(|e| ScenarioError::Output {
+            what: path.display().to_string(),
+            message: format!("not a truth file: {e}"),
+        })
+    }
+
+    /// Writes it as pretty JSON.
+    pub fn write(&self, path: &Path) -> Result<(), ScenarioError> {
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        std::fs::write(path, text + "\n").map_err(|e| ScenarioError::Output {
+            what: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The phase holding an event of `key` at `partition`/`offset`.
+    pub fn phase_at(&self, key: &str, partition: i32, offset: i64) -> Option<&TruthPhase> {
+        self.phases
+            .iter()
+            .find(|p| p.key == key && p.partition == partition && (p.first_offset..=p.last_offset).contains(&offset))
+    }
+}
+
+/// Builds the truth as events are placed: `place(event, partition, offset)`.
+pub struct TruthBuilder<'a> {
+    l: &'a Loaded,
+    truth: Truth,
+    /// (key index, phase) → index in `truth.phases`.
+    index: BTreeMap<(usize, usize), usize>,
+}
+
+impl<'a> TruthBuilder<'a> {
+    pub fn new(l: &'a Loaded, destination: &str, labels_destination: Option<String>) -> Self {
+        TruthBuilder {
+            l,
+            truth: Truth {
+                scenario: l.scenario.name.clone(),
+                seed: l.scenario.seed,
+                destination: destination.into(),
+                labels_destination,
+                phases: vec![],
+            },
+            index: BTreeMap::new(),
+        }
+    }
+
+    /// Records where an event landed.
+    pub fn place(&mut self, ev: &Event, partition: i32, offset: i64) {
+        let idx = *self.index.entry((ev.key_index, ev.phase)).or_insert_with(|| {
+            let ph = &self.l.scenario.keys[&ev.key][ev.phase];
+            self.truth.phases.push(TruthPhase {
+                key: ev.key.clone(),
+                name: ph.name(),
+                kind: ph.kind().into(),
+                drift: ph.kind() != "clean",
+                events: 0,
+                start_ms: ev.ts,
+                end_ms: ev.ts,
+                partition,
+                first_offset: offset,
+                last_offset: offset,
+                priors: self.l.priors[ev.key_index][ev.phase].clone(),
+            });
+            self.truth.phases.len() - 1
+        });
+        let p = &mut self.truth.phases[idx];
+        p.events += 1;
+        p.start_ms = p.start_ms.min(ev.ts);
+        p.end_ms = p.end_ms.max(ev.ts);
+        p.first_offset = p.first_offset.min(offset);
+        p.last_offset = p.last_offset.max(offset);
+    }
+
+    /// The truth, phases ordered by key then phase.
+    pub fn finish(self) -> Truth {
+        let mut t = self.truth;
+        let order: BTreeMap<usize, (usize, usize)> = self.index.iter().map(|(k, v)| (*v, *k)).collect();
+        let mut phases: Vec<_> = t.phases.into_iter().enumerate().collect();
+        phases.sort_by_key(|(i, _)| order.get(i).copied());
+        t.phases = phases.into_iter().map(|(_, p)| p).collect();
+        t
+    }
+}
+
+/// Writes a scenario to JSONL files: events to `events`, late labels (if the
+/// scenario sends them on their own topic) to `labels`.
+pub fn write_jsonl(l: &Loaded, events: &Path, labels: Option<&Path>) -> Result<Truth, ScenarioError> {
+    use std::io::Write;
+    let open = |p: &Path| {
+        std::fs::File::create(p)
+            .map(std::io::BufWriter::new)
+            .map_err(|e| ScenarioError::Output {
+                what: p.display().to_string(),
+                message: e.to_string(),
+            })
+    };
+    let late = matches!(l.scenario.labels, LabelsMode::Topic { .. });
+    let labels = match (late, labels) {
+        (true, Some(p)) => Some((p, open(p)?)),
+        (true, None) => {
+            return Err(ScenarioError::Output {
+                what: "labels".into(),
+                message: "the scenario sends labels separately: give a file for them (--labels-out)".into(),
+            });
+        }
+        (false, _) => None,
+    };
+    let mut out = open(events)?;
+    let mut truth = TruthBuilder::new(
+        l,
+        &events.display().to_string(),
+        labels.as_ref().map(|(p, _)| p.display().to_string()),
+    );
+    let mut line = 0i64;
+    let mut lab = labels.map(|(_, w)| w);
+    let io = |p: &Path, e: std::io::Error| ScenarioError::Output {
+        what: p.display().to_string(),
+        message: e.to_string(),
+    };
+    for em in l.emissions() {
+        match em {
+            Emission::Event(ev) => {
+                writeln!(out, "{}", ev.json).map_err(|e| io(events, e))?;
+                truth.place(&ev, 0, line);
+                line += 1;
+            }
+            Emission::Label { json, .. } => {
+                if let Some(w) = lab.as_mut() {
+                    writeln!(w, "{json}").map_err(|e| io(events, e))?;
+                }
+            }
+        }
+    }
+    out.flush().map_err(|e| io(events, e))?;
+    if let Some(mut w) = lab {
+        w.flush().map_err(|e| io(events, e))?;
+    }
+    Ok(truth.finish())
+}
+
+/// Produces a scenario to Kafka: events to `topic`, key `i` (in `keys`
+/// order) to partition `i mod partitions`, so each key's events stay in
+/// order; late labels to the scenario's labels topic, same partitioning.
+/// Waits for every delivery (acks=all) and records the offsets in the truth.
+pub async fn produce_kafka(
+    l: &Loaded,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partitions: i32,
+) -> Result<Truth, ScenarioError> {
+    use rdkafka::producer::FutureRecord;
+    let labels_topic = match &l.scenario.labels {
+        LabelsMode::Topic { topic, .. } => Some(topic.clone()),
+        _ => None,
+    };
+    let mut truth = TruthBuilder::new(l, topic, labels_topic.clone());
+    let kafka = |e: rdkafka::error::KafkaError| ScenarioError::Output {
+        what: format!("produce to {topic}"),
+        message: e.to_string(),
+    };
+    let mut inflight = std::collections::VecDeque::new();
+    for em in l.emissions() {
+        let (t, key, k, json, ev) = match &em {
+            Emission::Event(ev) => (topic, &ev.key, ev.key_index, &ev.json, Some(ev.clone())),
+            Emission::Label { key, key_index, json } => {
+                (labels_topic.as_deref().unwrap_or(topic), key, *key_index, json, None)
+            }
+        };
+        let rec = FutureRecord::to(t)
+            .payload(json.as_bytes())
+            .key(key.as_bytes())
+            .partition((k as i32) % partitions.max(1));
+        inflight.push_back((producer.send_result(rec).map_err(|(e, _)| kafka(e))?, ev));
+        // Bounded in flight, so a long scenario does not queue in memory.
+        while inflight.len() > 20_000 {
+            if let Some((f, ev)) = inflight.pop_front() {
+                settle(f, ev, &mut truth, topic).await?;
+            }
+        }
+    }
+    while let Some((f, ev)) = inflight.pop_front() {
+        settle(f, ev, &mut truth, topic).await?;
+    }
+    Ok(truth.finish())
+}
+
+async fn settle(
+    f: rdkafka::producer::DeliveryFuture,
+    ev: Option<Event>,
+    truth: &mut TruthBuilder<'_>,
+    topic: &str,
+) -> Result<(), ScenarioError> {
+    match f.await {
+        Ok(Ok(d)) => {
+            if let Some(ev) = ev {
+                truth.place(&ev, d.partition, d.offset);
+            }
+            Ok(())
+        }
+        Ok(Err((e, _))) => Err(ScenarioError::Output {
+            what: format!("produce to {topic}"),
+            message: e.to_string(),
+        }),
+        Err(_) => Err(ScenarioError::Output {
+            what: format!("produce to {topic}"),
+            message: "the producer was dropped before delivery".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn scenario(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("s.yaml");
+        let pool = root().join("models/digits_train.jsonl");
+        std::fs::write(&p, format!("name: t\npool: {}\n{body}", pool.display())).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_stream_and_phases_do_what_they_say() {
+        let d = tempfile::tempdir().unwrap();
+        let p = scenario(
+            d.path(),
+            "seed: 3\nkeys:\n  a:\n    - {kind: clean, events: 400}\n    - {kind: covariate, events: 400, contrast: 0.5, background: 2}\n    - {kind: label, events: 3000, priors: {0: 0.5}}\n    - {kind: concept, events: 400, remap: {3: 8}}\n  b:\n    - {kind: clean, events: 10}\n",
+        );
+        let l = Loaded::load(&p).unwrap();
+        let a: Vec<_> = l.emissions().collect();
+        let b: Vec<_> = l.emissions().collect();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 4210);
+        let evs: Vec<&Event> = a
+            .iter()
+            .filter_map(|e| if let Emission::Event(e) = e { Some(e) } else { None })
+            .collect();
+        let mean = |ph: usize| {
+            let v: Vec<f64> = evs
+                .iter()
+                .filter(|e| e.key == "a" && e.phase == ph)
+                .map(|e| {
+                    serde_json::from_str::<serde_json::Value>(&e.json).unwrap()["mean_intensity"]
+                        .as_f64()
+                        .unwrap()
+                })
+                .collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        // contrast 0.5 and background 2 move the mean intensity.
+        assert!((mean(1) - (0.5 * mean(0) + 2.0)).abs() < 0.5, "{} {}", mean(0), mean(1));
+        // Half of the label phase is zeros.
+        let zeros = evs.iter().filter(|e| e.phase == 2 && e.label == 0).count();
+        assert!((zeros as f64 / 3000.0 - 0.5).abs() < 0.04, "{zeros}");
+        // The concept phase has no 3s left: they are all labelled 8.
+        assert!(!evs.iter().any(|e| e.phase == 3 && e.key == "a" && e.label == 3));
+        // Events interleave in event time.
+        assert!(evs.windows(2).all(|w| w[0].ts <= w[1].ts));
+    }
+
+    #[test]
+    fn late_labels_follow_their_events_by_the_delay() {
+        let d = tempfile::tempdir().unwrap();
+        let p = scenario(
+            d.path(),
+            "labels: {topic: labels, delay_events: 5}\nkeys:\n  a:\n    - {kind: clean, events: 20}\n",
+        );
+        let l = Loaded::load(&p).unwrap();
+        let ems: Vec<_> = l.emissions().collect();
+        assert_eq!(ems.len(), 40);
+        // The first label comes after the 6th event, and events carry no label.
+        let first_label = ems.iter().position(|e| matches!(e, Emission::Label { .. })).unwrap();
+        assert_eq!(first_label, 6);
+        let Emission::Event(e0) = &ems[0] else { panic!() };
+        assert!(!e0.json.contains("\"label\""));
+        let Emission::Label { json, .. } = &ems[first_label] else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["event_id"], "a-0");
+        assert_eq!(v["label"], e0.label);
+        assert_eq!(v["ts"], e0.ts + 500);
+    }
+
+    #[test]
+    fn truth_records_phase_boundaries_and_priors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = scenario(
+            d.path(),
+            "keys:\n  a:\n    - {kind: clean, events: 3, name: ref}\n    - {kind: label, events: 2, priors: {1: 1.0}}\n  b:\n    - {kind: clean, events: 4}\n",
+        );
+        let l = Loaded::load(&p).unwrap();
+        let t = write_jsonl(&l, &d.path().join("e.jsonl"), None).unwrap();
+        let lines = std::fs::read_to_string(d.path().join("e.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 9);
+        assert_eq!(t.phases.len(), 3);
+        let (a0, a1, b0) = (&t.phases[0], &t.phases[1], &t.phases[2]);
+        assert_eq!((a0.name.as_str(), a0.events, a0.drift), ("ref", 3, false));
+        assert_eq!((a1.kind.as_str(), a1.first_offset, a1.last_offset), ("label", 6, 8));
+        assert_eq!(a1.priors[&1], 1.0);
+        assert_eq!(a1.start_ms, a0.start_ms + 300);
+        assert_eq!((b0.first_offset, b0.last_offset), (1, 7));
+        // The label phase only has ones.
+        for line in lines.lines().skip(6).step_by(2) {
+            assert!(line.contains("\"label\":1"), "{line}");
+        }
+        let back = d.path().join("t.json");
+        t.write(&back).unwrap();
+        let again = Truth::load(&back).unwrap();
+        assert_eq!(again.phases.len(), t.phases.len());
+        for (x, y) in again.phases.iter().zip(&t.phases) {
+            assert_eq!(
+                (&x.name, x.first_offset, x.last_offset, x.end_ms),
+                (&y.name, y.first_offset, y.last_offset, y.end_ms)
+            );
+            assert!(
+                x.priors
+                    .iter()
+                    .zip(&y.priors)
+                    .all(|(a, b)| a.0 == b.0 && (a.1 - b.1).abs() < 1e-12)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_scenarios_say_where() {
+        let d = tempfile::tempdir().unwrap();
+        for (body, expect) in [
+            ("keys:\n  a:\n    - {kind: drift, events: 3}\n", "keys.a[0]"),
+            ("keys:\n  a:\n    - {kind: clean, events: 0}\n", "positive"),
+            (
+                "keys:\n  a:\n    - {kind: label, events: 3, priors: {1: 0.7, 2: 0.6}}\n",
+                "more than 1",
+            ),
+            (
+                "keys:\n  a:\n    - {kind: label, events: 3, priors: {12: 0.5}}\n",
+                "class 12",
+            ),
+            (
+                "keys:\n  a:\n    - {kind: covariate, events: 3, contrast: -1}\n",
+                "keys.a[0].contrast",
+            ),
+            (
+                "keys:\n  a:\n    - {kind: concept, events: 3, remap: {3: 11}}\n",
+                "keys.a[0].remap",
+            ),
+            ("keys:\n  a:\n    - {kind: clean, events: 3, colour: red}\n", "colour"),
+            ("keys: {}\n", "at least one key"),
+            ("bogus: 1\nkeys:\n  a:\n    - {kind: clean, events: 3}\n", "bogus"),
+        ] {
+            let p = scenario(d.path(), body);
+            let e = Loaded::load(&p).expect_err(body).to_string();
+            assert!(e.contains(expect), "{body}: {e}");
+            assert!(e.contains("s.yaml"), "{e}");
+        }
+        let p = d.path().join("p.yaml");
+        std::fs::write(
+            &p,
+            "name: t\npool: nowhere.jsonl\nkeys:\n  a:\n    - {kind: clean, events: 3}\n",
+        )
+        .unwrap();
+        let e = Loaded::load(&p).unwrap_err().to_string();
+        assert!(e.contains("nowhere.jsonl") && e.contains("cannot read"), "{e}");
+    }
+}

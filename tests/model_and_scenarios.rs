@@ -1,0 +1,227 @@
+//! The shipped digits CNN (accuracy as its metadata states, `model inspect`)
+//! and the scenario producer (`produce` to Kafka and to files, with truth).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{read_topic, root, write};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
+use driftwatch::broker::Broker;
+use driftwatch::scenario::Truth;
+
+/// The model stage of the pipeline itself scores the committed held-out split
+/// with exactly the accuracy written into the model's metadata by training.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cnn_scores_the_held_out_split_as_its_metadata_says() {
+    // SAFETY of set_var: before this test's pipeline reads the environment.
+    unsafe { std::env::set_var("KAFKA_BROKERS", "localhost:9") };
+    let mut stages = driftwatch::runtime::validate(&root().join("pipelines/digits.yaml"))
+        .await
+        .expect("digits pipeline validates");
+    let records = driftwatch::source::file::read_records(&root().join("tests/data/digits_test.jsonl")).unwrap();
+    let (batches, rejected) = stages.ingest(&records).await.unwrap();
+    assert!(rejected.is_empty());
+    let (mut right, mut total) = (0usize, 0usize);
+    for b in &batches {
+        let pred = b.column_by_name("predicted_class").unwrap().as_primitive::<Int64Type>();
+        let label = b.column_by_name("label").unwrap().as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            total += 1;
+            right += usize::from(!label.is_null(i) && pred.value(i) == label.value(i));
+        }
+    }
+    assert_eq!(total, 450);
+    let meta = driftwatch::model::inspect::inspect(&root().join("models/digits_cnn.onnx"))
+        .unwrap()
+        .metadata;
+    let stated: f64 = meta["test_accuracy"].parse().unwrap();
+    let measured = right as f64 / total as f64;
+    assert!(
+        (measured - stated).abs() < 5e-5,
+        "measured {measured}, metadata says {stated}"
+    );
+    assert!(measured >= 0.97, "{measured}");
+}
+
+#[test]
+fn model_inspect_shows_the_architecture_and_refuses_what_is_not_onnx() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+            .args(args)
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["model", "inspect", "models/digits_cnn.onnx", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    let convs: Vec<_> = layers.iter().filter(|l| l["op_type"] == "Conv").collect();
+    assert_eq!(convs.len(), 2);
+    assert_eq!(convs[0]["parameters"], 80);
+    assert_eq!(convs[0]["dense_equivalent_weights"], 64 * 512);
+    assert_eq!(convs[1]["parameters"], 1168);
+    assert_eq!(convs[1]["output_shape"], serde_json::json!([-1, 16, 4, 4]));
+    let gemms: Vec<_> = layers
+        .iter()
+        .filter(|l| l["op_type"] == "Gemm")
+        .map(|l| l["parameters"].clone())
+        .collect();
+    assert_eq!(gemms, [8224, 330]);
+    assert_eq!(v["total_parameters"], 9803);
+    assert_eq!(v["inputs"][0]["shape"], serde_json::json!(["N", "1", "8", "8"]));
+    assert_eq!(v["metadata"]["train.optimizer"], "AdamW");
+
+    let text = run(&["model", "inspect", "models/digits_cnn.onnx"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("conv2") && text.contains("131,072 weights") && text.contains("9,803"),
+        "{text}"
+    );
+
+    let out = run(&["model", "inspect", "pipelines/digits.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pipelines/digits.yaml") && err.contains("not a valid ONNX model"),
+        "{err}"
+    );
+}
+
+const SCENARIO: &str = "name: t
+seed: 5
+pool: {POOL}
+labels: {topic: t.labels, delay_events: 10}
+keys:
+  a:
+    - {kind: clean, events: 30, name: reference}
+    - {kind: covariate, events: 20, contrast: 0.5}
+  b:
+    - {kind: clean, events: 40}
+";
+
+fn scenario(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = SCENARIO.replace(
+        "{POOL}",
+        &root().join("models/digits_train.jsonl").display().to_string(),
+    );
+    write(dir, "s.yaml", &text)
+}
+
+#[test]
+fn produce_writes_files_deterministically_with_their_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = scenario(dir.path());
+    let run = |out: &str, seed: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_driftwatch"));
+        c.arg("produce")
+            .arg(&s)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .arg("--labels-out")
+            .arg(dir.path().join(format!("{out}.labels")));
+        if let Some(seed) = seed {
+            c.args(["--seed", seed]);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(dir.path().join(out)).unwrap()
+    };
+    let one = run("one.jsonl", None);
+    let two = run("two.jsonl", None);
+    let other = run("three.jsonl", Some("6"));
+    assert_eq!(one, two, "same scenario, same seed: same events");
+    assert_ne!(one, other);
+    assert_eq!(one.lines().count(), 90);
+    let labels = std::fs::read_to_string(dir.path().join("one.jsonl.labels")).unwrap();
+    assert_eq!(labels.lines().count(), 90);
+    assert!(!one.contains("\"label\""), "labels go to their own file");
+    let truth = Truth::load(&dir.path().join("one.truth.json")).unwrap();
+    let cov = truth.phases.iter().find(|p| p.kind == "covariate").unwrap();
+    assert_eq!((cov.key.as_str(), cov.events, cov.drift), ("a", 20, true));
+    // Lines interleave a and b; the covariate phase starts at a's 31st event.
+    let lines: Vec<serde_json::Value> = one.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[cov.first_offset as usize]["event_id"], "a-30");
+    assert_eq!(lines[cov.last_offset as usize]["event_id"], "a-49");
+    assert_eq!(lines[cov.first_offset as usize]["ts"], cov.start_ms);
+
+    // A broken scenario is refused with its place, exit 2.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &std::fs::read_to_string(&s)
+            .unwrap()
+            .replace("contrast: 0.5", "contrast: 0.5, colour: red"),
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .arg("produce")
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.path().join("x.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.yaml:") && err.contains("colour"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_to_kafka_records_where_each_phase_landed() {
+    let broker = Broker::start(1).unwrap();
+    broker.create_topic("t.events", 1).unwrap();
+    broker.create_topic("t.labels", 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = scenario(dir.path());
+    let truth_path = dir.path().join("truth.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .arg("produce")
+        .arg(&s)
+        .args(["--brokers", &broker.bootstrap(), "--topic", "t.events", "--truth"])
+        .arg(&truth_path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let events = read_topic(&broker, "t.events", 90, Duration::from_secs(30));
+    let labels = read_topic(&broker, "t.labels", 90, Duration::from_secs(30));
+    assert_eq!((events.len(), labels.len()), (90, 90));
+    let truth = Truth::load(&truth_path).unwrap();
+    assert_eq!(truth.destination, "t.events");
+    assert_eq!(truth.labels_destination.as_deref(), Some("t.labels"));
+    for p in &truth.phases {
+        let first = &events[p.first_offset as usize];
+        let last = &events[p.last_offset as usize];
+        assert_eq!(first["scanner"], p.key.as_str());
+        assert_eq!(first["ts"], p.start_ms);
+        assert_eq!(last["ts"], p.end_ms);
+    }
+    // Each label names an event and comes after it; the first one 10 steps late.
+    let ts_of: std::collections::HashMap<_, _> = events
+        .iter()
+        .map(|e| (e["event_id"].as_str().unwrap().to_string(), e["ts"].as_i64().unwrap()))
+        .collect();
+    for l in &labels {
+        assert!(
+            l["ts"].as_i64().unwrap() >= ts_of[l["event_id"].as_str().unwrap()],
+            "{l}"
+        );
+    }
+    assert_eq!(
+        labels[0]["ts"].as_i64().unwrap(),
+        ts_of[labels[0]["event_id"].as_str().unwrap()] + 10 * 100
+    );
+
+    // A broker that is not there: a clear error, non-zero exit, no hang.
+    let o = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .arg("produce")
+        .arg(&s)
+        .args(["--brokers", "127.0.0.1:9", "--topic", "t.events", "--truth"])
+        .arg(&truth_path)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+}
