@@ -160,6 +160,17 @@ def wasserstein_cases():
     return out
 
 
+def fisher_cases():
+    """2x2 tables (errors, correct) x (reference, current): small, sparse, tied and large."""
+    tables = [(8, 2, 1, 5), (1, 9, 11, 3), (0, 5, 5, 0), (3, 3, 3, 3), (20, 980, 45, 455),
+              (0, 1000, 0, 500), (1, 0, 0, 1), (25, 975, 200, 300), (7, 12, 9, 4), (0, 3, 1, 0)]
+    out = []
+    for a, b, c, d in tables:
+        _, p = stats.fisher_exact([[a, b], [c, d]])
+        out.append({"table": [a, b, c, d], "p_value": float(p)})
+    return out
+
+
 def main():
     fixtures = os.path.join(ROOT, "tests", "fixtures")
     os.makedirs(fixtures, exist_ok=True)
@@ -168,7 +179,7 @@ def main():
                    "large_cases": ks_large_cases(), "kstwo": kstwo_cases()}, f)
     with open(os.path.join(fixtures, "stats_golden.json"), "w") as f:
         json.dump({"generator": "scripts/golden_stats.py", "scipy": scipy.__version__,
-                   "chi2": chi2_cases(), "wasserstein": wasserstein_cases()}, f, indent=1)
+                   "chi2": chi2_cases(), "wasserstein": wasserstein_cases(), "fisher": fisher_cases()}, f, indent=1)
 
 
 if __name__ == "__main__":

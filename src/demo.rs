@@ -241,7 +241,7 @@ pub fn live_line(e: &Evaluation, color: bool) -> String {
         .collect::<Vec<_>>()
         .join(",");
     format!(
-        "{flag} {:<10} eval {:>3}  {:<16} {:<4} stat {:>9.5}  {}  (threshold {}){}",
+        "{flag} {:<10} eval {:>3}  {:<20} {:<11} stat {:>9.5}  {}  (threshold {}){}",
         e.key.as_deref().unwrap_or("-"),
         e.evaluation,
         e.detector,

@@ -134,7 +134,10 @@ pub enum PhaseConfig {
         blur: f32,
     },
     /// Class priors changed: `priors` gives the probability of the listed
-    /// classes; the others share the rest in proportion to their pool frequency.
+    /// classes; the others share the rest in proportion to their pool
+    /// frequency. Classes follow the priors systematically (each class as
+    /// close to its share as whole events allow); images are drawn at random
+    /// from the class's pool.
     Label {
         events: Positive,
         #[serde(default)]
@@ -466,6 +469,8 @@ pub struct Emissions<'a> {
     step: usize,
     /// Per key: (phase index, events left in it).
     pos: Vec<(usize, usize)>,
+    /// Per key: classes drawn so far in a label phase.
+    drawn: Vec<BTreeMap<i64, f64>>,
     queue: std::collections::VecDeque<Emission>,
     pending_labels: std::collections::VecDeque<(usize, Emission)>,
 }
@@ -485,6 +490,7 @@ impl<'a> Emissions<'a> {
             rngs,
             step: 0,
             pos,
+            drawn: vec![BTreeMap::new(); l.scenario.keys.len()],
             queue: Default::default(),
             pending_labels: Default::default(),
         }
@@ -498,7 +504,16 @@ impl<'a> Emissions<'a> {
             if *phase >= phases.len() {
                 continue;
             }
-            let ev = generate(self.l, &mut self.rngs[k], key, k, *phase, self.step, ts);
+            let ev = generate(
+                self.l,
+                &mut self.rngs[k],
+                &mut self.drawn[k],
+                key,
+                k,
+                *phase,
+                self.step,
+                ts,
+            );
             if let LabelsMode::Topic { delay_events, .. } = &self.l.scenario.labels {
                 let json = serde_json::json!({"event_id": ev.event_id, "label": ev.label}).to_string();
                 self.pending_labels.push_back((
@@ -513,6 +528,7 @@ impl<'a> Emissions<'a> {
             self.queue.push_back(Emission::Event(ev));
             *left -= 1;
             if *left == 0 {
+                self.drawn[k].clear();
                 *phase += 1;
                 if let Some(p) = phases.get(*phase) {
                     *left = p.events();
@@ -570,28 +586,39 @@ fn fnv1a(b: &[u8]) -> u64 {
     })
 }
 
-/// Draws index i with probability w_i / Σw.
-fn draw(rng: &mut ChaCha8Rng, weights: &[f64]) -> usize {
-    let total: f64 = weights.iter().sum();
-    let mut u = rng.random_range(0.0..total);
-    for (i, w) in weights.iter().enumerate() {
-        if u < *w {
-            return i;
+/// Next class of a label phase: the one furthest behind its share
+/// (systematic sampling), so every stretch of the phase has the phase's
+/// priors up to ±1 event per class and estimators are judged on their own
+/// error, not the sampling noise of the stream.
+fn next_class(priors: &BTreeMap<i64, f64>, drawn: &mut BTreeMap<i64, f64>) -> i64 {
+    let n: f64 = drawn.values().sum::<f64>() + 1.0;
+    let mut best = (f64::NEG_INFINITY, 0);
+    for (c, q) in priors {
+        let deficit = n * q - drawn.get(c).copied().unwrap_or(0.0);
+        if deficit > best.0 {
+            best = (deficit, *c);
         }
-        u -= w;
     }
-    weights.len() - 1
+    *drawn.entry(best.1).or_default() += 1.0;
+    best.1
 }
 
-fn generate(l: &Loaded, rng: &mut ChaCha8Rng, key: &str, k: usize, phase: usize, step: usize, ts: i64) -> Event {
+#[allow(clippy::too_many_arguments)]
+fn generate(
+    l: &Loaded,
+    rng: &mut ChaCha8Rng,
+    drawn: &mut BTreeMap<i64, f64>,
+    key: &str,
+    k: usize,
+    phase: usize,
+    step: usize,
+    ts: i64,
+) -> Event {
     let ph = &l.scenario.keys[key][phase];
     let pool = &l.pool;
     let img = match ph {
         PhaseConfig::Label { .. } => {
-            let priors = &l.priors[k][phase];
-            let classes: Vec<_> = priors.keys().copied().collect();
-            let w: Vec<f64> = priors.values().copied().collect();
-            let members = &pool.by_class[&classes[draw(rng, &w)]];
+            let members = &pool.by_class[&next_class(&l.priors[k][phase], drawn)];
             &pool.images[members[rng.random_range(0..members.len())]]
         }
         _ => &pool.images[rng.random_range(0..pool.images.len())],

@@ -77,8 +77,8 @@ async fn demo_flags_each_drift_in_its_phase_and_nothing_on_clean_data() {
         let s = driftwatch::demo::run(opts).await.expect("demo runs");
         assert_eq!(s.received, 16_500);
         assert_eq!(s.dead_lettered, 0);
-        // (6000 + 8500) / 500 windows after the references, three detectors each.
-        assert_eq!(s.evaluations.len(), (12 + 17) * 3, "seed {seed}");
+        // (6000 + 8500) / 500 windows after the references, four detectors each.
+        assert_eq!(s.evaluations.len(), (12 + 17) * 4, "seed {seed}");
         assert!(s.false_alarms().is_empty(), "seed {seed}: {:?}", s.false_alarms());
         let phase = |name: &str| {
             s.truth
@@ -101,6 +101,9 @@ async fn demo_flags_each_drift_in_its_phase_and_nothing_on_clean_data() {
         );
         let label = detected("more 0s and 1s");
         assert!(label.contains(&"predicted_class_chi2".into()), "seed {seed}: {label:?}");
+        // Relabelled: inputs and predictions as before, only the error rate moves.
+        let concept = detected("relabelled");
+        assert_eq!(concept, ["error_rate"], "seed {seed}");
         // Scanner a never changes: not a single alert.
         assert!(
             !s.evaluations
@@ -115,6 +118,19 @@ async fn demo_flags_each_drift_in_its_phase_and_nothing_on_clean_data() {
             .find(|e| e.alert && e.detector == "predicted_class_chi2")
             .unwrap();
         assert_eq!(e.drift_type, driftwatch::alert::DriftType::Label);
+        let c = s
+            .evaluations
+            .iter()
+            .find(|e| e.alert && e.detector == "error_rate")
+            .unwrap();
+        assert_eq!(c.drift_type, driftwatch::alert::DriftType::Concept);
+        assert!(
+            c.tests[0].details.as_ref().unwrap()["per_class"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 10
+        );
         let m = e.model.as_ref().expect("model identity");
         assert_eq!(m.sha256.len(), 64);
         assert!(m.metadata.contains_key("test_accuracy") && m.metadata.contains_key("train.optimizer"));
@@ -124,6 +140,7 @@ async fn demo_flags_each_drift_in_its_phase_and_nothing_on_clean_data() {
                 "image_features_ks".into(),
                 "embedding_mmd".into(),
                 "predicted_class_chi2".into(),
+                "error_rate".into(),
             ],
         );
         assert!(table.contains("0 false alarms"), "{table}");

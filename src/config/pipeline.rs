@@ -480,6 +480,8 @@ pub enum DetectorConfig {
     Mmd(MmdDetector),
     /// A distance (PSI, KL, JS, Wasserstein) per column, against a threshold.
     Distance(DistanceDetector),
+    /// A test on predictions and labels (error rate, label shift).
+    Labelled(LabelledDetector),
     /// A query of your own over `windows`.
     Sql(SqlDetector),
 }
@@ -502,6 +504,12 @@ pub enum DetectorKind {
     Js,
     /// Wasserstein-1 distance in reference standard deviations (threshold).
     Wasserstein,
+    /// Concept drift: error rate of the labelled current window vs the
+    /// labelled reference, Fisher's exact test; per-class accuracies in the alert.
+    ErrorRate,
+    /// Label shift: chi-square on predicted classes, with the current class
+    /// priors estimated by BBSE (in the alert).
+    LabelShift,
     /// A query of your own over `windows`.
     Sql,
 }
@@ -527,9 +535,10 @@ pub enum Correction {
 pub struct DetectorSpec {
     /// Detector name, unique in the pipeline; appears in alerts.
     pub name: String,
-    /// `ks`, `chi2`, `mmd`, `psi`, `kl`, `js`, `wasserstein` or `sql`.
+    /// `ks`, `chi2`, `mmd`, `psi`, `kl`, `js`, `wasserstein`, `error_rate`,
+    /// `label_shift` or `sql`.
     pub kind: DetectorKind,
-    /// ks, chi2, mmd, sql: significance level of the detector as a whole per
+    /// ks, chi2, mmd, error_rate, label_shift, sql: significance level of the detector as a whole per
     /// evaluation (default 0.01, or derived from `alerting.ert`).
     #[serde(default)]
     pub alpha: Option<Alpha>,
@@ -571,6 +580,13 @@ pub struct DetectorSpec {
     /// sql: kind of drift the query watches: covariate (default), label or concept.
     #[serde(default)]
     pub drift_type: Option<crate::alert::DriftType>,
+    /// error_rate, label_shift: the model's predicted class column (default `predicted_class`).
+    #[serde(default)]
+    pub prediction: Option<String>,
+    /// error_rate, label_shift: the true label column (default `label`);
+    /// events whose label is null count as unlabelled.
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 fn columns(kind: &str, c: Option<Vec<String>>) -> Result<Vec<String>, String> {
@@ -592,6 +608,7 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
             ("method", s.method.is_some()),
         ];
         let sql_only = [("sql", s.sql.is_some()), ("drift_type", s.drift_type.is_some())];
+        let labelled_only = [("prediction", s.prediction.is_some()), ("label", s.label.is_some())];
         let distance_only = [("threshold", s.threshold.is_some()), ("bins", s.bins.is_some())];
         let test_only = [("alpha", s.alpha.is_some()), ("correction", s.correction.is_some())];
         if s.threshold.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
@@ -604,6 +621,7 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
                 only(kn, &mmd_only)?;
                 only(kn, &sql_only)?;
                 only(kn, &distance_only)?;
+                only(kn, &labelled_only)?;
                 let t = ColumnTests {
                     name,
                     columns: columns(&kn[5..], s.columns)?,
@@ -623,6 +641,7 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
                 )?;
                 only("kind mmd", &sql_only)?;
                 only("kind mmd", &distance_only)?;
+                only("kind mmd", &labelled_only)?;
                 if s.sigma.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
                     return Err("`sigma` must be a positive number".into());
                 }
@@ -654,6 +673,7 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
                 only(&kn, &mmd_only)?;
                 only(&kn, &sql_only)?;
                 only(&kn, &test_only)?;
+                only(&kn, &labelled_only)?;
                 if metric == Metric::Wasserstein {
                     only(&kn, &[("bins", s.bins.is_some())])?;
                 }
@@ -672,7 +692,33 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
                     bins: s.bins.map_or(crate::detect::divergence::DEFAULT_BINS, Positive::get),
                 }))
             }
+            k @ (DetectorKind::ErrorRate | DetectorKind::LabelShift) => {
+                let kn = if k == DetectorKind::ErrorRate {
+                    "kind error_rate"
+                } else {
+                    "kind label_shift"
+                };
+                only(kn, &mmd_only)?;
+                only(kn, &sql_only)?;
+                only(kn, &distance_only)?;
+                only(
+                    kn,
+                    &[("columns", s.columns.is_some()), ("correction", s.correction.is_some())],
+                )?;
+                Ok(DetectorConfig::Labelled(LabelledDetector {
+                    name,
+                    kind: if k == DetectorKind::ErrorRate {
+                        LabelledKind::ErrorRate
+                    } else {
+                        LabelledKind::LabelShift
+                    },
+                    prediction: s.prediction.unwrap_or_else(|| crate::model::PREDICTED_CLASS_COL.into()),
+                    label: s.label.unwrap_or_else(|| "label".into()),
+                    alpha: s.alpha,
+                }))
+            }
             DetectorKind::Sql => {
+                only("kind sql", &labelled_only)?;
                 only("kind sql", &mmd_only)?;
                 only(
                     "kind sql",
@@ -700,6 +746,23 @@ pub struct ColumnTests {
     pub columns: Vec<String>,
     pub alpha: Option<Alpha>,
     pub correction: Correction,
+}
+
+/// `kind: error_rate | label_shift` (fields as in [`DetectorSpec`]).
+#[derive(Debug, Clone)]
+pub struct LabelledDetector {
+    pub name: String,
+    pub kind: LabelledKind,
+    pub prediction: String,
+    pub label: String,
+    pub alpha: Option<Alpha>,
+}
+
+/// Which test on predictions and labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelledKind {
+    ErrorRate,
+    LabelShift,
 }
 
 /// `kind: mmd` (fields as in [`DetectorSpec`]).
@@ -763,6 +826,7 @@ impl DetectorConfig {
             DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => &d.name,
             DetectorConfig::Mmd(d) => &d.name,
             DetectorConfig::Distance(d) => &d.name,
+            DetectorConfig::Labelled(d) => &d.name,
             DetectorConfig::Sql(d) => &d.name,
         }
     }
@@ -772,6 +836,8 @@ impl DetectorConfig {
             DetectorConfig::Chi2(_) => "chi2",
             DetectorConfig::Mmd(_) => "mmd",
             DetectorConfig::Distance(d) => d.metric.name(),
+            DetectorConfig::Labelled(d) if d.kind == LabelledKind::ErrorRate => "error_rate",
+            DetectorConfig::Labelled(_) => "label_shift",
             DetectorConfig::Sql(_) => "sql",
         }
     }
@@ -781,6 +847,7 @@ impl DetectorConfig {
             DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => d.columns.clone(),
             DetectorConfig::Distance(d) => d.columns.clone(),
             DetectorConfig::Mmd(d) => vec![d.column.clone()],
+            DetectorConfig::Labelled(d) => vec![d.prediction.clone(), d.label.clone()],
             DetectorConfig::Sql(_) => vec![],
         }
     }
@@ -789,6 +856,7 @@ impl DetectorConfig {
         match self {
             DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => Some(&mut d.alpha),
             DetectorConfig::Mmd(d) => Some(&mut d.alpha),
+            DetectorConfig::Labelled(d) => Some(&mut d.alpha),
             DetectorConfig::Sql(d) => Some(&mut d.alpha),
             DetectorConfig::Distance(_) => None,
         }
@@ -803,6 +871,11 @@ impl DetectorConfig {
                 threshold: None,
             },
             DetectorConfig::Mmd(d) => Decision {
+                alpha: a(&d.alpha),
+                correction: Correction::None,
+                threshold: None,
+            },
+            DetectorConfig::Labelled(d) => Decision {
                 alpha: a(&d.alpha),
                 correction: Correction::None,
                 threshold: None,

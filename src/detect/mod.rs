@@ -12,12 +12,14 @@ pub mod chi2;
 pub mod divergence;
 pub mod kolmogorov;
 pub mod ks;
+pub mod labels;
 pub mod mmd;
 pub mod simd;
 pub mod special;
 #[cfg(test)]
 pub(crate) mod testgen;
 pub mod udaf;
+pub mod udaf_labels;
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaR
 use datafusion::logical_expr::LogicalPlan;
 use serde::Serialize;
 
-use crate::config::{Correction, Decision, DetectorConfig, Metric, MmdMethod};
+use crate::config::{Correction, Decision, DetectorConfig, LabelledKind, Metric, MmdMethod};
 use crate::sql::SqlStage;
 use crate::window::{Coords, Due};
 
@@ -62,6 +64,9 @@ pub struct TestResult {
     pub p_value: Option<f64>,
     /// Whether this column drifted at the corrected threshold.
     pub drift: bool,
+    /// What the test adds (per-class accuracies, estimated priors), if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// A detector's result for one key and one evaluation.
@@ -139,6 +144,18 @@ pub fn detector_sql(d: &DetectorConfig) -> String {
                 m.permutations.get(),
                 m.seed,
                 c = ident(&m.column)
+            )
+        }
+        DetectorConfig::Labelled(l) => {
+            let (f, alias) = match l.kind {
+                LabelledKind::ErrorRate => ("error_rate_test", "error_rate"),
+                LabelledKind::LabelShift => ("label_shift_test", l.prediction.as_str()),
+            };
+            format!(
+                "SELECT {KEY_COL}, {f}({}, {}, {cur}) AS {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+                ident(&l.prediction),
+                ident(&l.label),
+                ident(alias)
             )
         }
         DetectorConfig::Sql(s) => s.sql.clone(),
@@ -286,6 +303,11 @@ fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) ->
                     statistic: stat,
                     p_value: get("p_value"),
                     drift: false,
+                    details: s
+                        .column_by_name("details")
+                        .and_then(|c| c.as_string_opt::<i32>())
+                        .filter(|c| c.is_valid(row))
+                        .and_then(|c| serde_json::from_str(c.value(row)).ok()),
                 });
             }
         }

@@ -30,6 +30,7 @@ use super::chi2::{chi2_homogeneity, contingency};
 use super::divergence::{self, DEFAULT_BINS, Metric};
 use super::ks::ks_2samp;
 use super::mmd::{MmdOptions, mmd_linear, mmd_test};
+use super::udaf_labels::{LabelStat, LabelledTest};
 
 /// Default number of permutations of `mmd_test` when the query gives none.
 pub const DEFAULT_PERMUTATIONS: usize = 200;
@@ -48,6 +49,8 @@ pub fn all() -> Vec<AggregateUDF> {
         )),
         AggregateUDF::from(MmdTest::new(false)),
         AggregateUDF::from(MmdTest::new(true)),
+        AggregateUDF::from(LabelledTest::new(LabelStat::ErrorRate)),
+        AggregateUDF::from(LabelledTest::new(LabelStat::LabelShift)),
     ]
 }
 

@@ -155,6 +155,25 @@ impl Stages {
                         ));
                     }
                 },
+                DetectorConfig::Labelled(l) => {
+                    for (what, c) in [("prediction", &l.prediction), ("label", &l.label)] {
+                        match current.field_with_name(c) {
+                            Ok(f) if !f.data_type().is_nested() => {}
+                            Ok(f) => {
+                                return Err(cfg_err(
+                                    format!("detectors[{i}].{what}"),
+                                    format!("column `{c}` is {}, {} needs a class column", f.data_type(), d.kind()),
+                                ));
+                            }
+                            Err(_) => {
+                                return Err(cfg_err(
+                                    format!("detectors[{i}].{what}"),
+                                    format!("no column `{c}` (columns: {})", names(&current)),
+                                ));
+                            }
+                        }
+                    }
+                }
                 DetectorConfig::Sql(_) => {}
             }
         }

@@ -1,0 +1,105 @@
+//! Label shift and concept drift end to end on the embedded broker: BBSE's
+//! estimated priors in the alert, and error-rate (concept) alerts that the
+//! covariate detectors do not echo.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use driftwatch::broker::Broker;
+use driftwatch::scenario::{Loaded, Truth, produce_kafka};
+
+/// Produces a scenario (YAML body; pool and name added) to `topic` on a fresh
+/// embedded broker and writes a digits pipeline with `detectors` and `window`.
+async fn setup(
+    name: &str,
+    scenario: &str,
+    window: &str,
+    detectors: &str,
+) -> (Broker, tempfile::TempDir, std::path::PathBuf, Truth, u64) {
+    let broker = Broker::start(1).unwrap();
+    for t in [name.to_string(), format!("{name}-alerts"), format!("{name}-dlq")] {
+        broker.create_topic(&t, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = write(
+        dir.path(),
+        "s.yaml",
+        &format!(
+            "name: {name}\npool: {}\n{scenario}",
+            root().join("models/digits_train.jsonl").display()
+        ),
+    );
+    let l = Loaded::load(&s).unwrap();
+    let producer: rdkafka::producer::FutureProducer =
+        broker.client_config().set("compression.type", "lz4").create().unwrap();
+    let truth = produce_kafka(&l, &producer, name, 1).await.unwrap();
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "name: {name}
+schema: {schema}
+source: {{type: kafka, brokers: \"{brokers}\", topic: {name}, start: earliest}}
+batch: {{max_events: 500, linger_ms: 20}}
+model: {{path: {model}, input: pixels}}
+window: {window}
+detectors:
+{detectors}
+output: {{alerts_topic: {name}-alerts, dead_letter_topic: {name}-dlq}}
+",
+            schema = root().join("schemas/digits.yaml").display(),
+            model = root().join("models/digits_cnn.onnx").display(),
+            brokers = broker.bootstrap(),
+        ),
+    );
+    let total = l.total_events() as u64;
+    (broker, dir, p, truth, total)
+}
+
+/// A pure prior shift (images from the same per-class pools, priors changed):
+/// the label-shift alert carries BBSE's estimate of the new priors, within
+/// 0.05 in L1 of the true ones at a current window of 2000 events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_shift_alert_estimates_the_new_priors() {
+    for (seed, priors) in [(1, "{0: 0.3, 1: 0.2, 2: 0.2}"), (2, "{7: 0.5, 9: 0.02, 4: 0.02}")] {
+        let name = format!("prior{seed}");
+        let (broker, _dir, p, truth, total) = setup(
+            &name,
+            &format!(
+                "seed: {seed}\nkeys:\n  s:\n    - {{kind: clean, events: 3000}}\n    - {{kind: label, events: 2000, priors: {priors}}}\n"
+            ),
+            "{reference: {type: first, size: 3000}, current: {size: 2000}}",
+            "  - {name: priors, kind: label_shift, alpha: 0.001}\n  - {name: embedding_mmd, kind: mmd, alpha: 0.01}",
+        )
+        .await;
+        run_pipeline(&p, total, &format!("{name}-g")).await;
+        let alerts = read_topic(&broker, &format!("{name}-alerts"), 1, Duration::from_secs(20));
+        let a = alerts
+            .iter()
+            .find(|a| a["detector"] == "priors")
+            .expect("a label-shift alert");
+        assert_eq!(a["drift_type"], "label");
+        let d = &a["tests"][0]["details"];
+        let classes: Vec<i64> = d["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().parse().unwrap())
+            .collect();
+        let est: Vec<f64> = d["estimated_priors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let want = &truth.phases.iter().find(|p| p.kind == "label").unwrap().priors;
+        let l1: f64 = classes.iter().zip(&est).map(|(c, q)| (q - want[c]).abs()).sum();
+        eprintln!("seed {seed}: L1 distance of the estimated priors = {l1:.4}");
+        assert!(l1 < 0.05, "seed {seed}: L1 {l1}: {d}");
+        assert_eq!(d["reference_priors"].as_array().unwrap().len(), 10);
+        assert_eq!(d["weights"].as_array().unwrap().len(), 10);
+        assert!(d["warning"].is_null(), "{d}");
+    }
+}
