@@ -12,6 +12,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod detect;
+pub mod labels;
 pub mod model;
 pub mod runtime;
 pub mod scenario;

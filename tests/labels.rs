@@ -19,7 +19,12 @@ async fn setup(
     detectors: &str,
 ) -> (Broker, tempfile::TempDir, std::path::PathBuf, Truth, u64) {
     let broker = Broker::start(1).unwrap();
-    for t in [name.to_string(), format!("{name}-alerts"), format!("{name}-dlq")] {
+    for t in [
+        name.to_string(),
+        format!("{name}.labels"),
+        format!("{name}-alerts"),
+        format!("{name}-dlq"),
+    ] {
         broker.create_topic(&t, 1).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
@@ -102,4 +107,93 @@ async fn label_shift_alert_estimates_the_new_priors() {
         assert_eq!(d["weights"].as_array().unwrap().len(), 10);
         assert!(d["warning"].is_null(), "{d}");
     }
+}
+
+/// A pure concept drift (inputs unchanged, labels remapped) whose labels come
+/// late on their own topic: the error rate on the joined events raises a
+/// concept alert, and the covariate detectors say nothing over the same run.
+/// Garbage on the labels topic goes to the dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_labels_join_and_concept_drift_alerts_alone() {
+    let name = "concept";
+    let (broker, _dir, p, _truth, total) = setup(
+        name,
+        "seed: 4\nlabels: {topic: concept.labels, delay_events: 300}\nkeys:\n  s:\n    - {kind: clean, events: 2000}\n    - {kind: concept, events: 2000, remap: {3: 8, 8: 3, 5: 9, 9: 5}}\n",
+        "{reference: {type: first, size: 1000}, current: {size: 500}}",
+        "  - {name: features_ks, kind: ks, columns: [mean_intensity, ink_fraction], alpha: 0.001}\n  - {name: embedding_mmd, kind: mmd, permutations: 200, alpha: 0.005}\n  - {name: errors, kind: error_rate, alpha: 0.001}",
+    )
+    .await;
+    // The scenario already produced its labels; add garbage after them.
+    produce(
+        &broker,
+        "concept.labels",
+        &[
+            "{not json".to_string(),
+            r#"{"event_id": "s-1"}"#.to_string(),
+            r#"{"event_id": "s-2", "label": "eight", "ts": 1}"#.to_string(),
+        ],
+    )
+    .await;
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "detectors:",
+        "labels: {topic: concept.labels, horizon_ms: 60000}\ndetectors:",
+    );
+    std::fs::write(&p, text).unwrap();
+    let stats = run_pipeline(&p, total, "concept-g").await;
+    let joined = stats.labels.lock().unwrap().clone();
+    assert_eq!(joined.joined, 4000, "{joined:?}");
+    assert_eq!((joined.late, joined.waiting_events), (0, 0), "{joined:?}");
+    let alerts = read_topic(&broker, "concept-alerts", 1, Duration::from_secs(20));
+    let concept: Vec<_> = alerts.iter().filter(|a| a["detector"] == "errors").collect();
+    assert!(!concept.is_empty(), "a concept alert");
+    assert!(concept.iter().all(|a| a["drift_type"] == "concept"));
+    let per_class = concept[0]["tests"][0]["details"]["per_class"].as_array().unwrap();
+    let three = per_class.iter().find(|c| c["class"] == "3").unwrap();
+    assert!(three["current_accuracy"].as_f64().unwrap() < 0.2, "{three}");
+    let covariate: Vec<_> = alerts.iter().filter(|a| a["drift_type"] == "covariate").collect();
+    assert!(covariate.is_empty(), "inputs never changed: {covariate:#?}");
+    let dlq = read_topic(&broker, "concept-dlq", 3, Duration::from_secs(20));
+    let reasons: Vec<_> = dlq
+        .iter()
+        .map(|d| (d["topic"].as_str().unwrap(), d["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("concept.labels", "malformed_json"),
+            ("concept.labels", "missing_field"),
+            ("concept.labels", "wrong_type")
+        ]
+    );
+}
+
+/// Labels that come after the horizon are counted, never joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_after_the_horizon_are_not_joined() {
+    let name = "horizon";
+    let (broker, _dir, p, _truth, total) = setup(
+        name,
+        // 500 events late at 100 ms per event: 50 s after their events.
+        "labels: {topic: horizon.labels, delay_events: 500}\nkeys:\n  s:\n    - {kind: clean, events: 1500}\n",
+        "{reference: {type: first, size: 500}, current: {size: 500}}",
+        "  - {name: errors, kind: error_rate, alpha: 0.001}",
+    )
+    .await;
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "detectors:",
+        "labels: {topic: horizon.labels, horizon_ms: 10000}\ndetectors:",
+    );
+    std::fs::write(&p, text).unwrap();
+    let stats = run_pipeline(&p, total, "horizon-g").await;
+    let j = stats.labels.lock().unwrap().clone();
+    // Only the labels of the last 101 events, flushed at the last event's
+    // time when the stream ends, come within 10 s; the other 1399 are late.
+    assert_eq!((j.joined, j.late), (101, 1399), "{j:?}");
+    assert_eq!(
+        j.late + j.joined + j.unlabelled + j.dropped,
+        1500,
+        "every event accounted for: {j:?}"
+    );
+    assert_eq!(stats.evaluations.load(std::sync::atomic::Ordering::Relaxed), 0);
+    drop(broker);
 }

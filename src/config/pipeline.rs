@@ -89,6 +89,9 @@ pub struct Pipeline {
     pub model: Option<ModelConfig>,
     /// Reference and current windows.
     pub window: WindowConfig,
+    /// Labels that arrive late on their own topic, joined to events by event id.
+    #[serde(default)]
+    pub labels: Option<LabelsConfig>,
     /// Drift detectors, each a query over the `windows` table.
     pub detectors: Vec<DetectorConfig>,
     /// False-alarm budget (`ert`), hysteresis and cooldown of alerts.
@@ -748,6 +751,36 @@ pub struct ColumnTests {
     pub correction: Correction,
 }
 
+/// Late labels: records `{"event_id": …, "label": …, "ts": …}` on their own
+/// topic (same brokers and properties as the source), joined to events by
+/// event id. A label joins when its `ts` (event time of the label, epoch ms or
+/// RFC 3339; the message timestamp when absent) is at most `horizon_ms` after
+/// its event's event time; later labels are counted, not kept, and events
+/// whose label has not come within the horizon count as unlabelled. Joined
+/// events form their own windows (same `window` settings: the first labelled
+/// events are the reference, the last ones the current window), on which the
+/// `error_rate` and `label_shift` detectors run; the other detectors run on
+/// every event. Memory is bounded by `max_pending`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsConfig {
+    /// Topic of label records.
+    pub topic: String,
+    /// How long after its event (event time, ms) a label may arrive and still join.
+    pub horizon_ms: Positive,
+    /// Events waiting for a label, plus labels waiting for their event, at
+    /// most (default 100000); beyond it the oldest are dropped and counted.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: Positive,
+    /// Consumer group of the labels consumer (default: the pipeline's group + `-labels`).
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+fn default_max_pending() -> Positive {
+    Positive(100_000)
+}
+
 /// `kind: error_rate | label_shift` (fields as in [`DetectorSpec`]).
 #[derive(Debug, Clone)]
 pub struct LabelledDetector {
@@ -1072,6 +1105,14 @@ impl Pipeline {
         }
         if self.detectors.is_empty() {
             return Err(self.err("detectors", "at least one detector is needed"));
+        }
+        if let Some(l) = &self.labels {
+            if l.topic.trim().is_empty() {
+                return Err(self.err("labels.topic", "must not be empty"));
+            }
+            if !matches!(self.source, SourceConfig::Kafka(_)) {
+                return Err(self.err("labels", "a labels topic needs a kafka source"));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.detectors.iter().enumerate() {

@@ -83,10 +83,19 @@ pub struct RunStats {
     pub evaluations: AtomicU64,
     pub alerts: AtomicU64,
     pub suppressed: AtomicU64,
+    /// The late-label join: joined, late, unlabelled, waiting (with a labels topic).
+    pub labels: std::sync::Mutex<crate::labels::JoinStats>,
 }
 
 /// A callback seeing each evaluation (the demo's live view).
 pub type Observer = Arc<dyn Fn(&Evaluation) + Send + Sync>;
+
+/// What the processing task receives.
+enum Msg {
+    Events(Work),
+    /// Records of the labels topic.
+    Labels(Vec<crate::source::RawRecord>),
+}
 
 struct Work {
     batch: Option<RecordBatch>,
@@ -124,7 +133,27 @@ pub async fn run(
     let mut windows = stages.windows().await?;
     tracing::info!(pipeline = %p.name, topic = %src.topic, group = %group, brokers = %src.brokers, "consuming");
 
-    let (tx, mut rx) = mpsc::channel::<Work>(4);
+    let (tx, mut rx) = mpsc::channel::<Msg>(4);
+    let mut join = stages.label_join();
+    let mut labelled_windows = match join {
+        Some(_) => Some(stages.windows().await?),
+        None => None,
+    };
+    let events_done = Arc::new(AtomicBool::new(false));
+    let labels_reader = match &p.labels {
+        Some(l) => {
+            let mut lsrc = src.clone();
+            lsrc.topic = l.topic.clone();
+            let lgroup = l.group_id.clone().unwrap_or_else(|| format!("{group}-labels"));
+            let c = Arc::new(KafkaConsumer::new(&lsrc, &lgroup).map_err(kafka_err("creating labels consumer"))?);
+            tracing::info!(topic = %l.topic, group = %lgroup, horizon_ms = l.horizon_ms.get(), "joining late labels");
+            Some((
+                c.clone(),
+                tokio::spawn(labels_loop(c, tx.clone(), shutdown.clone(), events_done.clone())),
+            ))
+        }
+        None => None,
+    };
     let reader = tokio::spawn(read_loop(
         consumer.clone(),
         stages.decoder(),
@@ -140,21 +169,54 @@ pub async fn run(
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     let mut policy = crate::alert::AlertPolicy::new(&p.alerting);
     let mut result = Ok(());
-    while let Some(work) = rx.recv().await {
-        if let Err(e) = process(
-            &mut stages,
-            &mut windows,
-            &consumer,
-            &producer,
-            &p,
-            &stats,
-            observer.as_ref(),
-            work,
-            &mut last,
-            &mut policy,
-        )
-        .await
-        {
+    // The labels task stops once the events reader has (and labels went quiet).
+    let reader = {
+        let done = events_done.clone();
+        tokio::spawn(async move {
+            let r = reader.await;
+            done.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    while let Some(msg) = rx.recv().await {
+        let step = match msg {
+            Msg::Events(work) => {
+                process(
+                    &mut stages,
+                    &mut windows,
+                    &consumer,
+                    &producer,
+                    &p,
+                    &stats,
+                    observer.as_ref(),
+                    work,
+                    &mut last,
+                    &mut policy,
+                    join.as_mut().zip(labelled_windows.as_mut()),
+                )
+                .await
+            }
+            Msg::Labels(records) => match (&labels_reader, join.as_mut(), labelled_windows.as_mut()) {
+                (Some((lc, _)), Some(j), Some(lw)) => {
+                    process_labels(
+                        &stages,
+                        j,
+                        lw,
+                        lc,
+                        &consumer,
+                        &producer,
+                        &p,
+                        &stats,
+                        observer.as_ref(),
+                        records,
+                        &mut policy,
+                    )
+                    .await
+                }
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = step {
             // Stop reading; nothing more is committed, so a restart redoes this batch.
             shutdown.store(true, Ordering::SeqCst);
             result = Err(e);
@@ -164,7 +226,12 @@ pub async fn run(
     drop(rx);
     let read = reader
         .await
+        .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?
         .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?;
+    if let Some((_, h)) = labels_reader {
+        h.await
+            .map_err(|e| RuntimeError::Other(format!("labels consumer task: {e}")))??;
+    }
     result?;
     read?;
     // Final synchronous commit of what is accounted for.
@@ -180,7 +247,7 @@ async fn read_loop(
     producer: FutureProducer,
     p: Pipeline,
     topic: String,
-    tx: mpsc::Sender<Work>,
+    tx: mpsc::Sender<Msg>,
     shutdown: Arc<AtomicBool>,
     stats: Arc<RunStats>,
     max_events: Option<u64>,
@@ -207,7 +274,7 @@ async fn read_loop(
                 last: std::mem::take(&mut last),
                 pending: std::mem::take(&mut pending),
             };
-            if tx.send(work).await.is_err() {
+            if tx.send(Msg::Events(work)).await.is_err() {
                 return Ok(()); // processing stopped
             }
             deadline = None;
@@ -280,53 +347,44 @@ async fn process(
     work: Work,
     last: &mut BTreeMap<i32, i64>,
     policy: &mut crate::alert::AlertPolicy,
+    join: Option<(&mut crate::labels::LabelJoin, &mut crate::window::Windows)>,
 ) -> Result<(), RuntimeError> {
     let mut pending = work.pending;
     if let Some(batch) = work.batch {
         let scored = stages.score(batch).await?;
+        if let Some((j, lw)) = join {
+            let joined = j.add_events(&scored)?;
+            *stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = j.stats.clone();
+            if let Some(b) = j.concat(&joined)? {
+                for due in lw.push(&b)? {
+                    let evals = stages.evaluate_labelled(&due).await?;
+                    emit(
+                        evals,
+                        &due,
+                        consumer,
+                        producer,
+                        p,
+                        stats,
+                        observer,
+                        policy,
+                        &mut pending,
+                    )?;
+                }
+            }
+        }
         for due in windows.push(&scored)? {
-            let resent = already_delivered(consumer, &due);
-            if resent {
-                stats.suppressed.fetch_add(1, Ordering::Relaxed);
-                if !policy.stateful() {
-                    continue;
-                }
-            }
-            for mut ev in stages.evaluate(&due).await? {
-                ev.alert = policy.decide(&ev.detector, ev.key.as_deref().unwrap_or(""), ev.drift);
-                if resent {
-                    // Only rebuilding the alert policy's memory: sent by an earlier run.
-                    continue;
-                }
-                stats.evaluations.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    detector = %ev.detector, key = ev.key.as_deref().unwrap_or(""), evaluation = ev.evaluation,
-                    statistic = ev.statistic, p_value = ev.p_value, threshold = ev.threshold, drift = ev.drift, alert = ev.alert,
-                    "evaluation"
-                );
-                if let Some(o) = observer {
-                    o(&ev);
-                }
-                let body = serde_json::to_vec(&ev).map_err(|e| RuntimeError::Other(e.to_string()))?;
-                let key = message_key(&ev);
-                let mut topics = vec![];
-                if ev.alert {
-                    stats.alerts.fetch_add(1, Ordering::Relaxed);
-                    topics.push(p.output.alerts_topic.as_str());
-                }
-                if let Some(t) = &p.output.stats_topic {
-                    topics.push(t.as_str());
-                }
-                for t in topics {
-                    let f = producer
-                        .send_result(FutureRecord::to(t).payload(&body).key(&key))
-                        .map_err(|(e, _)| RuntimeError::Kafka {
-                            what: format!("produce to {t}"),
-                            source: e,
-                        })?;
-                    pending.push(f);
-                }
-            }
+            let evals = stages.evaluate(&due).await?;
+            emit(
+                evals,
+                &due,
+                consumer,
+                producer,
+                p,
+                stats,
+                observer,
+                policy,
+                &mut pending,
+            )?;
         }
     }
     for f in pending {
@@ -343,6 +401,193 @@ async fn process(
     }
     last.extend(work.last);
     commit(consumer, windows, last, CommitMode::Async)
+}
+
+/// Publishes a window pair's evaluations: alerts (after the alert policy) and statistics.
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    evals: Vec<Evaluation>,
+    due: &Due,
+    consumer: &KafkaConsumer,
+    producer: &FutureProducer,
+    p: &Pipeline,
+    stats: &RunStats,
+    observer: Option<&Observer>,
+    policy: &mut crate::alert::AlertPolicy,
+    pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
+) -> Result<(), RuntimeError> {
+    let resent = already_delivered(consumer, due);
+    if resent {
+        stats.suppressed.fetch_add(1, Ordering::Relaxed);
+        if !policy.stateful() {
+            return Ok(());
+        }
+    }
+    for mut ev in evals {
+        ev.alert = policy.decide(&ev.detector, ev.key.as_deref().unwrap_or(""), ev.drift);
+        if resent {
+            // Only rebuilding the alert policy's memory: sent by an earlier run.
+            continue;
+        }
+        stats.evaluations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            detector = %ev.detector, key = ev.key.as_deref().unwrap_or(""), evaluation = ev.evaluation,
+            statistic = ev.statistic, p_value = ev.p_value, threshold = ev.threshold, drift = ev.drift, alert = ev.alert,
+            "evaluation"
+        );
+        if let Some(o) = observer {
+            o(&ev);
+        }
+        let body = serde_json::to_vec(&ev).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        let key = message_key(&ev);
+        let mut topics = vec![];
+        if ev.alert {
+            stats.alerts.fetch_add(1, Ordering::Relaxed);
+            topics.push(p.output.alerts_topic.as_str());
+        }
+        if let Some(t) = &p.output.stats_topic {
+            topics.push(t.as_str());
+        }
+        for t in topics {
+            let f = producer
+                .send_result(FutureRecord::to(t).payload(&body).key(&key))
+                .map_err(|(e, _)| RuntimeError::Kafka {
+                    what: format!("produce to {t}"),
+                    source: e,
+                })?;
+            pending.push(f);
+        }
+    }
+    Ok(())
+}
+
+/// Joins a batch of label records: bad ones to the dead-letter topic, joined
+/// events into the labelled windows, their evaluations published; then the
+/// labels consumer's offsets are committed.
+#[allow(clippy::too_many_arguments)]
+async fn process_labels(
+    stages: &Stages,
+    join: &mut crate::labels::LabelJoin,
+    labelled_windows: &mut crate::window::Windows,
+    labels_consumer: &KafkaConsumer,
+    consumer: &KafkaConsumer,
+    producer: &FutureProducer,
+    p: &Pipeline,
+    stats: &RunStats,
+    observer: Option<&Observer>,
+    records: Vec<crate::source::RawRecord>,
+    policy: &mut crate::alert::AlertPolicy,
+) -> Result<(), RuntimeError> {
+    let topic = p.labels.as_ref().map(|l| l.topic.as_str()).unwrap_or_default();
+    let mut pending = vec![];
+    let mut good = vec![];
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in &records {
+        last.insert(r.partition, r.offset);
+        match join.parse(r) {
+            Ok(l) => good.push(l),
+            Err(rej) => {
+                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    topic,
+                    reason = rej.reason.as_str(),
+                    partition = rej.partition,
+                    offset = rej.offset,
+                    "{}",
+                    rej.message
+                );
+                let body = serde_json::to_vec(&DeadLetter {
+                    pipeline: &p.name,
+                    topic,
+                    rejection: &rej,
+                })
+                .unwrap_or_default();
+                let key = format!("{}/{}/{}", topic, rej.partition, rej.offset);
+                pending.push(
+                    producer
+                        .send_result(FutureRecord::to(&p.output.dead_letter_topic).payload(&body).key(&key))
+                        .map_err(|(e, _)| RuntimeError::Kafka {
+                            what: "dead-letter produce".into(),
+                            source: e,
+                        })?,
+                );
+            }
+        }
+    }
+    let joined = join.add_labels(good)?;
+    *stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = join.stats.clone();
+    if let Some(b) = join.concat(&joined)? {
+        for due in labelled_windows.push(&b)? {
+            let evals = stages.evaluate_labelled(&due).await?;
+            emit(
+                evals,
+                &due,
+                consumer,
+                producer,
+                p,
+                stats,
+                observer,
+                policy,
+                &mut pending,
+            )?;
+        }
+    }
+    for f in pending {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                return Err(RuntimeError::Kafka {
+                    what: "delivery".into(),
+                    source: e,
+                });
+            }
+            Err(_) => return Err(RuntimeError::Other("delivery cancelled (producer closed)".into())),
+        }
+    }
+    let positions = last.iter().map(|(p, o)| (*p, (o + 1, *o))).collect();
+    labels_consumer
+        .commit(&positions, CommitMode::Async)
+        .map_err(kafka_err("commit labels"))
+}
+
+/// Reads the labels topic in small batches until shutdown, or until the
+/// events reader is done and the labels have been quiet for a moment.
+async fn labels_loop(
+    consumer: Arc<KafkaConsumer>,
+    tx: mpsc::Sender<Msg>,
+    shutdown: Arc<AtomicBool>,
+    events_done: Arc<AtomicBool>,
+) -> Result<(), RuntimeError> {
+    let mut buf = vec![];
+    let mut quiet_since: Option<tokio::time::Instant> = None;
+    loop {
+        let done = shutdown.load(Ordering::SeqCst) || events_done.load(Ordering::SeqCst);
+        if done && quiet_since.is_some_and(|q| q.elapsed() > Duration::from_millis(1500)) {
+            if !buf.is_empty() {
+                let _ = tx.send(Msg::Labels(std::mem::take(&mut buf))).await;
+            }
+            return Ok(());
+        }
+        match tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await {
+            Err(_) => {
+                quiet_since.get_or_insert_with(tokio::time::Instant::now);
+                if !buf.is_empty() && tx.send(Msg::Labels(std::mem::take(&mut buf))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "kafka labels consumer error; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(Ok(r)) => {
+                quiet_since = None;
+                buf.push(r);
+                if buf.len() >= 500 && tx.send(Msg::Labels(std::mem::take(&mut buf))).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// Evaluations whose window ends at or before what an earlier run delivered are not sent again.

@@ -25,6 +25,9 @@ pub struct Stages {
     transform: Option<Transform>,
     model: Option<Model>,
     detectors: Detectors,
+    /// With a labels topic: the detectors on labelled events (error_rate,
+    /// label_shift), run on the windows of joined events.
+    labelled: Option<Detectors>,
     /// Schema of batches after transform and model.
     pub scored_schema: SchemaRef,
 }
@@ -177,7 +180,11 @@ impl Stages {
                 DetectorConfig::Sql(_) => {}
             }
         }
-        let detectors = Detectors::new(&current, &pipeline.detectors).await.map_err(|e| {
+        // With a labels topic, the detectors on labels run on joined events.
+        let on_labels = |d: &DetectorConfig| pipeline.labels.is_some() && matches!(d, DetectorConfig::Labelled(_));
+        let (labelled_cfg, main_cfg): (Vec<DetectorConfig>, Vec<DetectorConfig>) =
+            pipeline.detectors.iter().cloned().partition(|d| on_labels(d));
+        let plan_err = |e: crate::detect::DetectError| {
             let i = pipeline
                 .detectors
                 .iter()
@@ -188,7 +195,30 @@ impl Stages {
                 _ => format!("detectors[{i}]"),
             };
             cfg_err(key, e.to_string())
-        })?;
+        };
+        let detectors = Detectors::new(&current, &main_cfg).await.map_err(plan_err)?;
+        let labelled = if labelled_cfg.is_empty() {
+            None
+        } else {
+            Some(Detectors::new(&current, &labelled_cfg).await.map_err(plan_err)?)
+        };
+        if let Some(l) = &pipeline.labels {
+            let need = |what: &str, v: &Option<String>| {
+                v.clone().ok_or_else(|| {
+                    cfg_err(
+                        "labels".into(),
+                        format!(
+                            "joining labels from `{}` needs the schema to name its `{what}` field",
+                            l.topic
+                        ),
+                    )
+                })
+            };
+            let id = need("event_id", &schema.event_id)?;
+            let label = need("label", &schema.label)?;
+            crate::labels::LabelJoin::new(current.clone(), &id, schema.event_time.as_deref(), &label, 0, 1)
+                .map_err(|e| cfg_err("labels".into(), e))?;
+        }
         if let ReferenceConfig::File { path } = &pipeline.window.reference {
             let p = pipeline.resolve(path);
             if !p.is_file() {
@@ -203,6 +233,7 @@ impl Stages {
             transform,
             model,
             detectors,
+            labelled,
             scored_schema: current,
             pipeline,
         })
@@ -279,9 +310,35 @@ impl Stages {
         ))
     }
 
+    /// The join of late labels, when the pipeline has a labels topic.
+    pub fn label_join(&self) -> Option<crate::labels::LabelJoin> {
+        let l = self.pipeline.labels.as_ref()?;
+        crate::labels::LabelJoin::new(
+            self.scored_schema.clone(),
+            self.schema.event_id.as_deref()?,
+            self.schema.event_time.as_deref(),
+            self.schema.label.as_deref()?,
+            l.horizon_ms.get() as i64,
+            l.max_pending.get(),
+        )
+        .ok()
+    }
+
     /// Runs the detectors on a window pair and builds the evaluation records.
     pub async fn evaluate(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
-        let results = self.detectors.evaluate(due).await?;
+        self.evaluate_with(&self.detectors, due).await
+    }
+
+    /// As [`Self::evaluate`], with the detectors on labels over windows of joined events.
+    pub async fn evaluate_labelled(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
+        match &self.labelled {
+            Some(d) => self.evaluate_with(d, due).await,
+            None => Ok(vec![]),
+        }
+    }
+
+    async fn evaluate_with(&self, detectors: &Detectors, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
+        let results = detectors.evaluate(due).await?;
         let model = self.model.as_ref().map(|m| m.identity());
         let mut evals: Vec<Evaluation> = results
             .iter()

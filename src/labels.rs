@@ -1,0 +1,456 @@
+//! Late labels: records `{event_id, label, ts}` from a labels topic, joined
+//! to scored events by event id within a horizon in event time
+//! ([`crate::config::LabelsConfig`]).
+//!
+//! The join keeps two bounded buffers: events waiting for their label and
+//! labels that came before their event. Whether a label joins depends only on
+//! event times (label ts − event ts ≤ horizon), not on which stream was read
+//! first. An event leaves the waiting buffer once the labels stream has
+//! passed its event time + horizon (it stays unlabelled); a label waits for
+//! its event until the events stream has passed the label's time. When a
+//! buffer is full the oldest entry is dropped and counted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+use serde::Serialize;
+
+use crate::decode::{Reason, Rejection};
+use crate::schema::TIMESTAMP_COL;
+use crate::source::RawRecord;
+
+/// One parsed label record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelRecord {
+    pub event_id: String,
+    /// The label, as text (cast to the label column's type when joined).
+    pub label: String,
+    /// Event time of the label, epoch ms.
+    pub ts_ms: i64,
+}
+
+/// Counters of the join (also reported as metrics).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct JoinStats {
+    /// Labels joined to their event.
+    pub joined: u64,
+    /// Labels that came after the horizon: counted, not kept.
+    pub late: u64,
+    /// Labels whose event never came (or was dropped) while they waited.
+    pub orphaned: u64,
+    /// Events whose label did not come within the horizon.
+    pub unlabelled: u64,
+    /// Entries dropped because a buffer was full.
+    pub dropped: u64,
+    /// Events waiting for a label now.
+    pub waiting_events: u64,
+    /// Labels waiting for their event now.
+    pub waiting_labels: u64,
+}
+
+/// The join state.
+pub struct LabelJoin {
+    horizon_ms: i64,
+    max_pending: usize,
+    event_id_col: String,
+    event_time_col: Option<String>,
+    label_col: String,
+    schema: SchemaRef,
+    /// event id → (one-row batch, event time)
+    events: HashMap<String, (RecordBatch, i64)>,
+    /// (event time, id) of waiting events, oldest first.
+    events_order: BTreeSet<(i64, String)>,
+    labels: HashMap<String, LabelRecord>,
+    /// (label time, id) of waiting labels, oldest first.
+    labels_order: BTreeSet<(i64, String)>,
+    events_watermark: i64,
+    labels_watermark: i64,
+    pub stats: JoinStats,
+}
+
+impl LabelJoin {
+    /// `schema`: of scored batches, which must hold the event id and label columns.
+    pub fn new(
+        schema: SchemaRef,
+        event_id_col: &str,
+        event_time_col: Option<&str>,
+        label_col: &str,
+        horizon_ms: i64,
+        max_pending: usize,
+    ) -> Result<Self, String> {
+        for c in [event_id_col, label_col] {
+            schema
+                .field_with_name(c)
+                .map_err(|_| format!("the scored events have no column `{c}`"))?;
+        }
+        Ok(Self {
+            horizon_ms,
+            max_pending: max_pending.max(1),
+            event_id_col: event_id_col.into(),
+            event_time_col: event_time_col.map(str::to_string),
+            label_col: label_col.into(),
+            schema,
+            events: HashMap::new(),
+            events_order: BTreeSet::new(),
+            labels: HashMap::new(),
+            labels_order: BTreeSet::new(),
+            events_watermark: i64::MIN,
+            labels_watermark: i64::MIN,
+            stats: JoinStats::default(),
+        })
+    }
+
+    /// Parses a label record; a bad one becomes a rejection for the dead-letter topic.
+    pub fn parse(&self, rec: &RawRecord) -> Result<LabelRecord, Box<Rejection>> {
+        let reject = |reason: Reason, message: String, field: Option<&str>| {
+            Box::new(Rejection {
+                reason,
+                message,
+                field: field.map(str::to_string),
+                partition: rec.partition,
+                offset: rec.offset,
+                timestamp_ms: rec.timestamp_ms,
+                payload: String::from_utf8_lossy(rec.payload.as_deref().unwrap_or_default())
+                    .chars()
+                    .take(1024)
+                    .collect(),
+                payload_truncated: rec.payload.as_ref().is_some_and(|p| p.len() > 1024),
+            })
+        };
+        let Some(bytes) = &rec.payload else {
+            return Err(reject(Reason::EmptyPayload, "label record with no value".into(), None));
+        };
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| reject(Reason::MalformedJson, format!("label record is not JSON: {e}"), None))?;
+        let Some(o) = v.as_object() else {
+            return Err(reject(
+                Reason::NotAnObject,
+                "label record is not a JSON object".into(),
+                None,
+            ));
+        };
+        let event_id = match o.get("event_id") {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            None | Some(serde_json::Value::Null) => {
+                return Err(reject(
+                    Reason::MissingField,
+                    "label record without `event_id`".into(),
+                    Some("event_id"),
+                ));
+            }
+            Some(other) => {
+                return Err(reject(
+                    Reason::WrongType,
+                    format!("`event_id` must be a string or number, got {other}"),
+                    Some("event_id"),
+                ));
+            }
+        };
+        let label = match o.get("label") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => v.to_string(),
+            None | Some(serde_json::Value::Null) => {
+                return Err(reject(
+                    Reason::MissingField,
+                    "label record without `label`".into(),
+                    Some("label"),
+                ));
+            }
+            Some(other) => {
+                return Err(reject(
+                    Reason::WrongType,
+                    format!("`label` must be a string, number or boolean, got {other}"),
+                    Some("label"),
+                ));
+            }
+        };
+        // The label must fit the label column's type.
+        let t = self
+            .schema
+            .field_with_name(&self.label_col)
+            .map(|f| f.data_type().clone())
+            .unwrap_or(DataType::Utf8);
+        let ok =
+            cast(&(Arc::new(StringArray::from(vec![label.as_str()])) as ArrayRef), &t).is_ok_and(|a| a.is_valid(0));
+        if !ok {
+            return Err(reject(
+                Reason::WrongType,
+                format!("label `{label}` is not a valid {t} for column `{}`", self.label_col),
+                Some("label"),
+            ));
+        }
+        let ts_ms = match o.get("ts") {
+            None | Some(serde_json::Value::Null) => rec.timestamp_ms,
+            Some(serde_json::Value::Number(n)) => n.as_i64(),
+            Some(serde_json::Value::String(s)) => humantime::parse_rfc3339_weak(s)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64),
+            Some(_) => None,
+        };
+        let Some(ts_ms) = ts_ms else {
+            return Err(reject(
+                Reason::WrongType,
+                "`ts` must be epoch ms or an RFC 3339 time (or absent, with a message timestamp)".into(),
+                Some("ts"),
+            ));
+        };
+        Ok(LabelRecord { event_id, label, ts_ms })
+    }
+
+    /// Scored events in; returns the ones joined now with a waiting label.
+    pub fn add_events(&mut self, batch: &RecordBatch) -> Result<Vec<RecordBatch>, ArrowError> {
+        let ids = cast(self.col(batch, &self.event_id_col)?, &DataType::Utf8)?;
+        let ids = ids.as_string::<i32>();
+        let time_col = self.event_time_col.as_deref().unwrap_or(TIMESTAMP_COL);
+        let times = match batch.column_by_name(time_col) {
+            Some(c) => Some(cast(c, &DataType::Int64)?),
+            None => None,
+        };
+        let mut out = vec![];
+        for i in 0..batch.num_rows() {
+            if ids.is_null(i) {
+                continue; // no id: can never be labelled
+            }
+            let ts = times
+                .as_ref()
+                .map(|t| t.as_primitive::<Int64Type>())
+                .filter(|t| t.is_valid(i))
+                .map_or(self.events_watermark, |t| t.value(i));
+            self.events_watermark = self.events_watermark.max(ts);
+            let row = batch.slice(i, 1);
+            if self.col(batch, &self.label_col)?.is_valid(i) {
+                // Labelled inline: nothing to wait for.
+                self.stats.joined += 1;
+                out.push(row);
+                continue;
+            }
+            let id = ids.value(i).to_string();
+            if let Some(l) = self.labels.remove(&id) {
+                self.labels_order.remove(&(l.ts_ms, id.clone()));
+                if l.ts_ms.saturating_sub(ts) <= self.horizon_ms {
+                    self.stats.joined += 1;
+                    out.push(self.with_label(&row, &l.label)?);
+                } else {
+                    self.stats.late += 1;
+                }
+                continue;
+            }
+            if let Some((_, old)) = self.events.insert(id.clone(), (row, ts)) {
+                self.events_order.remove(&(old, id.clone())); // a repeated id: the newest event waits
+            }
+            self.events_order.insert((ts, id));
+        }
+        self.expire();
+        Ok(out)
+    }
+
+    /// Labels in; returns the events joined now.
+    pub fn add_labels(&mut self, labels: Vec<LabelRecord>) -> Result<Vec<RecordBatch>, ArrowError> {
+        let mut out = vec![];
+        for l in labels {
+            self.labels_watermark = self.labels_watermark.max(l.ts_ms);
+            let waiting = self.events.remove(&l.event_id);
+            if let Some((_, ts)) = &waiting {
+                self.events_order.remove(&(*ts, l.event_id.clone()));
+            }
+            match waiting {
+                Some((row, ts)) if l.ts_ms.saturating_sub(ts) <= self.horizon_ms => {
+                    self.stats.joined += 1;
+                    out.push(self.with_label(&row, &l.label)?);
+                }
+                Some(_) => self.stats.late += 1,
+                None => {
+                    if let Some(old) = self.labels.insert(l.event_id.clone(), l.clone()) {
+                        self.labels_order.remove(&(old.ts_ms, old.event_id)); // the newest label wins
+                    }
+                    self.labels_order.insert((l.ts_ms, l.event_id));
+                }
+            }
+        }
+        self.expire();
+        Ok(out)
+    }
+
+    /// Joined rows as one batch (None when there are none).
+    pub fn concat(&self, rows: &[RecordBatch]) -> Result<Option<RecordBatch>, ArrowError> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        concat_batches(&rows[0].schema(), rows).map(Some)
+    }
+
+    fn col<'a>(&self, b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ArrowError> {
+        b.column_by_name(name)
+            .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}`")))
+    }
+
+    fn with_label(&self, row: &RecordBatch, label: &str) -> Result<RecordBatch, ArrowError> {
+        let idx = row.schema().index_of(&self.label_col)?;
+        let t = row.schema().field(idx).data_type().clone();
+        let mut cols = row.columns().to_vec();
+        cols[idx] = cast(&(Arc::new(StringArray::from(vec![label])) as ArrayRef), &t)?;
+        RecordBatch::try_new(row.schema(), cols)
+    }
+
+    fn expire(&mut self) {
+        // Events whose horizon the labels stream has passed stay unlabelled.
+        while let Some((ts, id)) = self.events_order.first().cloned() {
+            let full = self.events_order.len() > self.max_pending;
+            if !full && ts.saturating_add(self.horizon_ms) >= self.labels_watermark {
+                break;
+            }
+            self.events_order.pop_first();
+            self.events.remove(&id);
+            if full {
+                self.stats.dropped += 1;
+            } else {
+                self.stats.unlabelled += 1;
+            }
+        }
+        // Labels whose time the events stream has passed: their event is not coming.
+        while let Some((ts, id)) = self.labels_order.first().cloned() {
+            let full = self.labels_order.len() > self.max_pending;
+            if !full && ts >= self.events_watermark {
+                break;
+            }
+            self.labels_order.pop_first();
+            self.labels.remove(&id);
+            if full {
+                self.stats.dropped += 1;
+            } else {
+                self.stats.orphaned += 1;
+            }
+        }
+        self.stats.waiting_events = self.events.len() as u64;
+        self.stats.waiting_labels = self.labels.len() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("label", DataType::Int64, true),
+        ]))
+    }
+
+    fn events(ids: &[(&str, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(ids.iter().map(|i| i.0).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(ids.iter().map(|i| i.1).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(vec![None::<i64>; ids.len()])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn label(id: &str, l: i64, ts: i64) -> LabelRecord {
+        LabelRecord {
+            event_id: id.into(),
+            label: l.to_string(),
+            ts_ms: ts,
+        }
+    }
+
+    fn labels_of(rows: &[RecordBatch]) -> Vec<(String, i64)> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r.column(0).as_string::<i32>().value(0).to_string(),
+                    r.column(2).as_primitive::<Int64Type>().value(0),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn labels_join_within_the_horizon_only() {
+        let mut j = LabelJoin::new(schema(), "event_id", Some("ts"), "label", 100, 1000).unwrap();
+        assert!(
+            j.add_events(&events(&[("a", 0), ("b", 10), ("c", 20)]))
+                .unwrap()
+                .is_empty()
+        );
+        let joined = j.add_labels(vec![label("a", 3, 50), label("b", 4, 111)]).unwrap();
+        // a: 50 after its event, joined; b: 101 after, too late.
+        assert_eq!(labels_of(&joined), [("a".to_string(), 3)]);
+        assert_eq!((j.stats.joined, j.stats.late), (1, 1));
+        // The labels stream passed c's horizon (20 + 100 < 121): c stays unlabelled.
+        j.add_labels(vec![label("zz", 1, 121)]).unwrap();
+        assert_eq!(j.stats.unlabelled, 1);
+        assert_eq!(j.stats.waiting_events, 0);
+        assert_eq!(j.stats.waiting_labels, 1, "zz waits for its event");
+    }
+
+    #[test]
+    fn a_label_may_come_before_its_event() {
+        let mut j = LabelJoin::new(schema(), "event_id", Some("ts"), "label", 100, 1000).unwrap();
+        assert!(j.add_labels(vec![label("a", 7, 30)]).unwrap().is_empty());
+        let joined = j.add_events(&events(&[("a", 0)])).unwrap();
+        assert_eq!(labels_of(&joined), [("a".to_string(), 7)]);
+        // A label whose event the stream has passed is orphaned.
+        j.add_labels(vec![label("ghost", 1, 5)]).unwrap();
+        j.add_events(&events(&[("b", 6)])).unwrap();
+        assert_eq!(j.stats.orphaned, 1);
+    }
+
+    #[test]
+    fn buffers_are_bounded() {
+        let mut j = LabelJoin::new(schema(), "event_id", Some("ts"), "label", 1_000_000, 10).unwrap();
+        let ids: Vec<String> = (0..100).map(|i| format!("e{i}")).collect();
+        let evs: Vec<(&str, i64)> = ids.iter().map(|i| (i.as_str(), 0)).collect();
+        j.add_events(&events(&evs)).unwrap();
+        assert_eq!(j.stats.waiting_events, 10);
+        assert_eq!(j.stats.dropped, 90);
+        // The newest ones are kept.
+        assert_eq!(labels_of(&j.add_labels(vec![label("e99", 1, 1)]).unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn garbage_label_records_are_rejected_with_a_reason() {
+        let j = LabelJoin::new(schema(), "event_id", Some("ts"), "label", 100, 10).unwrap();
+        let rec = |p: Option<&str>| RawRecord {
+            payload: p.map(|s| s.as_bytes().to_vec()),
+            partition: 2,
+            offset: 9,
+            timestamp_ms: None,
+        };
+        for (p, reason) in [
+            (None, Reason::EmptyPayload),
+            (Some("{"), Reason::MalformedJson),
+            (Some("[1]"), Reason::NotAnObject),
+            (Some(r#"{"label": 1, "ts": 1}"#), Reason::MissingField),
+            (Some(r#"{"event_id": "a", "ts": 1}"#), Reason::MissingField),
+            (
+                Some(r#"{"event_id": "a", "label": "seven", "ts": 1}"#),
+                Reason::WrongType,
+            ),
+            (Some(r#"{"event_id": "a", "label": 1}"#), Reason::WrongType),
+            (Some(r#"{"event_id": ["a"], "label": 1, "ts": 1}"#), Reason::WrongType),
+        ] {
+            let e = j.parse(&rec(p)).unwrap_err();
+            assert_eq!(e.reason, reason, "{p:?}: {}", e.message);
+            assert_eq!((e.partition, e.offset), (2, 9));
+        }
+        let ok = j
+            .parse(&rec(Some(
+                r#"{"event_id": "a", "label": 3, "ts": "2026-01-01T00:00:00Z"}"#,
+            )))
+            .unwrap();
+        assert_eq!((ok.label.as_str(), ok.ts_ms), ("3", 1_767_225_600_000));
+    }
+}
