@@ -14,6 +14,7 @@ pub mod demo;
 pub mod detect;
 pub mod labels;
 pub mod model;
+pub mod replay;
 pub mod runtime;
 pub mod scenario;
 pub mod schema;

@@ -89,6 +89,39 @@ enum Cmd {
         /// Overrides the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// Overrides the scenario's start_time (RFC 3339 or `now`; use `now` on a real cluster,
+        /// whose retention deletes old message timestamps).
+        #[arg(long)]
+        start_time: Option<String>,
+    },
+    /// Replay a bounded range of the pipeline's topic (or a file) as a backtest: alerts.jsonl,
+    /// stats.jsonl, summary.json and report.html in --out. Commits nothing; publishes only with --publish.
+    Replay {
+        pipeline: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// A JSONL or Parquet file instead of the topic.
+        #[arg(long, conflicts_with_all = ["from", "to", "offsets"])]
+        input: Option<PathBuf>,
+        /// Start of the range: RFC 3339 time or epoch ms, resolved per partition.
+        #[arg(long, conflicts_with = "offsets")]
+        from: Option<String>,
+        /// End of the range (exclusive), as --from.
+        #[arg(long, conflicts_with = "offsets")]
+        to: Option<String>,
+        /// Explicit offsets per partition: P:FROM-TO[,P:FROM-TO…], TO exclusive and optional (the end).
+        #[arg(long)]
+        offsets: Option<String>,
+        /// Ground-truth file (as `produce` writes) to score detections, delays and false alarms.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// Also publish the alerts to the pipeline's alert topic.
+        #[arg(long)]
+        publish: bool,
+        /// Events per micro-batch (default: the pipeline's); changes nothing in the results.
+        #[arg(long)]
+        batch: Option<usize>,
     },
     /// Model tools.
     Model {
@@ -284,11 +317,18 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             labels_out,
             truth,
             seed,
+            start_time,
         } => {
             use driftwatch::scenario;
             let mut l = scenario::Loaded::load(&scenario).map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
             if let Some(seed) = seed {
                 l.scenario.seed = seed;
+            }
+            if let Some(t) = start_time {
+                let mut sc = l.scenario.clone();
+                sc.start_time = t;
+                l = scenario::Loaded::new(sc, l.pool.clone(), &scenario)
+                    .map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
             }
             let (t, truth_path) = match (out, brokers, topic) {
                 (Some(out), _, _) => {
@@ -309,6 +349,47 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 l.scenario.seed,
                 t.destination,
                 truth_path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay {
+            pipeline,
+            out,
+            input,
+            from,
+            to,
+            offsets,
+            truth,
+            publish,
+            batch,
+        } => {
+            use driftwatch::replay::{Range, ReplayOptions};
+            let range = match (input, offsets) {
+                (Some(f), _) => Range::File(f),
+                (None, Some(o)) => Range::Offsets(parse_offsets(&o)?),
+                (None, None) => Range::Times {
+                    from: from.as_deref().map(parse_time).transpose()?,
+                    to: to.as_deref().map(parse_time).transpose()?,
+                },
+            };
+            let stages = runtime::validate(&pipeline).await?;
+            let s = driftwatch::replay::replay(
+                stages,
+                ReplayOptions {
+                    range,
+                    out: out.clone(),
+                    truth,
+                    publish,
+                    batch,
+                },
+            )
+            .await?;
+            eprintln!(
+                "{} events, {} evaluations, {} alerts; see {}",
+                s.events,
+                s.evaluations,
+                s.alerts,
+                out.join("report.html").display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -359,4 +440,45 @@ async fn produce_to(
     // A topic that does not exist yet is auto-created with the broker's default (one partition here).
     let partitions = md.topics().first().map_or(1, |t| t.partitions().len().max(1) as i32);
     Ok(driftwatch::scenario::produce_kafka(l, &producer, topic, partitions).await?)
+}
+
+/// `P:FROM-TO,…` (TO exclusive, optional).
+fn parse_offsets(s: &str) -> anyhow::Result<std::collections::BTreeMap<i32, (i64, Option<i64>)>> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let bad = || {
+            anyhow::anyhow!(
+                "--offsets: `{part}` is not PARTITION:FROM-TO (e.g. 0:100-2000, or 0:100- for up to the end)"
+            )
+        };
+        let (p, range) = part.trim().split_once(':').ok_or_else(bad)?;
+        let (a, b) = range.split_once('-').ok_or_else(bad)?;
+        let p: i32 = p.parse().map_err(|_| bad())?;
+        let a: i64 = a.parse().map_err(|_| bad())?;
+        let b: Option<i64> = if b.is_empty() {
+            None
+        } else {
+            Some(b.parse().map_err(|_| bad())?)
+        };
+        if b.is_some_and(|b| b < a) {
+            anyhow::bail!("--offsets: `{part}` ends before it starts");
+        }
+        out.insert(p, (a, b));
+    }
+    if out.is_empty() {
+        anyhow::bail!("--offsets: no partition given");
+    }
+    Ok(out)
+}
+
+/// RFC 3339 or epoch ms.
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let t =
+        humantime::parse_rfc3339_weak(s).with_context(|| format!("`{s}` is neither epoch ms nor an RFC 3339 time"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
 }

@@ -37,7 +37,11 @@ pub struct Scenario {
     /// Image pool: JSONL with `pixels` (64 intensities 0..16) and `label`,
     /// relative to the scenario file.
     pub pool: PathBuf,
-    /// Event time of the first event, RFC 3339. Default 2026-01-01T00:00:00Z.
+    /// Event time of the first event: RFC 3339, or `now` (the time of the
+    /// run, to the second). Default 2026-01-01T00:00:00Z. Events are produced
+    /// with their event time as the message timestamp: on a real Kafka
+    /// cluster, times older than the topic's retention are deleted soon, so
+    /// use `now` (or `produce --start-time now`) there.
     #[serde(default = "default_start")]
     pub start_time: String,
     /// Event-time step between consecutive events of one key, in ms. Default 100.
@@ -275,7 +279,12 @@ impl Loaded {
     /// Checks a scenario (errors are located in `path`).
     pub fn new(scenario: Scenario, pool: Pool, path: &Path) -> Result<Self, ScenarioError> {
         let bad = |key: String, msg: String| ScenarioError::Config(ConfigError::invalid(path, key, msg));
-        let start_ms = humantime::parse_rfc3339_weak(&scenario.start_time)
+        let start = if scenario.start_time == "now" {
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+        } else {
+            scenario.start_time.clone()
+        };
+        let start_ms = humantime::parse_rfc3339_weak(&start)
             .map_err(|e| {
                 bad(
                     "start_time".into(),
@@ -442,6 +451,8 @@ pub enum Emission {
         key: String,
         key_index: usize,
         json: String,
+        /// Its arrival time (event time of the label), epoch ms.
+        ts: i64,
     },
 }
 
@@ -522,6 +533,7 @@ impl<'a> Emissions<'a> {
                         key: key.clone(),
                         key_index: k,
                         json,
+                        ts: 0,
                     },
                 ));
             }
@@ -551,13 +563,16 @@ impl<'a> Emissions<'a> {
 /// Adds the arrival time to a label record.
 fn stamp_label(e: Emission, ts: i64) -> Emission {
     match e {
-        Emission::Label { key, key_index, json } => {
+        Emission::Label {
+            key, key_index, json, ..
+        } => {
             let mut v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
             v["ts"] = ts.into();
             Emission::Label {
                 key,
                 key_index,
                 json: v.to_string(),
+                ts,
             }
         }
         other => other,
@@ -894,15 +909,28 @@ pub async fn produce_kafka(
     };
     let mut inflight = std::collections::VecDeque::new();
     for em in l.emissions() {
-        let (t, key, k, json, ev) = match &em {
-            Emission::Event(ev) => (topic, &ev.key, ev.key_index, &ev.json, Some(ev.clone())),
-            Emission::Label { key, key_index, json } => {
-                (labels_topic.as_deref().unwrap_or(topic), key, *key_index, json, None)
-            }
+        let (t, key, k, json, ts, ev) = match &em {
+            Emission::Event(ev) => (topic, &ev.key, ev.key_index, &ev.json, ev.ts, Some(ev.clone())),
+            Emission::Label {
+                key,
+                key_index,
+                json,
+                ts,
+            } => (
+                labels_topic.as_deref().unwrap_or(topic),
+                key,
+                *key_index,
+                json,
+                *ts,
+                None,
+            ),
         };
+        // The message timestamp is the event time, so time ranges (replay
+        // --from/--to) select by event time.
         let rec = FutureRecord::to(t)
             .payload(json.as_bytes())
             .key(key.as_bytes())
+            .timestamp(ts)
             .partition((k as i32) % partitions.max(1));
         inflight.push_back((producer.send_result(rec).map_err(|(e, _)| kafka(e))?, ev));
         // Bounded in flight, so a long scenario does not queue in memory.

@@ -1,0 +1,562 @@
+//! `driftwatch replay`: a bounded range of a topic (or a file) through a
+//! pipeline, as a backtest. Nothing is committed for any consumer group and
+//! nothing is published unless asked; the results go to files:
+//! `alerts.jsonl`, `stats.jsonl` (every evaluation), `summary.json` and
+//! `report.html` (see [`report`]).
+//!
+//! Deterministic: records are taken in one canonical order (per partition by
+//! offset, partitions merged by message timestamp, then partition), windows
+//! count events, and evaluations are written in the order of the record that
+//! completed their window — so batch size, linger and reading speed change
+//! nothing, and two replays of the same range give byte-identical files.
+
+pub mod report;
+pub mod truth;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::alert::{AlertPolicy, Evaluation};
+use crate::config::SourceConfig;
+use crate::runtime::{RuntimeError, Stages};
+use crate::source::RawRecord;
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub enum Range {
+    /// A JSONL (streamed) or Parquet file.
+    File(PathBuf),
+    /// Per partition `[from, to)` offsets of the pipeline's topic (`to`: None = the end).
+    Offsets(BTreeMap<i32, (i64, Option<i64>)>),
+    /// Event-time range `[from, to)` in epoch ms, resolved per partition.
+    Times { from: Option<i64>, to: Option<i64> },
+}
+
+/// Options of a replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub range: Range,
+    pub out: PathBuf,
+    pub truth: Option<PathBuf>,
+    /// Also publish alerts to the pipeline's alert topic.
+    pub publish: bool,
+    /// Events per micro-batch (default: the pipeline's `batch.max_events`).
+    pub batch: Option<usize>,
+}
+
+/// One line of `stats.jsonl`: an evaluation without the model identity.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsRecord<'a> {
+    pub detector: &'a str,
+    pub kind: &'a str,
+    pub drift_type: crate::alert::DriftType,
+    pub key: Option<&'a str>,
+    pub evaluation: u64,
+    pub window: &'a crate::alert::WindowInfo,
+    pub statistic: f64,
+    pub p_value: Option<f64>,
+    pub threshold: Option<f64>,
+    pub drift: bool,
+    pub alert: bool,
+}
+
+impl<'a> From<&'a Evaluation> for StatsRecord<'a> {
+    fn from(e: &'a Evaluation) -> Self {
+        StatsRecord {
+            detector: &e.detector,
+            kind: &e.kind,
+            drift_type: e.drift_type,
+            key: e.key.as_deref(),
+            evaluation: e.evaluation,
+            window: &e.window,
+            statistic: e.statistic,
+            p_value: e.p_value,
+            threshold: e.threshold,
+            drift: e.drift,
+            alert: e.alert,
+        }
+    }
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub pipeline: String,
+    pub source: String,
+    pub events: u64,
+    pub dead_lettered: u64,
+    pub evaluations: u64,
+    pub alerts: u64,
+    /// Per detector: evaluations, drifting evaluations, alerts.
+    pub detectors: BTreeMap<String, DetectorCounts>,
+    /// Scoring against the ground truth, when given.
+    pub truth: Option<truth::Scores>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DetectorCounts {
+    pub evaluations: u64,
+    pub drifts: u64,
+    pub alerts: u64,
+}
+
+fn other(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Other(e.to_string())
+}
+
+/// Records in canonical order.
+type Records = Box<dyn Iterator<Item = Result<RawRecord, RuntimeError>>>;
+
+/// Runs a replay; returns the summary (also written to `summary.json`).
+pub async fn replay(mut stages: Stages, opts: ReplayOptions) -> Result<Summary, RuntimeError> {
+    let p = stages.pipeline.clone();
+    std::fs::create_dir_all(&opts.out).map_err(|e| other(format!("{}: {e}", opts.out.display())))?;
+    let (records, total, source) = open(&stages, &opts.range)?;
+    let truth = match &opts.truth {
+        Some(t) => Some(crate::scenario::Truth::load(t).map_err(other)?),
+        None => None,
+    };
+    let publisher = if opts.publish {
+        let SourceConfig::Kafka(src) = &p.source else {
+            return Err(other("--publish needs a kafka source in the pipeline"));
+        };
+        let brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
+        let props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
+        Some(crate::source::kafka::producer(&brokers, &props).map_err(other)?)
+    } else {
+        None
+    };
+    let create = |name: &str| {
+        std::fs::File::create(opts.out.join(name))
+            .map(std::io::BufWriter::new)
+            .map_err(|e| other(format!("{}: {e}", opts.out.join(name).display())))
+    };
+    let (mut alerts_out, mut stats_out) = (create("alerts.jsonl")?, create("stats.jsonl")?);
+    let mut windows = stages.windows().await?;
+    let mut decoder = stages.decoder();
+    let mut policy = AlertPolicy::new(&p.alerting);
+    let batch_size = opts.batch.unwrap_or(p.batch.max_events.get()).max(1);
+    let mut summary = Summary {
+        pipeline: p.name.clone(),
+        source,
+        events: 0,
+        dead_lettered: 0,
+        evaluations: 0,
+        alerts: 0,
+        detectors: BTreeMap::new(),
+        truth: None,
+    };
+    let mut all: Vec<Evaluation> = vec![];
+    let mut progress = Progress::new(total);
+    // Stream position of each record in the batch in hand, to order evaluations.
+    let mut seq: HashMap<(i32, i64), u64> = HashMap::new();
+    let mut pending = vec![];
+    let mut records = records.peekable();
+    while records.peek().is_some() || !decoder.is_empty() {
+        while decoder.len() < batch_size {
+            let Some(r) = records.next() else { break };
+            let r = r?;
+            seq.insert((r.partition, r.offset), summary.events);
+            summary.events += 1;
+            if let Err(rej) = decoder.decode(&r) {
+                summary.dead_lettered += 1;
+                tracing::debug!(reason = rej.reason.as_str(), offset = rej.offset, "{}", rej.message);
+            }
+        }
+        progress.tick(summary.events);
+        let Some(batch) = decoder.flush()? else {
+            if records.peek().is_none() {
+                break;
+            }
+            continue;
+        };
+        let scored = stages.score(batch).await?;
+        let mut due = windows.push(&scored)?;
+        due.sort_by_key(|d| seq.get(&d.coords.end).copied().unwrap_or(u64::MAX));
+        seq.clear();
+        for d in &due {
+            for mut ev in stages.evaluate(d).await? {
+                ev.alert = policy.decide(&ev.detector, ev.key.as_deref().unwrap_or(""), ev.drift);
+                let c = summary.detectors.entry(ev.detector.clone()).or_default();
+                c.evaluations += 1;
+                c.drifts += u64::from(ev.drift);
+                c.alerts += u64::from(ev.alert);
+                summary.evaluations += 1;
+                let line = serde_json::to_string(&StatsRecord::from(&ev)).map_err(other)?;
+                writeln!(stats_out, "{line}").map_err(other)?;
+                if ev.alert {
+                    summary.alerts += 1;
+                    let body = serde_json::to_string(&ev).map_err(other)?;
+                    writeln!(alerts_out, "{body}").map_err(other)?;
+                    if let Some(prod) = &publisher {
+                        let key = crate::alert::message_key(&ev);
+                        pending.push(
+                            prod.send_result(
+                                rdkafka::producer::FutureRecord::to(&p.output.alerts_topic)
+                                    .payload(&body)
+                                    .key(&key),
+                            )
+                            .map_err(|(e, _)| other(e))?,
+                        );
+                    }
+                }
+                all.push(ev);
+            }
+        }
+    }
+    progress.done(summary.events);
+    for f in pending {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(other(format!("publishing an alert: {e}"))),
+            Err(_) => return Err(other("publishing an alert: producer closed")),
+        }
+    }
+    alerts_out.flush().map_err(other)?;
+    stats_out.flush().map_err(other)?;
+    if let Some(t) = &truth {
+        let size = p.window.current.size.get() as i64;
+        let shape = truth::WindowShape {
+            reference: match &p.window.reference {
+                crate::config::ReferenceConfig::First { size } => size.get() as i64,
+                crate::config::ReferenceConfig::File { .. } => 0,
+            },
+            size,
+            slide: p.window.current.slide.map_or(size, |s| s.get() as i64),
+        };
+        summary.truth = Some(truth::score(t, &all, shape));
+    }
+    std::fs::write(
+        opts.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary).map_err(other)? + "\n",
+    )
+    .map_err(other)?;
+    let html = report::render(&summary, &all, truth.as_ref());
+    std::fs::write(opts.out.join("report.html"), html).map_err(other)?;
+    Ok(summary)
+}
+
+/// Opens the range: records, their number when known, and a description.
+fn open(stages: &Stages, range: &Range) -> Result<(Records, Option<u64>, String), RuntimeError> {
+    match range {
+        Range::File(path) => {
+            let is_parquet = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+            if is_parquet {
+                let recs = crate::source::file::read_records(path)?;
+                let n = recs.len() as u64;
+                Ok((Box::new(recs.into_iter().map(Ok)), Some(n), path.display().to_string()))
+            } else {
+                Ok((jsonl(path)?, None, path.display().to_string()))
+            }
+        }
+        Range::Offsets(_) | Range::Times { .. } => {
+            let SourceConfig::Kafka(src) = &stages.pipeline.source else {
+                return Err(other(
+                    "a topic range needs a kafka source in the pipeline; use --input for files",
+                ));
+            };
+            let consumer: BaseConsumer = crate::source::kafka::client_config(&src.brokers, &src.properties)
+                .set("group.id", format!("driftwatch-replay-{}", stages.pipeline.name))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "false")
+                .create()
+                .map_err(other)?;
+            let ranges = resolve(&consumer, &src.topic, range)?;
+            let total = ranges.values().map(|(a, b)| (b - a).max(0) as u64).sum();
+            let desc = format!(
+                "{} {}",
+                src.topic,
+                ranges
+                    .iter()
+                    .map(|(p, (a, b))| format!("{p}:{a}-{b}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            Ok((
+                Box::new(KafkaRange::new(consumer, src.topic.clone(), ranges)?),
+                Some(total),
+                desc,
+            ))
+        }
+    }
+}
+
+/// Streams a JSONL file; offsets are line numbers from 0, blank lines skipped.
+fn jsonl(path: &Path) -> Result<Records, RuntimeError> {
+    let f = std::fs::File::open(path).map_err(|e| other(format!("{}: {e}", path.display())))?;
+    let p = path.display().to_string();
+    Ok(Box::new(
+        std::io::BufReader::new(f)
+            .split(b'\n')
+            .enumerate()
+            .filter_map(move |(i, line)| match line {
+                Err(e) => Some(Err(other(format!("{p}: {e}")))),
+                Ok(l) if l.iter().all(u8::is_ascii_whitespace) => None,
+                Ok(l) => Some(Ok(RawRecord {
+                    payload: Some(l),
+                    partition: 0,
+                    offset: i as i64,
+                    timestamp_ms: None,
+                })),
+            }),
+    ))
+}
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+fn watermarks(c: &BaseConsumer, topic: &str, p: i32) -> Result<(i64, i64), RuntimeError> {
+    c.fetch_watermarks(topic, p, TIMEOUT)
+        .map_err(|e| other(format!("{topic}/{p}: cannot read the offsets: {e}")))
+}
+
+/// Per partition `[from, to)` offsets for a range.
+pub fn resolve(c: &BaseConsumer, topic: &str, range: &Range) -> Result<BTreeMap<i32, (i64, i64)>, RuntimeError> {
+    let md = c
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|e| other(format!("cannot reach the brokers: {e}")))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if parts.is_empty() {
+        return Err(other(format!("topic `{topic}` does not exist or has no partitions")));
+    }
+    let mut out = BTreeMap::new();
+    for p in parts {
+        let (low, high) = watermarks(c, topic, p)?;
+        let (from, to) = match range {
+            Range::Offsets(m) => match m.get(&p) {
+                Some((a, b)) => (*a, b.unwrap_or(high)),
+                None => continue,
+            },
+            Range::Times { from, to } => (
+                from.map_or(Ok(low), |t| offset_for_time(c, topic, p, t, low, high))?,
+                to.map_or(Ok(high), |t| offset_for_time(c, topic, p, t, low, high))?,
+            ),
+            Range::File(_) => unreachable!("files are not resolved"),
+        };
+        let (from, to) = (from.clamp(low, high), to.clamp(low, high));
+        out.insert(p, (from, to.max(from)));
+    }
+    if let Range::Offsets(m) = range
+        && let Some(p) = m.keys().find(|p| !out.contains_key(p))
+    {
+        return Err(other(format!("topic `{topic}` has no partition {p}")));
+    }
+    Ok(out)
+}
+
+/// Timestamp of the message at `offset`.
+fn timestamp_at(c: &BaseConsumer, topic: &str, p: i32, offset: i64) -> Result<i64, RuntimeError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(offset))
+        .map_err(other)?;
+    c.assign(&tpl).map_err(other)?;
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.partition() == p && m.offset() >= offset => {
+                return m
+                    .timestamp()
+                    .to_millis()
+                    .ok_or_else(|| other(format!("{topic}/{p}@{}: message without timestamp", m.offset())));
+            }
+            Some(Err(e)) => return Err(other(format!("{topic}/{p}: {e}"))),
+            _ => {}
+        }
+    }
+    Err(other(format!("{topic}/{p}@{offset}: no message within {TIMEOUT:?}")))
+}
+
+/// The first offset in `[low, high)` whose message timestamp is ≥ `t` (or
+/// `high`). Asks the broker (offsets-for-times) and checks the answer against
+/// the messages around it; a broker that answers wrongly (librdkafka's mock
+/// cluster answers "end" to every query) is overruled by a binary search over
+/// message timestamps, which assumes timestamps rise with offsets.
+fn offset_for_time(c: &BaseConsumer, topic: &str, p: i32, t: i64, low: i64, high: i64) -> Result<i64, RuntimeError> {
+    if low >= high {
+        return Ok(high);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(t)).map_err(other)?;
+    let answer = c
+        .offsets_for_times(tpl, TIMEOUT)
+        .ok()
+        .and_then(|r| r.find_partition(topic, p).map(|e| e.offset()));
+    let candidate = match answer {
+        Some(Offset::Offset(o)) => o.clamp(low, high),
+        _ => high,
+    };
+    let ok_before = candidate == low || timestamp_at(c, topic, p, candidate - 1)? < t;
+    let ok_at = candidate == high || timestamp_at(c, topic, p, candidate)? >= t;
+    if ok_before && ok_at {
+        return Ok(candidate);
+    }
+    let (mut lo, mut hi) = (low, high);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if timestamp_at(c, topic, p, mid)? >= t {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// Reads `[from, to)` of every partition, merged by (timestamp, partition, offset).
+struct KafkaRange {
+    consumer: BaseConsumer,
+    ranges: BTreeMap<i32, (i64, i64)>,
+    /// Next offset expected per partition.
+    next: BTreeMap<i32, i64>,
+    buffers: BTreeMap<i32, VecDeque<RawRecord>>,
+    deadline: Instant,
+}
+
+impl KafkaRange {
+    fn new(consumer: BaseConsumer, topic: String, ranges: BTreeMap<i32, (i64, i64)>) -> Result<Self, RuntimeError> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, (from, to)) in &ranges {
+            if from < to {
+                tpl.add_partition_offset(&topic, *p, Offset::Offset(*from))
+                    .map_err(other)?;
+            }
+        }
+        consumer.assign(&tpl).map_err(other)?;
+        Ok(Self {
+            next: ranges.iter().map(|(p, (f, _))| (*p, *f)).collect(),
+            buffers: ranges.keys().map(|p| (*p, VecDeque::new())).collect(),
+            ranges,
+            consumer,
+            deadline: Instant::now() + TIMEOUT,
+        })
+    }
+
+    fn finished(&self, p: i32) -> bool {
+        self.next[&p] >= self.ranges[&p].1
+    }
+}
+
+impl Iterator for KafkaRange {
+    type Item = Result<RawRecord, RuntimeError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            // Emit when every partition that is not finished has a record buffered.
+            let ready = self
+                .ranges
+                .keys()
+                .all(|p| !self.buffers[p].is_empty() || self.finished(*p));
+            if ready {
+                let best = self
+                    .buffers
+                    .iter()
+                    .filter_map(|(p, b)| b.front().map(|r| (r.timestamp_ms.unwrap_or(0), *p, r.offset)))
+                    .min()?;
+                return self.buffers.get_mut(&best.1).and_then(VecDeque::pop_front).map(Ok);
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    self.deadline = Instant::now() + TIMEOUT;
+                    let p = m.partition();
+                    let Some((_, to)) = self.ranges.get(&p).copied() else {
+                        continue;
+                    };
+                    if m.offset() < self.next[&p] || m.offset() >= to {
+                        continue;
+                    }
+                    self.next.insert(p, m.offset() + 1);
+                    if let Some(b) = self.buffers.get_mut(&p) {
+                        b.push_back(RawRecord {
+                            payload: m.payload().map(<[u8]>::to_vec),
+                            partition: p,
+                            offset: m.offset(),
+                            timestamp_ms: m.timestamp().to_millis(),
+                        });
+                    }
+                }
+                Some(Err(e)) => return Some(Err(other(format!("reading the range: {e}")))),
+                None if Instant::now() > self.deadline => {
+                    return Some(Err(other(format!(
+                        "no message for {TIMEOUT:?} before the end of the range (next offsets {:?}, range {:?}): were they deleted by retention?",
+                        self.next, self.ranges
+                    ))));
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Progress on stderr: a bar on a terminal, a log line every 5 s otherwise.
+struct Progress {
+    total: Option<u64>,
+    start: Instant,
+    last: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: Option<u64>) -> Self {
+        Self {
+            total,
+            start: Instant::now(),
+            last: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn line(&self, done: u64) -> String {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        match self.total {
+            Some(t) if t > 0 => {
+                let frac = (done as f64 / t as f64).min(1.0);
+                let eta = if rate > 0.0 {
+                    (t.saturating_sub(done)) as f64 / rate
+                } else {
+                    0.0
+                };
+                let bar: String = (0..30)
+                    .map(|i| if (i as f64) < frac * 30.0 { '#' } else { '.' })
+                    .collect();
+                format!("[{bar}] {done}/{t} events  {rate:.0} events/s  ETA {eta:.0}s")
+            }
+            _ => format!("{done} events  {rate:.0} events/s"),
+        }
+    }
+
+    fn tick(&mut self, done: u64) {
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        if self.tty {
+            eprint!("\r{}", self.line(done));
+        } else {
+            tracing::info!("replay: {}", self.line(done));
+        }
+    }
+
+    fn done(&self, done: u64) {
+        if self.tty {
+            eprintln!("\r{}", self.line(done));
+        } else {
+            tracing::info!("replay done: {}", self.line(done));
+        }
+    }
+}
