@@ -116,6 +116,12 @@ type Records = Box<dyn Iterator<Item = Result<RawRecord, RuntimeError>>>;
 /// Runs a replay; returns the summary (also written to `summary.json`).
 pub async fn replay(mut stages: Stages, opts: ReplayOptions) -> Result<Summary, RuntimeError> {
     let p = stages.pipeline.clone();
+    if let Some(l) = &p.labels {
+        tracing::warn!(
+            topic = %l.topic,
+            "replay does not read the labels topic: detectors on joined labels (error_rate, label_shift) are not evaluated"
+        );
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| other(format!("{}: {e}", opts.out.display())))?;
     let (records, total, source) = open(&stages, &opts.range)?;
     let truth = match &opts.truth {
