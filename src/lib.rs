@@ -13,6 +13,7 @@ pub mod decode;
 pub mod demo;
 pub mod detect;
 pub mod labels;
+pub mod metrics;
 pub mod model;
 pub mod replay;
 pub mod runtime;

@@ -35,6 +35,9 @@ enum Cmd {
         /// Stop cleanly after reading this many events.
         #[arg(long)]
         max_events: Option<u64>,
+        /// Serve Prometheus metrics (/metrics) and readiness (/health) here; `off` to disable.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: String,
     },
     /// Check pipelines: config, schema, model, SQL. Non-zero exit on any error.
     Validate {
@@ -233,18 +236,23 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             pipeline,
             group_id,
             max_events,
+            metrics,
         } => {
             let stages = runtime::validate(&pipeline).await?;
             let shutdown = Arc::new(AtomicBool::new(false));
             on_signal(shutdown.clone());
-            runtime::run(
-                stages,
-                RunOptions { max_events, group_id },
-                shutdown,
-                Arc::new(RunStats::default()),
-                None,
-            )
-            .await?;
+            let stats = Arc::new(RunStats::default());
+            if metrics != "off" {
+                let s = stats.clone();
+                let addr = driftwatch::metrics::serve(
+                    &metrics,
+                    stats.clone(),
+                    Arc::new(move || s.ready.load(Ordering::Relaxed)),
+                )
+                .with_context(|| format!("cannot serve metrics on {metrics} (use --metrics ADDR or --metrics off)"))?;
+                tracing::info!("metrics on http://{addr}/metrics, readiness on http://{addr}/health");
+            }
+            runtime::run(stages, RunOptions { max_events, group_id }, shutdown, stats, None).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Validate { pipelines } => {

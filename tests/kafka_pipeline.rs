@@ -115,6 +115,27 @@ async fn bad_events_go_to_the_dead_letter_topic_and_good_ones_go_on() {
         "the 400 good events after the reference fill one window"
     );
 
+    // The same counts on /metrics.
+    let m = driftwatch::metrics::render(&stats);
+    for line in [
+        "driftwatch_events_received_total 705",
+        "driftwatch_events_decoded_total 700",
+        "driftwatch_events_processed_total 700",
+        "driftwatch_events_dead_lettered_total{reason=\"malformed_json\"} 1",
+        "driftwatch_events_dead_lettered_total{reason=\"non_finite\"} 1",
+        "driftwatch_evaluations_total{detector=\"x_ks\"} 1",
+        "driftwatch_alerts_total{detector=\"x_ks\"} 0",
+        "driftwatch_window_keys 1",
+        "driftwatch_window_events 600",
+    ] {
+        assert!(m.contains(line), "missing {line}:\n{m}");
+    }
+    assert!(
+        m.contains("driftwatch_last_p_value{detector=\"x_ks\",key=\"\"} "),
+        "{m}"
+    );
+    assert!(stats.ready.load(Relaxed), "the consumer had its partition");
+
     let dlq = read_topic(&broker, "bad-dlq", bad.len(), Duration::from_secs(20));
     let reasons: Vec<&str> = dlq.iter().map(|d| d["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, bad.iter().map(|b| b.1).collect::<Vec<_>>());
@@ -196,7 +217,7 @@ async fn sigterm_finishes_delivers_commits_and_exits_zero() {
     let (broker, _dir, p) = setup("term");
     produce(&broker, "term", &normal_events(9, 700, 0.0)).await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-        .args(["run", "--group-id", "g-term"])
+        .args(["run", "--group-id", "g-term", "--metrics", "127.0.0.1:0"])
         .arg(&p)
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -85,6 +85,33 @@ pub struct RunStats {
     pub suppressed: AtomicU64,
     /// The late-label join: joined, late, unlabelled, waiting (with a labels topic).
     pub labels: std::sync::Mutex<crate::labels::JoinStats>,
+    /// Events scored and added to windows.
+    pub processed: AtomicU64,
+    /// Dead-lettered records by reason.
+    pub dead_by_reason: std::sync::Mutex<BTreeMap<String, u64>>,
+    pub batches: AtomicU64,
+    /// Time in the transform and model stages, ns.
+    pub model_nanos: AtomicU64,
+    /// Evaluations, alerts and last p-values per detector.
+    pub detectors: std::sync::Mutex<BTreeMap<String, crate::metrics::DetectorMetrics>>,
+    /// Consumer lag per partition (messages), refreshed every few seconds.
+    pub lag: std::sync::Mutex<BTreeMap<i32, i64>>,
+    pub window_keys: AtomicU64,
+    pub window_events: AtomicU64,
+    /// The consumer has its partitions (the model is loaded before it starts).
+    pub ready: AtomicBool,
+}
+
+impl RunStats {
+    fn dead_letter(&self, reason: &str) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        *self
+            .dead_by_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
 }
 
 /// A callback seeing each evaluation (the demo's live view).
@@ -258,7 +285,21 @@ async fn read_loop(
     let mut pending = vec![];
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut read = 0u64;
+    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut checked = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
+        if checked.elapsed() > Duration::from_secs(2) {
+            checked = tokio::time::Instant::now();
+            if !stats.ready.load(Ordering::Relaxed) && consumer.assigned() {
+                stats.ready.store(true, Ordering::Relaxed);
+            }
+            // Lag needs a broker round trip: off the async threads.
+            let (c, pos, st) = (consumer.clone(), positions.clone(), stats.clone());
+            tokio::task::spawn_blocking(move || {
+                let lag = c.lag(&pos);
+                *st.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+            });
+        }
         let stop = shutdown.load(Ordering::SeqCst) || max_events.is_some_and(|m| read >= m);
         let flush_now = stop || decoder.len() >= max || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         if flush_now {
@@ -297,16 +338,19 @@ async fn read_loop(
         };
         read += 1;
         stats.received.fetch_add(1, Ordering::Relaxed);
+        // Reading means assigned.
+        stats.ready.store(true, Ordering::Relaxed);
         if deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + linger);
         }
         last.insert(rec.partition, rec.offset);
+        positions.insert(rec.partition, rec.offset);
         match decoder.decode(&rec) {
             Ok(()) => {
                 stats.decoded.fetch_add(1, Ordering::Relaxed);
             }
             Err(rej) => {
-                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                stats.dead_letter(rej.reason.as_str());
                 tracing::warn!(
                     reason = rej.reason.as_str(),
                     partition = rej.partition,
@@ -351,7 +395,13 @@ async fn process(
 ) -> Result<(), RuntimeError> {
     let mut pending = work.pending;
     if let Some(batch) = work.batch {
+        let t = std::time::Instant::now();
         let scored = stages.score(batch).await?;
+        stats
+            .model_nanos
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
         if let Some((j, lw)) = join {
             let joined = j.add_events(&scored)?;
             *stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = j.stats.clone();
@@ -372,7 +422,11 @@ async fn process(
                 }
             }
         }
-        for due in windows.push(&scored)? {
+        let dues = windows.push(&scored)?;
+        let (keys, held) = windows.fill();
+        stats.window_keys.store(keys as u64, Ordering::Relaxed);
+        stats.window_events.store(held as u64, Ordering::Relaxed);
+        for due in dues {
             let evals = stages.evaluate(&due).await?;
             emit(
                 evals,
@@ -430,6 +484,14 @@ fn emit(
             continue;
         }
         stats.evaluations.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut d = stats.detectors.lock().unwrap_or_else(|e| e.into_inner());
+            let m = d.entry(ev.detector.clone()).or_default();
+            m.evaluations += 1;
+            m.alerts += u64::from(ev.alert);
+            m.last_p_value
+                .insert(ev.key.clone().unwrap_or_default(), ev.p_value.unwrap_or(ev.statistic));
+        }
         tracing::info!(
             detector = %ev.detector, key = ev.key.as_deref().unwrap_or(""), evaluation = ev.evaluation,
             statistic = ev.statistic, p_value = ev.p_value, threshold = ev.threshold, drift = ev.drift, alert = ev.alert,

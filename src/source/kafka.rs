@@ -174,6 +174,23 @@ impl KafkaConsumer {
     }
 
     /// Next record; waits until one arrives.
+    /// Whether partitions are assigned.
+    pub fn assigned(&self) -> bool {
+        self.consumer.assignment().is_ok_and(|a| a.count() > 0)
+    }
+
+    /// Messages after `last` (the last offset read) up to the end, per partition.
+    pub fn lag(&self, last: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        last.iter()
+            .filter_map(|(p, o)| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, *p, std::time::Duration::from_secs(2))
+                    .ok()
+                    .map(|(_, high)| (*p, (high - o - 1).max(0)))
+            })
+            .collect()
+    }
+
     pub async fn recv(&self) -> KafkaResult<RawRecord> {
         let m = self.consumer.recv().await?;
         Ok(RawRecord {

@@ -92,6 +92,12 @@ impl Windows {
         }
     }
 
+    /// Keys, and events held in their reference and current windows.
+    pub fn fill(&self) -> (usize, usize) {
+        let held = self.keys.values().map(|k| k.ref_rows + k.cur_rows).sum();
+        (self.keys.len(), held)
+    }
+
     /// Number of keys with state.
     pub fn key_count(&self) -> usize {
         self.keys.len()

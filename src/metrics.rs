@@ -1,0 +1,237 @@
+//! Prometheus metrics (`/metrics`) and readiness (`/health`) for `run`.
+//!
+//! Served by a plain std thread on a `std::net::TcpListener`: two read-only
+//! endpoints need no HTTP framework (and no extra tokio features). Names
+//! follow Prometheus conventions: `driftwatch_` prefix, units in the name,
+//! counters end in `_total`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read as _, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::runtime::RunStats;
+
+/// Whether the pipeline is ready (consumer assigned, model loaded).
+pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Per detector counters and the last p-value per key.
+#[derive(Debug, Default, Clone)]
+pub struct DetectorMetrics {
+    pub evaluations: u64,
+    pub alerts: u64,
+    /// key → last p-value (or statistic for distances)
+    pub last_p_value: BTreeMap<String, f64>,
+}
+
+/// Binds `addr` and serves until the process ends; returns the bound address.
+pub fn serve(addr: &str, stats: Arc<RunStats>, ready: Ready) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for conn in listener.incoming().flatten() {
+            // One bad client must not stop the endpoint.
+            if let Err(e) = handle(conn, &stats, &ready) {
+                tracing::debug!(error = %e, "metrics request");
+            }
+        }
+    })?;
+    Ok(bound)
+}
+
+fn handle(mut conn: TcpStream, stats: &RunStats, ready: &Ready) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(&conn).take(8192).read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, ctype, body) = match (line.split_whitespace().next(), path) {
+        (Some("GET"), "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(stats)),
+        (Some("GET"), "/health") if ready() => ("200 OK", "text/plain", "ok\n".to_string()),
+        (Some("GET"), "/health") => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
+        (Some("GET"), _) => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The metrics in Prometheus text format.
+pub fn render(s: &RunStats) -> String {
+    let mut o = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    let c = |a: &std::sync::atomic::AtomicU64| vec![(String::new(), a.load(Ordering::Relaxed) as f64)];
+    metric(
+        "driftwatch_events_received_total",
+        "counter",
+        "Events read from the source topic.",
+        c(&s.received),
+    );
+    metric(
+        "driftwatch_events_decoded_total",
+        "counter",
+        "Events decoded into Arrow.",
+        c(&s.decoded),
+    );
+    metric(
+        "driftwatch_events_processed_total",
+        "counter",
+        "Events scored and added to windows.",
+        c(&s.processed),
+    );
+    let reasons = s.dead_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    metric(
+        "driftwatch_events_dead_lettered_total",
+        "counter",
+        "Records sent to the dead-letter topic, by reason.",
+        reasons
+            .iter()
+            .map(|(r, n)| (format!("{{reason=\"{}\"}}", label(r)), *n as f64))
+            .collect(),
+    );
+    metric(
+        "driftwatch_batches_total",
+        "counter",
+        "Micro-batches processed.",
+        c(&s.batches),
+    );
+    metric(
+        "driftwatch_model_inference_seconds_total",
+        "counter",
+        "Time spent in the model stage.",
+        vec![(String::new(), s.model_nanos.load(Ordering::Relaxed) as f64 / 1e9)],
+    );
+    let dets = s.detectors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let per = |f: &dyn Fn(&DetectorMetrics) -> u64| {
+        dets.iter()
+            .map(|(d, m)| (format!("{{detector=\"{}\"}}", label(d)), f(m) as f64))
+            .collect()
+    };
+    metric(
+        "driftwatch_evaluations_total",
+        "counter",
+        "Detector evaluations.",
+        per(&|m| m.evaluations),
+    );
+    metric("driftwatch_alerts_total", "counter", "Alerts sent.", per(&|m| m.alerts));
+    metric(
+        "driftwatch_last_p_value",
+        "gauge",
+        "p-value of the last evaluation (statistic for distance detectors), per detector and key.",
+        dets.iter()
+            .flat_map(|(d, m)| {
+                m.last_p_value
+                    .iter()
+                    .map(move |(k, v)| (format!("{{detector=\"{}\",key=\"{}\"}}", label(d), label(k)), *v))
+            })
+            .collect(),
+    );
+    let lag = s.lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    metric(
+        "driftwatch_consumer_lag_messages",
+        "gauge",
+        "Messages between the last read and the end of the partition.",
+        lag.iter()
+            .map(|(p, l)| (format!("{{partition=\"{p}\"}}"), *l as f64))
+            .collect(),
+    );
+    metric(
+        "driftwatch_window_keys",
+        "gauge",
+        "Keys with windows.",
+        c(&s.window_keys),
+    );
+    metric(
+        "driftwatch_window_events",
+        "gauge",
+        "Events held in reference and current windows, all keys.",
+        c(&s.window_events),
+    );
+    let j = s.labels.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    metric(
+        "driftwatch_labels_total",
+        "counter",
+        "Late labels by outcome.",
+        [
+            ("joined", j.joined),
+            ("late", j.late),
+            ("unlabelled", j.unlabelled),
+            ("orphaned", j.orphaned),
+            ("dropped", j.dropped),
+        ]
+        .iter()
+        .map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), *v as f64))
+        .collect(),
+    );
+    metric(
+        "driftwatch_labels_waiting",
+        "gauge",
+        "Entries in the label join buffers.",
+        vec![
+            ("{buffer=\"events\"}".into(), j.waiting_events as f64),
+            ("{buffer=\"labels\"}".into(), j.waiting_labels as f64),
+        ],
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut c = TcpStream::connect(addr).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn serves_metrics_and_health() {
+        let stats = Arc::new(RunStats::default());
+        stats.received.store(42, Ordering::Relaxed);
+        stats.dead_by_reason.lock().unwrap().insert("malformed_json".into(), 3);
+        stats.detectors.lock().unwrap().insert(
+            "ks".into(),
+            DetectorMetrics {
+                evaluations: 5,
+                alerts: 1,
+                last_p_value: [("scanner \"b\"".to_string(), 0.25)].into(),
+            },
+        );
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = ready.clone();
+        let addr = serve("127.0.0.1:0", stats, Arc::new(move || r.load(Ordering::Relaxed))).unwrap();
+        let m = get(addr, "/metrics");
+        assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+        for line in [
+            "driftwatch_events_received_total 42",
+            "driftwatch_events_dead_lettered_total{reason=\"malformed_json\"} 3",
+            "driftwatch_evaluations_total{detector=\"ks\"} 5",
+            "driftwatch_alerts_total{detector=\"ks\"} 1",
+            "driftwatch_last_p_value{detector=\"ks\",key=\"scanner \\\"b\\\"\"} 0.25",
+            "# TYPE driftwatch_consumer_lag_messages gauge",
+        ] {
+            assert!(m.contains(line), "missing {line}:\n{m}");
+        }
+        assert!(get(addr, "/health").starts_with("HTTP/1.1 503"));
+        ready.store(true, Ordering::Relaxed);
+        assert!(get(addr, "/health").starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+    }
+}
