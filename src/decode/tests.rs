@@ -108,3 +108,75 @@ proptest::proptest! {
         let _ = d.flush().unwrap();
     }
 }
+
+/// Any JSON value: scalars of every type (huge, tiny, negative, NaN-ish
+/// strings), arrays and objects nested a few levels.
+fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number)),
+        prop_oneof![
+            Just("NaN"),
+            Just("inf"),
+            Just("2026-01-01T00:00:00Z"),
+            Just(""),
+            Just("a")
+        ]
+        .prop_map(serde_json::Value::from),
+        ".{0,12}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map("[a-z]{1,3}|site|x|ts|label|px", inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// An event whose every field is replaced, dropped or kept at random.
+fn near_event() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let good: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+    proptest::collection::vec((0u8..3, any_json()), 5).prop_map(move |changes| {
+        let mut ev = good.clone();
+        for ((what, v), field) in changes.into_iter().zip(["site", "x", "ts", "label", "px"]) {
+            match what {
+                0 => {}
+                1 => ev[field] = v,
+                _ => {
+                    ev.as_object_mut().map(|o| o.remove(field));
+                }
+            }
+        }
+        ev
+    })
+}
+
+proptest::proptest! {
+    /// Random JSON and mangled events: never a panic; every event is either
+    /// in the batch or rejected with a reason, a message and its offset.
+    #[test]
+    fn random_json_is_decoded_or_rejected_with_a_reason(
+        values in proptest::collection::vec(proptest::prop_oneof![any_json(), near_event()], 1..20)
+    ) {
+        let mut d = Decoder::new(schema(), 4096);
+        let mut accepted = 0;
+        for (i, v) in values.iter().enumerate() {
+            match d.decode(&rec(i as i64, &v.to_string())) {
+                Ok(()) => accepted += 1,
+                Err(e) => {
+                    proptest::prop_assert!(!e.message.is_empty());
+                    proptest::prop_assert!(!e.reason.as_str().is_empty());
+                    proptest::prop_assert_eq!(e.offset, i as i64);
+                }
+            }
+        }
+        let rows = d.flush().unwrap().map_or(0, |b| b.num_rows());
+        proptest::prop_assert_eq!(rows, accepted);
+    }
+}
