@@ -285,7 +285,6 @@ async fn read_loop(
     let mut pending = vec![];
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut read = 0u64;
-    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
     let mut checked = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
         if checked.elapsed() > Duration::from_secs(2) {
@@ -293,12 +292,7 @@ async fn read_loop(
             if !stats.ready.load(Ordering::Relaxed) && consumer.assigned() {
                 stats.ready.store(true, Ordering::Relaxed);
             }
-            // Lag needs a broker round trip: off the async threads.
-            let (c, pos, st) = (consumer.clone(), positions.clone(), stats.clone());
-            tokio::task::spawn_blocking(move || {
-                let lag = c.lag(&pos);
-                *st.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
-            });
+            *stats.lag.lock().unwrap_or_else(|e| e.into_inner()) = consumer.lag();
         }
         let stop = shutdown.load(Ordering::SeqCst) || max_events.is_some_and(|m| read >= m);
         let flush_now = stop || decoder.len() >= max || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
@@ -344,7 +338,6 @@ async fn read_loop(
             deadline = Some(tokio::time::Instant::now() + linger);
         }
         last.insert(rec.partition, rec.offset);
-        positions.insert(rec.partition, rec.offset);
         match decoder.decode(&rec) {
             Ok(()) => {
                 stats.decoded.fetch_add(1, Ordering::Relaxed);

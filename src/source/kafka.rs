@@ -58,6 +58,8 @@ struct Shared {
     /// Per partition: the last offset whose evaluations were already delivered.
     delivered: BTreeMap<i32, i64>,
     errors: Vec<String>,
+    /// Consumer lag per partition, from librdkafka's statistics.
+    lag: BTreeMap<i32, i64>,
 }
 
 struct Ctx {
@@ -66,7 +68,20 @@ struct Ctx {
     shared: Arc<Mutex<Shared>>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's periodic statistics (`statistics.interval.ms`): the
+    /// consumer lag per partition, without a broker round trip of our own.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = statistics.topics.get(&self.topic) {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    shared.lag.insert(*p, part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -150,7 +165,8 @@ impl KafkaConsumer {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "5000");
         // Pass-through properties may override the above, except the commit ones we rely on.
         for (k, v) in &cfg.properties {
             if !matches!(
@@ -179,16 +195,9 @@ impl KafkaConsumer {
         self.consumer.assignment().is_ok_and(|a| a.count() > 0)
     }
 
-    /// Messages after `last` (the last offset read) up to the end, per partition.
-    pub fn lag(&self, last: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
-        last.iter()
-            .filter_map(|(p, o)| {
-                self.consumer
-                    .fetch_watermarks(&self.topic, *p, std::time::Duration::from_secs(2))
-                    .ok()
-                    .map(|(_, high)| (*p, (high - o - 1).max(0)))
-            })
-            .collect()
+    /// Consumer lag per partition (messages), as librdkafka last reported it.
+    pub fn lag(&self) -> BTreeMap<i32, i64> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).lag.clone()
     }
 
     pub async fn recv(&self) -> KafkaResult<RawRecord> {
