@@ -1,0 +1,84 @@
+//! A broker outage mid-stream: the broker goes away for 30 s and comes back;
+//! the run does not crash, loses nothing, and catches up.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use driftwatch::broker::Broker;
+use driftwatch::runtime::{self, RunOptions, RunStats, Stages};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_second_broker_outage_loses_nothing() {
+    let broker = Broker::start(1).unwrap();
+    for t in ["out", "out-alerts", "out-dlq", "out-stats"] {
+        broker.create_topic(t, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "x.schema.yaml", SCHEMA_X);
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "name: outage
+schema: x.schema.yaml
+source: {{type: kafka, brokers: \"{}\", topic: out}}
+batch: {{max_events: 50, linger_ms: 10}}
+window: {{reference: {{type: first, size: 300}}, current: {{size: 300}}}}
+detectors:
+  - {{name: x_ks, kind: ks, columns: [x], alpha: 0.001}}
+output: {{alerts_topic: out-alerts, dead_letter_topic: out-dlq, stats_topic: out-stats}}
+",
+            broker.bootstrap()
+        ),
+    );
+    // Before the outage: the reference and two windows; after it: two more, the last shifted.
+    let before = normal_events(1, 900, 0.0);
+    let mut after = normal_events(2, 300, 0.0);
+    after.extend(normal_events(3, 300, 2.0));
+    produce(&broker, "out", &before).await;
+
+    let stages = Stages::build(driftwatch::config::Pipeline::load(&p).unwrap())
+        .await
+        .unwrap();
+    let stats = Arc::new(RunStats::default());
+    let run = tokio::spawn(runtime::run(
+        stages,
+        RunOptions {
+            max_events: Some(1500),
+            group_id: Some("g-out".into()),
+        },
+        Arc::new(AtomicBool::new(false)),
+        stats.clone(),
+        None,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats.evaluations.load(Ordering::Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "no evaluation before the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.set_broker_up(1, false).unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!run.is_finished(), "the run waits for the broker, it does not stop");
+    broker.set_broker_up(1, true).unwrap();
+    produce(&broker, "out", &after).await;
+
+    tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the run catches up after the outage")
+        .unwrap()
+        .expect("no error from the outage");
+    assert_eq!(stats.received.load(Ordering::Relaxed), 1500);
+    assert_eq!(
+        stats.decoded.load(Ordering::Relaxed),
+        1500,
+        "nothing lost or dead-lettered"
+    );
+    assert_eq!(stats.evaluations.load(Ordering::Relaxed), 4);
+    let alerts = read_topic(&broker, "out-alerts", 1, Duration::from_secs(30));
+    assert_eq!(alerts.len(), 1, "the shifted window after the outage alerts");
+    assert_eq!(alerts[0]["evaluation"], 4);
+}
