@@ -262,3 +262,36 @@ pub fn watermarks(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::consumer::BaseConsumer;
+
+    fn props(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Pass-through properties reach librdkafka: SASL settings are accepted,
+    /// and a setting librdkafka does not know is refused by name. (This
+    /// build has no TLS: rdkafka's `ssl` feature is off, see the README.)
+    #[test]
+    fn properties_reach_librdkafka() {
+        let p = props(&[
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.username", "u"),
+            ("sasl.password", "p"),
+        ]);
+        let c = client_config("127.0.0.1:9", &p)
+            .set("group.id", "g")
+            .create::<BaseConsumer>();
+        assert!(c.is_ok(), "{p:?}: {:?}", c.err());
+        let e = client_config("127.0.0.1:9", &props(&[("ssl.bogus", "x")]))
+            .create::<BaseConsumer>()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("ssl.bogus"), "{e}");
+    }
+}
