@@ -152,6 +152,11 @@ async fn late_labels_join_and_concept_drift_alerts_alone() {
     assert!(three["current_accuracy"].as_f64().unwrap() < 0.2, "{three}");
     let covariate: Vec<_> = alerts.iter().filter(|a| a["drift_type"] == "covariate").collect();
     assert!(covariate.is_empty(), "inputs never changed: {covariate:#?}");
+    let m = driftwatch::metrics::render(&stats);
+    assert!(
+        m.contains("driftwatch_events_dead_lettered_total{reason=\"malformed_json\"} 1"),
+        "bad label records are counted by reason: {m}"
+    );
     let dlq = read_topic(&broker, "concept-dlq", 3, Duration::from_secs(20));
     let reasons: Vec<_> = dlq
         .iter()

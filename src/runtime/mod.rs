@@ -342,34 +342,85 @@ async fn read_loop(
             Ok(()) => {
                 stats.decoded.fetch_add(1, Ordering::Relaxed);
             }
-            Err(rej) => {
-                stats.dead_letter(rej.reason.as_str());
-                tracing::warn!(
-                    reason = rej.reason.as_str(),
-                    partition = rej.partition,
-                    offset = rej.offset,
-                    "{}",
-                    rej.message
-                );
-                let body = serde_json::to_vec(&DeadLetter {
-                    pipeline: &p.name,
-                    topic: &topic,
-                    rejection: &rej,
-                })
-                .unwrap_or_default();
-                let key = format!("{}/{}/{}", topic, rej.partition, rej.offset);
-                match producer.send_result(FutureRecord::to(&p.output.dead_letter_topic).payload(&body).key(&key)) {
-                    Ok(f) => pending.push(f),
-                    Err((e, _)) => {
-                        return Err(RuntimeError::Kafka {
-                            what: "dead-letter produce".into(),
-                            source: e,
-                        });
-                    }
-                }
-            }
+            Err(rej) => pending.push(dead_letter(&producer, &p, &stats, &topic, &rej)?),
         }
     }
+}
+
+/// Counts and logs a rejected record of `topic`, and sends it to the
+/// dead-letter topic with its reason; returns the delivery to await.
+fn dead_letter(
+    producer: &FutureProducer,
+    p: &Pipeline,
+    stats: &RunStats,
+    topic: &str,
+    rej: &Rejection,
+) -> Result<rdkafka::producer::DeliveryFuture, RuntimeError> {
+    stats.dead_letter(rej.reason.as_str());
+    tracing::warn!(
+        topic,
+        reason = rej.reason.as_str(),
+        partition = rej.partition,
+        offset = rej.offset,
+        "{}",
+        rej.message
+    );
+    let body = serde_json::to_vec(&DeadLetter {
+        pipeline: &p.name,
+        topic,
+        rejection: rej,
+    })
+    .unwrap_or_default();
+    let key = format!("{}/{}/{}", topic, rej.partition, rej.offset);
+    producer
+        .send_result(FutureRecord::to(&p.output.dead_letter_topic).payload(&body).key(&key))
+        .map_err(|(e, _)| RuntimeError::Kafka {
+            what: "dead-letter produce".into(),
+            source: e,
+        })
+}
+
+/// Waits for every delivery; the first failure is the error.
+async fn await_deliveries(pending: Vec<rdkafka::producer::DeliveryFuture>) -> Result<(), RuntimeError> {
+    for f in pending {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                return Err(RuntimeError::Kafka {
+                    what: "delivery".into(),
+                    source: e,
+                });
+            }
+            Err(_) => return Err(RuntimeError::Other("delivery cancelled (producer closed)".into())),
+        }
+    }
+    Ok(())
+}
+
+/// Events the label join just completed go into the labelled windows; the
+/// evaluations that became due there are published.
+#[allow(clippy::too_many_arguments)]
+async fn evaluate_joined(
+    stages: &Stages,
+    join: &crate::labels::LabelJoin,
+    labelled_windows: &mut crate::window::Windows,
+    joined: &[RecordBatch],
+    consumer: &KafkaConsumer,
+    producer: &FutureProducer,
+    p: &Pipeline,
+    stats: &RunStats,
+    observer: Option<&Observer>,
+    policy: &mut crate::alert::AlertPolicy,
+    pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
+) -> Result<(), RuntimeError> {
+    *stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = join.stats.clone();
+    if let Some(b) = join.concat(joined)? {
+        for due in labelled_windows.push(&b)? {
+            let evals = stages.evaluate_labelled(&due).await?;
+            emit(evals, &due, consumer, producer, p, stats, observer, policy, pending)?;
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -397,23 +448,20 @@ async fn process(
         stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
         if let Some((j, lw)) = join {
             let joined = j.add_events(&scored)?;
-            *stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = j.stats.clone();
-            if let Some(b) = j.concat(&joined)? {
-                for due in lw.push(&b)? {
-                    let evals = stages.evaluate_labelled(&due).await?;
-                    emit(
-                        evals,
-                        &due,
-                        consumer,
-                        producer,
-                        p,
-                        stats,
-                        observer,
-                        policy,
-                        &mut pending,
-                    )?;
-                }
-            }
+            evaluate_joined(
+                stages,
+                j,
+                lw,
+                &joined,
+                consumer,
+                producer,
+                p,
+                stats,
+                observer,
+                policy,
+                &mut pending,
+            )
+            .await?;
         }
         let dues = windows.push(&scored)?;
         let (keys, held) = windows.fill();
@@ -434,18 +482,7 @@ async fn process(
             )?;
         }
     }
-    for f in pending {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                return Err(RuntimeError::Kafka {
-                    what: "delivery".into(),
-                    source: e,
-                });
-            }
-            Err(_) => return Err(RuntimeError::Other("delivery cancelled (producer closed)".into())),
-        }
-    }
+    await_deliveries(pending).await?;
     last.extend(work.last);
     commit(consumer, windows, last, CommitMode::Async)
 }
@@ -541,64 +578,25 @@ async fn process_labels(
         last.insert(r.partition, r.offset);
         match join.parse(r) {
             Ok(l) => good.push(l),
-            Err(rej) => {
-                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    topic,
-                    reason = rej.reason.as_str(),
-                    partition = rej.partition,
-                    offset = rej.offset,
-                    "{}",
-                    rej.message
-                );
-                let body = serde_json::to_vec(&DeadLetter {
-                    pipeline: &p.name,
-                    topic,
-                    rejection: &rej,
-                })
-                .unwrap_or_default();
-                let key = format!("{}/{}/{}", topic, rej.partition, rej.offset);
-                pending.push(
-                    producer
-                        .send_result(FutureRecord::to(&p.output.dead_letter_topic).payload(&body).key(&key))
-                        .map_err(|(e, _)| RuntimeError::Kafka {
-                            what: "dead-letter produce".into(),
-                            source: e,
-                        })?,
-                );
-            }
+            Err(rej) => pending.push(dead_letter(producer, p, stats, topic, &rej)?),
         }
     }
     let joined = join.add_labels(good)?;
-    *stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = join.stats.clone();
-    if let Some(b) = join.concat(&joined)? {
-        for due in labelled_windows.push(&b)? {
-            let evals = stages.evaluate_labelled(&due).await?;
-            emit(
-                evals,
-                &due,
-                consumer,
-                producer,
-                p,
-                stats,
-                observer,
-                policy,
-                &mut pending,
-            )?;
-        }
-    }
-    for f in pending {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                return Err(RuntimeError::Kafka {
-                    what: "delivery".into(),
-                    source: e,
-                });
-            }
-            Err(_) => return Err(RuntimeError::Other("delivery cancelled (producer closed)".into())),
-        }
-    }
+    evaluate_joined(
+        stages,
+        join,
+        labelled_windows,
+        &joined,
+        consumer,
+        producer,
+        p,
+        stats,
+        observer,
+        policy,
+        &mut pending,
+    )
+    .await?;
+    await_deliveries(pending).await?;
     let positions = last.iter().map(|(p, o)| (*p, (o + 1, *o))).collect();
     labels_consumer
         .commit(&positions, CommitMode::Async)
