@@ -835,16 +835,17 @@ impl<'a> TruthBuilder<'a> {
 /// scenario sends them on their own topic) to `labels`.
 pub fn write_jsonl(l: &Loaded, events: &Path, labels: Option<&Path>) -> Result<Truth, ScenarioError> {
     use std::io::Write;
+    let io = |p: &Path, e: std::io::Error| ScenarioError::Output {
+        what: p.display().to_string(),
+        message: e.to_string(),
+    };
     let open = |p: &Path| {
         std::fs::File::create(p)
             .map(std::io::BufWriter::new)
-            .map_err(|e| ScenarioError::Output {
-                what: p.display().to_string(),
-                message: e.to_string(),
-            })
+            .map_err(|e| io(p, e))
     };
     let late = matches!(l.scenario.labels, LabelsMode::Topic { .. });
-    let labels = match (late, labels) {
+    let mut labels = match (late, labels) {
         (true, Some(p)) => Some((p, open(p)?)),
         (true, None) => {
             return Err(ScenarioError::Output {
@@ -861,11 +862,6 @@ pub fn write_jsonl(l: &Loaded, events: &Path, labels: Option<&Path>) -> Result<T
         labels.as_ref().map(|(p, _)| p.display().to_string()),
     );
     let mut line = 0i64;
-    let mut lab = labels.map(|(_, w)| w);
-    let io = |p: &Path, e: std::io::Error| ScenarioError::Output {
-        what: p.display().to_string(),
-        message: e.to_string(),
-    };
     for em in l.emissions() {
         match em {
             Emission::Event(ev) => {
@@ -874,15 +870,15 @@ pub fn write_jsonl(l: &Loaded, events: &Path, labels: Option<&Path>) -> Result<T
                 line += 1;
             }
             Emission::Label { json, .. } => {
-                if let Some(w) = lab.as_mut() {
-                    writeln!(w, "{json}").map_err(|e| io(events, e))?;
+                if let Some((p, w)) = labels.as_mut() {
+                    writeln!(w, "{json}").map_err(|e| io(p, e))?;
                 }
             }
         }
     }
     out.flush().map_err(|e| io(events, e))?;
-    if let Some(mut w) = lab {
-        w.flush().map_err(|e| io(events, e))?;
+    if let Some((p, mut w)) = labels {
+        w.flush().map_err(|e| io(p, e))?;
     }
     Ok(truth.finish())
 }
