@@ -13,8 +13,10 @@ use datafusion::arrow::array::{
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{Field, SchemaRef};
 use datafusion::arrow::error::ArrowError;
+use std::collections::HashMap;
+
 use serde::Serialize;
-use serde_json::Value;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::schema::{EventSchema, FieldKind, FieldSpec};
 use crate::source::RawRecord;
@@ -79,13 +81,15 @@ pub struct Rejection {
 /// How much of a rejected payload the dead-letter record keeps.
 pub const PAYLOAD_EXCERPT_BYTES: usize = 4096;
 
+/// One field's value, checked and held until the whole event is accepted.
 enum Cell {
     Null,
     F(f64),
     I(i64),
     B(bool),
-    S(String),
-    /// Tensor values are in `scratch[start..start+len]`.
+    /// Text in `Pending::text[start..end]`.
+    S(usize, usize),
+    /// Tensor values in `Pending::scratch[start..start+len]`.
     T(usize),
 }
 
@@ -98,6 +102,17 @@ enum Col {
     Ts(Vec<i64>, Vec<bool>),
 }
 
+/// What one event's parse leaves: a cell per schema field (`None` = absent),
+/// the first error met in each field, and the buffers cells point into.
+#[derive(Default)]
+struct Pending {
+    cells: Vec<Option<Cell>>,
+    errs: Vec<Option<FieldErr>>,
+    scratch: Vec<f32>,
+    text: String,
+    not_object: bool,
+}
+
 /// Decodes JSON events into batches of one schema.
 pub struct Decoder {
     schema: Arc<EventSchema>,
@@ -107,8 +122,9 @@ pub struct Decoder {
     partition: Vec<i32>,
     offset: Vec<i64>,
     timestamp: Vec<i64>,
-    row: Vec<Cell>,
-    scratch: Vec<f32>,
+    /// Schema field index by JSON key.
+    index: HashMap<String, usize>,
+    pending: Pending,
 }
 
 type FieldErr = (Reason, String);
@@ -119,15 +135,20 @@ impl Decoder {
         let arrow = schema.arrow_schema();
         let cols = schema.fields.iter().map(new_col).collect();
         Self {
-            schema,
             arrow,
             max_bytes: max_event_bytes,
             cols,
             partition: vec![],
             offset: vec![],
             timestamp: vec![],
-            row: vec![],
-            scratch: vec![],
+            index: schema
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.name.clone(), i))
+                .collect(),
+            pending: Pending::default(),
+            schema,
         }
     }
 
@@ -179,33 +200,50 @@ impl Decoder {
                 None,
             ));
         }
-        let value: Value = match serde_json::from_slice(payload) {
-            Ok(v) => v,
-            Err(e) => return Err(reject(Reason::MalformedJson, format!("malformed JSON: {e}"), None)),
-        };
-        let Value::Object(obj) = value else {
+        // One pass over the bytes straight into typed cells (no JSON tree):
+        // field errors are recorded and parsing goes on, so malformed JSON
+        // anywhere wins over a field error, as a parse-then-check would give.
+        let fields = &self.schema.fields;
+        let st = &mut self.pending;
+        st.cells.clear();
+        st.cells.resize_with(fields.len(), || None);
+        st.errs.clear();
+        st.errs.resize(fields.len(), None);
+        st.scratch.clear();
+        st.text.clear();
+        st.not_object = false;
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let parsed = EventSeed {
+            fields,
+            index: &self.index,
+            st: &mut *st,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if let Err(e) = parsed {
+            return Err(reject(Reason::MalformedJson, format!("malformed JSON: {e}"), None));
+        }
+        if st.not_object {
             return Err(reject(Reason::NotAnObject, "event is not a JSON object".into(), None));
-        };
-        self.row.clear();
-        self.scratch.clear();
-        for f in &self.schema.fields {
+        }
+        for (i, f) in fields.iter().enumerate() {
+            if let Some((reason, msg)) = st.errs[i].take() {
+                return Err(reject(reason, msg, Some(f.name.clone())));
+            }
             let nullable = f.nullable || Some(&f.name) == self.schema.label.as_ref();
-            let cell = match obj.get(&f.name) {
-                None | Some(Value::Null) if nullable => Ok(Cell::Null),
-                None | Some(Value::Null) => Err((
+            if !nullable && matches!(st.cells[i], None | Some(Cell::Null)) {
+                return Err(reject(
                     Reason::MissingField,
                     format!("required field `{}` is missing or null", f.name),
-                )),
-                Some(v) => parse_cell(f, v, &mut self.scratch),
-            };
-            match cell {
-                Ok(c) => self.row.push(c),
-                Err((reason, msg)) => return Err(reject(reason, msg, Some(f.name.clone()))),
+                    Some(f.name.clone()),
+                ));
             }
         }
-        for (col, cell) in self.cols.iter_mut().zip(self.row.drain(..)) {
-            push(col, cell, &self.scratch);
+        let cells = std::mem::take(&mut st.cells);
+        for (col, cell) in self.cols.iter_mut().zip(cells.iter()) {
+            push(col, cell.as_ref().unwrap_or(&Cell::Null), st);
         }
+        st.cells = cells;
         self.partition.push(rec.partition);
         self.offset.push(rec.offset);
         self.timestamp.push(rec.timestamp_ms.unwrap_or(0));
@@ -237,84 +275,26 @@ fn new_col(f: &FieldSpec) -> Col {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn wrong(f: &FieldSpec, want: &str, v: &Value) -> FieldErr {
+fn wrong(f: &FieldSpec, want: &str, got: &str) -> FieldErr {
     (
         Reason::WrongType,
-        format!("field `{}`: expected {want}, got {}", f.name, type_name(v)),
+        format!("field `{}`: expected {want}, got {got}", f.name),
     )
 }
 
-fn parse_cell(f: &FieldSpec, v: &Value, scratch: &mut Vec<f32>) -> Result<Cell, FieldErr> {
+/// What a field of each kind expects, for messages.
+fn expected(f: &FieldSpec) -> &'static str {
     match f.kind {
-        FieldKind::Float => {
-            let x = number(f, v)?;
-            Ok(Cell::F(x))
-        }
-        FieldKind::Int => match v {
-            Value::Number(n) => n.as_i64().map(Cell::I).ok_or_else(|| wrong(f, "an integer", v)),
-            _ => Err(wrong(f, "an integer", v)),
-        },
-        FieldKind::Bool => v.as_bool().map(Cell::B).ok_or_else(|| wrong(f, "a boolean", v)),
-        FieldKind::Category | FieldKind::String => match v {
-            Value::String(s) => Ok(Cell::S(s.clone())),
-            // Categories are often sent as small integers; keep them as text.
-            Value::Number(n) if f.kind == FieldKind::Category => Ok(Cell::S(n.to_string())),
-            _ => Err(wrong(f, "a string", v)),
-        },
-        FieldKind::Timestamp => match v {
-            Value::Number(n) => n.as_i64().map(Cell::I).ok_or_else(|| wrong(f, "epoch milliseconds", v)),
-            Value::String(s) => humantime::parse_rfc3339_weak(s)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| Cell::I(d.as_millis() as i64))
-                .ok_or_else(|| {
-                    (
-                        Reason::WrongType,
-                        format!("field `{}`: `{s}` is not an RFC 3339 time", f.name),
-                    )
-                }),
-            _ => Err(wrong(f, "epoch milliseconds or an RFC 3339 string", v)),
-        },
-        FieldKind::Tensor => {
-            let start = scratch.len();
-            flatten(f, v, scratch)?;
-            let got = scratch.len() - start;
-            let want = f.tensor_len();
-            if got != want {
-                return Err((
-                    Reason::WrongTensorLength,
-                    format!(
-                        "field `{}`: expected {want} numbers (shape {:?}), got {got}",
-                        f.name,
-                        f.shape.clone().unwrap_or_default()
-                    ),
-                ));
-            }
-            Ok(Cell::T(start))
-        }
+        FieldKind::Float => "a number",
+        FieldKind::Int => "an integer",
+        FieldKind::Bool => "a boolean",
+        FieldKind::Category | FieldKind::String => "a string",
+        FieldKind::Timestamp => "epoch milliseconds or an RFC 3339 string",
+        FieldKind::Tensor => "an array of numbers",
     }
 }
 
-fn number(f: &FieldSpec, v: &Value) -> Result<f64, FieldErr> {
-    let x = match v {
-        Value::Number(n) => n.as_f64().ok_or_else(|| wrong(f, "a number", v))?,
-        // JSON has no NaN/Infinity literals; producers that need them send strings.
-        Value::String(s) if matches!(s.as_str(), "NaN" | "nan" | "Infinity" | "-Infinity" | "inf" | "-inf") => {
-            s.parse::<f64>().unwrap_or(f64::NAN)
-        }
-        _ => return Err(wrong(f, "a number", v)),
-    };
+fn finite(f: &FieldSpec, x: f64) -> Result<f64, FieldErr> {
     if !x.is_finite() && !f.allow_non_finite {
         return Err((
             Reason::NonFinite,
@@ -327,37 +307,373 @@ fn number(f: &FieldSpec, v: &Value) -> Result<f64, FieldErr> {
     Ok(x)
 }
 
-/// Appends the numbers of a flat or nested array, checking each.
-fn flatten(f: &FieldSpec, v: &Value, out: &mut Vec<f32>) -> Result<(), FieldErr> {
-    match v {
-        Value::Array(items) => {
-            for it in items {
-                match it {
-                    Value::Array(_) => flatten(f, it, out)?,
-                    _ => {
-                        let x = number(f, it)?;
-                        let y = x as f32;
-                        if !y.is_finite() && x.is_finite() {
-                            return Err((Reason::NonFinite, format!("field `{}`: {x} overflows float32", f.name)));
-                        }
-                        out.push(y);
-                    }
-                }
-                // Stop early on absurd sizes rather than growing without bound.
-                if out.len() > f.tensor_len() * 4 + 1024 {
-                    return Ok(());
-                }
-            }
-            Ok(())
+/// JSON has no NaN/Infinity literals; producers that need them send strings.
+fn non_finite_literal(s: &str) -> Option<f64> {
+    matches!(s, "NaN" | "nan" | "Infinity" | "-Infinity" | "inf" | "-inf").then(|| s.parse().unwrap_or(f64::NAN))
+}
+
+/// A JSON number as the visitor sees it.
+#[derive(Clone, Copy)]
+enum Num {
+    I(i64),
+    U(u64),
+    F(f64),
+}
+
+impl Num {
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::I(v) => v as f64,
+            Num::U(v) => v as f64,
+            Num::F(v) => v,
         }
-        _ => Err(wrong(f, "an array of numbers", v)),
+    }
+
+    fn as_i64(self) -> Option<i64> {
+        match self {
+            Num::I(v) => Some(v),
+            Num::U(v) => i64::try_from(v).ok(),
+            Num::F(_) => None,
+        }
     }
 }
 
-fn push(col: &mut Col, cell: Cell, scratch: &[f32]) {
+/// The whole event: a JSON object whose known keys are parsed by their field.
+struct EventSeed<'a> {
+    fields: &'a [FieldSpec],
+    index: &'a HashMap<String, usize>,
+    st: &'a mut Pending,
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(KeySeed(self.index))? {
+            match key {
+                Some(i) => {
+                    // A repeated key: the last one counts, as in a JSON object map.
+                    self.st.errs[i] = None;
+                    map.next_value_seed(FieldSeed {
+                        f: &self.fields[i],
+                        i,
+                        st: &mut *self.st,
+                    })?
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.st.not_object = true;
+        Ok(())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.st.not_object = true;
+        Ok(())
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.visit_unit()
+    }
+}
+
+/// An object key: the schema field it names, if any (no allocation).
+struct KeySeed<'a>(&'a HashMap<String, usize>);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.get(s).copied())
+    }
+}
+
+/// One field's value: parsed into its cell, or its error recorded (and the
+/// rest of the value skipped, so the JSON is still checked to the end).
+struct FieldSeed<'a> {
+    f: &'a FieldSpec,
+    i: usize,
+    st: &'a mut Pending,
+}
+
+impl FieldSeed<'_> {
+    fn set(self, cell: Result<Cell, FieldErr>) {
+        match cell {
+            Ok(c) => self.st.cells[self.i] = Some(c),
+            Err(e) => {
+                self.st.cells[self.i] = Some(Cell::Null);
+                self.st.errs[self.i] = Some(e);
+            }
+        }
+    }
+
+    fn number(self, n: Num) {
+        let f = self.f;
+        let cell = match f.kind {
+            FieldKind::Float => finite(f, n.as_f64()).map(Cell::F),
+            FieldKind::Int | FieldKind::Timestamp => {
+                n.as_i64().map(Cell::I).ok_or_else(|| wrong(f, expected(f), "a number"))
+            }
+            // Categories are often sent as small integers; keep them as text
+            // (written as serde_json writes numbers: 3, 3.5, 3.0).
+            FieldKind::Category => {
+                let start = self.st.text.len();
+                match n {
+                    Num::I(v) => self.st.text.push_str(&v.to_string()),
+                    Num::U(v) => self.st.text.push_str(&v.to_string()),
+                    Num::F(v) => self
+                        .st
+                        .text
+                        .push_str(&serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string())),
+                }
+                Ok(Cell::S(start, self.st.text.len()))
+            }
+            _ => Err(wrong(f, expected(f), "a number")),
+        };
+        self.set(cell)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field value")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.set(Ok(Cell::Null));
+        Ok(())
+    }
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<(), E> {
+        let cell = match self.f.kind {
+            FieldKind::Bool => Ok(Cell::B(b)),
+            _ => Err(wrong(self.f, expected(self.f), "a boolean")),
+        };
+        self.set(cell);
+        Ok(())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.number(Num::I(v));
+        Ok(())
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.number(Num::U(v));
+        Ok(())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.number(Num::F(v));
+        Ok(())
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
+        let f = self.f;
+        let cell = match f.kind {
+            FieldKind::Category | FieldKind::String => {
+                let start = self.st.text.len();
+                self.st.text.push_str(s);
+                Ok(Cell::S(start, self.st.text.len()))
+            }
+            FieldKind::Float => match non_finite_literal(s) {
+                Some(x) => finite(f, x).map(Cell::F),
+                None => Err(wrong(f, expected(f), "a string")),
+            },
+            FieldKind::Timestamp => humantime::parse_rfc3339_weak(s)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| Cell::I(d.as_millis() as i64))
+                .ok_or_else(|| {
+                    (
+                        Reason::WrongType,
+                        format!("field `{}`: `{s}` is not an RFC 3339 time", f.name),
+                    )
+                }),
+            _ => Err(wrong(f, expected(f), "a string")),
+        };
+        self.set(cell);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.f.kind != FieldKind::Tensor {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            let e = wrong(self.f, expected(self.f), "an array");
+            self.set(Err(e));
+            return Ok(());
+        }
+        let (f, st) = (self.f, &mut *self.st);
+        let start = st.scratch.len();
+        let mut t = TensorSeed {
+            f,
+            out: &mut st.scratch,
+            err: None,
+            cap: start + f.tensor_len() * 4 + 1024,
+        };
+        t.elements(&mut seq)?;
+        let err = t.err;
+        let got = st.scratch.len() - start;
+        let want = f.tensor_len();
+        let cell = match err {
+            Some(e) => Err(e),
+            None if got != want => Err((
+                Reason::WrongTensorLength,
+                format!(
+                    "field `{}`: expected {want} numbers (shape {:?}), got {got}",
+                    f.name,
+                    f.shape.clone().unwrap_or_default()
+                ),
+            )),
+            None => Ok(Cell::T(start)),
+        };
+        self.set(cell);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        let e = wrong(self.f, expected(self.f), "an object");
+        self.set(Err(e));
+        Ok(())
+    }
+}
+
+/// The numbers of a flat or nested array, appended to `out` and checked
+/// each; the first error is kept and the rest of the array only skipped.
+struct TensorSeed<'a> {
+    f: &'a FieldSpec,
+    out: &'a mut Vec<f32>,
+    err: Option<FieldErr>,
+    /// Stop storing at absurd sizes rather than growing without bound.
+    cap: usize,
+}
+
+impl<'de> TensorSeed<'_> {
+    fn elements<A: SeqAccess<'de>>(&mut self, seq: &mut A) -> Result<(), A::Error> {
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        Ok(())
+    }
+
+    fn fail(&mut self, e: FieldErr) {
+        if self.err.is_none() {
+            self.err = Some(e);
+        }
+    }
+
+    fn push(&mut self, x: f64) {
+        if self.err.is_some() || self.out.len() > self.cap {
+            return;
+        }
+        match finite(self.f, x) {
+            Err(e) => self.fail(e),
+            Ok(x) => {
+                let y = x as f32;
+                if !y.is_finite() && x.is_finite() {
+                    self.fail((
+                        Reason::NonFinite,
+                        format!("field `{}`: {x} overflows float32", self.f.name),
+                    ));
+                } else {
+                    self.out.push(y);
+                }
+            }
+        }
+    }
+
+    fn wrong_element(&mut self, got: &str) {
+        let e = wrong(self.f, "a number", got);
+        self.fail(e);
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for &mut TensorSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut TensorSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a number or an array of numbers")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.elements(&mut seq)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(v as f64);
+        Ok(())
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(v as f64);
+        Ok(())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(v);
+        Ok(())
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
+        match non_finite_literal(s) {
+            Some(x) => self.push(x),
+            None => self.wrong_element("a string"),
+        }
+        Ok(())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.wrong_element("null");
+        Ok(())
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.wrong_element("a boolean");
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        self.wrong_element("an object");
+        Ok(())
+    }
+}
+
+fn push(col: &mut Col, cell: &Cell, st: &Pending) {
     match (col, cell) {
         (Col::F(v, n), Cell::F(x)) => {
-            v.push(x);
+            v.push(*x);
             n.push(true);
         }
         (Col::F(v, n), _) => {
@@ -365,7 +681,7 @@ fn push(col: &mut Col, cell: Cell, scratch: &[f32]) {
             n.push(false);
         }
         (Col::I(v, n) | Col::Ts(v, n), Cell::I(x)) => {
-            v.push(x);
+            v.push(*x);
             n.push(true);
         }
         (Col::I(v, n) | Col::Ts(v, n), _) => {
@@ -373,17 +689,17 @@ fn push(col: &mut Col, cell: Cell, scratch: &[f32]) {
             n.push(false);
         }
         (Col::B(v, n), Cell::B(x)) => {
-            v.push(x);
+            v.push(*x);
             n.push(true);
         }
         (Col::B(v, n), _) => {
             v.push(false);
             n.push(false);
         }
-        (Col::S(b), Cell::S(s)) => b.append_value(s),
+        (Col::S(b), Cell::S(start, end)) => b.append_value(&st.text[*start..*end]),
         (Col::S(b), _) => b.append_null(),
         (Col::T(v, n, len), Cell::T(start)) => {
-            v.extend_from_slice(&scratch[start..start + *len]);
+            v.extend_from_slice(&st.scratch[*start..*start + *len]);
             n.push(true);
         }
         (Col::T(v, n, len), _) => {

@@ -180,3 +180,93 @@ proptest::proptest! {
         proptest::prop_assert_eq!(rows, accepted);
     }
 }
+
+#[test]
+fn streaming_parse_keeps_json_semantics() {
+    let mut d = Decoder::new(schema(), 4096);
+    // Malformed JSON anywhere wins over a field error met before it.
+    let r = d
+        .decode(&rec(0, r#"{"site":"a","x":"high","ts":1,"px":[1,2,3,4] trailing"#))
+        .unwrap_err();
+    assert_eq!(r.reason, Reason::MalformedJson, "{}", r.message);
+    // Field errors are reported in schema order, whatever the key order.
+    let r = d
+        .decode(&rec(1, r#"{"px":[1,2,"x",4],"ts":1,"x":"high","site":"a"}"#))
+        .unwrap_err();
+    assert_eq!(r.field.as_deref(), Some("x"), "{}", r.message);
+    // A repeated key: the last value counts (a bad first one is forgotten).
+    // Unknown keys with nested values are skipped; categories may be numbers.
+    d.decode(&rec(
+        2,
+        r#"{"site":7,"x":"high","x":2.5,"ts":1,"px":[1,2,3,4],"junk":{"a":[1,{"b":null}]}}"#,
+    ))
+    .unwrap();
+    d.decode(&rec(3, r#"{"site":3.5,"x":1,"ts":1,"px":[[1,2],[3,4]]}"#))
+        .unwrap();
+    let b = d.flush().unwrap().unwrap();
+    let site = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+        .unwrap();
+    assert_eq!((site.value(0), site.value(1)), ("7", "3.5"));
+    let x = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+    assert_eq!(x.value(0), 2.5);
+    // Deep nesting is refused by the parser's depth limit, not the stack.
+    let deep = format!(
+        r#"{{"site":"a","x":1,"ts":1,"px":{}1{}}}"#,
+        "[".repeat(1500),
+        "]".repeat(1500)
+    );
+    assert_eq!(d.decode(&rec(4, &deep)).unwrap_err().reason, Reason::MalformedJson);
+    // A huge tensor is cut while parsing and reported by length.
+    let huge = format!(r#"{{"site":"a","x":1,"ts":1,"px":[{}0]}}"#, "0,".repeat(1500));
+    let r = d.decode(&rec(5, &huge)).unwrap_err();
+    assert_eq!(r.reason, Reason::WrongTensorLength, "{}", r.message);
+}
+
+proptest::proptest! {
+    /// What the decoder accepts is exactly the event's values: each column
+    /// equals its JSON field read independently through serde_json::Value.
+    #[test]
+    fn accepted_events_hold_their_values(ev in near_event()) {
+        use datafusion::arrow::array::{Array, StringArray};
+        let mut d = Decoder::new(schema(), 4096);
+        let text = ev.to_string();
+        if d.decode(&rec(0, &text)).is_err() {
+            return Ok(());
+        }
+        // Read back from the same text: serde_json's float parsing may differ
+        // from the in-memory value by an ulp, and the decoder parses the text.
+        let ev: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let b = d.flush().unwrap().unwrap();
+        let site = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let want_site = match &ev["site"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        proptest::prop_assert_eq!(site.value(0), want_site.as_str());
+        let x = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        match &ev["x"] {
+            serde_json::Value::Number(n) => proptest::prop_assert_eq!(x.value(0), n.as_f64().unwrap()),
+            other => proptest::prop_assert!(false, "accepted x = {other}"),
+        }
+        let label = b.column(3).as_any().downcast_ref::<Int64Array>().unwrap();
+        match ev.get("label") {
+            None | Some(serde_json::Value::Null) => proptest::prop_assert!(label.is_null(0)),
+            Some(v) => proptest::prop_assert_eq!(Some(label.value(0)), v.as_i64()),
+        }
+        let px = b.column(4).as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        let got = px.value(0);
+        let got = got.as_any().downcast_ref::<Float32Array>().unwrap();
+        fn flat(v: &serde_json::Value, out: &mut Vec<f32>) {
+            match v {
+                serde_json::Value::Array(a) => a.iter().for_each(|e| flat(e, out)),
+                n => out.push(n.as_f64().unwrap() as f32),
+            }
+        }
+        let mut want = vec![];
+        flat(&ev["px"], &mut want);
+        proptest::prop_assert_eq!(got.values().to_vec(), want);
+    }
+}

@@ -134,6 +134,13 @@ fn kernel(a: &[f64], b: &[f64], gamma: f64) -> f64 {
 fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) -> (Gram, f64) {
     let (n, m) = (reference.len() / dim, current.len() / dim);
     let key = (hash_rows(reference), dim, sigma_opt.map_or(0, f64::to_bits));
+    // Distances are translation-invariant: centring on the reference mean
+    // keeps the norms small, so ‖x‖² + ‖y‖² − 2x·y loses nothing to cancellation.
+    let mut centre = vec![0.0; dim];
+    for row in reference.chunks_exact(dim) {
+        centre.iter_mut().zip(row).for_each(|(c, v)| *c += v);
+    }
+    centre.iter_mut().for_each(|c| *c /= n as f64);
     let cached = {
         let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         c.iter().position(|e| e.key == key).map(|i| c.remove(i))
@@ -141,19 +148,12 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
     let (sigma, kxx, prev) = match cached {
         Some(e) => (e.sigma, e.kxx, Some((e.current, e.kyx, e.kyy))),
         None => {
-            let sigma = sigma_opt.unwrap_or_else(|| median_heuristic_sigma(reference, dim));
-            let gamma = 1.0 / (2.0 * sigma * sigma);
-            let mut k = vec![0.0; n * n];
+            let xs = Points::new(reference, dim, &centre);
+            let mut k = xs.sq_dists(&xs);
+            let sigma = sigma_opt.unwrap_or_else(|| sigma_from_median(&k, n));
+            simd::gaussian_in_place(&mut k, 1.0 / (2.0 * sigma * sigma));
             for i in 0..n {
-                let xi = &reference[i * dim..(i + 1) * dim];
-                let row = &mut k[i * n + i + 1..(i + 1) * n];
-                simd::sq_dists_to(xi, &reference[(i + 1) * dim..], row);
-                simd::gaussian_in_place(row, gamma);
-            }
-            for i in 0..n {
-                for j in 0..i {
-                    k[i * n + j] = k[j * n + i];
-                }
+                k[i * n + i] = 0.0;
             }
             (sigma, Arc::new(k), None)
         }
@@ -179,43 +179,40 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
         }
         None => vec![None; m],
     };
-    let mut kyx = vec![0.0; m * n];
-    for j in 0..m {
-        let dst = &mut kyx[j * n..(j + 1) * n];
-        match (old_pos[j], &prev) {
-            (Some(o), Some((_, pkyx, _))) => dst.copy_from_slice(&pkyx[o * n..(o + 1) * n]),
-            _ => {
-                let y = &current[j * dim..(j + 1) * dim];
-                simd::sq_dists_to(y, reference, dst);
-                simd::gaussian_in_place(dst, gamma);
-            }
-        }
-    }
-    let mut kyy = vec![0.0; m * m];
-    let pm = prev.as_ref().map_or(0, |(old, _, _)| old.len() / dim);
-    // Rows of events new to the window are computed (whole rows, which
-    // covers their pairs with every other event); pairs of events both in the
-    // previous window are copied. Without a previous window: the triangle.
-    let mut buf = vec![0.0; m];
-    for j in 0..m {
-        if old_pos[j].is_some() {
-            continue;
-        }
-        let from = if prev.is_some() { 0 } else { j + 1 };
-        let y = &current[j * dim..(j + 1) * dim];
-        let row = &mut buf[from..m];
-        simd::sq_dists_to(y, &current[from * dim..], row);
-        simd::gaussian_in_place(row, gamma);
-        for (l, v) in (from..m).zip(row.iter()) {
-            if l != j {
-                kyy[j * m + l] = *v;
+    // Kernel rows of the events new to the window, against the reference
+    // and against the whole current window, in two block computations.
+    let fresh: Vec<usize> = (0..m).filter(|&j| old_pos[j].is_none()).collect();
+    let ys = Points::new(current, dim, &centre);
+    let new_rows = ys.select(&fresh);
+    let mut new_yx = new_rows.sq_dists(&Points::new(reference, dim, &centre));
+    simd::gaussian_in_place(&mut new_yx, gamma);
+    let mut new_yy = new_rows.sq_dists(&ys);
+    simd::gaussian_in_place(&mut new_yy, gamma);
+    let (mut kyx, mut kyy) = if prev.is_none() {
+        // Every row is new and in order: the blocks are the kernel matrices.
+        (std::mem::take(&mut new_yx), std::mem::take(&mut new_yy))
+    } else {
+        (vec![0.0; m * n], vec![0.0; m * m])
+    };
+    for (r, &j) in fresh.iter().enumerate().filter(|_| prev.is_some()) {
+        kyx[j * n..(j + 1) * n].copy_from_slice(&new_yx[r * n..(r + 1) * n]);
+        let row = &new_yy[r * m..(r + 1) * m];
+        kyy[j * m..(j + 1) * m].copy_from_slice(row);
+        if prev.is_some() {
+            // The column too: the pairs with events kept from the last window.
+            for (l, v) in row.iter().enumerate() {
                 kyy[l * m + j] = *v;
             }
         }
     }
-    if let Some((_, _, pkyy)) = &prev {
+    for j in 0..m {
+        kyy[j * m + j] = 0.0;
+    }
+    if let Some((old, pkyx, pkyy)) = &prev {
+        let pm = old.len() / dim;
         for j in 0..m {
             let Some(a) = old_pos[j] else { continue };
+            kyx[j * n..(j + 1) * n].copy_from_slice(&pkyx[a * n..(a + 1) * n]);
             for l in (j + 1)..m {
                 if let Some(b) = old_pos[l] {
                     // Equal rows map to one old row, whose diagonal is 0; k(y, y) = 1.
@@ -275,60 +272,69 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
     let (g, sigma) = gram(reference, current, dim, sigma_opt);
     let total = n + m;
+    // One pass: each row's sums against X and against Y give the row sums
+    // and the three block sums.
+    let (mut sxx, mut sxy, mut syx, mut syy) = (0.0, 0.0, 0.0, 0.0);
     let row_sums: Vec<f64> = (0..total)
         .map(|i| {
             let (a, b) = g.row(i);
-            a.iter().sum::<f64>() + b.iter().sum::<f64>()
+            let (sa, sb) = (simd::sum(a), simd::sum(b));
+            if i < n {
+                sxx += sa;
+                sxy += sb;
+            } else {
+                syx += sa;
+                syy += sb;
+            }
+            sa + sb
         })
         .collect();
-    let grand: f64 = row_sums.iter().sum();
-    let sxx: f64 = g.kxx.iter().sum();
-    let syy: f64 = g.kyy.iter().sum();
-    let sxy: f64 = g.kxy.iter().sum();
+    let grand = sxx + sxy + syx + syy;
     let t = mmd_from_sums(sxx, sxy, syy, n, m);
 
     // Each permutation: the members of the smaller side (`small_is_x`: the
-    // permuted reference side), sorted so rows are visited in order.
+    // permuted reference side).
     let small_is_x = n <= m;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut idx: Vec<u32> = (0..total as u32).collect();
+    let small = n.min(m);
+    // A uniformly random subset of the smaller side's size: a partial
+    // Fisher–Yates shuffle draws only those `small` positions.
     let members: Vec<Vec<u32>> = (0..opts.permutations)
-        .map(|_| {
-            idx.shuffle(&mut rng);
-            let mut s = if small_is_x {
-                idx[..n].to_vec()
+        .map(|_| idx.partial_shuffle(&mut rng, small).0.to_vec())
+        .collect();
+    // The observed split goes through the same sums as the permutations
+    // (last set), and each T_b is compared with that: summation order cannot
+    // turn an exact tie (identical samples: every T_b = T) into a small p-value.
+    let mut members = members;
+    members.push(if small_is_x {
+        (0..n as u32).collect()
+    } else {
+        (n as u32..total as u32).collect()
+    });
+    let quads = quad_forms(&g, &members, opts.threads);
+    let stats: Vec<f64> = quads
+        .iter()
+        .zip(&members)
+        .map(|(q, mem)| {
+            let s_r: f64 = mem.iter().map(|&i| row_sums[i as usize]).sum();
+            // Σ over the permuted X side (sr) and its quadratic form (xx).
+            let (xx, sr) = if small_is_x {
+                (*q, s_r)
             } else {
-                idx[n..].to_vec()
+                let sr = grand - s_r;
+                (q - grand + 2.0 * sr, sr)
             };
-            s.sort_unstable();
-            s
+            mmd_from_sums(xx, sr - xx, grand - 2.0 * sr + xx, n, m)
         })
         .collect();
-    let threads = opts.threads.clamp(1, members.len().max(1));
-    let chunk = members.len().div_ceil(threads).max(1);
-    let quads: Vec<f64> = if threads == 1 {
-        quad_forms(&g, &members)
-    } else {
-        std::thread::scope(|s| {
-            let hs: Vec<_> = members.chunks(chunk).map(|c| s.spawn(|| quad_forms(&g, c))).collect();
-            hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-        })
-    };
-    let mut exceed = 0usize;
-    for (q, mem) in quads.iter().zip(&members) {
-        let s_r: f64 = mem.iter().map(|&i| row_sums[i as usize]).sum();
-        // Σ over the permuted X side (sr) and its quadratic form (xx).
-        let (xx, sr) = if small_is_x {
-            (*q, s_r)
-        } else {
-            let sr = grand - s_r;
-            (q - grand + 2.0 * sr, sr)
-        };
-        let tb = mmd_from_sums(xx, sr - xx, grand - 2.0 * sr + xx, n, m);
-        if tb >= t {
-            exceed += 1;
-        }
-    }
+    let (t_cmp, perms) = stats.split_last().map_or((t, &[][..]), |(l, r)| (*l, r));
+    // A T_b within summation rounding of T counts as a tie: each term of T
+    // is a mean of kernel values (mean k̄) summed in f64 in an order that
+    // depends on the split.
+    let kbar = grand / (total as f64 * (total as f64 - 1.0));
+    let slack = 1e-12 * kbar.abs();
+    let exceed = perms.iter().filter(|tb| **tb >= t_cmp - slack).count();
     let p = (1 + exceed) as f64 / (opts.permutations + 1) as f64;
     Some(MmdResult {
         statistic: t,
@@ -337,48 +343,96 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     })
 }
 
-/// Rows per block: a block of pooled rows stays in cache while every
-/// permutation's mask is applied to it.
-const BLOCK_ROWS: usize = 16;
+/// Row ranges the permutation work is cut into: fixed (not per thread), and
+/// summed in order, so the p-value does not depend on the thread count.
+const CHUNKS: usize = 32;
 
-/// sᵀK₀s for each member set s, by blocks of rows. K₀ is symmetric with a
-/// zero diagonal, so sᵀK₀s = 2 Σ_{i∈s} Σ_{j∈s, j>i} K₀[i,j]: half a row each.
-fn quad_forms(g: &Gram, members: &[Vec<u32>]) -> Vec<f64> {
-    let (n, m) = (g.n, g.m);
-    let total = n + m;
-    // Membership as bitsets: 250 bytes a permutation, so all of them stay in
-    // L1 while a block of matrix rows streams through.
-    let masks: Vec<Vec<u64>> = members
-        .iter()
-        .map(|mem| {
-            let mut v = vec![0u64; total.div_ceil(64)];
-            for &i in mem {
-                v[i as usize >> 6] |= 1 << (i & 63);
-            }
-            v
-        })
-        .collect();
-    let mut q = vec![0.0; members.len()];
-    let mut cursor = vec![0usize; members.len()];
-    for start in (0..total).step_by(BLOCK_ROWS) {
-        let end = (start + BLOCK_ROWS).min(total);
-        for (b, mem) in members.iter().enumerate() {
-            let bits = &masks[b];
-            let mut c = cursor[b];
-            while c < mem.len() && (mem[c] as usize) < end {
-                let i = mem[c] as usize;
-                let (rx, ry) = g.row(i);
-                q[b] += 2.0
-                    * if i < n {
-                        simd::masked_sum(&rx[i + 1..], bits, i + 1) + simd::masked_sum(ry, bits, n)
-                    } else {
-                        simd::masked_sum(&ry[i - n + 1..], bits, i + 1)
-                    };
-                c += 1;
-            }
-            cursor[b] = c;
+/// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j>i} K₀[i,j]: for each row i,
+/// one masked sum of its half row under the bitset of every set holding i.
+/// The bitsets (B·N bits: 25 KB for B = 100, N = 2000) stay in L1 while each
+/// row is read once from memory and then from cache for all its sets.
+fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
+    let (n, total) = (g.n, g.n + g.m);
+    let sets = members.len();
+    let words = total.div_ceil(64);
+    let mut masks = vec![0u64; sets * words];
+    // For each row, the sets holding it (CSR).
+    let mut start = vec![0usize; total + 1];
+    for mem in members {
+        for &i in mem {
+            start[i as usize + 1] += 1;
         }
     }
+    for i in 0..total {
+        start[i + 1] += start[i];
+    }
+    let mut fill = start.clone();
+    let mut holders = vec![0u32; start[total]];
+    for (b, mem) in members.iter().enumerate() {
+        for &i in mem {
+            masks[b * words + (i as usize >> 6)] |= 1 << (i & 63);
+            holders[fill[i as usize]] = b as u32;
+            fill[i as usize] += 1;
+        }
+    }
+    // Chunk bounds with about equal areas of the triangle.
+    let area = total * (total - 1) / 2;
+    let mut bounds = vec![0usize];
+    let mut acc = 0;
+    for i in 0..total {
+        acc += total - 1 - i;
+        if acc * CHUNKS >= area * bounds.len() && bounds.len() < CHUNKS {
+            bounds.push(i + 1);
+        }
+    }
+    if *bounds.last().unwrap_or(&0) != total {
+        bounds.push(total);
+    }
+    let chunk = |c: usize| -> Vec<f64> {
+        let mut q = vec![0.0; sets];
+        for i in bounds[c]..bounds[c + 1] {
+            let (rx, ry) = g.row(i);
+            for &b in &holders[start[i]..start[i + 1]] {
+                let b = b as usize;
+                let bits = &masks[b * words..(b + 1) * words];
+                q[b] += if i < n {
+                    simd::masked_sum(&rx[i + 1..], bits, i + 1) + simd::masked_sum(ry, bits, n)
+                } else {
+                    simd::masked_sum(&ry[i - n + 1..], bits, i + 1)
+                };
+            }
+        }
+        q
+    };
+    let n_chunks = bounds.len() - 1;
+    let threads = threads.clamp(1, n_chunks.max(1));
+    let parts: Vec<Vec<f64>> = if threads == 1 {
+        (0..n_chunks).map(chunk).collect()
+    } else {
+        let mut parts: Vec<(usize, Vec<f64>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let chunk = &chunk;
+                    s.spawn(move || {
+                        (t..n_chunks)
+                            .step_by(threads)
+                            .map(|c| (c, chunk(c)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        });
+        parts.sort_by_key(|p| p.0);
+        parts.into_iter().map(|p| p.1).collect()
+    };
+    let mut q = vec![0.0; sets];
+    for part in parts {
+        for (a, v) in q.iter_mut().zip(part) {
+            *a += v;
+        }
+    }
+    q.iter_mut().for_each(|v| *v *= 2.0);
     q
 }
 
@@ -434,28 +488,72 @@ fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
     simd::sq_dist(a, b)
 }
 
-/// σ = sqrt(median_{i<j} ‖x_i − x_j‖² / 2) over the reference rows. Falls back
-/// to 1 when all reference points coincide (any σ gives MMD = 0 then).
-pub fn median_heuristic_sigma(reference: &[f64], dim: usize) -> f64 {
-    let n = reference.len() / dim;
-    let mut d = Vec::with_capacity(n * (n.saturating_sub(1)) / 2);
-    for i in 0..n {
-        for j in (i + 1)..n {
-            d.push(sq_dist(
-                &reference[i * dim..(i + 1) * dim],
-                &reference[j * dim..(j + 1) * dim],
-            ));
-        }
+/// Rows prepared for [`simd::sq_dists_block`]: centred, with their squared
+/// norms, and transposed.
+struct Points {
+    dim: usize,
+    rows: Vec<f64>,
+    norms: Vec<f64>,
+    cols: Vec<f64>,
+}
+
+impl Points {
+    fn new(data: &[f64], dim: usize, centre: &[f64]) -> Self {
+        let rows: Vec<f64> = data
+            .chunks_exact(dim)
+            .flat_map(|r| r.iter().zip(centre).map(|(v, c)| v - c))
+            .collect();
+        Self::from_centred(rows, dim)
     }
-    if d.is_empty() {
+
+    fn from_centred(rows: Vec<f64>, dim: usize) -> Self {
+        let count = rows.len() / dim;
+        let norms = rows.chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
+        let mut cols = vec![0.0; rows.len()];
+        for (i, r) in rows.chunks_exact(dim).enumerate() {
+            for (k, v) in r.iter().enumerate() {
+                cols[k * count + i] = *v;
+            }
+        }
+        Self { dim, rows, norms, cols }
+    }
+
+    /// The rows at `idx`, in that order.
+    fn select(&self, idx: &[usize]) -> Self {
+        let d = self.dim;
+        Self::from_centred(
+            idx.iter()
+                .flat_map(|&i| self.rows[i * d..(i + 1) * d].iter().copied())
+                .collect(),
+            d,
+        )
+    }
+
+    /// Squared distances, self's rows × other's rows, row-major.
+    fn sq_dists(&self, other: &Points) -> Vec<f64> {
+        let mut out = vec![0.0; self.norms.len() * other.norms.len()];
+        simd::sq_dists_block(&self.rows, &self.norms, &other.cols, &other.norms, self.dim, &mut out);
+        out
+    }
+}
+
+/// σ = sqrt(median_{i<j} d_ij / 2) from the n × n squared distances `d`;
+/// 1 when all points coincide (any σ gives MMD = 0 then).
+fn sigma_from_median(d: &[f64], n: usize) -> f64 {
+    // Non-negative doubles order as their bit patterns: integer selection.
+    let mut v: Vec<u64> = Vec::with_capacity(n * n.saturating_sub(1) / 2);
+    for i in 0..n {
+        v.extend(d[i * n + i + 1..(i + 1) * n].iter().map(|x| x.abs().to_bits()));
+    }
+    if v.is_empty() {
         return 1.0;
     }
-    let mid = d.len() / 2;
-    let med = if d.len() % 2 == 1 {
-        *d.select_nth_unstable_by(mid, f64::total_cmp).1
+    let mid = v.len() / 2;
+    let hi = f64::from_bits(*v.select_nth_unstable(mid).1);
+    let med = if v.len() % 2 == 1 {
+        hi
     } else {
-        let hi = *d.select_nth_unstable_by(mid, f64::total_cmp).1;
-        let lo = d[..mid].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lo = v[..mid].iter().copied().max().map_or(hi, f64::from_bits);
         (lo + hi) / 2.0
     };
     if med > 0.0 && med.is_finite() {
@@ -463,6 +561,18 @@ pub fn median_heuristic_sigma(reference: &[f64], dim: usize) -> f64 {
     } else {
         1.0
     }
+}
+
+/// σ = sqrt(median_{i<j} ‖x_i − x_j‖² / 2) over the reference rows (as Alibi
+/// Detect). Falls back to 1 when all reference points coincide.
+pub fn median_heuristic_sigma(reference: &[f64], dim: usize) -> f64 {
+    let n = reference.len() / dim;
+    let mut centre = vec![0.0; dim];
+    for row in reference.chunks_exact(dim) {
+        centre.iter_mut().zip(row).for_each(|(c, v)| *c += v / n as f64);
+    }
+    let xs = Points::new(reference, dim, &centre);
+    sigma_from_median(&xs.sq_dists(&xs), n)
 }
 
 #[cfg(test)]

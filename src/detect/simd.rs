@@ -50,6 +50,11 @@ pub fn sq_dists_to(x: &[f64], ys: &[f64], out: &mut [f64]) {
 /// Σ_t row[t] over the t whose bit `first_bit + t` is set in `bits`.
 pub fn masked_sum(row: &[f64], bits: &[u64], first_bit: usize) -> f64 {
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F present.
+        return unsafe { masked_sum_avx512(row, bits, first_bit) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: as in `sq_dist`.
         return unsafe { masked_sum_avx2(row, bits, first_bit) };
@@ -62,6 +67,64 @@ pub fn masked_sum(row: &[f64], bits: &[u64], first_bit: usize) -> f64 {
         })
         .map(|(_, v)| v)
         .sum()
+}
+
+/// 64 bits of `bits` starting at bit `p` (zeros past the end).
+#[inline(always)]
+fn bits_at(bits: &[u64], p: usize) -> u64 {
+    let (w, o) = (p >> 6, p & 63);
+    let lo = if w < bits.len() { bits[w] >> o } else { 0 };
+    let hi = if o != 0 && w + 1 < bits.len() {
+        bits[w + 1] << (64 - o)
+    } else {
+        0
+    };
+    lo | hi
+}
+
+/// The mask bits drive the lanes directly: one masked add per 8 values.
+/// Written out by hand (four accumulators in registers, 64 values per mask
+/// word) so the speed does not depend on the crate's optimisation level.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn masked_sum_avx512(row: &[f64], bits: &[u64], first_bit: usize) -> f64 {
+    let n = row.len();
+    let p = row.as_ptr();
+    let (mut a0, mut a1, mut a2, mut a3) = (
+        _mm512_setzero_pd(),
+        _mm512_setzero_pd(),
+        _mm512_setzero_pd(),
+        _mm512_setzero_pd(),
+    );
+    let mut t = 0;
+    // SAFETY (loads): t + 64 ≤ n in the main loop; the tail's lanes are masked to < n.
+    unsafe {
+        while t + 64 <= n {
+            let w = bits_at(bits, first_bit + t);
+            let q = p.add(t);
+            a0 = _mm512_mask_add_pd(a0, w as u8, a0, _mm512_loadu_pd(q));
+            a1 = _mm512_mask_add_pd(a1, (w >> 8) as u8, a1, _mm512_loadu_pd(q.add(8)));
+            a2 = _mm512_mask_add_pd(a2, (w >> 16) as u8, a2, _mm512_loadu_pd(q.add(16)));
+            a3 = _mm512_mask_add_pd(a3, (w >> 24) as u8, a3, _mm512_loadu_pd(q.add(24)));
+            a0 = _mm512_mask_add_pd(a0, (w >> 32) as u8, a0, _mm512_loadu_pd(q.add(32)));
+            a1 = _mm512_mask_add_pd(a1, (w >> 40) as u8, a1, _mm512_loadu_pd(q.add(40)));
+            a2 = _mm512_mask_add_pd(a2, (w >> 48) as u8, a2, _mm512_loadu_pd(q.add(48)));
+            a3 = _mm512_mask_add_pd(a3, (w >> 56) as u8, a3, _mm512_loadu_pd(q.add(56)));
+            t += 64;
+        }
+        if t < n {
+            let w = bits_at(bits, first_bit + t);
+            let mut off = 0;
+            while t + off < n {
+                let left = n - t - off;
+                let valid = if left >= 8 { 0xFFu8 } else { (1u8 << left) - 1 };
+                let k = ((w >> off) as u8) & valid;
+                a0 = _mm512_add_pd(a0, _mm512_maskz_loadu_pd(k, p.add(t + off)));
+                off += 8;
+            }
+        }
+    }
+    _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a0, a1), _mm512_add_pd(a2, a3)))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -119,6 +182,162 @@ unsafe fn masked_sum_avx2(row: &[f64], bits: &[u64], first_bit: usize) -> f64 {
         }
     }
     sum
+}
+
+/// Σ x_i with four (AVX-512: eight-lane) partial sums.
+pub fn sum(x: &[f64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F present.
+        return unsafe { sum_avx512(x) };
+    }
+    let mut s = [0.0; 4];
+    let chunks = x.chunks_exact(4);
+    let tail: f64 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..4 {
+            s[l] += c[l];
+        }
+    }
+    (s[0] + s[1]) + (s[2] + s[3]) + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_avx512(x: &[f64]) -> f64 {
+    let (n, p) = (x.len(), x.as_ptr());
+    let (mut a0, mut a1, mut a2, mut a3) = (
+        _mm512_setzero_pd(),
+        _mm512_setzero_pd(),
+        _mm512_setzero_pd(),
+        _mm512_setzero_pd(),
+    );
+    let mut i = 0;
+    // SAFETY: full loads below n; the tail load is masked to lanes < n.
+    unsafe {
+        while i + 32 <= n {
+            a0 = _mm512_add_pd(a0, _mm512_loadu_pd(p.add(i)));
+            a1 = _mm512_add_pd(a1, _mm512_loadu_pd(p.add(i + 8)));
+            a2 = _mm512_add_pd(a2, _mm512_loadu_pd(p.add(i + 16)));
+            a3 = _mm512_add_pd(a3, _mm512_loadu_pd(p.add(i + 24)));
+            i += 32;
+        }
+        while i < n {
+            let left = n - i;
+            let k = if left >= 8 { 0xFFu8 } else { (1u8 << left) - 1 };
+            a0 = _mm512_add_pd(a0, _mm512_maskz_loadu_pd(k, p.add(i)));
+            i += 8;
+        }
+    }
+    _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a0, a1), _mm512_add_pd(a2, a3)))
+}
+
+/// Squared distances from each row of `rows` (row-major, `dim` columns) to
+/// each column of `cols_t` (the other points transposed: `dim` rows of
+/// `ncols`), by ‖x‖² + ‖y‖² − 2x·y (clamped at 0) so the work is one FMA per
+/// coordinate and pair. Callers centre the points first: the cancellation
+/// error is then ε·(‖x‖² + ‖y‖²) on a squared distance of the same order.
+/// `out` is rows × ncols, row-major.
+pub fn sq_dists_block(rows: &[f64], row_norms: &[f64], cols_t: &[f64], col_norms: &[f64], dim: usize, out: &mut [f64]) {
+    let (nr, nc) = (row_norms.len(), col_norms.len());
+    assert!(rows.len() >= nr * dim && cols_t.len() >= nc * dim && out.len() >= nr * nc);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F present; bounds asserted above.
+        unsafe { sq_dists_block_avx512(rows, row_norms, cols_t, col_norms, dim, out) };
+        return;
+    }
+    for r in 0..nr {
+        let x = &rows[r * dim..(r + 1) * dim];
+        for c in 0..nc {
+            let dot: f64 = (0..dim).map(|k| x[k] * cols_t[k * nc + c]).sum();
+            out[r * nc + c] = (row_norms[r] + col_norms[c] - 2.0 * dot).max(0.0);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| is_x86_feature_detected!("avx512f"))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sq_dists_block_avx512(
+    rows: &[f64],
+    row_norms: &[f64],
+    cols_t: &[f64],
+    col_norms: &[f64],
+    dim: usize,
+    out: &mut [f64],
+) {
+    let (nr, nc) = (row_norms.len(), col_norms.len());
+    let (pr, pt, po) = (rows.as_ptr(), cols_t.as_ptr(), out.as_mut_ptr());
+    let zero = _mm512_setzero_pd();
+    // d = max(0, ‖x‖² + ‖y‖² − 2·acc), stored under the column mask.
+    let finish = |acc: __m512d, r: usize, c0: usize, k8: __mmask8| {
+        // SAFETY: r < nr and the masked lanes are columns < nc.
+        unsafe {
+            let base = _mm512_add_pd(
+                _mm512_maskz_loadu_pd(k8, col_norms.as_ptr().add(c0)),
+                _mm512_set1_pd(row_norms[r]),
+            );
+            let d = _mm512_max_pd(_mm512_fnmadd_pd(_mm512_set1_pd(2.0), acc, base), zero);
+            _mm512_mask_storeu_pd(po.add(r * nc + c0), k8, d);
+        }
+    };
+    let mut r0 = 0;
+    // SAFETY (all loads below): rows r < nr, k < dim, and columns under the
+    // mask k8 < nc, inside the lengths the caller asserted.
+    unsafe {
+        // Four rows at a time share each load of 8 transposed columns.
+        while r0 + 4 <= nr {
+            let (x0, x1, x2, x3) = (
+                pr.add(r0 * dim),
+                pr.add((r0 + 1) * dim),
+                pr.add((r0 + 2) * dim),
+                pr.add((r0 + 3) * dim),
+            );
+            let mut c0 = 0;
+            while c0 < nc {
+                let k8: __mmask8 = if c0 + 8 <= nc { 0xFF } else { (1u8 << (nc - c0)) - 1 };
+                let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+                for k in 0..dim {
+                    let t = _mm512_maskz_loadu_pd(k8, pt.add(k * nc + c0));
+                    a0 = _mm512_fmadd_pd(_mm512_set1_pd(*x0.add(k)), t, a0);
+                    a1 = _mm512_fmadd_pd(_mm512_set1_pd(*x1.add(k)), t, a1);
+                    a2 = _mm512_fmadd_pd(_mm512_set1_pd(*x2.add(k)), t, a2);
+                    a3 = _mm512_fmadd_pd(_mm512_set1_pd(*x3.add(k)), t, a3);
+                }
+                finish(a0, r0, c0, k8);
+                finish(a1, r0 + 1, c0, k8);
+                finish(a2, r0 + 2, c0, k8);
+                finish(a3, r0 + 3, c0, k8);
+                c0 += 8;
+            }
+            r0 += 4;
+        }
+        while r0 < nr {
+            let x = pr.add(r0 * dim);
+            let mut c0 = 0;
+            while c0 < nc {
+                let k8: __mmask8 = if c0 + 8 <= nc { 0xFF } else { (1u8 << (nc - c0)) - 1 };
+                let mut a = zero;
+                for k in 0..dim {
+                    a = _mm512_fmadd_pd(
+                        _mm512_set1_pd(*x.add(k)),
+                        _mm512_maskz_loadu_pd(k8, pt.add(k * nc + c0)),
+                        a,
+                    );
+                }
+                finish(a, r0, c0, k8);
+                c0 += 8;
+            }
+            r0 += 1;
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -260,12 +479,65 @@ mod tests {
                 .map(|(_, v)| v)
                 .sum();
             assert_eq!(masked_sum(&row, &bits, first), want, "first bit {first}");
+            // Each SIMD path on its own, where the machine has it.
+            #[cfg(target_arch = "x86_64")]
+            for len in [0usize, 5, 64, 70, 149] {
+                let want: f64 = (0..len)
+                    .filter(|t| {
+                        let p = first + t;
+                        p < 256 && bits[p >> 6] >> (p & 63) & 1 == 1
+                    })
+                    .map(|t| row[t])
+                    .sum();
+                if has_avx512() {
+                    // SAFETY: feature checked.
+                    assert_eq!(unsafe { masked_sum_avx512(&row[..len], &bits, first) }, want);
+                }
+                if has_avx2() {
+                    // SAFETY: feature checked.
+                    assert_eq!(unsafe { masked_sum_avx2(&row[..len], &bits, first) }, want);
+                }
+            }
         }
         let x = [1.0, 2.0, 3.0, 4.0, 5.0];
         let ys = [1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0];
         let mut out = [9.0; 2];
         sq_dists_to(&x, &ys, &mut out);
         assert_eq!(out, [0.0, 55.0]);
+    }
+
+    #[test]
+    fn sums() {
+        for n in [0usize, 1, 7, 8, 33, 100] {
+            let x: Vec<f64> = (0..n).map(|i| i as f64 * 0.5).collect();
+            assert_eq!(sum(&x), x.iter().sum::<f64>(), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn block_distances_match_direct_ones() {
+        let dim = 5;
+        for (nr, nc) in [(1usize, 1usize), (3, 7), (4, 8), (9, 17), (13, 3)] {
+            let rows: Vec<f64> = (0..nr * dim).map(|i| (i as f64 * 0.37).sin()).collect();
+            let cols: Vec<f64> = (0..nc * dim).map(|i| (i as f64 * 0.11).cos()).collect();
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
+            let rn: Vec<f64> = rows.chunks(dim).map(norm).collect();
+            let cn: Vec<f64> = cols.chunks(dim).map(norm).collect();
+            let mut t = vec![0.0; nc * dim];
+            for c in 0..nc {
+                for k in 0..dim {
+                    t[k * nc + c] = cols[c * dim + k];
+                }
+            }
+            let mut out = vec![-1.0; nr * nc];
+            sq_dists_block(&rows, &rn, &t, &cn, dim, &mut out);
+            for r in 0..nr {
+                for c in 0..nc {
+                    let want = sq_dist(&rows[r * dim..(r + 1) * dim], &cols[c * dim..(c + 1) * dim]);
+                    assert!((out[r * nc + c] - want).abs() < 1e-12, "({r},{c}) of {nr}×{nc}");
+                }
+            }
+        }
     }
 
     #[test]
