@@ -392,14 +392,28 @@ fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
         let mut q = vec![0.0; sets];
         for i in bounds[c]..bounds[c + 1] {
             let (rx, ry) = g.row(i);
-            for &b in &holders[start[i]..start[i + 1]] {
-                let b = b as usize;
-                let bits = &masks[b * words..(b + 1) * words];
-                q[b] += if i < n {
-                    simd::masked_sum(&rx[i + 1..], bits, i + 1) + simd::masked_sum(ry, bits, n)
-                } else {
-                    simd::masked_sum(&ry[i - n + 1..], bits, i + 1)
-                };
+            // The half row, as one or two runs with the bit of their first entry.
+            let runs: [(&[f64], usize); 2] = if i < n {
+                [(&rx[i + 1..], i + 1), (ry, n)]
+            } else {
+                [(&ry[i - n + 1..], i + 1), (&[], 0)]
+            };
+            let mask = |b: u32| &masks[b as usize * words..(b as usize + 1) * words];
+            let held = &holders[start[i]..start[i + 1]];
+            let mut fours = held.chunks_exact(4);
+            for f in &mut fours {
+                let sets = [mask(f[0]), mask(f[1]), mask(f[2]), mask(f[3])];
+                for (row, first) in runs {
+                    let s4 = simd::masked_sums4(row, sets, first);
+                    for (b, v) in f.iter().zip(s4) {
+                        q[*b as usize] += v;
+                    }
+                }
+            }
+            for &b in fours.remainder() {
+                for (row, first) in runs {
+                    q[b as usize] += simd::masked_sum(row, mask(b), first);
+                }
             }
         }
         q
