@@ -17,9 +17,12 @@
 //! the permuted "reference" set, the three block sums are
 //!   Σ_XX = sᵀK₀s,  Σ_XY = sᵀr − sᵀK₀s,  Σ_YY = S − 2sᵀr + sᵀK₀s,
 //! so each permutation costs one quadratic form over the smaller set. The B
-//! quadratic forms are computed together, block of rows by block of rows, so
-//! the matrix streams through the cache once for all permutations (a masked
-//! matrix product) instead of once per permutation.
+//! quadratic forms are computed together, row by row: each kernel row is read
+//! from memory once and summed under the bitsets of all the permutations that
+//! hold it (AVX-512 masked adds, four sets per pass), so the matrix streams
+//! through the cache once for all permutations, not once per permutation.
+//! Kernel entries come from ‖x‖² + ‖y‖² − 2x·y on centred points (one FMA per
+//! coordinate and pair, in 4×8 register tiles).
 //!
 //! Sliding windows: the reference block K_XX (and σ) is computed once per
 //! reference and kept in a small process-wide cache keyed by the reference's
@@ -79,22 +82,23 @@ pub struct MmdResult {
 struct Gram {
     n: usize,
     m: usize,
+    /// n × n, m × n (rows: current events) and m × m. No n × m block: the
+    /// pooled matrix is symmetric, and every sum here reads K_YX by rows.
     kxx: Arc<Vec<f64>>,
-    /// n × m, and its transpose m × n (row access for both sides).
-    kxy: Vec<f64>,
     kyx: Arc<Vec<f64>>,
     kyy: Arc<Vec<f64>>,
 }
 
 impl Gram {
-    /// Row i of the pooled matrix as (part against X, part against Y).
-    fn row(&self, i: usize) -> (&[f64], &[f64]) {
+    /// Row i of the pooled K₀ left of the diagonal (columns 0..i), as at most
+    /// two runs, each with the pooled column of its first entry.
+    fn lower_row(&self, i: usize) -> [(&[f64], usize); 2] {
         let (n, m) = (self.n, self.m);
         if i < n {
-            (&self.kxx[i * n..(i + 1) * n], &self.kxy[i * m..(i + 1) * m])
+            [(&self.kxx[i * n..i * n + i], 0), (&[], 0)]
         } else {
             let j = i - n;
-            (&self.kyx[j * n..(j + 1) * n], &self.kyy[j * m..(j + 1) * m])
+            [(&self.kyx[j * n..(j + 1) * n], 0), (&self.kyy[j * m..j * m + j], n)]
         }
     }
 }
@@ -223,12 +227,6 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
             }
         }
     }
-    let mut kxy = vec![0.0; n * m];
-    for j in 0..m {
-        for i in 0..n {
-            kxy[i * m + j] = kyx[j * n + i];
-        }
-    }
     // Shared with the cache, not copied: the next slide reads them.
     let (kyx, kyy) = (Arc::new(kyx), Arc::new(kyy));
     {
@@ -245,17 +243,7 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
             kyy: kyy.clone(),
         });
     }
-    (
-        Gram {
-            n,
-            m,
-            kxx,
-            kxy,
-            kyx,
-            kyy,
-        },
-        sigma,
-    )
+    (Gram { n, m, kxx, kyx, kyy }, sigma)
 }
 
 /// Test `reference` (n rows) against `current` (m rows), both row-major with
@@ -272,23 +260,26 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
     let (g, sigma) = gram(reference, current, dim, sigma_opt);
     let total = n + m;
-    // One pass: each row's sums against X and against Y give the row sums
-    // and the three block sums.
-    let (mut sxx, mut sxy, mut syx, mut syy) = (0.0, 0.0, 0.0, 0.0);
-    let row_sums: Vec<f64> = (0..total)
-        .map(|i| {
-            let (a, b) = g.row(i);
-            let (sa, sb) = (simd::sum(a), simd::sum(b));
-            if i < n {
-                sxx += sa;
-                sxy += sb;
-            } else {
-                syx += sa;
-                syy += sb;
-            }
-            sa + sb
-        })
-        .collect();
+    // One pass over the rows: row sums r = K₀·1 and the block sums. The X
+    // rows' parts against Y are the column sums of K_YX.
+    let mut col_yx = vec![0.0; n];
+    let (mut sxx, mut syx, mut syy) = (0.0, 0.0, 0.0);
+    let mut row_sums = Vec::with_capacity(total);
+    for i in 0..n {
+        let s = simd::sum(&g.kxx[i * n..(i + 1) * n]);
+        sxx += s;
+        row_sums.push(s);
+    }
+    for j in 0..m {
+        let row = &g.kyx[j * n..(j + 1) * n];
+        col_yx.iter_mut().zip(row).for_each(|(c, v)| *c += v);
+        let (a, b) = (simd::sum(row), simd::sum(&g.kyy[j * m..(j + 1) * m]));
+        syx += a;
+        syy += b;
+        row_sums.push(a + b);
+    }
+    row_sums[..n].iter_mut().zip(&col_yx).for_each(|(r, c)| *r += c);
+    let sxy = syx;
     let grand = sxx + sxy + syx + syy;
     let t = mmd_from_sums(sxx, sxy, syy, n, m);
 
@@ -347,12 +338,12 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
 /// summed in order, so the p-value does not depend on the thread count.
 const CHUNKS: usize = 32;
 
-/// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j>i} K₀[i,j]: for each row i,
+/// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j<i} K₀[i,j]: for each row i,
 /// one masked sum of its half row under the bitset of every set holding i.
 /// The bitsets (B·N bits: 25 KB for B = 100, N = 2000) stay in L1 while each
 /// row is read once from memory and then from cache for all its sets.
 fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
-    let (n, total) = (g.n, g.n + g.m);
+    let total = g.n + g.m;
     let sets = members.len();
     let words = total.div_ceil(64);
     let mut masks = vec![0u64; sets * words];
@@ -375,12 +366,12 @@ fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
             fill[i as usize] += 1;
         }
     }
-    // Chunk bounds with about equal areas of the triangle.
+    // Chunk bounds with about equal areas of the triangle (row i has i entries).
     let area = total * (total - 1) / 2;
     let mut bounds = vec![0usize];
     let mut acc = 0;
     for i in 0..total {
-        acc += total - 1 - i;
+        acc += i;
         if acc * CHUNKS >= area * bounds.len() && bounds.len() < CHUNKS {
             bounds.push(i + 1);
         }
@@ -391,13 +382,7 @@ fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     let chunk = |c: usize| -> Vec<f64> {
         let mut q = vec![0.0; sets];
         for i in bounds[c]..bounds[c + 1] {
-            let (rx, ry) = g.row(i);
-            // The half row, as one or two runs with the bit of their first entry.
-            let runs: [(&[f64], usize); 2] = if i < n {
-                [(&rx[i + 1..], i + 1), (ry, n)]
-            } else {
-                [(&ry[i - n + 1..], i + 1), (&[], 0)]
-            };
+            let runs = g.lower_row(i);
             let mask = |b: u32| &masks[b as usize * words..(b as usize + 1) * words];
             let held = &holders[start[i]..start[i + 1]];
             let mut fours = held.chunks_exact(4);
