@@ -239,11 +239,9 @@ impl Decoder {
                 ));
             }
         }
-        let cells = std::mem::take(&mut st.cells);
-        for (col, cell) in self.cols.iter_mut().zip(cells.iter()) {
-            push(col, cell.as_ref().unwrap_or(&Cell::Null), st);
+        for (col, cell) in self.cols.iter_mut().zip(&st.cells) {
+            push(col, cell.as_ref().unwrap_or(&Cell::Null), &st.text, &st.scratch);
         }
-        st.cells = cells;
         self.partition.push(rec.partition);
         self.offset.push(rec.offset);
         self.timestamp.push(rec.timestamp_ms.unwrap_or(0));
@@ -451,16 +449,19 @@ impl FieldSeed<'_> {
             // Categories are often sent as small integers; keep them as text
             // (written as serde_json writes numbers: 3, 3.5, 3.0).
             FieldKind::Category => {
-                let start = self.st.text.len();
-                match n {
-                    Num::I(v) => self.st.text.push_str(&v.to_string()),
-                    Num::U(v) => self.st.text.push_str(&v.to_string()),
-                    Num::F(v) => self
-                        .st
-                        .text
-                        .push_str(&serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string())),
-                }
-                Ok(Cell::S(start, self.st.text.len()))
+                use std::fmt::Write;
+                let text = &mut self.st.text;
+                let start = text.len();
+                // Writing to a String cannot fail.
+                let _ = match n {
+                    Num::I(v) => write!(text, "{v}"),
+                    Num::U(v) => write!(text, "{v}"),
+                    Num::F(v) => match serde_json::Number::from_f64(v) {
+                        Some(num) => write!(text, "{num}"),
+                        None => write!(text, "{v}"),
+                    },
+                };
+                Ok(Cell::S(start, text.len()))
             }
             _ => Err(wrong(f, expected(f), "a number")),
         };
@@ -670,7 +671,7 @@ impl<'de> Visitor<'de> for &mut TensorSeed<'_> {
     }
 }
 
-fn push(col: &mut Col, cell: &Cell, st: &Pending) {
+fn push(col: &mut Col, cell: &Cell, text: &str, scratch: &[f32]) {
     match (col, cell) {
         (Col::F(v, n), Cell::F(x)) => {
             v.push(*x);
@@ -696,10 +697,10 @@ fn push(col: &mut Col, cell: &Cell, st: &Pending) {
             v.push(false);
             n.push(false);
         }
-        (Col::S(b), Cell::S(start, end)) => b.append_value(&st.text[*start..*end]),
+        (Col::S(b), Cell::S(start, end)) => b.append_value(&text[*start..*end]),
         (Col::S(b), _) => b.append_null(),
         (Col::T(v, n, len), Cell::T(start)) => {
-            v.extend_from_slice(&st.scratch[*start..*start + *len]);
+            v.extend_from_slice(&scratch[*start..*start + *len]);
             n.push(true);
         }
         (Col::T(v, n, len), _) => {

@@ -140,11 +140,7 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
     let key = (hash_rows(reference), dim, sigma_opt.map_or(0, f64::to_bits));
     // Distances are translation-invariant: centring on the reference mean
     // keeps the norms small, so ‖x‖² + ‖y‖² − 2x·y loses nothing to cancellation.
-    let mut centre = vec![0.0; dim];
-    for row in reference.chunks_exact(dim) {
-        centre.iter_mut().zip(row).for_each(|(c, v)| *c += v);
-    }
-    centre.iter_mut().for_each(|c| *c /= n as f64);
+    let centre = column_means(reference, dim);
     let cached = {
         let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         c.iter().position(|e| e.key == key).map(|i| c.remove(i))
@@ -487,6 +483,17 @@ fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
     simd::sq_dist(a, b)
 }
 
+/// Mean of each column of the row-major `data` (`dim` columns, ≥ 1 row).
+fn column_means(data: &[f64], dim: usize) -> Vec<f64> {
+    let rows = (data.len() / dim).max(1) as f64;
+    let mut mean = vec![0.0; dim];
+    for row in data.chunks_exact(dim) {
+        mean.iter_mut().zip(row).for_each(|(c, v)| *c += v);
+    }
+    mean.iter_mut().for_each(|c| *c /= rows);
+    mean
+}
+
 /// Rows prepared for [`simd::sq_dists_block`]: centred, with their squared
 /// norms, and transposed.
 struct Points {
@@ -566,11 +573,7 @@ fn sigma_from_median(d: &[f64], n: usize) -> f64 {
 /// Detect). Falls back to 1 when all reference points coincide.
 pub fn median_heuristic_sigma(reference: &[f64], dim: usize) -> f64 {
     let n = reference.len() / dim;
-    let mut centre = vec![0.0; dim];
-    for row in reference.chunks_exact(dim) {
-        centre.iter_mut().zip(row).for_each(|(c, v)| *c += v / n as f64);
-    }
-    let xs = Points::new(reference, dim, &centre);
+    let xs = Points::new(reference, dim, &column_means(reference, dim));
     sigma_from_median(&xs.sq_dists(&xs), n)
 }
 

@@ -207,22 +207,9 @@ unsafe fn masked_sum_avx2(row: &[f64], bits: &[u64], first_bit: usize) -> f64 {
     static LUT: [[u64; 4]; 16] = lut();
     let n = row.len();
     let (mut s0, mut s1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
-    let words = bits.len();
     let mut t = 0;
     while t + 8 <= n {
-        let p = first_bit + t;
-        let (w, o) = (p >> 6, p & 63);
-        if w >= words {
-            break;
-        }
-        // SAFETY: w < words; w + 1 checked before use.
-        let lo = unsafe { *bits.get_unchecked(w) } >> o;
-        let hi = if o > 56 && w + 1 < words {
-            (unsafe { *bits.get_unchecked(w + 1) }) << (64 - o)
-        } else {
-            0
-        };
-        let byte = ((lo | hi) & 0xFF) as usize;
+        let byte = (bits_at(bits, first_bit + t) & 0xFF) as usize;
         // SAFETY: t + 8 ≤ n; nibbles index the 16-entry LUT; each entry holds 4 u64.
         unsafe {
             let m0 = _mm256_loadu_pd(LUT.get_unchecked(byte & 0xF).as_ptr() as *const f64);
@@ -398,6 +385,23 @@ unsafe fn sq_dists_block_avx512(
     }
 }
 
+// exp, shared by the SIMD paths. ln 2 = LN2_HI + LN2_LO, LN2_HI with its low
+// bits zero so k·LN2_HI is exact.
+const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
+/// Below this argument e^x underflows to 0 (and 2^k would leave the normal range).
+const EXP_FLOOR: f64 = -708.0;
+/// 1/k! for k = 0..=12, the Taylor coefficients of e^r.
+const INV_FACT: [f64; 13] = {
+    let mut t = [1.0f64; 13];
+    let mut k = 1;
+    while k < 13 {
+        t[k] = t[k - 1] / k as f64;
+        k += 1;
+    }
+    t
+};
+
 /// x ← e^{−γ·x} for every element (x ≥ 0: squared distances).
 pub fn gaussian_in_place(x: &mut [f64], gamma: f64) {
     #[cfg(target_arch = "x86_64")]
@@ -450,20 +454,11 @@ fn hsum(v: __m256d) -> f64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gaussian_avx2(x: &mut [f64], gamma: f64) {
-    // ln 2 = LN2_HI + LN2_LO, LN2_HI with its low bits zero so k·LN2_HI is exact.
-    const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
-    const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
     let n = x.len();
     let neg_gamma = _mm256_set1_pd(-gamma);
     let log2e = _mm256_set1_pd(std::f64::consts::LOG2_E);
     let (hi, lo) = (_mm256_set1_pd(LN2_HI), _mm256_set1_pd(LN2_LO));
-    // 1/k! for k = 12 down to 0 (Horner).
-    let mut inv_fact = [0.0f64; 13];
-    inv_fact[0] = 1.0;
-    for k in 1..13 {
-        inv_fact[k] = inv_fact[k - 1] / k as f64;
-    }
-    let floor = _mm256_set1_pd(-708.0);
+    let floor = _mm256_set1_pd(EXP_FLOOR);
     let mut i = 0;
     while i + 4 <= n {
         // SAFETY: i + 4 ≤ n.
@@ -471,8 +466,9 @@ unsafe fn gaussian_avx2(x: &mut [f64], gamma: f64) {
         let arg = _mm256_max_pd(_mm256_mul_pd(neg_gamma, v), floor);
         let k = _mm256_round_pd(_mm256_mul_pd(arg, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         let r = _mm256_fnmadd_pd(k, lo, _mm256_fnmadd_pd(k, hi, arg));
-        let mut p = _mm256_set1_pd(inv_fact[12]);
-        for c in inv_fact[..12].iter().rev() {
+        // Horner, from 1/12! down to 1/0!.
+        let mut p = _mm256_set1_pd(INV_FACT[12]);
+        for c in INV_FACT[..12].iter().rev() {
             p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(*c));
         }
         // 2^k: k in [−1022, 0] after the floor, so the biased exponent is valid.
@@ -498,19 +494,12 @@ unsafe fn gaussian_avx2(x: &mut [f64], gamma: f64) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gaussian_avx512(x: &mut [f64], gamma: f64) {
-    const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
-    const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
     let n = x.len();
     let neg_gamma = _mm512_set1_pd(-gamma);
     let log2e = _mm512_set1_pd(std::f64::consts::LOG2_E);
     let (hi, lo) = (_mm512_set1_pd(LN2_HI), _mm512_set1_pd(LN2_LO));
-    let mut inv_fact = [0.0f64; 13];
-    inv_fact[0] = 1.0;
-    for k in 1..13 {
-        inv_fact[k] = inv_fact[k - 1] / k as f64;
-    }
-    let c: [__m512d; 13] = inv_fact.map(|v| _mm512_set1_pd(v));
-    let floor = _mm512_set1_pd(-708.0);
+    let c: [__m512d; 13] = INV_FACT.map(|v| _mm512_set1_pd(v));
+    let floor = _mm512_set1_pd(EXP_FLOOR);
     let mut i = 0;
     while i < n {
         let left = n - i;
