@@ -32,45 +32,153 @@ pub struct KsResult {
 /// KS test of `reference` against `current`. NaNs must be removed by the
 /// caller (the decode stage rejects them). Returns `None` if either side is empty.
 pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Option<KsResult> {
-    let mut a = reference.to_vec();
-    let mut b = current.to_vec();
-    a.sort_unstable_by(f64::total_cmp);
-    b.sort_unstable_by(f64::total_cmp);
-    ks_2samp_sorted(&a, &b)
-}
-
-/// As [`ks_2samp`], on samples already sorted ascending.
-pub fn ks_2samp_sorted(a: &[f64], b: &[f64]) -> Option<KsResult> {
-    let (n1, n2) = (a.len(), b.len());
+    let (n1, n2) = (reference.len(), current.len());
     if n1 == 0 || n2 == 0 {
         return None;
     }
-    let (d, p) = statistic_and_p(statistic_sorted(a, b), n1, n2);
+    let mut tmp = Vec::new();
+    let a = sorted_keys(reference, &mut tmp);
+    let b = sorted_keys(current, &mut tmp);
+    let (d, p) = statistic_and_p(statistic_sorted(&a, &b), n1, n2);
     Some(KsResult {
         statistic: d,
         p_value: p.clamp(0.0, 1.0),
     })
 }
 
-/// sup |F_a − F_b| by a merge walk; equal values are consumed on both sides
-/// before comparing, which is the right-continuous ECDF at each pooled point.
-fn statistic_sorted(a: &[f64], b: &[f64]) -> f64 {
-    let (n1, n2) = (a.len() as f64, b.len() as f64);
-    let (mut i, mut j) = (0usize, 0usize);
-    let mut d: f64 = 0.0;
-    while i < a.len() && j < b.len() {
-        let x = if a[i] <= b[j] { a[i] } else { b[j] };
-        while i < a.len() && a[i] <= x {
-            i += 1;
+/// `x` as an unsigned integer with the same order: the IEEE total order
+/// (sign bit flipped for positives, all bits for negatives), with −0 read as
+/// +0 so that the two zeros tie, as they compare in f64.
+fn order_key(x: f64) -> u64 {
+    let b = (x + 0.0).to_bits();
+    if b >> 63 == 1 { !b } else { b | 1 << 63 }
+}
+
+/// The order keys of `xs`, ascending. A comparison sort spends most of the
+/// test's time here, so: an LSD radix sort (8-bit digits, digits equal in
+/// every key skipped) on the upper 24 bits — sign, exponent and 12 mantissa
+/// bits, which order almost all real data — then an insertion pass for keys
+/// that agree in those bits (few and adjacent), which falls back to a
+/// comparison sort if the data turn out to be that close together.
+fn sorted_keys(xs: &[f64], tmp: &mut Vec<u64>) -> Vec<u64> {
+    const DIGITS: usize = 3;
+    const LOW: usize = 64 - 8 * DIGITS;
+    let n = xs.len();
+    let mut v = Vec::with_capacity(n);
+    let mut counts = [[0usize; 256]; DIGITS];
+    for &x in xs {
+        let k = order_key(x);
+        v.push(k);
+        for (d, c) in counts.iter_mut().enumerate() {
+            c[(k >> (LOW + 8 * d)) as usize & 255] += 1;
         }
-        while j < b.len() && b[j] <= x {
-            j += 1;
-        }
-        d = d.max((i as f64 / n1 - j as f64 / n2).abs());
     }
-    // Once one side is exhausted the other's ECDF only rises towards 1,
-    // so the gap can only shrink: nothing more to check.
-    d
+    if n < 64 {
+        v.sort_unstable();
+        return v;
+    }
+    tmp.clear();
+    tmp.resize(n, 0);
+    // Each pass scatters the two halves of the input as two independent
+    // chains (the second half's slots start where the first's end in each
+    // bucket, which keeps the sort stable): with few distinct digits — the
+    // top byte of floats — one chain would wait on its own slot increments.
+    let half = n / 2;
+    for (d, count) in counts.iter().enumerate() {
+        if count.contains(&n) {
+            continue;
+        }
+        let shift = LOW + 8 * d;
+        let digit = |k: u64| (k >> shift) as usize & 255;
+        let mut lo = [0usize; 256];
+        for &k in &v[..half] {
+            lo[digit(k)] += 1;
+        }
+        let mut hi = [0usize; 256];
+        let mut at = 0;
+        for b in 0..256 {
+            (lo[b], hi[b], at) = (at, at + lo[b], at + count[b]);
+        }
+        let (first, second) = v.split_at(half);
+        for (&k1, &k2) in first.iter().zip(second) {
+            let (s1, s2) = (&mut lo[digit(k1)], &mut hi[digit(k2)]);
+            tmp[*s1] = k1;
+            tmp[*s2] = k2;
+            *s1 += 1;
+            *s2 += 1;
+        }
+        if let Some(&k) = second.get(half) {
+            tmp[hi[digit(k)]] = k;
+        }
+        std::mem::swap(&mut v, tmp);
+    }
+    // Keys out of order now differ only below bit LOW; each moves back past
+    // its equals-so-far. Bounded work, then the general sort.
+    let mut budget = 8 * n;
+    for i in 1..n {
+        let k = v[i];
+        let mut j = i;
+        while j > 0 && v[j - 1] > k {
+            v[j] = v[j - 1];
+            j -= 1;
+        }
+        v[j] = k;
+        budget = budget.saturating_sub(i - j);
+        if budget == 0 {
+            v.sort_unstable();
+            break;
+        }
+    }
+    v
+}
+
+/// sup |F_a − F_b| over the pooled sample, from sorted order keys, as the
+/// integer |i·n₂ − j·n₁| (= n₁n₂·|i/n₁ − j/n₂|) divided once, where i and j
+/// count the values ≤ a pooled value v on each side (the right-continuous
+/// ECDFs, which is how ties are handled).
+///
+/// Two merge walks run at once, meeting in the middle — each step of one
+/// walk waits on its previous step, so two halve the time:
+/// - forwards, taking the smaller head; after taking v, (i, j) are the counts
+///   ≤ v once the next pooled value is larger;
+/// - backwards, taking the larger tail; while v is the largest value not yet
+///   taken, everything not taken is ≤ v, so (i, j) are its counts — recorded
+///   when v first comes up.
+///
+/// Every distinct value is recorded by the walk that finishes it; both may
+/// record it, which changes nothing in a maximum. Branch-free: which side the
+/// next value comes from is data, not control flow.
+fn statistic_sorted(a: &[u64], b: &[u64]) -> f64 {
+    let (n1, n2) = (a.len(), b.len());
+    let gap = |i: usize, j: usize| (i as u64 * n2 as u64).abs_diff(j as u64 * n1 as u64);
+    // Finite values never map to u64::MAX or 0 (NaN patterns), so they serve
+    // as the end markers of each side for the two walks.
+    let head = |s: &[u64], i: usize| s.get(i).copied().unwrap_or(u64::MAX);
+    let tail = |s: &[u64], i: usize| if i == 0 { 0 } else { s[i - 1] };
+    let (mut i, mut j) = (0usize, 0usize);
+    let (mut ri, mut rj) = (n1, n2);
+    let mut prev = u64::MAX;
+    let mut best = 0u64;
+    let steps = n1 + n2;
+    for _ in 0..steps.div_ceil(2) {
+        // Forwards.
+        let (x, y) = (head(a, i), head(b, j));
+        let from_a = x <= y;
+        let cur = x.min(y);
+        i += from_a as usize;
+        j += !from_a as usize;
+        let next = head(a, i).min(head(b, j));
+        best = best.max(if next > cur { gap(i, j) } else { 0 });
+        // Backwards.
+        let (x, y) = (tail(a, ri), tail(b, rj));
+        let top = x.max(y);
+        best = best.max(if top < prev { gap(ri, rj) } else { 0 });
+        prev = top;
+        let from_a = x >= y;
+        ri -= (from_a && ri > 0) as usize;
+        rj -= (!from_a && rj > 0) as usize;
+    }
+    best as f64 / (n1 as u64 * n2 as u64) as f64
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -116,13 +224,25 @@ fn prob_outside_square(n: u64, h: u64) -> f64 {
     let mut p = 0.0;
     let mut k = (n / h) as i64;
     while k >= 0 {
-        let kh = k as u64 * h;
-        let mut p1 = 1.0;
-        for j in 0..h {
-            // (n − kh − j) may be negative for the top k; it then zeroes p1.
-            let num = n as f64 - kh as f64 - j as f64;
-            p1 = num * p1 / (n + kh + j + 1) as f64;
+        let kh = (k as u64 * h) as f64;
+        let (nf, top) = (n as f64 - kh, (n + 1) as f64 + kh);
+        // A_k = Π_j (n − kh − j)/(n + kh + j + 1): four interleaved partial
+        // products, so the divisions do not wait on each other. (n − kh − j)
+        // may be negative for the top k; it then zeroes A_k.
+        let mut q = [1.0f64; 4];
+        let mut j = 0;
+        while j + 4 <= h {
+            for (l, ql) in q.iter_mut().enumerate() {
+                let jf = (j + l as u64) as f64;
+                *ql = (nf - jf) * *ql / (top + jf);
+            }
+            j += 4;
         }
+        for (l, ql) in q.iter_mut().enumerate().take((h - j) as usize) {
+            let jf = (j + l as u64) as f64;
+            *ql = (nf - jf) * *ql / (top + jf);
+        }
+        let p1 = (q[0] * q[1]) * (q[2] * q[3]);
         p = p1 * (1.0 - p);
         k -= 1;
     }
@@ -175,6 +295,7 @@ fn outer_prob_inside(m: u64, n: u64, g: u64, h: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     #[test]
     fn identical_samples_have_d0_p1() {
@@ -267,5 +388,63 @@ mod tests {
             rev.reverse();
             proptest::prop_assert_eq!(ks_2samp(&rev, &b).unwrap(), r);
         }
+
+        /// The radix sort orders as `f64::total_cmp` does (−0 and +0 tied),
+        /// whatever the spread: wide ranges, values agreeing in their upper
+        /// 32 bits (the run fix-up), negatives, exact ties.
+        #[test]
+        fn keys_sort_as_floats(
+            base in proptest::prop_oneof![
+                proptest::num::f64::NORMAL.prop_map(|x| x.clamp(-1e300, 1e300)),
+                proptest::strategy::Just(1000.0),
+                proptest::strategy::Just(0.0),
+            ],
+            steps in proptest::collection::vec((-1_000_000i64..1_000_000, 0u8..3), 0..300),
+        ) {
+            let xs: Vec<f64> = steps
+                .iter()
+                .map(|&(s, kind)| match kind {
+                    0 => base + s as f64,                        // wide
+                    1 => f64::from_bits(base.to_bits().wrapping_add(s as u64 & 0xFFFF)), // same upper bits
+                    _ => -(s as f64) * 1e-3,                     // negatives, zeros
+                })
+                .filter(|x| x.is_finite())
+                .collect();
+            let mut want = xs.clone();
+            want.sort_unstable_by(f64::total_cmp);
+            let got = sorted_keys(&xs, &mut Vec::new());
+            // Keys taken in float order are already in key order, and the
+            // radix sort yields exactly that sequence.
+            let want: Vec<u64> = want.into_iter().map(order_key).collect();
+            proptest::prop_assert!(want.windows(2).all(|w| w[0] <= w[1]));
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest::proptest! {
+        /// Both merge walks together give the textbook statistic: the largest
+        /// ECDF gap over all pooled points, ties included.
+        #[test]
+        fn statistic_is_the_largest_ecdf_gap(
+            a in proptest::collection::vec(-8i32..8, 1..70),
+            b in proptest::collection::vec(-8i32..8, 1..70),
+        ) {
+            let (a, b): (Vec<f64>, Vec<f64>) = (
+                a.into_iter().map(f64::from).collect(),
+                b.into_iter().map(f64::from).collect(),
+            );
+            let ecdf = |s: &[f64], v: f64| s.iter().filter(|x| **x <= v).count() as f64 / s.len() as f64;
+            let naive = a.iter().chain(&b).map(|&v| (ecdf(&a, v) - ecdf(&b, v)).abs()).fold(0.0, f64::max);
+            let mut tmp = vec![];
+            let d = statistic_sorted(&sorted_keys(&a, &mut tmp), &sorted_keys(&b, &mut tmp));
+            proptest::prop_assert!((d - naive).abs() < 1e-12, "{} vs {}", d, naive);
+        }
+    }
+
+    #[test]
+    fn zeros_tie_whatever_their_sign() {
+        let r = ks_2samp(&[-0.0, 1.0], &[0.0, 1.0]).unwrap();
+        assert_eq!(r.statistic, 0.0);
+        assert!(order_key(-0.0) == order_key(0.0) && order_key(-1.0) < order_key(-0.5));
     }
 }
