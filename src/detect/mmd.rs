@@ -78,15 +78,75 @@ pub struct MmdResult {
     pub sigma: f64,
 }
 
-/// Kernel blocks of one evaluation. K_XX and K_YY have zero diagonals.
+/// Kernel blocks of one evaluation.
 struct Gram {
     n: usize,
     m: usize,
-    /// n × n, m × n (rows: current events) and m × m. No n × m block: the
-    /// pooled matrix is symmetric, and every sum here reads K_YX by rows.
-    kxx: Arc<Vec<f64>>,
-    kyx: Arc<Vec<f64>>,
-    kyy: Arc<Vec<f64>>,
+    /// n × n, m × n (rows: current events) and m × m. The pooled matrix is
+    /// symmetric, so only what lies left of its diagonal is kept: K_XX and
+    /// K_YY are valid below their diagonals only (entry [i·n + j], j < i; the
+    /// rest is unspecified), and there is no n × m block — every sum here
+    /// reads K_YX by rows.
+    kxx: Arc<Block>,
+    kyx: Arc<Block>,
+    kyy: Arc<Block>,
+}
+
+/// A kernel-sized buffer whose storage goes back to [`SPARE`] when its last
+/// user drops it: the next evaluation reuses warm pages instead of faulting
+/// in fresh ones (page faults were a fifth of a cold test's time).
+struct Block(Vec<f64>);
+
+/// Buffers kept for reuse, at most [`SPARE_MAX`], each of at least [`SPARE_MIN`] values.
+static SPARE: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
+const SPARE_MAX: usize = 8;
+const SPARE_MIN: usize = 1 << 16;
+
+impl Block {
+    /// `len` values; their contents are unspecified (a reused buffer keeps
+    /// old values), so callers write before they read.
+    fn new(len: usize) -> Self {
+        let reused = {
+            let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+            // The smallest that fits, so small windows do not hold big buffers.
+            let best = (0..spare.len())
+                .filter(|&i| spare[i].capacity() >= len)
+                .min_by_key(|&i| spare[i].capacity());
+            best.map(|i| spare.swap_remove(i))
+        };
+        let mut v = reused.unwrap_or_default();
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, 0.0);
+        }
+        Block(v)
+    }
+}
+
+impl std::ops::Deref for Block {
+    type Target = [f64];
+    fn deref(&self) -> &[f64] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Block {
+    fn deref_mut(&mut self) -> &mut [f64] {
+        &mut self.0
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if self.0.capacity() < SPARE_MIN {
+            return;
+        }
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_MAX {
+            spare.push(std::mem::take(&mut self.0));
+        }
+    }
 }
 
 impl Gram {
@@ -107,11 +167,11 @@ impl Gram {
 struct CacheEntry {
     key: (u64, usize, u64),
     sigma: f64,
-    kxx: Arc<Vec<f64>>,
+    kxx: Arc<Block>,
     /// Previous current window: rows, and its kernel blocks.
     current: Vec<f64>,
-    kyx: Arc<Vec<f64>>,
-    kyy: Arc<Vec<f64>>,
+    kyx: Arc<Block>,
+    kyy: Arc<Block>,
 }
 
 /// A few references at once (several keys, detectors); oldest dropped first.
@@ -149,12 +209,9 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
         Some(e) => (e.sigma, e.kxx, Some((e.current, e.kyx, e.kyy))),
         None => {
             let xs = Points::new(reference, dim, &centre);
-            let mut k = xs.sq_dists(&xs);
+            let mut k = xs.sq_dists_lower();
             let sigma = sigma_opt.unwrap_or_else(|| sigma_from_median(&k, n));
-            simd::gaussian_in_place(&mut k, 1.0 / (2.0 * sigma * sigma));
-            for i in 0..n {
-                k[i * n + i] = 0.0;
-            }
+            gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
             (sigma, Arc::new(k), None)
         }
     };
@@ -186,43 +243,43 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
     let new_rows = ys.select(&fresh);
     let mut new_yx = new_rows.sq_dists(&Points::new(reference, dim, &centre));
     simd::gaussian_in_place(&mut new_yx, gamma);
-    let mut new_yy = new_rows.sq_dists(&ys);
-    simd::gaussian_in_place(&mut new_yy, gamma);
-    let (mut kyx, mut kyy) = if prev.is_none() {
-        // Every row is new and in order: the blocks are the kernel matrices.
-        (std::mem::take(&mut new_yx), std::mem::take(&mut new_yy))
-    } else {
-        (vec![0.0; m * n], vec![0.0; m * m])
-    };
-    for (r, &j) in fresh.iter().enumerate().filter(|_| prev.is_some()) {
-        kyx[j * n..(j + 1) * n].copy_from_slice(&new_yx[r * n..(r + 1) * n]);
-        let row = &new_yy[r * m..(r + 1) * m];
-        kyy[j * m..(j + 1) * m].copy_from_slice(row);
-        if prev.is_some() {
-            // The column too: the pairs with events kept from the last window.
-            for (l, v) in row.iter().enumerate() {
-                kyy[l * m + j] = *v;
-            }
+    let (kyx, kyy) = match &prev {
+        None => {
+            // Every row is new and in order: the blocks are the kernel
+            // matrices, K_YY below its diagonal only.
+            let mut kyy = ys.sq_dists_lower();
+            gaussian_lower(&mut kyy, m, gamma);
+            (new_yx, kyy)
         }
-    }
-    for j in 0..m {
-        kyy[j * m + j] = 0.0;
-    }
-    if let Some((old, pkyx, pkyy)) = &prev {
-        let pm = old.len() / dim;
-        for j in 0..m {
-            let Some(a) = old_pos[j] else { continue };
-            kyx[j * n..(j + 1) * n].copy_from_slice(&pkyx[a * n..(a + 1) * n]);
-            for l in (j + 1)..m {
-                if let Some(b) = old_pos[l] {
-                    // Equal rows map to one old row, whose diagonal is 0; k(y, y) = 1.
-                    let v = if a == b { 1.0 } else { pkyy[a * pm + b] };
-                    kyy[j * m + l] = v;
-                    kyy[l * m + j] = v;
+        Some((old, pkyx, pkyy)) => {
+            let mut new_yy = new_rows.sq_dists(&ys);
+            simd::gaussian_in_place(&mut new_yy, gamma);
+            let (mut kyx, mut kyy) = (Block::new(m * n), Block::new(m * m));
+            // Entry (j, l) of K_YY, kept below the diagonal.
+            let at = |j: usize, l: usize| j.max(l) * m + j.min(l);
+            for (r, &j) in fresh.iter().enumerate() {
+                kyx[j * n..(j + 1) * n].copy_from_slice(&new_yx[r * n..(r + 1) * n]);
+                // Row and column j: the pairs with every event of the window.
+                for (l, v) in new_yy[r * m..(r + 1) * m].iter().enumerate() {
+                    if l != j {
+                        kyy[at(j, l)] = *v;
+                    }
                 }
             }
+            let pm = old.len() / dim;
+            for j in 0..m {
+                let Some(a) = old_pos[j] else { continue };
+                kyx[j * n..(j + 1) * n].copy_from_slice(&pkyx[a * n..(a + 1) * n]);
+                for (l, b) in old_pos.iter().enumerate().take(j) {
+                    if let Some(b) = *b {
+                        // Equal rows map to one old row; k(y, y) = 1.
+                        kyy[j * m + l] = if a == b { 1.0 } else { pkyy[a.max(b) * pm + a.min(b)] };
+                    }
+                }
+            }
+            (kyx, kyy)
         }
-    }
+    };
     // Shared with the cache, not copied: the next slide reads them.
     let (kyx, kyy) = (Arc::new(kyx), Arc::new(kyy));
     {
@@ -256,25 +313,28 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
     let (g, sigma) = gram(reference, current, dim, sigma_opt);
     let total = n + m;
-    // One pass over the rows: row sums r = K₀·1 and the block sums. The X
-    // rows' parts against Y are the column sums of K_YX.
-    let mut col_yx = vec![0.0; n];
+    // One pass over the stored entries: row sums r = K₀·1 and the block
+    // sums. An entry below a diagonal counts for its row and, mirrored, for
+    // its column; the X rows' parts against Y are the column sums of K_YX.
+    let mut row_sums = vec![0.0; total];
     let (mut sxx, mut syx, mut syy) = (0.0, 0.0, 0.0);
-    let mut row_sums = Vec::with_capacity(total);
+    let mirror = |acc: &mut [f64], row: &[f64]| acc.iter_mut().zip(row).for_each(|(c, v)| *c += v);
     for i in 0..n {
-        let s = simd::sum(&g.kxx[i * n..(i + 1) * n]);
-        sxx += s;
-        row_sums.push(s);
+        let row = &g.kxx[i * n..i * n + i];
+        let s = simd::sum(row);
+        sxx += 2.0 * s;
+        row_sums[i] += s;
+        mirror(&mut row_sums[..i], row);
     }
     for j in 0..m {
-        let row = &g.kyx[j * n..(j + 1) * n];
-        col_yx.iter_mut().zip(row).for_each(|(c, v)| *c += v);
-        let (a, b) = (simd::sum(row), simd::sum(&g.kyy[j * m..(j + 1) * m]));
+        let (yx, yy) = (&g.kyx[j * n..(j + 1) * n], &g.kyy[j * m..j * m + j]);
+        let (a, b) = (simd::sum(yx), simd::sum(yy));
         syx += a;
-        syy += b;
-        row_sums.push(a + b);
+        syy += 2.0 * b;
+        row_sums[n + j] += a + b;
+        mirror(&mut row_sums[..n], yx);
+        mirror(&mut row_sums[n..n + j], yy);
     }
-    row_sums[..n].iter_mut().zip(&col_yx).for_each(|(r, c)| *r += c);
     let sxy = syx;
     let grand = sxx + sxy + syx + syy;
     let t = mmd_from_sums(sxx, sxy, syy, n, m);
@@ -536,30 +596,85 @@ impl Points {
     }
 
     /// Squared distances, self's rows × other's rows, row-major.
-    fn sq_dists(&self, other: &Points) -> Vec<f64> {
-        let mut out = vec![0.0; self.norms.len() * other.norms.len()];
-        simd::sq_dists_block(&self.rows, &self.norms, &other.cols, &other.norms, self.dim, &mut out);
+    fn sq_dists(&self, other: &Points) -> Block {
+        let mut out = Block::new(self.norms.len() * other.norms.len());
+        simd::sq_dists_block(
+            &self.rows,
+            &self.norms,
+            &other.cols,
+            &other.norms,
+            self.dim,
+            false,
+            &mut out,
+        );
+        out
+    }
+
+    /// Squared distances among self's rows, below the diagonal only (entry
+    /// [i·count + j] for j < i; the rest unspecified).
+    fn sq_dists_lower(&self) -> Block {
+        let mut out = Block::new(self.norms.len() * self.norms.len());
+        simd::sq_dists_block(
+            &self.rows,
+            &self.norms,
+            &self.cols,
+            &self.norms,
+            self.dim,
+            true,
+            &mut out,
+        );
         out
     }
 }
 
-/// σ = sqrt(median_{i<j} d_ij / 2) from the n × n squared distances `d`;
-/// 1 when all points coincide (any σ gives MMD = 0 then).
-fn sigma_from_median(d: &[f64], n: usize) -> f64 {
-    // Non-negative doubles order as their bit patterns: integer selection.
-    let mut v: Vec<u64> = Vec::with_capacity(n * n.saturating_sub(1) / 2);
-    for i in 0..n {
-        v.extend(d[i * n + i + 1..(i + 1) * n].iter().map(|x| x.abs().to_bits()));
+/// exp(−γ·d) in place on the entries of the `count` × `count` matrix `d`
+/// below its diagonal.
+fn gaussian_lower(d: &mut [f64], count: usize, gamma: f64) {
+    for i in 1..count {
+        simd::gaussian_in_place(&mut d[i * count..i * count + i], gamma);
     }
-    if v.is_empty() {
+}
+
+/// σ = sqrt(median_{i<j} d_ij / 2) from the n × n squared distances `d`
+/// (read below the diagonal); 1 when all points coincide (any σ gives
+/// MMD = 0 then).
+///
+/// The median is selected exactly without copying all n(n−1)/2 values:
+/// non-negative doubles order as their bit patterns, so a histogram of the
+/// top 16 bits (sign, exponent, 4 mantissa bits) finds the bucket(s) holding
+/// the middle rank(s), and only those values are copied and selected from.
+fn sigma_from_median(d: &[f64], n: usize) -> f64 {
+    let count = n * n.saturating_sub(1) / 2;
+    if count == 0 {
         return 1.0;
     }
-    let mid = v.len() / 2;
-    let hi = f64::from_bits(*v.select_nth_unstable(mid).1);
-    let med = if v.len() % 2 == 1 {
+    let pairs = || (1..n).flat_map(move |i| d[i * n..i * n + i].iter().map(|x| x.abs().to_bits()));
+    let bucket = |v: u64| (v >> 48) as usize;
+    let mut hist = vec![0u32; 1 << 16];
+    for v in pairs() {
+        hist[bucket(v)] += 1;
+    }
+    // Ranks (0-based) of the middle value(s), and the buckets holding them.
+    let mid = count / 2;
+    let lo_rank = if count % 2 == 1 { mid } else { mid - 1 };
+    let find = |rank: usize| {
+        let mut below = 0usize;
+        let mut b = 0;
+        while below + hist[b] as usize <= rank {
+            below += hist[b] as usize;
+            b += 1;
+        }
+        (b, below)
+    };
+    let ((b_lo, below), (b_hi, _)) = (find(lo_rank), find(mid));
+    let mut cand: Vec<u64> = pairs().filter(|&v| (b_lo..=b_hi).contains(&bucket(v))).collect();
+    let k = mid - below;
+    let hi = f64::from_bits(*cand.select_nth_unstable(k).1);
+    let med = if lo_rank == mid {
         hi
     } else {
-        let lo = v[..mid].iter().copied().max().map_or(hi, f64::from_bits);
+        // The largest of the values below rank `mid`.
+        let lo = cand[..k].iter().copied().max().map_or(hi, f64::from_bits);
         (lo + hi) / 2.0
     };
     if med > 0.0 && med.is_finite() {
@@ -574,7 +689,7 @@ fn sigma_from_median(d: &[f64], n: usize) -> f64 {
 pub fn median_heuristic_sigma(reference: &[f64], dim: usize) -> f64 {
     let n = reference.len() / dim;
     let xs = Points::new(reference, dim, &column_means(reference, dim));
-    sigma_from_median(&xs.sq_dists(&xs), n)
+    sigma_from_median(&xs.sq_dists_lower(), n)
 }
 
 #[cfg(test)]
@@ -735,5 +850,43 @@ mod tests {
     #[test]
     fn too_few_rows_is_none() {
         assert!(mmd_test(&[1.0], &[1.0, 2.0], 1, &MmdOptions::default()).is_none());
+    }
+
+    /// The bucketed selection gives the median of all pairwise squared
+    /// distances exactly: odd and even pair counts, ties, coincident points,
+    /// values spread over many exponents.
+    #[test]
+    fn median_heuristic_matches_a_full_sort() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for (n, dim) in [(2usize, 1usize), (3, 2), (4, 1), (5, 3), (40, 4), (101, 2), (300, 8)] {
+            for kind in 0..3 {
+                let x: Vec<f64> = (0..n * dim)
+                    .map(|_| match kind {
+                        0 => rng.random::<f64>(),
+                        1 => f64::from(rng.random_range(0..3u8)), // ties and zeros
+                        _ => rng.random::<f64>().powi(8) * 1e6,   // wide spread
+                    })
+                    .collect();
+                let mut d = vec![];
+                for i in 0..n {
+                    for j in 0..i {
+                        d.push(sq_dist(&x[i * dim..(i + 1) * dim], &x[j * dim..(j + 1) * dim]));
+                    }
+                }
+                d.sort_by(f64::total_cmp);
+                let k = d.len();
+                let med = if k % 2 == 1 {
+                    d[k / 2]
+                } else {
+                    (d[k / 2 - 1] + d[k / 2]) / 2.0
+                };
+                let want = if med > 0.0 { (med / 2.0).sqrt() } else { 1.0 };
+                let got = median_heuristic_sigma(&x, dim);
+                assert!(
+                    (got - want).abs() <= 1e-9 * want,
+                    "n={n} dim={dim} kind={kind}: {got} vs {want}"
+                );
+            }
+        }
     }
 }

@@ -282,19 +282,29 @@ unsafe fn sum_avx512(x: &[f64]) -> f64 {
 /// `ncols`), by ‖x‖² + ‖y‖² − 2x·y (clamped at 0) so the work is one FMA per
 /// coordinate and pair. Callers centre the points first: the cancellation
 /// error is then ε·(‖x‖² + ‖y‖²) on a squared distance of the same order.
-/// `out` is rows × ncols, row-major.
-pub fn sq_dists_block(rows: &[f64], row_norms: &[f64], cols_t: &[f64], col_norms: &[f64], dim: usize, out: &mut [f64]) {
+/// `out` is rows × ncols, row-major. With `lower` (rows and columns are the
+/// same points) only the entries left of the diagonal, c < r, are computed;
+/// the rest of `out` is left unspecified.
+pub fn sq_dists_block(
+    rows: &[f64],
+    row_norms: &[f64],
+    cols_t: &[f64],
+    col_norms: &[f64],
+    dim: usize,
+    lower: bool,
+    out: &mut [f64],
+) {
     let (nr, nc) = (row_norms.len(), col_norms.len());
     assert!(rows.len() >= nr * dim && cols_t.len() >= nc * dim && out.len() >= nr * nc);
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: AVX-512F present; bounds asserted above.
-        unsafe { sq_dists_block_avx512(rows, row_norms, cols_t, col_norms, dim, out) };
+        unsafe { sq_dists_block_avx512(rows, row_norms, cols_t, col_norms, dim, lower, out) };
         return;
     }
     for r in 0..nr {
         let x = &rows[r * dim..(r + 1) * dim];
-        for c in 0..nc {
+        for c in 0..if lower { r.min(nc) } else { nc } {
             let dot: f64 = (0..dim).map(|k| x[k] * cols_t[k * nc + c]).sum();
             out[r * nc + c] = (row_norms[r] + col_norms[c] - 2.0 * dot).max(0.0);
         }
@@ -308,6 +318,12 @@ fn has_avx512() -> bool {
     *ON.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
 
+/// Rows per register tile of [`sq_dists_block_avx512`]; each tile is
+/// `TILE_ROWS` × 16 columns: 16 accumulators, and per coordinate 2 column
+/// loads and `TILE_ROWS` broadcasts for 16 FMAs (a 4 × 8 tile did 5 loads for
+/// 4 FMAs and waited on the loads).
+const TILE_ROWS: usize = 8;
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sq_dists_block_avx512(
@@ -316,64 +332,74 @@ unsafe fn sq_dists_block_avx512(
     cols_t: &[f64],
     col_norms: &[f64],
     dim: usize,
+    lower: bool,
     out: &mut [f64],
 ) {
     let (nr, nc) = (row_norms.len(), col_norms.len());
     let (pr, pt, po) = (rows.as_ptr(), cols_t.as_ptr(), out.as_mut_ptr());
     let zero = _mm512_setzero_pd();
+    // Lanes of columns c..c+8 that exist (none past the end).
+    let lanes = |c: usize| -> __mmask8 {
+        if c + 8 <= nc {
+            0xFF
+        } else if c >= nc {
+            0
+        } else {
+            (1u8 << (nc - c)) - 1
+        }
+    };
     // d = max(0, ‖x‖² + ‖y‖² − 2·acc), stored under the column mask.
     let finish = |acc: __m512d, r: usize, c0: usize, k8: __mmask8| {
-        // SAFETY: r < nr and the masked lanes are columns < nc.
+        // SAFETY: r < nr, and only the lanes under k8 (columns < nc) are
+        // read or written; the pointers past them are never dereferenced.
         unsafe {
             let base = _mm512_add_pd(
-                _mm512_maskz_loadu_pd(k8, col_norms.as_ptr().add(c0)),
+                _mm512_maskz_loadu_pd(k8, col_norms.as_ptr().wrapping_add(c0)),
                 _mm512_set1_pd(row_norms[r]),
             );
             let d = _mm512_max_pd(_mm512_fnmadd_pd(_mm512_set1_pd(2.0), acc, base), zero);
-            _mm512_mask_storeu_pd(po.add(r * nc + c0), k8, d);
+            _mm512_mask_storeu_pd(po.wrapping_add(r * nc + c0), k8, d);
         }
     };
     let mut r0 = 0;
-    // SAFETY (all loads below): rows r < nr, k < dim, and columns under the
-    // mask k8 < nc, inside the lengths the caller asserted.
+    // SAFETY (all loads below): rows r < nr and k < dim, and only columns
+    // under the masks (< nc), inside the lengths the caller asserted.
     unsafe {
-        // Four rows at a time share each load of 8 transposed columns.
-        while r0 + 4 <= nr {
-            let (x0, x1, x2, x3) = (
-                pr.add(r0 * dim),
-                pr.add((r0 + 1) * dim),
-                pr.add((r0 + 2) * dim),
-                pr.add((r0 + 3) * dim),
-            );
+        while r0 + TILE_ROWS <= nr {
+            let end = if lower { (r0 + TILE_ROWS).min(nc) } else { nc };
+            let x: [*const f64; TILE_ROWS] = std::array::from_fn(|r| pr.add((r0 + r) * dim));
             let mut c0 = 0;
-            while c0 < nc {
-                let k8: __mmask8 = if c0 + 8 <= nc { 0xFF } else { (1u8 << (nc - c0)) - 1 };
-                let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+            while c0 < end {
+                let (k0, k1) = (lanes(c0), lanes(c0 + 8));
+                let mut acc = [[zero; 2]; TILE_ROWS];
                 for k in 0..dim {
-                    let t = _mm512_maskz_loadu_pd(k8, pt.add(k * nc + c0));
-                    a0 = _mm512_fmadd_pd(_mm512_set1_pd(*x0.add(k)), t, a0);
-                    a1 = _mm512_fmadd_pd(_mm512_set1_pd(*x1.add(k)), t, a1);
-                    a2 = _mm512_fmadd_pd(_mm512_set1_pd(*x2.add(k)), t, a2);
-                    a3 = _mm512_fmadd_pd(_mm512_set1_pd(*x3.add(k)), t, a3);
+                    let t0 = _mm512_maskz_loadu_pd(k0, pt.wrapping_add(k * nc + c0));
+                    let t1 = _mm512_maskz_loadu_pd(k1, pt.wrapping_add(k * nc + c0 + 8));
+                    for (a, xr) in acc.iter_mut().zip(&x) {
+                        let b = _mm512_set1_pd(*xr.add(k));
+                        a[0] = _mm512_fmadd_pd(b, t0, a[0]);
+                        a[1] = _mm512_fmadd_pd(b, t1, a[1]);
+                    }
                 }
-                finish(a0, r0, c0, k8);
-                finish(a1, r0 + 1, c0, k8);
-                finish(a2, r0 + 2, c0, k8);
-                finish(a3, r0 + 3, c0, k8);
-                c0 += 8;
+                for (r, a) in acc.iter().enumerate() {
+                    finish(a[0], r0 + r, c0, k0);
+                    finish(a[1], r0 + r, c0 + 8, k1);
+                }
+                c0 += 16;
             }
-            r0 += 4;
+            r0 += TILE_ROWS;
         }
         while r0 < nr {
             let x = pr.add(r0 * dim);
+            let end = if lower { r0.min(nc) } else { nc };
             let mut c0 = 0;
-            while c0 < nc {
-                let k8: __mmask8 = if c0 + 8 <= nc { 0xFF } else { (1u8 << (nc - c0)) - 1 };
+            while c0 < end {
+                let k8 = lanes(c0);
                 let mut a = zero;
                 for k in 0..dim {
                     a = _mm512_fmadd_pd(
                         _mm512_set1_pd(*x.add(k)),
-                        _mm512_maskz_loadu_pd(k8, pt.add(k * nc + c0)),
+                        _mm512_maskz_loadu_pd(k8, pt.wrapping_add(k * nc + c0)),
                         a,
                     );
                 }
@@ -590,7 +616,17 @@ mod tests {
     #[test]
     fn block_distances_match_direct_ones() {
         let dim = 5;
-        for (nr, nc) in [(1usize, 1usize), (3, 7), (4, 8), (9, 17), (13, 3)] {
+        for (nr, nc) in [
+            (1usize, 1usize),
+            (3, 7),
+            (4, 8),
+            (9, 17),
+            (13, 3),
+            (8, 16),
+            (17, 17),
+            (33, 33),
+            (21, 40),
+        ] {
             let rows: Vec<f64> = (0..nr * dim).map(|i| (i as f64 * 0.37).sin()).collect();
             let cols: Vec<f64> = (0..nc * dim).map(|i| (i as f64 * 0.11).cos()).collect();
             let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
@@ -603,11 +639,28 @@ mod tests {
                 }
             }
             let mut out = vec![-1.0; nr * nc];
-            sq_dists_block(&rows, &rn, &t, &cn, dim, &mut out);
+            sq_dists_block(&rows, &rn, &t, &cn, dim, false, &mut out);
             for r in 0..nr {
                 for c in 0..nc {
                     let want = sq_dist(&rows[r * dim..(r + 1) * dim], &cols[c * dim..(c + 1) * dim]);
                     assert!((out[r * nc + c] - want).abs() < 1e-12, "({r},{c}) of {nr}×{nc}");
+                }
+            }
+            // The lower triangle alone (the same points on both sides).
+            if nr == nc {
+                let mut t = vec![0.0; nr * dim];
+                for c in 0..nr {
+                    for k in 0..dim {
+                        t[k * nr + c] = rows[c * dim + k];
+                    }
+                }
+                let mut low = vec![-1.0; nr * nr];
+                sq_dists_block(&rows, &rn, &t, &rn, dim, true, &mut low);
+                for r in 0..nr {
+                    for c in 0..r {
+                        let want = sq_dist(&rows[r * dim..(r + 1) * dim], &rows[c * dim..(c + 1) * dim]);
+                        assert!((low[r * nr + c] - want).abs() < 1e-12, "lower ({r},{c}) of {nr}");
+                    }
                 }
             }
         }
