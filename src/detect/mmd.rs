@@ -19,10 +19,11 @@
 //! so each permutation costs one quadratic form over the smaller set. The B
 //! quadratic forms are computed together, row by row: each kernel row is read
 //! from memory once and summed under the bitsets of all the permutations that
-//! hold it (AVX-512 masked adds, four sets per pass), so the matrix streams
-//! through the cache once for all permutations, not once per permutation.
-//! Kernel entries come from ‖x‖² + ‖y‖² − 2x·y on centred points (one FMA per
-//! coordinate and pair, in 4×8 register tiles).
+//! hold it (masked integer adds on the kernel in fixed point, four sets per
+//! pass), so the matrix streams through the cache once for all permutations,
+//! not once per permutation. Kernel entries come from ‖x‖² + ‖y‖² − 2x·y on
+//! centred points (one FMA per coordinate and pair, in 8×16 register tiles),
+//! below the diagonal only: the matrix is symmetric.
 //!
 //! Sliding windows: the reference block K_XX (and σ) is computed once per
 //! reference and kept in a small process-wide cache keyed by the reference's
@@ -390,19 +391,26 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     })
 }
 
-/// Row ranges the permutation work is cut into: fixed (not per thread), and
-/// summed in order, so the p-value does not depend on the thread count.
+/// Row ranges the permutation work is cut into and shared among threads.
 const CHUNKS: usize = 32;
 
 /// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j<i} K₀[i,j]: for each row i,
 /// one masked sum of its half row under the bitset of every set holding i.
 /// The bitsets (B·N bits: 25 KB for B = 100, N = 2000) stay in L1 while each
 /// row is read once from memory and then from cache for all its sets.
+///
+/// The sums run on the kernel values in fixed point (round(k·2²⁰), exact
+/// integer adds, 16 lanes per AVX-512 add): integer sums do not depend on
+/// their order, so the result is the same for any thread count and chunking,
+/// and two splits that are equal in law (equal rows swapped) tie exactly.
+/// Rounding k to 2⁻²¹ moves each quadratic form by far less than the
+/// permutation spread of T; observed and permuted splits go through the
+/// same computation, so the permutation p-value stays exact for it.
 fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     let total = g.n + g.m;
     let sets = members.len();
     let words = total.div_ceil(64);
-    let mut masks = vec![0u64; sets * words];
+    let mut masks = vec![0u64; (sets + 1) * words];
     // For each row, the sets holding it (CSR).
     let mut start = vec![0usize; total + 1];
     for mem in members {
@@ -422,6 +430,8 @@ fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
             fill[i as usize] += 1;
         }
     }
+    // Set `sets` (past the real ones) is empty: it pads the last group of four.
+    let empty = sets as u32;
     // Chunk bounds with about equal areas of the triangle (row i has i entries).
     let area = total * (total - 1) / 2;
     let mut bounds = vec![0usize];
@@ -435,25 +445,21 @@ fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     if *bounds.last().unwrap_or(&0) != total {
         bounds.push(total);
     }
-    let chunk = |c: usize| -> Vec<f64> {
-        let mut q = vec![0.0; sets];
+    let chunk = |c: usize| -> Vec<i64> {
+        let mut q = vec![0i64; sets + 1];
+        let mut fixed = Vec::with_capacity(total);
+        let mask = |b: u32| &masks[b as usize * words..(b as usize + 1) * words];
         for i in bounds[c]..bounds[c + 1] {
-            let runs = g.lower_row(i);
-            let mask = |b: u32| &masks[b as usize * words..(b as usize + 1) * words];
-            let held = &holders[start[i]..start[i + 1]];
-            let mut fours = held.chunks_exact(4);
-            for f in &mut fours {
-                let sets = [mask(f[0]), mask(f[1]), mask(f[2]), mask(f[3])];
-                for (row, first) in runs {
-                    let s4 = simd::masked_sums4(row, sets, first);
-                    for (b, v) in f.iter().zip(s4) {
-                        q[*b as usize] += v;
-                    }
-                }
+            // The half row, pooled columns 0..i, as one fixed-point run.
+            fixed.clear();
+            for (run, _) in g.lower_row(i) {
+                simd::to_fixed(run, &mut fixed);
             }
-            for &b in fours.remainder() {
-                for (row, first) in runs {
-                    q[b as usize] += simd::masked_sum(row, mask(b), first);
+            for f in holders[start[i]..start[i + 1]].chunks(4) {
+                let b = |l: usize| f.get(l).copied().unwrap_or(empty);
+                let s4 = simd::masked_sums4_fixed(&fixed, [mask(b(0)), mask(b(1)), mask(b(2)), mask(b(3))]);
+                for (l, v) in s4.into_iter().enumerate() {
+                    q[b(l) as usize] += v;
                 }
             }
         }
@@ -461,34 +467,26 @@ fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     };
     let n_chunks = bounds.len() - 1;
     let threads = threads.clamp(1, n_chunks.max(1));
-    let parts: Vec<Vec<f64>> = if threads == 1 {
+    let parts: Vec<Vec<i64>> = if threads == 1 {
         (0..n_chunks).map(chunk).collect()
     } else {
-        let mut parts: Vec<(usize, Vec<f64>)> = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads)
                 .map(|t| {
                     let chunk = &chunk;
-                    s.spawn(move || {
-                        (t..n_chunks)
-                            .step_by(threads)
-                            .map(|c| (c, chunk(c)))
-                            .collect::<Vec<_>>()
-                    })
+                    s.spawn(move || (t..n_chunks).step_by(threads).map(chunk).collect::<Vec<_>>())
                 })
                 .collect();
             hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-        });
-        parts.sort_by_key(|p| p.0);
-        parts.into_iter().map(|p| p.1).collect()
+        })
     };
-    let mut q = vec![0.0; sets];
+    let mut q = vec![0i64; sets];
     for part in parts {
         for (a, v) in q.iter_mut().zip(part) {
             *a += v;
         }
     }
-    q.iter_mut().for_each(|v| *v *= 2.0);
-    q
+    q.into_iter().map(|v| 2.0 * v as f64 / simd::FIXED_SCALE).collect()
 }
 
 fn mmd_from_sums(xx: f64, xy: f64, yy: f64, n: usize, m: usize) -> f64 {
@@ -639,35 +637,64 @@ fn gaussian_lower(d: &mut [f64], count: usize, gamma: f64) {
 /// (read below the diagonal); 1 when all points coincide (any σ gives
 /// MMD = 0 then).
 ///
-/// The median is selected exactly without copying all n(n−1)/2 values:
-/// non-negative doubles order as their bit patterns, so a histogram of the
-/// top 16 bits (sign, exponent, 4 mantissa bits) finds the bucket(s) holding
-/// the middle rank(s), and only those values are copied and selected from.
+/// The median is selected exactly without copying all n(n−1)/2 values
+/// (Floyd & Rivest 1975, "Expected time bounds for selection", CACM 18(3)):
+/// a spread-out sample of ~4,000 values brackets the middle rank(s) between
+/// two pivots with a wide margin; one pass counts the values below the
+/// bracket and keeps those inside it (a few percent), and the selection
+/// runs on those. Should the bracket miss (the margin is ~4 standard errors
+/// of the sample rank), all values are selected from instead. Non-negative
+/// doubles order as their bit patterns, so the work is on integers.
 fn sigma_from_median(d: &[f64], n: usize) -> f64 {
     let count = n * n.saturating_sub(1) / 2;
     if count == 0 {
         return 1.0;
     }
-    let pairs = || (1..n).flat_map(move |i| d[i * n..i * n + i].iter().map(|x| x.abs().to_bits()));
-    let bucket = |v: u64| (v >> 48) as usize;
-    let mut hist = vec![0u32; 1 << 16];
-    for v in pairs() {
-        hist[bucket(v)] += 1;
-    }
-    // Ranks (0-based) of the middle value(s), and the buckets holding them.
+    let rows = || (1..n).map(|i| &d[i * n..i * n + i]);
+    let bits = |x: &f64| x.abs().to_bits();
+    // Ranks (0-based) of the middle value(s).
     let mid = count / 2;
     let lo_rank = if count % 2 == 1 { mid } else { mid - 1 };
-    let find = |rank: usize| {
-        let mut below = 0usize;
-        let mut b = 0;
-        while below + hist[b] as usize <= rank {
-            below += hist[b] as usize;
-            b += 1;
-        }
-        (b, below)
+    // Sample: every `stride`-th entry of each row, offset by the row number.
+    let stride = (count / 4096).max(1);
+    let mut sample: Vec<u64> = (1..n)
+        .flat_map(|i| (i % stride..i).step_by(stride).map(move |j| (i, j)))
+        .map(|(i, j)| bits(&d[i * n + j]))
+        .collect();
+    sample.sort_unstable();
+    // The bracket [lo, hi], and room for twice the values expected in it.
+    let (lo, hi, room) = if stride == 1 || sample.is_empty() {
+        (0, u64::MAX, count)
+    } else {
+        let at = |rank: usize| rank * sample.len() / count;
+        let margin = (4.0 * (sample.len() as f64).sqrt() / 2.0) as usize + 8;
+        let a = at(lo_rank).saturating_sub(margin);
+        let b = at(mid) + margin;
+        (
+            if a == 0 { 0 } else { sample[a] },
+            sample.get(b).copied().unwrap_or(u64::MAX),
+            (2 * (b - a + 1) * count / sample.len() + 64).min(count),
+        )
     };
-    let ((b_lo, below), (b_hi, _)) = (find(lo_rank), find(mid));
-    let mut cand: Vec<u64> = pairs().filter(|&v| (b_lo..=b_hi).contains(&bucket(v))).collect();
+    // The compaction writes every value and advances only past those in the
+    // bracket: no branch to mispredict.
+    let mut cand = vec![0u64; room + 1];
+    let (mut below, mut len) = (0usize, 0usize);
+    let last = cand.len() - 1;
+    for row in rows() {
+        for x in row {
+            let v = bits(x);
+            below += usize::from(v < lo);
+            cand[len.min(last)] = v;
+            len += usize::from(v >= lo && v <= hi);
+        }
+    }
+    cand.truncate(len.min(last));
+    if len > last || below > lo_rank || below + cand.len() <= mid {
+        // The bracket missed (or held more than its room): select from everything.
+        below = 0;
+        cand = rows().flat_map(|r| r.iter().map(bits)).collect();
+    }
     let k = mid - below;
     let hi = f64::from_bits(*cand.select_nth_unstable(k).1);
     let med = if lo_rank == mid {
@@ -845,6 +872,11 @@ mod tests {
             threads: 1,
         };
         assert_eq!(mmd_test(&x, &y, 2, &o), mmd_test(&x, &y, 2, &o));
+        // The thread count changes nothing (exact integer sums).
+        for threads in [2, 3, 8] {
+            clear_kernel_cache();
+            assert_eq!(mmd_test(&x, &y, 2, &MmdOptions { threads, ..o }), mmd_test(&x, &y, 2, &o));
+        }
     }
 
     #[test]

@@ -30,203 +30,189 @@ pub fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
     a[..n].iter().zip(&b[..n]).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
-/// Σ_t row[t] over the t whose bit `first_bit + t` is set in `bits`.
-pub fn masked_sum(row: &[f64], bits: &[u64], first_bit: usize) -> f64 {
+/// Scale of the fixed-point kernel values the permutation sums work on:
+/// k ∈ [0, 1] becomes round(k·2²⁰), an i32.
+pub const FIXED_SCALE: f64 = (1u32 << 20) as f64;
+
+/// Appends round(x·2²⁰) (ties to even) for each x of `src` (kernel values
+/// in [0, 1]) to `dst`.
+pub fn to_fixed(src: &[f64], dst: &mut Vec<i32>) {
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: AVX-512F present.
-        return unsafe { masked_sum_avx512(row, bits, first_bit) };
+        return unsafe { to_fixed_avx512(src, dst) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: as in `sq_dist`.
-        return unsafe { masked_sum_avx2(row, bits, first_bit) };
+        // SAFETY: AVX2 present.
+        return unsafe { to_fixed_avx2(src, dst) };
     }
-    row.iter()
-        .enumerate()
-        .filter(|(t, _)| {
-            let p = first_bit + t;
-            bits[p >> 6] >> (p & 63) & 1 == 1
-        })
-        .map(|(_, v)| v)
-        .sum()
+    dst.extend(src.iter().map(|x| (x * FIXED_SCALE).round_ties_even() as i32));
 }
 
-/// 64 bits of `bits` starting at bit `p` (zeros past the end).
-#[inline(always)]
-fn bits_at(bits: &[u64], p: usize) -> u64 {
-    let (w, o) = (p >> 6, p & 63);
-    let lo = if w < bits.len() { bits[w] >> o } else { 0 };
-    let hi = if o != 0 && w + 1 < bits.len() {
-        bits[w + 1] << (64 - o)
-    } else {
-        0
-    };
-    lo | hi
-}
-
-/// The mask bits drive the lanes directly: one masked add per 8 values.
-/// Written out by hand (four accumulators in registers, 64 values per mask
-/// word) so the speed does not depend on the crate's optimisation level.
+/// The conversion rounds in the default mode, to nearest with ties to even,
+/// as `round_ties_even` does for the tail.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn masked_sum_avx512(row: &[f64], bits: &[u64], first_bit: usize) -> f64 {
-    let n = row.len();
-    let p = row.as_ptr();
-    let (mut a0, mut a1, mut a2, mut a3) = (
-        _mm512_setzero_pd(),
-        _mm512_setzero_pd(),
-        _mm512_setzero_pd(),
-        _mm512_setzero_pd(),
-    );
-    let mut t = 0;
-    // SAFETY (loads): t + 64 ≤ n in the main loop; the tail's lanes are masked to < n.
+unsafe fn to_fixed_avx512(src: &[f64], dst: &mut Vec<i32>) {
+    let (n, at) = (src.len(), dst.len());
+    dst.reserve(n);
+    let scale = _mm512_set1_pd(FIXED_SCALE);
+    let mut i = 0;
+    // SAFETY: i + 8 ≤ n reads inside `src`; writes go to the `n` reserved slots
+    // after `at`, all of which are written before `set_len`.
     unsafe {
-        while t + 64 <= n {
-            let w = bits_at(bits, first_bit + t);
-            let q = p.add(t);
-            a0 = _mm512_mask_add_pd(a0, w as u8, a0, _mm512_loadu_pd(q));
-            a1 = _mm512_mask_add_pd(a1, (w >> 8) as u8, a1, _mm512_loadu_pd(q.add(8)));
-            a2 = _mm512_mask_add_pd(a2, (w >> 16) as u8, a2, _mm512_loadu_pd(q.add(16)));
-            a3 = _mm512_mask_add_pd(a3, (w >> 24) as u8, a3, _mm512_loadu_pd(q.add(24)));
-            a0 = _mm512_mask_add_pd(a0, (w >> 32) as u8, a0, _mm512_loadu_pd(q.add(32)));
-            a1 = _mm512_mask_add_pd(a1, (w >> 40) as u8, a1, _mm512_loadu_pd(q.add(40)));
-            a2 = _mm512_mask_add_pd(a2, (w >> 48) as u8, a2, _mm512_loadu_pd(q.add(48)));
-            a3 = _mm512_mask_add_pd(a3, (w >> 56) as u8, a3, _mm512_loadu_pd(q.add(56)));
-            t += 64;
+        let out = dst.as_mut_ptr().add(at);
+        while i + 8 <= n {
+            let v = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_loadu_pd(src.as_ptr().add(i)), scale));
+            _mm256_storeu_si256(out.add(i) as *mut __m256i, v);
+            i += 8;
         }
-        if t < n {
-            let w = bits_at(bits, first_bit + t);
-            let mut off = 0;
-            while t + off < n {
-                let left = n - t - off;
-                let valid = if left >= 8 { 0xFFu8 } else { (1u8 << left) - 1 };
-                let k = ((w >> off) as u8) & valid;
-                a0 = _mm512_add_pd(a0, _mm512_maskz_loadu_pd(k, p.add(t + off)));
-                off += 8;
-            }
+        for (k, x) in src.iter().enumerate().skip(i) {
+            out.add(k).write((x * FIXED_SCALE).round_ties_even() as i32);
         }
+        dst.set_len(at + n);
     }
-    _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a0, a1), _mm512_add_pd(a2, a3)))
 }
 
-/// [`masked_sum`] of one row under four bitsets at once: each load of the
-/// row feeds four masked adds, so the row is read once for four sets.
-pub fn masked_sums4(row: &[f64], bits: [&[u64]; 4], first_bit: usize) -> [f64; 4] {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn to_fixed_avx2(src: &[f64], dst: &mut Vec<i32>) {
+    let (n, at) = (src.len(), dst.len());
+    dst.reserve(n);
+    let scale = _mm256_set1_pd(FIXED_SCALE);
+    let mut i = 0;
+    // SAFETY: as in `to_fixed_avx512`, four at a time.
+    unsafe {
+        let out = dst.as_mut_ptr().add(at);
+        while i + 4 <= n {
+            let v = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_loadu_pd(src.as_ptr().add(i)), scale));
+            _mm_storeu_si128(out.add(i) as *mut __m128i, v);
+            i += 4;
+        }
+        for (k, x) in src.iter().enumerate().skip(i) {
+            out.add(k).write((x * FIXED_SCALE).round_ties_even() as i32);
+        }
+        dst.set_len(at + n);
+    }
+}
+
+/// Values summed per lane before the lanes are widened to i64: 1024 values
+/// ≤ 2²⁰ over 16 lanes stay below 2³⁰ in total, far from i32 overflow.
+const FIXED_FLUSH: usize = 1024;
+
+/// Σ_t row[t] over the t whose bit t is set, for each of four bitsets.
+/// Integer sums are exact, so the result does not depend on the order or
+/// grouping of the additions: a permutation that equals another in law
+/// gives the same sum bit for bit, and more lanes fit a register than with
+/// doubles (16 per AVX-512 add).
+pub fn masked_sums4_fixed(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: AVX-512F present.
-        return unsafe { masked_sums4_avx512(row, bits, first_bit) };
+        return unsafe { masked_sums4_fixed_avx512(row, bits) };
     }
-    bits.map(|b| masked_sum(row, b, first_bit))
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 present.
+        return unsafe { masked_sums4_fixed_avx2(row, bits) };
+    }
+    masked_sums4_fixed_scalar(row, bits)
 }
 
+fn masked_sums4_fixed_scalar(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
+    bits.map(|b| {
+        row.iter()
+            .enumerate()
+            .filter(|(t, _)| b.get(t >> 6).is_some_and(|w| w >> (t & 63) & 1 == 1))
+            .map(|(_, v)| i64::from(*v))
+            .sum()
+    })
+}
+
+/// The bits t..t+width of `bits` (t a multiple of `width`, a power of two ≤ 64).
+#[inline(always)]
+fn bits_from(bits: &[u64], t: usize, width: u32) -> u64 {
+    bits.get(t >> 6).map_or(0, |w| (w >> (t & 63)) & (u64::MAX >> (64 - width)))
+}
+
+/// The mask bits drive the lanes directly: one masked add per 16 values and
+/// set, 64 values (one mask word per set) per step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn masked_sums4_avx512(row: &[f64], bits: [&[u64]; 4], first_bit: usize) -> [f64; 4] {
+unsafe fn masked_sums4_fixed_avx512(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
     let n = row.len();
     let p = row.as_ptr();
-    let z = _mm512_setzero_pd();
-    // Two accumulators per set, so the adds of one set do not wait on each other.
-    let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
-    let (mut b0, mut b1, mut b2, mut b3) = (z, z, z, z);
+    let mut tot = [0i64; 4];
     let mut t = 0;
-    // SAFETY (loads): t + 16 ≤ n in the main loop; the tail's lanes are masked to < n.
-    unsafe {
-        while t + 64 <= n {
-            let at = first_bit + t;
-            let (w0, w1, w2, w3) = (
-                bits_at(bits[0], at),
-                bits_at(bits[1], at),
-                bits_at(bits[2], at),
-                bits_at(bits[3], at),
-            );
-            let mut g = 0;
-            while g < 64 {
-                let (x, y) = (_mm512_loadu_pd(p.add(t + g)), _mm512_loadu_pd(p.add(t + g + 8)));
-                a0 = _mm512_mask_add_pd(a0, (w0 >> g) as u8, a0, x);
-                a1 = _mm512_mask_add_pd(a1, (w1 >> g) as u8, a1, x);
-                a2 = _mm512_mask_add_pd(a2, (w2 >> g) as u8, a2, x);
-                a3 = _mm512_mask_add_pd(a3, (w3 >> g) as u8, a3, x);
-                b0 = _mm512_mask_add_pd(b0, (w0 >> (g + 8)) as u8, b0, y);
-                b1 = _mm512_mask_add_pd(b1, (w1 >> (g + 8)) as u8, b1, y);
-                b2 = _mm512_mask_add_pd(b2, (w2 >> (g + 8)) as u8, b2, y);
-                b3 = _mm512_mask_add_pd(b3, (w3 >> (g + 8)) as u8, b3, y);
-                g += 16;
+    while t < n {
+        let end = (t + FIXED_FLUSH).min(n);
+        let mut acc = [_mm512_setzero_si512(); 4];
+        // SAFETY (loads): t + 64 ≤ end ≤ n here, and under `valid` below.
+        unsafe {
+            while t + 64 <= end {
+                let x = [0, 16, 32, 48].map(|o| _mm512_loadu_si512(p.add(t + o) as *const __m512i));
+                for (a, b) in acc.iter_mut().zip(&bits) {
+                    let w = b.get(t >> 6).copied().unwrap_or(0);
+                    for (q, v) in x.iter().enumerate() {
+                        *a = _mm512_mask_add_epi32(*a, (w >> (16 * q)) as u16, *a, *v);
+                    }
+                }
+                t += 64;
             }
-            t += 64;
+            while t < end {
+                let left = end - t;
+                let valid: __mmask16 = if left >= 16 { 0xFFFF } else { (1u16 << left) - 1 };
+                let x = _mm512_maskz_loadu_epi32(valid, p.add(t));
+                for (a, b) in acc.iter_mut().zip(&bits) {
+                    *a = _mm512_mask_add_epi32(*a, bits_from(b, t, 16) as u16, *a, x);
+                }
+                t += 16;
+            }
         }
-        if t < n {
-            let at = first_bit + t;
-            let (w0, w1, w2, w3) = (
-                bits_at(bits[0], at),
-                bits_at(bits[1], at),
-                bits_at(bits[2], at),
-                bits_at(bits[3], at),
-            );
-            let mut off = 0;
-            while t + off < n {
-                let left = n - t - off;
-                let valid = if left >= 8 { 0xFFu8 } else { (1u8 << left) - 1 };
-                let x = _mm512_maskz_loadu_pd(valid, p.add(t + off));
-                a0 = _mm512_mask_add_pd(a0, (w0 >> off) as u8, a0, x);
-                a1 = _mm512_mask_add_pd(a1, (w1 >> off) as u8, a1, x);
-                a2 = _mm512_mask_add_pd(a2, (w2 >> off) as u8, a2, x);
-                a3 = _mm512_mask_add_pd(a3, (w3 >> off) as u8, a3, x);
-                off += 8;
-            }
+        for (s, a) in tot.iter_mut().zip(&acc) {
+            *s += i64::from(_mm512_reduce_add_epi32(*a));
         }
     }
-    [
-        _mm512_reduce_add_pd(_mm512_add_pd(a0, b0)),
-        _mm512_reduce_add_pd(_mm512_add_pd(a1, b1)),
-        _mm512_reduce_add_pd(_mm512_add_pd(a2, b2)),
-        _mm512_reduce_add_pd(_mm512_add_pd(a3, b3)),
-    ]
+    tot
 }
 
+/// Eight lanes; each mask byte becomes lane masks by testing its bits.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn masked_sum_avx2(row: &[f64], bits: &[u64], first_bit: usize) -> f64 {
-    // Lane masks for each 4-bit pattern.
-    const fn lut() -> [[u64; 4]; 16] {
-        let mut t = [[0u64; 4]; 16];
-        let mut m = 0;
-        while m < 16 {
-            let mut l = 0;
-            while l < 4 {
-                if m >> l & 1 == 1 {
-                    t[m][l] = u64::MAX;
-                }
-                l += 1;
-            }
-            m += 1;
-        }
-        t
-    }
-    static LUT: [[u64; 4]; 16] = lut();
+#[target_feature(enable = "avx2")]
+unsafe fn masked_sums4_fixed_avx2(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
     let n = row.len();
-    let (mut s0, mut s1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    let mut tot = [0i64; 4];
     let mut t = 0;
     while t + 8 <= n {
-        let byte = (bits_at(bits, first_bit + t) & 0xFF) as usize;
-        // SAFETY: t + 8 ≤ n; nibbles index the 16-entry LUT; each entry holds 4 u64.
-        unsafe {
-            let m0 = _mm256_loadu_pd(LUT.get_unchecked(byte & 0xF).as_ptr() as *const f64);
-            let m1 = _mm256_loadu_pd(LUT.get_unchecked(byte >> 4).as_ptr() as *const f64);
-            s0 = _mm256_add_pd(s0, _mm256_and_pd(_mm256_loadu_pd(row.as_ptr().add(t)), m0));
-            s1 = _mm256_add_pd(s1, _mm256_and_pd(_mm256_loadu_pd(row.as_ptr().add(t + 4)), m1));
+        let end = (t + FIXED_FLUSH).min(n - n % 8);
+        let mut acc = [_mm256_setzero_si256(); 4];
+        while t < end {
+            // SAFETY: t + 8 ≤ n.
+            let x = unsafe { _mm256_loadu_si256(row.as_ptr().add(t) as *const __m256i) };
+            for (a, b) in acc.iter_mut().zip(&bits) {
+                let byte = _mm256_set1_epi32(bits_from(b, t, 8) as i32);
+                let on = _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane_bits), lane_bits);
+                *a = _mm256_add_epi32(*a, _mm256_and_si256(x, on));
+            }
+            t += 8;
         }
-        t += 8;
+        for (s, a) in tot.iter_mut().zip(&acc) {
+            let mut lanes = [0i32; 8];
+            // SAFETY: 8 i32 lanes into an 8-element array.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, *a) };
+            *s += lanes.iter().map(|&v| i64::from(v)).sum::<i64>();
+        }
     }
-    let mut sum = hsum(_mm256_add_pd(s0, s1));
     for (k, v) in row.iter().enumerate().skip(t) {
-        let p = first_bit + k;
-        if bits.get(p >> 6).is_some_and(|w| w >> (p & 63) & 1 == 1) {
-            sum += v;
+        for (s, b) in tot.iter_mut().zip(&bits) {
+            if bits_from(b, k, 1) == 1 {
+                *s += i64::from(*v);
+            }
         }
     }
-    sum
+    tot
 }
 
 /// Σ x_i with four (AVX-512: eight-lane) partial sums.
@@ -562,44 +548,56 @@ unsafe fn gaussian_avx512(x: &mut [f64], gamma: f64) {
 mod tests {
     use super::*;
 
+    /// Every path of the fixed-point masked sums against the plain
+    /// definition: sets of different shapes, lengths around the lane widths
+    /// and the flush interval, and values at the top of the range.
     #[test]
-    fn masked_sums_and_row_distances() {
-        let row: Vec<f64> = (0..150).map(|i| i as f64).collect();
-        let mut bits = vec![0u64; 4];
-        for p in [3usize, 61, 62, 63, 64, 65, 100, 130, 190] {
-            bits[p >> 6] |= 1 << (p & 63);
-        }
-        for first in [0usize, 1, 40, 60] {
-            let want: f64 = row
-                .iter()
-                .enumerate()
-                .filter(|(t, _)| {
-                    let p = first + t;
-                    p < 256 && bits[p >> 6] >> (p & 63) & 1 == 1
-                })
-                .map(|(_, v)| v)
-                .sum();
-            assert_eq!(masked_sum(&row, &bits, first), want, "first bit {first}");
-            // Each SIMD path on its own, where the machine has it.
+    fn fixed_masked_sums() {
+        let row: Vec<i32> = (0..2100).map(|i| if i % 7 == 0 { 1 << 20 } else { (i * 7919) % (1 << 20) }).collect();
+        let words = row.len().div_ceil(64);
+        let every = vec![u64::MAX; words];
+        let none = vec![0u64; words];
+        let sparse: Vec<u64> = (0..words as u64).map(|w| 0x8000_0001_0010_0101u64.rotate_left(w as u32)).collect();
+        let short = vec![u64::MAX; 3]; // shorter than the row: bits past it are unset
+        let sets: [&[u64]; 4] = [&every, &none, &sparse, &short];
+        for len in [0usize, 1, 7, 8, 15, 16, 17, 64, 100, 1023, 1024, 1025, 2100] {
+            let r = &row[..len];
+            let want = masked_sums4_fixed_scalar(r, sets);
+            assert_eq!(want[0], r.iter().map(|&v| i64::from(v)).sum::<i64>());
+            assert_eq!(want[1], 0);
+            assert_eq!(masked_sums4_fixed(r, sets), want, "len {len}");
             #[cfg(target_arch = "x86_64")]
-            for len in [0usize, 5, 64, 70, 149] {
-                let want: f64 = (0..len)
-                    .filter(|t| {
-                        let p = first + t;
-                        p < 256 && bits[p >> 6] >> (p & 63) & 1 == 1
-                    })
-                    .map(|t| row[t])
-                    .sum();
+            {
                 if has_avx512() {
                     // SAFETY: feature checked.
-                    assert_eq!(unsafe { masked_sum_avx512(&row[..len], &bits, first) }, want);
+                    assert_eq!(unsafe { masked_sums4_fixed_avx512(r, sets) }, want, "avx512, len {len}");
                 }
-                let empty = [0u64; 4];
-                let four = masked_sums4(&row[..len], [&bits, &empty, &bits, &empty], first);
-                assert_eq!(four, [want, 0.0, want, 0.0], "four sets, len {len}");
                 if has_avx2() {
                     // SAFETY: feature checked.
-                    assert_eq!(unsafe { masked_sum_avx2(&row[..len], &bits, first) }, want);
+                    assert_eq!(unsafe { masked_sums4_fixed_avx2(r, sets) }, want, "avx2, len {len}");
+                }
+            }
+        }
+        // Rounding to nearest, ties to even, on every path and in the tail.
+        let xs: Vec<f64> = (0..21).map(|i| [0.0, 1.0, 0.5, 1.0 / 3.0, 2.5 / FIXED_SCALE, 3.5 / FIXED_SCALE, 0.7][i % 7]).collect();
+        let want: Vec<i32> = (0..21).map(|i| [0, 1 << 20, 1 << 19, 349_525, 2, 4, 734_003][i % 7]).collect();
+        for len in [0, 3, 8, 21] {
+            let mut fixed = vec![-1];
+            to_fixed(&xs[..len], &mut fixed);
+            assert_eq!(fixed[1..], want[..len], "len {len}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mut fixed = vec![];
+                if has_avx512() {
+                    // SAFETY: feature checked.
+                    unsafe { to_fixed_avx512(&xs[..len], &mut fixed) };
+                    assert_eq!(fixed, want[..len]);
+                }
+                fixed.clear();
+                if has_avx2() {
+                    // SAFETY: feature checked.
+                    unsafe { to_fixed_avx2(&xs[..len], &mut fixed) };
+                    assert_eq!(fixed, want[..len]);
                 }
             }
         }
