@@ -133,7 +133,8 @@ fn masked_sums4_fixed_scalar(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
 /// The bits t..t+width of `bits` (t a multiple of `width`, a power of two ≤ 64).
 #[inline(always)]
 fn bits_from(bits: &[u64], t: usize, width: u32) -> u64 {
-    bits.get(t >> 6).map_or(0, |w| (w >> (t & 63)) & (u64::MAX >> (64 - width)))
+    bits.get(t >> 6)
+        .map_or(0, |w| (w >> (t & 63)) & (u64::MAX >> (64 - width)))
 }
 
 /// The mask bits drive the lanes directly: one masked add per 16 values and
@@ -553,11 +554,15 @@ mod tests {
     /// and the flush interval, and values at the top of the range.
     #[test]
     fn fixed_masked_sums() {
-        let row: Vec<i32> = (0..2100).map(|i| if i % 7 == 0 { 1 << 20 } else { (i * 7919) % (1 << 20) }).collect();
+        let row: Vec<i32> = (0..2100)
+            .map(|i| if i % 7 == 0 { 1 << 20 } else { (i * 7919) % (1 << 20) })
+            .collect();
         let words = row.len().div_ceil(64);
         let every = vec![u64::MAX; words];
         let none = vec![0u64; words];
-        let sparse: Vec<u64> = (0..words as u64).map(|w| 0x8000_0001_0010_0101u64.rotate_left(w as u32)).collect();
+        let sparse: Vec<u64> = (0..words as u64)
+            .map(|w| 0x8000_0001_0010_0101u64.rotate_left(w as u32))
+            .collect();
         let short = vec![u64::MAX; 3]; // shorter than the row: bits past it are unset
         let sets: [&[u64]; 4] = [&every, &none, &sparse, &short];
         for len in [0usize, 1, 7, 8, 15, 16, 17, 64, 100, 1023, 1024, 1025, 2100] {
@@ -579,8 +584,12 @@ mod tests {
             }
         }
         // Rounding to nearest, ties to even, on every path and in the tail.
-        let xs: Vec<f64> = (0..21).map(|i| [0.0, 1.0, 0.5, 1.0 / 3.0, 2.5 / FIXED_SCALE, 3.5 / FIXED_SCALE, 0.7][i % 7]).collect();
-        let want: Vec<i32> = (0..21).map(|i| [0, 1 << 20, 1 << 19, 349_525, 2, 4, 734_003][i % 7]).collect();
+        let xs: Vec<f64> = (0..21)
+            .map(|i| [0.0, 1.0, 0.5, 1.0 / 3.0, 2.5 / FIXED_SCALE, 3.5 / FIXED_SCALE, 0.7][i % 7])
+            .collect();
+        let want: Vec<i32> = (0..21)
+            .map(|i| [0, 1 << 20, 1 << 19, 349_525, 2, 4, 734_003][i % 7])
+            .collect();
         for len in [0, 3, 8, 21] {
             let mut fixed = vec![-1];
             to_fixed(&xs[..len], &mut fixed);
