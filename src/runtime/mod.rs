@@ -317,10 +317,25 @@ async fn read_loop(
         if stop {
             return Ok(());
         }
-        let wait = deadline
-            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
-            .unwrap_or(Duration::from_millis(200));
-        let rec = match tokio::time::timeout(wait, consumer.recv()).await {
+        // A message already fetched needs no timer: take it at once (most
+        // are, under load), yielding now and then so the worker's other
+        // tasks run. Only an empty queue waits, up to the linger deadline.
+        let ready = if read % 256 == 255 {
+            tokio::task::yield_now().await;
+            None
+        } else {
+            futures::FutureExt::now_or_never(consumer.recv())
+        };
+        let got = match ready {
+            Some(r) => Ok(r),
+            None => {
+                let wait = deadline
+                    .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+                    .unwrap_or(Duration::from_millis(200));
+                tokio::time::timeout(wait, consumer.recv()).await
+            }
+        };
+        let rec = match got {
             Err(_) => continue, // linger elapsed or periodic shutdown check
             Ok(Err(e)) => {
                 // Broker outages surface here; librdkafka reconnects by itself.
