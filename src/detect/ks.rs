@@ -150,33 +150,42 @@ fn sorted_keys(xs: &[f64], tmp: &mut Vec<u64>) -> Vec<u64> {
 /// next value comes from is data, not control flow.
 fn statistic_sorted(a: &[u64], b: &[u64]) -> f64 {
     let (n1, n2) = (a.len(), b.len());
+    // Each side framed by end markers: finite values never map to 0 or
+    // u64::MAX (NaN patterns), so 0 stands before the smallest and MAX after
+    // the largest, and the walks need no bounds logic of their own.
+    let framed = |s: &[u64]| {
+        let mut f = Vec::with_capacity(s.len() + 2);
+        f.push(0);
+        f.extend_from_slice(s);
+        f.push(u64::MAX);
+        f
+    };
+    let (a, b) = (framed(a), framed(b));
     let gap = |i: usize, j: usize| (i as u64 * n2 as u64).abs_diff(j as u64 * n1 as u64);
-    // Finite values never map to u64::MAX or 0 (NaN patterns), so they serve
-    // as the end markers of each side for the two walks.
-    let head = |s: &[u64], i: usize| s.get(i).copied().unwrap_or(u64::MAX);
-    let tail = |s: &[u64], i: usize| if i == 0 { 0 } else { s[i - 1] };
-    let (mut i, mut j) = (0usize, 0usize);
+    // Forwards: a[i], b[j] are the heads (i − 1, j − 1 taken). Backwards:
+    // a[ri], b[rj] are the tails (ri, rj not taken).
+    let (mut i, mut j) = (1usize, 1usize);
     let (mut ri, mut rj) = (n1, n2);
     let mut prev = u64::MAX;
     let mut best = 0u64;
-    let steps = n1 + n2;
-    for _ in 0..steps.div_ceil(2) {
-        // Forwards.
-        let (x, y) = (head(a, i), head(b, j));
+    // Each walk takes one value per step and together they take them all;
+    // neither empties both sides, so the markers are never passed.
+    for _ in 0..(n1 + n2).div_ceil(2) {
+        let (x, y) = (a[i], b[j]);
         let from_a = x <= y;
         let cur = x.min(y);
-        i += from_a as usize;
-        j += !from_a as usize;
-        let next = head(a, i).min(head(b, j));
-        best = best.max(if next > cur { gap(i, j) } else { 0 });
-        // Backwards.
-        let (x, y) = (tail(a, ri), tail(b, rj));
+        i += usize::from(from_a);
+        j += usize::from(!from_a);
+        let next = a[i].min(b[j]);
+        best = best.max(if next > cur { gap(i - 1, j - 1) } else { 0 });
+
+        let (x, y) = (a[ri], b[rj]);
         let top = x.max(y);
         best = best.max(if top < prev { gap(ri, rj) } else { 0 });
         prev = top;
         let from_a = x >= y;
-        ri -= (from_a && ri > 0) as usize;
-        rj -= (!from_a && rj > 0) as usize;
+        ri -= usize::from(from_a);
+        rj -= usize::from(!from_a);
     }
     best as f64 / (n1 as u64 * n2 as u64) as f64
 }
