@@ -64,8 +64,13 @@ fn sorted_keys(xs: &[f64], tmp: &mut Vec<u64>) -> Vec<u64> {
     const DIGITS: usize = 3;
     const LOW: usize = 64 - 8 * DIGITS;
     let n = xs.len();
+    if n < 64 || n > u32::MAX as usize {
+        let mut v: Vec<u64> = xs.iter().map(|&x| order_key(x)).collect();
+        v.sort_unstable();
+        return v;
+    }
     let mut v = Vec::with_capacity(n);
-    let mut counts = [[0usize; 256]; DIGITS];
+    let mut counts = [[0u32; 256]; DIGITS];
     for &x in xs {
         let k = order_key(x);
         v.push(k);
@@ -73,42 +78,21 @@ fn sorted_keys(xs: &[f64], tmp: &mut Vec<u64>) -> Vec<u64> {
             c[(k >> (LOW + 8 * d)) as usize & 255] += 1;
         }
     }
-    if n < 64 {
-        v.sort_unstable();
-        return v;
-    }
     tmp.clear();
     tmp.resize(n, 0);
-    // Each pass scatters the two halves of the input as two independent
-    // chains (the second half's slots start where the first's end in each
-    // bucket, which keeps the sort stable): with few distinct digits — the
-    // top byte of floats — one chain would wait on its own slot increments.
-    let half = n / 2;
-    for (d, count) in counts.iter().enumerate() {
-        if count.contains(&n) {
+    for (d, c) in counts.iter_mut().enumerate() {
+        if c.contains(&(n as u32)) {
             continue;
         }
-        let shift = LOW + 8 * d;
-        let digit = |k: u64| (k >> shift) as usize & 255;
-        let mut lo = [0usize; 256];
-        for &k in &v[..half] {
-            lo[digit(k)] += 1;
-        }
-        let mut hi = [0usize; 256];
         let mut at = 0;
-        for b in 0..256 {
-            (lo[b], hi[b], at) = (at, at + lo[b], at + count[b]);
+        for slot in c.iter_mut() {
+            (at, *slot) = (at + *slot, at);
         }
-        let (first, second) = v.split_at(half);
-        for (&k1, &k2) in first.iter().zip(second) {
-            let (s1, s2) = (&mut lo[digit(k1)], &mut hi[digit(k2)]);
-            tmp[*s1] = k1;
-            tmp[*s2] = k2;
-            *s1 += 1;
-            *s2 += 1;
-        }
-        if let Some(&k) = second.get(half) {
-            tmp[hi[digit(k)]] = k;
+        let shift = LOW + 8 * d;
+        for &k in &v {
+            let slot = &mut c[(k >> shift) as usize & 255];
+            tmp[*slot as usize] = k;
+            *slot += 1;
         }
         std::mem::swap(&mut v, tmp);
     }
@@ -117,6 +101,9 @@ fn sorted_keys(xs: &[f64], tmp: &mut Vec<u64>) -> Vec<u64> {
     let mut budget = 8 * n;
     for i in 1..n {
         let k = v[i];
+        if v[i - 1] <= k {
+            continue;
+        }
         let mut j = i;
         while j > 0 && v[j - 1] > k {
             v[j] = v[j - 1];
