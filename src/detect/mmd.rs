@@ -98,9 +98,11 @@ struct Gram {
 /// in fresh ones (page faults were a fifth of a cold test's time).
 struct Block(Vec<f64>);
 
-/// Buffers kept for reuse, at most [`SPARE_MAX`], each of at least [`SPARE_MIN`] values.
+/// Buffers kept for reuse: at most [`SPARE_MAX`] of them and [`SPARE_BYTES`]
+/// in all, each of at least [`SPARE_MIN`] values (smaller ones are cheap).
 static SPARE: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
 const SPARE_MAX: usize = 8;
+const SPARE_BYTES: usize = 256 << 20;
 const SPARE_MIN: usize = 1 << 16;
 
 impl Block {
@@ -144,7 +146,8 @@ impl Drop for Block {
             return;
         }
         let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.len() < SPARE_MAX {
+        let held: usize = spare.iter().map(Vec::capacity).sum();
+        if spare.len() < SPARE_MAX && (held + self.0.capacity()) * size_of::<f64>() <= SPARE_BYTES {
             spare.push(std::mem::take(&mut self.0));
         }
     }
