@@ -192,8 +192,12 @@ async fn labels_after_the_horizon_are_not_joined() {
     let stats = run_pipeline(&p, total, "horizon-g").await;
     let j = stats.labels.lock().unwrap().clone();
     // Only the labels of the last 101 events, flushed at the last event's
-    // time when the stream ends, come within 10 s; the other 1399 are late.
-    assert_eq!((j.joined, j.late), (101, 1399), "{j:?}");
+    // time when the stream ends, come within 10 s; the other 1399 are never
+    // joined. Each is counted late — or orphaned, when its event already
+    // left the join unlabelled: which one depends on how the two streams'
+    // batches interleave, so only the sum is fixed.
+    assert_eq!(j.joined, 101, "{j:?}");
+    assert_eq!(j.late + j.orphaned, 1399, "{j:?}");
     assert_eq!(
         j.late + j.joined + j.unlabelled + j.dropped,
         1500,

@@ -620,6 +620,10 @@ async fn process_labels(
 
 /// Reads the labels topic in small batches until shutdown, or until the
 /// events reader is done and the labels have been quiet for a moment.
+/// How long the labels consumer may wait for its partitions before its
+/// silence counts (see [`labels_loop`]).
+const LABELS_JOIN_GRACE: Duration = Duration::from_secs(30);
+
 async fn labels_loop(
     consumer: Arc<KafkaConsumer>,
     tx: mpsc::Sender<Msg>,
@@ -628,6 +632,7 @@ async fn labels_loop(
 ) -> Result<(), RuntimeError> {
     let mut buf = vec![];
     let mut quiet_since: Option<tokio::time::Instant> = None;
+    let started = tokio::time::Instant::now();
     loop {
         let done = shutdown.load(Ordering::SeqCst) || events_done.load(Ordering::SeqCst);
         if done && quiet_since.is_some_and(|q| q.elapsed() > Duration::from_millis(1500)) {
@@ -638,7 +643,15 @@ async fn labels_loop(
         }
         match tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await {
             Err(_) => {
-                quiet_since.get_or_insert_with(tokio::time::Instant::now);
+                // Silence means "no more labels" only once the consumer has its
+                // partitions: joining the group takes seconds, and the events
+                // may all be read by then. A consumer never assigned counts as
+                // quiet after a grace period, so it cannot hold the run forever.
+                if consumer.assigned() || started.elapsed() > LABELS_JOIN_GRACE {
+                    quiet_since.get_or_insert_with(tokio::time::Instant::now);
+                } else {
+                    quiet_since = None;
+                }
                 if !buf.is_empty() && tx.send(Msg::Labels(std::mem::take(&mut buf))).await.is_err() {
                     return Ok(());
                 }
