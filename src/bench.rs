@@ -43,6 +43,11 @@ const PARTITIONS: i32 = 4;
 /// the benchmark's own producer.
 const AHEAD_BYTES: u64 = 3 << 20;
 
+/// Mean payload size in bytes.
+fn mean_len(payloads: &[Vec<u8>]) -> u64 {
+    payloads.iter().map(|p| p.len() as u64).sum::<u64>() / payloads.len().max(1) as u64
+}
+
 /// Events the producer may run ahead for payloads of `mean` bytes.
 fn ahead(mean: u64) -> u64 {
     (AHEAD_BYTES * PARTITIONS as u64 / mean.max(1)).clamp(1_000, 20_000)
@@ -64,8 +69,7 @@ async fn feed(
     progress: Progress,
     stop: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
-    let mean = payloads.iter().map(|p| p.len() as u64).sum::<u64>() / payloads.len().max(1) as u64;
-    let ahead = ahead(mean);
+    let ahead = ahead(mean_len(&payloads));
     let mut pending = std::collections::VecDeque::new();
     let (mut seen, mut since) = (0, Instant::now());
     for i in 0..events {
@@ -240,7 +244,7 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     let e2e = events as f64 / first.elapsed().as_secs_f64();
     feeder.await.map_err(other)??;
     let peak = rss_kib("VmHWM:");
-    let mean = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
+    let mean = mean_len(&payloads);
     println!("events:                      {events} ({mean} bytes on average, {PARTITIONS} partitions)");
     println!("consume + decode alone:      {decode_rate:>12.0} events/s");
     println!("ONNX Runtime alone:          {model_rate:>12.0} events/s ({scored} events in batches of {max})");

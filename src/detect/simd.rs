@@ -124,7 +124,7 @@ fn masked_sums4_fixed_scalar(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
     bits.map(|b| {
         row.iter()
             .enumerate()
-            .filter(|(t, _)| b.get(t >> 6).is_some_and(|w| w >> (t & 63) & 1 == 1))
+            .filter(|(t, _)| bits_from(b, *t, 1) == 1)
             .map(|(_, v)| i64::from(*v))
             .sum()
     })
