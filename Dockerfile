@@ -4,7 +4,8 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# librdkafka is built from source by rdkafka-sys.
+# librdkafka (with zstd) and OpenSSL are built from source by rdkafka-sys
+# and openssl-src (perl and make come with the image).
 RUN apt-get update && apt-get install -y --no-install-recommends cmake python3 \
  && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock ./

@@ -104,6 +104,12 @@ pub fn render(s: &RunStats) -> String {
             .collect(),
     );
     metric(
+        "driftwatch_events_discarded_total",
+        "counter",
+        "Events read before a rebalance and discarded; they are read again from the committed offsets.",
+        c(&s.discarded),
+    );
+    metric(
         "driftwatch_batches_total",
         "counter",
         "Micro-batches processed.",

@@ -253,16 +253,16 @@ async fn sigterm_finishes_delivers_commits_and_exits_zero() {
     assert_eq!(e.metadata(), "dw1:hw=699");
 }
 
-/// Producers that compress their batches (each codec this librdkafka build
-/// has: gzip, snappy, lz4) are read like plain ones: every event decoded,
-/// none dead-lettered, the windows filled.
+/// Producers that compress their batches (every codec Kafka has: gzip,
+/// snappy, lz4, zstd) are read like plain ones: every event decoded, none
+/// dead-lettered, the windows filled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_batches_are_read_like_plain_ones() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use std::sync::atomic::Ordering::Relaxed;
     let (broker, _dir, p) = setup("packed");
     let events = normal_events(7, 600, 0.0);
-    for (codec, part) in ["gzip", "snappy", "lz4"].into_iter().zip(events.chunks(200)) {
+    for (codec, part) in ["gzip", "snappy", "lz4", "zstd"].into_iter().zip(events.chunks(150)) {
         let prod: FutureProducer = broker
             .client_config()
             .set("compression.type", codec)

@@ -1,5 +1,7 @@
 //! A broker outage mid-stream: the broker goes away for 30 s and comes back;
-//! the run does not crash, loses nothing, and catches up.
+//! the run does not crash, loses nothing, and catches up. Against the
+//! embedded broker and against tansu (whose process is killed and restarted
+//! on its storage).
 
 mod common;
 
@@ -13,9 +15,17 @@ use driftwatch::runtime::{self, RunOptions, RunStats, Stages};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30_second_broker_outage_loses_nothing() {
-    let broker = Broker::start(1).unwrap();
+    outage(&mut Broker::start(1).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_second_tansu_outage_loses_nothing() {
+    outage(&mut Tansu::start()).await;
+}
+
+async fn outage(broker: &mut impl Kafka) {
     for t in ["out", "out-alerts", "out-dlq", "out-stats"] {
-        broker.create_topic(t, 1).unwrap();
+        broker.create_topic(t, 1);
     }
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "x.schema.yaml", SCHEMA_X);
@@ -39,7 +49,7 @@ output: {{alerts_topic: out-alerts, dead_letter_topic: out-dlq, stats_topic: out
     let before = normal_events(1, 900, 0.0);
     let mut after = normal_events(2, 300, 0.0);
     after.extend(normal_events(3, 300, 2.0));
-    produce(&broker, "out", &before).await;
+    produce(&*broker, "out", &before).await;
 
     let stages = Stages::build(driftwatch::config::Pipeline::load(&p).unwrap())
         .await
@@ -60,11 +70,11 @@ output: {{alerts_topic: out-alerts, dead_letter_topic: out-dlq, stats_topic: out
         assert!(Instant::now() < deadline, "no evaluation before the outage");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    broker.set_broker_up(1, false).unwrap();
+    broker.set_up(false);
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(!run.is_finished(), "the run waits for the broker, it does not stop");
-    broker.set_broker_up(1, true).unwrap();
-    produce(&broker, "out", &after).await;
+    broker.set_up(true);
+    produce(&*broker, "out", &after).await;
 
     tokio::time::timeout(Duration::from_secs(180), run)
         .await
@@ -78,7 +88,7 @@ output: {{alerts_topic: out-alerts, dead_letter_topic: out-dlq, stats_topic: out
         "nothing lost or dead-lettered"
     );
     assert_eq!(stats.evaluations.load(Ordering::Relaxed), 4);
-    let alerts = read_topic(&broker, "out-alerts", 1, Duration::from_secs(30));
+    let alerts = read_topic(&*broker, "out-alerts", 1, Duration::from_secs(30));
     assert_eq!(alerts.len(), 1, "the shifted window after the outage alerts");
     assert_eq!(alerts[0]["evaluation"], 4);
 }

@@ -132,6 +132,12 @@ impl AlertPolicy {
         self.m > 1 || self.cooldown > 0
     }
 
+    /// Forgets every key's memory: after a rebalance the windows are replayed
+    /// and the replayed evaluations rebuild it.
+    pub fn reset(&mut self) {
+        self.state.clear();
+    }
+
     /// Records one evaluation and says whether it alerts.
     pub fn decide(&mut self, detector: &str, key: &str, drift: bool) -> bool {
         let s = self.state.entry((detector.to_string(), key.to_string())).or_default();

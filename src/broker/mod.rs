@@ -51,6 +51,24 @@ impl Broker {
         r.map_err(|e| BrokerError::Start(e.to_string()))
     }
 
+    /// Delays every response of broker `id` (1-based) by `rtt`, to simulate
+    /// a slow or distant broker.
+    pub fn set_round_trip(&self, id: i32, rtt: std::time::Duration) -> Result<(), BrokerError> {
+        self.cluster
+            .broker_round_trip_time(id, rtt)
+            .map_err(|e| BrokerError::Start(e.to_string()))
+    }
+
+    /// Makes broker `id` (1-based) the leader of a topic's partition.
+    pub fn set_leader(&self, topic: &str, partition: i32, id: i32) -> Result<(), BrokerError> {
+        self.cluster
+            .partition_leader(topic, partition, Some(id))
+            .map_err(|e| BrokerError::Topic {
+                topic: topic.into(),
+                message: e.to_string(),
+            })
+    }
+
     /// A client config pointing at this broker.
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use super::{ConfigError, load_yaml};
+use super::{ConfigError, parse_yaml};
 
 /// A positive integer (≥ 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -1010,7 +1010,17 @@ impl Pipeline {
     /// Loads a pipeline file and checks what can be checked without the
     /// schema, model or SQL engine (see `runtime::validate` for those).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut p: Pipeline = load_yaml(path)?;
+        let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(path, &raw)
+    }
+
+    /// As [`Pipeline::load`], on text already read: `path` names it in
+    /// errors, and relative paths in it are resolved from its folder.
+    pub fn parse(path: &Path, raw: &str) -> Result<Self, ConfigError> {
+        let mut p: Pipeline = parse_yaml(path, raw)?;
         p.path = path.to_path_buf();
         p.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         p.check()?;

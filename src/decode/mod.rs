@@ -41,6 +41,8 @@ pub enum Reason {
     WrongTensorLength,
     /// NaN or ±Inf where the schema does not allow it.
     NonFinite,
+    /// The event declares a schema version the schema does not accept.
+    UnknownSchemaVersion,
 }
 
 impl Reason {
@@ -55,6 +57,7 @@ impl Reason {
             Reason::WrongType => "wrong_type",
             Reason::WrongTensorLength => "wrong_tensor_length",
             Reason::NonFinite => "non_finite",
+            Reason::UnknownSchemaVersion => "unknown_schema_version",
         }
     }
 }
@@ -124,6 +127,8 @@ pub struct Decoder {
     timestamp: Vec<i64>,
     /// Schema field index by JSON key.
     index: HashMap<String, usize>,
+    /// The version field's index and the versions accepted, as text.
+    version: Option<(usize, Vec<String>)>,
     pending: Pending,
 }
 
@@ -147,6 +152,10 @@ impl Decoder {
                 .enumerate()
                 .map(|(i, f)| (f.name.clone(), i))
                 .collect(),
+            version: schema.version.as_ref().and_then(|v| {
+                let i = schema.fields.iter().position(|f| f.name == v.field)?;
+                Some((i, v.accept.iter().map(ToString::to_string).collect()))
+            }),
             pending: Pending::default(),
             schema,
         }
@@ -236,6 +245,31 @@ impl Decoder {
                     Reason::MissingField,
                     format!("required field `{}` is missing or null", f.name),
                     Some(f.name.clone()),
+                ));
+            }
+        }
+        if let Some((i, accept)) = &self.version {
+            let cell = &st.cells[*i];
+            let known = match cell {
+                Some(Cell::I(v)) => accept.iter().any(|a| a.parse() == Ok(*v)),
+                Some(Cell::S(a, b)) => accept.iter().any(|x| *x == st.text[*a..*b]),
+                _ => true, // absent: the field's `nullable` decided above
+            };
+            if !known {
+                let name = &fields[*i].name;
+                let v = match cell {
+                    Some(Cell::S(a, b)) => format!("\"{}\"", &st.text[*a..*b]),
+                    Some(Cell::I(v)) => v.to_string(),
+                    _ => String::new(),
+                };
+                return Err(reject(
+                    Reason::UnknownSchemaVersion,
+                    format!(
+                        "`{name}` = {v}: schema `{}` decodes versions {}",
+                        self.schema.name,
+                        accept.join(", ")
+                    ),
+                    Some(name.clone()),
                 ));
             }
         }

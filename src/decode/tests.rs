@@ -270,3 +270,60 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got.values().to_vec(), want);
     }
 }
+
+fn versioned(extra: &str) -> Result<Arc<EventSchema>, crate::config::ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v.yaml");
+    std::fs::write(
+        &p,
+        format!("name: v\n{extra}fields:\n  - {{name: v, type: int, nullable: true}}\n  - {{name: tag, type: string}}\n  - {{name: x, type: float}}\n"),
+    )
+    .unwrap();
+    EventSchema::load(&p).map(Arc::new)
+}
+
+/// Events declaring a version the schema does not list are dead-lettered
+/// with their own reason, naming the field, the value and what is accepted;
+/// listed versions (as numbers or strings) and events without one pass.
+#[test]
+fn unknown_schema_versions_are_rejected_by_name() {
+    let s = versioned("version: {field: v, accept: [1, 2]}\n").unwrap();
+    let mut d = Decoder::new(s, 1024);
+    d.decode(&rec(0, r#"{"v":1,"tag":"a","x":1}"#)).unwrap();
+    d.decode(&rec(1, r#"{"v":2,"tag":"a","x":1}"#)).unwrap();
+    d.decode(&rec(2, r#"{"tag":"a","x":1}"#)).unwrap();
+    let e = d.decode(&rec(3, r#"{"v":3,"tag":"a","x":1}"#)).unwrap_err();
+    assert_eq!(e.reason, Reason::UnknownSchemaVersion);
+    assert_eq!(e.reason.as_str(), "unknown_schema_version");
+    assert_eq!(e.field.as_deref(), Some("v"));
+    assert!(
+        e.message.contains("`v` = 3") && e.message.contains("1, 2"),
+        "{}",
+        e.message
+    );
+    assert_eq!(d.flush().unwrap().unwrap().num_rows(), 3);
+
+    let s = versioned("version: {field: tag, accept: [\"2024-06\", 7]}\n").unwrap();
+    let mut d = Decoder::new(s, 1024);
+    d.decode(&rec(0, r#"{"tag":"2024-06","x":1}"#)).unwrap();
+    d.decode(&rec(1, r#"{"tag":"7","x":1}"#)).unwrap();
+    let e = d.decode(&rec(2, r#"{"tag":"2025-01","x":1}"#)).unwrap_err();
+    assert_eq!(e.reason, Reason::UnknownSchemaVersion);
+    assert!(e.message.contains("\"2025-01\""), "{}", e.message);
+    // A wrong JSON type in the version field is a type error, as for any field.
+    let e = d.decode(&rec(3, r#"{"tag":7.5,"x":1}"#)).unwrap_err();
+    assert_eq!(e.reason, Reason::WrongType);
+}
+
+#[test]
+fn a_version_spec_must_name_a_usable_field() {
+    for (extra, want) in [
+        ("version: {field: nope, accept: [1]}\n", "no field named `nope`"),
+        ("version: {field: x, accept: [1]}\n", "a version is an int"),
+        ("version: {field: v, accept: []}\n", "at least one version"),
+        ("version: {field: v, accept: [1], strict: true}\n", "strict"),
+    ] {
+        let e = versioned(extra).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+}

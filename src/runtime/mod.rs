@@ -83,6 +83,8 @@ pub struct RunStats {
     pub evaluations: AtomicU64,
     pub alerts: AtomicU64,
     pub suppressed: AtomicU64,
+    /// Events read before a rebalance and discarded (they are read again).
+    pub discarded: AtomicU64,
     /// The late-label join: joined, late, unlabelled, waiting (with a labels topic).
     pub labels: std::sync::Mutex<crate::labels::JoinStats>,
     /// Events scored and added to windows.
@@ -125,6 +127,8 @@ enum Msg {
 }
 
 struct Work {
+    /// The consumer's rebalance generation when these records were read.
+    generation: u64,
     batch: Option<RecordBatch>,
     /// Last offset read per partition, decoded or not.
     last: BTreeMap<i32, i64>,
@@ -205,9 +209,44 @@ pub async fn run(
             r
         })
     };
+    let mut generation = consumer.generation();
     while let Some(msg) = rx.recv().await {
         let step = match msg {
             Msg::Events(work) => {
+                let now = consumer.generation();
+                if now != generation {
+                    // A rebalance: every partition was revoked (eager
+                    // protocol). Windows are rebuilt by replaying the
+                    // partitions this instance holds now from their
+                    // committed offsets; evaluations already delivered are
+                    // recognised by the commit metadata and not sent again.
+                    generation = now;
+                    windows.clear();
+                    policy.reset();
+                    last.clear();
+                    let dropped = stats.window_keys.swap(0, Ordering::Relaxed);
+                    stats.window_events.store(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        tracing::info!(
+                            keys_dropped = dropped,
+                            "rebalance: windows dropped, to be rebuilt by replay"
+                        );
+                    }
+                }
+                let in_flight = consumer.begin(work.generation);
+                let Some(_in_flight) = in_flight else {
+                    // Read before the rebalance: read again from the committed offsets.
+                    stats.discarded.fetch_add(
+                        work.batch.as_ref().map_or(0, |b| b.num_rows() as u64),
+                        Ordering::Relaxed,
+                    );
+                    if let Err(e) = await_deliveries(work.pending).await {
+                        shutdown.store(true, Ordering::SeqCst);
+                        result = Err(e);
+                        break;
+                    }
+                    continue;
+                };
                 process(
                     &mut stages,
                     &mut windows,
@@ -285,6 +324,7 @@ async fn read_loop(
     let mut pending = vec![];
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut read = 0u64;
+    let mut generation = consumer.generation();
     let mut checked = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
         if checked.elapsed() > Duration::from_secs(2) {
@@ -305,6 +345,7 @@ async fn read_loop(
         if flush_now && (!decoder.is_empty() || !pending.is_empty() || !last.is_empty()) {
             let batch = decoder.flush()?;
             let work = Work {
+                generation,
                 batch,
                 last: std::mem::take(&mut last),
                 pending: std::mem::take(&mut pending),
@@ -345,6 +386,15 @@ async fn read_loop(
             }
             Ok(Ok(r)) => r,
         };
+        let now = consumer.generation();
+        if now != generation {
+            // A rebalance ran inside `recv`: what was read before it is read
+            // again from the committed offsets, by this or another instance.
+            generation = now;
+            let _ = decoder.flush()?;
+            last.clear();
+            deadline = None;
+        }
         read += 1;
         stats.received.fetch_add(1, Ordering::Relaxed);
         // Reading means assigned.
@@ -438,6 +488,7 @@ async fn evaluate_joined(
     Ok(())
 }
 
+/// Scores a batch, adds it to the windows and publishes what became due.
 #[allow(clippy::too_many_arguments)]
 async fn process(
     stages: &mut Stages,

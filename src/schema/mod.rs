@@ -6,6 +6,9 @@
 //! event_id: event_id      # field with a unique event id (optional)
 //! event_time: ts          # field with the event time, epoch ms or RFC 3339 (optional)
 //! label: label            # field with the true label, may be absent per event (optional)
+//! version:                # which schema versions events may declare (optional)
+//!   field: schema_version #   a declared int, category or string field
+//!   accept: [1, 2]        #   any other value: dead-lettered as `unknown_schema_version`
 //! fields:
 //!   - {name: scanner, type: category}
 //!   - {name: brightness, type: float}
@@ -46,11 +49,45 @@ pub struct EventSchema {
     /// Name of the field holding the true label (events may omit it).
     #[serde(default)]
     pub label: Option<String>,
+    /// Which schema versions events may declare; events declaring another
+    /// are dead-lettered (reason `unknown_schema_version`).
+    #[serde(default)]
+    pub version: Option<VersionSpec>,
     /// The event's fields, in column order.
     pub fields: Vec<FieldSpec>,
     /// Where the schema was loaded from (set by [`EventSchema::load`]).
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// Schema versions an event may declare.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionSpec {
+    /// The field (declared in `fields`, of type int, category or string)
+    /// naming the version an event follows. Whether it may be missing is
+    /// that field's `nullable`.
+    pub field: String,
+    /// The versions this schema decodes (numbers or strings; `1` and `"1"`
+    /// are the same version).
+    pub accept: Vec<VersionValue>,
+}
+
+/// A schema version, as written in YAML.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum VersionValue {
+    Int(i64),
+    Text(String),
+}
+
+impl std::fmt::Display for VersionValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionValue::Int(i) => write!(f, "{i}"),
+            VersionValue::Text(s) => f.write_str(s),
+        }
+    }
 }
 
 /// One field of an event.
@@ -180,6 +217,29 @@ impl EventSchema {
                         format!("field `{n}` has type {:?}, not usable as {role}", f.kind),
                     ));
                 }
+            }
+        }
+        if let Some(v) = &self.version {
+            match self.field(&v.field) {
+                None => {
+                    return Err((
+                        "version.field".into(),
+                        format!("no field named `{}` in `fields`", v.field),
+                    ));
+                }
+                Some(f) if !matches!(f.kind, FieldKind::Int | FieldKind::Category | FieldKind::String) => {
+                    return Err((
+                        "version.field".into(),
+                        format!(
+                            "field `{}` has type {:?}; a version is an int, category or string",
+                            v.field, f.kind
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if v.accept.is_empty() {
+                return Err(("version.accept".into(), "list at least one version".into()));
             }
         }
         Ok(())

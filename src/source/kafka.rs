@@ -6,9 +6,9 @@
 //! After a restart the windows are rebuilt by replaying from the committed
 //! offset and evaluations up to `hw` are not sent again (DESIGN §5).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -23,6 +23,10 @@ use super::RawRecord;
 use crate::config::{KafkaSource, StartPosition};
 
 const META_PREFIX: &str = "dw1:hw=";
+
+/// How long a revocation waits for the batch in processing to be delivered
+/// and committed before it lets the partitions go (the group waits meanwhile).
+const REVOKE_WAIT: Duration = Duration::from_secs(30);
 
 /// Builds a client config from brokers and pass-through properties. Values are
 /// never logged (they may hold secrets).
@@ -60,12 +64,65 @@ struct Shared {
     errors: Vec<String>,
     /// Consumer lag per partition, from librdkafka's statistics.
     lag: BTreeMap<i32, i64>,
+    /// Partitions assigned now: only these are committed.
+    assigned: BTreeSet<i32>,
+    /// The last positions the runtime committed, per partition: committed
+    /// again, synchronously, when the partition is revoked, so that its next
+    /// owner starts exactly where this instance stopped.
+    positions: BTreeMap<i32, (i64, i64)>,
 }
+
+/// Rebalance bookkeeping between the consumer callback (which runs inside
+/// `recv`, on the reading task) and the processing task. Every rebalance
+/// starts a new generation; records read in an older one are discarded,
+/// since the partitions are read again from their committed offsets.
+#[derive(Default, Debug)]
+struct Gate {
+    generation: u64,
+    /// A batch of the current generation is being delivered and committed.
+    in_flight: bool,
+}
+
+type SharedGate = Arc<(Mutex<Gate>, Condvar)>;
 
 struct Ctx {
     topic: String,
     start: Start,
     shared: Arc<Mutex<Shared>>,
+    gate: SharedGate,
+}
+
+impl Ctx {
+    /// Starts a new generation; waits (bounded) until the batch in
+    /// processing, if any, is delivered and committed.
+    fn next_generation(&self) {
+        let (m, cv) = &*self.gate;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        g.generation += 1;
+        if !g.in_flight {
+            return;
+        }
+        let wait = move || {
+            let deadline = Instant::now() + REVOKE_WAIT;
+            while g.in_flight {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::warn!(
+                        "revoking partitions while a batch is still being delivered; its evaluations may be sent again by the next owner"
+                    );
+                    return;
+                }
+                g = cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+            }
+        };
+        // The callback runs on the reading task: on a multi-threaded runtime
+        // the worker hands its other tasks away while it waits. A
+        // single-threaded runtime cannot finish the batch meanwhile.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => tracing::warn!("revoking partitions while a batch is still being delivered (single-threaded runtime)"),
+        }
+    }
 }
 
 impl ClientContext for Ctx {
@@ -85,9 +142,14 @@ impl ClientContext for Ctx {
 
 impl ConsumerContext for Ctx {
     fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+            // Before the lock: the batch in processing needs it to commit.
+            self.next_generation();
+        }
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.gate.0.lock().unwrap_or_else(|e| e.into_inner()).generation += 1;
                 // What was delivered before, from the group's commit metadata.
                 if let Ok(committed) = base.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
                     for e in committed.elements() {
@@ -97,6 +159,11 @@ impl ConsumerContext for Ctx {
                             .and_then(|s| s.parse::<i64>().ok())
                         {
                             shared.delivered.insert(e.partition(), hw);
+                        } else if matches!(e.offset(), Offset::Offset(_)) {
+                            // Committed by something else, or by a broker that
+                            // drops commit metadata (tansu 0.6 does).
+                            tracing::warn!(topic = %self.topic, partition = e.partition(), offset = ?e.offset(),
+                                "committed offset without driftwatch's commit metadata: evaluations replayed from it are sent again");
                         }
                     }
                 }
@@ -125,14 +192,30 @@ impl ConsumerContext for Ctx {
                 }
                 for e in tpl.elements() {
                     tracing::info!(topic = %self.topic, partition = e.partition(), start = ?e.offset(), "partition assigned");
+                    shared.assigned.insert(e.partition());
                 }
                 if let Err(e) = base.assign(tpl) {
                     shared.errors.push(format!("assign: {e}"));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // The next owner resumes from what is committed now.
+                let mut last = TopicPartitionList::new();
                 for e in tpl.elements() {
-                    shared.delivered.remove(&e.partition());
+                    let p = e.partition();
+                    if let Some((next, delivered)) = shared.positions.remove(&p) {
+                        let mut x = last.add_partition(&self.topic, p);
+                        let _ = x.set_offset(Offset::Offset(next));
+                        x.set_metadata(format!("{META_PREFIX}{delivered}"));
+                    }
+                    shared.delivered.remove(&p);
+                    shared.assigned.remove(&p);
+                    tracing::info!(topic = %self.topic, partition = p, "partition revoked");
+                }
+                if last.count() > 0
+                    && let Err(e) = base.commit(&last, CommitMode::Sync)
+                {
+                    tracing::warn!(error = %e, "commit on revoke");
                 }
                 if let Err(e) = base.unassign() {
                     shared.errors.push(format!("unassign: {e}"));
@@ -148,6 +231,19 @@ pub struct KafkaConsumer {
     consumer: StreamConsumer<Ctx>,
     topic: String,
     shared: Arc<Mutex<Shared>>,
+    gate: SharedGate,
+}
+
+/// A batch being delivered and committed (see [`KafkaConsumer::begin`]):
+/// a revocation waits until it is dropped.
+pub struct InFlight<'a>(&'a SharedGate);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let (m, cv) = &**self.0;
+        m.lock().unwrap_or_else(|e| e.into_inner()).in_flight = false;
+        cv.notify_all();
+    }
 }
 
 impl KafkaConsumer {
@@ -160,6 +256,19 @@ impl KafkaConsumer {
             p => Start::Timestamp(p.timestamp_ms().ok().flatten().unwrap_or(0)),
         };
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let gate = SharedGate::default();
+        if let Some(s) = cfg.properties.get("partition.assignment.strategy")
+            && s.contains("cooperative")
+        {
+            // Windows are dropped and rebuilt on each (eager) rebalance.
+            return Err(KafkaError::ClientConfig(
+                rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                "driftwatch needs an eager strategy (range or roundrobin; it rebuilds windows on each rebalance), not"
+                    .into(),
+                "partition.assignment.strategy".into(),
+                s.clone(),
+            ));
+        }
         let mut c = client_config(&cfg.brokers, &cfg.properties);
         c.set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -180,16 +289,36 @@ impl KafkaConsumer {
             topic: cfg.topic.clone(),
             start,
             shared: shared.clone(),
+            gate: gate.clone(),
         })?;
         consumer.subscribe(&[&cfg.topic])?;
         Ok(Self {
             consumer,
             topic: cfg.topic.clone(),
             shared,
+            gate,
         })
     }
 
-    /// Next record; waits until one arrives.
+    /// The current rebalance generation: it changes whenever partitions are
+    /// revoked or assigned.
+    pub fn generation(&self) -> u64 {
+        self.gate.0.lock().unwrap_or_else(|e| e.into_inner()).generation
+    }
+
+    /// Marks a batch read in `generation` as being delivered and committed;
+    /// `None` if a rebalance happened since (the batch must be discarded: its
+    /// records are read again from the committed offsets). A revocation
+    /// waits until the returned guard is dropped.
+    pub fn begin(&self, generation: u64) -> Option<InFlight<'_>> {
+        let mut g = self.gate.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.generation != generation {
+            return None;
+        }
+        g.in_flight = true;
+        Some(InFlight(&self.gate))
+    }
+
     /// Whether partitions are assigned.
     pub fn assigned(&self) -> bool {
         self.consumer.assignment().is_ok_and(|a| a.count() > 0)
@@ -200,6 +329,7 @@ impl KafkaConsumer {
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).lag.clone()
     }
 
+    /// Next record; waits until one arrives.
     pub async fn recv(&self) -> KafkaResult<RawRecord> {
         let m = self.consumer.recv().await?;
         Ok(RawRecord {
@@ -228,18 +358,35 @@ impl KafkaConsumer {
     /// Commits, per partition, `next` (where a restart must resume reading)
     /// and `delivered` (the last offset whose evaluations are delivered).
     pub fn commit(&self, positions: &BTreeMap<i32, (i64, i64)>, mode: CommitMode) -> KafkaResult<()> {
-        if positions.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            // A partition revoked meanwhile belongs to another instance now.
+            let own: Vec<_> = positions.iter().filter(|(p, _)| shared.assigned.contains(p)).collect();
+            for (p, pos) in &own {
+                shared.positions.insert(**p, **pos);
+            }
+            for (p, (next, delivered)) in own {
+                let mut e = tpl.add_partition(&self.topic, *p);
+                e.set_offset(Offset::Offset(*next))?;
+                e.set_metadata(format!("{META_PREFIX}{delivered}"));
+            }
+        }
+        if tpl.count() == 0 {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (p, (next, delivered)) in positions {
-            let mut e = tpl.add_partition(&self.topic, *p);
-            e.set_offset(Offset::Offset(*next))?;
-            e.set_metadata(format!("{META_PREFIX}{delivered}"));
-        }
+        use rdkafka::types::RDKafkaErrorCode as Code;
         match self.consumer.commit(&tpl, mode) {
             // Nothing assigned any more (revoked meanwhile): nothing to commit.
-            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(KafkaError::ConsumerCommit(Code::NoOffset)) => Ok(()),
+            // The group is rebalancing: the partitions' next owner (maybe this
+            // instance) resumes from the last commit that went through.
+            Err(KafkaError::ConsumerCommit(
+                e @ (Code::RebalanceInProgress | Code::IllegalGeneration | Code::UnknownMemberId),
+            )) => {
+                tracing::warn!(error = %e, "commit refused during a rebalance; the next owner replays from the previous commit");
+                Ok(())
+            }
             r => r,
         }
     }
@@ -272,26 +419,72 @@ mod tests {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    /// Pass-through properties reach librdkafka: SASL settings are accepted,
-    /// and a setting librdkafka does not know is refused by name. (This
-    /// build has no TLS: rdkafka's `ssl` feature is off, see the README.)
+    /// Pass-through properties reach librdkafka: TLS and SASL settings are
+    /// accepted (this build has OpenSSL), a CA file that does not exist is
+    /// refused naming it, and a setting librdkafka does not know is refused
+    /// by name.
     #[test]
     fn properties_reach_librdkafka() {
-        let p = props(&[
-            ("security.protocol", "SASL_PLAINTEXT"),
-            ("sasl.mechanism", "PLAIN"),
-            ("sasl.username", "u"),
-            ("sasl.password", "p"),
-        ]);
-        let c = client_config("127.0.0.1:9", &p)
-            .set("group.id", "g")
-            .create::<BaseConsumer>();
-        assert!(c.is_ok(), "{p:?}: {:?}", c.err());
+        for p in [
+            props(&[
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.mechanism", "PLAIN"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ]),
+            props(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+                ("ssl.endpoint.identification.algorithm", "https"),
+            ]),
+        ] {
+            let c = client_config("127.0.0.1:9", &p)
+                .set("group.id", "g")
+                .create::<BaseConsumer>();
+            assert!(c.is_ok(), "{p:?}: {:?}", c.err());
+        }
+        let e = client_config(
+            "127.0.0.1:9",
+            &props(&[("security.protocol", "SSL"), ("ssl.ca.location", "/nonexistent/ca.pem")]),
+        )
+        .create::<BaseConsumer>()
+        .err()
+        .expect("a missing CA file is refused")
+        .to_string();
+        assert!(
+            e.contains("/nonexistent/ca.pem") || e.contains("ssl.ca.location"),
+            "{e}"
+        );
         let e = client_config("127.0.0.1:9", &props(&[("ssl.bogus", "x")]))
             .create::<BaseConsumer>()
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("ssl.bogus"), "{e}");
+    }
+
+    /// Windows are rebuilt on eager rebalances; a cooperative strategy
+    /// (incremental rebalances) is refused when the consumer is created.
+    #[tokio::test]
+    async fn cooperative_rebalancing_is_refused_by_name() {
+        let cfg = KafkaSource {
+            brokers: "127.0.0.1:9".into(),
+            topic: "t".into(),
+            group_id: None,
+            start: StartPosition::Committed,
+            properties: props(&[("partition.assignment.strategy", "cooperative-sticky")]),
+        };
+        let e = KafkaConsumer::new(&cfg, "g").err().expect("refused").to_string();
+        assert!(
+            e.contains("partition.assignment.strategy") && e.contains("eager"),
+            "{e}"
+        );
+        let ok = KafkaSource {
+            properties: props(&[("partition.assignment.strategy", "roundrobin")]),
+            ..cfg
+        };
+        assert!(KafkaConsumer::new(&ok, "g").is_ok());
     }
 }

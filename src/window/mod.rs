@@ -98,6 +98,11 @@ impl Windows {
         (self.keys.len(), held)
     }
 
+    /// Drops every key's windows (a rebalance: they are rebuilt by replay).
+    pub fn clear(&mut self) {
+        self.keys.clear();
+    }
+
     /// Number of keys with state.
     pub fn key_count(&self) -> usize {
         self.keys.len()

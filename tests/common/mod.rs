@@ -10,23 +10,174 @@ use std::time::{Duration, Instant};
 use driftwatch::broker::Broker;
 use driftwatch::config::Pipeline;
 use driftwatch::runtime::{self, RunOptions, RunStats, Stages};
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// A Kafka-protocol broker for tests: the embedded mock or tansu.
+pub trait Kafka {
+    fn bootstrap(&self) -> String;
+    /// Creates a topic; panics if the broker refuses.
+    fn create_topic(&self, topic: &str, partitions: i32);
+    /// Takes the broker down or brings it back (an outage).
+    fn set_up(&mut self, up: bool);
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap());
+        c
+    }
+}
+
+impl Kafka for Broker {
+    fn bootstrap(&self) -> String {
+        Broker::bootstrap(self)
+    }
+    fn create_topic(&self, topic: &str, partitions: i32) {
+        Broker::create_topic(self, topic, partitions).expect("create topic");
+    }
+    fn set_up(&mut self, up: bool) {
+        self.set_broker_up(1, up).expect("broker up/down");
+    }
+}
+
+/// tansu (an independent Kafka implementation, sqlite storage) as a child
+/// process on a free loopback port; killed when dropped. `scripts/test.sh`
+/// installs it (`scripts/tansu.sh`) and exports `DRIFTWATCH_TANSU`.
+pub struct Tansu {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    fn binary() -> PathBuf {
+        if let Ok(p) = std::env::var("DRIFTWATCH_TANSU") {
+            return PathBuf::from(p);
+        }
+        let home = std::env::var("HOME").unwrap_or_default();
+        let p = PathBuf::from(home).join(".cache/driftwatch-tools/bin/tansu");
+        assert!(
+            p.exists(),
+            "tansu is not installed: run scripts/tansu.sh (scripts/test.sh does), or set DRIFTWATCH_TANSU"
+        );
+        p
+    }
+
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut t = Tansu {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        t.up();
+        t
+    }
+
+    /// Starts the broker process (again, on the same port and storage).
+    pub fn up(&mut self) {
+        assert!(self.child.is_none(), "tansu already up");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("tansu log");
+        let child = std::process::Command::new(Self::binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            // The sqlite path is relative to the working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        // Ready once it answers a metadata request.
+        let c: BaseConsumer = self.client_config().create().expect("client");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.fetch_metadata(None, Duration::from_secs(2)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the broker process (its storage stays).
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+impl Kafka for Tansu {
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    fn set_up(&mut self, up: bool) {
+        if up { self.up() } else { self.down() }
+    }
+    fn create_topic(&self, topic: &str, partitions: i32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create().expect("admin client");
+        let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        // Its own runtime on its own thread: callers may be async or not.
+        let r = std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(admin.create_topics([&t], &AdminOptions::new()))
+            })
+            .join()
+            .expect("admin thread")
+        });
+        for res in r.expect("create_topics") {
+            res.unwrap_or_else(|(t, e)| panic!("tansu: create topic {t}: {e}"));
+        }
+    }
+}
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Produces `events` (JSON text each) to partition 0 of `topic`, waiting for delivery.
-pub async fn produce(broker: &Broker, topic: &str, events: &[String]) {
+pub async fn produce(broker: &impl Kafka, topic: &str, events: &[String]) {
+    let keyed: Vec<(i32, &str, &str)> = events.iter().map(|e| (0, "", e.as_str())).collect();
+    produce_keyed(broker, topic, &keyed).await
+}
+
+/// Produces `(partition, key, payload)` records to `topic`, waiting for delivery.
+pub async fn produce_keyed(broker: &impl Kafka, topic: &str, records: &[(i32, &str, &str)]) {
     let p: FutureProducer = broker.client_config().create().expect("producer");
     let mut fs = vec![];
-    for e in events {
-        fs.push(
-            p.send_result(FutureRecord::<(), _>::to(topic).payload(e.as_bytes()).partition(0))
-                .expect("queue"),
-        );
+    for (partition, key, payload) in records {
+        let mut r = FutureRecord::to(topic)
+            .payload(payload.as_bytes())
+            .partition(*partition);
+        if !key.is_empty() {
+            r = r.key(key.as_bytes());
+        }
+        fs.push(p.send_result(r).expect("queue"));
     }
     for f in fs {
         f.await.expect("delivery future").expect("delivered");
@@ -34,14 +185,27 @@ pub async fn produce(broker: &Broker, topic: &str, events: &[String]) {
 }
 
 /// Reads every message of partition 0 of `topic` (waits until `min` arrived, or `wait`).
-pub fn read_topic(broker: &Broker, topic: &str, min: usize, wait: Duration) -> Vec<serde_json::Value> {
+pub fn read_topic(broker: &impl Kafka, topic: &str, min: usize, wait: Duration) -> Vec<serde_json::Value> {
+    read_partitions(broker, topic, &[0], min, wait)
+}
+
+/// Reads every message of the given partitions of `topic` (waits until `min` arrived, or `wait`).
+pub fn read_partitions(
+    broker: &impl Kafka,
+    topic: &str,
+    partitions: &[i32],
+    min: usize,
+    wait: Duration,
+) -> Vec<serde_json::Value> {
     let c: BaseConsumer = broker
         .client_config()
         .set("group.id", "dw-test-reader")
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("tpl");
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).expect("tpl");
+    }
     c.assign(&tpl).expect("assign");
     let mut out = vec![];
     let deadline = Instant::now() + wait;
@@ -107,4 +271,122 @@ pub fn normal_events(seed: u64, n: usize, mean: f64) -> Vec<String> {
             format!(r#"{{"x": {}}}"#, z + mean)
         })
         .collect()
+}
+
+/// Starts `driftwatch run` on pipeline `p` in consumer group `group` and waits
+/// until it consumes (its signal handlers are set by then). `name` tells
+/// instances of one group apart in their log files.
+pub fn start_run(p: &Path, group: &str, name: &str) -> Running {
+    use std::process::{Command, Stdio};
+    let log = std::env::temp_dir().join(format!("driftwatch-{group}-{name}-{}.log", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["run", "--metrics", "off", "--group-id", group])
+        .arg(p)
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
+        .spawn()
+        .expect("start driftwatch run");
+    let run = Running(child, log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&run.1)
+        .unwrap_or_default()
+        .contains("consuming")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "driftwatch run did not start: {}",
+            run.1.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run
+}
+
+/// A `driftwatch run` child process and its log file; killed if still
+/// running when dropped (a failed test leaves no instance behind).
+pub struct Running(pub std::process::Child, pub PathBuf);
+
+impl Running {
+    /// SIGKILL, and wait for it.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Stops a run with SIGTERM; asserts it exits cleanly.
+pub fn stop_run(mut run: Running) {
+    std::process::Command::new("kill")
+        .args(["-TERM", &run.0.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = run.0.wait().expect("wait");
+    let log = std::fs::read_to_string(&run.1).unwrap_or_default();
+    let tail: String = log
+        .lines()
+        .rev()
+        .take(15)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(status.code(), Some(0), "{status:?}; {}:\n{tail}", run.1.display());
+}
+
+/// Waits until group `group`'s commit metadata says that, in every partition
+/// of `last`, the evaluations up to its last offset were delivered.
+pub fn wait_delivered(broker: &impl Kafka, topic: &str, group: &str, last: &std::collections::BTreeMap<i32, i64>) {
+    let c: BaseConsumer = broker
+        .client_config()
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        for p in last.keys() {
+            tpl.add_partition(topic, *p);
+        }
+        if let Ok(got) = c.committed_offsets(tpl, Duration::from_secs(5))
+            && got
+                .elements()
+                .iter()
+                .all(|e| e.metadata() == format!("dw1:hw={}", last[&e.partition()]))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} did not deliver up to {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits until `topic` (partition 0) holds at least `n` messages; returns how many it saw.
+pub fn wait_for(broker: &impl Kafka, topic: &str, n: usize) -> usize {
+    let c: BaseConsumer = broker
+        .client_config()
+        .set("group.id", "dw-test-watch")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("tpl");
+    c.assign(&tpl).expect("assign");
+    let (mut seen, deadline) = (0, Instant::now() + Duration::from_secs(120));
+    while seen < n && Instant::now() < deadline {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(20)) {
+            seen += 1;
+        }
+    }
+    seen
 }

@@ -1,0 +1,85 @@
+//! Back-pressure: when the output topics are slow, the consumer slows down
+//! with them. Events wait in Kafka (lag), not in driftwatch's memory: what
+//! has been read but not yet processed stays within the bounded pipeline
+//! between the reader and the processor (DESIGN §10).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use common::*;
+use driftwatch::broker::Broker;
+use driftwatch::runtime::{self, RunOptions, RunStats, Stages};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_output_topic_slows_the_consumer_instead_of_filling_memory() {
+    let broker = Broker::start(2).unwrap();
+    broker.create_topic("bp", 1).unwrap();
+    for t in ["bp-alerts", "bp-dlq", "bp-stats"] {
+        broker.create_topic(t, 1).unwrap();
+        broker.set_leader(t, 0, 2).unwrap();
+    }
+    broker.set_leader("bp", 0, 1).unwrap();
+    let events = normal_events(3, 3000, 0.0);
+    produce(&broker, "bp", &events).await;
+    // Every evaluation goes to the stats topic, whose broker answers in 200 ms.
+    broker.set_round_trip(2, Duration::from_millis(200)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "x.schema.yaml", SCHEMA_X);
+    let batch = 50u64;
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "name: bp
+schema: x.schema.yaml
+source: {{type: kafka, brokers: \"{}\", topic: bp}}
+batch: {{max_events: {batch}, linger_ms: 10}}
+window: {{reference: {{type: first, size: 200}}, current: {{size: 200, slide: 50}}}}
+detectors:
+  - {{name: x_ks, kind: ks, columns: [x], alpha: 0.001}}
+output: {{alerts_topic: bp-alerts, dead_letter_topic: bp-dlq, stats_topic: bp-stats}}
+",
+            broker.bootstrap()
+        ),
+    );
+    let stages = Stages::build(driftwatch::config::Pipeline::load(&p).unwrap())
+        .await
+        .unwrap();
+    let stats = Arc::new(RunStats::default());
+    let run = tokio::spawn(runtime::run(
+        stages,
+        RunOptions {
+            max_events: Some(events.len() as u64),
+            group_id: Some("g-bp".into()),
+        },
+        Arc::new(AtomicBool::new(false)),
+        stats.clone(),
+        None,
+    ));
+    // Sample how far reading runs ahead of processing while the run goes on.
+    let (mut ahead_max, mut half_read_at_processed) = (0u64, None);
+    while !run.is_finished() {
+        let (read, done) = (stats.received.load(Relaxed), stats.processed.load(Relaxed));
+        ahead_max = ahead_max.max(read.saturating_sub(done));
+        if half_read_at_processed.is_none() && read >= events.len() as u64 / 2 {
+            half_read_at_processed = Some(done);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.await.unwrap().unwrap();
+    assert_eq!(stats.processed.load(Relaxed), 3000, "nothing lost");
+    assert_eq!(stats.evaluations.load(Relaxed), 53, "(3000 - 400) / 50 + 1 evaluations");
+    // The reader holds at most the channel's 4 batches, the one being
+    // processed and the one it is filling.
+    eprintln!("read ahead of processing: at most {ahead_max} events");
+    assert!(ahead_max <= 6 * batch, "read {ahead_max} events ahead of processing");
+    let at_half = half_read_at_processed.expect("sampled");
+    assert!(
+        at_half + 6 * batch >= 1500,
+        "half the input was read when only {at_half} events were processed"
+    );
+}
