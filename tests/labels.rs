@@ -194,10 +194,12 @@ async fn labels_after_the_horizon_are_not_joined() {
     // Only the labels of the last 101 events, flushed at the last event's
     // time when the stream ends, come within 10 s; the other 1399 are never
     // joined. Each is counted late — or orphaned, when its event already
-    // left the join unlabelled: which one depends on how the two streams'
+    // left the join unlabelled — or, on a loaded machine where the labels
+    // consumer runs ahead of the events, is still waiting for its event's
+    // batch when the run stops: which one depends on how the two streams'
     // batches interleave, so only the sum is fixed.
     assert_eq!(j.joined, 101, "{j:?}");
-    assert_eq!(j.late + j.orphaned, 1399, "{j:?}");
+    assert_eq!(j.late + j.orphaned + j.waiting_labels, 1399, "{j:?}");
     assert_eq!(
         j.late + j.joined + j.unlabelled + j.dropped,
         1500,
