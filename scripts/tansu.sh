@@ -12,7 +12,7 @@ TANSU_BIN="$TOOLS/bin/tansu"
 if [ ! -x "$TANSU_BIN" ] || [ "$(cat "$TOOLS/tansu.version" 2>/dev/null)" != "$TANSU_VERSION" ]; then
   echo "setup: installing tansu $TANSU_VERSION into $TOOLS (first time only)" >&2
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
-    --root "$TOOLS" --quiet
+    --root "$TOOLS"
   echo "$TANSU_VERSION" > "$TOOLS/tansu.version"
 fi
 export DRIFTWATCH_TANSU="$TANSU_BIN"
