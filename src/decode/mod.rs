@@ -127,8 +127,9 @@ pub struct Decoder {
     timestamp: Vec<i64>,
     /// Schema field index by JSON key.
     index: HashMap<String, usize>,
-    /// The version field's index and the versions accepted, as text.
-    version: Option<(usize, Vec<String>)>,
+    /// The version field's index, the versions accepted as text, and those
+    /// that are integers (parsed once, not per event).
+    version: Option<(usize, Vec<String>, Vec<i64>)>,
     pending: Pending,
 }
 
@@ -154,7 +155,9 @@ impl Decoder {
                 .collect(),
             version: schema.version.as_ref().and_then(|v| {
                 let i = schema.fields.iter().position(|f| f.name == v.field)?;
-                Some((i, v.accept.iter().map(ToString::to_string).collect()))
+                let text: Vec<String> = v.accept.iter().map(ToString::to_string).collect();
+                let ints = text.iter().filter_map(|t| t.parse().ok()).collect();
+                Some((i, text, ints))
             }),
             pending: Pending::default(),
             schema,
@@ -248,10 +251,10 @@ impl Decoder {
                 ));
             }
         }
-        if let Some((i, accept)) = &self.version {
+        if let Some((i, accept, ints)) = &self.version {
             let cell = &st.cells[*i];
             let known = match cell {
-                Some(Cell::I(v)) => accept.iter().any(|a| a.parse() == Ok(*v)),
+                Some(Cell::I(v)) => ints.contains(v),
                 Some(Cell::S(a, b)) => accept.iter().any(|x| *x == st.text[*a..*b]),
                 _ => true, // absent: the field's `nullable` decided above
             };

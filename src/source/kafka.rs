@@ -7,6 +7,7 @@
 //! offset and evaluations up to `hw` are not sent again (DESIGN §5).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,14 +77,18 @@ struct Shared {
 /// `recv`, on the reading task) and the processing task. Every rebalance
 /// starts a new generation; records read in an older one are discarded,
 /// since the partitions are read again from their committed offsets.
+/// The generation is written only while `in_flight` is locked, so a batch
+/// that [`KafkaConsumer::begin`]s is either of the current generation or
+/// waited for; it is read without the lock on every record.
 #[derive(Default, Debug)]
 struct Gate {
-    generation: u64,
+    generation: AtomicU64,
     /// A batch of the current generation is being delivered and committed.
-    in_flight: bool,
+    in_flight: Mutex<bool>,
+    done: Condvar,
 }
 
-type SharedGate = Arc<(Mutex<Gate>, Condvar)>;
+type SharedGate = Arc<Gate>;
 
 struct Ctx {
     topic: String,
@@ -96,15 +101,14 @@ impl Ctx {
     /// Starts a new generation; waits (bounded) until the batch in
     /// processing, if any, is delivered and committed.
     fn next_generation(&self) {
-        let (m, cv) = &*self.gate;
-        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-        g.generation += 1;
-        if !g.in_flight {
+        let mut in_flight = self.gate.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        self.gate.generation.fetch_add(1, Ordering::SeqCst);
+        if !*in_flight {
             return;
         }
         let wait = move || {
             let deadline = Instant::now() + REVOKE_WAIT;
-            while g.in_flight {
+            while *in_flight {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     tracing::warn!(
@@ -112,7 +116,12 @@ impl Ctx {
                     );
                     return;
                 }
-                g = cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+                in_flight = self
+                    .gate
+                    .done
+                    .wait_timeout(in_flight, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
         };
         // The callback runs on the reading task: on a multi-threaded runtime
@@ -149,7 +158,8 @@ impl ConsumerContext for Ctx {
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.gate.0.lock().unwrap_or_else(|e| e.into_inner()).generation += 1;
+                let _in_flight = self.gate.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                self.gate.generation.fetch_add(1, Ordering::SeqCst);
                 // What was delivered before, from the group's commit metadata.
                 if let Ok(committed) = base.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
                     for e in committed.elements() {
@@ -240,9 +250,8 @@ pub struct InFlight<'a>(&'a SharedGate);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let (m, cv) = &**self.0;
-        m.lock().unwrap_or_else(|e| e.into_inner()).in_flight = false;
-        cv.notify_all();
+        *self.0.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.0.done.notify_all();
     }
 }
 
@@ -303,7 +312,7 @@ impl KafkaConsumer {
     /// The current rebalance generation: it changes whenever partitions are
     /// revoked or assigned.
     pub fn generation(&self) -> u64 {
-        self.gate.0.lock().unwrap_or_else(|e| e.into_inner()).generation
+        self.gate.generation.load(Ordering::SeqCst)
     }
 
     /// Marks a batch read in `generation` as being delivered and committed;
@@ -311,11 +320,11 @@ impl KafkaConsumer {
     /// records are read again from the committed offsets). A revocation
     /// waits until the returned guard is dropped.
     pub fn begin(&self, generation: u64) -> Option<InFlight<'_>> {
-        let mut g = self.gate.0.lock().unwrap_or_else(|e| e.into_inner());
-        if g.generation != generation {
+        let mut in_flight = self.gate.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if self.gate.generation.load(Ordering::SeqCst) != generation {
             return None;
         }
-        g.in_flight = true;
+        *in_flight = true;
         Some(InFlight(&self.gate))
     }
 
