@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
 use driftwatch::broker::Broker;
-use driftwatch::runtime::{self, RunOptions, RunStats, Stages};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_output_topic_slows_the_consumer_instead_of_filling_memory() {
@@ -28,38 +26,15 @@ async fn a_slow_output_topic_slows_the_consumer_instead_of_filling_memory() {
     broker.set_round_trip(2, Duration::from_millis(200)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "x.schema.yaml", SCHEMA_X);
-    let batch = 50u64;
-    let p = write(
+    let batch = 50u64; // ks_pipeline's batch size
+    let p = ks_pipeline(
         dir.path(),
-        "p.yaml",
-        &format!(
-            "name: bp
-schema: x.schema.yaml
-source: {{type: kafka, brokers: \"{}\", topic: bp}}
-batch: {{max_events: {batch}, linger_ms: 10}}
-window: {{reference: {{type: first, size: 200}}, current: {{size: 200, slide: 50}}}}
-detectors:
-  - {{name: x_ks, kind: ks, columns: [x], alpha: 0.001}}
-output: {{alerts_topic: bp-alerts, dead_letter_topic: bp-dlq, stats_topic: bp-stats}}
-",
-            broker.bootstrap()
-        ),
+        "bp",
+        "bp",
+        &broker.bootstrap(),
+        "{reference: {type: first, size: 200}, current: {size: 200, slide: 50}}",
     );
-    let stages = Stages::build(driftwatch::config::Pipeline::load(&p).unwrap())
-        .await
-        .unwrap();
-    let stats = Arc::new(RunStats::default());
-    let run = tokio::spawn(runtime::run(
-        stages,
-        RunOptions {
-            max_events: Some(events.len() as u64),
-            group_id: Some("g-bp".into()),
-        },
-        Arc::new(AtomicBool::new(false)),
-        stats.clone(),
-        None,
-    ));
+    let (run, stats) = spawn_pipeline(&p, events.len() as u64, "g-bp").await;
     // Sample how far reading runs ahead of processing while the run goes on.
     let (mut ahead_max, mut half_read_at_processed) = (0u64, None);
     while !run.is_finished() {

@@ -13,23 +13,12 @@ use common::*;
 use driftwatch::broker::Broker;
 
 fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str) -> std::path::PathBuf {
-    write(dir, "x.schema.yaml", SCHEMA_X);
-    write(
+    ks_pipeline(
         dir,
-        &format!("{topic}.yaml"),
-        &format!(
-            "name: crash
-schema: x.schema.yaml
-source: {{type: kafka, brokers: \"{brokers}\", topic: {topic}}}
-batch: {{max_events: 50, linger_ms: 10}}
-window:
-  reference: {{type: first, size: 300}}
-  current: {{size: 300, slide: 150}}
-detectors:
-  - {{name: x_ks, kind: ks, columns: [x], alpha: 0.001}}
-output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq, stats_topic: {topic}-stats}}
-"
-        ),
+        "crash",
+        topic,
+        brokers,
+        "{reference: {type: first, size: 300}, current: {size: 300, slide: 150}}",
     )
 }
 

@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use driftwatch::broker::Broker;
-use driftwatch::runtime::{self, RunOptions, RunStats, Stages};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30_second_broker_outage_loses_nothing() {
@@ -28,22 +26,12 @@ async fn outage(broker: &mut impl Kafka) {
         broker.create_topic(t, 1);
     }
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "x.schema.yaml", SCHEMA_X);
-    let p = write(
+    let p = ks_pipeline(
         dir.path(),
-        "p.yaml",
-        &format!(
-            "name: outage
-schema: x.schema.yaml
-source: {{type: kafka, brokers: \"{}\", topic: out}}
-batch: {{max_events: 50, linger_ms: 10}}
-window: {{reference: {{type: first, size: 300}}, current: {{size: 300}}}}
-detectors:
-  - {{name: x_ks, kind: ks, columns: [x], alpha: 0.001}}
-output: {{alerts_topic: out-alerts, dead_letter_topic: out-dlq, stats_topic: out-stats}}
-",
-            broker.bootstrap()
-        ),
+        "outage",
+        "out",
+        &broker.bootstrap(),
+        "{reference: {type: first, size: 300}, current: {size: 300}}",
     );
     // Before the outage: the reference and two windows; after it: two more, the last shifted.
     let before = normal_events(1, 900, 0.0);
@@ -51,20 +39,7 @@ output: {{alerts_topic: out-alerts, dead_letter_topic: out-dlq, stats_topic: out
     after.extend(normal_events(3, 300, 2.0));
     produce(&*broker, "out", &before).await;
 
-    let stages = Stages::build(driftwatch::config::Pipeline::load(&p).unwrap())
-        .await
-        .unwrap();
-    let stats = Arc::new(RunStats::default());
-    let run = tokio::spawn(runtime::run(
-        stages,
-        RunOptions {
-            max_events: Some(1500),
-            group_id: Some("g-out".into()),
-        },
-        Arc::new(AtomicBool::new(false)),
-        stats.clone(),
-        None,
-    ));
+    let (run, stats) = spawn_pipeline(&p, 1500, "g-out").await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while stats.evaluations.load(Ordering::Relaxed) < 2 {
         assert!(Instant::now() < deadline, "no evaluation before the outage");

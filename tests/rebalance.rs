@@ -18,24 +18,12 @@ use driftwatch::broker::Broker;
 const KEYS: usize = 6;
 
 fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str) -> std::path::PathBuf {
-    write(dir, "x.schema.yaml", SCHEMA_X);
-    write(
+    ks_pipeline(
         dir,
-        &format!("{topic}.yaml"),
-        &format!(
-            "name: rebalance
-schema: x.schema.yaml
-source: {{type: kafka, brokers: \"{brokers}\", topic: {topic}}}
-batch: {{max_events: 50, linger_ms: 10}}
-window:
-  key: site
-  reference: {{type: first, size: 200}}
-  current: {{size: 200, slide: 100}}
-detectors:
-  - {{name: x_ks, kind: ks, columns: [x], alpha: 0.001}}
-output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq, stats_topic: {topic}-stats}}
-"
-        ),
+        "rebalance",
+        topic,
+        brokers,
+        "{key: site, reference: {type: first, size: 200}, current: {size: 200, slide: 100}}",
     )
 }
 

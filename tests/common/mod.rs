@@ -189,14 +189,8 @@ pub fn read_topic(broker: &impl Kafka, topic: &str, min: usize, wait: Duration) 
     read_partitions(broker, topic, &[0], min, wait)
 }
 
-/// Reads every message of the given partitions of `topic` (waits until `min` arrived, or `wait`).
-pub fn read_partitions(
-    broker: &impl Kafka,
-    topic: &str,
-    partitions: &[i32],
-    min: usize,
-    wait: Duration,
-) -> Vec<serde_json::Value> {
+/// A consumer assigned `partitions` of `topic` from their beginning.
+fn reader(broker: &impl Kafka, topic: &str, partitions: &[i32]) -> BaseConsumer {
     let c: BaseConsumer = broker
         .client_config()
         .set("group.id", "dw-test-reader")
@@ -207,6 +201,18 @@ pub fn read_partitions(
         tpl.add_partition_offset(topic, *p, Offset::Beginning).expect("tpl");
     }
     c.assign(&tpl).expect("assign");
+    c
+}
+
+/// Reads every message of the given partitions of `topic` (waits until `min` arrived, or `wait`).
+pub fn read_partitions(
+    broker: &impl Kafka,
+    topic: &str,
+    partitions: &[i32],
+    min: usize,
+    wait: Duration,
+) -> Vec<serde_json::Value> {
+    let c = reader(broker, topic, partitions);
     let mut out = vec![];
     let deadline = Instant::now() + wait;
     let mut quiet_since = Instant::now();
@@ -240,10 +246,29 @@ pub const SCHEMA_X: &str =
 
 /// Runs a pipeline file until `max_events` are read; returns the run's counters.
 pub async fn run_pipeline(path: &Path, max_events: u64, group: &str) -> Arc<RunStats> {
+    let (run, stats) = spawn_pipeline(path, max_events, group).await;
+    tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("run finishes in time")
+        .expect("run task")
+        .expect("run succeeds");
+    stats
+}
+
+/// Starts a pipeline file in a task that ends once `max_events` are read;
+/// returns the task and the run's counters, to watch while it runs.
+pub async fn spawn_pipeline(
+    path: &Path,
+    max_events: u64,
+    group: &str,
+) -> (
+    tokio::task::JoinHandle<Result<(), runtime::RuntimeError>>,
+    Arc<RunStats>,
+) {
     let p = Pipeline::load(path).expect("pipeline loads");
     let stages = Stages::build(p).await.expect("stages build");
     let stats = Arc::new(RunStats::default());
-    let fut = runtime::run(
+    let run = tokio::spawn(runtime::run(
         stages,
         RunOptions {
             max_events: Some(max_events),
@@ -252,12 +277,30 @@ pub async fn run_pipeline(path: &Path, max_events: u64, group: &str) -> Arc<RunS
         Arc::new(AtomicBool::new(false)),
         stats.clone(),
         None,
-    );
-    tokio::time::timeout(Duration::from_secs(240), fut)
-        .await
-        .expect("run finishes in time")
-        .expect("run succeeds");
-    stats
+    ));
+    (run, stats)
+}
+
+/// Writes `{topic}.yaml` in `dir`: pipeline `name` over [`SCHEMA_X`] reading
+/// `topic` at `brokers` in batches of 50, with `window` (flow YAML), one KS
+/// test on `x`, and outputs `{topic}-alerts`, `{topic}-dlq`, `{topic}-stats`.
+pub fn ks_pipeline(dir: &Path, name: &str, topic: &str, brokers: &str, window: &str) -> PathBuf {
+    write(dir, "x.schema.yaml", SCHEMA_X);
+    write(
+        dir,
+        &format!("{topic}.yaml"),
+        &format!(
+            "name: {name}
+schema: x.schema.yaml
+source: {{type: kafka, brokers: \"{brokers}\", topic: {topic}}}
+batch: {{max_events: 50, linger_ms: 10}}
+window: {window}
+detectors:
+  - {{name: x_ks, kind: ks, columns: [x], alpha: 0.001}}
+output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq, stats_topic: {topic}-stats}}
+"
+        ),
+    )
 }
 
 /// Seeded normal samples (Box–Muller), as JSON events `{"x": …}`.
@@ -374,14 +417,7 @@ pub fn wait_delivered(broker: &impl Kafka, topic: &str, group: &str, last: &std:
 
 /// Waits until `topic` (partition 0) holds at least `n` messages; returns how many it saw.
 pub fn wait_for(broker: &impl Kafka, topic: &str, n: usize) -> usize {
-    let c: BaseConsumer = broker
-        .client_config()
-        .set("group.id", "dw-test-watch")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("tpl");
-    c.assign(&tpl).expect("assign");
+    let c = reader(broker, topic, &[0]);
     let (mut seen, deadline) = (0, Instant::now() + Duration::from_secs(120));
     while seen < n && Instant::now() < deadline {
         if let Some(Ok(_)) = c.poll(Duration::from_millis(20)) {
