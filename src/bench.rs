@@ -159,7 +159,7 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
         },
         Arc::new(AtomicBool::new(false)),
     ));
-    let consumer = KafkaConsumer::new(&ceiling_src, "driftwatch-bench-ceiling").map_err(other)?;
+    let consumer = KafkaConsumer::new(&ceiling_src, "driftwatch-bench-ceiling", None).map_err(other)?;
     let mut dec = stages.decoder();
     let max = pipeline.batch.max_events.get();
     let mut batches = vec![];

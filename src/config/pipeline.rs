@@ -151,6 +151,15 @@ pub struct SourceSpec {
     /// Put secrets in the environment: `sasl.password: ${KAFKA_PASSWORD}`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// kafka: a topic (on the source's brokers, ideally `cleanup.policy=compact`)
+    /// where, after each batch whose evaluations were delivered, the consumer
+    /// records per partition the last offset delivered. Default: none, the
+    /// mark is kept only in the offset-commit metadata. Set it for brokers
+    /// that drop commit metadata (tansu 0.6), and to close the window where a
+    /// group that is rebalancing refuses commits: the next owner of a
+    /// partition then does not send again what its previous owner delivered.
+    #[serde(default)]
+    pub checkpoint_topic: Option<String>,
     /// file: path of a `.jsonl` or `.parquet` file, relative to the pipeline file.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -175,6 +184,7 @@ impl TryFrom<SourceSpec> for SourceConfig {
                     group_id: s.group_id,
                     start: s.start,
                     properties: s.properties,
+                    checkpoint_topic: s.checkpoint_topic,
                 }))
             }
             SourceType::File => {
@@ -185,6 +195,7 @@ impl TryFrom<SourceSpec> for SourceConfig {
                         ("topic", s.topic.is_some()),
                         ("group_id", s.group_id.is_some()),
                         ("properties", !s.properties.is_empty()),
+                        ("checkpoint_topic", s.checkpoint_topic.is_some()),
                     ],
                 )?;
                 Ok(SourceConfig::File(FileSource {
@@ -203,6 +214,7 @@ pub struct KafkaSource {
     pub group_id: Option<String>,
     pub start: StartPosition,
     pub properties: BTreeMap<String, String>,
+    pub checkpoint_topic: Option<String>,
 }
 
 /// Start position of a Kafka source: `committed`, `earliest`, `latest`,
@@ -1111,6 +1123,24 @@ impl Pipeline {
             }
             if let Err(e) = k.start.timestamp_ms() {
                 return Err(self.err("source.start", e));
+            }
+            if let Some(c) = &k.checkpoint_topic {
+                let outputs = [
+                    Some(&self.output.alerts_topic),
+                    self.output.stats_topic.as_ref(),
+                    Some(&self.output.dead_letter_topic),
+                ];
+                if c.trim().is_empty() {
+                    return Err(self.err("source.checkpoint_topic", "must not be empty"));
+                }
+                if *c == k.topic || outputs.contains(&Some(c)) {
+                    return Err(self.err(
+                        "source.checkpoint_topic",
+                        format!(
+                            "`{c}` is already the source or an output topic; checkpoints need a topic of their own"
+                        ),
+                    ));
+                }
             }
         }
         if self.detectors.is_empty() {

@@ -23,6 +23,7 @@ pub use stages::{Stages, key_column, validate};
 use crate::alert::{Evaluation, message_key};
 use crate::config::{ConfigError, Pipeline, SourceConfig};
 use crate::decode::Rejection;
+use crate::source::checkpoint::Checkpoints;
 use crate::source::file;
 use crate::source::kafka::{self, KafkaConsumer};
 use crate::window::Due;
@@ -157,7 +158,14 @@ pub async fn run(
         .clone()
         .or_else(|| src.group_id.clone())
         .unwrap_or_else(|| format!("driftwatch-{}", p.name));
-    let consumer = Arc::new(KafkaConsumer::new(src, &group).map_err(kafka_err("creating consumer"))?);
+    let checkpoints = match &src.checkpoint_topic {
+        Some(t) => Some(
+            Checkpoints::new(&src.brokers, &src.properties, t, &group, &src.topic)
+                .map_err(kafka_err(format!("checkpoint topic `{t}`")))?,
+        ),
+        None => None,
+    };
+    let consumer = Arc::new(KafkaConsumer::new(src, &group, checkpoints).map_err(kafka_err("creating consumer"))?);
     let out_brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
     let out_props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
     let producer = kafka::producer(&out_brokers, &out_props).map_err(kafka_err("creating producer"))?;
@@ -175,8 +183,9 @@ pub async fn run(
         Some(l) => {
             let mut lsrc = src.clone();
             lsrc.topic = l.topic.clone();
+            lsrc.checkpoint_topic = None;
             let lgroup = l.group_id.clone().unwrap_or_else(|| format!("{group}-labels"));
-            let c = Arc::new(KafkaConsumer::new(&lsrc, &lgroup).map_err(kafka_err("creating labels consumer"))?);
+            let c = Arc::new(KafkaConsumer::new(&lsrc, &lgroup, None).map_err(kafka_err("creating labels consumer"))?);
             tracing::info!(topic = %l.topic, group = %lgroup, horizon_ms = l.horizon_ms.get(), "joining late labels");
             Some((
                 c.clone(),
@@ -301,7 +310,7 @@ pub async fn run(
     result?;
     read?;
     // Final synchronous commit of what is accounted for.
-    commit(&consumer, &windows, &last, CommitMode::Sync)?;
+    commit(&consumer, &windows, &last, CommitMode::Sync, &[]).await?;
     tracing::info!(pipeline = %p.name, received = stats.received.load(Ordering::Relaxed), alerts = stats.alerts.load(Ordering::Relaxed), "stopped");
     Ok(())
 }
@@ -477,15 +486,16 @@ async fn evaluate_joined(
     observer: Option<&Observer>,
     policy: &mut crate::alert::AlertPolicy,
     pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
-) -> Result<(), RuntimeError> {
+) -> Result<usize, RuntimeError> {
     *stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = join.stats.clone();
+    let mut sent = 0;
     if let Some(b) = join.concat(joined)? {
         for due in labelled_windows.push(&b)? {
             let evals = stages.evaluate_labelled(&due).await?;
-            emit(evals, &due, consumer, producer, p, stats, observer, policy, pending)?;
+            sent += emit(evals, &due, consumer, producer, p, stats, observer, policy, pending)?;
         }
     }
-    Ok(())
+    Ok(sent)
 }
 
 /// Scores a batch, adds it to the windows and publishes what became due.
@@ -504,6 +514,8 @@ async fn process(
     join: Option<(&mut crate::labels::LabelJoin, &mut crate::window::Windows)>,
 ) -> Result<(), RuntimeError> {
     let mut pending = work.pending;
+    // Evaluations made (not replayed): their delivery is then checkpointed.
+    let mut made = 0;
     if let Some(batch) = work.batch {
         let t = std::time::Instant::now();
         let scored = stages.score(batch).await?;
@@ -514,7 +526,7 @@ async fn process(
         stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
         if let Some((j, lw)) = join {
             let joined = j.add_events(&scored)?;
-            evaluate_joined(
+            made += evaluate_joined(
                 stages,
                 j,
                 lw,
@@ -535,7 +547,7 @@ async fn process(
         stats.window_events.store(held as u64, Ordering::Relaxed);
         for due in dues {
             let evals = stages.evaluate(&due).await?;
-            emit(
+            made += emit(
                 evals,
                 &due,
                 consumer,
@@ -549,11 +561,18 @@ async fn process(
         }
     }
     await_deliveries(pending).await?;
+    // Only the partitions read in this batch can have new evaluations.
+    let touched: Vec<i32> = if made > 0 {
+        work.last.keys().copied().collect()
+    } else {
+        vec![]
+    };
     last.extend(work.last);
-    commit(consumer, windows, last, CommitMode::Async)
+    commit(consumer, windows, last, CommitMode::Async, &touched).await
 }
 
-/// Publishes a window pair's evaluations: alerts (after the alert policy) and statistics.
+/// Publishes a window pair's evaluations: alerts (after the alert policy)
+/// and statistics. Returns how many evaluations were new (not sent before).
 #[allow(clippy::too_many_arguments)]
 fn emit(
     evals: Vec<Evaluation>,
@@ -565,14 +584,15 @@ fn emit(
     observer: Option<&Observer>,
     policy: &mut crate::alert::AlertPolicy,
     pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
-) -> Result<(), RuntimeError> {
+) -> Result<usize, RuntimeError> {
     let resent = already_delivered(consumer, due);
     if resent {
         stats.suppressed.fetch_add(1, Ordering::Relaxed);
         if !policy.stateful() {
-            return Ok(());
+            return Ok(0);
         }
     }
+    let mut made = 0;
     for mut ev in evals {
         ev.alert = policy.decide(&ev.detector, ev.key.as_deref().unwrap_or(""), ev.drift);
         if resent {
@@ -580,6 +600,7 @@ fn emit(
             continue;
         }
         stats.evaluations.fetch_add(1, Ordering::Relaxed);
+        made += 1;
         {
             let mut d = stats.detectors.lock().unwrap_or_else(|e| e.into_inner());
             let m = d.entry(ev.detector.clone()).or_default();
@@ -616,7 +637,7 @@ fn emit(
             pending.push(f);
         }
     }
-    Ok(())
+    Ok(made)
 }
 
 /// Joins a batch of label records: bad ones to the dead-letter topic, joined
@@ -728,11 +749,15 @@ fn already_delivered(consumer: &KafkaConsumer, due: &Due) -> bool {
     consumer.delivered(p).is_some_and(|hw| o <= hw)
 }
 
-fn commit(
+/// Commits what the windows still need and what was delivered; first
+/// records the delivery of the `checkpoint` partitions (those with new
+/// evaluations) in the checkpoint topic, if there is one.
+async fn commit(
     consumer: &KafkaConsumer,
     windows: &crate::window::Windows,
     last: &BTreeMap<i32, i64>,
     mode: CommitMode,
+    checkpoint: &[i32],
 ) -> Result<(), RuntimeError> {
     let needed = windows.oldest_needed();
     let positions: BTreeMap<i32, (i64, i64)> = last
@@ -744,6 +769,14 @@ fn commit(
             (*p, (next, delivered))
         })
         .collect();
+    if !checkpoint.is_empty() {
+        let marks = positions
+            .iter()
+            .filter(|(p, _)| checkpoint.contains(p))
+            .map(|(p, pos)| (*p, *pos))
+            .collect();
+        consumer.checkpoint(&marks).await.map_err(kafka_err("checkpoint"))?;
+    }
     consumer.commit(&positions, mode).map_err(kafka_err("commit"))
 }
 

@@ -4,7 +4,8 @@
 //! oldest offset its windows still need, with the last offset whose
 //! evaluations were delivered stored in the commit metadata (`dw1:hw=N`).
 //! After a restart the windows are rebuilt by replaying from the committed
-//! offset and evaluations up to `hw` are not sent again (DESIGN §5).
+//! offset and evaluations up to `hw` are not sent again (DESIGN §5). With a
+//! checkpoint topic, `hw` is also recorded there ([`super::checkpoint`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::RawRecord;
+use super::checkpoint::Checkpoints;
 use crate::config::{KafkaSource, StartPosition};
 
 const META_PREFIX: &str = "dw1:hw=";
@@ -95,7 +97,11 @@ struct Ctx {
     start: Start,
     shared: Arc<Mutex<Shared>>,
     gate: SharedGate,
+    checkpoints: Option<Arc<Checkpoints>>,
 }
+
+/// How long an assignment may take to read the checkpoint topic to its end.
+const CHECKPOINT_READ: Duration = Duration::from_secs(30);
 
 impl Ctx {
     /// Starts a new generation; waits (bounded) until the batch in
@@ -160,20 +166,36 @@ impl ConsumerContext for Ctx {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let _in_flight = self.gate.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 self.gate.generation.fetch_add(1, Ordering::SeqCst);
-                // What was delivered before, from the group's commit metadata.
+                // What was delivered before: the group's commit metadata and
+                // the checkpoint topic, the higher of the two (both are
+                // written only after delivery). A partition the group never
+                // committed starts afresh.
+                let marks = match &self.checkpoints {
+                    Some(c) => c.delivered(CHECKPOINT_READ).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "evaluations replayed on this assignment may be sent again");
+                        BTreeMap::new()
+                    }),
+                    None => BTreeMap::new(),
+                };
                 if let Ok(committed) = base.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
                     for e in committed.elements() {
-                        if let Some(hw) = e
+                        if !matches!(e.offset(), Offset::Offset(_)) {
+                            continue;
+                        }
+                        let meta = e
                             .metadata()
                             .strip_prefix(META_PREFIX)
-                            .and_then(|s| s.parse::<i64>().ok())
-                        {
-                            shared.delivered.insert(e.partition(), hw);
-                        } else if matches!(e.offset(), Offset::Offset(_)) {
+                            .and_then(|s| s.parse::<i64>().ok());
+                        match meta.max(marks.get(&e.partition()).copied()) {
+                            Some(hw) => {
+                                shared.delivered.insert(e.partition(), hw);
+                            }
                             // Committed by something else, or by a broker that
                             // drops commit metadata (tansu 0.6 does).
-                            tracing::warn!(topic = %self.topic, partition = e.partition(), offset = ?e.offset(),
-                                "committed offset without driftwatch's commit metadata: evaluations replayed from it are sent again");
+                            None => {
+                                tracing::warn!(topic = %self.topic, partition = e.partition(), offset = ?e.offset(),
+                                "committed offset without driftwatch's commit metadata (set source.checkpoint_topic for brokers that drop it): evaluations replayed from it are sent again")
+                            }
                         }
                     }
                 }
@@ -242,6 +264,7 @@ pub struct KafkaConsumer {
     topic: String,
     shared: Arc<Mutex<Shared>>,
     gate: SharedGate,
+    checkpoints: Option<Arc<Checkpoints>>,
 }
 
 /// A batch being delivered and committed (see [`KafkaConsumer::begin`]):
@@ -256,8 +279,11 @@ impl Drop for InFlight<'_> {
 }
 
 impl KafkaConsumer {
-    /// Creates the consumer and subscribes. `group_id` overrides the config's.
-    pub fn new(cfg: &KafkaSource, group_id: &str) -> KafkaResult<Self> {
+    /// Creates the consumer and subscribes. `group_id` overrides the
+    /// config's. With `checkpoints`, delivery marks are also recorded there
+    /// (see [`KafkaConsumer::checkpoint`]) and read on each assignment.
+    pub fn new(cfg: &KafkaSource, group_id: &str, checkpoints: Option<Checkpoints>) -> KafkaResult<Self> {
+        let checkpoints = checkpoints.map(Arc::new);
         let start = match &cfg.start {
             StartPosition::Committed => Start::Committed,
             StartPosition::Earliest => Start::Earliest,
@@ -299,6 +325,7 @@ impl KafkaConsumer {
             start,
             shared: shared.clone(),
             gate: gate.clone(),
+            checkpoints: checkpoints.clone(),
         })?;
         consumer.subscribe(&[&cfg.topic])?;
         Ok(Self {
@@ -306,6 +333,7 @@ impl KafkaConsumer {
             topic: cfg.topic.clone(),
             shared,
             gate,
+            checkpoints,
         })
     }
 
@@ -362,6 +390,23 @@ impl KafkaConsumer {
     /// Rebalance errors since the last call.
     pub fn take_errors(&self) -> Vec<String> {
         std::mem::take(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()).errors)
+    }
+
+    /// Records in the checkpoint topic, if there is one, the `delivered`
+    /// offsets of the partitions still assigned; waits for the broker.
+    pub async fn checkpoint(&self, positions: &BTreeMap<i32, (i64, i64)>) -> KafkaResult<()> {
+        let Some(c) = &self.checkpoints else {
+            return Ok(());
+        };
+        let own: Vec<(i32, i64)> = {
+            let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            positions
+                .iter()
+                .filter(|(p, _)| shared.assigned.contains(p))
+                .map(|(p, (_, d))| (*p, *d))
+                .collect()
+        };
+        c.record(own).await
     }
 
     /// Commits, per partition, `next` (where a restart must resume reading)
@@ -484,8 +529,9 @@ mod tests {
             group_id: None,
             start: StartPosition::Committed,
             properties: props(&[("partition.assignment.strategy", "cooperative-sticky")]),
+            checkpoint_topic: None,
         };
-        let e = KafkaConsumer::new(&cfg, "g").err().expect("refused").to_string();
+        let e = KafkaConsumer::new(&cfg, "g", None).err().expect("refused").to_string();
         assert!(
             e.contains("partition.assignment.strategy") && e.contains("eager"),
             "{e}"
@@ -494,6 +540,6 @@ mod tests {
             properties: props(&[("partition.assignment.strategy", "roundrobin")]),
             ..cfg
         };
-        assert!(KafkaConsumer::new(&ok, "g").is_ok());
+        assert!(KafkaConsumer::new(&ok, "g", None).is_ok());
     }
 }

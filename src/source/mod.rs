@@ -1,6 +1,7 @@
 //! Sources of raw events: Kafka (consumer group) and files (JSONL, Parquet).
 //! Both yield [`RawRecord`]s carrying their coordinates.
 
+pub mod checkpoint;
 pub mod file;
 pub mod kafka;
 

@@ -285,6 +285,19 @@ pub async fn spawn_pipeline(
 /// `topic` at `brokers` in batches of 50, with `window` (flow YAML), one KS
 /// test on `x`, and outputs `{topic}-alerts`, `{topic}-dlq`, `{topic}-stats`.
 pub fn ks_pipeline(dir: &Path, name: &str, topic: &str, brokers: &str, window: &str) -> PathBuf {
+    ks_pipeline_with(dir, name, topic, brokers, window, "")
+}
+
+/// [`ks_pipeline`] with more `source` options (`source_extra`: flow YAML
+/// entries, each after a comma).
+pub fn ks_pipeline_with(
+    dir: &Path,
+    name: &str,
+    topic: &str,
+    brokers: &str,
+    window: &str,
+    source_extra: &str,
+) -> PathBuf {
     write(dir, "x.schema.yaml", SCHEMA_X);
     write(
         dir,
@@ -292,7 +305,7 @@ pub fn ks_pipeline(dir: &Path, name: &str, topic: &str, brokers: &str, window: &
         &format!(
             "name: {name}
 schema: x.schema.yaml
-source: {{type: kafka, brokers: \"{brokers}\", topic: {topic}}}
+source: {{type: kafka, brokers: \"{brokers}\", topic: {topic}{source_extra}}}
 batch: {{max_events: 50, linger_ms: 10}}
 window: {window}
 detectors:
@@ -385,26 +398,43 @@ pub fn stop_run(mut run: Running) {
     assert_eq!(status.code(), Some(0), "{status:?}; {}:\n{tail}", run.1.display());
 }
 
-/// Waits until group `group`'s commit metadata says that, in every partition
-/// of `last`, the evaluations up to its last offset were delivered.
-pub fn wait_delivered(broker: &impl Kafka, topic: &str, group: &str, last: &std::collections::BTreeMap<i32, i64>) {
+/// Waits until group `group`'s commit metadata (or, with `checkpoints`,
+/// that checkpoint topic) says that, in every partition of `last`, the
+/// evaluations up to its last offset were delivered. A checkpoint moves only
+/// with a batch that made evaluations: the input must end on one.
+pub fn wait_delivered(
+    broker: &impl Kafka,
+    topic: &str,
+    group: &str,
+    last: &std::collections::BTreeMap<i32, i64>,
+    checkpoints: Option<&str>,
+) {
     let c: BaseConsumer = broker
         .client_config()
         .set("group.id", group)
         .create()
         .expect("consumer");
+    let marks = checkpoints.map(|t| {
+        driftwatch::source::checkpoint::Checkpoints::new(&broker.bootstrap(), &Default::default(), t, group, topic)
+            .expect("checkpoint reader")
+    });
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let mut tpl = TopicPartitionList::new();
         for p in last.keys() {
             tpl.add_partition(topic, *p);
         }
-        if let Ok(got) = c.committed_offsets(tpl, Duration::from_secs(5))
-            && got
-                .elements()
-                .iter()
-                .all(|e| e.metadata() == format!("dw1:hw={}", last[&e.partition()]))
-        {
+        let done = match &marks {
+            Some(m) => m
+                .delivered(Duration::from_secs(10))
+                .is_ok_and(|got| last.iter().all(|(p, l)| got.get(p) == Some(l))),
+            None => c.committed_offsets(tpl, Duration::from_secs(5)).is_ok_and(|got| {
+                got.elements()
+                    .iter()
+                    .all(|e| e.metadata() == format!("dw1:hw={}", last[&e.partition()]))
+            }),
+        };
+        if done {
             return;
         }
         assert!(

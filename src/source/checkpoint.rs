@@ -1,0 +1,247 @@
+//! Delivery checkpoints in a topic of their own (`source.checkpoint_topic`).
+//!
+//! The runtime records "evaluations delivered up to offset N" per partition
+//! in the offset-commit metadata (DESIGN §5). Two things defeat that alone:
+//! brokers that drop commit metadata (tansu 0.6), and a group that is
+//! rebalancing, which refuses commits while an instance, not yet told,
+//! still delivers. A checkpoint record, produced once a batch's evaluations
+//! are delivered, is refused by neither. The next owner of a partition reads
+//! the checkpoint topic to its end and takes the highest mark recorded for
+//! its group, topic and partition: a mark is written only after what it
+//! covers was delivered, so the highest one is always true.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+/// One checkpoint record: in `group`, partition `partition` of `topic` has
+/// its evaluations delivered up to offset `delivered` (inclusive).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Mark {
+    group: String,
+    topic: String,
+    partition: i32,
+    delivered: i64,
+}
+
+/// Writes and reads the delivery marks of one consumer group on one topic.
+pub struct Checkpoints {
+    topic: String,
+    group: String,
+    source_topic: String,
+    producer: FutureProducer,
+    reader: Mutex<Reader>,
+}
+
+struct Reader {
+    consumer: BaseConsumer,
+    /// Next offset to read, per partition of the checkpoint topic.
+    next: BTreeMap<i32, i64>,
+    /// Highest mark seen per source partition (this group and topic only).
+    marks: BTreeMap<i32, i64>,
+}
+
+impl Checkpoints {
+    /// Clients for `topic` on the source's brokers; checks that the topic exists.
+    pub fn new(
+        brokers: &str,
+        props: &BTreeMap<String, String>,
+        topic: &str,
+        group: &str,
+        source_topic: &str,
+    ) -> KafkaResult<Self> {
+        let mut pc = super::kafka::client_config(brokers, props);
+        // Idempotence keeps a partition's marks in the order they were sent.
+        pc.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "300000")
+            .set("linger.ms", "0");
+        let producer: FutureProducer = pc.create()?;
+        let mut cc = super::kafka::client_config(brokers, props);
+        // Only assigned, never subscribed or committed: the group id is a formality.
+        cc.set("group.id", format!("{group}-checkpoint-reader"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer = cc.create()?;
+        let c = Self {
+            topic: topic.into(),
+            group: group.into(),
+            source_topic: source_topic.into(),
+            producer,
+            reader: Mutex::new(Reader {
+                consumer,
+                next: BTreeMap::new(),
+                marks: BTreeMap::new(),
+            }),
+        };
+        let reader = c.reader.lock().unwrap_or_else(|e| e.into_inner());
+        c.partitions(&reader.consumer, Duration::from_secs(10))?;
+        drop(reader);
+        Ok(c)
+    }
+
+    fn partitions(&self, consumer: &BaseConsumer, timeout: Duration) -> KafkaResult<Vec<i32>> {
+        let md = consumer.fetch_metadata(Some(&self.topic), timeout)?;
+        let missing = || KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .ok_or_else(missing)?;
+        if let Some(e) = t.error() {
+            return Err(KafkaError::MetadataFetch(e.into()));
+        }
+        let ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        if ps.is_empty() {
+            return Err(missing());
+        }
+        Ok(ps)
+    }
+
+    /// Records `delivered` (partition → last offset delivered) and waits
+    /// until the broker has it.
+    pub async fn record(&self, delivered: impl IntoIterator<Item = (i32, i64)>) -> KafkaResult<()> {
+        let mut fs = vec![];
+        for (partition, delivered) in delivered {
+            let m = Mark {
+                group: self.group.clone(),
+                topic: self.source_topic.clone(),
+                partition,
+                delivered,
+            };
+            // The key names the partition's mark: compaction keeps the last.
+            let key = serde_json::to_vec(&(&m.group, &m.topic, m.partition)).unwrap_or_default();
+            let body = serde_json::to_vec(&m).unwrap_or_default();
+            let f = self
+                .producer
+                .send_result(FutureRecord::to(&self.topic).key(&key).payload(&body))
+                .map_err(|(e, _)| e)?;
+            fs.push(f);
+        }
+        for f in fs {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
+            }
+        }
+        Ok(())
+    }
+
+    /// The highest mark per source partition, after reading the checkpoint
+    /// topic up to its current end (waits at most `timeout`).
+    pub fn delivered(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let what = |e: KafkaError| format!("checkpoint topic `{}`: {e}", self.topic);
+        let mut end = BTreeMap::new();
+        for p in self.partitions(&r.consumer, timeout).map_err(what)? {
+            let (low, high) = r.consumer.fetch_watermarks(&self.topic, p, timeout).map_err(what)?;
+            let next = r.next.get(&p).copied().unwrap_or(low).max(low);
+            r.next.insert(p, next);
+            if next < high {
+                end.insert(p, high);
+            }
+        }
+        if end.is_empty() {
+            return Ok(r.marks.clone());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in end.keys() {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(r.next[p]))
+                .map_err(what)?;
+        }
+        r.consumer.assign(&tpl).map_err(what)?;
+        while !end.is_empty() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "checkpoint topic `{}`: not read to its end within {timeout:?}",
+                    self.topic
+                ));
+            }
+            match r.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let (p, o) = (m.partition(), m.offset());
+                    if let Some(mark) = m
+                        .payload()
+                        .and_then(|b| serde_json::from_slice::<Mark>(b).ok())
+                        .filter(|k| k.group == self.group && k.topic == self.source_topic)
+                    {
+                        let e = r.marks.entry(mark.partition).or_insert(mark.delivered);
+                        *e = (*e).max(mark.delivered);
+                    }
+                    r.next.insert(p, o + 1);
+                }
+                Some(Err(e)) => return Err(what(e)),
+                None => {}
+            }
+            // Positions also move past offsets that hold no record (compaction).
+            if let Ok(pos) = r.consumer.position() {
+                for e in pos.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        let n = r.next.entry(e.partition()).or_insert(o);
+                        *n = (*n).max(o);
+                    }
+                }
+            }
+            end.retain(|p, high| r.next.get(p).is_some_and(|n| n < high));
+        }
+        let _ = r.consumer.unassign();
+        Ok(r.marks.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Broker;
+
+    /// Marks written are read back, highest per partition, this group and
+    /// topic only, by a reader that joins later and one that catches up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn marks_are_read_back_highest_per_partition() {
+        let b = Broker::start(1).unwrap();
+        b.create_topic("cp", 2).unwrap();
+        let none = BTreeMap::new();
+        let w = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
+        let other_group = Checkpoints::new(&b.bootstrap(), &none, "cp", "h", "events").unwrap();
+        let other_topic = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "other").unwrap();
+        assert_eq!(w.delivered(Duration::from_secs(30)).unwrap(), BTreeMap::new());
+        w.record([(0, 10), (1, 5)]).await.unwrap();
+        w.record([(0, 20)]).await.unwrap();
+        // An older mark arriving last does not lower the highest one.
+        w.record([(0, 15)]).await.unwrap();
+        other_group.record([(0, 99), (2, 7)]).await.unwrap();
+        other_topic.record([(1, 99)]).await.unwrap();
+        let want = BTreeMap::from([(0, 20), (1, 5)]);
+        let late = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
+        assert_eq!(late.delivered(Duration::from_secs(30)).unwrap(), want);
+        assert_eq!(w.delivered(Duration::from_secs(30)).unwrap(), want);
+        w.record([(1, 30)]).await.unwrap();
+        let want = BTreeMap::from([(0, 20), (1, 30)]);
+        assert_eq!(late.delivered(Duration::from_secs(30)).unwrap(), want);
+        assert_eq!(
+            other_group.delivered(Duration::from_secs(30)).unwrap(),
+            BTreeMap::from([(0, 99), (2, 7)])
+        );
+    }
+
+    /// A checkpoint topic that does not exist is refused when the consumer
+    /// is created, naming the error.
+    #[test]
+    fn a_missing_checkpoint_topic_is_refused() {
+        let b = Broker::start(1).unwrap();
+        let e = Checkpoints::new(&b.bootstrap(), &BTreeMap::new(), "nope", "g", "events")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("Unknown topic"), "{e}");
+    }
+}
