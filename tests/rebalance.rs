@@ -3,9 +3,11 @@
 //! mid-stream. Per key, the alerts are those of a single-instance run of the
 //! same input, none lost and none made up: on each rebalance an instance
 //! drops its windows and rebuilds those of the partitions it is assigned by
-//! replay (DESIGN §6). (Alerts sent twice around a rebalance are counted,
-//! not yet excluded; and not against tansu, which drops offset-commit
-//! metadata: see the README.)
+//! replay (DESIGN §6). Against the embedded broker, with delivery recorded
+//! in the commit metadata only (alerts sent twice around a rebalance are
+//! counted, not excluded: the group refuses commits while it rebalances) and
+//! with a checkpoint topic (none sent twice); and against tansu, which drops
+//! commit metadata, with a checkpoint topic.
 
 mod common;
 
@@ -17,13 +19,14 @@ use driftwatch::broker::Broker;
 
 const KEYS: usize = 6;
 
-fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str) -> std::path::PathBuf {
-    ks_pipeline(
+fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str, checkpoints: Option<&str>) -> std::path::PathBuf {
+    ks_pipeline_with(
         dir,
         "rebalance",
         topic,
         brokers,
         "{key: site, reference: {type: first, size: 200}, current: {size: 200, slide: 100}}",
+        &checkpoints.map_or(String::new(), |t| format!(", checkpoint_topic: {t}")),
     )
 }
 
@@ -69,10 +72,11 @@ async fn produce_part(broker: &impl Kafka, topic: &str, part: &[(i32, String, St
     produce_keyed(broker, topic, &recs).await;
 }
 
-async fn scale_out(broker: &impl Kafka) {
+async fn scale_out(broker: &impl Kafka, checkpoints: bool) {
+    let cp = |t: &'static str| checkpoints.then_some(t);
     for t in ["one", "three"] {
         broker.create_topic(t, KEYS as i32);
-        for s in ["-alerts", "-dlq", "-stats"] {
+        for s in ["-alerts", "-dlq", "-stats", "-checkpoints"] {
             broker.create_topic(&format!("{t}{s}"), 1);
         }
     }
@@ -89,16 +93,16 @@ async fn scale_out(broker: &impl Kafka) {
     for part in &parts {
         produce_part(broker, "one", part).await;
     }
-    let p1 = pipeline(dir.path(), "one", &broker.bootstrap());
+    let p1 = pipeline(dir.path(), "one", &broker.bootstrap(), cp("one-checkpoints"));
     let single = start_run(&p1, "g-one", "single");
-    wait_delivered(broker, "one", "g-one", &last);
+    wait_delivered(broker, "one", "g-one", &last, cp("one-checkpoints"));
     stop_run(single);
     let want = alerts_by_key(broker, "one-alerts", 1);
     assert_eq!(want.len(), KEYS, "every key alerts: {want:?}");
 
     // Three instances; the input arrives in three parts; `b` stops after
     // the first, `d` starts after the second.
-    let p3 = pipeline(dir.path(), "three", &broker.bootstrap());
+    let p3 = pipeline(dir.path(), "three", &broker.bootstrap(), cp("three-checkpoints"));
     let a = start_run(&p3, "g-three", "a");
     let b = start_run(&p3, "g-three", "b");
     let c = start_run(&p3, "g-three", "c");
@@ -109,7 +113,7 @@ async fn scale_out(broker: &impl Kafka) {
     produce_part(broker, "three", &parts[1]).await;
     let d = start_run(&p3, "g-three", "d");
     produce_part(broker, "three", &parts[2]).await;
-    wait_delivered(broker, "three", "g-three", &last);
+    wait_delivered(broker, "three", "g-three", &last, cp("three-checkpoints"));
     for x in [a, c, d] {
         stop_run(x);
     }
@@ -126,9 +130,26 @@ async fn scale_out(broker: &impl Kafka) {
     }
     eprintln!("{total} alerts over {KEYS} keys compared; {twice} sent twice");
     assert_eq!(got, want, "per key, the alerts of the single-instance run, none lost");
+    if checkpoints {
+        assert_eq!(twice, 0, "with a checkpoint topic, no alert is sent twice");
+        // Nor any other evaluation: the statistics topics hold as many.
+        let one = read_topic(broker, "one-stats", 1, Duration::from_secs(30)).len();
+        let three = read_topic(broker, "three-stats", one, Duration::from_secs(30)).len();
+        assert_eq!(three, one, "evaluations published, three instances vs one");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_with_one_leaving_and_one_joining_give_the_alerts_of_one() {
-    scale_out(&Broker::start(1).unwrap()).await;
+    scale_out(&Broker::start(1).unwrap(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_checkpoints_a_rebalance_sends_no_alert_twice() {
+    scale_out(&Broker::start(1).unwrap(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_tansu_give_the_alerts_of_one() {
+    scale_out(&Tansu::start(), true).await;
 }

@@ -158,6 +158,8 @@ pub struct SourceSpec {
     /// that drop commit metadata (tansu 0.6), and to close the window where a
     /// group that is rebalancing refuses commits: the next owner of a
     /// partition then does not send again what its previous owner delivered.
+    /// The marks outlive the group's offsets: to evaluate a topic afresh,
+    /// use a new group id (or a new checkpoint topic).
     #[serde(default)]
     pub checkpoint_topic: Option<String>,
     /// file: path of a `.jsonl` or `.parquet` file, relative to the pipeline file.

@@ -168,8 +168,9 @@ impl ConsumerContext for Ctx {
                 self.gate.generation.fetch_add(1, Ordering::SeqCst);
                 // What was delivered before: the group's commit metadata and
                 // the checkpoint topic, the higher of the two (both are
-                // written only after delivery). A partition the group never
-                // committed starts afresh.
+                // written only after delivery). Checkpoints count even where
+                // the group has no commit: a group that is rebalancing
+                // refuses commits, not checkpoints.
                 let marks = match &self.checkpoints {
                     Some(c) => c.delivered(CHECKPOINT_READ).unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "evaluations replayed on this assignment may be sent again");
@@ -177,26 +178,28 @@ impl ConsumerContext for Ctx {
                     }),
                     None => BTreeMap::new(),
                 };
-                if let Ok(committed) = base.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
-                    for e in committed.elements() {
-                        if !matches!(e.offset(), Offset::Offset(_)) {
-                            continue;
+                let committed = base
+                    .committed_offsets(tpl.clone(), Duration::from_secs(10))
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot read the committed offsets' metadata");
+                        tpl.clone()
+                    });
+                for e in committed.elements() {
+                    let meta = e
+                        .metadata()
+                        .strip_prefix(META_PREFIX)
+                        .and_then(|s| s.parse::<i64>().ok());
+                    match meta.max(marks.get(&e.partition()).copied()) {
+                        Some(hw) => {
+                            shared.delivered.insert(e.partition(), hw);
                         }
-                        let meta = e
-                            .metadata()
-                            .strip_prefix(META_PREFIX)
-                            .and_then(|s| s.parse::<i64>().ok());
-                        match meta.max(marks.get(&e.partition()).copied()) {
-                            Some(hw) => {
-                                shared.delivered.insert(e.partition(), hw);
-                            }
-                            // Committed by something else, or by a broker that
-                            // drops commit metadata (tansu 0.6 does).
-                            None => {
-                                tracing::warn!(topic = %self.topic, partition = e.partition(), offset = ?e.offset(),
-                                "committed offset without driftwatch's commit metadata (set source.checkpoint_topic for brokers that drop it): evaluations replayed from it are sent again")
-                            }
+                        // Committed by something else, or by a broker that
+                        // drops commit metadata (tansu 0.6 does).
+                        None if matches!(e.offset(), Offset::Offset(_)) => {
+                            tracing::warn!(topic = %self.topic, partition = e.partition(), offset = ?e.offset(),
+                            "committed offset without driftwatch's commit metadata (set source.checkpoint_topic for brokers that drop it): evaluations replayed from it are sent again")
                         }
+                        None => {}
                     }
                 }
                 let set = |tpl: &mut TopicPartitionList, o: Offset| {
