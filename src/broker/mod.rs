@@ -20,10 +20,13 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts a cluster of `brokers` brokers on loopback ports.
+    /// Starts a cluster of `brokers` brokers on loopback ports, with the
+    /// default checkpoint topic (the mock cannot create it on request).
     pub fn start(brokers: i32) -> Result<Self, BrokerError> {
         let cluster = MockCluster::new(brokers.max(1)).map_err(|e| BrokerError::Start(e.to_string()))?;
-        Ok(Self { cluster })
+        let b = Self { cluster };
+        b.create_topic(crate::config::DEFAULT_CHECKPOINT_TOPIC, 1)?;
+        Ok(b)
     }
 
     /// `host:port,…` for clients.

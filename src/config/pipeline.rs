@@ -151,20 +151,29 @@ pub struct SourceSpec {
     /// Put secrets in the environment: `sasl.password: ${KAFKA_PASSWORD}`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
-    /// kafka: a topic (on the source's brokers, ideally `cleanup.policy=compact`)
-    /// where, after each batch whose evaluations were delivered, the consumer
-    /// records per partition the last offset delivered. Default: none, the
-    /// mark is kept only in the offset-commit metadata. Set it for brokers
-    /// that drop commit metadata (tansu 0.6), and to close the window where a
-    /// group that is rebalancing refuses commits: the next owner of a
-    /// partition then does not send again what its previous owner delivered.
-    /// The marks outlive the group's offsets: to evaluate a topic afresh,
-    /// use a new group id (or a new checkpoint topic).
-    #[serde(default)]
-    pub checkpoint_topic: Option<String>,
+    /// kafka: a topic on the source's brokers where, after each batch whose
+    /// evaluations were delivered, the consumer records per partition the
+    /// last offset delivered; the next owner of a partition (after a restart
+    /// or a rebalance) reads it and does not send those evaluations again.
+    /// Default `driftwatch.checkpoints`, created (one partition, compacted)
+    /// if missing; pipelines may share it. The offset-commit metadata holds
+    /// the same mark, but a group that is rebalancing refuses commits and
+    /// some brokers (tansu 0.6) drop the metadata. `null` keeps the mark in
+    /// the commit metadata only. The marks outlive the group's offsets: to
+    /// evaluate a topic afresh, use a new group id.
+    #[serde(default, deserialize_with = "explicit")]
+    pub checkpoint_topic: Option<Option<String>>,
     /// file: path of a `.jsonl` or `.parquet` file, relative to the pipeline file.
     #[serde(default)]
     pub path: Option<PathBuf>,
+}
+
+/// The default checkpoint topic (see [`SourceSpec::checkpoint_topic`]).
+pub const DEFAULT_CHECKPOINT_TOPIC: &str = "driftwatch.checkpoints";
+
+/// Tells a key written as `null` (`Some(None)`) from one left out (`None`).
+fn explicit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 fn only(kind: &str, present: &[(&str, bool)]) -> Result<(), String> {
@@ -186,7 +195,9 @@ impl TryFrom<SourceSpec> for SourceConfig {
                     group_id: s.group_id,
                     start: s.start,
                     properties: s.properties,
-                    checkpoint_topic: s.checkpoint_topic,
+                    checkpoint_topic: s
+                        .checkpoint_topic
+                        .unwrap_or_else(|| Some(DEFAULT_CHECKPOINT_TOPIC.into())),
                 }))
             }
             SourceType::File => {

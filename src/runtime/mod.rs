@@ -23,7 +23,7 @@ pub use stages::{Stages, key_column, validate};
 use crate::alert::{Evaluation, message_key};
 use crate::config::{ConfigError, Pipeline, SourceConfig};
 use crate::decode::Rejection;
-use crate::source::checkpoint::Checkpoints;
+use crate::source::checkpoint::{self, Checkpoints};
 use crate::source::file;
 use crate::source::kafka::{self, KafkaConsumer};
 use crate::window::Due;
@@ -159,10 +159,16 @@ pub async fn run(
         .or_else(|| src.group_id.clone())
         .unwrap_or_else(|| format!("driftwatch-{}", p.name));
     let checkpoints = match &src.checkpoint_topic {
-        Some(t) => Some(
-            Checkpoints::new(&src.brokers, &src.properties, t, &group, &src.topic)
-                .map_err(kafka_err(format!("checkpoint topic `{t}`")))?,
-        ),
+        Some(t) => {
+            let what = || format!("checkpoint topic `{t}` (source.checkpoint_topic; null turns checkpoints off)");
+            if checkpoint::ensure_topic(&src.brokers, &src.properties, t)
+                .await
+                .map_err(kafka_err(what()))?
+            {
+                tracing::info!(topic = %t, "checkpoint topic created (one partition, compacted)");
+            }
+            Some(Checkpoints::new(&src.brokers, &src.properties, t, &group, &src.topic).map_err(kafka_err(what()))?)
+        }
         None => None,
     };
     let consumer = Arc::new(KafkaConsumer::new(src, &group, checkpoints).map_err(kafka_err("creating consumer"))?);

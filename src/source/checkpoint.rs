@@ -48,6 +48,63 @@ struct Reader {
     marks: BTreeMap<i32, i64>,
 }
 
+/// Creates the checkpoint topic if it does not exist: one partition,
+/// compacted (only the last mark per partition matters), the broker's
+/// default replication. Returns whether it was created.
+pub async fn ensure_topic(brokers: &str, props: &BTreeMap<String, String>, topic: &str) -> KafkaResult<bool> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = super::kafka::client_config(brokers, props).create()?;
+    // Looked up first: a client allowed to write the topic may not be allowed to create topics.
+    let exists = {
+        let (cfg, topic) = (super::kafka::client_config(brokers, props), topic.to_string());
+        tokio::task::spawn_blocking(move || -> KafkaResult<bool> {
+            let c: BaseConsumer = cfg.create()?;
+            let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            Ok(md
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)??
+    };
+    if exists {
+        return Ok(false);
+    }
+    let t = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let err = match admin.create_topics([&t], &opts).await {
+        Ok(r) => match r.into_iter().next() {
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(false),
+            Some(Err((_, e))) => KafkaError::AdminOp(e),
+            _ => return Ok(true),
+        },
+        Err(e) => e,
+    };
+    // A broker without the admin call may still create topics on first use.
+    let (mut cfg, name) = (super::kafka::client_config(brokers, props), topic.to_string());
+    cfg.set("allow.auto.create.topics", "true");
+    let auto = tokio::task::spawn_blocking(move || -> KafkaResult<bool> {
+        let c: BaseConsumer = cfg.create()?;
+        let md = c.fetch_metadata(Some(&name), Duration::from_secs(10))?;
+        Ok(md
+            .topics()
+            .iter()
+            .any(|t| t.name() == name && !t.partitions().is_empty()))
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?;
+    match auto {
+        Ok(true) => {
+            tracing::warn!(topic, error = %err, "the checkpoint topic was created by the broker's auto-creation, not compacted: set cleanup.policy=compact on it");
+            Ok(true)
+        }
+        _ => Err(err),
+    }
+}
+
 impl Checkpoints {
     /// Clients for `topic` on the source's brokers; checks that the topic exists.
     pub fn new(
@@ -233,15 +290,29 @@ mod tests {
         );
     }
 
-    /// A checkpoint topic that does not exist is refused when the consumer
-    /// is created, naming the error.
-    #[test]
-    fn a_missing_checkpoint_topic_is_refused() {
+    /// A checkpoint topic that does not exist is refused by the clients,
+    /// and created by `ensure_topic` (once). The mock has no CreateTopics
+    /// call: this covers the fallback to the broker's auto-creation (tansu
+    /// and Apache Kafka take the admin call: the tansu tests cover it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_checkpoint_topic_is_created() {
         let b = Broker::start(1).unwrap();
-        let e = Checkpoints::new(&b.bootstrap(), &BTreeMap::new(), "nope", "g", "events")
+        let none = BTreeMap::new();
+        let e = Checkpoints::new(&b.bootstrap(), &none, "nope", "g", "events")
             .err()
             .expect("refused")
             .to_string();
         assert!(e.contains("Unknown topic"), "{e}");
+        assert!(ensure_topic(&b.bootstrap(), &none, "nope").await.unwrap());
+        assert!(!ensure_topic(&b.bootstrap(), &none, "nope").await.unwrap());
+        // The embedded broker comes with the default one.
+        assert!(
+            !ensure_topic(&b.bootstrap(), &none, crate::config::DEFAULT_CHECKPOINT_TOPIC)
+                .await
+                .unwrap()
+        );
+        let c = Checkpoints::new(&b.bootstrap(), &none, "nope", "g", "events").unwrap();
+        c.record([(0, 3)]).await.unwrap();
+        assert_eq!(c.delivered(Duration::from_secs(30)).unwrap(), BTreeMap::from([(0, 3)]));
     }
 }
