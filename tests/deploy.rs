@@ -35,6 +35,16 @@ async fn compose_services_refer_to_what_exists_and_the_pipeline_validates() {
     for t in ["digits", &p.output.alerts_topic, &p.output.dead_letter_topic] {
         assert!(topics_cmd.contains(&format!("{t}:")), "topic {t} created: {topics_cmd}");
     }
+    let driftwatch::config::SourceConfig::Kafka(src) = &p.source else {
+        panic!("the compose pipeline reads Kafka")
+    };
+    let checkpoints = src.checkpoint_topic.as_deref().expect("checkpoints on");
+    assert!(
+        topics_cmd.contains(&format!(
+            "--topic {checkpoints} --partitions 1 --replication-factor 1 --config cleanup.policy=compact"
+        )),
+        "the checkpoint topic is created compacted: {topics_cmd}"
+    );
     // driftwatch: built from the Dockerfile, runs a pipeline that exists, metrics on the mapped port.
     let dw = &c["services"]["driftwatch"];
     assert_eq!(dw["build"], ".");

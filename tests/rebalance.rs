@@ -26,7 +26,10 @@ fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str, checkpoints: Opti
         topic,
         brokers,
         "{key: site, reference: {type: first, size: 200}, current: {size: 200, slide: 100}}",
-        &checkpoints.map_or(String::new(), |t| format!(", checkpoint_topic: {t}")),
+        // Without: delivery recorded in the commit metadata only.
+        &checkpoints.map_or(", checkpoint_topic: null".into(), |t| {
+            format!(", checkpoint_topic: {t}")
+        }),
     )
 }
 

@@ -261,6 +261,36 @@ mod tests {
 
     const DOC: &str = "name: p\nsource:\n  type: kafka\n  topic: t\ndetectors:\n  - name: a\n    kind: ks\n  - name: b\n    kind: mmd\n    window:\n      size: 0\n";
 
+    /// Checkpoints are on by default, off with `null`, renamed with a name,
+    /// and refused for a file source.
+    #[test]
+    fn checkpoint_topic_default_null_and_name() {
+        let doc = |extra: &str, kind: &str| {
+            let src = match kind {
+                "kafka" => format!("{{type: kafka, brokers: b, topic: t{extra}}}"),
+                _ => format!("{{type: file, path: x.jsonl{extra}}}"),
+            };
+            format!(
+                "name: p\nschema: s.yaml\nsource: {src}\nwindow: {{reference: {{size: 10}}, current: {{size: 10}}}}\ndetectors:\n  - {{name: a, kind: ks, columns: [x]}}\n"
+            )
+        };
+        let topic = |extra: &str| match Pipeline::parse(Path::new("p.yaml"), &doc(extra, "kafka"))
+            .unwrap()
+            .source
+        {
+            SourceConfig::Kafka(k) => k.checkpoint_topic,
+            SourceConfig::File(_) => unreachable!(),
+        };
+        assert_eq!(topic("").as_deref(), Some(DEFAULT_CHECKPOINT_TOPIC));
+        assert_eq!(topic(", checkpoint_topic: null"), None);
+        assert_eq!(topic(", checkpoint_topic: marks").as_deref(), Some("marks"));
+        let e = Pipeline::parse(Path::new("p.yaml"), &doc(", checkpoint_topic: marks", "file"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`checkpoint_topic` does not apply to a file source"), "{e}");
+        assert!(Pipeline::parse(Path::new("p.yaml"), &doc("", "file")).is_ok());
+    }
+
     #[test]
     fn locates_nested_keys_and_items() {
         assert_eq!(locate(DOC, "source.topic"), Some((4, 3)));
