@@ -271,7 +271,7 @@ mod tests {
                 _ => format!("{{type: file, path: x.jsonl{extra}}}"),
             };
             format!(
-                "name: p\nschema: s.yaml\nsource: {src}\nwindow: {{reference: {{size: 10}}, current: {{size: 10}}}}\ndetectors:\n  - {{name: a, kind: ks, columns: [x]}}\n"
+                "name: p\nschema: s.yaml\nsource: {src}\nwindow: {{reference: {{type: first, size: 10}}, current: {{size: 10}}}}\ndetectors:\n  - {{name: a, kind: ks, columns: [x]}}\n"
             )
         };
         let topic = |extra: &str| match Pipeline::parse(Path::new("p.yaml"), &doc(extra, "kafka"))
