@@ -16,10 +16,7 @@ use driftwatch::broker::Broker;
 /// short one lets the next start without waiting long.
 fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str, checkpoints: Option<&str>) -> std::path::PathBuf {
     let mut extra = r#", properties: {session.timeout.ms: "6000", heartbeat.interval.ms: "1000"}"#.to_string();
-    // Without: delivery recorded in the commit metadata only.
-    extra += &checkpoints.map_or(", checkpoint_topic: null".into(), |t| {
-        format!(", checkpoint_topic: {t}")
-    });
+    extra += &checkpoint_option(checkpoints);
     ks_pipeline_with(
         dir,
         "crash",

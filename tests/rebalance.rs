@@ -26,10 +26,7 @@ fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str, checkpoints: Opti
         topic,
         brokers,
         "{key: site, reference: {type: first, size: 200}, current: {size: 200, slide: 100}}",
-        // Without: delivery recorded in the commit metadata only.
-        &checkpoints.map_or(", checkpoint_topic: null".into(), |t| {
-            format!(", checkpoint_topic: {t}")
-        }),
+        &checkpoint_option(checkpoints),
     )
 }
 

@@ -189,7 +189,6 @@ pub async fn run(
         Some(l) => {
             let mut lsrc = src.clone();
             lsrc.topic = l.topic.clone();
-            lsrc.checkpoint_topic = None;
             let lgroup = l.group_id.clone().unwrap_or_else(|| format!("{group}-labels"));
             let c = Arc::new(KafkaConsumer::new(&lsrc, &lgroup, None).map_err(kafka_err("creating labels consumer"))?);
             tracing::info!(topic = %l.topic, group = %lgroup, horizon_ms = l.horizon_ms.get(), "joining late labels");

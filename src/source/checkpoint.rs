@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 /// One checkpoint record: in `group`, partition `partition` of `topic` has
@@ -57,20 +57,8 @@ pub async fn ensure_topic(brokers: &str, props: &BTreeMap<String, String>, topic
     use rdkafka::types::RDKafkaErrorCode;
     let admin: AdminClient<DefaultClientContext> = super::kafka::client_config(brokers, props).create()?;
     // Looked up first: a client allowed to write the topic may not be allowed to create topics.
-    let exists = {
-        let (cfg, topic) = (super::kafka::client_config(brokers, props), topic.to_string());
-        tokio::task::spawn_blocking(move || -> KafkaResult<bool> {
-            let c: BaseConsumer = cfg.create()?;
-            let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-            Ok(md
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
-        })
-        .await
-        .map_err(|_| KafkaError::Canceled)??
-    };
-    if exists {
+    let cfg = super::kafka::client_config(brokers, props);
+    if listed(cfg.clone(), topic).await? {
         return Ok(false);
     }
     let t = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
@@ -84,25 +72,31 @@ pub async fn ensure_topic(brokers: &str, props: &BTreeMap<String, String>, topic
         Err(e) => e,
     };
     // A broker without the admin call may still create topics on first use.
-    let (mut cfg, name) = (super::kafka::client_config(brokers, props), topic.to_string());
-    cfg.set("allow.auto.create.topics", "true");
-    let auto = tokio::task::spawn_blocking(move || -> KafkaResult<bool> {
-        let c: BaseConsumer = cfg.create()?;
-        let md = c.fetch_metadata(Some(&name), Duration::from_secs(10))?;
-        Ok(md
-            .topics()
-            .iter()
-            .any(|t| t.name() == name && !t.partitions().is_empty()))
-    })
-    .await
-    .map_err(|_| KafkaError::Canceled)?;
-    match auto {
+    let mut auto = cfg;
+    auto.set("allow.auto.create.topics", "true");
+    match listed(auto, topic).await {
         Ok(true) => {
             tracing::warn!(topic, error = %err, "the checkpoint topic was created by the broker's auto-creation, not compacted: set cleanup.policy=compact on it");
             Ok(true)
         }
         _ => Err(err),
     }
+}
+
+/// Whether the brokers list `topic` with partitions (one metadata request,
+/// off the async workers).
+async fn listed(cfg: ClientConfig, topic: &str) -> KafkaResult<bool> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = cfg.create()?;
+        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        Ok(md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && !t.partitions().is_empty()))
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?
 }
 
 impl Checkpoints {

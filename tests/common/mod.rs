@@ -281,6 +281,14 @@ pub async fn spawn_pipeline(
     (run, stats)
 }
 
+/// The `source` entry for [`ks_pipeline_with`]: record deliveries in
+/// `topic`, or (`None`) in the commit metadata only.
+pub fn checkpoint_option(topic: Option<&str>) -> String {
+    topic.map_or(", checkpoint_topic: null".into(), |t| {
+        format!(", checkpoint_topic: {t}")
+    })
+}
+
 /// Writes `{topic}.yaml` in `dir`: pipeline `name` over [`SCHEMA_X`] reading
 /// `topic` at `brokers` in batches of 50, with `window` (flow YAML), one KS
 /// test on `x`, and outputs `{topic}-alerts`, `{topic}-dlq`, `{topic}-stats`.
