@@ -15,11 +15,21 @@ use libfuzzer_sys::fuzz_target;
 fn schemas() -> &'static [Arc<EventSchema>] {
     static S: OnceLock<Vec<Arc<EventSchema>>> = OnceLock::new();
     S.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        [dir.join("../schemas/digits.yaml"), dir.join("all_types.schema.yaml")]
-            .iter()
-            .map(|p| Arc::new(EventSchema::load(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))))
-            .collect()
+        // Built by cargo-fuzz in fuzz/, or as an example of the main package
+        // (the short run in CI): either way the repository root is found.
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = if manifest.ends_with("fuzz") {
+            manifest.join("..")
+        } else {
+            manifest.to_path_buf()
+        };
+        [
+            root.join("schemas/digits.yaml"),
+            root.join("fuzz/all_types.schema.yaml"),
+        ]
+        .iter()
+        .map(|p| Arc::new(EventSchema::load(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))))
+        .collect()
     })
 }
 

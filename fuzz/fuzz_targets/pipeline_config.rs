@@ -11,7 +11,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // Relative paths resolve from pipelines/, as for the shipped files.
-    let at = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/fuzz.yaml");
+    // (Built in fuzz/ by cargo-fuzz, or as an example of the main package.)
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = if manifest.ends_with("fuzz") {
+        manifest.join("..")
+    } else {
+        manifest.to_path_buf()
+    };
+    let at = root.join("pipelines/fuzz.yaml");
     if let Err(e) = Pipeline::parse(&at, text) {
         assert!(!e.to_string().is_empty());
     }
