@@ -4,7 +4,6 @@
 //! coordinates.
 #![no_main]
 
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use driftwatch::decode::Decoder;
@@ -12,17 +11,12 @@ use driftwatch::schema::EventSchema;
 use driftwatch::source::RawRecord;
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+
 fn schemas() -> &'static [Arc<EventSchema>] {
     static S: OnceLock<Vec<Arc<EventSchema>>> = OnceLock::new();
     S.get_or_init(|| {
-        // Built by cargo-fuzz in fuzz/, or as an example of the main package
-        // (the short run in CI): either way the repository root is found.
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let root = if manifest.ends_with("fuzz") {
-            manifest.join("..")
-        } else {
-            manifest.to_path_buf()
-        };
+        let root = common::repo_root();
         [
             root.join("schemas/digits.yaml"),
             root.join("fuzz/all_types.schema.yaml"),
