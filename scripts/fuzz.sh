@@ -28,7 +28,7 @@ SECS="${1:-60}"
 case "$SECS" in ''|*[!0-9]*) echo "fuzz: SECONDS must be a whole number, got '$SECS'" >&2; exit 2 ;; esac
 SANITIZER="${FUZZ_SANITIZER:-none}"
 if [ "$SMOKE" = 1 ]; then
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/driftwatch-target}"
+  source scripts/setup.sh # the test build's target dir
   echo "fuzz: building the fuzz targets (coverage for driftwatch's own code)" >&2
   RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/sancov-rustc" cargo build --quiet --features fuzz-targets \
     --example fuzz_decode --example fuzz_pipeline_config
