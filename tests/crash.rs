@@ -1,5 +1,7 @@
 //! Crashes: `driftwatch run` killed with SIGKILL at several points of a
-//! stream (each run after new input arrived) and restarted ends with exactly the alerts of an uninterrupted run
+//! stream (each run after new input arrived), then aborted at the worst
+//! moment (a batch's evaluations delivered, its mark not yet written) three
+//! times, and restarted, ends with exactly the alerts of an uninterrupted run
 //! of the same input — none lost, none duplicated (by alert_id and by count).
 //! Against the embedded broker (delivery recorded in the commit metadata)
 //! and against tansu, which drops commit metadata, with a checkpoint topic.
@@ -101,12 +103,36 @@ async fn kill_and_restart(broker: &impl Kafka, checkpoints: bool) {
             kills += 1;
         }
     }
+    // The rest arrives, and runs abort right after a batch's new
+    // evaluations are delivered, before their mark (the fault hook): the
+    // next run evaluates those windows again and finds them on the output
+    // topics. The first run aborts after its first such batch; each later
+    // one after its second, the first being the one its predecessor left
+    // unmarked.
     produce(broker, "crash", &ev[sent..]).await;
+    let mut aborts = 0;
+    for (i, n) in [1, 2, 2].into_iter().enumerate() {
+        let fault = format!("abort-before-mark:{n}");
+        let child = start_run_with(&p, "g-crash", &format!("abort{i}"), &[("DRIFTWATCH_FAULT", &fault)]);
+        let log = child.1.clone();
+        let status = child.wait_exit(Duration::from_secs(240));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "{status:?}: {}", log.display());
+        aborts += 1;
+        if i > 0 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                text.contains("not sent again"),
+                "the unmarked evaluations were recognised: {}",
+                log.display()
+            );
+        }
+    }
     run_to_the_end(broker, &p, "crash", "g-crash", last, cp("crash-checkpoints"));
     let got = alert_ids(broker, "crash-alerts", want.len());
     let stats = read_topic(broker, "crash-stats", evaluations(ev.len()), Duration::from_secs(30));
     eprintln!(
-        "{kills} kills survived, {} alerts compared, {} evaluations published",
+        "{kills} kills and {aborts} aborts before a mark survived, {} alerts compared, {} evaluations published",
         want.len(),
         stats.len()
     );

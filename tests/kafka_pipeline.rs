@@ -250,7 +250,13 @@ async fn sigterm_finishes_delivers_commits_and_exits_zero() {
     let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     let e = &committed.elements()[0];
     assert_eq!(e.offset(), rdkafka::Offset::Offset(0));
-    assert_eq!(e.metadata(), "dw1:hw=699");
+    // With the time of the mark (epoch ms), which bounds the search for
+    // evaluations delivered after it.
+    let (hw, at) = e.metadata().split_once(";at=").expect("dw1:hw=N;at=MS");
+    assert_eq!(hw, "dw1:hw=699");
+    let at: i64 = at.parse().unwrap();
+    let now = driftwatch::source::kafka::now_ms();
+    assert!(at <= now && at > now - 600_000, "{at} vs now {now}");
 }
 
 /// Producers that compress their batches (every codec Kafka has: gzip,

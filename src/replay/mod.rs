@@ -26,6 +26,7 @@ use crate::alert::{AlertPolicy, Evaluation};
 use crate::config::SourceConfig;
 use crate::runtime::{RuntimeError, Stages};
 use crate::source::RawRecord;
+use crate::source::kafka::offset_for_time;
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -345,8 +346,10 @@ pub fn resolve(c: &BaseConsumer, topic: &str, range: &Range) -> Result<BTreeMap<
                 None => continue,
             },
             Range::Times { from, to } => (
-                from.map_or(Ok(low), |t| offset_for_time(c, topic, p, t, low, high))?,
-                to.map_or(Ok(high), |t| offset_for_time(c, topic, p, t, low, high))?,
+                from.map_or(Ok(low), |t| offset_for_time(c, topic, p, t, (low, high), TIMEOUT))
+                    .map_err(other)?,
+                to.map_or(Ok(high), |t| offset_for_time(c, topic, p, t, (low, high), TIMEOUT))
+                    .map_err(other)?,
             ),
             Range::File(_) => unreachable!("files are not resolved"),
         };
@@ -359,64 +362,6 @@ pub fn resolve(c: &BaseConsumer, topic: &str, range: &Range) -> Result<BTreeMap<
         return Err(other(format!("topic `{topic}` has no partition {p}")));
     }
     Ok(out)
-}
-
-/// Timestamp of the message at `offset`.
-fn timestamp_at(c: &BaseConsumer, topic: &str, p: i32, offset: i64) -> Result<i64, RuntimeError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, p, Offset::Offset(offset))
-        .map_err(other)?;
-    c.assign(&tpl).map_err(other)?;
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) if m.partition() == p && m.offset() >= offset => {
-                return m
-                    .timestamp()
-                    .to_millis()
-                    .ok_or_else(|| other(format!("{topic}/{p}@{}: message without timestamp", m.offset())));
-            }
-            Some(Err(e)) => return Err(other(format!("{topic}/{p}: {e}"))),
-            _ => {}
-        }
-    }
-    Err(other(format!("{topic}/{p}@{offset}: no message within {TIMEOUT:?}")))
-}
-
-/// The first offset in `[low, high)` whose message timestamp is ≥ `t` (or
-/// `high`). Asks the broker (offsets-for-times) and checks the answer against
-/// the messages around it; a broker that answers wrongly (librdkafka's mock
-/// cluster answers "end" to every query) is overruled by a binary search over
-/// message timestamps, which assumes timestamps rise with offsets.
-fn offset_for_time(c: &BaseConsumer, topic: &str, p: i32, t: i64, low: i64, high: i64) -> Result<i64, RuntimeError> {
-    if low >= high {
-        return Ok(high);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, p, Offset::Offset(t)).map_err(other)?;
-    let answer = c
-        .offsets_for_times(tpl, TIMEOUT)
-        .ok()
-        .and_then(|r| r.find_partition(topic, p).map(|e| e.offset()));
-    let candidate = match answer {
-        Some(Offset::Offset(o)) => o.clamp(low, high),
-        _ => high,
-    };
-    let ok_before = candidate == low || timestamp_at(c, topic, p, candidate - 1)? < t;
-    let ok_at = candidate == high || timestamp_at(c, topic, p, candidate)? >= t;
-    if ok_before && ok_at {
-        return Ok(candidate);
-    }
-    let (mut lo, mut hi) = (low, high);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if timestamp_at(c, topic, p, mid)? >= t {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Ok(lo)
 }
 
 /// Reads `[from, to)` of every partition, merged by (timestamp, partition, offset).

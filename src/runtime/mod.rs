@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 pub use stages::{Stages, key_column, validate};
 
+use crate::alert::published::{self, Published};
 use crate::alert::{Evaluation, message_key};
 use crate::config::{ConfigError, Pipeline, SourceConfig};
 use crate::decode::Rejection;
@@ -120,6 +121,17 @@ impl RunStats {
 /// A callback seeing each evaluation (the demo's live view).
 pub type Observer = Arc<dyn Fn(&Evaluation) + Send + Sync>;
 
+/// What publishing evaluations needs.
+struct Out<'a> {
+    consumer: &'a KafkaConsumer,
+    producer: &'a FutureProducer,
+    p: &'a Pipeline,
+    stats: &'a RunStats,
+    observer: Option<&'a Observer>,
+    /// Evaluations a killed run delivered without a mark (see [`Published`]).
+    published: &'a Published,
+}
+
 /// What the processing task receives.
 enum Msg {
     Events(Work),
@@ -131,7 +143,8 @@ struct Work {
     /// The consumer's rebalance generation when these records were read.
     generation: u64,
     batch: Option<RecordBatch>,
-    /// Last offset read per partition, decoded or not.
+    /// First and last offset read per partition, decoded or not.
+    first: BTreeMap<i32, i64>,
     last: BTreeMap<i32, i64>,
     /// Dead-letter deliveries to await before committing.
     pending: Vec<rdkafka::producer::DeliveryFuture>,
@@ -213,6 +226,8 @@ pub async fn run(
 
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     let mut policy = crate::alert::AlertPolicy::new(&p.alerting);
+    let mut published = Published::default();
+    let mut fault = Fault::from_env()?;
     let mut result = Ok(());
     // The labels task stops once the events reader has (and labels went quiet).
     let reader = {
@@ -246,6 +261,7 @@ pub async fn run(
                             "rebalance: windows dropped, to be rebuilt by replay"
                         );
                     }
+                    published = scan_published(&consumer, &p, &out_brokers, &out_props).await;
                 }
                 let in_flight = consumer.begin(work.generation);
                 let Some(_in_flight) = in_flight else {
@@ -261,37 +277,37 @@ pub async fn run(
                     }
                     continue;
                 };
+                let out = Out {
+                    consumer: &consumer,
+                    producer: &producer,
+                    p: &p,
+                    stats: &stats,
+                    observer: observer.as_ref(),
+                    published: &published,
+                };
                 process(
                     &mut stages,
                     &mut windows,
-                    &consumer,
-                    &producer,
-                    &p,
-                    &stats,
-                    observer.as_ref(),
+                    &out,
                     work,
                     &mut last,
                     &mut policy,
                     join.as_mut().zip(labelled_windows.as_mut()),
+                    &mut fault,
                 )
                 .await
             }
             Msg::Labels(records) => match (&labels_reader, join.as_mut(), labelled_windows.as_mut()) {
                 (Some((lc, _)), Some(j), Some(lw)) => {
-                    process_labels(
-                        &stages,
-                        j,
-                        lw,
-                        lc,
-                        &consumer,
-                        &producer,
-                        &p,
-                        &stats,
-                        observer.as_ref(),
-                        records,
-                        &mut policy,
-                    )
-                    .await
+                    let out = Out {
+                        consumer: &consumer,
+                        producer: &producer,
+                        p: &p,
+                        stats: &stats,
+                        observer: observer.as_ref(),
+                        published: &published,
+                    };
+                    process_labels(&stages, j, lw, lc, &out, records, &mut policy).await
                 }
                 _ => Ok(()),
             },
@@ -334,6 +350,7 @@ async fn read_loop(
 ) -> Result<(), RuntimeError> {
     let linger = Duration::from_millis(p.batch.linger_ms);
     let max = p.batch.max_events.get();
+    let mut first = BTreeMap::new();
     let mut last = BTreeMap::new();
     let mut pending = vec![];
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -361,6 +378,7 @@ async fn read_loop(
             let work = Work {
                 generation,
                 batch,
+                first: std::mem::take(&mut first),
                 last: std::mem::take(&mut last),
                 pending: std::mem::take(&mut pending),
             };
@@ -406,6 +424,7 @@ async fn read_loop(
             // again from the committed offsets, by this or another instance.
             generation = now;
             let _ = decoder.flush()?;
+            first.clear();
             last.clear();
             deadline = None;
         }
@@ -416,6 +435,7 @@ async fn read_loop(
         if deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + linger);
         }
+        first.entry(rec.partition).or_insert(rec.offset);
         last.insert(rec.partition, rec.offset);
         match decoder.decode(&rec) {
             Ok(()) => {
@@ -478,26 +498,21 @@ async fn await_deliveries(pending: Vec<rdkafka::producer::DeliveryFuture>) -> Re
 
 /// Events the label join just completed go into the labelled windows; the
 /// evaluations that became due there are published.
-#[allow(clippy::too_many_arguments)]
 async fn evaluate_joined(
     stages: &Stages,
     join: &crate::labels::LabelJoin,
     labelled_windows: &mut crate::window::Windows,
     joined: &[RecordBatch],
-    consumer: &KafkaConsumer,
-    producer: &FutureProducer,
-    p: &Pipeline,
-    stats: &RunStats,
-    observer: Option<&Observer>,
+    out: &Out<'_>,
     policy: &mut crate::alert::AlertPolicy,
     pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
 ) -> Result<usize, RuntimeError> {
-    *stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = join.stats.clone();
+    *out.stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = join.stats.clone();
     let mut sent = 0;
     if let Some(b) = join.concat(joined)? {
         for due in labelled_windows.push(&b)? {
             let evals = stages.evaluate_labelled(&due).await?;
-            sent += emit(evals, &due, consumer, producer, p, stats, observer, policy, pending)?;
+            sent += emit(evals, &due, out, policy, pending)?;
         }
     }
     Ok(sent)
@@ -508,16 +523,15 @@ async fn evaluate_joined(
 async fn process(
     stages: &mut Stages,
     windows: &mut crate::window::Windows,
-    consumer: &KafkaConsumer,
-    producer: &FutureProducer,
-    p: &Pipeline,
-    stats: &RunStats,
-    observer: Option<&Observer>,
+    out: &Out<'_>,
     work: Work,
     last: &mut BTreeMap<i32, i64>,
     policy: &mut crate::alert::AlertPolicy,
     join: Option<(&mut crate::labels::LabelJoin, &mut crate::window::Windows)>,
+    fault: &mut Fault,
 ) -> Result<(), RuntimeError> {
+    let (consumer, stats) = (out.consumer, out.stats);
+    mark_start(consumer, &work.first).await?;
     let mut pending = work.pending;
     // Evaluations made (not replayed): their delivery is then checkpointed.
     let mut made = 0;
@@ -531,20 +545,7 @@ async fn process(
         stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
         if let Some((j, lw)) = join {
             let joined = j.add_events(&scored)?;
-            made += evaluate_joined(
-                stages,
-                j,
-                lw,
-                &joined,
-                consumer,
-                producer,
-                p,
-                stats,
-                observer,
-                policy,
-                &mut pending,
-            )
-            .await?;
+            made += evaluate_joined(stages, j, lw, &joined, out, policy, &mut pending).await?;
         }
         let dues = windows.push(&scored)?;
         let (keys, held) = windows.fill();
@@ -552,20 +553,13 @@ async fn process(
         stats.window_events.store(held as u64, Ordering::Relaxed);
         for due in dues {
             let evals = stages.evaluate(&due).await?;
-            made += emit(
-                evals,
-                &due,
-                consumer,
-                producer,
-                p,
-                stats,
-                observer,
-                policy,
-                &mut pending,
-            )?;
+            made += emit(evals, &due, out, policy, &mut pending)?;
         }
     }
     await_deliveries(pending).await?;
+    if made > 0 {
+        fault.delivered();
+    }
     // Only the partitions read in this batch can have new evaluations.
     let touched: Vec<i32> = if made > 0 {
         work.last.keys().copied().collect()
@@ -577,20 +571,18 @@ async fn process(
 }
 
 /// Publishes a window pair's evaluations: alerts (after the alert policy)
-/// and statistics. Returns how many evaluations were new (not sent before).
-#[allow(clippy::too_many_arguments)]
+/// and statistics. Returns how many evaluations were new (not covered by a
+/// mark of an earlier run); those a killed run already put on an output
+/// topic are not sent there again.
 fn emit(
     evals: Vec<Evaluation>,
     due: &Due,
-    consumer: &KafkaConsumer,
-    producer: &FutureProducer,
-    p: &Pipeline,
-    stats: &RunStats,
-    observer: Option<&Observer>,
+    out: &Out<'_>,
     policy: &mut crate::alert::AlertPolicy,
     pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
 ) -> Result<usize, RuntimeError> {
-    let resent = already_delivered(consumer, due);
+    let (p, stats) = (out.p, out.stats);
+    let resent = already_delivered(out.consumer, due);
     if resent {
         stats.suppressed.fetch_add(1, Ordering::Relaxed);
         if !policy.stateful() {
@@ -604,8 +596,25 @@ fn emit(
             // Only rebuilding the alert policy's memory: sent by an earlier run.
             continue;
         }
-        stats.evaluations.fetch_add(1, Ordering::Relaxed);
         made += 1;
+        let mut topics = vec![];
+        if ev.alert {
+            topics.push(p.output.alerts_topic.as_str());
+        }
+        if let Some(t) = &p.output.stats_topic {
+            topics.push(t.as_str());
+        }
+        let before = topics.len();
+        topics.retain(|t| !out.published.contains(t, &ev.alert_id));
+        if topics.len() < before {
+            tracing::info!(alert_id = %ev.alert_id, detector = %ev.detector, key = ev.key.as_deref().unwrap_or(""),
+                "evaluation already published by a run that stopped before marking it: not sent again");
+            if topics.is_empty() {
+                stats.suppressed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        stats.evaluations.fetch_add(1, Ordering::Relaxed);
         {
             let mut d = stats.detectors.lock().unwrap_or_else(|e| e.into_inner());
             let m = d.entry(ev.detector.clone()).or_default();
@@ -619,21 +628,17 @@ fn emit(
             statistic = ev.statistic, p_value = ev.p_value, threshold = ev.threshold, drift = ev.drift, alert = ev.alert,
             "evaluation"
         );
-        if let Some(o) = observer {
+        if let Some(o) = out.observer {
             o(&ev);
         }
         let body = serde_json::to_vec(&ev).map_err(|e| RuntimeError::Other(e.to_string()))?;
         let key = message_key(&ev);
-        let mut topics = vec![];
-        if ev.alert {
+        if topics.contains(&p.output.alerts_topic.as_str()) {
             stats.alerts.fetch_add(1, Ordering::Relaxed);
-            topics.push(p.output.alerts_topic.as_str());
-        }
-        if let Some(t) = &p.output.stats_topic {
-            topics.push(t.as_str());
         }
         for t in topics {
-            let f = producer
+            let f = out
+                .producer
                 .send_result(FutureRecord::to(t).payload(&body).key(&key))
                 .map_err(|(e, _)| RuntimeError::Kafka {
                     what: format!("produce to {t}"),
@@ -648,20 +653,16 @@ fn emit(
 /// Joins a batch of label records: bad ones to the dead-letter topic, joined
 /// events into the labelled windows, their evaluations published; then the
 /// labels consumer's offsets are committed.
-#[allow(clippy::too_many_arguments)]
 async fn process_labels(
     stages: &Stages,
     join: &mut crate::labels::LabelJoin,
     labelled_windows: &mut crate::window::Windows,
     labels_consumer: &KafkaConsumer,
-    consumer: &KafkaConsumer,
-    producer: &FutureProducer,
-    p: &Pipeline,
-    stats: &RunStats,
-    observer: Option<&Observer>,
+    out: &Out<'_>,
     records: Vec<crate::source::RawRecord>,
     policy: &mut crate::alert::AlertPolicy,
 ) -> Result<(), RuntimeError> {
+    let (producer, p, stats) = (out.producer, out.p, out.stats);
     let topic = p.labels.as_ref().map(|l| l.topic.as_str()).unwrap_or_default();
     let mut pending = vec![];
     let mut good = vec![];
@@ -674,20 +675,7 @@ async fn process_labels(
         }
     }
     let joined = join.add_labels(good)?;
-    evaluate_joined(
-        stages,
-        join,
-        labelled_windows,
-        &joined,
-        consumer,
-        producer,
-        p,
-        stats,
-        observer,
-        policy,
-        &mut pending,
-    )
-    .await?;
+    evaluate_joined(stages, join, labelled_windows, &joined, out, policy, &mut pending).await?;
     await_deliveries(pending).await?;
     let positions = last.iter().map(|(p, o)| (*p, (o + 1, *o))).collect();
     labels_consumer
@@ -744,6 +732,113 @@ async fn labels_loop(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// Reads the output topics for evaluations delivered after the assigned
+/// partitions' last marks (see [`Published`]). Marks without a time (or
+/// none) ask for no scan. A scan that fails is logged: evaluations a killed
+/// run delivered without a mark may then be sent twice, nothing is lost.
+async fn scan_published(
+    consumer: &KafkaConsumer,
+    p: &Pipeline,
+    brokers: &str,
+    props: &BTreeMap<String, String>,
+) -> Published {
+    let since = consumer
+        .assignment()
+        .into_iter()
+        .filter_map(|part| consumer.mark(part).and_then(|m| m.at_ms))
+        .min();
+    let Some(since) = since.map(|t| t - published::CLOCK_SKEW_MS) else {
+        return Published::default();
+    };
+    let mut topics = vec![p.output.alerts_topic.clone()];
+    topics.extend(p.output.stats_topic.clone());
+    let (brokers, props, what) = (brokers.to_string(), props.clone(), topics.join(", "));
+    let t = std::time::Instant::now();
+    let scan =
+        tokio::task::spawn_blocking(move || Published::scan(&brokers, &props, &topics, since, Duration::from_secs(60)))
+            .await;
+    match scan {
+        Ok(Ok(found)) => {
+            tracing::info!(topics = %what, since_ms = since, found = found.len(), took_ms = t.elapsed().as_millis() as u64,
+                "output topics read for evaluations delivered after the last marks");
+            found
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(topics = %what, error = %e, "cannot read the output topics: evaluations a killed run delivered after its last mark may be sent again");
+            Published::default()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "output topic scan failed");
+            Published::default()
+        }
+    }
+}
+
+/// Marks the partitions of a batch that have no timed mark yet (first read
+/// by this group, or marked by a version without times) before anything is
+/// delivered for them: at the batch's first offset, which is where a
+/// restart would replay from, with what was delivered so far. A run killed
+/// after its first delivery then leaves a mark older than that delivery,
+/// which bounds the scan for it ([`Published`]).
+async fn mark_start(consumer: &KafkaConsumer, first: &BTreeMap<i32, i64>) -> Result<(), RuntimeError> {
+    let positions: BTreeMap<i32, (i64, i64)> = first
+        .iter()
+        .filter(|(p, _)| !consumer.has_timed_mark(**p))
+        .map(|(p, f)| (*p, (*f, consumer.delivered(*p).unwrap_or(-1))))
+        .collect();
+    if positions.is_empty() {
+        return Ok(());
+    }
+    consumer.checkpoint(&positions).await.map_err(kafka_err("checkpoint"))?;
+    consumer
+        .commit(&positions, CommitMode::Sync)
+        .map_err(kafka_err("commit"))
+}
+
+/// A fault injected for tests (`DRIFTWATCH_FAULT`, not for production):
+/// `abort-before-mark:N` aborts the process right after the N-th batch with
+/// new evaluations is delivered and before its mark is written, the worst
+/// moment for a crash.
+#[derive(Debug, Default)]
+struct Fault {
+    abort_before_mark: Option<u64>,
+    delivered: u64,
+}
+
+impl Fault {
+    fn from_env() -> Result<Self, RuntimeError> {
+        let Ok(v) = std::env::var("DRIFTWATCH_FAULT") else {
+            return Ok(Self::default());
+        };
+        let n = v
+            .strip_prefix("abort-before-mark:")
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                RuntimeError::Other(format!(
+                    "DRIFTWATCH_FAULT=`{v}`: expected abort-before-mark:N with N ≥ 1 (a test hook; unset it)"
+                ))
+            })?;
+        tracing::warn!(fault = %v, "fault injection on: this process will abort");
+        Ok(Self {
+            abort_before_mark: Some(n),
+            delivered: 0,
+        })
+    }
+
+    /// A batch's new evaluations were delivered; its mark comes next.
+    fn delivered(&mut self) {
+        self.delivered += 1;
+        if self.abort_before_mark == Some(self.delivered) {
+            eprintln!(
+                "DRIFTWATCH_FAULT: aborting after delivery #{}, before its mark",
+                self.delivered
+            );
+            std::process::abort();
         }
     }
 }

@@ -14,21 +14,26 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::kafka::Delivered;
+
 /// One checkpoint record: in `group`, partition `partition` of `topic` has
-/// its evaluations delivered up to offset `delivered` (inclusive).
+/// its evaluations delivered up to offset `delivered` (inclusive), as of
+/// `at_ms` (absent in marks of earlier versions).
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Mark {
     group: String,
     topic: String,
     partition: i32,
     delivered: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at_ms: Option<i64>,
 }
 
 /// Writes and reads the delivery marks of one consumer group on one topic.
@@ -45,7 +50,7 @@ struct Reader {
     /// Next offset to read, per partition of the checkpoint topic.
     next: BTreeMap<i32, i64>,
     /// Highest mark seen per source partition (this group and topic only).
-    marks: BTreeMap<i32, i64>,
+    marks: BTreeMap<i32, Delivered>,
 }
 
 /// Creates the checkpoint topic if it does not exist: one partition,
@@ -156,16 +161,16 @@ impl Checkpoints {
         Ok(ps)
     }
 
-    /// Records `delivered` (partition → last offset delivered) and waits
-    /// until the broker has it.
-    pub async fn record(&self, delivered: impl IntoIterator<Item = (i32, i64)>) -> KafkaResult<()> {
+    /// Records `delivered` (partition → mark) and waits until the broker has it.
+    pub async fn record(&self, delivered: impl IntoIterator<Item = (i32, Delivered)>) -> KafkaResult<()> {
         let mut fs = vec![];
-        for (partition, delivered) in delivered {
+        for (partition, d) in delivered {
             let m = Mark {
                 group: self.group.clone(),
                 topic: self.source_topic.clone(),
                 partition,
-                delivered,
+                delivered: d.offset,
+                at_ms: d.at_ms,
             };
             // The key names the partition's mark: compaction keeps the last.
             let key = serde_json::to_vec(&(&m.group, &m.topic, m.partition)).unwrap_or_default();
@@ -186,9 +191,10 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// The highest mark per source partition, after reading the checkpoint
-    /// topic up to its current end (waits at most `timeout`).
-    pub fn delivered(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, String> {
+    /// The highest mark per source partition (of equal ones the latest),
+    /// after reading the checkpoint topic up to its current end (waits at
+    /// most `timeout`).
+    pub fn delivered(&self, timeout: Duration) -> Result<BTreeMap<i32, Delivered>, String> {
         let deadline = Instant::now() + timeout;
         let mut r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let what = |e: KafkaError| format!("checkpoint topic `{}`: {e}", self.topic);
@@ -197,55 +203,31 @@ impl Checkpoints {
             let (low, high) = r.consumer.fetch_watermarks(&self.topic, p, timeout).map_err(what)?;
             let next = r.next.get(&p).copied().unwrap_or(low).max(low);
             r.next.insert(p, next);
-            if next < high {
-                end.insert(p, high);
-            }
+            end.insert(p, high);
         }
-        if end.is_empty() {
-            return Ok(r.marks.clone());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for p in end.keys() {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(r.next[p]))
-                .map_err(what)?;
-        }
-        r.consumer.assign(&tpl).map_err(what)?;
-        while !end.is_empty() {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "checkpoint topic `{}`: not read to its end within {timeout:?}",
-                    self.topic
-                ));
+        let Reader { consumer, next, marks } = &mut *r;
+        super::kafka::read_range(consumer, &self.topic, next, end, deadline, |m| {
+            if let Some(mark) = m
+                .payload()
+                .and_then(|b| serde_json::from_slice::<Mark>(b).ok())
+                .filter(|k| k.group == self.group && k.topic == self.source_topic)
+            {
+                let d = Delivered {
+                    offset: mark.delivered,
+                    at_ms: mark.at_ms,
+                };
+                let e = marks.entry(mark.partition).or_insert(d);
+                *e = (*e).max(d);
             }
-            match r.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    let (p, o) = (m.partition(), m.offset());
-                    if let Some(mark) = m
-                        .payload()
-                        .and_then(|b| serde_json::from_slice::<Mark>(b).ok())
-                        .filter(|k| k.group == self.group && k.topic == self.source_topic)
-                    {
-                        let e = r.marks.entry(mark.partition).or_insert(mark.delivered);
-                        *e = (*e).max(mark.delivered);
-                    }
-                    r.next.insert(p, o + 1);
-                }
-                Some(Err(e)) => return Err(what(e)),
-                None => {}
-            }
-            // Positions also move past offsets that hold no record (compaction).
-            if let Ok(pos) = r.consumer.position() {
-                for e in pos.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        let n = r.next.entry(e.partition()).or_insert(o);
-                        *n = (*n).max(o);
-                    }
-                }
-            }
-            end.retain(|p, high| r.next.get(p).is_some_and(|n| n < high));
-        }
-        let _ = r.consumer.unassign();
-        Ok(r.marks.clone())
+        })
+        .map_err(|e| match e {
+            KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::OperationTimedOut) => format!(
+                "checkpoint topic `{}`: not read to its end within {timeout:?}",
+                self.topic
+            ),
+            e => what(e),
+        })?;
+        Ok(marks.clone())
     }
 }
 
@@ -254,8 +236,16 @@ mod tests {
     use super::*;
     use crate::broker::Broker;
 
-    /// Marks written are read back, highest per partition, this group and
-    /// topic only, by a reader that joins later and one that catches up.
+    fn m(offset: i64, at: i64) -> Delivered {
+        Delivered {
+            offset,
+            at_ms: Some(at),
+        }
+    }
+
+    /// Marks written are read back, highest per partition (of equal ones
+    /// the latest, with its time), this group and topic only, by a reader
+    /// that joins later and one that catches up.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn marks_are_read_back_highest_per_partition() {
         let b = Broker::start(1).unwrap();
@@ -265,22 +255,24 @@ mod tests {
         let other_group = Checkpoints::new(&b.bootstrap(), &none, "cp", "h", "events").unwrap();
         let other_topic = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "other").unwrap();
         assert_eq!(w.delivered(Duration::from_secs(30)).unwrap(), BTreeMap::new());
-        w.record([(0, 10), (1, 5)]).await.unwrap();
-        w.record([(0, 20)]).await.unwrap();
+        w.record([(0, m(10, 1)), (1, m(5, 1))]).await.unwrap();
+        w.record([(0, m(20, 2))]).await.unwrap();
         // An older mark arriving last does not lower the highest one.
-        w.record([(0, 15)]).await.unwrap();
-        other_group.record([(0, 99), (2, 7)]).await.unwrap();
-        other_topic.record([(1, 99)]).await.unwrap();
-        let want = BTreeMap::from([(0, 20), (1, 5)]);
+        w.record([(0, m(15, 3))]).await.unwrap();
+        // Marks of earlier versions have no time.
+        w.record([(1, Delivered { offset: 4, at_ms: None })]).await.unwrap();
+        other_group.record([(0, m(99, 9)), (2, m(7, 9))]).await.unwrap();
+        other_topic.record([(1, m(99, 9))]).await.unwrap();
+        let want = BTreeMap::from([(0, m(20, 2)), (1, m(5, 1))]);
         let late = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
         assert_eq!(late.delivered(Duration::from_secs(30)).unwrap(), want);
         assert_eq!(w.delivered(Duration::from_secs(30)).unwrap(), want);
-        w.record([(1, 30)]).await.unwrap();
-        let want = BTreeMap::from([(0, 20), (1, 30)]);
+        w.record([(1, m(30, 4)), (0, m(20, 5))]).await.unwrap();
+        let want = BTreeMap::from([(0, m(20, 5)), (1, m(30, 4))]);
         assert_eq!(late.delivered(Duration::from_secs(30)).unwrap(), want);
         assert_eq!(
             other_group.delivered(Duration::from_secs(30)).unwrap(),
-            BTreeMap::from([(0, 99), (2, 7)])
+            BTreeMap::from([(0, m(99, 9)), (2, m(7, 9))])
         );
     }
 
@@ -306,7 +298,10 @@ mod tests {
                 .unwrap()
         );
         let c = Checkpoints::new(&b.bootstrap(), &none, "nope", "g", "events").unwrap();
-        c.record([(0, 3)]).await.unwrap();
-        assert_eq!(c.delivered(Duration::from_secs(30)).unwrap(), BTreeMap::from([(0, 3)]));
+        c.record([(0, m(3, 1))]).await.unwrap();
+        assert_eq!(
+            c.delivered(Duration::from_secs(30)).unwrap(),
+            BTreeMap::from([(0, m(3, 1))])
+        );
     }
 }

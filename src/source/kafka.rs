@@ -2,10 +2,14 @@
 //!
 //! Offsets are never auto-committed: the runtime commits, per partition, the
 //! oldest offset its windows still need, with the last offset whose
-//! evaluations were delivered stored in the commit metadata (`dw1:hw=N`).
+//! evaluations were delivered stored in the commit metadata (`dw1:hw=N;at=MS`).
 //! After a restart the windows are rebuilt by replaying from the committed
 //! offset and evaluations up to `hw` are not sent again (DESIGN §5). With a
 //! checkpoint topic, `hw` is also recorded there ([`super::checkpoint`]).
+//! Each mark also carries the time it was written (`;at=MS`): evaluations
+//! delivered after it but not yet covered by a mark (a process killed in
+//! between) were produced after that time, which bounds the search for them
+//! ([`crate::alert::published`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +30,45 @@ use super::checkpoint::Checkpoints;
 use crate::config::{KafkaSource, StartPosition};
 
 const META_PREFIX: &str = "dw1:hw=";
+const META_AT: &str = ";at=";
+
+/// A delivery mark: evaluations whose window ends at or before `offset` were
+/// delivered, as recorded at `at_ms` (wall clock, epoch ms; `None` in marks
+/// written before driftwatch recorded the time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Delivered {
+    pub offset: i64,
+    pub at_ms: Option<i64>,
+}
+
+/// Commit metadata of a mark: `dw1:hw=N;at=MS`.
+fn meta(d: Delivered) -> String {
+    match d.at_ms {
+        Some(at) => format!("{META_PREFIX}{}{META_AT}{at}", d.offset),
+        None => format!("{META_PREFIX}{}", d.offset),
+    }
+}
+
+/// Parses commit metadata written by [`meta`] (or by earlier versions,
+/// without `;at=`); `None` for anything else.
+fn parse_meta(s: &str) -> Option<Delivered> {
+    let rest = s.strip_prefix(META_PREFIX)?;
+    let (hw, at) = match rest.split_once(META_AT) {
+        Some((hw, at)) => (hw, Some(at.parse().ok()?)),
+        None => (rest, None),
+    };
+    Some(Delivered {
+        offset: hw.parse().ok()?,
+        at_ms: at,
+    })
+}
+
+/// Wall-clock time, epoch ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// How long a revocation waits for the batch in processing to be delivered
 /// and committed before it lets the partitions go (the group waits meanwhile).
@@ -62,17 +105,19 @@ enum Start {
 /// What the consumer context shares with the consumer's owner.
 #[derive(Default, Debug)]
 struct Shared {
-    /// Per partition: the last offset whose evaluations were already delivered.
-    delivered: BTreeMap<i32, i64>,
+    /// Per partition: the last mark of an earlier run (or assignment).
+    delivered: BTreeMap<i32, Delivered>,
+    /// Partitions marked in this assignment.
+    marked: BTreeSet<i32>,
     errors: Vec<String>,
     /// Consumer lag per partition, from librdkafka's statistics.
     lag: BTreeMap<i32, i64>,
     /// Partitions assigned now: only these are committed.
     assigned: BTreeSet<i32>,
-    /// The last positions the runtime committed, per partition: committed
-    /// again, synchronously, when the partition is revoked, so that its next
-    /// owner starts exactly where this instance stopped.
-    positions: BTreeMap<i32, (i64, i64)>,
+    /// The last positions the runtime committed, per partition (next offset
+    /// and mark): committed again, synchronously, when the partition is
+    /// revoked, so that its next owner starts exactly where this instance stopped.
+    positions: BTreeMap<i32, (i64, Delivered)>,
 }
 
 /// Rebalance bookkeeping between the consumer callback (which runs inside
@@ -185,10 +230,8 @@ impl ConsumerContext for Ctx {
                         tpl.clone()
                     });
                 for e in committed.elements() {
-                    let meta = e
-                        .metadata()
-                        .strip_prefix(META_PREFIX)
-                        .and_then(|s| s.parse::<i64>().ok());
+                    let meta = parse_meta(e.metadata());
+                    // The highest mark, and of equal ones the latest.
                     match meta.max(marks.get(&e.partition()).copied()) {
                         Some(hw) => {
                             shared.delivered.insert(e.partition(), hw);
@@ -241,9 +284,10 @@ impl ConsumerContext for Ctx {
                     if let Some((next, delivered)) = shared.positions.remove(&p) {
                         let mut x = last.add_partition(&self.topic, p);
                         let _ = x.set_offset(Offset::Offset(next));
-                        x.set_metadata(format!("{META_PREFIX}{delivered}"));
+                        x.set_metadata(meta(delivered));
                     }
                     shared.delivered.remove(&p);
+                    shared.marked.remove(&p);
                     shared.assigned.remove(&p);
                     tracing::info!(topic = %self.topic, partition = p, "partition revoked");
                 }
@@ -380,8 +424,14 @@ impl KafkaConsumer {
         })
     }
 
-    /// Last delivered offset of a partition from an earlier run (commit metadata).
+    /// Last delivered offset of a partition from an earlier run (commit
+    /// metadata and checkpoints), read when it was assigned.
     pub fn delivered(&self, partition: i32) -> Option<i64> {
+        self.mark(partition).map(|d| d.offset)
+    }
+
+    /// The partition's mark from an earlier run (see [`Self::delivered`]).
+    pub fn mark(&self, partition: i32) -> Option<Delivered> {
         self.shared
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -390,43 +440,78 @@ impl KafkaConsumer {
             .copied()
     }
 
+    /// The partitions assigned now.
+    pub fn assignment(&self) -> Vec<i32> {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.assigned.iter().copied().collect()
+    }
+
+    /// Whether the partition has a delivery mark with its time, from an
+    /// earlier run or written in this assignment.
+    pub fn has_timed_mark(&self, partition: i32) -> bool {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.marked.contains(&partition) || shared.delivered.get(&partition).is_some_and(|d| d.at_ms.is_some())
+    }
+
     /// Rebalance errors since the last call.
     pub fn take_errors(&self) -> Vec<String> {
         std::mem::take(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()).errors)
     }
 
     /// Records in the checkpoint topic, if there is one, the `delivered`
-    /// offsets of the partitions still assigned; waits for the broker.
+    /// offsets of the partitions still assigned, stamped with the time now;
+    /// waits for the broker.
     pub async fn checkpoint(&self, positions: &BTreeMap<i32, (i64, i64)>) -> KafkaResult<()> {
         let Some(c) = &self.checkpoints else {
             return Ok(());
         };
-        let own: Vec<(i32, i64)> = {
+        let at = now_ms();
+        let own: Vec<(i32, Delivered)> = {
             let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             positions
                 .iter()
                 .filter(|(p, _)| shared.assigned.contains(p))
-                .map(|(p, (_, d))| (*p, *d))
+                .map(|(p, (_, d))| {
+                    (
+                        *p,
+                        Delivered {
+                            offset: *d,
+                            at_ms: Some(at),
+                        },
+                    )
+                })
                 .collect()
         };
-        c.record(own).await
+        c.record(own.iter().copied()).await?;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, _) in own {
+            if shared.assigned.contains(&p) {
+                shared.marked.insert(p);
+            }
+        }
+        Ok(())
     }
 
     /// Commits, per partition, `next` (where a restart must resume reading)
-    /// and `delivered` (the last offset whose evaluations are delivered).
+    /// and `delivered` (the last offset whose evaluations are delivered),
+    /// stamped with the time now.
     pub fn commit(&self, positions: &BTreeMap<i32, (i64, i64)>, mode: CommitMode) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
+        let at = Some(now_ms());
         {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             // A partition revoked meanwhile belongs to another instance now.
-            let own: Vec<_> = positions.iter().filter(|(p, _)| shared.assigned.contains(p)).collect();
-            for (p, pos) in &own {
-                shared.positions.insert(**p, **pos);
-            }
-            for (p, (next, delivered)) in own {
-                let mut e = tpl.add_partition(&self.topic, *p);
-                e.set_offset(Offset::Offset(*next))?;
-                e.set_metadata(format!("{META_PREFIX}{delivered}"));
+            let own: Vec<_> = positions
+                .iter()
+                .filter(|(p, _)| shared.assigned.contains(p))
+                .map(|(p, (next, d))| (*p, *next, Delivered { offset: *d, at_ms: at }))
+                .collect();
+            for (p, next, d) in own {
+                shared.positions.insert(p, (next, d));
+                shared.marked.insert(p);
+                let mut e = tpl.add_partition(&self.topic, p);
+                e.set_offset(Offset::Offset(next))?;
+                e.set_metadata(meta(d));
             }
         }
         if tpl.count() == 0 {
@@ -447,6 +532,158 @@ impl KafkaConsumer {
             r => r,
         }
     }
+}
+
+/// Reads partitions of `topic`, each from `next[p]` up to `end[p]`
+/// (exclusive), handing every record to `f`. `next` advances as it reads,
+/// also past offsets that hold no record (compaction, transaction markers).
+/// Fails with `OperationTimedOut` if not done by `deadline`.
+pub fn read_range(
+    consumer: &BaseConsumer,
+    topic: &str,
+    next: &mut BTreeMap<i32, i64>,
+    mut end: BTreeMap<i32, i64>,
+    deadline: Instant,
+    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> KafkaResult<()> {
+    end.retain(|p, high| next.get(p).is_some_and(|n| n < high));
+    if end.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in end.keys() {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(next[p]))?;
+    }
+    consumer.assign(&tpl)?;
+    let result = loop {
+        if end.is_empty() {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                f(&m);
+                next.insert(m.partition(), m.offset() + 1);
+            }
+            Some(Err(e)) => break Err(e),
+            None => {}
+        }
+        if let Ok(pos) = consumer.position() {
+            for e in pos.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    let n = next.entry(e.partition()).or_insert(o);
+                    *n = (*n).max(o);
+                }
+            }
+        }
+        end.retain(|p, high| next.get(p).is_some_and(|n| n < high));
+    };
+    let _ = consumer.unassign();
+    result
+}
+
+/// Failure to find an offset by time.
+#[derive(Debug, thiserror::Error)]
+pub enum SeekError {
+    #[error("{topic}/{partition}: {source}")]
+    Kafka {
+        topic: String,
+        partition: i32,
+        source: KafkaError,
+    },
+    #[error("{topic}/{partition}@{offset}: {what}")]
+    Message {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        what: String,
+    },
+}
+
+/// Timestamp of the message at `offset` (waits at most `timeout`).
+fn timestamp_at(c: &BaseConsumer, topic: &str, p: i32, offset: i64, timeout: Duration) -> Result<i64, SeekError> {
+    let kafka = |source| SeekError::Kafka {
+        topic: topic.into(),
+        partition: p,
+        source,
+    };
+    let message = |what: String| SeekError::Message {
+        topic: topic.into(),
+        partition: p,
+        offset,
+        what,
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(offset))
+        .map_err(kafka)?;
+    c.assign(&tpl).map_err(kafka)?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.partition() == p && m.offset() >= offset => {
+                return m
+                    .timestamp()
+                    .to_millis()
+                    .ok_or_else(|| message(format!("message at {} without timestamp", m.offset())));
+            }
+            Some(Err(e)) => return Err(kafka(e)),
+            _ => {}
+        }
+    }
+    Err(message(format!("no message within {timeout:?}")))
+}
+
+/// The first offset in `[low, high)` whose message timestamp is ≥ `t` (or
+/// `high`). Asks the broker (offsets-for-times) and checks the answer against
+/// the messages around it; a broker that answers wrongly (librdkafka's mock
+/// cluster answers "end" to every query) is overruled by a binary search over
+/// message timestamps, which assumes timestamps rise with offsets. Leaves
+/// `c` assigned to the partition.
+pub fn offset_for_time(
+    c: &BaseConsumer,
+    topic: &str,
+    p: i32,
+    t: i64,
+    (low, high): (i64, i64),
+    timeout: Duration,
+) -> Result<i64, SeekError> {
+    if low >= high {
+        return Ok(high);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(t))
+        .map_err(|source| SeekError::Kafka {
+            topic: topic.into(),
+            partition: p,
+            source,
+        })?;
+    let answer = c
+        .offsets_for_times(tpl, timeout)
+        .ok()
+        .and_then(|r| r.find_partition(topic, p).map(|e| e.offset()));
+    let candidate = match answer {
+        Some(Offset::Offset(o)) => o.clamp(low, high),
+        _ => high,
+    };
+    let ok_before = candidate == low || timestamp_at(c, topic, p, candidate - 1, timeout)? < t;
+    let ok_at = candidate == high || timestamp_at(c, topic, p, candidate, timeout)? >= t;
+    if ok_before && ok_at {
+        return Ok(candidate);
+    }
+    let (mut lo, mut hi) = (low, high);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if timestamp_at(c, topic, p, mid, timeout)? >= t {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
 }
 
 /// Per partition, the range of offsets present: (low, high) watermarks.
@@ -520,6 +757,28 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("ssl.bogus"), "{e}");
+    }
+
+    /// Commit metadata round-trips, also without the time (earlier versions);
+    /// anything else is not a mark.
+    #[test]
+    fn marks_in_commit_metadata() {
+        let d = Delivered {
+            offset: 699,
+            at_ms: Some(1_700_000_000_123),
+        };
+        assert_eq!(meta(d), "dw1:hw=699;at=1700000000123");
+        assert_eq!(parse_meta(&meta(d)), Some(d));
+        assert_eq!(parse_meta("dw1:hw=5"), Some(Delivered { offset: 5, at_ms: None }));
+        for bad in ["", "hw=5", "dw1:hw=", "dw1:hw=x", "dw1:hw=5;at=", "dw1:hw=5;at=y"] {
+            assert_eq!(parse_meta(bad), None, "{bad}");
+        }
+        // The highest mark wins, and of equal ones the latest.
+        let old = Delivered {
+            offset: 699,
+            at_ms: None,
+        };
+        assert!(d > old && Some(d) > None);
     }
 
     /// Windows are rebuilt on eager rebalances; a cooperative strategy

@@ -341,11 +341,17 @@ pub fn normal_events(seed: u64, n: usize, mean: f64) -> Vec<String> {
 /// until it consumes (its signal handlers are set by then). `name` tells
 /// instances of one group apart in their log files.
 pub fn start_run(p: &Path, group: &str, name: &str) -> Running {
+    start_run_with(p, group, name, &[])
+}
+
+/// [`start_run`] with environment variables.
+pub fn start_run_with(p: &Path, group: &str, name: &str, env: &[(&str, &str)]) -> Running {
     use std::process::{Command, Stdio};
     let log = std::env::temp_dir().join(format!("driftwatch-{group}-{name}-{}.log", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
         .args(["run", "--metrics", "off", "--group-id", group])
         .arg(p)
+        .envs(env.iter().copied())
         .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
         .spawn()
         .expect("start driftwatch run");
@@ -374,6 +380,22 @@ impl Running {
     pub fn kill(mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+
+    /// Waits until the process exits by itself (at most `timeout`).
+    pub fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.0.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "driftwatch run did not exit within {timeout:?}: {}",
+                self.1.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -435,11 +457,11 @@ pub fn wait_delivered(
         let done = match &marks {
             Some(m) => m
                 .delivered(Duration::from_secs(10))
-                .is_ok_and(|got| last.iter().all(|(p, l)| got.get(p) == Some(l))),
+                .is_ok_and(|got| last.iter().all(|(p, l)| got.get(p).map(|d| d.offset) == Some(*l))),
             None => c.committed_offsets(tpl, Duration::from_secs(5)).is_ok_and(|got| {
                 got.elements()
                     .iter()
-                    .all(|e| e.metadata() == format!("dw1:hw={}", last[&e.partition()]))
+                    .all(|e| e.metadata().starts_with(&format!("dw1:hw={};", last[&e.partition()])))
             }),
         };
         if done {
