@@ -186,10 +186,11 @@ pub fn render(s: &RunStats) -> String {
     metric(
         "driftwatch_labels_waiting",
         "gauge",
-        "Entries in the label join buffers.",
+        "Entries in the label join buffers: events waiting for a label, labels waiting for their event, joined events held until the earlier events of their partition are decided.",
         vec![
             ("{buffer=\"events\"}".into(), j.waiting_events as f64),
             ("{buffer=\"labels\"}".into(), j.waiting_labels as f64),
+            ("{buffer=\"held\"}".into(), j.held as f64),
         ],
     );
     o
