@@ -60,6 +60,15 @@ struct KeyState {
     cur_rows: usize,
     since_eval: usize,
     evaluations: u64,
+    /// Oldest offset per partition of the current window at the last
+    /// evaluation. A replay must start there, not at the oldest row held
+    /// now: the window then fills exactly at the last evaluation's end, and
+    /// later evaluations fall where an uninterrupted run puts them. Exact
+    /// for one key per partition; a key sharing its partition with a key
+    /// whose anchor is older replays rows from before its own anchor, which
+    /// shifts its evaluation points (a `first` reference replays every key
+    /// from its first event, so it is exact).
+    anchor: BTreeMap<i32, i64>,
 }
 
 /// All windows of a pipeline.
@@ -191,6 +200,11 @@ impl Windows {
                 };
                 let current: Vec<RecordBatch> = st.current.iter().cloned().collect();
                 let coords = coords(&reference, &current, self.time_col.as_deref(), st.evaluations);
+                st.anchor = coords
+                    .current_offsets
+                    .iter()
+                    .map(|(p, (first, _))| (*p, *first))
+                    .collect();
                 due.push(Due {
                     key: key.clone(),
                     reference,
@@ -207,6 +221,10 @@ impl Windows {
     pub fn oldest_needed(&self) -> BTreeMap<i32, i64> {
         let mut out: BTreeMap<i32, i64> = BTreeMap::new();
         for st in self.keys.values() {
+            for (p, o) in &st.anchor {
+                let e = out.entry(*p).or_insert(i64::MAX);
+                *e = (*e).min(*o);
+            }
             for b in st.reference.iter().chain(st.current.iter()) {
                 let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else {
                     continue;
@@ -328,6 +346,53 @@ mod tests {
         assert!(a.iter().all(|d| d.2 == 10 && d.3 == 5));
         // key a: 30 events, 10 reference, 20 current -> evaluations at 15, 17, 19, …, 29 = 8.
         assert_eq!(a.iter().filter(|d| d.0 == "a").count(), 8);
+    }
+
+    /// A restart replays from the committed offset (`oldest_needed`, or
+    /// the next offset) with empty windows, and suppresses evaluations
+    /// ending at or before the last offset read: at every cut point of the
+    /// stream, the evaluations after it are exactly those of an uninterrupted
+    /// run — for a fixed reference (only the current window is replayed)
+    /// and for sliding windows that overlap.
+    #[test]
+    fn a_replay_from_the_committed_offset_keeps_the_evaluation_points() {
+        let cases = [
+            (ReferenceMode::Fixed(vec![batch(&["a"; 4], 0)]), 6, 4),
+            (ReferenceMode::Fixed(vec![batch(&["a"; 4], 0)]), 5, 5),
+            (ReferenceMode::First(3), 6, 4),
+        ];
+        for (reference, size, slide) in cases {
+            let fresh = || Windows::new(Some("k".into()), None, reference.clone(), size, slide);
+            // One key in the partition. With several, each key would have to
+            // skip the replayed rows before its own anchor, which a restart
+            // does not know (see `KeyState::anchor`).
+            let keys = ["a"; 60];
+            let ends = |w: &mut Windows, from: usize| -> Vec<(String, i64)> {
+                let mut out = vec![];
+                for (c, chunk) in keys[from..].chunks(3).enumerate() {
+                    for d in w.push(&batch(chunk, (from + c * 3) as i64)).unwrap() {
+                        out.push((d.key, d.coords.end.1));
+                    }
+                }
+                out
+            };
+            let all = ends(&mut fresh(), 0);
+            assert!(all.len() > 10, "{all:?}");
+            for cut in (3..60).step_by(3) {
+                let mut w = fresh();
+                for (c, chunk) in keys[..cut].chunks(3).enumerate() {
+                    w.push(&batch(chunk, (c * 3) as i64)).unwrap();
+                }
+                let last = cut as i64 - 1;
+                let from = w.oldest_needed().get(&0).map_or(cut as i64, |n| (*n).min(cut as i64));
+                let replayed: Vec<_> = ends(&mut fresh(), from as usize)
+                    .into_iter()
+                    .filter(|(_, end)| *end > last)
+                    .collect();
+                let want: Vec<_> = all.iter().filter(|(_, end)| *end > last).cloned().collect();
+                assert_eq!(replayed, want, "size {size}, slide {slide}, cut at {cut}");
+            }
+        }
     }
 
     #[test]
