@@ -39,6 +39,9 @@ pub struct LabelRecord {
     pub label: String,
     /// Event time of the label, epoch ms.
     pub ts_ms: i64,
+    /// Where the label record is in the labels topic.
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// Counters of the join (also reported as metrics).
@@ -88,6 +91,9 @@ pub struct LabelJoin {
     queue: BTreeMap<Pos, Slot>,
     /// Arrival number, for batches without stream positions.
     arrivals: i64,
+    /// Where the label of each joined event (not labelled inline) is in the
+    /// labels topic, while its row may still be needed (see [`Self::labels_needed`]).
+    label_of: BTreeMap<Pos, Pos>,
     /// (event time, id) of waiting events, oldest first.
     events_order: BTreeSet<(i64, String)>,
     labels: HashMap<String, LabelRecord>,
@@ -123,6 +129,7 @@ impl LabelJoin {
             events: HashMap::new(),
             queue: BTreeMap::new(),
             arrivals: 0,
+            label_of: BTreeMap::new(),
             events_order: BTreeSet::new(),
             labels: HashMap::new(),
             labels_order: BTreeSet::new(),
@@ -228,7 +235,13 @@ impl LabelJoin {
                 Some("ts"),
             ));
         };
-        Ok(LabelRecord { event_id, label, ts_ms })
+        Ok(LabelRecord {
+            event_id,
+            label,
+            ts_ms,
+            partition: rec.partition,
+            offset: rec.offset,
+        })
     }
 
     /// Scored events in; returns the joined events released now, in stream order.
@@ -273,6 +286,7 @@ impl LabelJoin {
                 self.labels_order.remove(&(l.ts_ms, id.clone()));
                 if l.ts_ms.saturating_sub(ts) <= self.horizon_ms {
                     self.stats.joined += 1;
+                    self.label_of.insert(pos, (l.partition, l.offset));
                     self.queue.insert(pos, Slot::Joined(self.with_label(&row, &l.label)?));
                 } else {
                     self.stats.late += 1;
@@ -303,6 +317,7 @@ impl LabelJoin {
                     match slot {
                         Some(Slot::Waiting(row)) if l.ts_ms.saturating_sub(ts) <= self.horizon_ms => {
                             self.stats.joined += 1;
+                            self.label_of.insert(pos, (l.partition, l.offset));
                             self.queue.insert(pos, Slot::Joined(self.with_label(&row, &l.label)?));
                         }
                         _ => self.stats.late += 1,
@@ -318,6 +333,41 @@ impl LabelJoin {
         }
         self.expire();
         Ok(self.release())
+    }
+
+    /// Per events partition, the oldest event offset the join still holds
+    /// (waiting, or joined and not yet released): a restart must read the
+    /// events again from there.
+    pub fn events_needed(&self) -> BTreeMap<i32, i64> {
+        let mut out = BTreeMap::new();
+        for (p, o) in self.queue.keys() {
+            out.entry(*p).or_insert(*o); // keys are ordered: the first is the oldest
+        }
+        out
+    }
+
+    /// Per labels partition, the oldest label offset a restart must read
+    /// again: labels waiting for their event, and the labels of joined
+    /// events not yet released or still held by the labelled windows
+    /// (`held`: per events partition, the oldest offset they need). Forgets
+    /// the labels of joined events older than that.
+    pub fn labels_needed(&mut self, held: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        let queued = self.events_needed();
+        self.label_of.retain(|(p, o), _| {
+            let keep_from = match (held.get(p), queued.get(p)) {
+                (Some(h), Some(q)) => (*h).min(*q),
+                (Some(x), None) | (None, Some(x)) => *x,
+                (None, None) => i64::MAX,
+            };
+            *o >= keep_from
+        });
+        let mut out: BTreeMap<i32, i64> = BTreeMap::new();
+        let waiting = self.labels.values().map(|l| (l.partition, l.offset));
+        for (lp, lo) in self.label_of.values().copied().chain(waiting) {
+            let e = out.entry(lp).or_insert(lo);
+            *e = (*e).min(lo);
+        }
+        out
     }
 
     /// Takes the joined events at the front of each partition's queue, up to
@@ -433,6 +483,8 @@ mod tests {
             event_id: id.into(),
             label: l.to_string(),
             ts_ms: ts,
+            partition: 0,
+            offset: ts,
         }
     }
 
@@ -521,6 +573,39 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// What a restart must read again: the oldest event the join holds, and
+    /// the oldest label joined to an event still held (by the labelled
+    /// windows, `held`, or the join) or waiting for its event.
+    #[test]
+    fn what_a_restart_must_read_again() {
+        let lab = |id: &str, ts: i64, offset: i64| LabelRecord {
+            offset,
+            ..label(id, 1, ts)
+        };
+        let mut j = LabelJoin::new(positioned_schema(), "event_id", Some("ts"), "label", 100, 1000).unwrap();
+        let evs: Vec<_> = (0..5).map(|o| (format!("e{o}"), 10 * o, 0, o)).collect();
+        assert!(j.add_events(&positioned(&evs)).unwrap().is_empty());
+        assert_eq!(j.events_needed(), BTreeMap::from([(0, 0)]));
+        let out = j.add_labels(vec![lab("e1", 15, 7), lab("e0", 16, 8)]).unwrap();
+        assert_eq!(out.len(), 2, "e0 and e1 joined and released");
+        assert_eq!(j.events_needed(), BTreeMap::from([(0, 2)]), "e2 waits");
+        // e3 joins but is held behind e2; a label for an unknown event waits.
+        assert!(
+            j.add_labels(vec![lab("e3", 35, 9), lab("zz", 45, 20)])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(j.stats.held, 1);
+        assert_eq!(j.labels_needed(&BTreeMap::from([(0, 0)])), BTreeMap::from([(0, 7)]));
+        // The labelled windows let go of e0, then of e1: their labels are not needed.
+        assert_eq!(j.labels_needed(&BTreeMap::from([(0, 1)])), BTreeMap::from([(0, 7)]));
+        assert_eq!(j.labels_needed(&BTreeMap::from([(0, 2)])), BTreeMap::from([(0, 9)]));
+        // e2 and e4 pass their horizon unlabelled: e3 is released; only zz waits.
+        assert_eq!(labels_of(&j.add_labels(vec![lab("late", 200, 30)]).unwrap()).len(), 1);
+        assert_eq!(j.events_needed(), BTreeMap::new());
+        assert_eq!(j.labels_needed(&BTreeMap::from([(0, 4)])), BTreeMap::from([(0, 20)]));
     }
 
     /// Joined events come out in stream order per partition, whatever the

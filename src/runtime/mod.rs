@@ -26,7 +26,7 @@ use crate::config::{ConfigError, Pipeline, SourceConfig};
 use crate::decode::Rejection;
 use crate::source::checkpoint::{self, Checkpoints};
 use crate::source::file;
-use crate::source::kafka::{self, KafkaConsumer};
+use crate::source::kafka::{self, KafkaConsumer, Position};
 use crate::window::Due;
 
 /// Failures of a run. Each says which stage and what.
@@ -121,6 +121,15 @@ impl RunStats {
 /// A callback seeing each evaluation (the demo's live view).
 pub type Observer = Arc<dyn Fn(&Evaluation) + Send + Sync>;
 
+/// The late-label join and the windows it feeds.
+struct LabelState {
+    join: crate::labels::LabelJoin,
+    windows: crate::window::Windows,
+    /// Per events partition, the end of the last labelled evaluation sent
+    /// in this assignment (recorded in the next mark).
+    hw: BTreeMap<i32, i64>,
+}
+
 /// What publishing evaluations needs.
 struct Out<'a> {
     consumer: &'a KafkaConsumer,
@@ -192,9 +201,12 @@ pub async fn run(
     tracing::info!(pipeline = %p.name, topic = %src.topic, group = %group, brokers = %src.brokers, "consuming");
 
     let (tx, mut rx) = mpsc::channel::<Msg>(4);
-    let mut join = stages.label_join();
-    let mut labelled_windows = match join {
-        Some(_) => Some(stages.windows().await?),
+    let mut labelled = match stages.label_join() {
+        Some(join) => Some(LabelState {
+            join,
+            windows: stages.windows().await?,
+            hw: BTreeMap::new(),
+        }),
         None => None,
     };
     let events_done = Arc::new(AtomicBool::new(false));
@@ -253,6 +265,9 @@ pub async fn run(
                     windows.clear();
                     policy.reset();
                     last.clear();
+                    if let Some(l) = labelled.as_mut() {
+                        l.hw.clear();
+                    }
                     let dropped = stats.window_keys.swap(0, Ordering::Relaxed);
                     stats.window_events.store(0, Ordering::Relaxed);
                     if dropped > 0 {
@@ -292,13 +307,13 @@ pub async fn run(
                     work,
                     &mut last,
                     &mut policy,
-                    join.as_mut().zip(labelled_windows.as_mut()),
+                    labelled.as_mut(),
                     &mut fault,
                 )
                 .await
             }
-            Msg::Labels(records) => match (&labels_reader, join.as_mut(), labelled_windows.as_mut()) {
-                (Some((lc, _)), Some(j), Some(lw)) => {
+            Msg::Labels(records) => match (&labels_reader, labelled.as_mut()) {
+                (Some((lc, _)), Some(ls)) => {
                     let out = Out {
                         consumer: &consumer,
                         producer: &producer,
@@ -307,7 +322,7 @@ pub async fn run(
                         observer: observer.as_ref(),
                         published: &published,
                     };
-                    process_labels(&stages, j, lw, lc, &out, records, &mut policy).await
+                    process_labels(&stages, ls, lc, &out, records, &mut policy, &mut fault).await
                 }
                 _ => Ok(()),
             },
@@ -331,7 +346,7 @@ pub async fn run(
     result?;
     read?;
     // Final synchronous commit of what is accounted for.
-    commit(&consumer, &windows, &last, CommitMode::Sync, &[]).await?;
+    commit(&consumer, &windows, labelled.as_ref(), &last, CommitMode::Sync, &[]).await?;
     tracing::info!(pipeline = %p.name, received = stats.received.load(Ordering::Relaxed), alerts = stats.alerts.load(Ordering::Relaxed), "stopped");
     Ok(())
 }
@@ -500,19 +515,24 @@ async fn await_deliveries(pending: Vec<rdkafka::producer::DeliveryFuture>) -> Re
 /// evaluations that became due there are published.
 async fn evaluate_joined(
     stages: &Stages,
-    join: &crate::labels::LabelJoin,
-    labelled_windows: &mut crate::window::Windows,
+    ls: &mut LabelState,
     joined: &[RecordBatch],
     out: &Out<'_>,
     policy: &mut crate::alert::AlertPolicy,
     pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
 ) -> Result<usize, RuntimeError> {
-    *out.stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = join.stats.clone();
+    *out.stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = ls.join.stats.clone();
     let mut sent = 0;
-    if let Some(b) = join.concat(joined)? {
-        for due in labelled_windows.push(&b)? {
+    if let Some(b) = ls.join.concat(joined)? {
+        for due in ls.windows.push(&b)? {
             let evals = stages.evaluate_labelled(&due).await?;
-            sent += emit(evals, &due, out, policy, pending)?;
+            let made = emit(evals, &due, true, out, policy, pending)?;
+            if made > 0 {
+                let (p, o) = due.coords.end;
+                let e = ls.hw.entry(p).or_insert(o);
+                *e = (*e).max(o);
+            }
+            sent += made;
         }
     }
     Ok(sent)
@@ -527,7 +547,7 @@ async fn process(
     work: Work,
     last: &mut BTreeMap<i32, i64>,
     policy: &mut crate::alert::AlertPolicy,
-    join: Option<(&mut crate::labels::LabelJoin, &mut crate::window::Windows)>,
+    mut labelled: Option<&mut LabelState>,
     fault: &mut Fault,
 ) -> Result<(), RuntimeError> {
     let (consumer, stats) = (out.consumer, out.stats);
@@ -543,9 +563,9 @@ async fn process(
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
-        if let Some((j, lw)) = join {
-            let joined = j.add_events(&scored)?;
-            made += evaluate_joined(stages, j, lw, &joined, out, policy, &mut pending).await?;
+        if let Some(ls) = labelled.as_deref_mut() {
+            let joined = ls.join.add_events(&scored)?;
+            made += evaluate_joined(stages, ls, &joined, out, policy, &mut pending).await?;
         }
         let dues = windows.push(&scored)?;
         let (keys, held) = windows.fill();
@@ -553,7 +573,7 @@ async fn process(
         stats.window_events.store(held as u64, Ordering::Relaxed);
         for due in dues {
             let evals = stages.evaluate(&due).await?;
-            made += emit(evals, &due, out, policy, &mut pending)?;
+            made += emit(evals, &due, false, out, policy, &mut pending)?;
         }
     }
     await_deliveries(pending).await?;
@@ -567,7 +587,15 @@ async fn process(
         vec![]
     };
     last.extend(work.last);
-    commit(consumer, windows, last, CommitMode::Async, &touched).await
+    commit(
+        consumer,
+        windows,
+        labelled.as_deref(),
+        last,
+        CommitMode::Async,
+        &touched,
+    )
+    .await
 }
 
 /// Publishes a window pair's evaluations: alerts (after the alert policy)
@@ -577,12 +605,13 @@ async fn process(
 fn emit(
     evals: Vec<Evaluation>,
     due: &Due,
+    labelled: bool,
     out: &Out<'_>,
     policy: &mut crate::alert::AlertPolicy,
     pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
 ) -> Result<usize, RuntimeError> {
     let (p, stats) = (out.p, out.stats);
-    let resent = already_delivered(out.consumer, due);
+    let resent = already_delivered(out.consumer, due, labelled);
     if resent {
         stats.suppressed.fetch_add(1, Ordering::Relaxed);
         if !policy.stateful() {
@@ -655,12 +684,12 @@ fn emit(
 /// labels consumer's offsets are committed.
 async fn process_labels(
     stages: &Stages,
-    join: &mut crate::labels::LabelJoin,
-    labelled_windows: &mut crate::window::Windows,
+    ls: &mut LabelState,
     labels_consumer: &KafkaConsumer,
     out: &Out<'_>,
     records: Vec<crate::source::RawRecord>,
     policy: &mut crate::alert::AlertPolicy,
+    fault: &mut Fault,
 ) -> Result<(), RuntimeError> {
     let (producer, p, stats) = (out.producer, out.p, out.stats);
     let topic = p.labels.as_ref().map(|l| l.topic.as_str()).unwrap_or_default();
@@ -669,15 +698,34 @@ async fn process_labels(
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     for r in &records {
         last.insert(r.partition, r.offset);
-        match join.parse(r) {
+        match ls.join.parse(r) {
             Ok(l) => good.push(l),
             Err(rej) => pending.push(dead_letter(producer, p, stats, topic, &rej)?),
         }
     }
-    let joined = join.add_labels(good)?;
-    evaluate_joined(stages, join, labelled_windows, &joined, out, policy, &mut pending).await?;
+    let joined = ls.join.add_labels(good)?;
+    let made = evaluate_joined(stages, ls, &joined, out, policy, &mut pending).await?;
     await_deliveries(pending).await?;
-    let positions = last.iter().map(|(p, o)| (*p, (o + 1, *o))).collect();
+    if made > 0 {
+        fault.delivered();
+    }
+    // Labels still needed to rebuild the join and the labelled windows are
+    // read again after a restart.
+    let needed = ls.join.labels_needed(&ls.windows.oldest_needed());
+    let positions = last
+        .iter()
+        .map(|(p, o)| {
+            let next = needed.get(p).map_or(o + 1, |n| (*n).min(o + 1));
+            (
+                *p,
+                Position {
+                    next,
+                    delivered: *o,
+                    labelled: None,
+                },
+            )
+        })
+        .collect();
     labels_consumer
         .commit(&positions, CommitMode::Async)
         .map_err(kafka_err("commit labels"))
@@ -785,10 +833,20 @@ async fn scan_published(
 /// after its first delivery then leaves a mark older than that delivery,
 /// which bounds the scan for it ([`Published`]).
 async fn mark_start(consumer: &KafkaConsumer, first: &BTreeMap<i32, i64>) -> Result<(), RuntimeError> {
-    let positions: BTreeMap<i32, (i64, i64)> = first
+    let positions: BTreeMap<i32, Position> = first
         .iter()
         .filter(|(p, _)| !consumer.has_timed_mark(**p))
-        .map(|(p, f)| (*p, (*f, consumer.delivered(*p).unwrap_or(-1))))
+        .map(|(p, f)| {
+            let mark = consumer.mark(*p);
+            (
+                *p,
+                Position {
+                    next: *f,
+                    delivered: mark.map_or(-1, |m| m.offset),
+                    labelled: mark.and_then(|m| m.labelled),
+                },
+            )
+        })
         .collect();
     if positions.is_empty() {
         return Ok(());
@@ -800,9 +858,9 @@ async fn mark_start(consumer: &KafkaConsumer, first: &BTreeMap<i32, i64>) -> Res
 }
 
 /// A fault injected for tests (`DRIFTWATCH_FAULT`, not for production):
-/// `abort-before-mark:N` aborts the process right after the N-th batch with
-/// new evaluations is delivered and before its mark is written, the worst
-/// moment for a crash.
+/// `abort-before-mark:N` aborts the process right after the N-th batch (of
+/// events or of labels) with new evaluations is delivered and before its
+/// mark or commit is written, the worst moment for a crash.
 #[derive(Debug, Default)]
 struct Fault {
     abort_before_mark: Option<u64>,
@@ -843,30 +901,56 @@ impl Fault {
     }
 }
 
-/// Evaluations whose window ends at or before what an earlier run delivered are not sent again.
-fn already_delivered(consumer: &KafkaConsumer, due: &Due) -> bool {
+/// Evaluations whose window ends at or before what an earlier run delivered
+/// are not sent again. Labelled windows have a mark of their own: their
+/// evaluations come when the labels do, after the events mark has moved on.
+fn already_delivered(consumer: &KafkaConsumer, due: &Due, labelled: bool) -> bool {
     let (p, o) = due.coords.end;
-    consumer.delivered(p).is_some_and(|hw| o <= hw)
+    let mark = consumer.mark(p);
+    let hw = if labelled {
+        mark.and_then(|m| m.labelled)
+    } else {
+        mark.map(|m| m.offset)
+    };
+    hw.is_some_and(|hw| o <= hw)
 }
 
-/// Commits what the windows still need and what was delivered; first
-/// records the delivery of the `checkpoint` partitions (those with new
-/// evaluations) in the checkpoint topic, if there is one.
+/// Commits what the windows (and the label join) still need and what was
+/// delivered; first records the delivery of the `checkpoint` partitions
+/// (those with new evaluations) in the checkpoint topic, if there is one.
 async fn commit(
     consumer: &KafkaConsumer,
     windows: &crate::window::Windows,
+    labelled: Option<&LabelState>,
     last: &BTreeMap<i32, i64>,
     mode: CommitMode,
     checkpoint: &[i32],
 ) -> Result<(), RuntimeError> {
-    let needed = windows.oldest_needed();
-    let positions: BTreeMap<i32, (i64, i64)> = last
+    let mut needed = windows.oldest_needed();
+    if let Some(ls) = labelled {
+        for (p, o) in ls.windows.oldest_needed().into_iter().chain(ls.join.events_needed()) {
+            let e = needed.entry(p).or_insert(o);
+            *e = (*e).min(o);
+        }
+    }
+    let positions: BTreeMap<i32, Position> = last
         .iter()
         .map(|(p, l)| {
             let next = needed.get(p).map_or(l + 1, |n| (*n).min(l + 1));
             // Never lower what an earlier run recorded as delivered.
-            let delivered = consumer.delivered(*p).map_or(*l, |d| d.max(*l));
-            (*p, (next, delivered))
+            let mark = consumer.mark(*p);
+            let delivered = mark.map_or(*l, |d| d.offset.max(*l));
+            let labelled = mark
+                .and_then(|m| m.labelled)
+                .max(labelled.and_then(|ls| ls.hw.get(p).copied()));
+            (
+                *p,
+                Position {
+                    next,
+                    delivered,
+                    labelled,
+                },
+            )
         })
         .collect();
     if !checkpoint.is_empty() {

@@ -34,6 +34,9 @@ struct Mark {
     delivered: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     at_ms: Option<i64>,
+    /// Labelled-window evaluations delivered up to this event offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    labelled: Option<i64>,
 }
 
 /// Writes and reads the delivery marks of one consumer group on one topic.
@@ -171,6 +174,7 @@ impl Checkpoints {
                 partition,
                 delivered: d.offset,
                 at_ms: d.at_ms,
+                labelled: d.labelled,
             };
             // The key names the partition's mark: compaction keeps the last.
             let key = serde_json::to_vec(&(&m.group, &m.topic, m.partition)).unwrap_or_default();
@@ -215,6 +219,7 @@ impl Checkpoints {
                 let d = Delivered {
                     offset: mark.delivered,
                     at_ms: mark.at_ms,
+                    labelled: mark.labelled,
                 };
                 let e = marks.entry(mark.partition).or_insert(d);
                 *e = (*e).max(d);
@@ -240,6 +245,7 @@ mod tests {
         Delivered {
             offset,
             at_ms: Some(at),
+            labelled: None,
         }
     }
 
@@ -260,15 +266,28 @@ mod tests {
         // An older mark arriving last does not lower the highest one.
         w.record([(0, m(15, 3))]).await.unwrap();
         // Marks of earlier versions have no time.
-        w.record([(1, Delivered { offset: 4, at_ms: None })]).await.unwrap();
+        w.record([(
+            1,
+            Delivered {
+                offset: 4,
+                at_ms: None,
+                labelled: None,
+            },
+        )])
+        .await
+        .unwrap();
         other_group.record([(0, m(99, 9)), (2, m(7, 9))]).await.unwrap();
         other_topic.record([(1, m(99, 9))]).await.unwrap();
         let want = BTreeMap::from([(0, m(20, 2)), (1, m(5, 1))]);
         let late = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
         assert_eq!(late.delivered(Duration::from_secs(30)).unwrap(), want);
         assert_eq!(w.delivered(Duration::from_secs(30)).unwrap(), want);
-        w.record([(1, m(30, 4)), (0, m(20, 5))]).await.unwrap();
-        let want = BTreeMap::from([(0, m(20, 5)), (1, m(30, 4))]);
+        let with_labelled = Delivered {
+            labelled: Some(12),
+            ..m(20, 5)
+        };
+        w.record([(1, m(30, 4)), (0, with_labelled)]).await.unwrap();
+        let want = BTreeMap::from([(0, with_labelled), (1, m(30, 4))]);
         assert_eq!(late.delivered(Duration::from_secs(30)).unwrap(), want);
         assert_eq!(
             other_group.delivered(Duration::from_secs(30)).unwrap(),

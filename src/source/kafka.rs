@@ -30,37 +30,66 @@ use super::checkpoint::Checkpoints;
 use crate::config::{KafkaSource, StartPosition};
 
 const META_PREFIX: &str = "dw1:hw=";
-const META_AT: &str = ";at=";
 
 /// A delivery mark: evaluations whose window ends at or before `offset` were
-/// delivered, as recorded at `at_ms` (wall clock, epoch ms; `None` in marks
-/// written before driftwatch recorded the time).
+/// delivered, and evaluations of the labelled windows (late labels) ending at
+/// or before `labelled`, as recorded at `at_ms` (wall clock, epoch ms;
+/// `None` in marks written before driftwatch recorded the time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Delivered {
     pub offset: i64,
     pub at_ms: Option<i64>,
+    pub labelled: Option<i64>,
 }
 
-/// Commit metadata of a mark: `dw1:hw=N;at=MS`.
-fn meta(d: Delivered) -> String {
-    match d.at_ms {
-        Some(at) => format!("{META_PREFIX}{}{META_AT}{at}", d.offset),
-        None => format!("{META_PREFIX}{}", d.offset),
+/// What to commit for a partition: where a restart resumes reading, and
+/// the delivery mark (see [`Delivered`]; the time is stamped when written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub next: i64,
+    pub delivered: i64,
+    pub labelled: Option<i64>,
+}
+
+impl Position {
+    fn mark(&self, at_ms: Option<i64>) -> Delivered {
+        Delivered {
+            offset: self.delivered,
+            at_ms,
+            labelled: self.labelled,
+        }
     }
 }
 
+/// Commit metadata of a mark: `dw1:hw=N;at=MS;lhw=L` (the last two optional).
+fn meta(d: Delivered) -> String {
+    let mut s = format!("{META_PREFIX}{}", d.offset);
+    if let Some(at) = d.at_ms {
+        s += &format!(";at={at}");
+    }
+    if let Some(l) = d.labelled {
+        s += &format!(";lhw={l}");
+    }
+    s
+}
+
 /// Parses commit metadata written by [`meta`] (or by earlier versions,
-/// without `;at=`); `None` for anything else.
+/// with fewer fields); `None` for anything else.
 fn parse_meta(s: &str) -> Option<Delivered> {
-    let rest = s.strip_prefix(META_PREFIX)?;
-    let (hw, at) = match rest.split_once(META_AT) {
-        Some((hw, at)) => (hw, Some(at.parse().ok()?)),
-        None => (rest, None),
+    let mut fields = s.strip_prefix(META_PREFIX)?.split(';');
+    let mut d = Delivered {
+        offset: fields.next()?.parse().ok()?,
+        at_ms: None,
+        labelled: None,
     };
-    Some(Delivered {
-        offset: hw.parse().ok()?,
-        at_ms: at,
-    })
+    for f in fields {
+        match f.split_once('=')? {
+            ("at", v) => d.at_ms = Some(v.parse().ok()?),
+            ("lhw", v) => d.labelled = Some(v.parse().ok()?),
+            _ => return None,
+        }
+    }
+    Some(d)
 }
 
 /// Wall-clock time, epoch ms.
@@ -461,7 +490,7 @@ impl KafkaConsumer {
     /// Records in the checkpoint topic, if there is one, the `delivered`
     /// offsets of the partitions still assigned, stamped with the time now;
     /// waits for the broker.
-    pub async fn checkpoint(&self, positions: &BTreeMap<i32, (i64, i64)>) -> KafkaResult<()> {
+    pub async fn checkpoint(&self, positions: &BTreeMap<i32, Position>) -> KafkaResult<()> {
         let Some(c) = &self.checkpoints else {
             return Ok(());
         };
@@ -471,15 +500,7 @@ impl KafkaConsumer {
             positions
                 .iter()
                 .filter(|(p, _)| shared.assigned.contains(p))
-                .map(|(p, (_, d))| {
-                    (
-                        *p,
-                        Delivered {
-                            offset: *d,
-                            at_ms: Some(at),
-                        },
-                    )
-                })
+                .map(|(p, pos)| (*p, pos.mark(Some(at))))
                 .collect()
         };
         c.record(own.iter().copied()).await?;
@@ -495,7 +516,7 @@ impl KafkaConsumer {
     /// Commits, per partition, `next` (where a restart must resume reading)
     /// and `delivered` (the last offset whose evaluations are delivered),
     /// stamped with the time now.
-    pub fn commit(&self, positions: &BTreeMap<i32, (i64, i64)>, mode: CommitMode) -> KafkaResult<()> {
+    pub fn commit(&self, positions: &BTreeMap<i32, Position>, mode: CommitMode) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
         let at = Some(now_ms());
         {
@@ -504,7 +525,7 @@ impl KafkaConsumer {
             let own: Vec<_> = positions
                 .iter()
                 .filter(|(p, _)| shared.assigned.contains(p))
-                .map(|(p, (next, d))| (*p, *next, Delivered { offset: *d, at_ms: at }))
+                .map(|(p, pos)| (*p, pos.next, pos.mark(at)))
                 .collect();
             for (p, next, d) in own {
                 shared.positions.insert(p, (next, d));
@@ -766,18 +787,35 @@ mod tests {
         let d = Delivered {
             offset: 699,
             at_ms: Some(1_700_000_000_123),
+            labelled: None,
         };
         assert_eq!(meta(d), "dw1:hw=699;at=1700000000123");
         assert_eq!(parse_meta(&meta(d)), Some(d));
-        assert_eq!(parse_meta("dw1:hw=5"), Some(Delivered { offset: 5, at_ms: None }));
-        for bad in ["", "hw=5", "dw1:hw=", "dw1:hw=x", "dw1:hw=5;at=", "dw1:hw=5;at=y"] {
+        let l = Delivered {
+            labelled: Some(650),
+            ..d
+        };
+        assert_eq!(meta(l), "dw1:hw=699;at=1700000000123;lhw=650");
+        assert_eq!(parse_meta(&meta(l)), Some(l));
+        let old = Delivered {
+            offset: 5,
+            at_ms: None,
+            labelled: None,
+        };
+        assert_eq!(parse_meta("dw1:hw=5"), Some(old));
+        for bad in [
+            "",
+            "hw=5",
+            "dw1:hw=",
+            "dw1:hw=x",
+            "dw1:hw=5;at=",
+            "dw1:hw=5;at=y",
+            "dw1:hw=5;zz=1",
+            "dw1:hw=5;at",
+        ] {
             assert_eq!(parse_meta(bad), None, "{bad}");
         }
         // The highest mark wins, and of equal ones the latest.
-        let old = Delivered {
-            offset: 699,
-            at_ms: None,
-        };
         assert!(d > old && Some(d) > None);
     }
 
