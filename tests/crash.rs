@@ -159,8 +159,10 @@ async fn kill_9_and_restart_on_tansu_gives_exactly_the_alerts_of_an_uninterrupte
 }
 
 /// Late labels across crashes: concept drift (labels remapped) whose labels
-/// come 150 events late on their own topic. `run` aborts three times at the
-/// worst moment while it works through the stream, then finishes: the
+/// come on their own topic, in three parts, long after the events (so the
+/// events mark runs far ahead of the labelled evaluations). `run` is killed
+/// with SIGKILL after each part's labelled evaluations are out, and aborts
+/// twice at the worst moment, then finishes: the
 /// concept-drift (error-rate) evaluations on the joined events, and its
 /// alerts, are exactly those of an uninterrupted run. A restart reads the
 /// events and the labels again from where the join and the labelled windows
@@ -173,14 +175,14 @@ async fn kill_9_with_late_labels_gives_exactly_the_concept_alerts_of_an_uninterr
     let dir = tempfile::tempdir().unwrap();
     let mut pipelines = vec![];
     for t in ["lref", "lcrash"] {
-        for s in ["", ".labels", "-alerts", "-dlq", "-stats"] {
+        for s in ["", ".labels", ".labels-all", "-alerts", "-dlq", "-stats"] {
             broker.create_topic(&format!("{t}{s}"), 1).unwrap();
         }
         let s = write(
             dir.path(),
             &format!("{t}.scenario.yaml"),
             &format!(
-                "name: {t}\npool: {}\nseed: 5\nlabels: {{topic: {t}.labels, delay_events: 150}}\nkeys:\n  s:\n    - {{kind: clean, events: 1200}}\n    - {{kind: concept, events: 1200, remap: {{3: 8, 8: 3, 5: 9, 9: 5}}}}\n",
+                "name: {t}\npool: {}\nseed: 5\nlabels: {{topic: {t}.labels-all, delay_events: 150}}\nkeys:\n  s:\n    - {{kind: clean, events: 1200}}\n    - {{kind: concept, events: 1200, remap: {{3: 8, 8: 3, 5: 9, 9: 5}}}}\n",
                 root().join("models/digits_train.jsonl").display()
             ),
         );
@@ -196,7 +198,7 @@ schema: {schema}
 source: {{type: kafka, brokers: \"{brokers}\", topic: {t}, checkpoint_topic: null, properties: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}}}}
 batch: {{max_events: 100, linger_ms: 10}}
 model: {{path: {model}, input: pixels}}
-labels: {{topic: {t}.labels, horizon_ms: 600000}}
+labels: {{topic: {t}.labels, horizon_ms: 36000000}}
 window: {{reference: {{type: first, size: 400}}, current: {{size: 200, slide: 100}}}}
 detectors:
   - {{name: errors, kind: error_rate, alpha: 0.001}}
@@ -210,18 +212,39 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
     }
     // 2400 events, all labelled: evaluations at 600, 700, …, 2400 joined events.
     let total = 19;
+    let labels = |t: &str| -> Vec<String> {
+        read_topic(&broker, &format!("{t}.labels-all"), 2400, Duration::from_secs(30))
+            .iter()
+            .map(|v| v.to_string())
+            .collect()
+    };
+    produce(&broker, "lref.labels", &labels("lref")).await;
     let child = start_run(&pipelines[0], "g-lref", "lref");
     assert_eq!(wait_for(&broker, "lref-stats", total), total);
     stop_run(child);
     let want = alert_ids(&broker, "lref-alerts", 1);
     assert!(!want.is_empty(), "the concept drift alerts");
 
-    // Each run aborts right after a batch of new labelled evaluations is
-    // delivered and before its mark (the fault hook): after the second such
-    // batch, then after the third (the first being the one its predecessor
-    // left unmarked), three times.
+    // The labels come in parts; a run is killed once the evaluations of
+    // its part are out (evaluations at 600, 700, … joined events).
+    let all = labels("lcrash");
     let mut kills = 0;
-    for (i, n) in [2, 3, 3].into_iter().enumerate() {
+    let mut sent = 0;
+    for (i, upto) in [1000, 1800].into_iter().enumerate() {
+        produce(&broker, "lcrash.labels", &all[sent..upto]).await;
+        sent = upto;
+        let child = start_run(&pipelines[1], "g-lcrash", &format!("kill{i}"));
+        let target = (upto - 600) / 100 + 1;
+        if wait_for(&broker, "lcrash-stats", target) >= target {
+            kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        child.kill(); // SIGKILL
+    }
+    // The rest arrives; runs abort right after a batch of new labelled
+    // evaluations is delivered and before its mark (the fault hook), twice.
+    produce(&broker, "lcrash.labels", &all[sent..]).await;
+    for (i, n) in [1, 2].into_iter().enumerate() {
         let fault = format!("abort-before-mark:{n}");
         let child = start_run_with(
             &pipelines[1],
@@ -243,11 +266,11 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
     let stats = read_topic(&broker, "lcrash-stats", total, Duration::from_secs(30));
     let got = alert_ids(&broker, "lcrash-alerts", want.len());
     eprintln!(
-        "{kills} aborts with late labels survived, {} concept alerts compared, {} evaluations published",
+        "{kills} kills and aborts with late labels survived, {} concept alerts compared, {} evaluations published",
         want.len(),
         stats.len()
     );
-    assert_eq!(kills, 3);
+    assert_eq!(kills, 4);
     assert_eq!(stats.len(), total, "no labelled evaluation lost or sent twice");
     let ends = |topic: &str| -> Vec<i64> {
         read_topic(&broker, topic, total, Duration::from_secs(30))
