@@ -252,32 +252,43 @@ pub async fn run(
     };
     let mut generation = consumer.generation();
     while let Some(msg) = rx.recv().await {
+        // Only events batches see a rebalance: labels have a consumer of their own.
+        if matches!(msg, Msg::Events(_)) {
+            let now = consumer.generation();
+            if now != generation {
+                // A rebalance: every partition was revoked (eager
+                // protocol). Windows are rebuilt by replaying the
+                // partitions this instance holds now from their
+                // committed offsets; evaluations already delivered are
+                // recognised by the commit metadata and not sent again.
+                generation = now;
+                windows.clear();
+                policy.reset();
+                last.clear();
+                if let Some(l) = labelled.as_mut() {
+                    l.hw.clear();
+                }
+                let dropped = stats.window_keys.swap(0, Ordering::Relaxed);
+                stats.window_events.store(0, Ordering::Relaxed);
+                if dropped > 0 {
+                    tracing::info!(
+                        keys_dropped = dropped,
+                        "rebalance: windows dropped, to be rebuilt by replay"
+                    );
+                }
+                published = scan_published(&consumer, &p, &out_brokers, &out_props).await;
+            }
+        }
+        let out = Out {
+            consumer: &consumer,
+            producer: &producer,
+            p: &p,
+            stats: &stats,
+            observer: observer.as_ref(),
+            published: &published,
+        };
         let step = match msg {
             Msg::Events(work) => {
-                let now = consumer.generation();
-                if now != generation {
-                    // A rebalance: every partition was revoked (eager
-                    // protocol). Windows are rebuilt by replaying the
-                    // partitions this instance holds now from their
-                    // committed offsets; evaluations already delivered are
-                    // recognised by the commit metadata and not sent again.
-                    generation = now;
-                    windows.clear();
-                    policy.reset();
-                    last.clear();
-                    if let Some(l) = labelled.as_mut() {
-                        l.hw.clear();
-                    }
-                    let dropped = stats.window_keys.swap(0, Ordering::Relaxed);
-                    stats.window_events.store(0, Ordering::Relaxed);
-                    if dropped > 0 {
-                        tracing::info!(
-                            keys_dropped = dropped,
-                            "rebalance: windows dropped, to be rebuilt by replay"
-                        );
-                    }
-                    published = scan_published(&consumer, &p, &out_brokers, &out_props).await;
-                }
                 let in_flight = consumer.begin(work.generation);
                 let Some(_in_flight) = in_flight else {
                     // Read before the rebalance: read again from the committed offsets.
@@ -291,14 +302,6 @@ pub async fn run(
                         break;
                     }
                     continue;
-                };
-                let out = Out {
-                    consumer: &consumer,
-                    producer: &producer,
-                    p: &p,
-                    stats: &stats,
-                    observer: observer.as_ref(),
-                    published: &published,
                 };
                 process(
                     &mut stages,
@@ -314,14 +317,6 @@ pub async fn run(
             }
             Msg::Labels(records) => match (&labels_reader, labelled.as_mut()) {
                 (Some((lc, _)), Some(ls)) => {
-                    let out = Out {
-                        consumer: &consumer,
-                        producer: &producer,
-                        p: &p,
-                        stats: &stats,
-                        observer: observer.as_ref(),
-                        published: &published,
-                    };
                     process_labels(&stages, ls, lc, &out, records, &mut policy, &mut fault).await
                 }
                 _ => Ok(()),
@@ -715,11 +710,10 @@ async fn process_labels(
     let positions = last
         .iter()
         .map(|(p, o)| {
-            let next = needed.get(p).map_or(o + 1, |n| (*n).min(o + 1));
             (
                 *p,
                 Position {
-                    next,
+                    next: resume_at(&needed, *p, *o),
                     delivered: *o,
                     labelled: None,
                 },
@@ -915,6 +909,12 @@ fn already_delivered(consumer: &KafkaConsumer, due: &Due, labelled: bool) -> boo
     hw.is_some_and(|hw| o <= hw)
 }
 
+/// Where a restart must resume reading partition `p`: the oldest offset
+/// still `needed`, else after the `last` one read.
+fn resume_at(needed: &BTreeMap<i32, i64>, p: i32, last: i64) -> i64 {
+    needed.get(&p).map_or(last + 1, |n| (*n).min(last + 1))
+}
+
 /// Commits what the windows (and the label join) still need and what was
 /// delivered; first records the delivery of the `checkpoint` partitions
 /// (those with new evaluations) in the checkpoint topic, if there is one.
@@ -936,7 +936,7 @@ async fn commit(
     let positions: BTreeMap<i32, Position> = last
         .iter()
         .map(|(p, l)| {
-            let next = needed.get(p).map_or(l + 1, |n| (*n).min(l + 1));
+            let next = resume_at(&needed, *p, *l);
             // Never lower what an earlier run recorded as delivered.
             let mark = consumer.mark(*p);
             let delivered = mark.map_or(*l, |d| d.offset.max(*l));

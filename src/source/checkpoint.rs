@@ -24,19 +24,15 @@ use serde::{Deserialize, Serialize};
 use super::kafka::Delivered;
 
 /// One checkpoint record: in `group`, partition `partition` of `topic` has
-/// its evaluations delivered up to offset `delivered` (inclusive), as of
-/// `at_ms` (absent in marks of earlier versions).
+/// the delivery mark `mark` (its fields inline: `delivered`, and `at_ms` and
+/// `labelled` where known).
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Mark {
     group: String,
     topic: String,
     partition: i32,
-    delivered: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    at_ms: Option<i64>,
-    /// Labelled-window evaluations delivered up to this event offset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    labelled: Option<i64>,
+    #[serde(flatten)]
+    mark: Delivered,
 }
 
 /// Writes and reads the delivery marks of one consumer group on one topic.
@@ -172,9 +168,7 @@ impl Checkpoints {
                 group: self.group.clone(),
                 topic: self.source_topic.clone(),
                 partition,
-                delivered: d.offset,
-                at_ms: d.at_ms,
-                labelled: d.labelled,
+                mark: d,
             };
             // The key names the partition's mark: compaction keeps the last.
             let key = serde_json::to_vec(&(&m.group, &m.topic, m.partition)).unwrap_or_default();
@@ -216,13 +210,8 @@ impl Checkpoints {
                 .and_then(|b| serde_json::from_slice::<Mark>(b).ok())
                 .filter(|k| k.group == self.group && k.topic == self.source_topic)
             {
-                let d = Delivered {
-                    offset: mark.delivered,
-                    at_ms: mark.at_ms,
-                    labelled: mark.labelled,
-                };
-                let e = marks.entry(mark.partition).or_insert(d);
-                *e = (*e).max(d);
+                let e = marks.entry(mark.partition).or_insert(mark.mark);
+                *e = (*e).max(mark.mark);
             }
         })
         .map_err(|e| match e {
@@ -247,6 +236,36 @@ mod tests {
             at_ms: Some(at),
             labelled: None,
         }
+    }
+
+    /// The record's JSON: the mark's fields inline, the unknown ones left out;
+    /// a record of an earlier version (no time) still reads.
+    #[test]
+    fn mark_records_keep_their_format() {
+        let m = Mark {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 2,
+            mark: Delivered {
+                labelled: Some(5),
+                ..m(9, 7)
+            },
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            json,
+            r#"{"group":"g","topic":"t","partition":2,"delivered":9,"at_ms":7,"labelled":5}"#
+        );
+        assert_eq!(serde_json::from_str::<Mark>(&json).unwrap(), m);
+        let old: Mark = serde_json::from_str(r#"{"group":"g","topic":"t","partition":2,"delivered":9}"#).unwrap();
+        assert_eq!(
+            old.mark,
+            Delivered {
+                offset: 9,
+                at_ms: None,
+                labelled: None
+            }
+        );
     }
 
     /// Marks written are read back, highest per partition (of equal ones

@@ -35,10 +35,14 @@ const META_PREFIX: &str = "dw1:hw=";
 /// delivered, and evaluations of the labelled windows (late labels) ending at
 /// or before `labelled`, as recorded at `at_ms` (wall clock, epoch ms;
 /// `None` in marks written before driftwatch recorded the time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Serialized as in a checkpoint record: `delivered`, `at_ms`, `labelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Delivered {
+    #[serde(rename = "delivered")]
     pub offset: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labelled: Option<i64>,
 }
 
@@ -453,13 +457,8 @@ impl KafkaConsumer {
         })
     }
 
-    /// Last delivered offset of a partition from an earlier run (commit
-    /// metadata and checkpoints), read when it was assigned.
-    pub fn delivered(&self, partition: i32) -> Option<i64> {
-        self.mark(partition).map(|d| d.offset)
-    }
-
-    /// The partition's mark from an earlier run (see [`Self::delivered`]).
+    /// The partition's delivery mark from an earlier run (commit metadata
+    /// and checkpoints), read when it was assigned.
     pub fn mark(&self, partition: i32) -> Option<Delivered> {
         self.shared
             .lock()
