@@ -111,8 +111,10 @@ pub struct AlertPolicy {
     state: std::collections::HashMap<(String, String), PolicyState>,
 }
 
-#[derive(Debug, Default)]
-struct PolicyState {
+/// One detector's memory for one key: the last `m` drift flags, oldest
+/// first, and the evaluations left in its cooldown.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct PolicyState {
     recent: std::collections::VecDeque<bool>,
     quiet_left: usize,
 }
@@ -134,10 +136,33 @@ impl AlertPolicy {
         self.m > 1 || self.cooldown > 0
     }
 
-    /// Forgets every key's memory: after a rebalance the windows are replayed
-    /// and the replayed evaluations rebuild it.
-    pub fn reset(&mut self) {
-        self.state.clear();
+    /// Forgets every key's memory of `detectors`: after a rebalance their
+    /// windows are restored and replayed, which rebuilds it.
+    pub fn forget(&mut self, detectors: &[String]) {
+        self.state.retain(|(d, _), _| !detectors.contains(d));
+    }
+
+    /// What the memory depends on: memories saved under other rules are not restored.
+    pub fn config_id(&self) -> String {
+        format!("k={};m={};cooldown={}", self.k, self.m, self.cooldown)
+    }
+
+    /// The memory of `key` for each of `detectors` that has one.
+    pub fn export(&self, key: &str, detectors: &[String]) -> BTreeMap<String, PolicyState> {
+        detectors
+            .iter()
+            .filter_map(|d| {
+                let s = self.state.get(&(d.clone(), key.to_string()))?;
+                Some((d.clone(), s.clone()))
+            })
+            .collect()
+    }
+
+    /// Sets the memory of `key` (as [`Self::export`] gave it).
+    pub fn import(&mut self, key: &str, states: BTreeMap<String, PolicyState>) {
+        for (d, s) in states {
+            self.state.insert((d, key.to_string()), s);
+        }
     }
 
     /// Records one evaluation and says whether it alerts.
@@ -244,6 +269,16 @@ mod tests {
         let got: Vec<bool> = seq.iter().map(|d| p.decide("d", "k", *d)).collect();
         // 2 of 3 first met at index 2; then 2 quiet evaluations; index 5 fires again.
         assert_eq!(got, [false, false, true, false, false, true, false, false, false]);
+        // A memory exported after any evaluation and imported elsewhere
+        // (a restart) decides the rest of the sequence the same way.
+        for cut in 0..seq.len() {
+            let mut a = AlertPolicy::new(&cfg);
+            let head: Vec<bool> = seq[..cut].iter().map(|d| a.decide("d", "k", *d)).collect();
+            let mut b = AlertPolicy::new(&cfg);
+            b.import("k", a.export("k", &["d".to_string(), "absent".to_string()]));
+            let tail: Vec<bool> = seq[cut..].iter().map(|d| b.decide("d", "k", *d)).collect();
+            assert_eq!([head, tail].concat(), got, "cut at {cut}");
+        }
         // Keys are independent; the default policy alerts on every drift.
         assert!(!p.decide("d", "other", true));
         let mut plain = AlertPolicy::new(&AlertingConfig::default());

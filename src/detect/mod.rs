@@ -179,6 +179,11 @@ pub fn windows_schema(scored: &Schema) -> SchemaRef {
 }
 
 impl Detectors {
+    /// The detectors' names, in configuration order.
+    pub fn names(&self) -> Vec<String> {
+        self.planned.iter().map(|p| p.name.clone()).collect()
+    }
+
     /// Plans every detector against the schema of scored events.
     pub async fn new(scored: &Schema, detectors: &[DetectorConfig]) -> Result<Self, DetectError> {
         let schema = windows_schema(scored);

@@ -6,6 +6,7 @@
 //! only after every record that depends on them is delivered (acks=all).
 
 mod stages;
+mod states;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::source::checkpoint::{self, Checkpoints};
 use crate::source::file;
 use crate::source::kafka::{self, KafkaConsumer, Position};
 use crate::window::Due;
+use states::{KeyStates, Which};
 
 /// Failures of a run. Each says which stage and what.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,9 @@ struct Out<'a> {
     observer: Option<&'a Observer>,
     /// Evaluations a killed run delivered without a mark (see [`Published`]).
     published: &'a Published,
+    /// Key states of the event windows and of the labelled ones.
+    states: &'a KeyStates,
+    labelled_states: &'a KeyStates,
 }
 
 /// What the processing task receives.
@@ -238,6 +243,13 @@ pub async fn run(
 
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     let mut policy = crate::alert::AlertPolicy::new(&p.alerting);
+    let key_states = KeyStates::new(Which::Events, &windows, &policy, stages.detector_names(false));
+    let labelled_states = KeyStates::new(
+        Which::Labelled,
+        labelled.as_ref().map_or(&windows, |l| &l.windows),
+        &policy,
+        stages.detector_names(true),
+    );
     let mut published = Published::default();
     let mut fault = Fault::from_env()?;
     let mut result = Ok(());
@@ -263,10 +275,23 @@ pub async fn run(
                 // recognised by the commit metadata and not sent again.
                 generation = now;
                 windows.clear();
-                policy.reset();
+                key_states.forget(&mut policy);
                 last.clear();
+                let restored = key_states.restore(&consumer, &mut windows, &mut policy);
+                let mut restored_labelled = 0;
                 if let Some(l) = labelled.as_mut() {
                     l.hw.clear();
+                    // Kept over a rebalance (single instance); restored at start.
+                    if l.windows.key_count() == 0 {
+                        restored_labelled = labelled_states.restore(&consumer, &mut l.windows, &mut policy);
+                    }
+                }
+                if restored + restored_labelled > 0 {
+                    tracing::info!(
+                        keys = restored,
+                        labelled_keys = restored_labelled,
+                        "key states restored; windows rebuilt by replay"
+                    );
                 }
                 let dropped = stats.window_keys.swap(0, Ordering::Relaxed);
                 stats.window_events.store(0, Ordering::Relaxed);
@@ -286,6 +311,8 @@ pub async fn run(
             stats: &stats,
             observer: observer.as_ref(),
             published: &published,
+            states: &key_states,
+            labelled_states: &labelled_states,
         };
         let step = match msg {
             Msg::Events(work) => {
@@ -341,6 +368,10 @@ pub async fn run(
     result?;
     read?;
     // Final synchronous commit of what is accounted for.
+    key_states.save(&consumer, &mut windows, &policy).await?;
+    if let Some(l) = labelled.as_mut() {
+        labelled_states.save(&consumer, &mut l.windows, &policy).await?;
+    }
     commit(&consumer, &windows, labelled.as_ref(), &last, CommitMode::Sync, &[]).await?;
     tracing::info!(pipeline = %p.name, received = stats.received.load(Ordering::Relaxed), alerts = stats.alerts.load(Ordering::Relaxed), "stopped");
     Ok(())
@@ -582,6 +613,10 @@ async fn process(
         vec![]
     };
     last.extend(work.last);
+    out.states.save(consumer, windows, policy).await?;
+    if let Some(ls) = labelled.as_deref_mut() {
+        out.labelled_states.save(consumer, &mut ls.windows, policy).await?;
+    }
     commit(
         consumer,
         windows,
@@ -704,6 +739,7 @@ async fn process_labels(
     if made > 0 {
         fault.delivered();
     }
+    out.labelled_states.save(out.consumer, &mut ls.windows, policy).await?;
     // Labels still needed to rebuild the join and the labelled windows are
     // read again after a restart.
     let needed = ls.join.labels_needed(&ls.windows.oldest_needed());

@@ -324,6 +324,16 @@ impl Stages {
         .ok()
     }
 
+    /// Names of the detectors on the event windows, or (`labelled`) on the
+    /// windows of events joined to their labels.
+    pub fn detector_names(&self, labelled: bool) -> Vec<String> {
+        match (labelled, &self.labelled) {
+            (false, _) => self.detectors.names(),
+            (true, Some(d)) => d.names(),
+            (true, None) => vec![],
+        }
+    }
+
     /// Runs the detectors on a window pair and builds the evaluation records.
     pub async fn evaluate(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
         self.evaluate_with(&self.detectors, due).await

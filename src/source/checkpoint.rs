@@ -9,6 +9,14 @@
 //! the checkpoint topic to its end and takes the highest mark recorded for
 //! its group, topic and partition: a mark is written only after what it
 //! covers was delivered, so the highest one is always true.
+//!
+//! The same topic holds each window key's state ([`KeyState`]): where its
+//! last evaluated window started, its evaluation count and the alert
+//! policy's memory. A partition holds many keys, and the committed offset is
+//! the oldest any of them needs; a restart replays from there, and each key
+//! skips the rows before its own window, so that its evaluation points and
+//! alerts are those of an uninterrupted run. Written after the evaluations
+//! it counts were delivered; the highest count per key is taken.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -22,6 +30,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
 use super::kafka::Delivered;
+use crate::alert::PolicyState;
+use crate::window::KeySnapshot;
 
 /// One checkpoint record: in `group`, partition `partition` of `topic` has
 /// the delivery mark `mark` (its fields inline: `delivered`, and `at_ms` and
@@ -33,6 +43,27 @@ struct Mark {
     partition: i32,
     #[serde(flatten)]
     mark: Delivered,
+}
+
+/// A window key's state, as a restart needs it (see the module doc).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyState {
+    /// Which windows: `events`, or `labelled` (the events joined to their labels).
+    pub windows: String,
+    /// The windows' and the alert policy's configuration when it was saved:
+    /// a state saved under another one is not restored.
+    pub config: String,
+    pub snapshot: KeySnapshot,
+    /// The alert policy's memory per detector of these windows.
+    pub policy: BTreeMap<String, PolicyState>,
+}
+
+/// One key-state record: `state` for `group` reading `topic`.
+#[derive(Debug, Serialize, Deserialize)]
+struct StateRecord {
+    group: String,
+    topic: String,
+    state: KeyState,
 }
 
 /// Writes and reads the delivery marks of one consumer group on one topic.
@@ -50,6 +81,8 @@ struct Reader {
     next: BTreeMap<i32, i64>,
     /// Highest mark seen per source partition (this group and topic only).
     marks: BTreeMap<i32, Delivered>,
+    /// Key states with the most evaluations, per windows and key (this group and topic only).
+    states: BTreeMap<(String, String), KeyState>,
 }
 
 /// Creates the checkpoint topic if it does not exist: one partition,
@@ -134,6 +167,7 @@ impl Checkpoints {
                 consumer,
                 next: BTreeMap::new(),
                 marks: BTreeMap::new(),
+                states: BTreeMap::new(),
             }),
         };
         let reader = c.reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,14 +213,35 @@ impl Checkpoints {
                 .map_err(|(e, _)| e)?;
             fs.push(f);
         }
-        for f in fs {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e),
-                Err(_) => return Err(KafkaError::Canceled),
-            }
+        delivered_all(fs).await
+    }
+
+    /// Records key states and waits until the broker has them.
+    pub async fn save_states(&self, states: &[KeyState]) -> KafkaResult<()> {
+        let mut fs = vec![];
+        for s in states {
+            // Compaction keeps each key's last state.
+            let key =
+                serde_json::to_vec(&(&self.group, &self.source_topic, &s.windows, &s.snapshot.key)).unwrap_or_default();
+            let body = serde_json::to_vec(&StateRecord {
+                group: self.group.clone(),
+                topic: self.source_topic.clone(),
+                state: s.clone(),
+            })
+            .unwrap_or_default();
+            let f = self
+                .producer
+                .send_result(FutureRecord::to(&self.topic).key(&key).payload(&body))
+                .map_err(|(e, _)| e)?;
+            fs.push(f);
         }
-        Ok(())
+        delivered_all(fs).await
+    }
+
+    /// The key states read by the last [`Self::delivered`].
+    pub fn states(&self) -> Vec<KeyState> {
+        let r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        r.states.values().cloned().collect()
     }
 
     /// The highest mark per source partition (of equal ones the latest),
@@ -203,11 +258,26 @@ impl Checkpoints {
             r.next.insert(p, next);
             end.insert(p, high);
         }
-        let Reader { consumer, next, marks } = &mut *r;
+        let Reader {
+            consumer,
+            next,
+            marks,
+            states,
+        } = &mut *r;
         super::kafka::read_range(consumer, &self.topic, next, end, deadline, |m| {
-            if let Some(mark) = m
-                .payload()
-                .and_then(|b| serde_json::from_slice::<Mark>(b).ok())
+            let Some(body) = m.payload() else { return };
+            if let Ok(rec) = serde_json::from_slice::<StateRecord>(body) {
+                if rec.group == self.group && rec.topic == self.source_topic {
+                    let k = (rec.state.windows.clone(), rec.state.snapshot.key.clone());
+                    match states.get(&k) {
+                        Some(s) if s.snapshot.evaluations > rec.state.snapshot.evaluations => {}
+                        _ => {
+                            states.insert(k, rec.state);
+                        }
+                    }
+                }
+            } else if let Some(mark) = serde_json::from_slice::<Mark>(body)
+                .ok()
                 .filter(|k| k.group == self.group && k.topic == self.source_topic)
             {
                 let e = marks.entry(mark.partition).or_insert(mark.mark);
@@ -223,6 +293,18 @@ impl Checkpoints {
         })?;
         Ok(marks.clone())
     }
+}
+
+/// Waits for every send; the first failure is returned.
+async fn delivered_all(fs: Vec<rdkafka::producer::DeliveryFuture>) -> KafkaResult<()> {
+    for f in fs {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e),
+            Err(_) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -311,6 +393,55 @@ mod tests {
         assert_eq!(
             other_group.delivered(Duration::from_secs(30)).unwrap(),
             BTreeMap::from([(0, m(99, 9)), (2, m(7, 9))])
+        );
+    }
+
+    fn state(windows: &str, key: &str, evaluations: u64) -> KeyState {
+        KeyState {
+            windows: windows.into(),
+            config: "c".into(),
+            snapshot: KeySnapshot {
+                key: key.into(),
+                evaluations,
+                anchor: BTreeMap::from([(1, 10 * evaluations as i64)]),
+            },
+            policy: BTreeMap::new(),
+        }
+    }
+
+    /// Key states share the topic with the marks: read back with the most
+    /// evaluations per windows and key (an older state arriving last does
+    /// not win), this group and topic only, and the marks are unaffected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn key_states_are_read_back_most_evaluations_per_key() {
+        let b = Broker::start(1).unwrap();
+        b.create_topic("cp", 1).unwrap();
+        let none = BTreeMap::new();
+        let w = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
+        let other = Checkpoints::new(&b.bootstrap(), &none, "cp", "h", "events").unwrap();
+        w.save_states(&[state("events", "a", 1), state("events", "b", 2)])
+            .await
+            .unwrap();
+        w.record([(1, m(20, 2))]).await.unwrap();
+        w.save_states(&[state("events", "a", 3), state("labelled", "a", 1)])
+            .await
+            .unwrap();
+        w.save_states(&[state("events", "a", 2)]).await.unwrap();
+        other.save_states(&[state("events", "a", 9)]).await.unwrap();
+        let late = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
+        assert_eq!(
+            late.delivered(Duration::from_secs(30)).unwrap(),
+            BTreeMap::from([(1, m(20, 2))])
+        );
+        let mut got = late.states();
+        got.sort_by(|x, y| (&x.windows, &x.snapshot.key).cmp(&(&y.windows, &y.snapshot.key)));
+        assert_eq!(
+            got,
+            [
+                state("events", "a", 3),
+                state("events", "b", 2),
+                state("labelled", "a", 1)
+            ]
         );
     }
 

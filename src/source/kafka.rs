@@ -512,6 +512,27 @@ impl KafkaConsumer {
         Ok(())
     }
 
+    /// Saves key states in the checkpoint topic; `false` without one.
+    pub async fn save_states(&self, states: &[super::checkpoint::KeyState]) -> KafkaResult<bool> {
+        match &self.checkpoints {
+            Some(c) => c.save_states(states).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Key states saved by earlier runs (read when partitions were
+    /// assigned), of the keys whose partitions are all assigned now.
+    pub fn states(&self) -> Vec<super::checkpoint::KeyState> {
+        let Some(c) = &self.checkpoints else {
+            return vec![];
+        };
+        let assigned = self.assignment();
+        c.states()
+            .into_iter()
+            .filter(|s| !s.snapshot.anchor.is_empty() && s.snapshot.anchor.keys().all(|p| assigned.contains(p)))
+            .collect()
+    }
+
     /// Commits, per partition, `next` (where a restart must resume reading)
     /// and `delivered` (the last offset whose evaluations are delivered),
     /// stamped with the time now.

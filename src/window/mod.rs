@@ -8,8 +8,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::arrow::error::ArrowError;
 use serde::Serialize;
@@ -63,12 +63,27 @@ struct KeyState {
     /// Oldest offset per partition of the current window at the last
     /// evaluation. A replay must start there, not at the oldest row held
     /// now: the window then fills exactly at the last evaluation's end, and
-    /// later evaluations fall where an uninterrupted run puts them. Exact
-    /// for one key per partition; a key sharing its partition with a key
-    /// whose anchor is older replays rows from before its own anchor, which
-    /// shifts its evaluation points (a `first` reference replays every key
-    /// from its first event, so it is exact).
+    /// later evaluations fall where an uninterrupted run puts them.
     anchor: BTreeMap<i32, i64>,
+    /// Restored from a snapshot ([`Windows::restore`]): the replay refills
+    /// the current window from `anchor` without evaluating (that evaluation
+    /// was made and delivered before the snapshot), skipping this key's
+    /// rows before the anchor, which other keys of the partition need.
+    refilling: bool,
+    /// Evaluations covered by the last snapshot saved.
+    saved: u64,
+}
+
+/// What a restart needs to rebuild a key's windows from a replay that starts
+/// at the committed offset, which may lie before the key's own anchor (other
+/// keys of the partition need older rows): the evaluation count and where
+/// the last evaluated current window started.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct KeySnapshot {
+    pub key: String,
+    pub evaluations: u64,
+    /// Per partition: first offset of the current window at evaluation `evaluations`.
+    pub anchor: BTreeMap<i32, i64>,
 }
 
 /// All windows of a pipeline.
@@ -115,6 +130,64 @@ impl Windows {
     /// Number of keys with state.
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// What the windows' evaluation points depend on: snapshots saved under
+    /// another configuration are not restored.
+    pub fn config_id(&self) -> String {
+        let reference = match &self.reference {
+            ReferenceMode::First(n) => format!("first:{n}"),
+            ReferenceMode::Fixed(b) => format!("fixed:{}", b.iter().map(|b| b.num_rows()).sum::<usize>()),
+        };
+        format!(
+            "key={};reference={reference};size={};slide={}",
+            self.key_col.as_deref().unwrap_or(""),
+            self.size,
+            self.slide
+        )
+    }
+
+    /// Snapshots of the keys evaluated since their last saved one.
+    pub fn unsaved(&self) -> Vec<KeySnapshot> {
+        let mut out: Vec<KeySnapshot> = self
+            .keys
+            .iter()
+            .filter(|(_, st)| st.evaluations > st.saved)
+            .map(|(k, st)| KeySnapshot {
+                key: k.clone(),
+                evaluations: st.evaluations,
+                anchor: st.anchor.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// `snaps` are stored: not returned by [`Self::unsaved`] again.
+    pub fn saved(&mut self, snaps: &[KeySnapshot]) {
+        for s in snaps {
+            if let Some(st) = self.keys.get_mut(&s.key) {
+                st.saved = st.saved.max(s.evaluations);
+            }
+        }
+    }
+
+    /// Seeds keys from snapshots before a replay (after [`Self::clear`]).
+    /// A `first` reference is still rebuilt from the replayed rows, which
+    /// `oldest_needed` keeps in reach.
+    pub fn restore(&mut self, snaps: impl IntoIterator<Item = KeySnapshot>) {
+        for s in snaps.into_iter().filter(|s| s.evaluations > 0) {
+            self.keys.insert(
+                s.key,
+                KeyState {
+                    evaluations: s.evaluations,
+                    saved: s.evaluations,
+                    anchor: s.anchor,
+                    refilling: true,
+                    ..Default::default()
+                },
+            );
+        }
     }
 
     /// Adds a scored batch; returns the evaluations that became due, in order.
@@ -174,6 +247,9 @@ impl Windows {
             st.ref_rows += take;
             part = part.slice(take, part.num_rows() - take);
         }
+        if st.refilling && part.num_rows() > 0 {
+            part = rows_from(&part, &st.anchor)?;
+        }
         while part.num_rows() > 0 {
             // Rows until the next evaluation point.
             let need = if st.cur_rows < size {
@@ -184,12 +260,17 @@ impl Windows {
             let take = need.min(part.num_rows());
             st.current.push_back(part.slice(0, take));
             st.cur_rows += take;
-            if st.evaluations > 0 {
+            if st.evaluations > 0 && !st.refilling {
                 st.since_eval += take;
             }
             part = part.slice(take, part.num_rows() - take);
             trim_front(&mut st.current, &mut st.cur_rows, size);
             let full = st.cur_rows == size;
+            if full && st.refilling {
+                // Back where the snapshot was taken.
+                st.refilling = false;
+                continue;
+            }
             let first = full && st.evaluations == 0;
             if full && (first || st.since_eval >= slide) {
                 st.since_eval = 0;
@@ -238,6 +319,21 @@ impl Windows {
         }
         out
     }
+}
+
+/// The rows of `b` at or after `from`'s offset for their partition.
+fn rows_from(b: &RecordBatch, from: &BTreeMap<i32, i64>) -> Result<RecordBatch, ArrowError> {
+    let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else {
+        return Ok(b.clone());
+    };
+    let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
+    let keep: BooleanArray = (0..b.num_rows())
+        .map(|i| Some(from.get(&p.value(i)).is_none_or(|f| o.value(i) >= *f)))
+        .collect();
+    if keep.true_count() == b.num_rows() {
+        return Ok(b.clone());
+    }
+    filter_record_batch(b, &keep)
 }
 
 /// Drops rows from the front until at most `size` remain.
@@ -348,51 +444,87 @@ mod tests {
         assert_eq!(a.iter().filter(|d| d.0 == "a").count(), 8);
     }
 
-    /// A restart replays from the committed offset (`oldest_needed`, or
-    /// the next offset) with empty windows, and suppresses evaluations
-    /// ending at or before the last offset read: at every cut point of the
-    /// stream, the evaluations after it are exactly those of an uninterrupted
-    /// run — for a fixed reference (only the current window is replayed)
-    /// and for sliding windows that overlap.
+    /// A restart restores the key states saved at some earlier point (the
+    /// last batch whose evaluations were delivered), replays from the
+    /// offset committed then (`oldest_needed`, or the next offset) and
+    /// suppresses evaluations ending at or before the last offset read: at
+    /// every pair of points, the evaluations after them are exactly those
+    /// of an uninterrupted run, with the same numbers — for keys sharing a
+    /// partition at different rates, a fixed or a first-events reference,
+    /// and sliding windows that overlap.
     #[test]
-    fn a_replay_from_the_committed_offset_keeps_the_evaluation_points() {
+    fn a_restore_and_replay_from_the_committed_offset_keeps_the_evaluation_points() {
         let cases = [
             (ReferenceMode::Fixed(vec![batch(&["a"; 4], 0)]), 6, 4),
             (ReferenceMode::Fixed(vec![batch(&["a"; 4], 0)]), 5, 5),
+            (ReferenceMode::Fixed(vec![batch(&["a"; 4], 0)]), 4, 1),
             (ReferenceMode::First(3), 6, 4),
+            (ReferenceMode::First(5), 4, 3),
         ];
+        // Three keys in one partition, at different rates.
+        let keys: Vec<&str> = (0..120)
+            .map(|i| match i % 6 {
+                0 | 2 | 4 => "a",
+                1 | 5 => "b",
+                _ => "c",
+            })
+            .collect();
         for (reference, size, slide) in cases {
             let fresh = || Windows::new(Some("k".into()), None, reference.clone(), size, slide);
-            // One key in the partition. With several, each key would have to
-            // skip the replayed rows before its own anchor, which a restart
-            // does not know (see `KeyState::anchor`).
-            let keys = ["a"; 60];
-            let ends = |w: &mut Windows, from: usize| -> Vec<(String, i64)> {
+            let ends = |w: &mut Windows, from: usize| -> Vec<(String, i64, u64)> {
                 let mut out = vec![];
                 for (c, chunk) in keys[from..].chunks(3).enumerate() {
                     for d in w.push(&batch(chunk, (from + c * 3) as i64)).unwrap() {
-                        out.push((d.key, d.coords.end.1));
+                        out.push((d.key, d.coords.end.1, d.coords.evaluation));
                     }
                 }
                 out
             };
             let all = ends(&mut fresh(), 0);
-            assert!(all.len() > 10, "{all:?}");
-            for cut in (3..60).step_by(3) {
+            assert!(all.len() > 20, "{all:?}");
+            for saved_at in (3..120).step_by(3) {
+                // Saved, and committed, after the batch ending at `saved_at`.
                 let mut w = fresh();
-                for (c, chunk) in keys[..cut].chunks(3).enumerate() {
+                for (c, chunk) in keys[..saved_at].chunks(3).enumerate() {
                     w.push(&batch(chunk, (c * 3) as i64)).unwrap();
                 }
-                let last = cut as i64 - 1;
-                let from = w.oldest_needed().get(&0).map_or(cut as i64, |n| (*n).min(cut as i64));
-                let replayed: Vec<_> = ends(&mut fresh(), from as usize)
-                    .into_iter()
-                    .filter(|(_, end)| *end > last)
-                    .collect();
-                let want: Vec<_> = all.iter().filter(|(_, end)| *end > last).cloned().collect();
-                assert_eq!(replayed, want, "size {size}, slide {slide}, cut at {cut}");
+                let states = w.unsaved();
+                let from = w
+                    .oldest_needed()
+                    .get(&0)
+                    .map_or(saved_at as i64, |n| (*n).min(saved_at as i64)) as usize;
+                // Killed after delivering up to `read`, before the next save.
+                for read in (saved_at..=120).step_by(9) {
+                    let mut restored = fresh();
+                    restored.restore(states.clone());
+                    let last = read as i64 - 1;
+                    let replayed: Vec<_> = ends(&mut restored, from)
+                        .into_iter()
+                        .filter(|(_, end, _)| *end > last)
+                        .collect();
+                    let want: Vec<_> = all.iter().filter(|(_, end, _)| *end > last).cloned().collect();
+                    assert_eq!(
+                        replayed, want,
+                        "size {size}, slide {slide}, saved at {saved_at}, read to {read}"
+                    );
+                }
             }
         }
+    }
+
+    /// Saved states are not returned again; new evaluations make them due.
+    #[test]
+    fn unsaved_lists_keys_evaluated_since_their_last_save() {
+        let mut w = Windows::new(Some("k".into()), None, ReferenceMode::First(2), 2, 1);
+        w.push(&batch(&["a", "a", "a", "a", "b"], 0)).unwrap();
+        let s = w.unsaved();
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].key.as_str(), s[0].evaluations), ("a", 1));
+        assert_eq!(s[0].anchor, BTreeMap::from([(0, 2)]));
+        w.saved(&s);
+        assert!(w.unsaved().is_empty());
+        w.push(&batch(&["a"], 5)).unwrap();
+        assert_eq!(w.unsaved()[0].evaluations, 2);
     }
 
     #[test]

@@ -1,0 +1,106 @@
+//! Saving and restoring the windows' key states (DESIGN §5).
+//!
+//! The committed offset of a partition is the oldest one any of its keys
+//! still needs, so a restart replays rows that keys with a younger window
+//! had already let go. Each key's state — where its last evaluated window
+//! started, its evaluation count, the alert policy's memory — is saved in
+//! the checkpoint topic once that evaluation is delivered, and restored
+//! before the replay: the key then skips the rows before its window and
+//! evaluates where an uninterrupted run does, with the same alert decisions.
+
+use crate::alert::AlertPolicy;
+use crate::source::checkpoint::KeyState;
+use crate::source::kafka::KafkaConsumer;
+use crate::window::Windows;
+
+use super::RuntimeError;
+
+/// Which windows a state belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Which {
+    Events,
+    Labelled,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Events => "events",
+            Which::Labelled => "labelled",
+        }
+    }
+}
+
+/// The detectors and configuration of one set of windows.
+pub(super) struct KeyStates {
+    which: Which,
+    config: String,
+    detectors: Vec<String>,
+}
+
+impl KeyStates {
+    pub(super) fn new(which: Which, windows: &Windows, policy: &AlertPolicy, detectors: Vec<String>) -> Self {
+        Self {
+            which,
+            config: format!("{};{}", windows.config_id(), policy.config_id()),
+            detectors,
+        }
+    }
+
+    /// Forgets the policy's memory of these windows' detectors (the windows
+    /// were dropped).
+    pub(super) fn forget(&self, policy: &mut AlertPolicy) {
+        policy.forget(&self.detectors);
+    }
+
+    /// Seeds `windows` (empty) and the policy with the states saved for the
+    /// keys whose partitions are all assigned now; returns how many.
+    pub(super) fn restore(&self, consumer: &KafkaConsumer, windows: &mut Windows, policy: &mut AlertPolicy) -> usize {
+        let mut skipped = 0;
+        let mut snaps = vec![];
+        for s in consumer.states().into_iter().filter(|s| s.windows == self.which.name()) {
+            if s.config != self.config {
+                skipped += 1;
+                continue;
+            }
+            policy.import(&s.snapshot.key, s.policy);
+            snaps.push(s.snapshot);
+        }
+        if skipped > 0 {
+            tracing::warn!(windows = self.which.name(), keys = skipped, saved = %self.config,
+                "key states saved under another window or alerting configuration are not restored: those keys are rebuilt from the replay alone");
+        }
+        let n = snaps.len();
+        windows.restore(snaps);
+        n
+    }
+
+    /// Saves the states of the keys evaluated since their last save; their
+    /// evaluations must be delivered.
+    pub(super) async fn save(
+        &self,
+        consumer: &KafkaConsumer,
+        windows: &mut Windows,
+        policy: &AlertPolicy,
+    ) -> Result<(), RuntimeError> {
+        let snaps = windows.unsaved();
+        if snaps.is_empty() {
+            return Ok(());
+        }
+        let states: Vec<KeyState> = snaps
+            .iter()
+            .map(|s| KeyState {
+                windows: self.which.name().to_string(),
+                config: self.config.clone(),
+                policy: policy.export(&s.key, &self.detectors),
+                snapshot: s.clone(),
+            })
+            .collect();
+        consumer
+            .save_states(&states)
+            .await
+            .map_err(super::kafka_err("saving key states"))?;
+        windows.saved(&snaps);
+        Ok(())
+    }
+}
