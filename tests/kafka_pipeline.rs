@@ -161,9 +161,23 @@ async fn restart_resumes_from_committed_offsets_without_resending_alerts() {
     run_pipeline(&p, 1000, "g-restart").await;
     let first = read_topic(&broker, "restart-alerts", 1, Duration::from_secs(10));
     assert_eq!(first.len(), 1, "one shifted window evaluated before the stop");
-    // The restart reads the rest (it replays the reference from the
-    // committed offset, restores the key's state and skips to its window).
-    let stats = run_pipeline(&p, 1500, "g-restart").await;
+    // The reference (offsets 0–299) was saved with the key's state: the
+    // commit moved past it, to the start of the last evaluated window, so
+    // a restart need not replay the topic from its start (nor find events
+    // that retention deleted).
+    let c: rdkafka::consumer::BaseConsumer = broker.client_config().set("group.id", "g-restart").create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition("restart", 0);
+    let committed = rdkafka::consumer::Consumer::committed_offsets(&c, tpl, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        committed.elements()[0].offset(),
+        rdkafka::Offset::Offset(600),
+        "committed at the last evaluated window (600–899), past the reference"
+    );
+    // The restart restores the key's state and reference and replays from
+    // the committed offset: the alerts are those of an uninterrupted run.
+    // It reads the 900 events from offset 600 on.
+    let stats = run_pipeline(&p, 900, "g-restart").await;
     assert_eq!(
         stats.evaluations.load(std::sync::atomic::Ordering::Relaxed),
         2,
@@ -244,14 +258,15 @@ async fn sigterm_finishes_delivers_commits_and_exits_zero() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(status.code(), Some(0));
-    // Committed: the oldest offset a window still holds (the reference starts at 0),
-    // and the last offset whose evaluations were delivered.
+    // Committed: the oldest offset a window still holds (the current window
+    // evaluated last, 300–599; the reference, 0–299, was saved with the
+    // key's state), and the last offset whose evaluations were delivered.
     let c: BaseConsumer = broker.client_config().set("group.id", "g-term").create().unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition("term", 0);
     let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     let e = &committed.elements()[0];
-    assert_eq!(e.offset(), rdkafka::Offset::Offset(0));
+    assert_eq!(e.offset(), rdkafka::Offset::Offset(300));
     // With the time of the mark (epoch ms), which bounds the search for
     // evaluations delivered after it.
     let (hw, at) = e.metadata().split_once(";at=").expect("dw1:hw=N;at=MS");

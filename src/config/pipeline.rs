@@ -160,7 +160,11 @@ pub struct SourceSpec {
     /// the same mark, but a group that is rebalancing refuses commits and
     /// some brokers (tansu 0.6) drop the metadata. `null` keeps the mark in
     /// the commit metadata only. The marks outlive the group's offsets: to
-    /// evaluate a topic afresh, use a new group id.
+    /// evaluate a topic afresh, use a new group id. It also holds each window
+    /// key's state (last window start, evaluation count, alert-policy memory,
+    /// `first` reference), which a restart restores so that it replays only
+    /// the open windows; without it, a `first` reference keeps the commit at
+    /// each key's first event.
     #[serde(default, deserialize_with = "explicit")]
     pub checkpoint_topic: Option<Option<String>>,
     /// file: path of a `.jsonl` or `.parquet` file, relative to the pipeline file.

@@ -243,12 +243,14 @@ pub async fn run(
 
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     let mut policy = crate::alert::AlertPolicy::new(&p.alerting);
-    let key_states = KeyStates::new(Which::Events, &windows, &policy, stages.detector_names(false));
+    let scoring = stages.scoring_id();
+    let key_states = KeyStates::new(Which::Events, &windows, &policy, stages.detector_names(false), &scoring);
     let labelled_states = KeyStates::new(
         Which::Labelled,
         labelled.as_ref().map_or(&windows, |l| &l.windows),
         &policy,
         stages.detector_names(true),
+        &scoring,
     );
     let mut published = Published::default();
     let mut fault = Fault::from_env()?;

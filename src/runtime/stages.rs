@@ -324,6 +324,16 @@ impl Stages {
         .ok()
     }
 
+    /// What the scored events depend on (the model file and the scored
+    /// schema): saved window states, whose `first` references hold scored
+    /// events, are restored only under the same.
+    pub fn scoring_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let model = self.model.as_ref().map_or("none", |m| m.identity().sha256.as_str());
+        let schema = Sha256::digest(format!("{:?}", self.scored_schema.fields()).as_bytes());
+        format!("model={model};schema={}", hex::encode(&schema[..8]))
+    }
+
     /// Names of the detectors on the event windows, or (`labelled`) on the
     /// windows of events joined to their labels.
     pub fn detector_names(&self, labelled: bool) -> Vec<String> {

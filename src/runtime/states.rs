@@ -7,6 +7,8 @@
 //! the checkpoint topic once that evaluation is delivered, and restored
 //! before the replay: the key then skips the rows before its window and
 //! evaluates where an uninterrupted run does, with the same alert decisions.
+//! A `first` reference is saved with the key's first state, so the commit
+//! moves on past the key's first events.
 
 use crate::alert::AlertPolicy;
 use crate::source::checkpoint::KeyState;
@@ -39,10 +41,17 @@ pub(super) struct KeyStates {
 }
 
 impl KeyStates {
-    pub(super) fn new(which: Which, windows: &Windows, policy: &AlertPolicy, detectors: Vec<String>) -> Self {
+    /// `scoring`: what the scored events depend on ([`super::Stages::scoring_id`]).
+    pub(super) fn new(
+        which: Which,
+        windows: &Windows,
+        policy: &AlertPolicy,
+        detectors: Vec<String>,
+        scoring: &str,
+    ) -> Self {
         Self {
             which,
-            config: format!("{};{}", windows.config_id(), policy.config_id()),
+            config: format!("{};{};{scoring}", windows.config_id(), policy.config_id()),
             detectors,
         }
     }
@@ -83,6 +92,11 @@ impl KeyStates {
         windows: &mut Windows,
         policy: &AlertPolicy,
     ) -> Result<(), RuntimeError> {
+        // Without a checkpoint topic nothing is saved, and nothing may count
+        // as saved: a `first` reference then holds the commit.
+        if !consumer.has_checkpoints() {
+            return Ok(());
+        }
         let snaps = windows.unsaved();
         if snaps.is_empty() {
             return Ok(());
@@ -96,11 +110,13 @@ impl KeyStates {
                 snapshot: s.clone(),
             })
             .collect();
-        consumer
+        if consumer
             .save_states(&states)
             .await
-            .map_err(super::kafka_err("saving key states"))?;
-        windows.saved(&snaps);
+            .map_err(super::kafka_err("saving key states"))?
+        {
+            windows.saved(&snaps);
+        }
         Ok(())
     }
 }

@@ -17,6 +17,10 @@
 //! skips the rows before its own window, so that its evaluation points and
 //! alerts are those of an uninterrupted run. Written after the evaluations
 //! it counts were delivered; the highest count per key is taken.
+//!
+//! A `first` reference is saved once per key, in records of its own: a JSON
+//! header line, then the rows as an Arrow IPC stream, in chunks of at most
+//! [`REFERENCE_CHUNK_BYTES`] (brokers refuse messages over 1 MB by default).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -28,6 +32,12 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
 
 use super::kafka::Delivered;
 use crate::alert::PolicyState;
@@ -58,6 +68,67 @@ pub struct KeyState {
     pub policy: BTreeMap<String, PolicyState>,
 }
 
+/// Most bytes of Arrow IPC in one reference record.
+pub const REFERENCE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Header of a reference record (its first line); the rest is Arrow IPC.
+#[derive(Debug, Serialize, Deserialize)]
+struct ReferenceHeader {
+    group: String,
+    topic: String,
+    windows: String,
+    key: String,
+    config: String,
+    chunk: usize,
+    chunks: usize,
+}
+
+/// A key's reference as read back, chunk by chunk.
+#[derive(Debug, Default)]
+struct ReferenceChunks {
+    config: String,
+    chunks: usize,
+    parts: BTreeMap<usize, Vec<u8>>,
+}
+
+/// `batches` as Arrow IPC streams of about `limit` bytes at most each
+/// (a single row larger than that makes a larger chunk).
+fn encode_reference(batches: &[RecordBatch], limit: usize) -> Result<Vec<Vec<u8>>, ArrowError> {
+    let Some(first) = batches.first() else {
+        return Ok(vec![]);
+    };
+    let all = concat_batches(&first.schema(), batches)?;
+    let encode = |b: &RecordBatch| -> Result<Vec<u8>, ArrowError> {
+        let mut w = StreamWriter::try_new(Vec::new(), &b.schema())?;
+        w.write(b)?;
+        w.into_inner()
+    };
+    let whole = encode(&all)?;
+    let rows = all.num_rows().max(1);
+    let mut chunks = whole.len().div_ceil(limit.max(1)).max(1);
+    loop {
+        let per = rows.div_ceil(chunks);
+        let out: Vec<Vec<u8>> = (0..all.num_rows())
+            .step_by(per)
+            .map(|at| encode(&all.slice(at, per.min(all.num_rows() - at))))
+            .collect::<Result<_, _>>()?;
+        if per == 1 || out.iter().all(|c| c.len() <= limit) {
+            return Ok(out);
+        }
+        chunks *= 2;
+    }
+}
+
+fn decode_reference(parts: &BTreeMap<usize, Vec<u8>>) -> Result<Vec<RecordBatch>, ArrowError> {
+    let mut out = vec![];
+    for bytes in parts.values() {
+        for b in StreamReader::try_new(std::io::Cursor::new(bytes), None)? {
+            out.push(b?);
+        }
+    }
+    Ok(out)
+}
+
 /// One key-state record: `state` for `group` reading `topic`.
 #[derive(Debug, Serialize, Deserialize)]
 struct StateRecord {
@@ -83,6 +154,8 @@ struct Reader {
     marks: BTreeMap<i32, Delivered>,
     /// Key states with the most evaluations, per windows and key (this group and topic only).
     states: BTreeMap<(String, String), KeyState>,
+    /// `first` references per windows and key (this group and topic only).
+    references: BTreeMap<(String, String), ReferenceChunks>,
 }
 
 /// Creates the checkpoint topic if it does not exist: one partition,
@@ -168,6 +241,7 @@ impl Checkpoints {
                 next: BTreeMap::new(),
                 marks: BTreeMap::new(),
                 states: BTreeMap::new(),
+                references: BTreeMap::new(),
             }),
         };
         let reader = c.reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,9 +290,45 @@ impl Checkpoints {
         delivered_all(fs).await
     }
 
-    /// Records key states and waits until the broker has them.
+    /// Records key states (with the references they carry, first) and
+    /// waits until the broker has them.
     pub async fn save_states(&self, states: &[KeyState]) -> KafkaResult<()> {
         let mut fs = vec![];
+        for s in states.iter().filter(|s| !s.snapshot.reference.is_empty()) {
+            let chunks = encode_reference(&s.snapshot.reference, REFERENCE_CHUNK_BYTES).map_err(|e| {
+                tracing::error!(key = %s.snapshot.key, error = %e, "cannot encode the reference as Arrow IPC to save it");
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::InvalidRecord)
+            })?;
+            for (i, bytes) in chunks.iter().enumerate() {
+                let header = ReferenceHeader {
+                    group: self.group.clone(),
+                    topic: self.source_topic.clone(),
+                    windows: s.windows.clone(),
+                    key: s.snapshot.key.clone(),
+                    config: s.config.clone(),
+                    chunk: i,
+                    chunks: chunks.len(),
+                };
+                let key = serde_json::to_vec(&(
+                    &self.group,
+                    &self.source_topic,
+                    &s.windows,
+                    &s.snapshot.key,
+                    "reference",
+                    i,
+                ))
+                .unwrap_or_default();
+                let mut body = serde_json::to_vec(&header).unwrap_or_default();
+                body.push(b'\n');
+                body.extend_from_slice(bytes);
+                let f = self
+                    .producer
+                    .send_result(FutureRecord::to(&self.topic).key(&key).payload(&body))
+                    .map_err(|(e, _)| e)?;
+                fs.push(f);
+            }
+        }
+        delivered_all(std::mem::take(&mut fs)).await?;
         for s in states {
             // Compaction keeps each key's last state.
             let key =
@@ -238,10 +348,39 @@ impl Checkpoints {
         delivered_all(fs).await
     }
 
-    /// The key states read by the last [`Self::delivered`].
+    /// The key states read by the last [`Self::delivered`], each with its
+    /// `first` reference if one was saved under the same configuration.
     pub fn states(&self) -> Vec<KeyState> {
         let r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        r.states.values().cloned().collect()
+        let mut out = vec![];
+        for (k, st) in &r.states {
+            let mut st = st.clone();
+            if st.snapshot.reference_rows > 0 {
+                let found = r
+                    .references
+                    .get(k)
+                    .filter(|c| c.config == st.config && c.parts.len() == c.chunks)
+                    .map(|c| decode_reference(&c.parts));
+                match found {
+                    Some(Ok(batches))
+                        if batches.iter().map(|b| b.num_rows()).sum::<usize>() == st.snapshot.reference_rows =>
+                    {
+                        st.snapshot.reference = batches;
+                    }
+                    other => {
+                        let why = match other {
+                            Some(Err(e)) => e.to_string(),
+                            Some(Ok(_)) => "a different number of rows".into(),
+                            None => "not found (or incomplete)".into(),
+                        };
+                        tracing::warn!(topic = %self.topic, windows = %st.windows, key = %st.snapshot.key, why,
+                            "saved reference not read back: the key's reference is rebuilt from its first replayed events, which may not be the original ones");
+                    }
+                }
+            }
+            out.push(st);
+        }
+        out
     }
 
     /// The highest mark per source partition (of equal ones the latest),
@@ -263,10 +402,29 @@ impl Checkpoints {
             next,
             marks,
             states,
+            references,
         } = &mut *r;
         super::kafka::read_range(consumer, &self.topic, next, end, deadline, |m| {
             let Some(body) = m.payload() else { return };
-            if let Ok(rec) = serde_json::from_slice::<StateRecord>(body) {
+            if let Some((header, ipc)) = body.iter().position(|b| *b == b'\n').and_then(|i| {
+                Some((
+                    serde_json::from_slice::<ReferenceHeader>(&body[..i]).ok()?,
+                    &body[i + 1..],
+                ))
+            }) {
+                if header.group == self.group && header.topic == self.source_topic {
+                    let e = references.entry((header.windows, header.key)).or_default();
+                    // A newer save (another configuration) replaces what was read.
+                    if e.config != header.config || e.chunks != header.chunks {
+                        *e = ReferenceChunks {
+                            config: header.config,
+                            chunks: header.chunks,
+                            parts: BTreeMap::new(),
+                        };
+                    }
+                    e.parts.insert(header.chunk, ipc.to_vec());
+                }
+            } else if let Ok(rec) = serde_json::from_slice::<StateRecord>(body) {
                 if rec.group == self.group && rec.topic == self.source_topic {
                     let k = (rec.state.windows.clone(), rec.state.snapshot.key.clone());
                     match states.get(&k) {
@@ -404,6 +562,8 @@ mod tests {
                 key: key.into(),
                 evaluations,
                 anchor: BTreeMap::from([(1, 10 * evaluations as i64)]),
+                reference_rows: 0,
+                reference: vec![],
             },
             policy: BTreeMap::new(),
         }
@@ -443,6 +603,77 @@ mod tests {
                 state("labelled", "a", 1)
             ]
         );
+    }
+
+    fn rows(n: usize) -> RecordBatch {
+        use datafusion::arrow::array::{Float64Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("x", DataType::Float64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                std::sync::Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64 * 0.5))),
+                std::sync::Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| (i % 7 != 0).then(|| format!("v{i}"))),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// References are cut into chunks under the limit and read back whole.
+    #[test]
+    fn references_are_chunked_and_decoded_back() {
+        let batches = [rows(700), rows(0), rows(300).slice(100, 200)];
+        let want = concat_batches(&batches[0].schema(), &batches).unwrap();
+        for limit in [usize::MAX, 4096, 1] {
+            let chunks = encode_reference(&batches, limit).unwrap();
+            if limit == usize::MAX {
+                assert_eq!(chunks.len(), 1);
+            } else {
+                assert!(chunks.len() > 1, "{limit}");
+            }
+            assert!(limit == 1 || chunks.iter().all(|c| c.len() <= limit), "{limit}");
+            let parts: BTreeMap<usize, Vec<u8>> = chunks.into_iter().enumerate().collect();
+            let back = decode_reference(&parts).unwrap();
+            assert_eq!(concat_batches(&want.schema(), &back).unwrap(), want, "{limit}");
+        }
+    }
+
+    /// A state's reference is saved in records of its own (two chunks here)
+    /// and comes back with the state; a state whose reference is missing
+    /// comes back without one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn references_are_saved_and_read_back_with_their_state() {
+        let b = Broker::start(1).unwrap();
+        b.create_topic("cp", 1).unwrap();
+        let none = BTreeMap::new();
+        let w = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
+        let reference = vec![rows(15_000), rows(10_000)];
+        assert_eq!(encode_reference(&reference, REFERENCE_CHUNK_BYTES).unwrap().len(), 2);
+        let mut with = state("events", "a", 1);
+        with.snapshot.reference_rows = 25_000;
+        with.snapshot.reference = reference.clone();
+        let mut lost = state("events", "b", 1);
+        lost.snapshot.reference_rows = 10;
+        w.save_states(&[with.clone(), lost.clone()]).await.unwrap();
+        // A later state of the key, saved without its reference (already saved).
+        let mut later = state("events", "a", 2);
+        later.snapshot.reference_rows = 25_000;
+        w.save_states(std::slice::from_ref(&later)).await.unwrap();
+        let r = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
+        r.delivered(Duration::from_secs(30)).unwrap();
+        let got = r.states();
+        assert_eq!(got.len(), 2);
+        let a = got.iter().find(|s| s.snapshot.key == "a").unwrap();
+        assert_eq!(a.snapshot.evaluations, 2);
+        let back = concat_batches(&reference[0].schema(), &a.snapshot.reference).unwrap();
+        assert_eq!(back, concat_batches(&reference[0].schema(), &reference).unwrap());
+        let b_state = got.iter().find(|s| s.snapshot.key == "b").unwrap();
+        assert!(b_state.snapshot.reference.is_empty());
     }
 
     /// A checkpoint topic that does not exist is refused by the clients,

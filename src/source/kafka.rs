@@ -512,6 +512,11 @@ impl KafkaConsumer {
         Ok(())
     }
 
+    /// Whether there is a checkpoint topic (for delivery marks and key states).
+    pub fn has_checkpoints(&self) -> bool {
+        self.checkpoints.is_some()
+    }
+
     /// Saves key states in the checkpoint topic; `false` without one.
     pub async fn save_states(&self, states: &[super::checkpoint::KeyState]) -> KafkaResult<bool> {
         match &self.checkpoints {

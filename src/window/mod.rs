@@ -72,18 +72,32 @@ struct KeyState {
     refilling: bool,
     /// Evaluations covered by the last snapshot saved.
     saved: u64,
+    /// The `first` reference is saved: a restart reads it back instead of
+    /// replaying it, so `oldest_needed` lets its rows go.
+    ref_saved: bool,
 }
 
 /// What a restart needs to rebuild a key's windows from a replay that starts
 /// at the committed offset, which may lie before the key's own anchor (other
 /// keys of the partition need older rows): the evaluation count and where
 /// the last evaluated current window started.
+///
+/// A `first` reference is part of it: saved once, with the key's first
+/// snapshot, so the committed offset need not stay at the key's first event
+/// (replaying the topic from its start, or from rows retention deleted).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct KeySnapshot {
     pub key: String,
     pub evaluations: u64,
     /// Per partition: first offset of the current window at evaluation `evaluations`.
     pub anchor: BTreeMap<i32, i64>,
+    /// Rows of the `first` reference saved for this key (0: none).
+    #[serde(default)]
+    pub reference_rows: usize,
+    /// The reference's rows, when they are to be saved (the key's first
+    /// snapshot) or were read back; stored apart from the snapshot record.
+    #[serde(skip)]
+    pub reference: Vec<RecordBatch>,
 }
 
 /// All windows of a pipeline.
@@ -153,10 +167,22 @@ impl Windows {
             .keys
             .iter()
             .filter(|(_, st)| st.evaluations > st.saved)
-            .map(|(k, st)| KeySnapshot {
-                key: k.clone(),
-                evaluations: st.evaluations,
-                anchor: st.anchor.clone(),
+            .map(|(k, st)| {
+                let reference_rows = match self.reference {
+                    ReferenceMode::First(n) if st.ref_rows == n => n,
+                    _ => 0,
+                };
+                KeySnapshot {
+                    key: k.clone(),
+                    evaluations: st.evaluations,
+                    anchor: st.anchor.clone(),
+                    reference_rows,
+                    reference: if reference_rows > 0 && !st.ref_saved {
+                        st.reference.clone()
+                    } else {
+                        vec![]
+                    },
+                }
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -168,15 +194,18 @@ impl Windows {
         for s in snaps {
             if let Some(st) = self.keys.get_mut(&s.key) {
                 st.saved = st.saved.max(s.evaluations);
+                st.ref_saved |= s.reference_rows > 0;
             }
         }
     }
 
     /// Seeds keys from snapshots before a replay (after [`Self::clear`]).
-    /// A `first` reference is still rebuilt from the replayed rows, which
-    /// `oldest_needed` keeps in reach.
+    /// A `first` reference comes with the snapshot; without it (not saved,
+    /// or not read back) it is rebuilt from the key's first replayed rows.
     pub fn restore(&mut self, snaps: impl IntoIterator<Item = KeySnapshot>) {
         for s in snaps.into_iter().filter(|s| s.evaluations > 0) {
+            let rows: usize = s.reference.iter().map(|b| b.num_rows()).sum();
+            let with_reference = matches!(self.reference, ReferenceMode::First(n) if rows == n);
             self.keys.insert(
                 s.key,
                 KeyState {
@@ -184,10 +213,18 @@ impl Windows {
                     saved: s.evaluations,
                     anchor: s.anchor,
                     refilling: true,
+                    ref_rows: if with_reference { rows } else { 0 },
+                    reference: if with_reference { s.reference } else { vec![] },
+                    ref_saved: with_reference,
                     ..Default::default()
                 },
             );
         }
+    }
+
+    /// Whether keys take their reference from their first events.
+    pub fn first_reference(&self) -> bool {
+        matches!(self.reference, ReferenceMode::First(_))
     }
 
     /// Adds a scored batch; returns the evaluations that became due, in order.
@@ -306,7 +343,8 @@ impl Windows {
                 let e = out.entry(*p).or_insert(i64::MAX);
                 *e = (*e).min(*o);
             }
-            for b in st.reference.iter().chain(st.current.iter()) {
+            let reference = if st.ref_saved { &[][..] } else { &st.reference[..] };
+            for b in reference.iter().chain(st.current.iter()) {
                 let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else {
                     continue;
                 };
@@ -450,8 +488,9 @@ mod tests {
     /// suppresses evaluations ending at or before the last offset read: at
     /// every pair of points, the evaluations after them are exactly those
     /// of an uninterrupted run, with the same numbers — for keys sharing a
-    /// partition at different rates, a fixed or a first-events reference,
-    /// and sliding windows that overlap.
+    /// partition at different rates, a fixed or a first-events reference
+    /// (read back with the state, not replayed), and sliding windows that
+    /// overlap.
     #[test]
     fn a_restore_and_replay_from_the_committed_offset_keeps_the_evaluation_points() {
         let cases = [
@@ -489,6 +528,8 @@ mod tests {
                     w.push(&batch(chunk, (c * 3) as i64)).unwrap();
                 }
                 let states = w.unsaved();
+                // Saved: a saved `first` reference is no longer replayed.
+                w.saved(&states);
                 let from = w
                     .oldest_needed()
                     .get(&0)
@@ -527,10 +568,29 @@ mod tests {
         assert_eq!(w.unsaved()[0].evaluations, 2);
     }
 
+    /// A `first` reference holds the commit at the key's first event until
+    /// it is saved with the key's state; then only the current window counts.
     #[test]
-    fn oldest_needed_tracks_reference_start() {
+    fn oldest_needed_tracks_reference_start_until_it_is_saved() {
         let mut w = Windows::new(None, None, ReferenceMode::First(3), 2, 1);
         w.push(&batch(&["x"; 10], 100)).unwrap();
         assert_eq!(w.oldest_needed().get(&0), Some(&100));
+        let s = w.unsaved();
+        assert_eq!((s[0].reference_rows, s[0].reference.len()), (3, 1));
+        w.saved(&s);
+        assert_eq!(w.oldest_needed().get(&0), Some(&108));
+        w.push(&batch(&["x"], 110)).unwrap();
+        let s = w.unsaved();
+        assert_eq!((s[0].reference_rows, s[0].reference.len()), (3, 0), "saved once");
+        // Restored with it, the reference is not taken from the replay.
+        let mut r = Windows::new(None, None, ReferenceMode::First(3), 2, 1);
+        r.restore(w.unsaved().into_iter().map(|mut k| {
+            k.reference = vec![batch(&["x"; 3], 100)];
+            k
+        }));
+        let due = r.push(&batch(&["x"; 3], 109)).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].coords.end, (0, 111));
+        assert_eq!(due[0].reference[0].num_rows(), 3);
     }
 }
