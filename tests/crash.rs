@@ -168,14 +168,34 @@ async fn kill_9_and_restart_on_tansu_gives_exactly_the_alerts_of_an_uninterrupte
 /// events and the labels again from where the join and the labelled windows
 /// need them, joined events enter the labelled windows in the events'
 /// order, and labelled evaluations have a delivery mark of their own.
+/// Without a checkpoint topic (marks in the commit metadata, windows
+/// rebuilt by replay alone) and with one (labelled windows restored from
+/// their saved states and references).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_late_labels_gives_exactly_the_concept_alerts_of_an_uninterrupted_run() {
+    late_labels(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_late_labels_and_saved_window_states_gives_exactly_the_concept_alerts() {
+    late_labels(true).await;
+}
+
+async fn late_labels(checkpoints: bool) {
     use driftwatch::scenario::{Loaded, produce_kafka};
     let broker = Broker::start(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut pipelines = vec![];
     for t in ["lref", "lcrash"] {
-        for s in ["", ".labels", ".labels-all", "-alerts", "-dlq", "-stats"] {
+        for s in [
+            "",
+            ".labels",
+            ".labels-all",
+            "-alerts",
+            "-dlq",
+            "-stats",
+            "-checkpoints",
+        ] {
             broker.create_topic(&format!("{t}{s}"), 1).unwrap();
         }
         let s = write(
@@ -195,7 +215,7 @@ async fn kill_9_with_late_labels_gives_exactly_the_concept_alerts_of_an_uninterr
             &format!(
                 "name: labels-crash
 schema: {schema}
-source: {{type: kafka, brokers: \"{brokers}\", topic: {t}, checkpoint_topic: null, properties: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}}}}
+source: {{type: kafka, brokers: \"{brokers}\", topic: {t}{cp}, properties: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}}}}
 batch: {{max_events: 100, linger_ms: 10}}
 model: {{path: {model}, input: pixels}}
 labels: {{topic: {t}.labels, horizon_ms: 36000000}}
@@ -207,6 +227,7 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
                 schema = root().join("schemas/digits.yaml").display(),
                 model = root().join("models/digits_cnn.onnx").display(),
                 brokers = broker.bootstrap(),
+                cp = checkpoint_option(checkpoints.then(|| format!("{t}-checkpoints")).as_deref()),
             ),
         ));
     }

@@ -592,7 +592,7 @@ async fn process(
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
         if let Some(ls) = labelled.as_deref_mut() {
-            let joined = ls.join.add_events(&scored)?;
+            let joined = ls.join.add_events(&ls.windows.rows_needed(&scored)?)?;
             made += evaluate_joined(stages, ls, &joined, out, policy, &mut pending).await?;
         }
         let dues = windows.push(&scored)?;

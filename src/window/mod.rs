@@ -222,6 +222,44 @@ impl Windows {
         }
     }
 
+    /// The rows of `batch` these windows will use: without those of restored
+    /// keys from before their anchor, which a replay reads again for other
+    /// keys of the partition. The label join takes only these, since events
+    /// before a restored key's anchor may not have their labels read again.
+    pub fn rows_needed(&self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        if !self.keys.values().any(|st| st.refilling) {
+            return Ok(batch.clone());
+        }
+        let (Some(p), Some(o)) = (batch.column_by_name(PARTITION_COL), batch.column_by_name(OFFSET_COL)) else {
+            return Ok(batch.clone());
+        };
+        let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
+        let keys = match &self.key_col {
+            Some(col) => {
+                let arr = batch
+                    .column_by_name(col)
+                    .ok_or_else(|| ArrowError::SchemaError(format!("key column `{col}` not in the batch")))?;
+                Some(datafusion::arrow::compute::cast(
+                    arr,
+                    &datafusion::arrow::datatypes::DataType::Utf8,
+                )?)
+            }
+            None => None,
+        };
+        let keys = keys.as_ref().map(|k| k.as_string::<i32>());
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| {
+                let k = keys.map_or("", |k| if k.is_null(i) { "" } else { k.value(i) });
+                let skip = self
+                    .keys
+                    .get(k)
+                    .is_some_and(|st| st.refilling && st.anchor.get(&p.value(i)).is_some_and(|a| o.value(i) < *a));
+                Some(!skip)
+            })
+            .collect();
+        filter_record_batch(batch, &keep)
+    }
+
     /// Whether keys take their reference from their first events.
     pub fn first_reference(&self) -> bool {
         matches!(self.reference, ReferenceMode::First(_))
@@ -551,6 +589,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A restored key's rows before its anchor are not needed; other keys'
+    /// rows are, and after the refill nothing is dropped.
+    #[test]
+    fn rows_needed_drops_restored_keys_rows_before_their_anchor() {
+        let mut w = Windows::new(
+            Some("k".into()),
+            None,
+            ReferenceMode::Fixed(vec![batch(&["a"; 2], 0)]),
+            2,
+            1,
+        );
+        let b = batch(&["a", "b", "a", "b", "a", "a"], 10);
+        assert_eq!(w.rows_needed(&b).unwrap().num_rows(), 6);
+        w.restore([KeySnapshot {
+            key: "a".into(),
+            evaluations: 3,
+            anchor: BTreeMap::from([(0, 14)]),
+            reference_rows: 0,
+            reference: vec![],
+        }]);
+        let kept = w.rows_needed(&b).unwrap();
+        let offs: Vec<i64> = kept
+            .column_by_name(OFFSET_COL)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(offs, [11, 13, 14, 15]);
+        w.push(&kept).unwrap();
+        assert_eq!(w.rows_needed(&b).unwrap().num_rows(), 6);
     }
 
     /// Saved states are not returned again; new evaluations make them due.
