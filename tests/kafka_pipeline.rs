@@ -198,6 +198,36 @@ async fn restart_resumes_from_committed_offsets_without_resending_alerts() {
     assert_eq!(lasts, vec![899, 1199]);
 }
 
+/// A key state saved under another window configuration is not restored:
+/// the key is rebuilt from the replay alone (its evaluations count from 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_saved_under_another_window_configuration_is_not_restored() {
+    let (broker, dir, p) = setup("cfg");
+    produce(&broker, "cfg", &normal_events(12, 1200, 0.0)).await;
+    // Evaluations at 599 and 899; the state (2 evaluations, window at 600) is saved.
+    run_pipeline(&p, 900, "g-cfg").await;
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains("current: {size: 300}"));
+    let p2 = write(
+        dir.path(),
+        "p2.yaml",
+        &text.replace("current: {size: 300}", "current: {size: 200}"),
+    );
+    // From the commit (600): reference 600–899, then windows of 200.
+    run_pipeline(&p2, 600, "g-cfg").await;
+    let evals = read_topic(&broker, "cfg-stats", 3, Duration::from_secs(20));
+    let got: Vec<(u64, i64)> = evals
+        .iter()
+        .map(|e| {
+            (
+                e["evaluation"].as_u64().unwrap(),
+                e["window"]["current_offsets"][0]["last"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [(1, 599), (2, 899), (1, 1099)]);
+}
+
 // `start: {timestamp: …}` is resolved with offsets-for-times, which librdkafka's
 // mock cluster does not implement (it answers "end"); it is tested against an
 // independent Kafka implementation with the production-readiness work.
