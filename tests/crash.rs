@@ -251,13 +251,49 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
     let all = labels("lcrash");
     let mut kills = 0;
     let mut sent = 0;
+    // The events group's commit: (offset, metadata).
+    let committed = || -> (i64, String) {
+        let c: rdkafka::consumer::BaseConsumer = broker.client_config().set("group.id", "g-lcrash").create().unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition("lcrash", 0);
+        match rdkafka::consumer::Consumer::committed_offsets(&c, tpl, Duration::from_secs(10)) {
+            Ok(t) => match t.elements()[0].offset() {
+                rdkafka::Offset::Offset(o) => (o, t.elements()[0].metadata().to_string()),
+                _ => (-1, String::new()),
+            },
+            Err(_) => (-1, String::new()),
+        }
+    };
+    let until = |ok: &dyn Fn((i64, String)) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while !ok(committed()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        committed()
+    };
     for (i, upto) in [1000, 1800].into_iter().enumerate() {
-        produce(&broker, "lcrash.labels", &all[sent..upto]).await;
-        sent = upto;
+        // With window states saved, the first part of the labels comes
+        // once every event is read and marked: no events batch follows
+        // it, yet the events commit must follow the labelled windows
+        // (the last one 800–999, its reference saved).
+        let labels_first = !(checkpoints && i == 0);
+        if labels_first {
+            produce(&broker, "lcrash.labels", &all[sent..upto]).await;
+        }
         let child = start_run(&pipelines[1], "g-lcrash", &format!("kill{i}"));
+        if !labels_first {
+            let c = until(&|(_, m)| m.starts_with("dw1:hw=2399;"));
+            assert!(c.1.starts_with("dw1:hw=2399;"), "every event read: {c:?}");
+            produce(&broker, "lcrash.labels", &all[sent..upto]).await;
+        }
+        sent = upto;
         let target = (upto - 600) / 100 + 1;
         if wait_for(&broker, "lcrash-stats", target) >= target {
             kills += 1;
+        }
+        if !labels_first {
+            let c = until(&|(o, _)| o >= 600);
+            assert!(c.0 >= 600, "the events commit follows the labelled windows: {c:?}");
         }
         std::thread::sleep(Duration::from_millis(500));
         child.kill(); // SIGKILL

@@ -346,7 +346,8 @@ pub async fn run(
             }
             Msg::Labels(records) => match (&labels_reader, labelled.as_mut()) {
                 (Some((lc, _)), Some(ls)) => {
-                    process_labels(&stages, ls, lc, &out, records, &mut policy, &mut fault).await
+                    let events = (&windows, &last);
+                    process_labels(&stages, ls, lc, &out, records, events, &mut policy, &mut fault).await
                 }
                 _ => Ok(()),
             },
@@ -713,13 +714,16 @@ fn emit(
 
 /// Joins a batch of label records: bad ones to the dead-letter topic, joined
 /// events into the labelled windows, their evaluations published; then the
-/// labels consumer's offsets are committed.
+/// events offsets (the event windows and last offsets read are in `events`)
+/// and the labels consumer's offsets are committed.
+#[allow(clippy::too_many_arguments)]
 async fn process_labels(
     stages: &Stages,
     ls: &mut LabelState,
     labels_consumer: &KafkaConsumer,
     out: &Out<'_>,
     records: Vec<crate::source::RawRecord>,
+    events: (&crate::window::Windows, &BTreeMap<i32, i64>),
     policy: &mut crate::alert::AlertPolicy,
     fault: &mut Fault,
 ) -> Result<(), RuntimeError> {
@@ -742,6 +746,16 @@ async fn process_labels(
         fault.delivered();
     }
     out.labelled_states.save(out.consumer, &mut ls.windows, policy).await?;
+    // The events commit follows the labelled windows too (else it waits for
+    // the next events batch, which may never come), with the labelled mark;
+    // synchronous, so that labels are never committed past events a restart
+    // would replay.
+    let touched: Vec<i32> = if made > 0 {
+        ls.hw.keys().copied().collect()
+    } else {
+        vec![]
+    };
+    commit(out.consumer, events.0, Some(ls), events.1, CommitMode::Sync, &touched).await?;
     // Labels still needed to rebuild the join and the labelled windows are
     // read again after a restart.
     let needed = ls.join.labels_needed(&ls.windows.oldest_needed());
