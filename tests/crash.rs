@@ -52,6 +52,18 @@ fn run_to_the_end(
     stop_run(child);
 }
 
+/// Runs `p` with the fault hook `abort-before-mark:n` until it aborts
+/// (SIGABRT, checked); returns its log.
+fn run_until_abort(p: &std::path::Path, group: &str, name: &str, n: u64) -> std::path::PathBuf {
+    use std::os::unix::process::ExitStatusExt;
+    let fault = format!("abort-before-mark:{n}");
+    let child = start_run_with(p, group, name, &[("DRIFTWATCH_FAULT", &fault)]);
+    let log = child.1.clone();
+    let status = child.wait_exit(Duration::from_secs(240));
+    assert_eq!(status.signal(), Some(6), "{status:?}: {}", log.display());
+    log
+}
+
 fn alert_ids(broker: &impl Kafka, topic: &str, min: usize) -> Vec<String> {
     let mut ids: Vec<String> = read_topic(broker, topic, min, Duration::from_secs(30))
         .iter()
@@ -112,12 +124,7 @@ async fn kill_and_restart(broker: &impl Kafka, checkpoints: bool) {
     produce(broker, "crash", &ev[sent..]).await;
     let mut aborts = 0;
     for (i, n) in [1, 2, 2].into_iter().enumerate() {
-        let fault = format!("abort-before-mark:{n}");
-        let child = start_run_with(&p, "g-crash", &format!("abort{i}"), &[("DRIFTWATCH_FAULT", &fault)]);
-        let log = child.1.clone();
-        let status = child.wait_exit(Duration::from_secs(240));
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(6), "{status:?}: {}", log.display());
+        let log = run_until_abort(&p, "g-crash", &format!("abort{i}"), n);
         aborts += 1;
         if i > 0 {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -302,17 +309,7 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
     // evaluations is delivered and before its mark (the fault hook), twice.
     produce(&broker, "lcrash.labels", &all[sent..]).await;
     for (i, n) in [1, 2].into_iter().enumerate() {
-        let fault = format!("abort-before-mark:{n}");
-        let child = start_run_with(
-            &pipelines[1],
-            "g-lcrash",
-            &format!("abort{i}"),
-            &[("DRIFTWATCH_FAULT", &fault)],
-        );
-        let log = child.1.clone();
-        let status = child.wait_exit(Duration::from_secs(240));
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(6), "{status:?}: {}", log.display());
+        run_until_abort(&pipelines[1], "g-lcrash", &format!("abort{i}"), n);
         kills += 1;
     }
     let child = start_run(&pipelines[1], "g-lcrash", "last");
@@ -446,12 +443,7 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
     produce(&broker, "kcrash", &ev[sent..]).await;
     let mut aborts = 0;
     for (i, n) in [1, 2].into_iter().enumerate() {
-        let fault = format!("abort-before-mark:{n}");
-        let child = start_run_with(&p, "g-kcrash", &format!("abort{i}"), &[("DRIFTWATCH_FAULT", &fault)]);
-        let log = child.1.clone();
-        let status = child.wait_exit(Duration::from_secs(240));
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(6), "{status:?}: {}", log.display());
+        run_until_abort(&p, "g-kcrash", &format!("abort{i}"), n);
         aborts += 1;
     }
     run_to_the_end(&broker, &p, "kcrash", "g-kcrash", last, Some("kcrash-checkpoints"));

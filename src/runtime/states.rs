@@ -67,7 +67,7 @@ impl KeyStates {
     pub(super) fn restore(&self, consumer: &KafkaConsumer, windows: &mut Windows, policy: &mut AlertPolicy) -> usize {
         let mut skipped = 0;
         let mut snaps = vec![];
-        for s in consumer.states().into_iter().filter(|s| s.windows == self.which.name()) {
+        for s in consumer.states(self.which.name()) {
             if s.config != self.config {
                 skipped += 1;
                 continue;
@@ -77,7 +77,7 @@ impl KeyStates {
         }
         if skipped > 0 {
             tracing::warn!(windows = self.which.name(), keys = skipped, saved = %self.config,
-                "key states saved under another window or alerting configuration are not restored: those keys are rebuilt from the replay alone");
+                "key states saved under another window, alerting or model configuration are not restored: those keys are rebuilt from the replay alone");
         }
         let n = snaps.len();
         windows.restore(snaps);
@@ -110,13 +110,11 @@ impl KeyStates {
                 snapshot: s.clone(),
             })
             .collect();
-        if consumer
+        consumer
             .save_states(&states)
             .await
-            .map_err(super::kafka_err("saving key states"))?
-        {
-            windows.saved(&snaps);
-        }
+            .map_err(super::kafka_err("saving key states"))?;
+        windows.saved(&snaps);
         Ok(())
     }
 }

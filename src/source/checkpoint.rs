@@ -268,6 +268,13 @@ impl Checkpoints {
         Ok(ps)
     }
 
+    /// Sends one record to the checkpoint topic; returns its delivery.
+    fn send(&self, key: &[u8], body: &[u8]) -> KafkaResult<rdkafka::producer::DeliveryFuture> {
+        self.producer
+            .send_result(FutureRecord::to(&self.topic).key(key).payload(body))
+            .map_err(|(e, _)| e)
+    }
+
     /// Records `delivered` (partition → mark) and waits until the broker has it.
     pub async fn record(&self, delivered: impl IntoIterator<Item = (i32, Delivered)>) -> KafkaResult<()> {
         let mut fs = vec![];
@@ -281,11 +288,7 @@ impl Checkpoints {
             // The key names the partition's mark: compaction keeps the last.
             let key = serde_json::to_vec(&(&m.group, &m.topic, m.partition)).unwrap_or_default();
             let body = serde_json::to_vec(&m).unwrap_or_default();
-            let f = self
-                .producer
-                .send_result(FutureRecord::to(&self.topic).key(&key).payload(&body))
-                .map_err(|(e, _)| e)?;
-            fs.push(f);
+            fs.push(self.send(&key, &body)?);
         }
         delivered_all(fs).await
     }
@@ -321,11 +324,7 @@ impl Checkpoints {
                 let mut body = serde_json::to_vec(&header).unwrap_or_default();
                 body.push(b'\n');
                 body.extend_from_slice(bytes);
-                let f = self
-                    .producer
-                    .send_result(FutureRecord::to(&self.topic).key(&key).payload(&body))
-                    .map_err(|(e, _)| e)?;
-                fs.push(f);
+                fs.push(self.send(&key, &body)?);
             }
         }
         delivered_all(std::mem::take(&mut fs)).await?;
@@ -339,21 +338,18 @@ impl Checkpoints {
                 state: s.clone(),
             })
             .unwrap_or_default();
-            let f = self
-                .producer
-                .send_result(FutureRecord::to(&self.topic).key(&key).payload(&body))
-                .map_err(|(e, _)| e)?;
-            fs.push(f);
+            fs.push(self.send(&key, &body)?);
         }
         delivered_all(fs).await
     }
 
-    /// The key states read by the last [`Self::delivered`], each with its
-    /// `first` reference if one was saved under the same configuration.
-    pub fn states(&self) -> Vec<KeyState> {
+    /// The key states of `windows` read by the last [`Self::delivered`] that
+    /// `keep` accepts, each with its `first` reference if one was saved under
+    /// the same configuration (decoded only for those).
+    pub fn states(&self, windows: &str, keep: impl Fn(&KeyState) -> bool) -> Vec<KeyState> {
         let r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = vec![];
-        for (k, st) in &r.states {
+        for (k, st) in r.states.iter().filter(|(k, st)| k.0 == windows && keep(st)) {
             let mut st = st.clone();
             if st.snapshot.reference_rows > 0 {
                 let found = r
@@ -593,7 +589,8 @@ mod tests {
             late.delivered(Duration::from_secs(30)).unwrap(),
             BTreeMap::from([(1, m(20, 2))])
         );
-        let mut got = late.states();
+        let mut got = late.states("events", |_| true);
+        got.extend(late.states("labelled", |_| true));
         got.sort_by(|x, y| (&x.windows, &x.snapshot.key).cmp(&(&y.windows, &y.snapshot.key)));
         assert_eq!(
             got,
@@ -602,6 +599,11 @@ mod tests {
                 state("events", "b", 2),
                 state("labelled", "a", 1)
             ]
+        );
+        // Only the states kept are returned.
+        assert_eq!(
+            late.states("events", |s| s.snapshot.key == "b"),
+            [state("events", "b", 2)]
         );
     }
 
@@ -666,7 +668,7 @@ mod tests {
         w.save_states(std::slice::from_ref(&later)).await.unwrap();
         let r = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
         r.delivered(Duration::from_secs(30)).unwrap();
-        let got = r.states();
+        let got = r.states("events", |_| true);
         assert_eq!(got.len(), 2);
         let a = got.iter().find(|s| s.snapshot.key == "a").unwrap();
         assert_eq!(a.snapshot.evaluations, 2);

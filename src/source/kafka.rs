@@ -517,25 +517,25 @@ impl KafkaConsumer {
         self.checkpoints.is_some()
     }
 
-    /// Saves key states in the checkpoint topic; `false` without one.
-    pub async fn save_states(&self, states: &[super::checkpoint::KeyState]) -> KafkaResult<bool> {
+    /// Saves key states in the checkpoint topic (nothing without one: see
+    /// [`Self::has_checkpoints`]).
+    pub async fn save_states(&self, states: &[super::checkpoint::KeyState]) -> KafkaResult<()> {
         match &self.checkpoints {
-            Some(c) => c.save_states(states).await.map(|()| true),
-            None => Ok(false),
+            Some(c) => c.save_states(states).await,
+            None => Ok(()),
         }
     }
 
-    /// Key states saved by earlier runs (read when partitions were
-    /// assigned), of the keys whose partitions are all assigned now.
-    pub fn states(&self) -> Vec<super::checkpoint::KeyState> {
+    /// Key states of `windows` saved by earlier runs (read when partitions
+    /// were assigned), of the keys whose partitions are all assigned now.
+    pub fn states(&self, windows: &str) -> Vec<super::checkpoint::KeyState> {
         let Some(c) = &self.checkpoints else {
             return vec![];
         };
         let assigned = self.assignment();
-        c.states()
-            .into_iter()
-            .filter(|s| !s.snapshot.anchor.is_empty() && s.snapshot.anchor.keys().all(|p| assigned.contains(p)))
-            .collect()
+        c.states(windows, |s| {
+            !s.snapshot.anchor.is_empty() && s.snapshot.anchor.keys().all(|p| assigned.contains(p))
+        })
     }
 
     /// Commits, per partition, `next` (where a restart must resume reading)

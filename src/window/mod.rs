@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array};
 use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::arrow::error::ArrowError;
@@ -234,22 +234,11 @@ impl Windows {
             return Ok(batch.clone());
         };
         let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
-        let keys = match &self.key_col {
-            Some(col) => {
-                let arr = batch
-                    .column_by_name(col)
-                    .ok_or_else(|| ArrowError::SchemaError(format!("key column `{col}` not in the batch")))?;
-                Some(datafusion::arrow::compute::cast(
-                    arr,
-                    &datafusion::arrow::datatypes::DataType::Utf8,
-                )?)
-            }
-            None => None,
-        };
+        let keys = self.key_strings(batch)?;
         let keys = keys.as_ref().map(|k| k.as_string::<i32>());
         let keep: BooleanArray = (0..batch.num_rows())
             .map(|i| {
-                let k = keys.map_or("", |k| if k.is_null(i) { "" } else { k.value(i) });
+                let k = keys.map_or("", |k| key_at(k, i));
                 let skip = self
                     .keys
                     .get(k)
@@ -258,11 +247,6 @@ impl Windows {
             })
             .collect();
         filter_record_batch(batch, &keep)
-    }
-
-    /// Whether keys take their reference from their first events.
-    pub fn first_reference(&self) -> bool {
-        matches!(self.reference, ReferenceMode::First(_))
     }
 
     /// Adds a scored batch; returns the evaluations that became due, in order.
@@ -281,19 +265,29 @@ impl Windows {
         Ok(due)
     }
 
-    fn split_by_key(&self, batch: &RecordBatch) -> Result<Vec<(String, Vec<u32>)>, ArrowError> {
+    /// The key column as text; `None` when the pipeline is not keyed.
+    fn key_strings(&self, batch: &RecordBatch) -> Result<Option<ArrayRef>, ArrowError> {
         let Some(col) = &self.key_col else {
-            return Ok(vec![(String::new(), (0..batch.num_rows() as u32).collect())]);
+            return Ok(None);
         };
         let arr = batch
             .column_by_name(col)
             .ok_or_else(|| ArrowError::SchemaError(format!("key column `{col}` not in the batch")))?;
-        let strings = datafusion::arrow::compute::cast(arr, &datafusion::arrow::datatypes::DataType::Utf8)?;
+        Ok(Some(datafusion::arrow::compute::cast(
+            arr,
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )?))
+    }
+
+    fn split_by_key(&self, batch: &RecordBatch) -> Result<Vec<(String, Vec<u32>)>, ArrowError> {
+        let Some(strings) = self.key_strings(batch)? else {
+            return Ok(vec![(String::new(), (0..batch.num_rows() as u32).collect())]);
+        };
         let s = strings.as_string::<i32>();
         let mut order: Vec<String> = vec![];
         let mut groups: HashMap<&str, Vec<u32>> = HashMap::new();
         for i in 0..s.len() {
-            let k = if s.is_null(i) { "" } else { s.value(i) };
+            let k = key_at(s, i);
             groups
                 .entry(k)
                 .or_insert_with(|| {
@@ -395,6 +389,11 @@ impl Windows {
         }
         out
     }
+}
+
+/// Row `i`'s key ("" for a null key).
+fn key_at(keys: &StringArray, i: usize) -> &str {
+    if keys.is_null(i) { "" } else { keys.value(i) }
 }
 
 /// The rows of `b` at or after `from`'s offset for their partition.
