@@ -7,16 +7,24 @@
 //! event times (label ts − event ts ≤ horizon), not on which stream was read
 //! first. An event leaves the waiting buffer once the labels stream has
 //! passed its event time + horizon (it stays unlabelled); a label waits for
-//! its event until the events stream has passed the label's time. When a
-//! buffer is full the oldest entry is dropped and counted.
+//! its event until the events stream has passed the label's time. A stream
+//! has passed a time once every partition read from it has: partitions are
+//! read in no set order, so one far ahead must not decide for one behind.
+//! The events partitions held count from the start ([`LabelJoin::expect_events_from`]),
+//! read or not yet, since labels are often read before their events after a
+//! rebalance; an events partition that gets no events then keeps the labels
+//! waiting until the buffer's bound drops them (counted as dropped, not
+//! orphaned). Labels partitions count once read from, so an idle one never
+//! holds events back (the horizon is long next to how far partitions drift
+//! apart). When a buffer is full the oldest entry is dropped and counted.
 //!
 //! Joined events are released in the order of the events stream (offset
 //! order per partition): an event joined while an earlier one of its
 //! partition still waits for its label is held until that one is decided
 //! (joined, or unlabelled at its horizon). The labelled windows then see the
-//! same sequence however the two streams interleave — as long as each
-//! stream's times rise — so concept-drift evaluations, like the others, do
-//! not depend on read timing.
+//! same sequence however the two streams and their partitions interleave —
+//! as long as times rise within each partition — so concept-drift
+//! evaluations, like the others, do not depend on read timing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -99,8 +107,10 @@ pub struct LabelJoin {
     labels: HashMap<String, LabelRecord>,
     /// (label time, id) of waiting labels, oldest first.
     labels_order: BTreeSet<(i64, String)>,
-    events_watermark: i64,
-    labels_watermark: i64,
+    /// Per partition, the latest event time read (events, labels): a stream
+    /// has passed a time once every partition it was read from has.
+    events_watermark: BTreeMap<i32, i64>,
+    labels_watermark: BTreeMap<i32, i64>,
     pub stats: JoinStats,
 }
 
@@ -133,8 +143,8 @@ impl LabelJoin {
             events_order: BTreeSet::new(),
             labels: HashMap::new(),
             labels_order: BTreeSet::new(),
-            events_watermark: i64::MIN,
-            labels_watermark: i64::MIN,
+            events_watermark: BTreeMap::new(),
+            labels_watermark: BTreeMap::new(),
             stats: JoinStats::default(),
         })
     }
@@ -244,6 +254,31 @@ impl LabelJoin {
         })
     }
 
+    /// Forgets every waiting event and label and every joined event not yet
+    /// released (a rebalance: both streams are read again from their
+    /// commits); the cumulative counters stay.
+    pub fn reset(&mut self) {
+        self.events.clear();
+        self.queue.clear();
+        self.label_of.clear();
+        self.events_order.clear();
+        self.labels.clear();
+        self.labels_order.clear();
+        self.events_watermark.clear();
+        self.labels_watermark.clear();
+        self.stats.waiting_events = 0;
+        self.stats.waiting_labels = 0;
+        self.stats.held = 0;
+    }
+
+    /// The events partitions this join is fed (those held): until each has
+    /// passed a label's time, the label waits for its event.
+    pub fn expect_events_from(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.events_watermark.entry(*p).or_insert(i64::MIN);
+        }
+    }
+
     /// Scored events in; returns the joined events released now, in stream order.
     pub fn add_events(&mut self, batch: &RecordBatch) -> Result<Vec<RecordBatch>, ArrowError> {
         let ids = cast(self.col(batch, &self.event_id_col)?, &DataType::Utf8)?;
@@ -261,12 +296,6 @@ impl LabelJoin {
             if ids.is_null(i) {
                 continue; // no id: can never be labelled
             }
-            let ts = times
-                .as_ref()
-                .map(|t| t.as_primitive::<Int64Type>())
-                .filter(|t| t.is_valid(i))
-                .map_or(self.events_watermark, |t| t.value(i));
-            self.events_watermark = self.events_watermark.max(ts);
             self.arrivals += 1;
             let pos = positions.as_ref().map_or((0, self.arrivals), |(p, o)| {
                 (
@@ -274,6 +303,13 @@ impl LabelJoin {
                     o.as_primitive::<Int64Type>().value(i),
                 )
             });
+            let mark = self.events_watermark.entry(pos.0).or_insert(i64::MIN);
+            let ts = times
+                .as_ref()
+                .map(|t| t.as_primitive::<Int64Type>())
+                .filter(|t| t.is_valid(i))
+                .map_or(*mark, |t| t.value(i));
+            *mark = (*mark).max(ts);
             let row = batch.slice(i, 1);
             if self.col(batch, &self.label_col)?.is_valid(i) {
                 // Labelled inline: nothing to wait for.
@@ -309,7 +345,8 @@ impl LabelJoin {
     /// Labels in; returns the joined events released now, in stream order.
     pub fn add_labels(&mut self, labels: Vec<LabelRecord>) -> Result<Vec<RecordBatch>, ArrowError> {
         for l in labels {
-            self.labels_watermark = self.labels_watermark.max(l.ts_ms);
+            let mark = self.labels_watermark.entry(l.partition).or_insert(i64::MIN);
+            *mark = (*mark).max(l.ts_ms);
             match self.events.remove(&l.event_id) {
                 Some((pos, ts)) => {
                     self.events_order.remove(&(ts, l.event_id.clone()));
@@ -417,10 +454,14 @@ impl LabelJoin {
     }
 
     fn expire(&mut self) {
+        // Partitions are read in no particular order: a stream has passed a
+        // time once each of its partitions has (times rise per partition).
+        let passed = |marks: &BTreeMap<i32, i64>| marks.values().copied().min().unwrap_or(i64::MIN);
+        let (events_passed, labels_passed) = (passed(&self.events_watermark), passed(&self.labels_watermark));
         // Events whose horizon the labels stream has passed stay unlabelled.
         while let Some((ts, id)) = self.events_order.first().cloned() {
             let full = self.events_order.len() > self.max_pending;
-            if !full && ts.saturating_add(self.horizon_ms) >= self.labels_watermark {
+            if !full && ts.saturating_add(self.horizon_ms) >= labels_passed {
                 break;
             }
             self.events_order.pop_first();
@@ -436,7 +477,7 @@ impl LabelJoin {
         // Labels whose time the events stream has passed: their event is not coming.
         while let Some((ts, id)) = self.labels_order.first().cloned() {
             let full = self.labels_order.len() > self.max_pending;
-            if !full && ts >= self.events_watermark {
+            if !full && ts >= events_passed {
                 break;
             }
             self.labels_order.pop_first();
@@ -606,6 +647,78 @@ mod tests {
         assert_eq!(labels_of(&j.add_labels(vec![lab("late", 200, 30)]).unwrap()).len(), 1);
         assert_eq!(j.events_needed(), BTreeMap::new());
         assert_eq!(j.labels_needed(&BTreeMap::from([(0, 4)])), BTreeMap::from([(0, 20)]));
+    }
+
+    /// After a reset (a rebalance: both streams are read again from their
+    /// commits) the join holds nothing and treats the same input as a new
+    /// join does; only the cumulative counters remain.
+    #[test]
+    fn a_reset_join_is_a_new_join() {
+        let new = || LabelJoin::new(positioned_schema(), "event_id", Some("ts"), "label", 100, 1000).unwrap();
+        let evs: Vec<_> = (0..5).map(|o| (format!("e{o}"), 10 * o, 0, o)).collect();
+        let run = |j: &mut LabelJoin| {
+            let mut out = labels_of(&j.add_events(&positioned(&evs)).unwrap());
+            out.extend(labels_of(
+                &j.add_labels(vec![label("e1", 1, 15), label("e0", 2, 16), label("e3", 3, 40)])
+                    .unwrap(),
+            ));
+            out
+        };
+        let mut used = new();
+        run(&mut used);
+        // A label far ahead moves the labels stream past every horizon.
+        used.add_labels(vec![label("zz", 1, 500)]).unwrap();
+        let counted = used.stats.joined;
+        used.reset();
+        assert_eq!(used.events_needed(), BTreeMap::new());
+        assert_eq!(used.labels_needed(&BTreeMap::new()), BTreeMap::new());
+        assert_eq!(
+            (used.stats.waiting_events, used.stats.waiting_labels, used.stats.held),
+            (0, 0, 0)
+        );
+        assert_eq!(run(&mut used), run(&mut new()));
+        assert_eq!(used.stats.joined, 2 * counted, "counters add up over resets");
+    }
+
+    /// A partition read ahead does not decide for one behind: a label read
+    /// while its event's partition lags (or is not read yet) waits for it
+    /// although another partition is past the label's time, and an event
+    /// waits for its label while a labels partition lags although another
+    /// is past its horizon.
+    #[test]
+    fn a_partition_read_ahead_does_not_expire_another_s_entries() {
+        let mut j = LabelJoin::new(positioned_schema(), "event_id", Some("ts"), "label", 100, 1000).unwrap();
+        let on = |p: i32, l: LabelRecord| LabelRecord { partition: p, ..l };
+        // Events partition 0 is read up to time 1000; partition 1 only to 10.
+        let evs = [("a".to_string(), 1000, 0, 0), ("b0".to_string(), 10, 1, 0)];
+        assert!(j.add_events(&positioned(&evs)).unwrap().is_empty());
+        // The label of b1 (time 40, event at 30 not read yet) waits.
+        assert!(j.add_labels(vec![on(1, label("b1", 7, 40))]).unwrap().is_empty());
+        assert_eq!(j.stats.orphaned, 0);
+        // Labels partition 0 is far ahead; partition 1 lags: b0 still waits.
+        assert!(j.add_labels(vec![on(0, label("zz", 1, 5000))]).unwrap().is_empty());
+        assert_eq!(j.stats.unlabelled, 0);
+        let got = labels_of(&j.add_labels(vec![on(1, label("b0", 5, 60))]).unwrap());
+        assert_eq!(got, vec![("b0".to_string(), 5)], "b0 joined with its label");
+        let got = labels_of(&j.add_events(&positioned(&[("b1".to_string(), 30, 1, 1)])).unwrap());
+        assert_eq!(
+            got,
+            vec![("b1".to_string(), 7)],
+            "b1 joined with the label read before it"
+        );
+        assert_eq!((j.stats.orphaned, j.stats.unlabelled), (0, 0));
+        // An events partition held but not read yet (after a rebalance the
+        // labels often come first) holds the labels back as well.
+        j.expect_events_from(&[0, 1, 2]);
+        assert!(
+            j.add_events(&positioned(&[("b2".to_string(), 2000, 1, 2)]))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(j.add_labels(vec![on(2, label("c0", 3, 500))]).unwrap().is_empty());
+        assert_eq!(j.stats.orphaned, 0, "partition 2 not read yet: c0 waits");
+        let got = labels_of(&j.add_events(&positioned(&[("c0".to_string(), 450, 2, 0)])).unwrap());
+        assert_eq!(got, vec![("c0".to_string(), 3)]);
     }
 
     /// Joined events come out in stream order per partition, whatever the

@@ -7,7 +7,8 @@
 //! in the commit metadata only (alerts sent twice around a rebalance are
 //! counted, not excluded: the group refuses commits while it rebalances) and
 //! with a checkpoint topic (none sent twice); and against tansu, which drops
-//! commit metadata, with a checkpoint topic.
+//! commit metadata, with a checkpoint topic. The same with late labels: the
+//! labelled windows and the join follow the events partitions.
 
 mod common;
 
@@ -152,4 +153,158 @@ async fn with_checkpoints_a_rebalance_sends_no_alert_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_tansu_give_the_alerts_of_one() {
     scale_out(&Tansu::start(), true).await;
+}
+
+/// Concept drift on late labels, scaled out: six keys over six partitions,
+/// their labels on a labels topic of six partitions keyed like the events.
+/// Each instance reads the labels partitions numbered like the events
+/// partitions it holds, and rebuilds its labelled windows and the join on
+/// every rebalance; three instances, one stopped and one started while
+/// events and labels arrive, publish per key exactly the error-rate
+/// evaluations and alerts of one instance, none twice (checkpoint topic).
+async fn scale_out_with_late_labels(broker: &impl Kafka) {
+    use driftwatch::scenario::{Emission, Loaded};
+    let dir = tempfile::tempdir().unwrap();
+    for t in ["lone", "lthree"] {
+        broker.create_topic(t, KEYS as i32);
+        broker.create_topic(&format!("{t}.labels"), KEYS as i32);
+        for s in ["-alerts", "-dlq", "-stats", "-checkpoints"] {
+            broker.create_topic(&format!("{t}{s}"), 1);
+        }
+    }
+    // Per key a clean stretch, then labels swapped: the error rate rises.
+    let keys: String = (0..KEYS)
+        .map(|k| {
+            format!(
+                "  s{k}:\n    - {{kind: clean, events: {}}}\n    - {{kind: concept, events: 800, remap: {{3: 8, 8: 3, 5: 9, 9: 5}}}}\n",
+                700 + 50 * k
+            )
+        })
+        .collect();
+    let s = write(
+        dir.path(),
+        "labels.scenario.yaml",
+        &format!(
+            "name: scaled-labels\npool: {}\nseed: 11\nlabels: {{topic: unused, delay_events: 150}}\nkeys:\n{keys}",
+            root().join("models/digits_train.jsonl").display()
+        ),
+    );
+    let l = Loaded::load(&s).unwrap();
+    // (events or labels, partition, key, payload, timestamp), in emission order.
+    let emitted: Vec<(bool, i32, String, String, i64)> = l
+        .emissions()
+        .map(|e| match e {
+            Emission::Event(ev) => (true, ev.key_index as i32, ev.key, ev.json, ev.ts),
+            Emission::Label {
+                key,
+                key_index,
+                json,
+                ts,
+                ..
+            } => (false, key_index as i32, key, json, ts),
+        })
+        .collect();
+    let produce_range = |t: &'static str, range: std::ops::Range<usize>| {
+        let producer: rdkafka::producer::FutureProducer = broker.client_config().create().unwrap();
+        let recs = emitted[range].to_vec();
+        async move {
+            let mut fs = vec![];
+            for (event, p, key, json, ts) in &recs {
+                let topic = if *event { t.to_string() } else { format!("{t}.labels") };
+                let r = rdkafka::producer::FutureRecord::to(&topic)
+                    .payload(json.as_bytes())
+                    .key(key.as_bytes())
+                    .partition(*p)
+                    .timestamp(*ts);
+                fs.push(producer.send_result(r).expect("queue"));
+            }
+            for f in fs {
+                f.await.expect("delivery future").expect("delivered");
+            }
+        }
+    };
+    let pipeline = |t: &str| {
+        write(
+            dir.path(),
+            &format!("{t}.yaml"),
+            &format!(
+                "name: scaled-labels
+schema: {schema}
+source: {{type: kafka, brokers: \"{brokers}\", topic: {t}, checkpoint_topic: {t}-checkpoints, properties: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}}}}
+batch: {{max_events: 100, linger_ms: 10}}
+model: {{path: {model}, input: pixels}}
+labels: {{topic: {t}.labels, horizon_ms: 36000000}}
+window: {{reference: {{type: first, size: 400}}, current: {{size: 200, slide: 100}}}}
+detectors:
+  - {{name: errors, kind: error_rate, alpha: 0.001}}
+output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}-stats}}
+",
+                schema = root().join("schemas/digits.yaml").display(),
+                model = root().join("models/digits_cnn.onnx").display(),
+                brokers = broker.bootstrap(),
+            ),
+        )
+    };
+    // Per key, evaluations at 600, 700, … joined events.
+    let total: usize = (0..KEYS).map(|k| (700 + 50 * k + 800 - 600) / 100 + 1).sum();
+    let n = emitted.len();
+    // Evaluations per key: (key, window end) of each.
+    let windows = |t: &str| -> BTreeMap<String, Vec<i64>> {
+        let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for e in read_topic(broker, &format!("{t}-stats"), total, Duration::from_secs(30)) {
+            out.entry(e["key"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push(e["window"]["current_offsets"][0]["last"].as_i64().unwrap());
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        out
+    };
+
+    produce_range("lone", 0..n).await;
+    let p1 = pipeline("lone");
+    let single = start_run(&p1, "g-lone", "single");
+    assert_eq!(wait_for(broker, "lone-stats", total), total);
+    stop_run(single);
+    let want = alerts_by_key(broker, "lone-alerts", 1);
+    assert_eq!(want.len(), KEYS, "every key's concept drift alerts: {want:?}");
+
+    let p3 = pipeline("lthree");
+    let a = start_run(&p3, "g-lthree", "a");
+    let b = start_run(&p3, "g-lthree", "b");
+    let c = start_run(&p3, "g-lthree", "c");
+    produce_range("lthree", 0..n / 2).await;
+    assert!(wait_for(broker, "lthree-stats", KEYS) >= KEYS);
+    stop_run(b);
+    produce_range("lthree", n / 2..3 * n / 4).await;
+    let d = start_run(&p3, "g-lthree", "d");
+    produce_range("lthree", 3 * n / 4..n).await;
+    assert_eq!(wait_for(broker, "lthree-stats", total), total);
+    // Anything sent twice would come within moments.
+    std::thread::sleep(Duration::from_secs(3));
+    for x in [a, c, d] {
+        stop_run(x);
+    }
+    let got = alerts_by_key(broker, "lthree-alerts", want.values().map(Vec::len).sum());
+    eprintln!(
+        "{} concept alerts over {KEYS} keys and {total} labelled evaluations compared",
+        want.values().map(Vec::len).sum::<usize>()
+    );
+    assert_eq!(
+        windows("lthree"),
+        windows("lone"),
+        "per key, the same labelled windows evaluated, none twice"
+    );
+    assert_eq!(got, want, "per key, the concept alerts of the single-instance run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_late_labels_give_the_concept_alerts_of_one() {
+    scale_out_with_late_labels(&Broker::start(1).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_late_labels_on_tansu_give_the_concept_alerts_of_one() {
+    scale_out_with_late_labels(&Tansu::start()).await;
 }

@@ -790,6 +790,15 @@ pub struct ColumnTests {
 /// events are the reference, the last ones the current window), on which the
 /// `error_rate` and `label_shift` detectors run; the other detectors run on
 /// every event. Memory is bounded by `max_pending`.
+///
+/// The labels topic must be partitioned like the events topic: as many
+/// partitions, each label produced with its event's key (so it lands in the
+/// partition numbered like its event's, as for a Kafka Streams join). An
+/// instance reads the labels partitions numbered like the events partitions
+/// it holds and, on each rebalance, rebuilds its labelled windows and the
+/// join from the committed offsets of both; so several instances in one
+/// group split the labels as they split the events. One instance holding
+/// every events partition reads every labels partition, whatever the counts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelsConfig {
@@ -801,7 +810,9 @@ pub struct LabelsConfig {
     /// most (default 100000); beyond it the oldest are dropped and counted.
     #[serde(default = "default_max_pending")]
     pub max_pending: Positive,
-    /// Consumer group of the labels consumer (default: the pipeline's group + `-labels`).
+    /// Consumer group whose committed offsets record how far the labels were
+    /// read (default: the pipeline's group + `-labels`). The labels reader
+    /// does not join it: it follows the events partitions (see above).
     #[serde(default)]
     pub group_id: Option<String>,
 }

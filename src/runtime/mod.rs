@@ -149,8 +149,12 @@ struct Out<'a> {
 /// What the processing task receives.
 enum Msg {
     Events(Work),
-    /// Records of the labels topic.
-    Labels(Vec<crate::source::RawRecord>),
+    /// Records of the labels topic, read in the labels reader's `generation`
+    /// (its partitions follow the events partitions: see [`follow_labels`]).
+    Labels {
+        generation: u64,
+        records: Vec<crate::source::RawRecord>,
+    },
 }
 
 struct Work {
@@ -220,7 +224,7 @@ pub async fn run(
             let mut lsrc = src.clone();
             lsrc.topic = l.topic.clone();
             let lgroup = l.group_id.clone().unwrap_or_else(|| format!("{group}-labels"));
-            let c = Arc::new(KafkaConsumer::new(&lsrc, &lgroup, None).map_err(kafka_err("creating labels consumer"))?);
+            let c = Arc::new(KafkaConsumer::follower(&lsrc, &lgroup).map_err(kafka_err("creating labels consumer"))?);
             tracing::info!(topic = %l.topic, group = %lgroup, horizon_ms = l.horizon_ms.get(), "joining late labels");
             Some((
                 c.clone(),
@@ -266,45 +270,50 @@ pub async fn run(
     };
     let mut generation = consumer.generation();
     while let Some(msg) = rx.recv().await {
-        // Only events batches see a rebalance: labels have a consumer of their own.
-        if matches!(msg, Msg::Events(_)) {
-            let now = consumer.generation();
-            if now != generation {
-                // A rebalance: every partition was revoked (eager
-                // protocol). Windows are rebuilt by replaying the
-                // partitions this instance holds now from their
-                // committed offsets; evaluations already delivered are
-                // recognised by the commit metadata and not sent again.
-                generation = now;
-                windows.clear();
-                key_states.forget(&mut policy);
-                last.clear();
-                let restored = key_states.restore(&consumer, &mut windows, &mut policy);
-                let mut restored_labelled = 0;
-                if let Some(l) = labelled.as_mut() {
-                    l.hw.clear();
-                    // Kept over a rebalance (single instance); restored at start.
-                    if l.windows.key_count() == 0 {
-                        restored_labelled = labelled_states.restore(&consumer, &mut l.windows, &mut policy);
-                    }
-                }
-                if restored + restored_labelled > 0 {
-                    tracing::info!(
-                        keys = restored,
-                        labelled_keys = restored_labelled,
-                        "key states restored; windows rebuilt by replay"
-                    );
-                }
-                let dropped = stats.window_keys.swap(0, Ordering::Relaxed);
-                stats.window_events.store(0, Ordering::Relaxed);
-                if dropped > 0 {
-                    tracing::info!(
-                        keys_dropped = dropped,
-                        "rebalance: windows dropped, to be rebuilt by replay"
-                    );
-                }
-                published = scan_published(&consumer, &p, &out_brokers, &out_props).await;
+        let now = consumer.generation();
+        if now != generation {
+            // A rebalance: every partition was revoked (eager protocol).
+            // Windows, labelled windows and the label join are rebuilt by
+            // replaying the partitions this instance holds now, and their
+            // labels, from the committed offsets; evaluations already
+            // delivered are recognised by the marks and not sent again.
+            generation = now;
+            windows.clear();
+            key_states.forget(&mut policy);
+            last.clear();
+            let restored = key_states.restore(&consumer, &mut windows, &mut policy);
+            let mut restored_labelled = 0;
+            if let Some(l) = labelled.as_mut() {
+                l.hw.clear();
+                l.windows.clear();
+                l.join.reset();
+                l.join.expect_events_from(&consumer.assignment());
+                labelled_states.forget(&mut policy);
+                restored_labelled = labelled_states.restore(&consumer, &mut l.windows, &mut policy);
             }
+            if let Some((lc, _)) = &labels_reader
+                && let Err(e) = follow_labels(&consumer, lc).await
+            {
+                shutdown.store(true, Ordering::SeqCst);
+                result = Err(e);
+                break;
+            }
+            if restored + restored_labelled > 0 {
+                tracing::info!(
+                    keys = restored,
+                    labelled_keys = restored_labelled,
+                    "key states restored; windows rebuilt by replay"
+                );
+            }
+            let dropped = stats.window_keys.swap(0, Ordering::Relaxed);
+            stats.window_events.store(0, Ordering::Relaxed);
+            if dropped > 0 {
+                tracing::info!(
+                    keys_dropped = dropped,
+                    "rebalance: windows dropped, to be rebuilt by replay"
+                );
+            }
+            published = scan_published(&consumer, &p, &out_brokers, &out_props).await;
         }
         let out = Out {
             consumer: &consumer,
@@ -344,8 +353,18 @@ pub async fn run(
                 )
                 .await
             }
-            Msg::Labels(records) => match (&labels_reader, labelled.as_mut()) {
-                (Some((lc, _)), Some(ls)) => {
+            Msg::Labels {
+                generation: read_in,
+                records,
+            } => match (&labels_reader, labelled.as_mut()) {
+                // Labels read before the reader last followed the events
+                // partitions are read again from their commit.
+                (Some((lc, _)), Some(ls)) if lc.generation() == read_in => {
+                    // Like an events batch, a revocation waits for it;
+                    // after one (handled on the next message) it is read again.
+                    let Some(_in_flight) = consumer.begin(generation) else {
+                        continue;
+                    };
                     let events = (&windows, &last);
                     process_labels(&stages, ls, lc, &out, records, events, &mut policy, &mut fault).await
                 }
@@ -453,14 +472,14 @@ async fn read_loop(
             }
         };
         let rec = match got {
-            Err(_) => continue, // linger elapsed or periodic shutdown check
+            Err(_) => None, // linger elapsed or periodic shutdown check
             Ok(Err(e)) => {
                 // Broker outages surface here; librdkafka reconnects by itself.
                 tracing::warn!(error = %e, "kafka consumer error; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+                None
             }
-            Ok(Ok(r)) => r,
+            Ok(Ok(r)) => Some(r),
         };
         let now = consumer.generation();
         if now != generation {
@@ -471,7 +490,20 @@ async fn read_loop(
             first.clear();
             last.clear();
             deadline = None;
+            // Processing learns of it at once, even if no record follows:
+            // its windows and the labels reader follow the new assignment.
+            let notice = Work {
+                generation,
+                batch: None,
+                first: BTreeMap::new(),
+                last: BTreeMap::new(),
+                pending: std::mem::take(&mut pending),
+            };
+            if tx.send(Msg::Events(notice)).await.is_err() {
+                return Ok(());
+            }
         }
+        let Some(rec) = rec else { continue };
         read += 1;
         stats.received.fetch_add(1, Ordering::Relaxed);
         // Reading means assigned.
@@ -629,6 +661,7 @@ async fn process(
         &touched,
     )
     .await
+    .map(|_| ())
 }
 
 /// Publishes a window pair's evaluations: alerts (after the alert policy)
@@ -755,7 +788,12 @@ async fn process_labels(
     } else {
         vec![]
     };
-    commit(out.consumer, events.0, Some(ls), events.1, CommitMode::Sync, &touched).await?;
+    if !commit(out.consumer, events.0, Some(ls), events.1, CommitMode::Sync, &touched).await? {
+        // Refused (a rebalance): the labels commit must not get ahead of
+        // the events one, or events replayed from the older commit would
+        // wait for labels nobody reads again.
+        return Ok(());
+    }
     // Labels still needed to rebuild the join and the labelled windows are
     // read again after a restart.
     let needed = ls.join.labels_needed(&ls.windows.oldest_needed());
@@ -772,9 +810,51 @@ async fn process_labels(
             )
         })
         .collect();
+    // Synchronous: the next owner of these partitions reads the labels
+    // from this commit as soon as the events revocation completes.
     labels_consumer
-        .commit(&positions, CommitMode::Async)
+        .commit(&positions, CommitMode::Sync)
+        .map(|_| ())
         .map_err(kafka_err("commit labels"))
+}
+
+/// Points the labels reader at the labels partitions that go with the
+/// events partitions this instance holds: those of the same numbers, where
+/// the labels of their events are (a label is produced with its event's key,
+/// on a topic with as many partitions); every labels partition while it
+/// holds every events partition, whatever their counts.
+async fn follow_labels(events: &Arc<KafkaConsumer>, labels: &Arc<KafkaConsumer>) -> Result<(), RuntimeError> {
+    let held = events.assignment();
+    let (e, l) = (events.clone(), labels.clone());
+    let counts = tokio::task::spawn_blocking(move || {
+        let t = Duration::from_secs(10);
+        (e.partition_count(t), l.partition_count(t))
+    })
+    .await
+    .map_err(|e| RuntimeError::Other(format!("labels partitions: {e}")))?;
+    let partitions: Vec<i32> = match counts {
+        (Ok(n_events), Ok(n_labels)) => {
+            if !held.is_empty() && held.len() == n_events {
+                (0..n_labels as i32).collect()
+            } else {
+                if n_events != n_labels && !held.is_empty() {
+                    tracing::error!(events_topic = %events.topic(), events_partitions = n_events,
+                        labels_topic = %labels.topic(), labels_partitions = n_labels,
+                        "the labels topic is not partitioned like the events topic: with several instances in a group each reads the labels partitions numbered like its events partitions, so labels of its events may be on partitions it does not read (give both topics as many partitions and each label its event's key)");
+                }
+                held.iter().copied().filter(|p| (*p as usize) < n_labels).collect()
+            }
+        }
+        (e, l) => {
+            let err = e.err().or(l.err()).map(|e| e.to_string()).unwrap_or_default();
+            tracing::warn!(error = %err, "cannot read the topics' partition counts; reading the labels partitions numbered like the events partitions held");
+            held.clone()
+        }
+    };
+    tracing::info!(topic = %labels.topic(), partitions = ?partitions, "labels partitions followed");
+    labels
+        .follow(&partitions)
+        .map_err(kafka_err(format!("assigning labels partitions {partitions:?}")))
 }
 
 /// Reads the labels topic in small batches until shutdown, or until the
@@ -790,15 +870,26 @@ async fn labels_loop(
     events_done: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
     let mut buf = vec![];
+    // The generation the records in `buf` were read in.
+    let mut generation = consumer.generation();
+    let batch = |generation: u64, buf: &mut Vec<crate::source::RawRecord>| Msg::Labels {
+        generation,
+        records: std::mem::take(buf),
+    };
     let mut quiet_since: Option<tokio::time::Instant> = None;
     let started = tokio::time::Instant::now();
     loop {
         let done = shutdown.load(Ordering::SeqCst) || events_done.load(Ordering::SeqCst);
         if done && quiet_since.is_some_and(|q| q.elapsed() > Duration::from_millis(1500)) {
             if !buf.is_empty() {
-                let _ = tx.send(Msg::Labels(std::mem::take(&mut buf))).await;
+                let _ = tx.send(batch(generation, &mut buf)).await;
             }
             return Ok(());
+        }
+        if consumer.generation() != generation {
+            // Moved to other partitions: what was read is read again.
+            generation = consumer.generation();
+            buf.clear();
         }
         match tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await {
             Err(_) => {
@@ -811,7 +902,7 @@ async fn labels_loop(
                 } else {
                     quiet_since = None;
                 }
-                if !buf.is_empty() && tx.send(Msg::Labels(std::mem::take(&mut buf))).await.is_err() {
+                if !buf.is_empty() && tx.send(batch(generation, &mut buf)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -821,8 +912,12 @@ async fn labels_loop(
             }
             Ok(Ok(r)) => {
                 quiet_since = None;
+                if consumer.generation() != generation {
+                    generation = consumer.generation();
+                    buf.clear();
+                }
                 buf.push(r);
-                if buf.len() >= 500 && tx.send(Msg::Labels(std::mem::take(&mut buf))).await.is_err() {
+                if buf.len() >= 500 && tx.send(batch(generation, &mut buf)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -900,6 +995,7 @@ async fn mark_start(consumer: &KafkaConsumer, first: &BTreeMap<i32, i64>) -> Res
     consumer.checkpoint(&positions).await.map_err(kafka_err("checkpoint"))?;
     consumer
         .commit(&positions, CommitMode::Sync)
+        .map(|_| ())
         .map_err(kafka_err("commit"))
 }
 
@@ -970,6 +1066,7 @@ fn resume_at(needed: &BTreeMap<i32, i64>, p: i32, last: i64) -> i64 {
 /// Commits what the windows (and the label join) still need and what was
 /// delivered; first records the delivery of the `checkpoint` partitions
 /// (those with new evaluations) in the checkpoint topic, if there is one.
+/// `false`: the group refused the commit (see [`KafkaConsumer::commit`]).
 async fn commit(
     consumer: &KafkaConsumer,
     windows: &crate::window::Windows,
@@ -977,7 +1074,7 @@ async fn commit(
     last: &BTreeMap<i32, i64>,
     mode: CommitMode,
     checkpoint: &[i32],
-) -> Result<(), RuntimeError> {
+) -> Result<bool, RuntimeError> {
     let mut needed = windows.oldest_needed();
     if let Some(ls) = labelled {
         for (p, o) in ls.windows.oldest_needed().into_iter().chain(ls.join.events_needed()) {

@@ -363,6 +363,54 @@ impl KafkaConsumer {
     /// config's. With `checkpoints`, delivery marks are also recorded there
     /// (see [`KafkaConsumer::checkpoint`]) and read on each assignment.
     pub fn new(cfg: &KafkaSource, group_id: &str, checkpoints: Option<Checkpoints>) -> KafkaResult<Self> {
+        let c = Self::create(cfg, group_id, checkpoints)?;
+        c.consumer.subscribe(&[&cfg.topic])?;
+        Ok(c)
+    }
+
+    /// A consumer that does not join `group_id` but is told which
+    /// partitions to read ([`Self::follow`]); it resumes each from the
+    /// offset committed in `group_id` and commits there.
+    pub fn follower(cfg: &KafkaSource, group_id: &str) -> KafkaResult<Self> {
+        Self::create(cfg, group_id, None)
+    }
+
+    /// Reads exactly `partitions` of the topic (a follower), each from its
+    /// committed offset (the earliest without one), and starts a new
+    /// generation: records received before are of the old assignment.
+    pub fn follow(&self, partitions: &[i32]) -> KafkaResult<()> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Stored)?;
+        }
+        let _in_flight = self.gate.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        // Unassign first, so a partition kept is read again from its commit.
+        self.consumer.unassign()?;
+        self.consumer.assign(&tpl)?;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.assigned = partitions.iter().copied().collect();
+        shared.positions.clear();
+        self.gate.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many partitions the topic has (a metadata request; blocks up to `timeout`).
+    pub fn partition_count(&self, timeout: Duration) -> KafkaResult<usize> {
+        let md = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
+        let t = md.topics().iter().find(|t| t.name() == self.topic);
+        match t {
+            Some(t) if t.error().is_none() => Ok(t.partitions().len()),
+            Some(t) => Err(KafkaError::MetadataFetch(t.error().map_or(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+                rdkafka::types::RDKafkaErrorCode::from,
+            ))),
+            None => Err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            )),
+        }
+    }
+
+    fn create(cfg: &KafkaSource, group_id: &str, checkpoints: Option<Checkpoints>) -> KafkaResult<Self> {
         let checkpoints = checkpoints.map(Arc::new);
         let start = match &cfg.start {
             StartPosition::Committed => Start::Committed,
@@ -407,7 +455,6 @@ impl KafkaConsumer {
             gate: gate.clone(),
             checkpoints: checkpoints.clone(),
         })?;
-        consumer.subscribe(&[&cfg.topic])?;
         Ok(Self {
             consumer,
             topic: cfg.topic.clone(),
@@ -415,6 +462,11 @@ impl KafkaConsumer {
             gate,
             checkpoints,
         })
+    }
+
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// The current rebalance generation: it changes whenever partitions are
@@ -540,8 +592,11 @@ impl KafkaConsumer {
 
     /// Commits, per partition, `next` (where a restart must resume reading)
     /// and `delivered` (the last offset whose evaluations are delivered),
-    /// stamped with the time now.
-    pub fn commit(&self, positions: &BTreeMap<i32, Position>, mode: CommitMode) -> KafkaResult<()> {
+    /// stamped with the time now. `Ok(false)`: not committed, as the group
+    /// is rebalancing or the partitions were revoked (their next owner
+    /// resumes from the previous commit); with [`CommitMode::Async`], `true`
+    /// only says the commit was sent.
+    pub fn commit(&self, positions: &BTreeMap<i32, Position>, mode: CommitMode) -> KafkaResult<bool> {
         let mut tpl = TopicPartitionList::new();
         let at = Some(now_ms());
         {
@@ -561,21 +616,22 @@ impl KafkaConsumer {
             }
         }
         if tpl.count() == 0 {
-            return Ok(());
+            return Ok(positions.is_empty());
         }
         use rdkafka::types::RDKafkaErrorCode as Code;
         match self.consumer.commit(&tpl, mode) {
+            Ok(()) => Ok(true),
             // Nothing assigned any more (revoked meanwhile): nothing to commit.
-            Err(KafkaError::ConsumerCommit(Code::NoOffset)) => Ok(()),
+            Err(KafkaError::ConsumerCommit(Code::NoOffset)) => Ok(false),
             // The group is rebalancing: the partitions' next owner (maybe this
             // instance) resumes from the last commit that went through.
             Err(KafkaError::ConsumerCommit(
                 e @ (Code::RebalanceInProgress | Code::IllegalGeneration | Code::UnknownMemberId),
             )) => {
                 tracing::warn!(error = %e, "commit refused during a rebalance; the next owner replays from the previous commit");
-                Ok(())
+                Ok(false)
             }
-            r => r,
+            Err(e) => Err(e),
         }
     }
 }
