@@ -22,7 +22,7 @@
 //! header line, then the rows as an Arrow IPC stream, in chunks of at most
 //! [`REFERENCE_CHUNK_BYTES`] (brokers refuse messages over 1 MB by default).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,10 @@ struct ReferenceHeader {
     config: String,
     chunk: usize,
     chunks: usize,
+    /// The source partitions of the key's windows (none in records of
+    /// earlier versions: kept whatever is assigned).
+    #[serde(default)]
+    partitions: Vec<i32>,
 }
 
 /// A key's reference as read back, chunk by chunk.
@@ -88,6 +92,7 @@ struct ReferenceHeader {
 struct ReferenceChunks {
     config: String,
     chunks: usize,
+    partitions: Vec<i32>,
     parts: BTreeMap<usize, Vec<u8>>,
 }
 
@@ -154,8 +159,11 @@ struct Reader {
     marks: BTreeMap<i32, Delivered>,
     /// Key states with the most evaluations, per windows and key (this group and topic only).
     states: BTreeMap<(String, String), KeyState>,
-    /// `first` references per windows and key (this group and topic only).
+    /// `first` references per windows and key (this group and topic only),
+    /// of keys whose partitions are all in `wanted` (when set).
     references: BTreeMap<(String, String), ReferenceChunks>,
+    /// The source partitions assigned (see [`Checkpoints::keep_references_of`]).
+    wanted: Option<BTreeSet<i32>>,
 }
 
 /// Creates the checkpoint topic if it does not exist: one partition,
@@ -242,6 +250,7 @@ impl Checkpoints {
                 marks: BTreeMap::new(),
                 states: BTreeMap::new(),
                 references: BTreeMap::new(),
+                wanted: None,
             }),
         };
         let reader = c.reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -311,6 +320,7 @@ impl Checkpoints {
                     config: s.config.clone(),
                     chunk: i,
                     chunks: chunks.len(),
+                    partitions: s.snapshot.anchor.keys().copied().collect(),
                 };
                 let key = serde_json::to_vec(&(
                     &self.group,
@@ -379,6 +389,23 @@ impl Checkpoints {
         out
     }
 
+    /// Keeps, from now on, only the references of keys whose source
+    /// partitions are all in `partitions` (those assigned), so that an
+    /// instance does not hold every key's reference of the group. An
+    /// assignment with a partition not kept before has the topic read again
+    /// from its start by the next [`Self::delivered`].
+    pub fn keep_references_of(&self, partitions: &[i32]) {
+        let mut r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let now: BTreeSet<i32> = partitions.iter().copied().collect();
+        if r.wanted.as_ref().is_some_and(|w| !now.is_subset(w)) {
+            // Some were skipped: read them all again.
+            r.next.clear();
+            r.references.clear();
+        }
+        r.references.retain(|_, c| c.partitions.iter().all(|p| now.contains(p)));
+        r.wanted = Some(now);
+    }
+
     /// The highest mark per source partition (of equal ones the latest),
     /// after reading the checkpoint topic up to its current end (waits at
     /// most `timeout`).
@@ -399,6 +426,7 @@ impl Checkpoints {
             marks,
             states,
             references,
+            wanted,
         } = &mut *r;
         super::kafka::read_range(consumer, &self.topic, next, end, deadline, |m| {
             let Some(body) = m.payload() else { return };
@@ -408,13 +436,17 @@ impl Checkpoints {
                     &body[i + 1..],
                 ))
             }) {
-                if header.group == self.group && header.topic == self.source_topic {
+                let kept = wanted
+                    .as_ref()
+                    .is_none_or(|w| header.partitions.iter().all(|p| w.contains(p)));
+                if header.group == self.group && header.topic == self.source_topic && kept {
                     let e = references.entry((header.windows, header.key)).or_default();
                     // A newer save (another configuration) replaces what was read.
                     if e.config != header.config || e.chunks != header.chunks {
                         *e = ReferenceChunks {
                             config: header.config,
                             chunks: header.chunks,
+                            partitions: header.partitions,
                             parts: BTreeMap::new(),
                         };
                     }
@@ -676,6 +708,38 @@ mod tests {
         assert_eq!(back, concat_batches(&reference[0].schema(), &reference).unwrap());
         let b_state = got.iter().find(|s| s.snapshot.key == "b").unwrap();
         assert!(b_state.snapshot.reference.is_empty());
+    }
+
+    /// An instance keeps only the references of keys whose partitions it
+    /// holds; once it is assigned another partition the topic is read again
+    /// and that key's reference comes back too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_references_of_assigned_partitions_are_kept() {
+        let b = Broker::start(1).unwrap();
+        b.create_topic("cp", 1).unwrap();
+        let none = BTreeMap::new();
+        let w = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
+        let with = |key: &str, partition: i32, n: usize| {
+            let mut s = state("events", key, 1);
+            s.snapshot.anchor = BTreeMap::from([(partition, 10)]);
+            s.snapshot.reference_rows = n;
+            s.snapshot.reference = vec![rows(n)];
+            s
+        };
+        w.save_states(&[with("a", 1, 100), with("b", 2, 50)]).await.unwrap();
+        let r = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
+        let held = |assigned: &[i32]| -> BTreeMap<String, usize> {
+            r.keep_references_of(assigned);
+            r.delivered(Duration::from_secs(30)).unwrap();
+            r.states("events", |_| true)
+                .into_iter()
+                .map(|s| (s.snapshot.key, s.snapshot.reference.iter().map(|b| b.num_rows()).sum()))
+                .collect()
+        };
+        let m = |kv: &[(&str, usize)]| kv.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>();
+        assert_eq!(held(&[1]), m(&[("a", 100), ("b", 0)]));
+        assert_eq!(held(&[1, 2]), m(&[("a", 100), ("b", 50)]), "read again for partition 2");
+        assert_eq!(held(&[2]), m(&[("a", 0), ("b", 50)]), "a let go");
     }
 
     /// A checkpoint topic that does not exist is refused by the clients,

@@ -250,10 +250,14 @@ impl ConsumerContext for Ctx {
                 // the group has no commit: a group that is rebalancing
                 // refuses commits, not checkpoints.
                 let marks = match &self.checkpoints {
-                    Some(c) => c.delivered(CHECKPOINT_READ).unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "evaluations replayed on this assignment may be sent again");
-                        BTreeMap::new()
-                    }),
+                    Some(c) => {
+                        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                        c.keep_references_of(&partitions);
+                        c.delivered(CHECKPOINT_READ).unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "evaluations replayed on this assignment may be sent again");
+                            BTreeMap::new()
+                        })
+                    }
                     None => BTreeMap::new(),
                 };
                 let committed = base
