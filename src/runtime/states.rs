@@ -97,7 +97,7 @@ impl KeyStates {
         if !consumer.has_checkpoints() {
             return Ok(());
         }
-        let snaps = windows.unsaved();
+        let mut snaps = windows.unsaved();
         if snaps.is_empty() {
             return Ok(());
         }
@@ -110,10 +110,14 @@ impl KeyStates {
                 snapshot: s.clone(),
             })
             .collect();
-        consumer
+        let unsaved = consumer
             .save_states(&states)
             .await
             .map_err(super::kafka_err("saving key states"))?;
+        // A reference not saved keeps holding the commit.
+        for s in snaps.iter_mut().filter(|s| unsaved.contains(&s.key)) {
+            s.reference_rows = 0;
+        }
         windows.saved(&snaps);
         Ok(())
     }

@@ -71,6 +71,11 @@ pub struct KeyState {
 /// Most bytes of Arrow IPC in one reference record.
 pub const REFERENCE_CHUNK_BYTES: usize = 256 * 1024;
 
+/// A reference chunk larger than this (a single row larger than
+/// [`REFERENCE_CHUNK_BYTES`]) is not saved: producers and brokers refuse
+/// messages over 1 MB by default.
+pub const MAX_REFERENCE_RECORD_BYTES: usize = 900_000;
+
 /// Header of a reference record (its first line); the rest is Arrow IPC.
 #[derive(Debug, Serialize, Deserialize)]
 struct ReferenceHeader {
@@ -303,14 +308,29 @@ impl Checkpoints {
     }
 
     /// Records key states (with the references they carry, first) and
-    /// waits until the broker has them.
-    pub async fn save_states(&self, states: &[KeyState]) -> KafkaResult<()> {
+    /// waits until the broker has them. Returns the keys whose reference
+    /// could not be saved (see [`MAX_REFERENCE_RECORD_BYTES`]); their states
+    /// are saved as without one.
+    pub async fn save_states(&self, states: &[KeyState]) -> KafkaResult<Vec<String>> {
         let mut fs = vec![];
+        let mut unsaved = vec![];
         for s in states.iter().filter(|s| !s.snapshot.reference.is_empty()) {
-            let chunks = encode_reference(&s.snapshot.reference, REFERENCE_CHUNK_BYTES).map_err(|e| {
-                tracing::error!(key = %s.snapshot.key, error = %e, "cannot encode the reference as Arrow IPC to save it");
-                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::InvalidRecord)
-            })?;
+            let chunks = match encode_reference(&s.snapshot.reference, REFERENCE_CHUNK_BYTES) {
+                Ok(c) if c.iter().all(|c| c.len() <= MAX_REFERENCE_RECORD_BYTES) => c,
+                other => {
+                    let why = match other {
+                        Err(e) => format!("cannot encode it as Arrow IPC: {e}"),
+                        Ok(c) => format!(
+                            "a row takes {} bytes, more than a record may ({MAX_REFERENCE_RECORD_BYTES})",
+                            c.iter().map(Vec::len).max().unwrap_or(0)
+                        ),
+                    };
+                    tracing::warn!(windows = %s.windows, key = %s.snapshot.key, why,
+                        "reference not saved: the commit keeps holding its rows, and a restart rebuilds it by replay");
+                    unsaved.push(s.snapshot.key.clone());
+                    continue;
+                }
+            };
             for (i, bytes) in chunks.iter().enumerate() {
                 let header = ReferenceHeader {
                     group: self.group.clone(),
@@ -339,18 +359,24 @@ impl Checkpoints {
         }
         delivered_all(std::mem::take(&mut fs)).await?;
         for s in states {
+            let mut s = s.clone();
+            if unsaved.contains(&s.snapshot.key) {
+                // Restored without it: rebuilt from the replayed rows.
+                s.snapshot.reference_rows = 0;
+            }
             // Compaction keeps each key's last state.
             let key =
                 serde_json::to_vec(&(&self.group, &self.source_topic, &s.windows, &s.snapshot.key)).unwrap_or_default();
             let body = serde_json::to_vec(&StateRecord {
                 group: self.group.clone(),
                 topic: self.source_topic.clone(),
-                state: s.clone(),
+                state: s,
             })
             .unwrap_or_default();
             fs.push(self.send(&key, &body)?);
         }
-        delivered_all(fs).await
+        delivered_all(fs).await?;
+        Ok(unsaved)
     }
 
     /// The key states of `windows` read by the last [`Self::delivered`] that
@@ -708,6 +734,26 @@ mod tests {
         assert_eq!(back, concat_batches(&reference[0].schema(), &reference).unwrap());
         let b_state = got.iter().find(|s| s.snapshot.key == "b").unwrap();
         assert!(b_state.snapshot.reference.is_empty());
+
+        // A reference with a row larger than a record may be is not saved
+        // (the run goes on; the key's state is saved as without one).
+        let huge_row = {
+            let one = rows(1);
+            let s = datafusion::arrow::array::StringArray::from(vec!["x".repeat(1_000_000)]);
+            RecordBatch::try_new(one.schema(), vec![one.column(0).clone(), std::sync::Arc::new(s)]).unwrap()
+        };
+        let mut huge = state("events", "huge", 1);
+        huge.snapshot.reference_rows = 1;
+        huge.snapshot.reference = vec![huge_row];
+        let unsaved = w.save_states(&[huge, with.clone()]).await.unwrap();
+        assert_eq!(unsaved, ["huge"]);
+        r.delivered(Duration::from_secs(30)).unwrap();
+        let got = r.states("events", |s| s.snapshot.key == "huge");
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].snapshot.reference_rows, got[0].snapshot.reference.len()),
+            (0, 0)
+        );
     }
 
     /// An instance keeps only the references of keys whose partitions it

@@ -574,11 +574,12 @@ impl KafkaConsumer {
     }
 
     /// Saves key states in the checkpoint topic (nothing without one: see
-    /// [`Self::has_checkpoints`]).
-    pub async fn save_states(&self, states: &[super::checkpoint::KeyState]) -> KafkaResult<()> {
+    /// [`Self::has_checkpoints`]). Returns the keys whose reference could
+    /// not be saved.
+    pub async fn save_states(&self, states: &[super::checkpoint::KeyState]) -> KafkaResult<Vec<String>> {
         match &self.checkpoints {
             Some(c) => c.save_states(states).await,
-            None => Ok(()),
+            None => Ok(vec![]),
         }
     }
 
