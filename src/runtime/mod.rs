@@ -178,6 +178,8 @@ pub async fn run(
     stats: Arc<RunStats>,
     observer: Option<Observer>,
 ) -> Result<(), RuntimeError> {
+    // Refused before anything connects.
+    let mut fault = Fault::from_env()?;
     let p = stages.pipeline.clone();
     let SourceConfig::Kafka(src) = &p.source else {
         return Err(RuntimeError::Other(
@@ -257,7 +259,6 @@ pub async fn run(
         &scoring,
     );
     let mut published = Published::default();
-    let mut fault = Fault::from_env()?;
     let mut result = Ok(());
     // The labels task stops once the events reader has (and labels went quiet).
     let reader = {
@@ -1011,7 +1012,11 @@ struct Fault {
 
 impl Fault {
     fn from_env() -> Result<Self, RuntimeError> {
-        let Ok(v) = std::env::var("DRIFTWATCH_FAULT") else {
+        Self::parse(std::env::var("DRIFTWATCH_FAULT").ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Result<Self, RuntimeError> {
+        let Some(v) = value else {
             return Ok(Self::default());
         };
         let n = v
@@ -1181,4 +1186,33 @@ pub struct CompareDetector {
     pub also_drifted: Vec<String>,
     pub threshold: Option<f64>,
     pub tests: Vec<crate::detect::TestResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test hook takes `abort-before-mark:N` (N ≥ 1) and refuses
+    /// anything else by name, before the run connects to anything.
+    #[test]
+    fn fault_values_are_checked() {
+        assert_eq!(Fault::parse(None).unwrap().abort_before_mark, None);
+        assert_eq!(
+            Fault::parse(Some("abort-before-mark:3")).unwrap().abort_before_mark,
+            Some(3)
+        );
+        for bad in [
+            "",
+            "abort-before-mark:0",
+            "abort-before-mark:x",
+            "abort-before-mark:-1",
+            "crash:1",
+        ] {
+            let e = Fault::parse(Some(bad)).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                e.contains(&format!("DRIFTWATCH_FAULT=`{bad}`")) && e.contains("abort-before-mark:N"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }
