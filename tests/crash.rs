@@ -216,26 +216,13 @@ async fn late_labels(checkpoints: bool) {
         let l = Loaded::load(&s).unwrap();
         let producer: rdkafka::producer::FutureProducer = broker.client_config().create().unwrap();
         produce_kafka(&l, &producer, t, 1).await.unwrap();
-        pipelines.push(write(
+        let cp = checkpoints.then(|| format!("{t}-checkpoints"));
+        pipelines.push(error_rate_pipeline(
             dir.path(),
-            &format!("{t}.yaml"),
-            &format!(
-                "name: labels-crash
-schema: {schema}
-source: {{type: kafka, brokers: \"{brokers}\", topic: {t}{cp}, properties: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}}}}
-batch: {{max_events: 100, linger_ms: 10}}
-model: {{path: {model}, input: pixels}}
-labels: {{topic: {t}.labels, horizon_ms: 36000000}}
-window: {{reference: {{type: first, size: 400}}, current: {{size: 200, slide: 100}}}}
-detectors:
-  - {{name: errors, kind: error_rate, alpha: 0.001}}
-output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}-stats}}
-",
-                schema = root().join("schemas/digits.yaml").display(),
-                model = root().join("models/digits_cnn.onnx").display(),
-                brokers = broker.bootstrap(),
-                cp = checkpoint_option(checkpoints.then(|| format!("{t}-checkpoints")).as_deref()),
-            ),
+            "labels-crash",
+            t,
+            &broker.bootstrap(),
+            cp.as_deref(),
         ));
     }
     // 2400 events, all labelled: evaluations at 600, 700, …, 2400 joined events.

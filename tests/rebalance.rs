@@ -224,26 +224,8 @@ async fn scale_out_with_late_labels(broker: &impl Kafka) {
         }
     };
     let pipeline = |t: &str| {
-        write(
-            dir.path(),
-            &format!("{t}.yaml"),
-            &format!(
-                "name: scaled-labels
-schema: {schema}
-source: {{type: kafka, brokers: \"{brokers}\", topic: {t}, checkpoint_topic: {t}-checkpoints, properties: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}}}}
-batch: {{max_events: 100, linger_ms: 10}}
-model: {{path: {model}, input: pixels}}
-labels: {{topic: {t}.labels, horizon_ms: 36000000}}
-window: {{reference: {{type: first, size: 400}}, current: {{size: 200, slide: 100}}}}
-detectors:
-  - {{name: errors, kind: error_rate, alpha: 0.001}}
-output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}-stats}}
-",
-                schema = root().join("schemas/digits.yaml").display(),
-                model = root().join("models/digits_cnn.onnx").display(),
-                brokers = broker.bootstrap(),
-            ),
-        )
+        let cp = format!("{t}-checkpoints");
+        error_rate_pipeline(dir.path(), "scaled-labels", t, &broker.bootstrap(), Some(&cp))
     };
     // Per key, evaluations at 600, 700, … joined events.
     let total: usize = (0..KEYS).map(|k| (700 + 50 * k + 800 - 600) / 100 + 1).sum();

@@ -279,18 +279,14 @@ pub async fn run(
             // labels, from the committed offsets; evaluations already
             // delivered are recognised by the marks and not sent again.
             generation = now;
-            windows.clear();
-            key_states.forget(&mut policy);
             last.clear();
-            let restored = key_states.restore(&consumer, &mut windows, &mut policy);
+            let restored = key_states.rebuild(&consumer, &mut windows, &mut policy);
             let mut restored_labelled = 0;
             if let Some(l) = labelled.as_mut() {
                 l.hw.clear();
-                l.windows.clear();
                 l.join.reset();
                 l.join.expect_events_from(&consumer.assignment());
-                labelled_states.forget(&mut policy);
-                restored_labelled = labelled_states.restore(&consumer, &mut l.windows, &mut policy);
+                restored_labelled = labelled_states.rebuild(&consumer, &mut l.windows, &mut policy);
             }
             if let Some((lc, _)) = &labels_reader
                 && let Err(e) = follow_labels(&consumer, lc).await
@@ -849,7 +845,7 @@ async fn follow_labels(events: &Arc<KafkaConsumer>, labels: &Arc<KafkaConsumer>)
         (e, l) => {
             let err = e.err().or(l.err()).map(|e| e.to_string()).unwrap_or_default();
             tracing::warn!(error = %err, "cannot read the topics' partition counts; reading the labels partitions numbered like the events partitions held");
-            held.clone()
+            held
         }
     };
     tracing::info!(topic = %labels.topic(), partitions = ?partitions, "labels partitions followed");
@@ -887,11 +883,6 @@ async fn labels_loop(
             }
             return Ok(());
         }
-        if consumer.generation() != generation {
-            // Moved to other partitions: what was read is read again.
-            generation = consumer.generation();
-            buf.clear();
-        }
         match tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await {
             Err(_) => {
                 // Silence means "no more labels" only once the consumer has its
@@ -914,6 +905,8 @@ async fn labels_loop(
             Ok(Ok(r)) => {
                 quiet_since = None;
                 if consumer.generation() != generation {
+                    // Moved to other partitions: what was read is read
+                    // again (a batch of the old generation is dropped anyway).
                     generation = consumer.generation();
                     buf.clear();
                 }

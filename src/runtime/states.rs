@@ -56,15 +56,13 @@ impl KeyStates {
         }
     }
 
-    /// Forgets the policy's memory of these windows' detectors (the windows
-    /// were dropped).
-    pub(super) fn forget(&self, policy: &mut AlertPolicy) {
+    /// After a rebalance: drops `windows` and the policy's memory of their
+    /// detectors, then seeds both with the states saved for the keys whose
+    /// partitions are all assigned now (the replay rebuilds the rest);
+    /// returns how many were restored.
+    pub(super) fn rebuild(&self, consumer: &KafkaConsumer, windows: &mut Windows, policy: &mut AlertPolicy) -> usize {
+        windows.clear();
         policy.forget(&self.detectors);
-    }
-
-    /// Seeds `windows` (empty) and the policy with the states saved for the
-    /// keys whose partitions are all assigned now; returns how many.
-    pub(super) fn restore(&self, consumer: &KafkaConsumer, windows: &mut Windows, policy: &mut AlertPolicy) -> usize {
         let mut skipped = 0;
         let mut snaps = vec![];
         for s in consumer.states(self.which.name()) {

@@ -259,27 +259,9 @@ impl Checkpoints {
             }),
         };
         let reader = c.reader.lock().unwrap_or_else(|e| e.into_inner());
-        c.partitions(&reader.consumer, Duration::from_secs(10))?;
+        super::kafka::topic_partitions(reader.consumer.client(), topic, Duration::from_secs(10))?;
         drop(reader);
         Ok(c)
-    }
-
-    fn partitions(&self, consumer: &BaseConsumer, timeout: Duration) -> KafkaResult<Vec<i32>> {
-        let md = consumer.fetch_metadata(Some(&self.topic), timeout)?;
-        let missing = || KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .ok_or_else(missing)?;
-        if let Some(e) = t.error() {
-            return Err(KafkaError::MetadataFetch(e.into()));
-        }
-        let ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-        if ps.is_empty() {
-            return Err(missing());
-        }
-        Ok(ps)
     }
 
     /// Sends one record to the checkpoint topic; returns its delivery.
@@ -313,8 +295,13 @@ impl Checkpoints {
     /// are saved as without one.
     pub async fn save_states(&self, states: &[KeyState]) -> KafkaResult<Vec<String>> {
         let mut fs = vec![];
+        // Indices in `states` of the references not saved.
         let mut unsaved = vec![];
-        for s in states.iter().filter(|s| !s.snapshot.reference.is_empty()) {
+        for (at, s) in states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.snapshot.reference.is_empty())
+        {
             let chunks = match encode_reference(&s.snapshot.reference, REFERENCE_CHUNK_BYTES) {
                 Ok(c) if c.iter().all(|c| c.len() <= MAX_REFERENCE_RECORD_BYTES) => c,
                 other => {
@@ -327,7 +314,7 @@ impl Checkpoints {
                     };
                     tracing::warn!(windows = %s.windows, key = %s.snapshot.key, why,
                         "reference not saved: the commit keeps holding its rows, and a restart rebuilds it by replay");
-                    unsaved.push(s.snapshot.key.clone());
+                    unsaved.push(at);
                     continue;
                 }
             };
@@ -358,9 +345,9 @@ impl Checkpoints {
             }
         }
         delivered_all(std::mem::take(&mut fs)).await?;
-        for s in states {
+        for (at, s) in states.iter().enumerate() {
             let mut s = s.clone();
-            if unsaved.contains(&s.snapshot.key) {
+            if unsaved.contains(&at) {
                 // Restored without it: rebuilt from the replayed rows.
                 s.snapshot.reference_rows = 0;
             }
@@ -376,7 +363,7 @@ impl Checkpoints {
             fs.push(self.send(&key, &body)?);
         }
         delivered_all(fs).await?;
-        Ok(unsaved)
+        Ok(unsaved.into_iter().map(|at| states[at].snapshot.key.clone()).collect())
     }
 
     /// The key states of `windows` read by the last [`Self::delivered`] that
@@ -440,7 +427,7 @@ impl Checkpoints {
         let mut r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let what = |e: KafkaError| format!("checkpoint topic `{}`: {e}", self.topic);
         let mut end = BTreeMap::new();
-        for p in self.partitions(&r.consumer, timeout).map_err(what)? {
+        for p in super::kafka::topic_partitions(r.consumer.client(), &self.topic, timeout).map_err(what)? {
             let (low, high) = r.consumer.fetch_watermarks(&self.topic, p, timeout).map_err(what)?;
             let next = r.next.get(&p).copied().unwrap_or(low).max(low);
             r.next.insert(p, next);

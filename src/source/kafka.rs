@@ -400,18 +400,7 @@ impl KafkaConsumer {
 
     /// How many partitions the topic has (a metadata request; blocks up to `timeout`).
     pub fn partition_count(&self, timeout: Duration) -> KafkaResult<usize> {
-        let md = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
-        let t = md.topics().iter().find(|t| t.name() == self.topic);
-        match t {
-            Some(t) if t.error().is_none() => Ok(t.partitions().len()),
-            Some(t) => Err(KafkaError::MetadataFetch(t.error().map_or(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-                rdkafka::types::RDKafkaErrorCode::from,
-            ))),
-            None => Err(KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            )),
-        }
+        topic_partitions(self.consumer.client(), &self.topic, timeout).map(|p| p.len())
     }
 
     fn create(cfg: &KafkaSource, group_id: &str, checkpoints: Option<Checkpoints>) -> KafkaResult<Self> {
@@ -791,6 +780,26 @@ pub fn offset_for_time(
         }
     }
     Ok(lo)
+}
+
+/// The partitions of `topic` (a metadata request; blocks up to `timeout`):
+/// an error if the brokers do not know it or list no partition.
+pub fn topic_partitions<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> KafkaResult<Vec<i32>> {
+    let md = client.fetch_metadata(Some(topic), timeout)?;
+    let missing = || KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
+    let t = md.topics().iter().find(|t| t.name() == topic).ok_or_else(missing)?;
+    if let Some(e) = t.error() {
+        return Err(KafkaError::MetadataFetch(e.into()));
+    }
+    let ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    if ps.is_empty() {
+        return Err(missing());
+    }
+    Ok(ps)
 }
 
 /// Per partition, the range of offsets present: (low, high) watermarks.

@@ -289,6 +289,34 @@ pub fn checkpoint_option(topic: Option<&str>) -> String {
     })
 }
 
+/// Writes `{topic}.yaml` in `dir`: pipeline `name` over the digits schema
+/// and CNN reading `topic` (batches of 100), its late labels on
+/// `{topic}.labels` (horizon 10 h), labelled windows first 400 / 200 by 100,
+/// one `error_rate` test, outputs `{topic}-alerts`, `-dlq`, `-stats`; a
+/// short session timeout, and `checkpoints` as in [`checkpoint_option`].
+pub fn error_rate_pipeline(dir: &Path, name: &str, topic: &str, brokers: &str, checkpoints: Option<&str>) -> PathBuf {
+    write(
+        dir,
+        &format!("{topic}.yaml"),
+        &format!(
+            "name: {name}
+schema: {schema}
+source: {{type: kafka, brokers: \"{brokers}\", topic: {topic}{cp}, properties: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}}}}
+batch: {{max_events: 100, linger_ms: 10}}
+model: {{path: {model}, input: pixels}}
+labels: {{topic: {topic}.labels, horizon_ms: 36000000}}
+window: {{reference: {{type: first, size: 400}}, current: {{size: 200, slide: 100}}}}
+detectors:
+  - {{name: errors, kind: error_rate, alpha: 0.001}}
+output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq, stats_topic: {topic}-stats}}
+",
+            schema = root().join("schemas/digits.yaml").display(),
+            model = root().join("models/digits_cnn.onnx").display(),
+            cp = checkpoint_option(checkpoints),
+        ),
+    )
+}
+
 /// Writes `{topic}.yaml` in `dir`: pipeline `name` over [`SCHEMA_X`] reading
 /// `topic` at `brokers` in batches of 50, with `window` (flow YAML), one KS
 /// test on `x`, and outputs `{topic}-alerts`, `{topic}-dlq`, `{topic}-stats`.
