@@ -883,6 +883,11 @@ async fn labels_loop(
             }
             return Ok(());
         }
+        if consumer.generation() != generation {
+            // Moved to other partitions: what was read is read again.
+            generation = consumer.generation();
+            buf.clear();
+        }
         match tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await {
             Err(_) => {
                 // Silence means "no more labels" only once the consumer has its
