@@ -71,6 +71,9 @@ pub struct JoinStats {
     pub waiting_labels: u64,
     /// Joined events held until the earlier events of their partition are decided.
     pub held: u64,
+    /// Where (partition, offset) the first event still waiting for its label
+    /// is: the one holding back the joined events after it.
+    pub first_waiting: Option<(i32, i64)>,
 }
 
 /// Where an event is in the events stream: (partition, offset), or
@@ -269,6 +272,7 @@ impl LabelJoin {
         self.stats.waiting_events = 0;
         self.stats.waiting_labels = 0;
         self.stats.held = 0;
+        self.stats.first_waiting = None;
     }
 
     /// The events partitions this join is fed (those held): until each has
@@ -429,6 +433,8 @@ impl LabelJoin {
                 .and_then(|next| self.queue.range((next, i64::MIN)..).next().map(|(k, _)| k.0));
         }
         self.stats.held = (self.queue.len() - self.events.len()) as u64;
+        // After the release each partition's queue starts with a waiting event.
+        self.stats.first_waiting = self.queue.keys().next().copied();
         out
     }
 
@@ -552,10 +558,12 @@ mod tests {
         // a: 50 after its event, joined; b: 101 after, too late.
         assert_eq!(labels_of(&joined), [("a".to_string(), 3)]);
         assert_eq!((j.stats.joined, j.stats.late), (1, 1));
+        assert_eq!(j.stats.first_waiting, Some((0, 3)), "c, the third event, waits");
         // The labels stream passed c's horizon (20 + 100 < 121): c stays unlabelled.
         j.add_labels(vec![label("zz", 1, 121)]).unwrap();
         assert_eq!(j.stats.unlabelled, 1);
         assert_eq!(j.stats.waiting_events, 0);
+        assert_eq!(j.stats.first_waiting, None);
         assert_eq!(j.stats.waiting_labels, 1, "zz waits for its event");
     }
 

@@ -38,6 +38,12 @@ enum Cmd {
         /// Serve Prometheus metrics (/metrics) and readiness (/health) here; `off` to disable.
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics: String,
+        /// Log a status line (events read and scored, evaluations, alerts,
+        /// dead letters, the late-label join's waiting counts) every this
+        /// many seconds; 0 turns it off. A run that reads but makes no
+        /// evaluations shows here, without a metrics scraper.
+        #[arg(long, default_value_t = 60)]
+        status_every: u64,
     },
     /// Check pipelines: config, schema, model, SQL. Non-zero exit on any error.
     Validate {
@@ -237,6 +243,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             group_id,
             max_events,
             metrics,
+            status_every,
         } => {
             let stages = runtime::validate(&pipeline).await?;
             let shutdown = Arc::new(AtomicBool::new(false));
@@ -251,6 +258,17 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 )
                 .with_context(|| format!("cannot serve metrics on {metrics} (use --metrics ADDR or --metrics off)"))?;
                 tracing::info!("metrics on http://{addr}/metrics, readiness on http://{addr}/health");
+            }
+            if status_every > 0 {
+                let s = stats.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(status_every));
+                    tick.tick().await; // the first tick is immediate
+                    loop {
+                        tick.tick().await;
+                        s.log_status();
+                    }
+                });
             }
             runtime::run(stages, RunOptions { max_events, group_id }, shutdown, stats, None).await?;
             Ok(ExitCode::SUCCESS)

@@ -109,6 +109,33 @@ pub struct RunStats {
 }
 
 impl RunStats {
+    /// Logs the counters in one line (`run --status-every`).
+    pub fn log_status(&self) {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let join = self.labels.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let lag: i64 = self.lag.lock().unwrap_or_else(|e| e.into_inner()).values().sum();
+        tracing::info!(
+            received = n(&self.received),
+            processed = n(&self.processed),
+            dead_lettered = n(&self.dead_lettered),
+            evaluations = n(&self.evaluations),
+            alerts = n(&self.alerts),
+            lag,
+            window_keys = n(&self.window_keys),
+            window_events = n(&self.window_events),
+            labels_joined = join.joined,
+            labels_waiting = join.waiting_labels,
+            labels_late = join.late,
+            labels_orphaned = join.orphaned,
+            unlabelled = join.unlabelled,
+            join_dropped = join.dropped,
+            events_waiting_for_labels = join.waiting_events,
+            joined_held = join.held,
+            first_waiting = ?join.first_waiting,
+            "status"
+        );
+    }
+
     fn dead_letter(&self, reason: &str) {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
         *self
@@ -228,9 +255,17 @@ pub async fn run(
             let lgroup = l.group_id.clone().unwrap_or_else(|| format!("{group}-labels"));
             let c = Arc::new(KafkaConsumer::follower(&lsrc, &lgroup).map_err(kafka_err("creating labels consumer"))?);
             tracing::info!(topic = %l.topic, group = %lgroup, horizon_ms = l.horizon_ms.get(), "joining late labels");
+            let (follow, wanted) = tokio::sync::watch::channel(Follow::default());
             Some((
                 c.clone(),
-                tokio::spawn(labels_loop(c, tx.clone(), shutdown.clone(), events_done.clone())),
+                tokio::spawn(labels_loop(
+                    c,
+                    wanted,
+                    tx.clone(),
+                    shutdown.clone(),
+                    events_done.clone(),
+                )),
+                follow,
             ))
         }
         None => None,
@@ -288,8 +323,8 @@ pub async fn run(
                 l.join.expect_events_from(&consumer.assignment());
                 restored_labelled = labelled_states.rebuild(&consumer, &mut l.windows, &mut policy);
             }
-            if let Some((lc, _)) = &labels_reader
-                && let Err(e) = follow_labels(&consumer, lc).await
+            if let Some((lc, _, follow)) = &labels_reader
+                && let Err(e) = follow_labels(&consumer, lc, follow).await
             {
                 shutdown.store(true, Ordering::SeqCst);
                 result = Err(e);
@@ -356,7 +391,7 @@ pub async fn run(
             } => match (&labels_reader, labelled.as_mut()) {
                 // Labels read before the reader last followed the events
                 // partitions are read again from their commit.
-                (Some((lc, _)), Some(ls)) if lc.generation() == read_in => {
+                (Some((lc, _, follow)), Some(ls)) if follow.borrow().generation == read_in => {
                     // Like an events batch, a revocation waits for it;
                     // after one (handled on the next message) it is read again.
                     let Some(_in_flight) = consumer.begin(generation) else {
@@ -380,7 +415,7 @@ pub async fn run(
         .await
         .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?
         .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?;
-    if let Some((_, h)) = labels_reader {
+    if let Some((_, h, _)) = labels_reader {
         h.await
             .map_err(|e| RuntimeError::Other(format!("labels consumer task: {e}")))??;
     }
@@ -815,12 +850,32 @@ async fn process_labels(
         .map_err(kafka_err("commit labels"))
 }
 
+/// The labels partitions the labels reader is to read, set by the
+/// processing task on each rebalance and applied by the reader itself
+/// between two receives: every record it receives after applying one is of
+/// the new assignment, and is tagged with its generation. (Applied from the
+/// processing task, a record of the new assignment received just before the
+/// generation moved was tagged with the old one and dropped, and never read
+/// again: its event then waited for it forever, holding back its partition's
+/// labelled windows.)
+#[derive(Debug, Default, Clone)]
+struct Follow {
+    /// Labels batches carry the generation they were read in; those of an
+    /// older one are dropped (read again from the commit).
+    generation: u64,
+    partitions: Vec<i32>,
+}
+
 /// Points the labels reader at the labels partitions that go with the
 /// events partitions this instance holds: those of the same numbers, where
 /// the labels of their events are (a label is produced with its event's key,
 /// on a topic with as many partitions); every labels partition while it
 /// holds every events partition, whatever their counts.
-async fn follow_labels(events: &Arc<KafkaConsumer>, labels: &Arc<KafkaConsumer>) -> Result<(), RuntimeError> {
+async fn follow_labels(
+    events: &Arc<KafkaConsumer>,
+    labels: &Arc<KafkaConsumer>,
+    follow: &tokio::sync::watch::Sender<Follow>,
+) -> Result<(), RuntimeError> {
     let held = events.assignment();
     let (e, l) = (events.clone(), labels.clone());
     let counts = tokio::task::spawn_blocking(move || {
@@ -848,10 +903,23 @@ async fn follow_labels(events: &Arc<KafkaConsumer>, labels: &Arc<KafkaConsumer>)
             held
         }
     };
-    tracing::info!(topic = %labels.topic(), partitions = ?partitions, "labels partitions followed");
-    labels
-        .follow(&partitions)
-        .map_err(kafka_err(format!("assigning labels partitions {partitions:?}")))
+    follow.send_modify(|f| {
+        f.generation += 1;
+        f.partitions = partitions.clone();
+    });
+    // Where the labels are read from: with the events' committed offsets,
+    // what a restart rebuilds the join from.
+    let (l, ps) = (labels.clone(), partitions.clone());
+    let from = tokio::task::spawn_blocking(move || l.committed(&ps, Duration::from_secs(10)))
+        .await
+        .map_err(|e| RuntimeError::Other(format!("labels partitions: {e}")))?;
+    match from {
+        Ok(from) => tracing::info!(topic = %labels.topic(), partitions = ?partitions, committed = ?from,
+            "labels partitions to follow (from their committed offsets; the earliest without one)"),
+        Err(e) => tracing::info!(topic = %labels.topic(), partitions = ?partitions, error = %e,
+            "labels partitions to follow (their committed offsets could not be read for this log)"),
+    }
+    Ok(())
 }
 
 /// Reads the labels topic in small batches until shutdown, or until the
@@ -862,13 +930,14 @@ const LABELS_JOIN_GRACE: Duration = Duration::from_secs(30);
 
 async fn labels_loop(
     consumer: Arc<KafkaConsumer>,
+    mut wanted: tokio::sync::watch::Receiver<Follow>,
     tx: mpsc::Sender<Msg>,
     shutdown: Arc<AtomicBool>,
     events_done: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
     let mut buf = vec![];
     // The generation the records in `buf` were read in.
-    let mut generation = consumer.generation();
+    let mut generation = wanted.borrow().generation;
     let batch = |generation: u64, buf: &mut Vec<crate::source::RawRecord>| Msg::Labels {
         generation,
         records: std::mem::take(buf),
@@ -883,10 +952,15 @@ async fn labels_loop(
             }
             return Ok(());
         }
-        if consumer.generation() != generation {
+        if wanted.has_changed().unwrap_or(false) {
             // Moved to other partitions: what was read is read again.
-            generation = consumer.generation();
+            let f = wanted.borrow_and_update().clone();
             buf.clear();
+            if let Err(e) = consumer.follow(&f.partitions) {
+                shutdown.store(true, Ordering::SeqCst);
+                return Err(kafka_err(format!("assigning labels partitions {:?}", f.partitions))(e));
+            }
+            generation = f.generation;
         }
         match tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await {
             Err(_) => {
@@ -909,12 +983,6 @@ async fn labels_loop(
             }
             Ok(Ok(r)) => {
                 quiet_since = None;
-                if consumer.generation() != generation {
-                    // Moved to other partitions: what was read is read
-                    // again (a batch of the old generation is dropped anyway).
-                    generation = consumer.generation();
-                    buf.clear();
-                }
                 buf.push(r);
                 if buf.len() >= 500 && tx.send(batch(generation, &mut buf)).await.is_err() {
                     return Ok(());
@@ -1189,6 +1257,95 @@ pub struct CompareDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The labels reader is re-pointed many times while records arrive (as
+    /// on rebalances). The records of each assignment reach processing
+    /// tagged with its generation, in order and none missing: from the
+    /// partition's start (nothing committed) on, with no gap and no record
+    /// of an older assignment. A gap is a label lost: its event would wait
+    /// for it forever and hold back its partition's labelled windows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_labels_reader_loses_no_record_when_its_partitions_change() {
+        use crate::config::{KafkaSource, StartPosition};
+        let broker = crate::broker::Broker::start(1).unwrap();
+        broker.create_topic("lab", 1).unwrap();
+        let src = KafkaSource {
+            brokers: broker.bootstrap(),
+            topic: "lab".into(),
+            group_id: None,
+            start: StartPosition::Committed,
+            properties: BTreeMap::new(),
+            checkpoint_topic: None,
+        };
+        let total = 3000;
+        let producer: FutureProducer = broker.client_config().create().unwrap();
+        let produced = tokio::spawn(async move {
+            for chunk in 0..total / 100 {
+                let mut fs = vec![];
+                for i in chunk * 100..(chunk + 1) * 100 {
+                    let body = i.to_string();
+                    fs.push(
+                        producer
+                            .send_result(FutureRecord::<(), _>::to("lab").payload(&body))
+                            .unwrap(),
+                    );
+                }
+                for f in fs {
+                    f.await.unwrap().unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        });
+        let consumer = Arc::new(KafkaConsumer::follower(&src, "lab-g").unwrap());
+        let (follow, wanted) = tokio::sync::watch::channel(Follow::default());
+        let (tx, mut rx) = mpsc::channel(4);
+        let (shutdown, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let reader = tokio::spawn(labels_loop(consumer, wanted, tx, shutdown.clone(), done));
+        // Per generation, the offsets received, in order.
+        let mut got: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+        let take = |m: Msg, got: &mut BTreeMap<u64, Vec<i64>>| {
+            if let Msg::Labels { generation, records } = m {
+                got.entry(generation)
+                    .or_default()
+                    .extend(records.iter().map(|r| r.offset));
+            }
+        };
+        let generations = 20;
+        for g in 1..=generations {
+            follow.send_modify(|f| {
+                f.generation = g;
+                f.partitions = vec![0];
+            });
+            // Re-pointed while records flow: once the new assignment's
+            // first batch is in, a little later each time.
+            let until = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !got.contains_key(&g)
+                && let Ok(Some(m)) = tokio::time::timeout_at(until, rx.recv()).await
+            {
+                take(m, &mut got);
+            }
+            tokio::time::sleep(Duration::from_millis(3 * (g % 7))).await;
+        }
+        produced.await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while got.get(&generations).map_or(0, |o| o.len()) < total {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => take(m, &mut got),
+                _ => break,
+            }
+        }
+        shutdown.store(true, Ordering::SeqCst);
+        while let Some(m) = rx.recv().await {
+            take(m, &mut got);
+        }
+        reader.await.unwrap().unwrap();
+        assert!(got.keys().all(|g| (1..=generations).contains(g)), "{:?}", got.keys());
+        for (g, offsets) in &got {
+            let want: Vec<i64> = (0..offsets.len() as i64).collect();
+            assert_eq!(offsets, &want, "generation {g}: every record from the start, in order");
+        }
+        assert_eq!(got[&generations].len(), total, "the last assignment read every record");
+    }
 
     /// The test hook takes `abort-before-mark:N` (N ≥ 1) and refuses
     /// anything else by name, before the run connects to anything.

@@ -306,7 +306,12 @@ impl ConsumerContext for Ctx {
                     }
                 }
                 for e in tpl.elements() {
-                    tracing::info!(topic = %self.topic, partition = e.partition(), start = ?e.offset(), "partition assigned");
+                    // `Invalid`: from the committed offset (shown), else per auto.offset.reset.
+                    let commit = committed
+                        .find_partition(&self.topic, e.partition())
+                        .map(|c| c.offset())
+                        .unwrap_or(Offset::Invalid);
+                    tracing::info!(topic = %self.topic, partition = e.partition(), start = ?e.offset(), committed = ?commit, "partition assigned");
                     shared.assigned.insert(e.partition());
                 }
                 if let Err(e) = base.assign(tpl) {
@@ -381,7 +386,10 @@ impl KafkaConsumer {
 
     /// Reads exactly `partitions` of the topic (a follower), each from its
     /// committed offset (the earliest without one), and starts a new
-    /// generation: records received before are of the old assignment.
+    /// generation: records received before are of the old assignment. Call
+    /// it from the task that receives, between two receives, so that which
+    /// assignment a record is of is never in doubt (librdkafka drops
+    /// records fetched for an assignment once it is replaced).
     pub fn follow(&self, partitions: &[i32]) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
@@ -396,6 +404,23 @@ impl KafkaConsumer {
         shared.positions.clear();
         self.gate.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The group's committed offsets of `partitions` (none for a partition
+    /// without a commit); blocks up to `timeout`.
+    pub fn committed(&self, partitions: &[i32], timeout: Duration) -> KafkaResult<BTreeMap<i32, i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.topic, *p);
+        }
+        let c = self.consumer.committed_offsets(tpl, timeout)?;
+        Ok(c.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// How many partitions the topic has (a metadata request; blocks up to `timeout`).

@@ -375,9 +375,13 @@ pub fn start_run(p: &Path, group: &str, name: &str) -> Running {
 /// [`start_run`] with environment variables.
 pub fn start_run_with(p: &Path, group: &str, name: &str, env: &[(&str, &str)]) -> Running {
     use std::process::{Command, Stdio};
-    let log = std::env::temp_dir().join(format!("driftwatch-{group}-{name}-{}.log", std::process::id()));
+    // Tests of one binary run at once and may share group and run names: a
+    // sequence number keeps each run's log its own.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = std::env::temp_dir().join(format!("driftwatch-{group}-{name}-{}-{n}.log", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-        .args(["run", "--metrics", "off", "--group-id", group])
+        .args(["run", "--metrics", "off", "--status-every", "5", "--group-id", group])
         .arg(p)
         .envs(env.iter().copied())
         .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
@@ -417,12 +421,35 @@ impl Running {
             if let Some(s) = self.0.try_wait().expect("wait") {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "driftwatch run did not exit within {timeout:?}: {}",
-                self.1.display()
-            );
+            if Instant::now() >= deadline {
+                let stacks = self.dump_stacks();
+                panic!(
+                    "driftwatch run did not exit within {timeout:?}: {}{stacks}\n{}",
+                    self.1.display(),
+                    self.log_tail(20)
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last `n` lines of the run's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Where a stuck run waits: every thread's stack, by gdb (when
+    /// installed), written next to the log; returns ", stacks in PATH" or "".
+    fn dump_stacks(&self) -> String {
+        let path = self.1.with_extension("stacks");
+        let out = std::process::Command::new("gdb")
+            .args(["-batch", "-ex", "thread apply all bt", "-p", &self.0.id().to_string()])
+            .output();
+        match out {
+            Ok(o) if std::fs::write(&path, &o.stdout).is_ok() => format!(", stacks in {}", path.display()),
+            _ => String::new(),
         }
     }
 }
@@ -443,17 +470,13 @@ pub fn stop_run(mut run: Running) {
         .status()
         .expect("kill");
     let status = run.0.wait().expect("wait");
-    let log = std::fs::read_to_string(&run.1).unwrap_or_default();
-    let tail: String = log
-        .lines()
-        .rev()
-        .take(15)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert_eq!(status.code(), Some(0), "{status:?}; {}:\n{tail}", run.1.display());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status:?}; {}:\n{}",
+        run.1.display(),
+        run.log_tail(15)
+    );
 }
 
 /// Waits until group `group`'s commit metadata (or, with `checkpoints`,
