@@ -236,6 +236,20 @@ async fn late_labels(checkpoints: bool) {
     produce(&broker, "lref.labels", &labels("lref")).await;
     let child = start_run(&pipelines[0], "g-lref", "lref");
     assert_eq!(wait_for(&broker, "lref-stats", total), total);
+    if !checkpoints {
+        // The status line (every 5 s in tests) sums the run up.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let done =
+            |t: &str| t.contains(" status ") && t.contains("labels_joined=2400") && t.contains("first_waiting=None");
+        while !done(&child.log_text()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            done(&child.log_text()),
+            "a status line with the join's counts: {}",
+            child.log_tail(5)
+        );
+    }
     stop_run(child);
     let want = alert_ids(&broker, "lref-alerts", 1);
     assert!(!want.is_empty(), "the concept drift alerts");

@@ -433,6 +433,26 @@ impl Running {
         }
     }
 
+    /// The run's log so far, without terminal colours.
+    pub fn log_text(&self) -> String {
+        let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+        let mut out = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // ESC [ … m
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// The last `n` lines of the run's log.
     pub fn log_tail(&self, n: usize) -> String {
         let log = std::fs::read_to_string(&self.1).unwrap_or_default();
