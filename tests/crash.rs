@@ -296,9 +296,13 @@ async fn late_labels(checkpoints: bool) {
         }
         sent = upto;
         let target = (upto - 600) / 100 + 1;
-        if wait_for(&broker, "lcrash-stats", target) >= target {
-            kills += 1;
-        }
+        let seen = wait_for(&broker, "lcrash-stats", target);
+        assert!(
+            seen >= target,
+            "{seen} of {target} labelled evaluations published before kill {i}: {}",
+            child.log_tail(6)
+        );
+        kills += 1;
         if !labels_first {
             let c = until(&|(o, _)| o >= 600);
             assert!(c.0 >= 600, "the events commit follows the labelled windows: {c:?}");
