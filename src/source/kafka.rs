@@ -385,24 +385,21 @@ impl KafkaConsumer {
     }
 
     /// Reads exactly `partitions` of the topic (a follower), each from its
-    /// committed offset (the earliest without one), and starts a new
-    /// generation: records received before are of the old assignment. Call
-    /// it from the task that receives, between two receives, so that which
-    /// assignment a record is of is never in doubt (librdkafka drops
-    /// records fetched for an assignment once it is replaced).
+    /// committed offset (the earliest without one). Call it from the task
+    /// that receives, between two receives: every record received after it
+    /// is then of the new assignment (librdkafka drops records fetched for
+    /// an assignment once it is replaced), and the caller tags them as such.
     pub fn follow(&self, partitions: &[i32]) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition_offset(&self.topic, *p, Offset::Stored)?;
         }
-        let _in_flight = self.gate.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         // Unassign first, so a partition kept is read again from its commit.
         self.consumer.unassign()?;
         self.consumer.assign(&tpl)?;
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         shared.assigned = partitions.iter().copied().collect();
         shared.positions.clear();
-        self.gate.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 

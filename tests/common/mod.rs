@@ -453,9 +453,9 @@ impl Running {
         out
     }
 
-    /// The last `n` lines of the run's log.
+    /// The last `n` lines of the run's log, without terminal colours.
     pub fn log_tail(&self, n: usize) -> String {
-        let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+        let log = self.log_text();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
