@@ -12,7 +12,7 @@ use std::time::Instant;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::broker::Broker;
-use crate::config::{Pipeline, SourceConfig};
+use crate::config::Pipeline;
 use crate::runtime::{self, RunOptions, RunStats, RuntimeError, Stages};
 use crate::source::kafka::KafkaConsumer;
 
@@ -118,9 +118,7 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     // SAFETY of set_var: before any thread of ours reads the environment.
     unsafe { std::env::set_var("KAFKA_BROKERS", broker.bootstrap()) };
     let pipeline = Pipeline::load(pipeline_path)?;
-    let SourceConfig::Kafka(src) = pipeline.source.clone() else {
-        return Err(other("the bench pipeline must have a kafka source"));
-    };
+    let src = pipeline.kafka_source("the benchmark")?.clone();
     broker.create_topic(&src.topic, PARTITIONS).map_err(other)?;
     for t in [&pipeline.output.alerts_topic, &pipeline.output.dead_letter_topic] {
         broker.create_topic(t, 1).map_err(other)?;

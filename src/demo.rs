@@ -129,10 +129,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
     // SAFETY of set_var: called before any thread of ours reads the environment.
     unsafe { std::env::set_var("KAFKA_BROKERS", &bootstrap) };
     let pipeline = Pipeline::load(&opts.pipeline)?;
-    let crate::config::SourceConfig::Kafka(src) = &pipeline.source else {
-        return Err(RuntimeError::Other("the demo pipeline must have a kafka source".into()));
-    };
-    let WindowConfig { current, .. } = &pipeline.window;
+    let src = pipeline.kafka_source("the demo")?;
+    let WindowConfig { current, .. } = pipeline.window()?;
     let window = current.size.get();
     let partitions = scenario.scenario.keys.len() as i32;
     let mut topics = vec![

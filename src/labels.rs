@@ -154,107 +154,12 @@ impl LabelJoin {
 
     /// Parses a label record; a bad one becomes a rejection for the dead-letter topic.
     pub fn parse(&self, rec: &RawRecord) -> Result<LabelRecord, Box<Rejection>> {
-        let reject = |reason: Reason, message: String, field: Option<&str>| {
-            Box::new(Rejection {
-                reason,
-                message,
-                field: field.map(str::to_string),
-                partition: rec.partition,
-                offset: rec.offset,
-                timestamp_ms: rec.timestamp_ms,
-                payload: String::from_utf8_lossy(rec.payload.as_deref().unwrap_or_default())
-                    .chars()
-                    .take(1024)
-                    .collect(),
-                payload_truncated: rec.payload.as_ref().is_some_and(|p| p.len() > 1024),
-            })
-        };
-        let Some(bytes) = &rec.payload else {
-            return Err(reject(Reason::EmptyPayload, "label record with no value".into(), None));
-        };
-        let v: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| reject(Reason::MalformedJson, format!("label record is not JSON: {e}"), None))?;
-        let Some(o) = v.as_object() else {
-            return Err(reject(
-                Reason::NotAnObject,
-                "label record is not a JSON object".into(),
-                None,
-            ));
-        };
-        let event_id = match o.get("event_id") {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            None | Some(serde_json::Value::Null) => {
-                return Err(reject(
-                    Reason::MissingField,
-                    "label record without `event_id`".into(),
-                    Some("event_id"),
-                ));
-            }
-            Some(other) => {
-                return Err(reject(
-                    Reason::WrongType,
-                    format!("`event_id` must be a string or number, got {other}"),
-                    Some("event_id"),
-                ));
-            }
-        };
-        let label = match o.get("label") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => v.to_string(),
-            None | Some(serde_json::Value::Null) => {
-                return Err(reject(
-                    Reason::MissingField,
-                    "label record without `label`".into(),
-                    Some("label"),
-                ));
-            }
-            Some(other) => {
-                return Err(reject(
-                    Reason::WrongType,
-                    format!("`label` must be a string, number or boolean, got {other}"),
-                    Some("label"),
-                ));
-            }
-        };
-        // The label must fit the label column's type.
         let t = self
             .schema
             .field_with_name(&self.label_col)
             .map(|f| f.data_type().clone())
             .unwrap_or(DataType::Utf8);
-        let ok =
-            cast(&(Arc::new(StringArray::from(vec![label.as_str()])) as ArrayRef), &t).is_ok_and(|a| a.is_valid(0));
-        if !ok {
-            return Err(reject(
-                Reason::WrongType,
-                format!("label `{label}` is not a valid {t} for column `{}`", self.label_col),
-                Some("label"),
-            ));
-        }
-        let ts_ms = match o.get("ts") {
-            None | Some(serde_json::Value::Null) => rec.timestamp_ms,
-            Some(serde_json::Value::Number(n)) => n.as_i64(),
-            Some(serde_json::Value::String(s)) => humantime::parse_rfc3339_weak(s)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as i64),
-            Some(_) => None,
-        };
-        let Some(ts_ms) = ts_ms else {
-            return Err(reject(
-                Reason::WrongType,
-                "`ts` must be epoch ms or an RFC 3339 time (or absent, with a message timestamp)".into(),
-                Some("ts"),
-            ));
-        };
-        Ok(LabelRecord {
-            event_id,
-            label,
-            ts_ms,
-            partition: rec.partition,
-            offset: rec.offset,
-        })
+        read_label(rec, &self.label_col, &t, true)
     }
 
     /// Forgets every waiting event and label and every joined event not yet
@@ -374,6 +279,31 @@ impl LabelJoin {
         }
         self.expire();
         Ok(self.release())
+    }
+
+    /// Both streams have ended (a bounded replay): every event still waiting
+    /// stays unlabelled, every label still waiting is orphaned, and the
+    /// joined events are released, in stream order.
+    pub fn finish(&mut self) -> Vec<RecordBatch> {
+        for mark in self
+            .events_watermark
+            .values_mut()
+            .chain(self.labels_watermark.values_mut())
+        {
+            *mark = i64::MAX;
+        }
+        self.labels_watermark.entry(0).or_insert(i64::MAX);
+        self.events_watermark.entry(0).or_insert(i64::MAX);
+        self.expire();
+        self.release()
+    }
+
+    /// The event time every events partition read has passed (the minimum
+    /// of their latest times; `i64::MIN` before the first event): a driver
+    /// that reads both streams itself feeds the labels up to it, so neither
+    /// buffer holds more than the horizon's worth.
+    pub fn events_passed(&self) -> i64 {
+        self.events_watermark.values().copied().min().unwrap_or(i64::MIN)
     }
 
     /// Per events partition, the oldest event offset the join still holds
@@ -497,6 +427,147 @@ impl LabelJoin {
         self.stats.waiting_events = self.events.len() as u64;
         self.stats.waiting_labels = self.labels.len() as u64;
     }
+}
+
+/// Parses a label record `{event_id, label, ts}` for a label column
+/// `label_col` of type `label_type`; a bad one becomes a rejection for the
+/// dead-letter topic. `ts` (epoch ms or RFC 3339; else the message
+/// timestamp) is required when `need_time` (the join's horizon is in event
+/// time), else 0 when absent.
+pub fn read_label(
+    rec: &RawRecord,
+    label_col: &str,
+    label_type: &DataType,
+    need_time: bool,
+) -> Result<LabelRecord, Box<Rejection>> {
+    let reject = |reason: Reason, message: String, field: Option<&str>| {
+        Rejection::of(rec, reason, message, field.map(str::to_string))
+    };
+    let Some(bytes) = &rec.payload else {
+        return Err(reject(Reason::EmptyPayload, "label record with no value".into(), None));
+    };
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| reject(Reason::MalformedJson, format!("label record is not JSON: {e}"), None))?;
+    let Some(o) = v.as_object() else {
+        return Err(reject(
+            Reason::NotAnObject,
+            "label record is not a JSON object".into(),
+            None,
+        ));
+    };
+    let event_id = match o.get("event_id") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        None | Some(serde_json::Value::Null) => {
+            return Err(reject(
+                Reason::MissingField,
+                "label record without `event_id`".into(),
+                Some("event_id"),
+            ));
+        }
+        Some(other) => {
+            return Err(reject(
+                Reason::WrongType,
+                format!("`event_id` must be a string or number, got {other}"),
+                Some("event_id"),
+            ));
+        }
+    };
+    let label = match o.get("label") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => v.to_string(),
+        None | Some(serde_json::Value::Null) => {
+            return Err(reject(
+                Reason::MissingField,
+                "label record without `label`".into(),
+                Some("label"),
+            ));
+        }
+        Some(other) => {
+            return Err(reject(
+                Reason::WrongType,
+                format!("`label` must be a string, number or boolean, got {other}"),
+                Some("label"),
+            ));
+        }
+    };
+    // The label must fit the label column's type.
+    let t = label_type;
+    let ok = cast(&(Arc::new(StringArray::from(vec![label.as_str()])) as ArrayRef), t).is_ok_and(|a| a.is_valid(0));
+    if !ok {
+        return Err(reject(
+            Reason::WrongType,
+            format!("label `{label}` is not a valid {t} for column `{}`", label_col),
+            Some("label"),
+        ));
+    }
+    let ts_ms = match o.get("ts") {
+        None | Some(serde_json::Value::Null) => rec.timestamp_ms.or((!need_time).then_some(0)),
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        Some(serde_json::Value::String(s)) => humantime::parse_rfc3339_weak(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64),
+        Some(_) => None,
+    };
+    let Some(ts_ms) = ts_ms else {
+        return Err(reject(
+            Reason::WrongType,
+            "`ts` must be epoch ms or an RFC 3339 time (or absent, with a message timestamp)".into(),
+            Some("ts"),
+        ));
+    };
+    Ok(LabelRecord {
+        event_id,
+        label,
+        ts_ms,
+        partition: rec.partition,
+        offset: rec.offset,
+    })
+}
+
+/// Sets the label column of `batch` from `labels` (event id → label, as
+/// text) on the rows that have none; a label that does not fit the column's
+/// type stays null. For offline runs, where no horizon applies.
+pub fn fill_labels(
+    batch: &RecordBatch,
+    event_id_col: &str,
+    label_col: &str,
+    labels: &HashMap<String, String>,
+) -> Result<RecordBatch, ArrowError> {
+    let missing = |c: &str| ArrowError::SchemaError(format!("no column `{c}` to join labels by"));
+    let ids = cast(
+        batch
+            .column_by_name(event_id_col)
+            .ok_or_else(|| missing(event_id_col))?,
+        &DataType::Utf8,
+    )?;
+    let idx = batch.schema().index_of(label_col).map_err(|_| missing(label_col))?;
+    let inline = cast(batch.column(idx), &DataType::Utf8)?;
+    let (ids, inline) = (ids.as_string::<i32>(), inline.as_string::<i32>());
+    let text: StringArray = (0..batch.num_rows())
+        .map(|i| {
+            if inline.is_valid(i) {
+                Some(inline.value(i))
+            } else if ids.is_valid(i) {
+                labels.get(ids.value(i)).map(String::as_str)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut cols = batch.columns().to_vec();
+    cols[idx] = cast(&(Arc::new(text) as ArrayRef), batch.schema().field(idx).data_type())?;
+    RecordBatch::try_new(batch.schema(), cols)
+}
+
+/// The rows of `batch` that have a label.
+pub fn labelled_rows(batch: &RecordBatch, label_col: &str) -> Result<RecordBatch, ArrowError> {
+    let col = batch
+        .column_by_name(label_col)
+        .ok_or_else(|| ArrowError::SchemaError(format!("no column `{label_col}`")))?;
+    let keep = datafusion::arrow::compute::is_not_null(col)?;
+    datafusion::arrow::compute::filter_record_batch(batch, &keep)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod detect;
+pub mod engine;
+pub mod error;
 pub mod labels;
 pub mod metrics;
 pub mod model;

@@ -57,6 +57,10 @@ enum Cmd {
         reference: PathBuf,
         #[arg(long)]
         current: PathBuf,
+        /// JSONL of label records (`{"event_id": …, "label": …}`) labelling
+        /// the events of both files, for error_rate and label_shift.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Start the embedded Kafka-protocol broker; prints its bootstrap address on the first line.
     Broker {
@@ -131,6 +135,10 @@ enum Cmd {
         /// Events per micro-batch (default: the pipeline's); changes nothing in the results.
         #[arg(long)]
         batch: Option<usize>,
+        /// JSONL of late label records (`{"event_id", "label", "ts"}`, as `produce
+        /// --labels-out` writes them) instead of the pipeline's labels topic.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Model tools.
     Model {
@@ -165,8 +173,10 @@ enum ModelCmd {
 fn init_logging(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: in a file or a pipe they are noise.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -294,9 +304,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             pipeline,
             reference,
             current,
+            labels,
         } => {
             let stages = runtime::validate(&pipeline).await?;
-            let report = runtime::compare(stages, &reference, &current).await?;
+            let report = runtime::compare(stages, &reference, &current, labels.as_deref()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -358,7 +369,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             let (t, truth_path) = match (out, brokers, topic) {
                 (Some(out), _, _) => {
-                    let t = scenario::write_jsonl(&l, &out, labels_out.as_deref())?;
+                    // A missing --labels-out or an --out that cannot be written: bad input (exit 2).
+                    let t = scenario::write_jsonl(&l, &out, labels_out.as_deref())
+                        .map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
                     (t, truth.unwrap_or_else(|| out.with_extension("truth.json")))
                 }
                 (None, Some(brokers), Some(topic)) => {
@@ -388,6 +401,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             truth,
             publish,
             batch,
+            labels,
         } => {
             use driftwatch::replay::{Range, ReplayOptions};
             let range = match (input, offsets) {
@@ -407,6 +421,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     truth,
                     publish,
                     batch,
+                    labels,
                 },
             )
             .await?;

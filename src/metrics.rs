@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::runtime::RunStats;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 /// Whether the pipeline is ready (consumer assigned, model loaded).
 pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -25,6 +25,76 @@ pub struct DetectorMetrics {
     pub alerts: u64,
     /// key → last p-value (or statistic for distances)
     pub last_p_value: BTreeMap<String, f64>,
+}
+
+/// Counters of a run.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub received: AtomicU64,
+    pub decoded: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub evaluations: AtomicU64,
+    pub alerts: AtomicU64,
+    pub suppressed: AtomicU64,
+    /// Events read before a rebalance and discarded (they are read again).
+    pub discarded: AtomicU64,
+    /// The late-label join: joined, late, unlabelled, waiting (with a labels topic).
+    pub labels: std::sync::Mutex<crate::labels::JoinStats>,
+    /// Events scored and added to windows.
+    pub processed: AtomicU64,
+    /// Dead-lettered records by reason.
+    pub dead_by_reason: std::sync::Mutex<BTreeMap<String, u64>>,
+    pub batches: AtomicU64,
+    /// Time in the transform and model stages, ns.
+    pub model_nanos: AtomicU64,
+    /// Evaluations, alerts and last p-values per detector.
+    pub detectors: std::sync::Mutex<BTreeMap<String, crate::metrics::DetectorMetrics>>,
+    /// Consumer lag per partition (messages), refreshed every few seconds.
+    pub lag: std::sync::Mutex<BTreeMap<i32, i64>>,
+    pub window_keys: AtomicU64,
+    pub window_events: AtomicU64,
+    /// The consumer has its partitions (the model is loaded before it starts).
+    pub ready: AtomicBool,
+}
+
+impl RunStats {
+    /// Logs the counters in one line (`run --status-every`).
+    pub fn log_status(&self) {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let join = self.labels.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let lag: i64 = self.lag.lock().unwrap_or_else(|e| e.into_inner()).values().sum();
+        tracing::info!(
+            received = n(&self.received),
+            processed = n(&self.processed),
+            dead_lettered = n(&self.dead_lettered),
+            evaluations = n(&self.evaluations),
+            alerts = n(&self.alerts),
+            lag,
+            window_keys = n(&self.window_keys),
+            window_events = n(&self.window_events),
+            labels_joined = join.joined,
+            labels_waiting = join.waiting_labels,
+            labels_late = join.late,
+            labels_orphaned = join.orphaned,
+            unlabelled = join.unlabelled,
+            join_dropped = join.dropped,
+            events_waiting_for_labels = join.waiting_events,
+            joined_held = join.held,
+            first_waiting = ?join.first_waiting,
+            "status"
+        );
+    }
+
+    /// Counts one dead-lettered record of `reason`.
+    pub fn dead_letter(&self, reason: &str) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        *self
+            .dead_by_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
 }
 
 /// Binds `addr` and serves until the process ends; returns the bound address.

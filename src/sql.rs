@@ -16,7 +16,7 @@ use datafusion::common::Result;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{AggregateUDF, Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 
 /// A table whose batches are replaced before each run of the plans over it.
@@ -71,15 +71,16 @@ pub struct SqlStage {
 }
 
 impl SqlStage {
-    /// A session with table `name` of `schema` and the driftwatch UDAFs.
-    pub fn new(name: &str, schema: SchemaRef) -> Result<Self> {
+    /// A session with table `name` of `schema` and the aggregate functions
+    /// `udafs` (the driftwatch statistics: [`crate::detect::udaf::all`]).
+    pub fn new(name: &str, schema: SchemaRef, udafs: Vec<AggregateUDF>) -> Result<Self> {
         // One partition: windows are small and the plans run many times; the
         // parallelism is across pipeline stages, not inside one query.
         let config = SessionConfig::new()
             .with_target_partitions(1)
             .with_information_schema(false);
         let ctx = SessionContext::new_with_config(config);
-        for f in crate::detect::udaf::all() {
+        for f in udafs {
             ctx.register_udaf(f);
         }
         let table = Arc::new(SwapTable::new(schema));

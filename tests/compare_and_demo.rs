@@ -255,3 +255,78 @@ fn the_broker_command_prints_a_usable_address() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `compare --labels`: events whose labels come apart (a late-labels
+/// scenario written to files), a current file whose digits were relabelled.
+/// The error rate, run on the labelled events, reports the concept drift;
+/// on a clean current file it does not. Without labels it cannot run, and
+/// says so instead of vanishing.
+#[test]
+fn compare_with_a_labels_file_reports_the_error_rate_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::write(
+        dir.path(),
+        "s.yaml",
+        &format!(
+            "name: cl\nseed: 5\npool: {}\nlabels: {{topic: cl.labels, delay_events: 10}}\nkeys:\n  s:\n    - {{kind: clean, events: 1600}}\n    - {{kind: concept, events: 800, remap: {{3: 8, 8: 3, 5: 9, 9: 5, 1: 7, 7: 1}}}}\n",
+            root().join("models/digits_train.jsonl").display()
+        ),
+    );
+    let l = driftwatch::scenario::Loaded::load(&s).unwrap();
+    let (events, labels) = (dir.path().join("ev.jsonl"), dir.path().join("labels.jsonl"));
+    driftwatch::scenario::write_jsonl(&l, &events, Some(&labels)).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let part =
+        |name: &str, from: usize, to: usize| common::write(dir.path(), name, &(lines[from..to].join("\n") + "\n"));
+    let (reference, clean, relabelled) = (
+        part("ref.jsonl", 0, 800),
+        part("clean.jsonl", 800, 1600),
+        part("relabelled.jsonl", 1600, 2400),
+    );
+    let p = common::write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "name: cl\nschema: {}\nmodel: {{path: {}, input: pixels}}\nlabels: {{topic: cl.labels, horizon_ms: 60000}}\ndetectors:\n  - {{name: features_ks, kind: ks, columns: [mean_intensity], alpha: 0.001}}\n  - {{name: errors, kind: error_rate, alpha: 0.001}}\n",
+            root().join("schemas/digits.yaml").display(),
+            root().join("models/digits_cnn.onnx").display()
+        ),
+    );
+    let compare = |current: &std::path::Path, with_labels: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_driftwatch"));
+        c.arg("compare")
+            .arg(&p)
+            .arg("--reference")
+            .arg(&reference)
+            .arg("--current")
+            .arg(current);
+        if with_labels {
+            c.arg("--labels").arg(&labels);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["detectors"].as_array().unwrap().clone()
+    };
+    let find = |ds: &[serde_json::Value], name: &str| ds.iter().find(|d| d["name"] == name).cloned();
+    let drifted = compare(&relabelled, true);
+    let errors = find(&drifted, "errors").expect("the error rate is evaluated");
+    assert_eq!(errors["drift"], true, "{errors:#}");
+    assert_eq!(errors["drift_type"], "concept");
+    assert_eq!(
+        find(&drifted, "features_ks").unwrap()["drift"],
+        false,
+        "the inputs did not move"
+    );
+    let calm = compare(&clean, true);
+    assert_eq!(find(&calm, "errors").unwrap()["drift"], false);
+    // No labels: the error rate has nothing to run on, and says so.
+    let unlabelled = compare(&relabelled, false);
+    let errors = find(&unlabelled, "errors").expect("listed even when it cannot run");
+    assert_eq!(errors["computed"], false, "{errors:#}");
+    assert!(errors["reason"].as_str().unwrap().contains("current"), "{errors:#}");
+}

@@ -35,7 +35,7 @@ async fn compose_services_refer_to_what_exists_and_the_pipeline_validates() {
     for t in ["digits", &p.output.alerts_topic, &p.output.dead_letter_topic] {
         assert!(topics_cmd.contains(&format!("{t}:")), "topic {t} created: {topics_cmd}");
     }
-    let driftwatch::config::SourceConfig::Kafka(src) = &p.source else {
+    let Some(driftwatch::config::SourceConfig::Kafka(src)) = &p.source else {
         panic!("the compose pipeline reads Kafka")
     };
     let checkpoints = src.checkpoint_topic.as_deref().expect("checkpoints on");

@@ -149,6 +149,39 @@ async fn bad_events_go_to_the_dead_letter_topic_and_good_ones_go_on() {
     }
 }
 
+/// A payload that is not UTF-8 reaches the dead-letter topic byte for byte
+/// (base64, `payload_encoding: base64`); a text one stays text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_payload_is_dead_lettered_byte_for_byte() {
+    use base64::Engine as _;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let (broker, _dir, p) = setup("bin");
+    let binary: Vec<u8> = (0..=255u8).rev().chain([0x80, 0xc3, 0x28]).collect();
+    let producer: FutureProducer = broker.client_config().create().unwrap();
+    for payload in [binary.as_slice(), b"{\"x\": oops".as_slice()] {
+        producer
+            .send_result(FutureRecord::<(), _>::to("bin").payload(payload).partition(0))
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    produce(&broker, "bin", &normal_events(9, 10, 0.0)).await;
+    let stats = run_pipeline(&p, 12, "g-bin").await;
+    assert_eq!(stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let dlq = read_topic(&broker, "bin-dlq", 2, Duration::from_secs(20));
+    assert_eq!(dlq[0]["payload_encoding"], "base64", "{}", dlq[0]);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(dlq[0]["payload"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(bytes, binary);
+    assert_eq!(dlq[0]["reason"], "malformed_json");
+    assert_eq!(
+        (dlq[1]["payload_encoding"].as_str(), dlq[1]["payload"].as_str()),
+        (Some("utf8"), Some("{\"x\": oops"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_from_committed_offsets_without_resending_alerts() {
     let (broker, _dir, p) = setup("restart");

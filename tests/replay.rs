@@ -189,3 +189,183 @@ async fn time_ranges_resolve_at_partition_edges() {
     let e = resolve(&c, "times", &Range::Offsets([(7, (0, None))].into())).unwrap_err();
     assert!(e.to_string().contains("no partition 7"), "{e}");
 }
+
+/// A late-labels pipeline over `topic` (labels on `{topic}.labels`): an
+/// error-rate and a label-shift detector on the labelled windows, a KS on
+/// the events, every evaluation on `{topic}-stats`.
+fn late_labels_pipeline(dir: &std::path::Path, topic: &str, brokers: &str) -> std::path::PathBuf {
+    write(
+        dir,
+        "p.yaml",
+        &format!(
+            "name: {topic}
+schema: {schema}
+source: {{type: kafka, brokers: \"{brokers}\", topic: {topic}, start: earliest, checkpoint_topic: null}}
+batch: {{max_events: 200, linger_ms: 10}}
+model: {{path: {model}, input: pixels}}
+labels: {{topic: {topic}.labels, horizon_ms: 36000000}}
+window: {{reference: {{type: first, size: 400}}, current: {{size: 200, slide: 100}}}}
+detectors:
+  - {{name: features_ks, kind: ks, columns: [mean_intensity], alpha: 0.001}}
+  - {{name: errors, kind: error_rate, alpha: 0.001}}
+  - {{name: priors, kind: label_shift, alpha: 0.001}}
+output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq, stats_topic: {topic}-stats}}
+",
+            schema = root().join("schemas/digits.yaml").display(),
+            model = root().join("models/digits_cnn.onnx").display(),
+        ),
+    )
+}
+
+/// What must agree between a run and a replay of the same stream: the
+/// labelled evaluations, by key and evaluation number.
+fn labelled_evaluations(records: &[serde_json::Value], with_ends: bool) -> Vec<String> {
+    let mut out: Vec<String> = records
+        .iter()
+        .filter(|e| e["detector"] == "errors" || e["detector"] == "priors")
+        .map(|e| {
+            let end = if with_ends {
+                e["window"]["current_offsets"].to_string()
+            } else {
+                String::new()
+            };
+            format!(
+                "{} {} {} stat={} p={} drift={} alert={} sizes={}/{} {end}",
+                e["detector"],
+                e["key"],
+                e["evaluation"],
+                e["statistic"],
+                e["p_value"],
+                e["drift"],
+                e["alert"],
+                e["window"]["reference_size"],
+                e["window"]["current_size"],
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn jsonl_values(text: &str) -> Vec<serde_json::Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Late labels on their own topic: `run` on the embedded broker, then
+/// `replay` of the topic (labels read from the labels topic over the same
+/// range) at two batch sizes, and `replay --input` of the same scenario
+/// written to files (`--labels FILE`): the error-rate and label-shift
+/// evaluations are those of the run, the replays are byte-identical
+/// whatever the batch, and the truth file scores the concept phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_with_late_labels_gives_the_run_s_labelled_evaluations() {
+    let broker = Broker::start(1).unwrap();
+    let topic = "ll";
+    for (t, n) in [
+        (topic.to_string(), 2),
+        (format!("{topic}.labels"), 2),
+        (format!("{topic}-alerts"), 1),
+        (format!("{topic}-dlq"), 1),
+        (format!("{topic}-stats"), 1),
+    ] {
+        broker.create_topic(&t, n).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = write(
+        dir.path(),
+        "s.yaml",
+        &format!(
+            "name: ll\nseed: 11\npool: {}\nlabels: {{topic: ll.labels, delay_events: 150}}\nkeys:\n  a:\n    - {{kind: clean, events: 1000}}\n  b:\n    - {{kind: clean, events: 600}}\n    - {{kind: concept, events: 800, remap: {{3: 8, 8: 3, 5: 9, 9: 5}}}}\n",
+            root().join("models/digits_train.jsonl").display()
+        ),
+    );
+    let l = driftwatch::scenario::Loaded::load(&s).unwrap();
+    let producer: FutureProducer = broker.client_config().set("compression.type", "lz4").create().unwrap();
+    driftwatch::scenario::produce_kafka(&l, &producer, topic, 2)
+        .await
+        .unwrap();
+    let (events, labels) = (dir.path().join("ev.jsonl"), dir.path().join("labels.jsonl"));
+    let truth = driftwatch::scenario::write_jsonl(&l, &events, Some(&labels)).unwrap();
+    truth.write(&dir.path().join("truth.json")).unwrap();
+    let b = broker.bootstrap();
+    let p = late_labels_pipeline(dir.path(), topic, &b);
+    let stats = run_pipeline(&p, l.total_events() as u64, "ll-run").await;
+    assert_eq!(stats.labels.lock().unwrap().joined, 2400);
+    let run = read_topic(&broker, "ll-stats", 1, Duration::from_secs(20));
+    let want = labelled_evaluations(&run, true);
+    assert!(
+        want.iter()
+            .any(|e| e.contains("\"errors\"") && e.contains("alert=true")),
+        "the run alerts on the concept drift: {want:#?}"
+    );
+    assert!(want.iter().any(|e| e.contains("\"priors\"")));
+
+    let (o1, o2, o3) = (dir.path().join("o1"), dir.path().join("o2"), dir.path().join("o3"));
+    let p_arg = p.display().to_string();
+    for (out, batch) in [(&o1, "37"), (&o2, "500")] {
+        let o = replay(&[&p_arg, "--offsets", "0:0-,1:0-", "--batch", batch], out, &b);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for f in ["alerts.jsonl", "stats.jsonl"] {
+        assert_eq!(read(&o1, f), read(&o2, f), "{f} differs with the batch size");
+    }
+    let replayed = jsonl_values(&read(&o1, "stats.jsonl"));
+    assert_eq!(
+        labelled_evaluations(&replayed, true),
+        want,
+        "replay of the topic vs run"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&read(&o1, "summary.json")).unwrap();
+    assert_eq!(summary["labels"]["joined"], 2400, "{summary}");
+
+    // The same scenario from files, labels from --labels: the same
+    // evaluations (their offsets are line numbers there), scored.
+    let truth_arg = dir.path().join("truth.json").display().to_string();
+    let (ev_arg, labels_arg) = (events.display().to_string(), labels.display().to_string());
+    let o = replay(
+        &[
+            &p_arg,
+            "--input",
+            &ev_arg,
+            "--labels",
+            &labels_arg,
+            "--truth",
+            &truth_arg,
+            "--batch",
+            "64",
+        ],
+        &o3,
+        &b,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let from_files = jsonl_values(&read(&o3, "stats.jsonl"));
+    assert_eq!(
+        labelled_evaluations(&from_files, false),
+        labelled_evaluations(&run, false)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&read(&o3, "summary.json")).unwrap();
+    let errors = &summary["truth"]["detectors"]["errors"];
+    assert_eq!(errors["detected"], 1, "the concept phase is caught: {summary}");
+
+    // --labels with a pipeline that joins no labels is bad input (exit 2).
+    let o = replay(
+        &["pipelines/digits.yaml", "--input", &ev_arg, "--labels", &labels_arg],
+        &dir.path().join("o4"),
+        &b,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("labels"));
+}
+
+/// A missing input file is bad input: exit 2, naming the file.
+#[test]
+fn a_missing_input_file_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = replay(
+        &["pipelines/digits.yaml", "--input", "no/such/events.jsonl"],
+        &dir.path().join("o"),
+        "127.0.0.1:1",
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no/such/events.jsonl"));
+}

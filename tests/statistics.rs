@@ -310,7 +310,7 @@ detectors:
         let reference = reference.clone();
         async move {
             let stages = Stages::build(Pipeline::load(&pipe).unwrap()).await.unwrap();
-            let r = runtime::compare(stages, &reference, &cur).await.unwrap();
+            let r = runtime::compare(stages, &reference, &cur, None).await.unwrap();
             serde_json::to_value(&r).unwrap()
         }
     };

@@ -16,17 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::detect::{DetectorResult, TestResult};
 use crate::model::ModelIdentity;
 
-/// Which kind of drift a detector watches.
-#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum DriftType {
-    /// P(X) moved: input features and embeddings.
-    Covariate,
-    /// P(Y) moved: predicted classes and priors.
-    Label,
-    /// P(Y|X) moved: error rates against true labels.
-    Concept,
-}
+pub use crate::config::{DriftType, drift_type_name};
 
 /// Offsets of one partition inside a window.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -278,8 +278,8 @@ mod tests {
             .unwrap()
             .source
         {
-            SourceConfig::Kafka(k) => k.checkpoint_topic,
-            SourceConfig::File(_) => unreachable!(),
+            Some(SourceConfig::Kafka(k)) => k.checkpoint_topic,
+            _ => unreachable!(),
         };
         assert_eq!(topic("").as_deref(), Some(DEFAULT_CHECKPOINT_TOPIC));
         assert_eq!(topic(", checkpoint_topic: null"), None);

@@ -76,8 +76,10 @@ pub struct Pipeline {
     pub name: String,
     /// Event schema file (`schemas/*.yaml`), relative to this pipeline file.
     pub schema: PathBuf,
-    /// Where events come from.
-    pub source: SourceConfig,
+    /// Where events come from. Needed by `run` and `replay` of a topic;
+    /// `compare` and `replay --input` read files and do without.
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
     /// Micro-batching of decoded events.
     #[serde(default)]
     pub batch: BatchConfig,
@@ -87,8 +89,10 @@ pub struct Pipeline {
     /// Optional ONNX model whose outputs become columns.
     #[serde(default)]
     pub model: Option<ModelConfig>,
-    /// Reference and current windows.
-    pub window: WindowConfig,
+    /// Reference and current windows. Needed by `run`, `replay` and the
+    /// demo; `compare` evaluates two whole files and does without.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
     /// Labels that arrive late on their own topic, joined to events by event id.
     #[serde(default)]
     pub labels: Option<LabelsConfig>,
@@ -611,7 +615,7 @@ pub struct DetectorSpec {
     pub sql: Option<String>,
     /// sql: kind of drift the query watches: covariate (default), label or concept.
     #[serde(default)]
-    pub drift_type: Option<crate::alert::DriftType>,
+    pub drift_type: Option<DriftType>,
     /// error_rate, label_shift: the model's predicted class column (default `predicted_class`).
     #[serde(default)]
     pub prediction: Option<String>,
@@ -721,7 +725,7 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
                         Metric::Kl | Metric::Js => 0.1,
                         Metric::Wasserstein => 0.5,
                     }),
-                    bins: s.bins.map_or(crate::detect::divergence::DEFAULT_BINS, Positive::get),
+                    bins: s.bins.map_or(DEFAULT_BINS, Positive::get),
                 }))
             }
             k @ (DetectorKind::ErrorRate | DetectorKind::LabelShift) => {
@@ -744,7 +748,7 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
                     } else {
                         LabelledKind::LabelShift
                     },
-                    prediction: s.prediction.unwrap_or_else(|| crate::model::PREDICTED_CLASS_COL.into()),
+                    prediction: s.prediction.unwrap_or_else(|| PREDICTED_CLASS_COL.into()),
                     label: s.label.unwrap_or_else(|| "label".into()),
                     alpha: s.alpha,
                 }))
@@ -769,7 +773,55 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
     }
 }
 
-pub use crate::detect::divergence::Metric;
+/// Which distance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    Psi,
+    Kl,
+    Js,
+    Wasserstein,
+}
+
+impl Metric {
+    /// Name used in YAML (`kind:`) and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Psi => "psi",
+            Metric::Kl => "kl",
+            Metric::Js => "js",
+            Metric::Wasserstein => "wasserstein",
+        }
+    }
+}
+
+/// Default number of quantile bins.
+pub const DEFAULT_BINS: usize = 10;
+
+/// Which kind of drift a detector watches.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftType {
+    /// P(X) moved: input features and embeddings.
+    Covariate,
+    /// P(Y) moved: predicted classes and priors.
+    Label,
+    /// P(Y|X) moved: error rates against true labels.
+    Concept,
+}
+
+/// The drift type's name as it appears in alerts and truth files.
+pub fn drift_type_name(t: DriftType) -> &'static str {
+    match t {
+        DriftType::Covariate => "covariate",
+        DriftType::Label => "label",
+        DriftType::Concept => "concept",
+    }
+}
+
+/// Names of the columns the model stage appends.
+pub const EMBEDDING_COL: &str = "embedding";
+pub const LOGITS_COL: &str = "logits";
+pub const PREDICTED_CLASS_COL: &str = "predicted_class";
 
 /// `kind: ks` and `kind: chi2` (fields as in [`DetectorSpec`]).
 #[derive(Debug, Clone)]
@@ -880,7 +932,7 @@ pub struct SqlDetector {
     pub correction: Correction,
     /// Threshold for result columns without a p-value (distances).
     pub threshold: Option<f64>,
-    pub drift_type: Option<crate::alert::DriftType>,
+    pub drift_type: Option<DriftType>,
 }
 
 /// How a detector decides that a column drifted.
@@ -1128,6 +1180,27 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The `window` section, or an error saying who needs it.
+    pub fn window(&self) -> Result<&WindowConfig, ConfigError> {
+        self.window.as_ref().ok_or_else(|| {
+            self.err(
+                "window",
+                "this pipeline has no `window` section: `run`, `replay` and the demo need one (only `compare` does without)",
+            )
+        })
+    }
+
+    /// The Kafka source, or an error naming the command (`what`) that needs it.
+    pub fn kafka_source(&self, what: &str) -> Result<&KafkaSource, ConfigError> {
+        match &self.source {
+            Some(SourceConfig::Kafka(k)) => Ok(k),
+            _ => Err(self.err(
+                "source",
+                format!("{what} needs a kafka source (`source: {{type: kafka, …}}`)"),
+            )),
+        }
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         if let Some(h) = self.alerting.hysteresis
             && h.k > h.m
@@ -1142,7 +1215,7 @@ impl Pipeline {
         {
             return Err(self.err("name", "must be non-empty and use only letters, digits, '-', '_', '.'"));
         }
-        if let SourceConfig::Kafka(k) = &self.source {
+        if let Some(SourceConfig::Kafka(k)) = &self.source {
             if k.brokers.trim().is_empty() {
                 return Err(self.err("source.brokers", "must not be empty"));
             }
@@ -1178,7 +1251,7 @@ impl Pipeline {
             if l.topic.trim().is_empty() {
                 return Err(self.err("labels.topic", "must not be empty"));
             }
-            if !matches!(self.source, SourceConfig::Kafka(_)) {
+            if matches!(self.source, Some(SourceConfig::File(_))) {
                 return Err(self.err("labels", "a labels topic needs a kafka source"));
             }
         }

@@ -75,10 +75,68 @@ pub struct Rejection {
     pub offset: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp_ms: Option<i64>,
-    /// The payload as UTF-8 (lossy), cut at [`PAYLOAD_EXCERPT_BYTES`].
+    /// The payload's bytes, cut at [`PAYLOAD_EXCERPT_BYTES`]: as text when
+    /// they are UTF-8, else base64 (`payload_encoding`), so that a binary
+    /// payload comes back byte for byte.
     pub payload: String,
+    pub payload_encoding: PayloadEncoding,
     /// Whether `payload` was cut.
     pub payload_truncated: bool,
+}
+
+/// How a rejection's `payload` holds the original bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadEncoding {
+    /// The bytes were UTF-8: the text itself.
+    Utf8,
+    /// Standard base64 (RFC 4648, padded) of the bytes.
+    Base64,
+}
+
+impl Rejection {
+    /// A rejection of `rec`, keeping (an excerpt of) its payload.
+    pub fn of(rec: &RawRecord, reason: Reason, message: String, field: Option<String>) -> Box<Self> {
+        use base64::Engine as _;
+        let bytes = rec.payload.as_deref().unwrap_or_default();
+        let (payload, payload_encoding, kept) = match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                // Cut at a character boundary: the excerpt stays text.
+                let mut cut = text.len().min(PAYLOAD_EXCERPT_BYTES);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                (text[..cut].to_string(), PayloadEncoding::Utf8, cut)
+            }
+            Err(_) => {
+                let cut = bytes.len().min(PAYLOAD_EXCERPT_BYTES);
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes[..cut]);
+                (b64, PayloadEncoding::Base64, cut)
+            }
+        };
+        Box::new(Rejection {
+            reason,
+            message,
+            field,
+            partition: rec.partition,
+            offset: rec.offset,
+            timestamp_ms: rec.timestamp_ms,
+            payload,
+            payload_encoding,
+            payload_truncated: kept < bytes.len(),
+        })
+    }
+
+    /// The payload bytes kept (decoded from base64 where they were written so).
+    pub fn payload_bytes(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        match self.payload_encoding {
+            PayloadEncoding::Utf8 => self.payload.as_bytes().to_vec(),
+            PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(&self.payload)
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// How much of a rejected payload the dead-letter record keeps.
@@ -180,20 +238,8 @@ impl Decoder {
 
     /// Decodes one event into the pending batch, or says why not.
     pub fn decode(&mut self, rec: &RawRecord) -> Result<(), Box<Rejection>> {
-        let reject = |reason: Reason, message: String, field: Option<String>| {
-            let payload = rec.payload.as_deref().unwrap_or_default();
-            let cut = payload.len().min(PAYLOAD_EXCERPT_BYTES);
-            Box::new(Rejection {
-                reason,
-                message,
-                field,
-                partition: rec.partition,
-                offset: rec.offset,
-                timestamp_ms: rec.timestamp_ms,
-                payload: String::from_utf8_lossy(&payload[..cut]).into_owned(),
-                payload_truncated: cut < payload.len(),
-            })
-        };
+        let reject =
+            |reason: Reason, message: String, field: Option<String>| Rejection::of(rec, reason, message, field);
         let Some(payload) = rec.payload.as_deref() else {
             return Err(reject(
                 Reason::EmptyPayload,

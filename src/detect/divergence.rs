@@ -24,29 +24,7 @@
 
 use super::chi2::contingency;
 
-/// Which distance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Metric {
-    Psi,
-    Kl,
-    Js,
-    Wasserstein,
-}
-
-impl Metric {
-    /// Name used in YAML (`kind:`) and in results.
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Psi => "psi",
-            Metric::Kl => "kl",
-            Metric::Js => "js",
-            Metric::Wasserstein => "wasserstein",
-        }
-    }
-}
-
-/// Default number of quantile bins.
-pub const DEFAULT_BINS: usize = 10;
+pub use crate::config::{DEFAULT_BINS, Metric};
 
 /// Interior bin edges: the reference's j/bins quantiles (j = 1..bins−1), deduplicated.
 pub fn quantile_edges(sorted: &[f64], bins: usize) -> Vec<f64> {

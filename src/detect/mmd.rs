@@ -77,6 +77,9 @@ pub struct MmdResult {
     pub p_value: f64,
     /// Bandwidth σ used.
     pub sigma: f64,
+    /// The median heuristic found a median distance of 0 (more than half the
+    /// reference pairs coincide) and σ = 1 was used instead.
+    pub sigma_fallback: bool,
 }
 
 /// Kernel blocks of one evaluation.
@@ -171,6 +174,7 @@ impl Gram {
 struct CacheEntry {
     key: (u64, usize, u64),
     sigma: f64,
+    sigma_fallback: bool,
     kxx: Arc<Block>,
     /// Previous current window: rows, and its kernel blocks.
     current: Vec<f64>,
@@ -199,7 +203,7 @@ fn kernel(a: &[f64], b: &[f64], gamma: f64) -> f64 {
 }
 
 /// Builds the kernel blocks, reusing what the cache holds for this reference.
-fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) -> (Gram, f64) {
+fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) -> (Gram, f64, bool) {
     let (n, m) = (reference.len() / dim, current.len() / dim);
     let key = (hash_rows(reference), dim, sigma_opt.map_or(0, f64::to_bits));
     // Distances are translation-invariant: centring on the reference mean
@@ -209,14 +213,17 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
         let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         c.iter().position(|e| e.key == key).map(|i| c.remove(i))
     };
-    let (sigma, kxx, prev) = match cached {
-        Some(e) => (e.sigma, e.kxx, Some((e.current, e.kyx, e.kyy))),
+    let (sigma, sigma_fallback, kxx, prev) = match cached {
+        Some(e) => (e.sigma, e.sigma_fallback, e.kxx, Some((e.current, e.kyx, e.kyy))),
         None => {
             let xs = Points::new(reference, dim, &centre);
             let mut k = xs.sq_dists_lower();
-            let sigma = sigma_opt.unwrap_or_else(|| sigma_from_median(&k, n));
+            let (sigma, fallback) = match sigma_opt {
+                Some(s) => (s, false),
+                None => sigma_from_median(&k, n).map_or((1.0, true), |s| (s, false)),
+            };
             gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
-            (sigma, Arc::new(k), None)
+            (sigma, fallback, Arc::new(k), None)
         }
     };
     let gamma = 1.0 / (2.0 * sigma * sigma);
@@ -308,13 +315,14 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
         c.push(CacheEntry {
             key,
             sigma,
+            sigma_fallback,
             kxx: kxx.clone(),
             current: current.to_vec(),
             kyx: kyx.clone(),
             kyy: kyy.clone(),
         });
     }
-    (Gram { n, m, kxx, kyx, kyy }, sigma)
+    (Gram { n, m, kxx, kyx, kyy }, sigma, sigma_fallback)
 }
 
 /// Test `reference` (n rows) against `current` (m rows), both row-major with
@@ -329,7 +337,7 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         return None;
     }
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
-    let (g, sigma) = gram(reference, current, dim, sigma_opt);
+    let (g, sigma, sigma_fallback) = gram(reference, current, dim, sigma_opt);
     let total = n + m;
     // One pass over the stored entries: row sums r = K₀·1 and the block
     // sums. An entry below a diagonal counts for its row and, mirrored, for
@@ -405,6 +413,7 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         statistic: t,
         p_value: p,
         sigma,
+        sigma_fallback,
     })
 }
 
@@ -525,9 +534,10 @@ pub fn mmd_linear(reference: &[f64], current: &[f64], dim: usize, sigma: Option<
         return None;
     }
     // σ from (at most) the first 1000 reference rows: the median heuristic is O(n²).
-    let sigma = sigma
-        .filter(|s| *s > 0.0 && s.is_finite())
-        .unwrap_or_else(|| median_heuristic_sigma(&reference[..reference.len().min(1000 * dim)], dim));
+    let (sigma, sigma_fallback) = match sigma.filter(|s| *s > 0.0 && s.is_finite()) {
+        Some(s) => (s, false),
+        None => median_sigma(&reference[..reference.len().min(1000 * dim)], dim).map_or((1.0, true), |s| (s, false)),
+    };
     let gamma = 1.0 / (2.0 * sigma * sigma);
     let row = |v: &[f64], i: usize| -> Vec<f64> { v[i * dim..(i + 1) * dim].to_vec() };
     let h: Vec<f64> = (0..pairs)
@@ -551,6 +561,7 @@ pub fn mmd_linear(reference: &[f64], current: &[f64], dim: usize, sigma: Option<
         statistic: mean,
         p_value: p,
         sigma,
+        sigma_fallback,
     })
 }
 
@@ -651,8 +662,8 @@ fn gaussian_lower(d: &mut [f64], count: usize, gamma: f64) {
 }
 
 /// σ = sqrt(median_{i<j} d_ij / 2) from the n × n squared distances `d`
-/// (read below the diagonal); 1 when all points coincide (any σ gives
-/// MMD = 0 then).
+/// (read below the diagonal); `None` when that median is 0 (more than half
+/// the pairs coincide; the callers then use σ = 1 and say so).
 ///
 /// The median is selected exactly without copying all n(n−1)/2 values
 /// (Floyd & Rivest 1975, "Expected time bounds for selection", CACM 18(3)):
@@ -662,10 +673,10 @@ fn gaussian_lower(d: &mut [f64], count: usize, gamma: f64) {
 /// runs on those. Should the bracket miss (the margin is ~4 standard errors
 /// of the sample rank), all values are selected from instead. Non-negative
 /// doubles order as their bit patterns, so the work is on integers.
-fn sigma_from_median(d: &[f64], n: usize) -> f64 {
+fn sigma_from_median(d: &[f64], n: usize) -> Option<f64> {
     let count = n * n.saturating_sub(1) / 2;
     if count == 0 {
-        return 1.0;
+        return None;
     }
     let rows = || (1..n).map(|i| &d[i * n..i * n + i]);
     let bits = |x: &f64| x.abs().to_bits();
@@ -721,16 +732,18 @@ fn sigma_from_median(d: &[f64], n: usize) -> f64 {
         let lo = cand[..k].iter().copied().max().map_or(hi, f64::from_bits);
         (lo + hi) / 2.0
     };
-    if med > 0.0 && med.is_finite() {
-        (med / 2.0).sqrt()
-    } else {
-        1.0
-    }
+    (med > 0.0 && med.is_finite()).then(|| (med / 2.0).sqrt())
 }
 
 /// σ = sqrt(median_{i<j} ‖x_i − x_j‖² / 2) over the reference rows (as Alibi
-/// Detect). Falls back to 1 when all reference points coincide.
+/// Detect). Falls back to 1 when that median is 0 (more than half the
+/// reference pairs coincide): see [`MmdResult::sigma_fallback`].
 pub fn median_heuristic_sigma(reference: &[f64], dim: usize) -> f64 {
+    median_sigma(reference, dim).unwrap_or(1.0)
+}
+
+/// The median heuristic's σ, `None` when the median distance is 0.
+fn median_sigma(reference: &[f64], dim: usize) -> Option<f64> {
     let n = reference.len() / dim;
     let xs = Points::new(reference, dim, &column_means(reference, dim));
     sigma_from_median(&xs.sq_dists_lower(), n)
@@ -956,5 +969,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// When more than half the reference pairs coincide the median distance
+    /// is 0: σ = 1 is used, and the result says so; a configured σ or a
+    /// spread-out reference does not.
+    #[test]
+    fn a_zero_median_distance_is_reported() {
+        let mut reference = vec![0.5; 2 * 50];
+        reference.extend((0..10).flat_map(|i| [i as f64, 1.0]));
+        let current: Vec<f64> = (0..30).flat_map(|i| [i as f64 * 0.3, 2.0]).collect();
+        let opts = MmdOptions {
+            permutations: 50,
+            ..MmdOptions::default()
+        };
+        let r = mmd_test(&reference, &current, 2, &opts).unwrap();
+        assert!(r.sigma_fallback && r.sigma == 1.0, "{r:?}");
+        let r = mmd_linear(&reference, &current, 2, None).unwrap();
+        assert!(r.sigma_fallback, "{r:?}");
+        let given = MmdOptions {
+            sigma: Some(0.7),
+            ..opts
+        };
+        let r = mmd_test(&reference, &current, 2, &given).unwrap();
+        assert!(!r.sigma_fallback && r.sigma == 0.7);
+        let r = mmd_test(&current, &reference, 2, &opts).unwrap();
+        assert!(!r.sigma_fallback, "{r:?}");
     }
 }

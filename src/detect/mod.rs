@@ -187,7 +187,7 @@ impl Detectors {
     /// Plans every detector against the schema of scored events.
     pub async fn new(scored: &Schema, detectors: &[DetectorConfig]) -> Result<Self, DetectError> {
         let schema = windows_schema(scored);
-        let stage = SqlStage::new(WINDOWS_TABLE, schema.clone()).map_err(|e| DetectError::Plan {
+        let stage = SqlStage::new(WINDOWS_TABLE, schema.clone(), udaf::all()).map_err(|e| DetectError::Plan {
             detector: String::new(),
             message: e.to_string(),
         })?;
@@ -277,6 +277,45 @@ fn check_output(schema: &Schema) -> Result<(), String> {
     Ok(())
 }
 
+/// A test's `details` with what its result struct says besides the
+/// statistic and p-value: the sample sizes it used (`n_reference`,
+/// `n_current`) and the statistic's own fields (MMD: the bandwidth `sigma`,
+/// and a `warning` when the median heuristic fell back to σ = 1).
+fn with_result_fields(
+    details: Option<serde_json::Value>,
+    s: &datafusion::arrow::array::StructArray,
+    row: usize,
+) -> Option<serde_json::Value> {
+    use datafusion::arrow::datatypes::UInt64Type;
+    let mut out = match details {
+        Some(serde_json::Value::Object(m)) => m,
+        Some(other) => serde_json::Map::from_iter([("value".to_string(), other)]),
+        None => serde_json::Map::new(),
+    };
+    for (field, col) in s.fields().iter().zip(s.columns()) {
+        let name = field.name().as_str();
+        if matches!(name, "statistic" | "p_value" | "details") || col.is_null(row) {
+            continue;
+        }
+        let value = match col.data_type() {
+            DataType::UInt64 => serde_json::Value::from(col.as_primitive::<UInt64Type>().value(row)),
+            DataType::Float64 => serde_json::Value::from(col.as_primitive::<Float64Type>().value(row)),
+            _ => continue,
+        };
+        if name == "sigma_fallback" {
+            if value.as_f64() == Some(1.0) {
+                out.insert(
+                    "warning".into(),
+                    "more than half the reference pairs coincide: the median distance is 0, so the median heuristic gave no bandwidth and sigma = 1 was used; set the detector's `sigma`".into(),
+                );
+            }
+            continue;
+        }
+        out.insert(name.to_string(), value);
+    }
+    (!out.is_empty()).then_some(serde_json::Value::Object(out))
+}
+
 fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) -> Vec<DetectorResult> {
     let schema = b.schema();
     let key_col = b.column_by_name(KEY_COL).map(|c| c.as_string::<i32>().clone());
@@ -303,16 +342,17 @@ fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) ->
                     .map(|c| c.value(row))
             };
             if let Some(stat) = get("statistic") {
+                let details = s
+                    .column_by_name("details")
+                    .and_then(|c| c.as_string_opt::<i32>())
+                    .filter(|c| c.is_valid(row))
+                    .and_then(|c| serde_json::from_str(c.value(row)).ok());
                 tests.push(TestResult {
                     column: f.name().clone(),
                     statistic: stat,
                     p_value: get("p_value"),
                     drift: false,
-                    details: s
-                        .column_by_name("details")
-                        .and_then(|c| c.as_string_opt::<i32>())
-                        .filter(|c| c.is_valid(row))
-                        .and_then(|c| serde_json::from_str(c.value(row)).ok()),
+                    details: with_result_fields(details, s, row),
                 });
             }
         }

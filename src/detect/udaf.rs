@@ -377,7 +377,7 @@ impl AggregateUDFImpl for MmdTest {
         &self.signature
     }
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Struct(result_fields(&["sigma"])))
+        Ok(DataType::Struct(result_fields(&["sigma", "sigma_fallback"])))
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(MmdAcc {
@@ -523,10 +523,10 @@ impl Accumulator for MmdAcc {
                     Some(r.p_value),
                     self.reference.len() / d,
                     self.current.len() / d,
-                    vec![r.sigma],
+                    vec![r.sigma, f64::from(u8::from(r.sigma_fallback))],
                 )
             });
-        Ok(result_scalar(result_fields(&["sigma"]), r))
+        Ok(result_scalar(result_fields(&["sigma", "sigma_fallback"]), r))
     }
     fn size(&self) -> usize {
         size_of_val(self) + 8 * (self.reference.capacity() + self.current.capacity())

@@ -19,10 +19,7 @@ pub mod inspect;
 use crate::config::ModelConfig;
 use crate::schema::tensor_type;
 
-/// Names of the columns the model stage appends.
-pub const EMBEDDING_COL: &str = "embedding";
-pub const LOGITS_COL: &str = "logits";
-pub const PREDICTED_CLASS_COL: &str = "predicted_class";
+pub use crate::config::{EMBEDDING_COL, LOGITS_COL, PREDICTED_CLASS_COL};
 
 /// Version of the ONNX Runtime shared library we load (ort's API 31).
 pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";

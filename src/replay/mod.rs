@@ -13,7 +13,7 @@
 pub mod report;
 pub mod truth;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,8 +22,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::alert::{AlertPolicy, Evaluation};
-use crate::config::SourceConfig;
+use crate::alert::Evaluation;
+use crate::config::{ConfigError, SourceConfig};
+use crate::engine::{Engine, Evaluated};
+use crate::labels::LabelRecord;
 use crate::runtime::{RuntimeError, Stages};
 use crate::source::RawRecord;
 use crate::source::kafka::offset_for_time;
@@ -49,6 +51,9 @@ pub struct ReplayOptions {
     pub publish: bool,
     /// Events per micro-batch (default: the pipeline's `batch.max_events`).
     pub batch: Option<usize>,
+    /// A JSONL file of label records (`{event_id, label, ts}`) instead of
+    /// the pipeline's labels topic.
+    pub labels: Option<PathBuf>,
 }
 
 /// One line of `stats.jsonl`: an evaluation without the model identity.
@@ -96,8 +101,20 @@ pub struct Summary {
     pub alerts: u64,
     /// Per detector: evaluations, drifting evaluations, alerts.
     pub detectors: BTreeMap<String, DetectorCounts>,
+    /// The late-label join, when labels were replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<LabelsSummary>,
     /// Scoring against the ground truth, when given.
     pub truth: Option<truth::Scores>,
+}
+
+/// What became of the replayed labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelsSummary {
+    /// Label records that could not be read (not JSON, no event id, …).
+    pub rejected: u64,
+    #[serde(flatten)]
+    pub join: crate::labels::JoinStats,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -115,129 +132,102 @@ fn other(e: impl std::fmt::Display) -> RuntimeError {
 type Records = Box<dyn Iterator<Item = Result<RawRecord, RuntimeError>>>;
 
 /// Runs a replay; returns the summary (also written to `summary.json`).
-pub async fn replay(mut stages: Stages, opts: ReplayOptions) -> Result<Summary, RuntimeError> {
+pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, RuntimeError> {
     let p = stages.pipeline.clone();
-    if let Some(l) = &p.labels {
-        tracing::warn!(
-            topic = %l.topic,
-            "replay does not read the labels topic: detectors on joined labels (error_rate, label_shift) are not evaluated"
-        );
-    }
     std::fs::create_dir_all(&opts.out).map_err(|e| other(format!("{}: {e}", opts.out.display())))?;
     let (records, total, source) = open(&stages, &opts.range)?;
+    let labels = open_labels(&stages, &opts)?;
     let truth = match &opts.truth {
         Some(t) => Some(crate::scenario::Truth::load(t).map_err(other)?),
         None => None,
     };
     let publisher = if opts.publish {
-        let SourceConfig::Kafka(src) = &p.source else {
-            return Err(other("--publish needs a kafka source in the pipeline"));
-        };
+        let src = p.kafka_source("--publish")?;
         let brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
         let props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
         Some(crate::source::kafka::producer(&brokers, &props).map_err(other)?)
     } else {
         None
     };
-    let create = |name: &str| {
-        std::fs::File::create(opts.out.join(name))
-            .map(std::io::BufWriter::new)
-            .map_err(|e| other(format!("{}: {e}", opts.out.join(name).display())))
-    };
-    let (mut alerts_out, mut stats_out) = (create("alerts.jsonl")?, create("stats.jsonl")?);
-    let mut windows = stages.windows().await?;
-    let mut decoder = stages.decoder();
-    let mut policy = AlertPolicy::new(&p.alerting);
+    let mut engine = Engine::new(stages).await?;
+    if labels.is_none() && engine.labelled.is_some() {
+        tracing::warn!(
+            "no labels to replay (give --labels FILE with --input): detectors on late labels (error_rate, label_shift) are not evaluated"
+        );
+    }
+    let mut labels = labels.map(LabelsFeed::new);
+    let mut sink = Files::create(&opts.out, publisher, &p.output.alerts_topic, &p.name)?;
+    sink.summary.source = source;
+    let mut decoder = engine.stages.decoder();
     let batch_size = opts.batch.unwrap_or(p.batch.max_events.get()).max(1);
-    let mut summary = Summary {
-        pipeline: p.name.clone(),
-        source,
-        events: 0,
-        dead_lettered: 0,
-        evaluations: 0,
-        alerts: 0,
-        detectors: BTreeMap::new(),
-        truth: None,
-    };
-    let mut all: Vec<Evaluation> = vec![];
     let mut progress = Progress::new(total);
-    // Stream position of each record in the batch in hand, to order evaluations.
-    let mut seq: HashMap<(i32, i64), u64> = HashMap::new();
-    let mut pending = vec![];
+    let mut order = StreamOrder::default();
     let mut records = records.peekable();
     while records.peek().is_some() || !decoder.is_empty() {
         while decoder.len() < batch_size {
             let Some(r) = records.next() else { break };
             let r = r?;
-            seq.insert((r.partition, r.offset), summary.events);
-            summary.events += 1;
+            order.read(r.partition, r.offset);
+            sink.summary.events += 1;
             if let Err(rej) = decoder.decode(&r) {
-                summary.dead_lettered += 1;
+                sink.summary.dead_lettered += 1;
                 tracing::debug!(reason = rej.reason.as_str(), offset = rej.offset, "{}", rej.message);
             }
         }
-        progress.tick(summary.events);
+        progress.tick(sink.summary.events);
         let Some(batch) = decoder.flush()? else {
             if records.peek().is_none() {
                 break;
             }
             continue;
         };
-        let scored = stages.score(batch).await?;
-        let mut due = windows.push(&scored)?;
-        due.sort_by_key(|d| seq.get(&d.coords.end).copied().unwrap_or(u64::MAX));
-        seq.clear();
-        for d in &due {
-            for mut ev in stages.evaluate(d).await? {
-                ev.alert = policy.decide(&ev.detector, ev.key.as_deref().unwrap_or(""), ev.drift);
-                let c = summary.detectors.entry(ev.detector.clone()).or_default();
-                c.evaluations += 1;
-                c.drifts += u64::from(ev.drift);
-                c.alerts += u64::from(ev.alert);
-                summary.evaluations += 1;
-                let line = serde_json::to_string(&StatsRecord::from(&ev)).map_err(other)?;
-                writeln!(stats_out, "{line}").map_err(other)?;
-                if ev.alert {
-                    summary.alerts += 1;
-                    let body = serde_json::to_string(&ev).map_err(other)?;
-                    writeln!(alerts_out, "{body}").map_err(other)?;
-                    if let Some(prod) = &publisher {
-                        let key = crate::alert::message_key(&ev);
-                        pending.push(
-                            prod.send_result(
-                                rdkafka::producer::FutureRecord::to(&p.output.alerts_topic)
-                                    .payload(&body)
-                                    .key(&key),
-                            )
-                            .map_err(|(e, _)| other(e))?,
-                        );
-                    }
-                }
-                all.push(ev);
+        for e in engine.push_events(batch).await? {
+            sink.add(order.seq_of(e.coords.end), e);
+        }
+        if let Some(feed) = labels.as_mut() {
+            for e in feed.up_to_events(&mut engine).await? {
+                sink.add(order.seq_of(e.coords.end), e);
             }
         }
+        let held = engine
+            .labelled
+            .as_ref()
+            .map(|l| l.join.events_needed())
+            .unwrap_or_default();
+        sink.write_before(order.frontier(&held))?;
+        order.forget_before(&held);
     }
-    progress.done(summary.events);
-    for f in pending {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(other(format!("publishing an alert: {e}"))),
-            Err(_) => return Err(other("publishing an alert: producer closed")),
+    progress.done(sink.summary.events);
+    if let Some(feed) = labels.as_mut() {
+        for e in feed.rest(&mut engine).await? {
+            sink.add(order.seq_of(e.coords.end), e);
         }
+        sink.summary.labels = Some(LabelsSummary {
+            rejected: feed.rejected,
+            join: engine
+                .labelled
+                .as_ref()
+                .map(|l| l.join.stats.clone())
+                .unwrap_or_default(),
+        });
     }
-    alerts_out.flush().map_err(other)?;
-    stats_out.flush().map_err(other)?;
-    if let Some(t) = &truth {
-        let size = p.window.current.size.get() as i64;
+    sink.write_before(u64::MAX)?;
+    let (mut summary, all) = sink.finish().await?;
+    if let (Some(t), Some(w)) = (&truth, &p.window) {
+        let size = w.current.size.get() as i64;
         let shape = truth::WindowShape {
-            reference: match &p.window.reference {
+            reference: match &w.reference {
                 crate::config::ReferenceConfig::First { size } => size.get() as i64,
                 crate::config::ReferenceConfig::File { .. } => 0,
             },
             size,
-            slide: p.window.current.slide.map_or(size, |s| s.get() as i64),
+            slide: w.current.slide.map_or(size, |s| s.get() as i64),
         };
-        summary.truth = Some(truth::score(t, &all, shape));
+        let scores = truth::score(t, &all, shape).map_err(|e| {
+            let path = opts.truth.as_deref().unwrap_or(Path::new("--truth"));
+            RuntimeError::File(crate::source::file::FileError::new(path, e))
+        })?;
+        summary.truth = Some(scores);
     }
     std::fs::write(
         opts.out.join("summary.json"),
@@ -247,6 +237,260 @@ pub async fn replay(mut stages: Stages, opts: ReplayOptions) -> Result<Summary, 
     let html = report::render(&summary, &all, truth.as_ref());
     std::fs::write(opts.out.join("report.html"), html).map_err(other)?;
     Ok(summary)
+}
+
+/// Where each record read stands in the canonical order (its sequence
+/// number), kept for the records a later evaluation may end on: those not
+/// yet processed, and those the label join still holds.
+#[derive(Default)]
+struct StreamOrder {
+    next: u64,
+    /// Per partition, (offset, sequence number) in offset order.
+    held: BTreeMap<i32, VecDeque<(i64, u64)>>,
+}
+
+impl StreamOrder {
+    fn read(&mut self, partition: i32, offset: i64) {
+        self.held.entry(partition).or_default().push_back((offset, self.next));
+        self.next += 1;
+    }
+
+    fn seq_of(&self, (p, o): (i32, i64)) -> u64 {
+        self.held
+            .get(&p)
+            .and_then(|q| q.binary_search_by_key(&o, |(off, _)| *off).ok().map(|i| q[i].1))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// No evaluation made from now on ends before this: on the next record
+    /// read, or on an event the join still holds (`held`: per partition,
+    /// its oldest offset there).
+    fn frontier(&self, held: &BTreeMap<i32, i64>) -> u64 {
+        held.iter()
+            .map(|(p, o)| self.seq_of((*p, *o)))
+            .fold(self.next, u64::min)
+    }
+
+    fn forget_before(&mut self, held: &BTreeMap<i32, i64>) {
+        for (p, q) in self.held.iter_mut() {
+            let from = held.get(p).copied().unwrap_or(i64::MAX);
+            while q.front().is_some_and(|(o, _)| *o < from) {
+                q.pop_front();
+            }
+        }
+    }
+}
+
+/// The labels stream of a replay, fed to the join in step with the events:
+/// labels up to the time every events partition has passed.
+struct LabelsFeed {
+    records: Records,
+    /// A parsed label read ahead of the events.
+    ahead: Option<LabelRecord>,
+    rejected: u64,
+}
+
+impl LabelsFeed {
+    fn new(records: Records) -> Self {
+        Self {
+            records,
+            ahead: None,
+            rejected: 0,
+        }
+    }
+
+    /// The next valid label (bad records are counted and logged).
+    fn next_label(&mut self, engine: &Engine) -> Result<Option<LabelRecord>, RuntimeError> {
+        if let Some(l) = self.ahead.take() {
+            return Ok(Some(l));
+        }
+        for r in self.records.by_ref() {
+            match engine.parse_label(&r?) {
+                Some(Ok(l)) => return Ok(Some(l)),
+                Some(Err(rej)) => {
+                    self.rejected += 1;
+                    tracing::debug!(
+                        reason = rej.reason.as_str(),
+                        offset = rej.offset,
+                        "label: {}",
+                        rej.message
+                    );
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn up_to_events(&mut self, engine: &mut Engine) -> Result<Vec<Evaluated>, RuntimeError> {
+        let passed = engine.labelled.as_ref().map_or(i64::MIN, |l| l.join.events_passed());
+        let mut batch = vec![];
+        while let Some(l) = self.next_label(engine)? {
+            if l.ts_ms > passed {
+                self.ahead = Some(l);
+                break;
+            }
+            batch.push(l);
+        }
+        engine.push_labels(batch).await
+    }
+
+    /// The events have ended: every label left, then the join is closed.
+    async fn rest(&mut self, engine: &mut Engine) -> Result<Vec<Evaluated>, RuntimeError> {
+        let mut batch = vec![];
+        while let Some(l) = self.next_label(engine)? {
+            batch.push(l);
+        }
+        let mut out = engine.push_labels(batch).await?;
+        out.extend(engine.finish_labels().await?);
+        Ok(out)
+    }
+}
+
+/// A replay's outputs: `stats.jsonl` and `alerts.jsonl` in stream order (by
+/// the record each evaluation's window ends on; events windows before
+/// labelled ones on the same record), alerts published when asked.
+struct Files {
+    alerts: std::io::BufWriter<std::fs::File>,
+    stats: std::io::BufWriter<std::fs::File>,
+    publisher: Option<(rdkafka::producer::FutureProducer, String)>,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Evaluations made but not written yet, by (sequence, labelled, rank).
+    waiting: BTreeMap<(u64, bool, u64), Evaluation>,
+    made: u64,
+    summary: Summary,
+    all: Vec<Evaluation>,
+}
+
+impl Files {
+    fn create(
+        dir: &Path,
+        publisher: Option<rdkafka::producer::FutureProducer>,
+        alerts_topic: &str,
+        pipeline: &str,
+    ) -> Result<Self, RuntimeError> {
+        let create = |name: &str| {
+            std::fs::File::create(dir.join(name))
+                .map(std::io::BufWriter::new)
+                .map_err(|e| other(format!("{}: {e}", dir.join(name).display())))
+        };
+        Ok(Self {
+            alerts: create("alerts.jsonl")?,
+            stats: create("stats.jsonl")?,
+            publisher: publisher.map(|p| (p, alerts_topic.to_string())),
+            pending: vec![],
+            waiting: BTreeMap::new(),
+            made: 0,
+            summary: Summary {
+                pipeline: pipeline.to_string(),
+                source: String::new(),
+                events: 0,
+                dead_lettered: 0,
+                evaluations: 0,
+                alerts: 0,
+                detectors: BTreeMap::new(),
+                labels: None,
+                truth: None,
+            },
+            all: vec![],
+        })
+    }
+
+    fn add(&mut self, seq: u64, e: Evaluated) {
+        for ev in e.evaluations {
+            self.waiting.insert((seq, e.labelled, self.made), ev);
+            self.made += 1;
+        }
+    }
+
+    /// Writes the evaluations that end before `frontier`.
+    fn write_before(&mut self, frontier: u64) -> Result<(), RuntimeError> {
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.key().0 >= frontier {
+                break;
+            }
+            let ev = entry.remove();
+            let c = self.summary.detectors.entry(ev.detector.clone()).or_default();
+            c.evaluations += 1;
+            c.drifts += u64::from(ev.drift);
+            c.alerts += u64::from(ev.alert);
+            self.summary.evaluations += 1;
+            let line = serde_json::to_string(&StatsRecord::from(&ev)).map_err(other)?;
+            writeln!(self.stats, "{line}").map_err(other)?;
+            if ev.alert {
+                self.summary.alerts += 1;
+                let body = serde_json::to_string(&ev).map_err(other)?;
+                writeln!(self.alerts, "{body}").map_err(other)?;
+                if let Some((prod, topic)) = &self.publisher {
+                    let key = crate::alert::message_key(&ev);
+                    let record = rdkafka::producer::FutureRecord::to(topic).payload(&body).key(&key);
+                    self.pending.push(prod.send_result(record).map_err(|(e, _)| other(e))?);
+                }
+            }
+            self.all.push(ev);
+        }
+        Ok(())
+    }
+
+    /// Waits for the published alerts; flushes the files.
+    async fn finish(mut self) -> Result<(Summary, Vec<Evaluation>), RuntimeError> {
+        for f in self.pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(other(format!("publishing an alert: {e}"))),
+                Err(_) => return Err(other("publishing an alert: producer closed")),
+            }
+        }
+        self.alerts.flush().map_err(other)?;
+        self.stats.flush().map_err(other)?;
+        Ok((self.summary, self.all))
+    }
+}
+
+/// The labels stream of a replay: `--labels FILE`, else the pipeline's
+/// labels topic over the range's times (up to `horizon_ms` past its end;
+/// an offsets range reads the whole labels topic as it is now).
+fn open_labels(stages: &Stages, opts: &ReplayOptions) -> Result<Option<Records>, RuntimeError> {
+    let p = &stages.pipeline;
+    let Some(cfg) = &p.labels else {
+        return match &opts.labels {
+            Some(f) => Err(RuntimeError::Config(ConfigError::invalid(
+                &p.path,
+                "labels",
+                format!(
+                    "--labels {} needs the pipeline's `labels` section (its horizon_ms decides which labels join)",
+                    f.display()
+                ),
+            ))),
+            None => Ok(None),
+        };
+    };
+    if let Some(f) = &opts.labels {
+        return Ok(Some(jsonl(f)?));
+    }
+    let (Some(SourceConfig::Kafka(src)), Range::Offsets(_) | Range::Times { .. }) = (&p.source, &opts.range) else {
+        return Ok(None);
+    };
+    let range = match &opts.range {
+        Range::Times { from, to } => Range::Times {
+            from: *from,
+            to: to.map(|t| t.saturating_add(cfg.horizon_ms.get() as i64)),
+        },
+        _ => Range::Times { from: None, to: None },
+    };
+    let consumer = range_consumer(src, &p.name)?;
+    let ranges = resolve(&consumer, &cfg.topic, &range)?;
+    Ok(Some(Box::new(KafkaRange::new(consumer, cfg.topic.clone(), ranges)?)))
+}
+
+fn range_consumer(src: &crate::config::KafkaSource, pipeline: &str) -> Result<BaseConsumer, RuntimeError> {
+    crate::source::kafka::client_config(&src.brokers, &src.properties)
+        .set("group.id", format!("driftwatch-replay-{pipeline}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(other)
 }
 
 /// Opens the range: records, their number when known, and a description.
@@ -263,18 +507,8 @@ fn open(stages: &Stages, range: &Range) -> Result<(Records, Option<u64>, String)
             }
         }
         Range::Offsets(_) | Range::Times { .. } => {
-            let SourceConfig::Kafka(src) = &stages.pipeline.source else {
-                return Err(other(
-                    "a topic range needs a kafka source in the pipeline; use --input for files",
-                ));
-            };
-            let consumer: BaseConsumer = crate::source::kafka::client_config(&src.brokers, &src.properties)
-                .set("group.id", format!("driftwatch-replay-{}", stages.pipeline.name))
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "false")
-                .create()
-                .map_err(other)?;
+            let src = stages.pipeline.kafka_source("a topic range (use --input for files)")?;
+            let consumer = range_consumer(src, &stages.pipeline.name)?;
             let ranges = resolve(&consumer, &src.topic, range)?;
             let total = ranges.values().map(|(a, b)| (b - a).max(0) as u64).sum();
             let desc = format!(
@@ -297,7 +531,8 @@ fn open(stages: &Stages, range: &Range) -> Result<(Records, Option<u64>, String)
 
 /// Streams a JSONL file; offsets are line numbers from 0, blank lines skipped.
 fn jsonl(path: &Path) -> Result<Records, RuntimeError> {
-    let f = std::fs::File::open(path).map_err(|e| other(format!("{}: {e}", path.display())))?;
+    // A file that cannot be opened is bad input (exit 2), like a bad pipeline.
+    let f = std::fs::File::open(path).map_err(|e| RuntimeError::File(crate::source::file::FileError::new(path, e)))?;
     let p = path.display().to_string();
     Ok(Box::new(
         std::io::BufReader::new(f)

@@ -189,7 +189,9 @@ td:first-child,th:first-child{{text-align:left}}.legend span{{margin-right:14px}
     );
     h.push_str("<table><tr><th>detector</th><th>evaluations</th><th>drifts</th><th>alerts</th>");
     if summary.truth.is_some() {
-        h.push_str("<th>detected</th><th>missed</th><th>false alarms</th><th>delays (events)</th>");
+        h.push_str(
+            "<th>watches</th><th>detected</th><th>missed</th><th>false alarms</th><th>delays (events)</th><th>alerted in other kinds</th>",
+        );
     }
     h.push_str("</tr>");
     for (d, c) in &summary.detectors {
@@ -205,15 +207,18 @@ td:first-child,th:first-child{{text-align:left}}.legend span{{margin-right:14px}
             let delays: Vec<String> = s
                 .intervals
                 .iter()
+                .filter(|i| i.watched)
                 .map(|i| i.delay_events.map_or("-".into(), |d| d.to_string()))
                 .collect();
             let _ = write!(
                 h,
-                "<td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                s.drift_type.map_or("-", crate::alert::drift_type_name),
                 s.detected,
                 s.missed,
                 s.false_alarms,
-                delays.join(", ")
+                delays.join(", "),
+                s.other_kinds_alerted
             );
         }
         h.push_str("</tr>");

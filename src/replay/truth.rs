@@ -1,12 +1,19 @@
 //! Scoring a replay against ground truth (the file `produce` writes).
 //!
-//! An alert belongs where its current window ends (partition and offset of
-//! its last event). For each true drift interval and detector: detected when
-//! an alert of that key ends inside the interval or within one current-window
-//! length after it (the window still holds drifted events); the delay is
-//! counted from the interval's first event to the end of the alert's window,
-//! in the key's own events and in event time.
-//! Alerts of a key that end anywhere else are false alarms.
+//! Positions are counted in each key's own events, so keys sharing a
+//! partition (or a file) do not move each other's: an evaluation stands
+//! where its current window ends, after the key's `events_at(n)`-th event.
+//! For each true drift interval and detector: detected when an alert of that
+//! key ends inside the interval or within one current-window length after it
+//! (the window still holds drifted events); the delay is counted from the
+//! interval's first event to the end of the alert's window, in the key's own
+//! events and in event time.
+//!
+//! A detector is scored against the drift kinds it watches (its evaluations'
+//! `drift_type`: a KS on inputs cannot see a relabelling); intervals of other
+//! kinds are listed apart (`watched: false`), neither missed nor detected,
+//! and its alerts there are not false alarms. Alerts of a key that end
+//! anywhere else are false alarms.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +28,9 @@ pub struct IntervalScore {
     pub key: String,
     pub phase: String,
     pub kind: String,
+    /// Whether the detector watches this kind of drift (only those count as
+    /// detected or missed).
+    pub watched: bool,
     pub start_ms: i64,
     pub end_ms: i64,
     pub detected: bool,
@@ -33,9 +43,14 @@ pub struct IntervalScore {
 /// Per detector.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DetectorScore {
+    /// The kind of drift the detector watches.
+    pub drift_type: Option<crate::alert::DriftType>,
+    /// Intervals of that kind caught, and missed.
     pub detected: usize,
     pub missed: usize,
     pub false_alarms: usize,
+    /// Intervals of other kinds that it alerted in too (not counted above).
+    pub other_kinds_alerted: usize,
     pub intervals: Vec<IntervalScore>,
     /// Event-time end of each false alarm's window.
     pub false_alarm_times_ms: Vec<i64>,
@@ -46,15 +61,6 @@ pub struct DetectorScore {
 pub struct Scores {
     pub scenario: String,
     pub detectors: BTreeMap<String, DetectorScore>,
-}
-
-/// Where an evaluation's window ends: (partition, offset).
-fn end_of(e: &Evaluation) -> Option<(i32, i64)> {
-    e.window
-        .current_offsets
-        .iter()
-        .map(|r| (r.partition, r.last))
-        .max_by_key(|(_, o)| *o)
 }
 
 /// How windows count a key's events, to turn an evaluation into a position.
@@ -73,16 +79,59 @@ impl WindowShape {
     }
 }
 
+/// A truth file that does not describe the replayed stream.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the truth file (scenario `{scenario}`) does not describe this replay: {reason}")]
+pub struct TruthMismatch {
+    pub scenario: String,
+    pub reason: String,
+}
+
+/// Refuses a truth file whose keys or times the evaluations never meet (a
+/// truth file of another scenario would score every phase missed and every
+/// alert a false alarm).
+fn check_matches(truth: &Truth, evals: &[Evaluation]) -> Result<(), TruthMismatch> {
+    if evals.is_empty() || truth.phases.is_empty() {
+        return Ok(());
+    }
+    let mismatch = |reason: String| TruthMismatch {
+        scenario: truth.scenario.clone(),
+        reason,
+    };
+    let truth_keys: std::collections::BTreeSet<&str> = truth.phases.iter().map(|p| p.key.as_str()).collect();
+    let seen: std::collections::BTreeSet<&str> = evals.iter().map(|e| e.key.as_deref().unwrap_or("")).collect();
+    if truth_keys.is_disjoint(&seen) {
+        return Err(mismatch(format!(
+            "its keys {truth_keys:?} are not among the replay's {seen:?}"
+        )));
+    }
+    let (t0, t1) = truth
+        .phases
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(a, b), p| (a.min(p.start_ms), b.max(p.end_ms)));
+    let (e0, e1) = evals.iter().fold((i64::MAX, i64::MIN), |(a, b), e| {
+        (a.min(e.window.current_start_ms), b.max(e.window.current_end_ms))
+    });
+    if e1 < t0 || e0 > t1 {
+        return Err(mismatch(format!(
+            "its phases span event times {t0}..={t1} ms, the replay's windows {e0}..={e1} ms"
+        )));
+    }
+    Ok(())
+}
+
 /// Scores every detector that evaluated.
-pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Scores {
-    let window = shape.size;
+pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<Scores, TruthMismatch> {
+    check_matches(truth, evals)?;
     let mut detectors: BTreeMap<String, DetectorScore> = BTreeMap::new();
     for e in evals {
-        detectors.entry(e.detector.clone()).or_default();
+        detectors.entry(e.detector.clone()).or_default().drift_type = Some(e.drift_type);
     }
     for (name, s) in &mut detectors {
         let alerts: Vec<&Evaluation> = evals.iter().filter(|e| &e.detector == name && e.alert).collect();
+        let watches = |kind: &str| s.drift_type.is_some_and(|t| crate::alert::drift_type_name(t) == kind);
         let mut explained = vec![false; alerts.len()];
+        let mut intervals = vec![];
         for ph in truth.phases.iter().filter(|p| p.drift) {
             // The key's events before this phase.
             let before: i64 = truth
@@ -92,25 +141,20 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Scores 
                 .filter(|p| p.key == ph.key)
                 .map(|p| p.events as i64)
                 .sum();
+            let until = before + ph.events as i64 + shape.size;
             let mut hit = None;
             for (i, a) in alerts.iter().enumerate() {
-                let Some((part, off)) = end_of(a) else { continue };
-                if a.key.as_deref().unwrap_or("") != ph.key || part != ph.partition {
-                    continue;
-                }
-                if off >= ph.first_offset && off <= ph.last_offset + window {
+                let at = shape.events_at(a.evaluation);
+                if a.key.as_deref().unwrap_or("") == ph.key && at > before && at <= until {
                     explained[i] = true;
-                    hit.get_or_insert((shape.events_at(a.evaluation), a.window.current_end_ms));
+                    hit.get_or_insert((at, a.window.current_end_ms));
                 }
             }
-            match hit {
-                Some(_) => s.detected += 1,
-                None => s.missed += 1,
-            }
-            s.intervals.push(IntervalScore {
+            intervals.push(IntervalScore {
                 key: ph.key.clone(),
                 phase: ph.name.clone(),
                 kind: ph.kind.clone(),
+                watched: watches(&ph.kind),
                 start_ms: ph.start_ms,
                 end_ms: ph.end_ms,
                 detected: hit.is_some(),
@@ -118,6 +162,15 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Scores 
                 delay_ms: hit.map(|(_, t)| t - ph.start_ms),
             });
         }
+        for i in &intervals {
+            match (i.watched, i.detected) {
+                (true, true) => s.detected += 1,
+                (true, false) => s.missed += 1,
+                (false, true) => s.other_kinds_alerted += 1,
+                (false, false) => {}
+            }
+        }
+        s.intervals = intervals;
         for (a, seen) in alerts.iter().zip(&explained) {
             if !seen {
                 s.false_alarms += 1;
@@ -125,10 +178,10 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Scores 
             }
         }
     }
-    Scores {
+    Ok(Scores {
         scenario: truth.scenario.clone(),
         detectors,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -217,15 +270,120 @@ mod tests {
             size: 50,
             slide: 50,
         };
-        let s = &score(&truth, &evals, shape).detectors["d"];
+        let s = &score(&truth, &evals, shape).unwrap().detectors["d"];
         assert_eq!((s.detected, s.missed, s.false_alarms), (2, 0, 2));
         assert_eq!(s.intervals[0].delay_events, Some(100));
         assert_eq!(s.intervals[0].delay_ms, Some(3990 - 3000));
         assert_eq!(s.intervals[1].delay_events, Some(100));
         assert_eq!(s.false_alarm_times_ms, [1990, 8490]);
         // Without the second detection, drift 2 is missed.
-        let s = &score(&truth, &evals[..4], shape).detectors["d"];
+        let s = &score(&truth, &evals[..4], shape).unwrap().detectors["d"];
         assert_eq!((s.detected, s.missed, s.false_alarms), (1, 1, 1));
         assert!(!s.intervals[1].detected && s.intervals[1].delay_events.is_none());
+    }
+
+    fn keyed(key: &str, name: &str, kind: &str, events: usize, start_ms: i64) -> TruthPhase {
+        TruthPhase {
+            key: key.into(),
+            name: name.into(),
+            kind: kind.into(),
+            drift: kind != "clean",
+            events,
+            start_ms,
+            end_ms: start_ms + events as i64 * 10,
+            partition: 0,
+            first_offset: 0,
+            last_offset: 0,
+            priors: Default::default(),
+        }
+    }
+
+    fn truth(phases: Vec<TruthPhase>) -> Truth {
+        Truth {
+            scenario: "s".into(),
+            seed: 0,
+            destination: "f".into(),
+            labels_destination: None,
+            phases,
+        }
+    }
+
+    /// Seven keys interleaved in one file: key `g`'s 300-event drift, caught
+    /// 700 of the file's lines but 100 of its own events in, is a
+    /// detection, and the window straddling the phase's end is not a false
+    /// alarm. (Measured in partition offsets, both were wrong.)
+    #[test]
+    fn positions_are_counted_in_the_key_s_own_events() {
+        let mut phases: Vec<TruthPhase> = "abcdef"
+            .chars()
+            .map(|k| keyed(&k.to_string(), "clean", "clean", 1600, 0))
+            .collect();
+        phases.push(keyed("g", "clean", "clean", 1000, 0));
+        phases.push(keyed("g", "shift", "covariate", 300, 10_000));
+        phases.push(keyed("g", "clean again", "clean", 300, 13_000));
+        let shape = WindowShape {
+            reference: 500,
+            size: 100,
+            slide: 100,
+        };
+        let mut a = alert(6, 0, true); // g's events at 1100: 100 into the drift
+        a.key = Some("g".into());
+        a.window.current_start_ms = 10_000;
+        a.window.current_end_ms = 11_000;
+        let mut b = alert(9, 0, true); // at 1400: within a window after it ended
+        b.key = Some("g".into());
+        let s = &score(&truth(phases), &[a, b], shape).unwrap().detectors["d"];
+        assert_eq!((s.detected, s.missed, s.false_alarms), (1, 0, 0), "{s:?}");
+        assert_eq!(s.intervals[0].delay_events, Some(100));
+    }
+
+    /// A KS on inputs cannot see a relabelling: that phase is listed apart,
+    /// not missed; its alerts in a phase of another kind are not false alarms.
+    #[test]
+    fn detectors_are_scored_against_the_kinds_they_watch() {
+        let phases = vec![
+            keyed("k", "clean", "clean", 1000, 0),
+            keyed("k", "new scanner", "covariate", 1000, 10_000),
+            keyed("k", "relabelled", "concept", 1000, 20_000),
+        ];
+        let shape = WindowShape {
+            reference: 500,
+            size: 500,
+            slide: 500,
+        };
+        // Evaluation 2 ends at the key's 1500th event (the covariate phase).
+        let mut ks = alert(2, 0, true);
+        ks.window.current_start_ms = 10_000;
+        ks.window.current_end_ms = 15_000;
+        let s = &score(&truth(phases.clone()), &[ks.clone()], shape).unwrap().detectors["d"];
+        assert_eq!(
+            (s.detected, s.missed, s.false_alarms, s.other_kinds_alerted),
+            (1, 0, 0, 0)
+        );
+        assert!(!s.intervals[1].watched && !s.intervals[1].detected);
+        // An error-rate detector alerting in the covariate phase only.
+        let mut er = ks;
+        er.drift_type = DriftType::Concept;
+        let s = &score(&truth(phases), &[er], shape).unwrap().detectors["d"];
+        assert_eq!(
+            (s.detected, s.missed, s.false_alarms, s.other_kinds_alerted),
+            (0, 1, 0, 1)
+        );
+    }
+
+    /// A truth file of another scenario is refused, naming what differs.
+    #[test]
+    fn a_truth_file_of_another_scenario_is_refused() {
+        let shape = WindowShape {
+            reference: 100,
+            size: 50,
+            slide: 50,
+        };
+        let phases = vec![keyed("scanner-z", "clean", "clean", 1000, 0)];
+        let e = score(&truth(phases), &[alert(1, 149, false)], shape).unwrap_err();
+        assert!(e.to_string().contains("scanner-z"), "{e}");
+        let phases = vec![keyed("k", "clean", "clean", 10, 1_000_000_000)];
+        let e = score(&truth(phases), &[alert(1, 149, false)], shape).unwrap_err();
+        assert!(e.to_string().contains("event times"), "{e}");
     }
 }

@@ -5,12 +5,11 @@
 //! processing task scores, windows, detects, publishes, and commits offsets
 //! only after every record that depends on them is delivered (acks=all).
 
-mod stages;
 mod states;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
@@ -19,41 +18,19 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-pub use stages::{Stages, key_column, validate};
+pub use crate::engine::{Stages, key_column, validate};
+pub use crate::error::RuntimeError;
+pub use crate::metrics::RunStats;
 
 use crate::alert::published::{self, Published};
 use crate::alert::{Evaluation, message_key};
 use crate::config::{ConfigError, Pipeline, SourceConfig};
 use crate::decode::Rejection;
+use crate::engine::{Engine, Evaluated, Labelled};
 use crate::source::checkpoint::{self, Checkpoints};
 use crate::source::file;
 use crate::source::kafka::{self, KafkaConsumer, Position};
-use crate::window::Due;
 use states::{KeyStates, Which};
-
-/// Failures of a run. Each says which stage and what.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
-    #[error(transparent)]
-    Transform(#[from] crate::transform::TransformError),
-    #[error(transparent)]
-    Detect(#[from] crate::detect::DetectError),
-    #[error(transparent)]
-    File(#[from] crate::source::file::FileError),
-    #[error("decode: {0}")]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
-    #[error("kafka ({what}): {source}")]
-    Kafka {
-        what: String,
-        source: rdkafka::error::KafkaError,
-    },
-    #[error("{0}")]
-    Other(String),
-}
 
 fn kafka_err(what: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> RuntimeError {
     let what = what.into();
@@ -78,86 +55,12 @@ pub struct RunOptions {
     pub group_id: Option<String>,
 }
 
-/// Counters of a run.
-#[derive(Debug, Default)]
-pub struct RunStats {
-    pub received: AtomicU64,
-    pub decoded: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub evaluations: AtomicU64,
-    pub alerts: AtomicU64,
-    pub suppressed: AtomicU64,
-    /// Events read before a rebalance and discarded (they are read again).
-    pub discarded: AtomicU64,
-    /// The late-label join: joined, late, unlabelled, waiting (with a labels topic).
-    pub labels: std::sync::Mutex<crate::labels::JoinStats>,
-    /// Events scored and added to windows.
-    pub processed: AtomicU64,
-    /// Dead-lettered records by reason.
-    pub dead_by_reason: std::sync::Mutex<BTreeMap<String, u64>>,
-    pub batches: AtomicU64,
-    /// Time in the transform and model stages, ns.
-    pub model_nanos: AtomicU64,
-    /// Evaluations, alerts and last p-values per detector.
-    pub detectors: std::sync::Mutex<BTreeMap<String, crate::metrics::DetectorMetrics>>,
-    /// Consumer lag per partition (messages), refreshed every few seconds.
-    pub lag: std::sync::Mutex<BTreeMap<i32, i64>>,
-    pub window_keys: AtomicU64,
-    pub window_events: AtomicU64,
-    /// The consumer has its partitions (the model is loaded before it starts).
-    pub ready: AtomicBool,
-}
-
-impl RunStats {
-    /// Logs the counters in one line (`run --status-every`).
-    pub fn log_status(&self) {
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let join = self.labels.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let lag: i64 = self.lag.lock().unwrap_or_else(|e| e.into_inner()).values().sum();
-        tracing::info!(
-            received = n(&self.received),
-            processed = n(&self.processed),
-            dead_lettered = n(&self.dead_lettered),
-            evaluations = n(&self.evaluations),
-            alerts = n(&self.alerts),
-            lag,
-            window_keys = n(&self.window_keys),
-            window_events = n(&self.window_events),
-            labels_joined = join.joined,
-            labels_waiting = join.waiting_labels,
-            labels_late = join.late,
-            labels_orphaned = join.orphaned,
-            unlabelled = join.unlabelled,
-            join_dropped = join.dropped,
-            events_waiting_for_labels = join.waiting_events,
-            joined_held = join.held,
-            first_waiting = ?join.first_waiting,
-            "status"
-        );
-    }
-
-    fn dead_letter(&self, reason: &str) {
-        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        *self
-            .dead_by_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(reason.to_string())
-            .or_default() += 1;
-    }
-}
-
 /// A callback seeing each evaluation (the demo's live view).
 pub type Observer = Arc<dyn Fn(&Evaluation) + Send + Sync>;
 
-/// The late-label join and the windows it feeds.
-struct LabelState {
-    join: crate::labels::LabelJoin,
-    windows: crate::window::Windows,
-    /// Per events partition, the end of the last labelled evaluation sent
-    /// in this assignment (recorded in the next mark).
-    hw: BTreeMap<i32, i64>,
-}
+/// Per events partition, the end of the last labelled evaluation sent in
+/// this assignment (recorded in the next mark).
+type LabelledHw = BTreeMap<i32, i64>;
 
 /// What publishing evaluations needs.
 struct Out<'a> {
@@ -199,7 +102,7 @@ struct Work {
 /// On shutdown the batch in hand is finished, pending records are delivered
 /// and offsets committed.
 pub async fn run(
-    mut stages: Stages,
+    stages: Stages,
     opts: RunOptions,
     shutdown: Arc<AtomicBool>,
     stats: Arc<RunStats>,
@@ -208,7 +111,7 @@ pub async fn run(
     // Refused before anything connects.
     let mut fault = Fault::from_env()?;
     let p = stages.pipeline.clone();
-    let SourceConfig::Kafka(src) = &p.source else {
+    let Some(SourceConfig::Kafka(src)) = &p.source else {
         return Err(RuntimeError::Other(
             "`run` needs a kafka source; use `compare` or `replay --input` for files".into(),
         ));
@@ -235,18 +138,11 @@ pub async fn run(
     let out_brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
     let out_props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
     let producer = kafka::producer(&out_brokers, &out_props).map_err(kafka_err("creating producer"))?;
-    let mut windows = stages.windows().await?;
+    let mut engine = Engine::new(stages).await?;
+    let mut hw = LabelledHw::new();
     tracing::info!(pipeline = %p.name, topic = %src.topic, group = %group, brokers = %src.brokers, "consuming");
 
     let (tx, mut rx) = mpsc::channel::<Msg>(4);
-    let mut labelled = match stages.label_join() {
-        Some(join) => Some(LabelState {
-            join,
-            windows: stages.windows().await?,
-            hw: BTreeMap::new(),
-        }),
-        None => None,
-    };
     let events_done = Arc::new(AtomicBool::new(false));
     let labels_reader = match &p.labels {
         Some(l) => {
@@ -272,7 +168,7 @@ pub async fn run(
     };
     let reader = tokio::spawn(read_loop(
         consumer.clone(),
-        stages.decoder(),
+        engine.stages.decoder(),
         producer.clone(),
         p.clone(),
         src.topic.clone(),
@@ -283,14 +179,19 @@ pub async fn run(
     ));
 
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut policy = crate::alert::AlertPolicy::new(&p.alerting);
-    let scoring = stages.scoring_id();
-    let key_states = KeyStates::new(Which::Events, &windows, &policy, stages.detector_names(false), &scoring);
+    let scoring = engine.stages.scoring_id();
+    let key_states = KeyStates::new(
+        Which::Events,
+        &engine.windows,
+        &engine.policy,
+        engine.stages.detector_names(false),
+        &scoring,
+    );
     let labelled_states = KeyStates::new(
         Which::Labelled,
-        labelled.as_ref().map_or(&windows, |l| &l.windows),
-        &policy,
-        stages.detector_names(true),
+        engine.labelled.as_ref().map_or(&engine.windows, |l| &l.windows),
+        &engine.policy,
+        engine.stages.detector_names(true),
         &scoring,
     );
     let mut published = Published::default();
@@ -315,13 +216,13 @@ pub async fn run(
             // delivered are recognised by the marks and not sent again.
             generation = now;
             last.clear();
-            let restored = key_states.rebuild(&consumer, &mut windows, &mut policy);
+            let restored = key_states.rebuild(&consumer, &mut engine.windows, &mut engine.policy);
             let mut restored_labelled = 0;
-            if let Some(l) = labelled.as_mut() {
-                l.hw.clear();
+            hw.clear();
+            if let Some(l) = engine.labelled.as_mut() {
                 l.join.reset();
                 l.join.expect_events_from(&consumer.assignment());
-                restored_labelled = labelled_states.rebuild(&consumer, &mut l.windows, &mut policy);
+                restored_labelled = labelled_states.rebuild(&consumer, &mut l.windows, &mut engine.policy);
             }
             if let Some((lc, _, follow)) = &labels_reader
                 && let Err(e) = follow_labels(&consumer, lc, follow).await
@@ -373,32 +274,21 @@ pub async fn run(
                     }
                     continue;
                 };
-                process(
-                    &mut stages,
-                    &mut windows,
-                    &out,
-                    work,
-                    &mut last,
-                    &mut policy,
-                    labelled.as_mut(),
-                    &mut fault,
-                )
-                .await
+                process(&mut engine, &mut hw, &out, work, &mut last, &mut fault).await
             }
             Msg::Labels {
                 generation: read_in,
                 records,
-            } => match (&labels_reader, labelled.as_mut()) {
+            } => match &labels_reader {
                 // Labels read before the reader last followed the events
                 // partitions are read again from their commit.
-                (Some((lc, _, follow)), Some(ls)) if follow.borrow().generation == read_in => {
+                Some((lc, _, follow)) if follow.borrow().generation == read_in => {
                     // Like an events batch, a revocation waits for it;
                     // after one (handled on the next message) it is read again.
                     let Some(_in_flight) = consumer.begin(generation) else {
                         continue;
                     };
-                    let events = (&windows, &last);
-                    process_labels(&stages, ls, lc, &out, records, events, &mut policy, &mut fault).await
+                    process_labels(&mut engine, &mut hw, lc, &out, records, &last, &mut fault).await
                 }
                 _ => Ok(()),
             },
@@ -422,11 +312,12 @@ pub async fn run(
     result?;
     read?;
     // Final synchronous commit of what is accounted for.
-    key_states.save(&consumer, &mut windows, &policy).await?;
-    if let Some(l) = labelled.as_mut() {
-        labelled_states.save(&consumer, &mut l.windows, &policy).await?;
+    key_states.save(&consumer, &mut engine.windows, &engine.policy).await?;
+    if let Some(l) = engine.labelled.as_mut() {
+        labelled_states.save(&consumer, &mut l.windows, &engine.policy).await?;
     }
-    commit(&consumer, &windows, labelled.as_ref(), &last, CommitMode::Sync, &[]).await?;
+    let labelled = engine.labelled.as_ref().map(|l| (l, &hw));
+    commit(&consumer, &engine.windows, labelled, &last, CommitMode::Sync, &[]).await?;
     tracing::info!(pipeline = %p.name, received = stats.received.load(Ordering::Relaxed), alerts = stats.alerts.load(Ordering::Relaxed), "stopped");
     Ok(())
 }
@@ -604,43 +495,14 @@ async fn await_deliveries(pending: Vec<rdkafka::producer::DeliveryFuture>) -> Re
     Ok(())
 }
 
-/// Events the label join just completed go into the labelled windows; the
-/// evaluations that became due there are published.
-async fn evaluate_joined(
-    stages: &Stages,
-    ls: &mut LabelState,
-    joined: &[RecordBatch],
-    out: &Out<'_>,
-    policy: &mut crate::alert::AlertPolicy,
-    pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
-) -> Result<usize, RuntimeError> {
-    *out.stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = ls.join.stats.clone();
-    let mut sent = 0;
-    if let Some(b) = ls.join.concat(joined)? {
-        for due in ls.windows.push(&b)? {
-            let evals = stages.evaluate_labelled(&due).await?;
-            let made = emit(evals, &due, true, out, policy, pending)?;
-            if made > 0 {
-                let (p, o) = due.coords.end;
-                let e = ls.hw.entry(p).or_insert(o);
-                *e = (*e).max(o);
-            }
-            sent += made;
-        }
-    }
-    Ok(sent)
-}
-
-/// Scores a batch, adds it to the windows and publishes what became due.
-#[allow(clippy::too_many_arguments)]
+/// Scores a batch, adds it to the windows (and the label join) and
+/// publishes what became due; then saves key states and commits.
 async fn process(
-    stages: &mut Stages,
-    windows: &mut crate::window::Windows,
+    engine: &mut Engine,
+    hw: &mut LabelledHw,
     out: &Out<'_>,
     work: Work,
     last: &mut BTreeMap<i32, i64>,
-    policy: &mut crate::alert::AlertPolicy,
-    mut labelled: Option<&mut LabelState>,
     fault: &mut Fault,
 ) -> Result<(), RuntimeError> {
     let (consumer, stats) = (out.consumer, out.stats);
@@ -650,24 +512,17 @@ async fn process(
     let mut made = 0;
     if let Some(batch) = work.batch {
         let t = std::time::Instant::now();
-        let scored = stages.score(batch).await?;
+        let scored = engine.stages.score(batch).await?;
         stats
             .model_nanos
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
-        if let Some(ls) = labelled.as_deref_mut() {
-            let joined = ls.join.add_events(&ls.windows.rows_needed(&scored)?)?;
-            made += evaluate_joined(stages, ls, &joined, out, policy, &mut pending).await?;
-        }
-        let dues = windows.push(&scored)?;
-        let (keys, held) = windows.fill();
+        let evaluated = engine.push_scored(&scored).await?;
+        let (keys, held) = engine.windows.fill();
         stats.window_keys.store(keys as u64, Ordering::Relaxed);
         stats.window_events.store(held as u64, Ordering::Relaxed);
-        for due in dues {
-            let evals = stages.evaluate(&due).await?;
-            made += emit(evals, &due, false, out, policy, &mut pending)?;
-        }
+        made += emit_all(engine, evaluated, out, hw, &mut pending)?;
     }
     await_deliveries(pending).await?;
     if made > 0 {
@@ -680,49 +535,62 @@ async fn process(
         vec![]
     };
     last.extend(work.last);
-    out.states.save(consumer, windows, policy).await?;
-    if let Some(ls) = labelled.as_deref_mut() {
-        out.labelled_states.save(consumer, &mut ls.windows, policy).await?;
+    out.states.save(consumer, &mut engine.windows, &engine.policy).await?;
+    if let Some(l) = engine.labelled.as_mut() {
+        out.labelled_states
+            .save(consumer, &mut l.windows, &engine.policy)
+            .await?;
     }
-    commit(
-        consumer,
-        windows,
-        labelled.as_deref(),
-        last,
-        CommitMode::Async,
-        &touched,
-    )
-    .await
-    .map(|_| ())
+    let labelled = engine.labelled.as_ref().map(|l| (l, &*hw));
+    commit(consumer, &engine.windows, labelled, last, CommitMode::Async, &touched)
+        .await
+        .map(|_| ())
 }
 
-/// Publishes a window pair's evaluations: alerts (after the alert policy)
-/// and statistics. Returns how many evaluations were new (not covered by a
-/// mark of an earlier run); those a killed run already put on an output
-/// topic are not sent there again.
+/// Publishes what the engine evaluated, in its order; labelled evaluations
+/// sent move the labelled mark. Returns how many evaluations were new.
+fn emit_all(
+    engine: &Engine,
+    evaluated: Vec<Evaluated>,
+    out: &Out<'_>,
+    hw: &mut LabelledHw,
+    pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
+) -> Result<usize, RuntimeError> {
+    if let Some(l) = &engine.labelled {
+        *out.stats.labels.lock().unwrap_or_else(|e| e.into_inner()) = l.join.stats.clone();
+    }
+    let mut made = 0;
+    for e in evaluated {
+        let n = emit(e.evaluations, e.coords.end, e.labelled, out, pending)?;
+        if n > 0 && e.labelled {
+            let (p, o) = e.coords.end;
+            let mark = hw.entry(p).or_insert(o);
+            *mark = (*mark).max(o);
+        }
+        made += n;
+    }
+    Ok(made)
+}
+
+/// Publishes a window pair's evaluations (the alert policy already
+/// applied): alerts and statistics. Returns how many evaluations were new
+/// (not covered by a mark of an earlier run); those a killed run already
+/// put on an output topic are not sent there again.
 fn emit(
     evals: Vec<Evaluation>,
-    due: &Due,
+    end: (i32, i64),
     labelled: bool,
     out: &Out<'_>,
-    policy: &mut crate::alert::AlertPolicy,
     pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
 ) -> Result<usize, RuntimeError> {
     let (p, stats) = (out.p, out.stats);
-    let resent = already_delivered(out.consumer, due, labelled);
-    if resent {
+    if already_delivered(out.consumer, end, labelled) {
+        // Sent by an earlier run: only the alert policy's memory was rebuilt.
         stats.suppressed.fetch_add(1, Ordering::Relaxed);
-        if !policy.stateful() {
-            return Ok(0);
-        }
+        return Ok(0);
     }
     let mut made = 0;
-    for mut ev in evals {
-        ev.alert = policy.decide(&ev.detector, ev.key.as_deref().unwrap_or(""), ev.drift);
-        if resent {
-            // Only rebuilding the alert policy's memory: sent by an earlier run.
-            continue;
-        }
+    for ev in evals {
         made += 1;
         let mut topics = vec![];
         if ev.alert {
@@ -779,17 +647,15 @@ fn emit(
 
 /// Joins a batch of label records: bad ones to the dead-letter topic, joined
 /// events into the labelled windows, their evaluations published; then the
-/// events offsets (the event windows and last offsets read are in `events`)
-/// and the labels consumer's offsets are committed.
-#[allow(clippy::too_many_arguments)]
+/// events offsets (`last`: the last offsets read) and the labels consumer's
+/// offsets are committed.
 async fn process_labels(
-    stages: &Stages,
-    ls: &mut LabelState,
+    engine: &mut Engine,
+    hw: &mut LabelledHw,
     labels_consumer: &KafkaConsumer,
     out: &Out<'_>,
     records: Vec<crate::source::RawRecord>,
-    events: (&crate::window::Windows, &BTreeMap<i32, i64>),
-    policy: &mut crate::alert::AlertPolicy,
+    last_events: &BTreeMap<i32, i64>,
     fault: &mut Fault,
 ) -> Result<(), RuntimeError> {
     let (producer, p, stats) = (out.producer, out.p, out.stats);
@@ -799,28 +665,39 @@ async fn process_labels(
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     for r in &records {
         last.insert(r.partition, r.offset);
-        match ls.join.parse(r) {
-            Ok(l) => good.push(l),
-            Err(rej) => pending.push(dead_letter(producer, p, stats, topic, &rej)?),
+        match engine.parse_label(r) {
+            Some(Ok(l)) => good.push(l),
+            Some(Err(rej)) => pending.push(dead_letter(producer, p, stats, topic, &rej)?),
+            None => {}
         }
     }
-    let joined = ls.join.add_labels(good)?;
-    let made = evaluate_joined(stages, ls, &joined, out, policy, &mut pending).await?;
+    let evaluated = engine.push_labels(good).await?;
+    let made = emit_all(engine, evaluated, out, hw, &mut pending)?;
     await_deliveries(pending).await?;
     if made > 0 {
         fault.delivered();
     }
-    out.labelled_states.save(out.consumer, &mut ls.windows, policy).await?;
+    let Some(ls) = engine.labelled.as_mut() else {
+        return Ok(());
+    };
+    out.labelled_states
+        .save(out.consumer, &mut ls.windows, &engine.policy)
+        .await?;
     // The events commit follows the labelled windows too (else it waits for
     // the next events batch, which may never come), with the labelled mark;
     // synchronous, so that labels are never committed past events a restart
     // would replay.
-    let touched: Vec<i32> = if made > 0 {
-        ls.hw.keys().copied().collect()
-    } else {
-        vec![]
-    };
-    if !commit(out.consumer, events.0, Some(ls), events.1, CommitMode::Sync, &touched).await? {
+    let touched: Vec<i32> = if made > 0 { hw.keys().copied().collect() } else { vec![] };
+    let events_committed = commit(
+        out.consumer,
+        &engine.windows,
+        Some((ls, &*hw)),
+        last_events,
+        CommitMode::Sync,
+        &touched,
+    )
+    .await?;
+    if !events_committed {
         // Refused (a rebalance): the labels commit must not get ahead of
         // the events one, or events replayed from the older commit would
         // wait for labels nobody reads again.
@@ -1117,8 +994,7 @@ impl Fault {
 /// Evaluations whose window ends at or before what an earlier run delivered
 /// are not sent again. Labelled windows have a mark of their own: their
 /// evaluations come when the labels do, after the events mark has moved on.
-fn already_delivered(consumer: &KafkaConsumer, due: &Due, labelled: bool) -> bool {
-    let (p, o) = due.coords.end;
+fn already_delivered(consumer: &KafkaConsumer, (p, o): (i32, i64), labelled: bool) -> bool {
     let mark = consumer.mark(p);
     let hw = if labelled {
         mark.and_then(|m| m.labelled)
@@ -1141,13 +1017,13 @@ fn resume_at(needed: &BTreeMap<i32, i64>, p: i32, last: i64) -> i64 {
 async fn commit(
     consumer: &KafkaConsumer,
     windows: &crate::window::Windows,
-    labelled: Option<&LabelState>,
+    labelled: Option<(&Labelled, &LabelledHw)>,
     last: &BTreeMap<i32, i64>,
     mode: CommitMode,
     checkpoint: &[i32],
 ) -> Result<bool, RuntimeError> {
     let mut needed = windows.oldest_needed();
-    if let Some(ls) = labelled {
+    if let Some((ls, _)) = labelled {
         for (p, o) in ls.windows.oldest_needed().into_iter().chain(ls.join.events_needed()) {
             let e = needed.entry(p).or_insert(o);
             *e = (*e).min(o);
@@ -1162,7 +1038,7 @@ async fn commit(
             let delivered = mark.map_or(*l, |d| d.offset.max(*l));
             let labelled = mark
                 .and_then(|m| m.labelled)
-                .max(labelled.and_then(|ls| ls.hw.get(p).copied()));
+                .max(labelled.and_then(|(_, hw)| hw.get(p).copied()));
             (
                 *p,
                 Position {
@@ -1184,52 +1060,77 @@ async fn commit(
     consumer.commit(&positions, mode).map_err(kafka_err("commit"))
 }
 
-/// `compare`: one evaluation of every detector, reference file vs current file.
+/// `compare`: one evaluation of every detector, reference file vs current
+/// file; `labels`, a JSONL file of label records (`{event_id, label}`),
+/// labels the events of both for the detectors on labels.
 pub async fn compare(
-    mut stages: Stages,
+    stages: Stages,
     reference: &std::path::Path,
     current: &std::path::Path,
+    labels: Option<&std::path::Path>,
 ) -> Result<CompareReport, RuntimeError> {
-    let (rb, rrej) = stages.ingest(&file::read_records(reference)?).await?;
-    let (cb, crej) = stages.ingest(&file::read_records(current)?).await?;
+    let mut engine = crate::engine::Engine::offline(stages);
+    let (rb, rrej) = engine.stages.ingest(&file::read_records(reference)?).await?;
+    let (cb, crej) = engine.stages.ingest(&file::read_records(current)?).await?;
     for (name, rej) in [(reference, &rrej), (current, &crej)] {
         for r in rej.iter().take(5) {
             tracing::warn!(file = %name.display(), line = r.offset + 1, reason = r.reason.as_str(), "{}", r.message);
         }
     }
-    let coords = crate::window::Coords {
-        reference_size: rb.iter().map(|b| b.num_rows()).sum(),
-        current_size: cb.iter().map(|b| b.num_rows()).sum(),
-        current_offsets: BTreeMap::new(),
-        current_time_ms: (0, 0),
-        end: (0, -1),
-        evaluation: 1,
+    let labels = match labels {
+        Some(path) => read_labels_file(&engine.stages, path)?,
+        None => Default::default(),
     };
-    let due = Due {
-        key: String::new(),
-        reference: rb,
-        current: cb,
-        coords,
-    };
-    let evals = stages.evaluate(&due).await?;
-    let detectors = evals
-        .into_iter()
-        .map(|e| CompareDetector {
-            name: e.detector,
-            kind: e.kind,
-            drift_type: e.drift_type,
-            drift: e.drift,
-            also_drifted: e.also_drifted,
-            threshold: e.threshold,
-            tests: e.tests,
-        })
-        .collect();
+    let (reference_events, current_events) = (
+        rb.iter().map(|b| b.num_rows()).sum(),
+        cb.iter().map(|b| b.num_rows()).sum(),
+    );
+    let evaluated = engine.compare(rb, cb, &labels).await?;
+    let mut detectors = vec![];
+    for e in &evaluated {
+        for name in engine.stages.detector_names(e.labelled) {
+            let found = e.evaluations.iter().filter(|ev| ev.detector == name);
+            let before = detectors.len();
+            detectors.extend(found.map(|ev| CompareDetector::from(ev.clone())));
+            if detectors.len() == before {
+                detectors.push(CompareDetector::not_computed(&engine.stages, &name, e));
+            }
+        }
+    }
     Ok(CompareReport {
         detectors,
-        reference_events: due.coords.reference_size,
-        current_events: due.coords.current_size,
+        reference_events,
+        current_events,
         rejected: rrej.len() + crej.len(),
     })
+}
+
+/// A labels file for `compare`: event id → label. Bad records are errors
+/// naming the line: offline, the file is the user's to fix.
+fn read_labels_file(
+    stages: &Stages,
+    path: &std::path::Path,
+) -> Result<std::collections::HashMap<String, String>, RuntimeError> {
+    let (Some(_), Some(label_col)) = (&stages.schema.event_id, &stages.schema.label) else {
+        return Err(ConfigError::invalid(
+            &stages.pipeline.path,
+            "schema",
+            "--labels needs the schema to name its `event_id` and `label` fields".to_string(),
+        )
+        .into());
+    };
+    let label_type = stages
+        .scored_schema
+        .field_with_name(label_col)
+        .map(|f| f.data_type().clone())
+        .map_err(|e| RuntimeError::Other(e.to_string()))?;
+    let mut out = std::collections::HashMap::new();
+    for r in file::read_records(path)? {
+        let l = crate::labels::read_label(&r, label_col, &label_type, false)
+            .map_err(|rej| file::FileError::new(path, format!("line {}: {}", rej.offset + 1, rej.message)))?;
+        out.insert(l.event_id, l.label);
+    }
+    Ok(out)
 }
 
 /// Output of `compare`.
@@ -1247,11 +1148,62 @@ pub struct CompareDetector {
     pub name: String,
     pub kind: String,
     pub drift_type: crate::alert::DriftType,
+    /// Whether any of its tests could be computed on these files; when not,
+    /// `reason` says why and `drift` is false.
+    pub computed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub drift: bool,
     /// Other detectors that drifted on the same data.
     pub also_drifted: Vec<String>,
     pub threshold: Option<f64>,
     pub tests: Vec<crate::detect::TestResult>,
+}
+
+impl From<Evaluation> for CompareDetector {
+    fn from(e: Evaluation) -> Self {
+        CompareDetector {
+            name: e.detector,
+            kind: e.kind,
+            drift_type: e.drift_type,
+            computed: true,
+            reason: None,
+            drift: e.drift,
+            also_drifted: e.also_drifted,
+            threshold: e.threshold,
+            tests: e.tests,
+        }
+    }
+}
+
+impl CompareDetector {
+    /// A detector none of whose tests could be computed on `e`'s windows.
+    fn not_computed(stages: &Stages, name: &str, e: &Evaluated) -> Self {
+        let kind = stages
+            .pipeline
+            .detectors
+            .iter()
+            .find(|d| d.name() == name)
+            .map_or_else(String::new, |d| d.kind().to_string());
+        let (r, c) = (e.coords.reference_size, e.coords.current_size);
+        let mut reason = format!(
+            "no test could be computed: a window has too few values (reference {r} events, current {c} events)"
+        );
+        if e.labelled {
+            reason += "; it runs on labelled events only: give --labels, or label the events inline";
+        }
+        CompareDetector {
+            drift_type: stages.drift_type(name, &kind),
+            name: name.to_string(),
+            kind,
+            computed: false,
+            reason: Some(reason),
+            drift: false,
+            also_drifted: vec![],
+            threshold: None,
+            tests: vec![],
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,11 +15,18 @@ pub enum FileError {
     Read { path: String, message: String },
 }
 
-fn err(path: &Path, m: impl ToString) -> FileError {
-    FileError::Read {
-        path: path.display().to_string(),
-        message: m.to_string(),
+impl FileError {
+    /// `path` could not be read, and why.
+    pub fn new(path: &Path, message: impl ToString) -> Self {
+        FileError::Read {
+            path: path.display().to_string(),
+            message: message.to_string(),
+        }
     }
+}
+
+fn err(path: &Path, m: impl ToString) -> FileError {
+    FileError::new(path, m)
 }
 
 /// Reads every event of a `.jsonl`/`.json` or `.parquet` file. Offsets are

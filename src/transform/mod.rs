@@ -30,7 +30,8 @@ pub struct Transform {
 impl Transform {
     /// Plans `sql` over events of `input` schema.
     pub async fn new(input: SchemaRef, sql: &str) -> Result<Self, TransformError> {
-        let stage = SqlStage::new(EVENTS_TABLE, input).map_err(|e| TransformError::Plan(e.to_string()))?;
+        let stage = SqlStage::new(EVENTS_TABLE, input, crate::detect::udaf::all())
+            .map_err(|e| TransformError::Plan(e.to_string()))?;
         let plan = stage.plan(sql).await.map_err(|e| TransformError::Plan(e.to_string()))?;
         let output = std::sync::Arc::new(plan.schema().as_arrow().clone());
         for c in [PARTITION_COL, OFFSET_COL, TIMESTAMP_COL] {

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
-use super::RuntimeError;
 use crate::alert::{self, Evaluation};
 use crate::config::{ConfigError, DetectorConfig, Pipeline, ReferenceConfig};
 use crate::decode::{Decoder, Rejection};
 use crate::detect::Detectors;
+use crate::error::RuntimeError;
 use crate::model::{Model, ModelError};
 use crate::schema::{EventSchema, FieldKind};
 use crate::source::{RawRecord, file};
@@ -219,7 +219,7 @@ impl Stages {
             crate::labels::LabelJoin::new(current.clone(), &id, schema.event_time.as_deref(), &label, 0, 1)
                 .map_err(|e| cfg_err("labels".into(), e))?;
         }
-        if let ReferenceConfig::File { path } = &pipeline.window.reference {
+        if let Some(ReferenceConfig::File { path }) = pipeline.window.as_ref().map(|w| &w.reference) {
             let p = pipeline.resolve(path);
             if !p.is_file() {
                 return Err(cfg_err(
@@ -279,7 +279,7 @@ impl Stages {
 
     /// Fresh windows as the pipeline describes them (reads a reference file).
     pub async fn windows(&mut self) -> Result<Windows, RuntimeError> {
-        let w = self.pipeline.window.clone();
+        let w = self.pipeline.window()?.clone();
         let reference = match &w.reference {
             ReferenceConfig::First { size } => ReferenceMode::First(size.get()),
             ReferenceConfig::File { path } => {
@@ -362,20 +362,7 @@ impl Stages {
         let model = self.model.as_ref().map(|m| m.identity());
         let mut evals: Vec<Evaluation> = results
             .iter()
-            .map(|r| {
-                let cfg = self.pipeline.detectors.iter().find(|d| d.name() == r.detector);
-                let configured = cfg.and_then(|d| match d {
-                    DetectorConfig::Sql(s) => s.drift_type,
-                    _ => None,
-                });
-                let cols = cfg.map(|d| d.columns()).unwrap_or_default();
-                alert::evaluation(
-                    &self.pipeline.name,
-                    r,
-                    alert::drift_type_of(&r.kind, &cols, configured),
-                    model,
-                )
-            })
+            .map(|r| alert::evaluation(&self.pipeline.name, r, self.drift_type(&r.detector, &r.kind), model))
             .collect();
         // Per key: which detectors drifted on this evaluation.
         let drifted: Vec<(Option<String>, String)> = evals
@@ -391,6 +378,18 @@ impl Stages {
                 .collect();
         }
         Ok(evals)
+    }
+
+    /// The kind of drift detector `name` (of `kind`) watches: as configured
+    /// (sql detectors), else by what it tests.
+    pub fn drift_type(&self, name: &str, kind: &str) -> alert::DriftType {
+        let cfg = self.pipeline.detectors.iter().find(|d| d.name() == name);
+        let configured = cfg.and_then(|d| match d {
+            DetectorConfig::Sql(s) => s.drift_type,
+            _ => None,
+        });
+        let cols = cfg.map(|d| d.columns()).unwrap_or_default();
+        alert::drift_type_of(kind, &cols, configured)
     }
 
     /// One-line description of what was built, for `validate`.
@@ -421,7 +420,7 @@ fn names(s: &SchemaRef) -> String {
 
 /// The key column: the pipeline's `window.key`, else the schema's `key`.
 pub fn key_column(p: &Pipeline, s: &EventSchema) -> Option<String> {
-    p.window.key.clone().or_else(|| s.key.clone())
+    p.window.as_ref().and_then(|w| w.key.clone()).or_else(|| s.key.clone())
 }
 
 /// Loads and builds a pipeline file: what `validate` does.
