@@ -13,7 +13,7 @@ use crate::decode::{Decoder, Rejection};
 use crate::detect::Detectors;
 use crate::error::RuntimeError;
 use crate::model::{Model, ModelError};
-use crate::schema::{EventSchema, FieldKind};
+use crate::schema::EventSchema;
 use crate::source::{RawRecord, file};
 use crate::transform::Transform;
 use crate::window::{Due, ReferenceMode, Windows};
@@ -61,39 +61,10 @@ impl Stages {
         };
         let model = match &pipeline.model {
             Some(m) => {
-                let field = current.field_with_name(&m.input).map_err(|_| {
-                    cfg_err(
-                        "model.input".into(),
-                        format!("no column `{}` (columns: {})", m.input, names(&current)),
-                    )
-                })?;
-                let len = match field.data_type() {
-                    DataType::FixedSizeList(f, n) if *f.data_type() == DataType::Float32 => *n as usize,
-                    t => {
-                        return Err(cfg_err(
-                            "model.input".into(),
-                            format!("column `{}` is {t}, not a float tensor", m.input),
-                        ));
-                    }
-                };
-                let shape = match (&m.shape, schema.field(&m.input)) {
-                    (Some(s), _) => s.clone(),
-                    (None, Some(f)) if f.kind == FieldKind::Tensor => f.shape.clone().unwrap_or_default(),
-                    _ => vec![len],
-                };
-                if shape.iter().product::<usize>() != len {
-                    return Err(cfg_err(
-                        "model.shape".into(),
-                        format!(
-                            "shape {shape:?} has {} elements, column `{}` has {len}",
-                            shape.iter().product::<usize>(),
-                            m.input
-                        ),
-                    ));
-                }
+                let input = crate::model::input::build(m, &schema, &current).map_err(|e| cfg_err(e.key, e.message))?;
                 let path = pipeline.resolve(&m.path);
                 // Problems of the model file itself are problems of this pipeline's `model` section.
-                let model = Model::load(m, &path, shape).map_err(|e| match e {
+                let model = Model::load(m, &path, input).map_err(|e| match e {
                     ModelError::File { .. } | ModelError::Invalid { .. } => cfg_err("model.path".into(), e.to_string()),
                     ModelError::Mismatch { .. } => cfg_err("model".into(), e.to_string()),
                     other => other.into(),

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::value::TensorRef;
+use ort::session::SessionInputValue;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -20,6 +20,8 @@ use crate::config::ModelConfig;
 use crate::schema::tensor_type;
 
 pub use crate::config::{EMBEDDING_COL, LOGITS_COL, PREDICTED_CLASS_COL};
+
+pub mod input;
 
 /// Version of the ONNX Runtime shared library we load (ort's API 31).
 pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
@@ -122,10 +124,7 @@ pub fn environment() -> Result<&'static Environment, ModelError> {
 pub struct Model {
     session: Session,
     path: PathBuf,
-    input_col: String,
-    input_name: String,
-    shape: Vec<usize>,
-    per_event: usize,
+    input: Box<dyn input::ModelInput>,
     outputs: Vec<OutputSpec>,
     batch_size: usize,
     identity: ModelIdentity,
@@ -141,7 +140,7 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
             .field("path", &self.path)
-            .field("input", &self.input_name)
+            .field("outputs", &self.outputs.iter().map(|o| o.column).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -154,10 +153,10 @@ fn file_err(path: &Path, detail: impl Into<String>) -> ModelError {
 }
 
 impl Model {
-    /// Loads the model at `path` (already resolved), checks its input and
-    /// outputs against the config and the per-event `shape`, and runs one probe
-    /// inference to learn the output sizes.
-    pub fn load(cfg: &ModelConfig, path: &Path, shape: Vec<usize>) -> Result<Self, ModelError> {
+    /// Loads the model at `path` (already resolved), checks its inputs
+    /// against what `input` feeds and its outputs against the config, and
+    /// runs one probe inference to learn the output sizes.
+    pub fn load(cfg: &ModelConfig, path: &Path, mut input: Box<dyn input::ModelInput>) -> Result<Self, ModelError> {
         let meta = std::fs::metadata(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
         if !meta.is_file() {
             return Err(file_err(path, "is not a regular file"));
@@ -179,45 +178,7 @@ impl Model {
             detail: d,
         };
         let names = |o: &[ort::value::Outlet]| o.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ");
-        let input_name = match &cfg.input_name {
-            Some(n) => session
-                .inputs()
-                .iter()
-                .find(|i| i.name() == n)
-                .map(|i| i.name().to_string())
-                .ok_or_else(|| mismatch(format!("no input named `{n}` (inputs: {})", names(session.inputs()))))?,
-            None if session.inputs().len() == 1 => session.inputs()[0].name().to_string(),
-            None => {
-                return Err(mismatch(format!(
-                    "has {} inputs ({}); set model.input_name",
-                    session.inputs().len(),
-                    names(session.inputs())
-                )));
-            }
-        };
-        let per_event: usize = shape.iter().product();
-        let input = session
-            .inputs()
-            .iter()
-            .find(|i| i.name() == input_name)
-            .expect("found above");
-        if let Some(s) = input.dtype().tensor_shape() {
-            let dims: Vec<i64> = s.iter().copied().collect();
-            let want: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
-            let ok = dims.len() == want.len() + 1 && dims[1..].iter().zip(&want).all(|(a, b)| *a < 0 || a == b);
-            if !ok {
-                return Err(mismatch(format!(
-                    "input `{input_name}` has shape {dims:?}, but the pipeline feeds [batch, {}]",
-                    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-                )));
-            }
-        }
-        if input.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32) {
-            return Err(mismatch(format!(
-                "input `{input_name}` must be float32, is {:?}",
-                input.dtype()
-            )));
-        }
+        input.check(&session).map_err(mismatch)?;
         let mut outputs = vec![];
         for (want, column) in [
             (&cfg.outputs.embedding, EMBEDDING_COL),
@@ -238,20 +199,17 @@ impl Model {
             }
         }
         let identity = identity(&session, path, &bytes);
+        let probe = input.probe().map_err(mismatch)?;
         let mut m = Model {
             session,
             path: path.into(),
-            input_col: cfg.input.clone(),
-            input_name,
-            shape,
-            per_event,
+            input,
             outputs,
             batch_size: cfg.batch_size.get(),
             identity,
         };
-        // Probe: one zero event tells the output sizes and proves the model runs.
-        let probe = vec![0f32; per_event];
-        let outs = m.infer(&probe, 1)?;
+        // Probe: one neutral event tells the output sizes and proves the model runs.
+        let outs = m.infer(probe, 1)?;
         for (spec, (_, dim)) in m.outputs.iter_mut().zip(outs) {
             spec.dim = dim;
         }
@@ -261,11 +219,6 @@ impl Model {
     /// Identity (hash and metadata) for alerts.
     pub fn identity(&self) -> &ModelIdentity {
         &self.identity
-    }
-
-    /// The input column name.
-    pub fn input_column(&self) -> &str {
-        &self.input_col
     }
 
     /// Schema after the model stage has appended its columns to `input`.
@@ -280,22 +233,12 @@ impl Model {
         Arc::new(Schema::new(fields))
     }
 
-    /// Runs `n` events (flat, row-major) and returns each output's flat values and per-event size.
-    fn infer(&mut self, flat: &[f32], n: usize) -> Result<Vec<(Vec<f32>, usize)>, ModelError> {
-        let err = |e: String| ModelError::Inference {
+    /// Runs `n` events' inputs and returns each output's flat values and per-event size.
+    fn infer(&mut self, inputs: Vec<(String, SessionInputValue<'_>)>, n: usize) -> Result<Vec<(Vec<f32>, usize)>, ModelError> {
+        let outs = self.session.run(inputs).map_err(|e| ModelError::Inference {
             path: self.path.clone(),
-            detail: e,
-        };
-        let mut dims = vec![n as i64];
-        dims.extend(self.shape.iter().map(|d| *d as i64));
-        let tensor = TensorRef::from_array_view((dims, flat)).map_err(|e| err(e.to_string()))?;
-        let outs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| ModelError::Inference {
-                path: self.path.clone(),
-                detail: e.to_string(),
-            })?;
+            detail: e.to_string(),
+        })?;
         let mut res = vec![];
         for o in &self.outputs {
             let v = outs.get(&o.onnx_name).ok_or_else(|| ModelError::Inference {
@@ -323,36 +266,18 @@ impl Model {
 
     /// Scores a batch: appends the output columns. Null input rows get null outputs.
     pub fn score(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ModelError> {
+        let path = self.path.clone();
         let mismatch = |d: String| ModelError::Mismatch {
-            path: self.path.clone(),
+            path: path.clone(),
             detail: d,
         };
-        let col = batch
-            .column_by_name(&self.input_col)
-            .ok_or_else(|| mismatch(format!("input column `{}` not in the batch", self.input_col)))?
-            .clone();
-        let list = match col.data_type() {
-            DataType::FixedSizeList(f, len)
-                if *f.data_type() == DataType::Float32 && *len as usize == self.per_event =>
-            {
-                col.as_fixed_size_list().clone()
-            }
-            t => {
-                return Err(mismatch(format!(
-                    "input column `{}` is {t}, expected {} float32 values per event",
-                    self.input_col, self.per_event
-                )));
-            }
-        };
-        let n = list.len();
-        let values = list.values().as_primitive::<Float32Type>();
-        let start = list.value_offset(0).max(0) as usize;
-        let flat = &values.values()[start..start + n * self.per_event];
+        let n = batch.num_rows();
         let mut collected: Vec<Vec<f32>> = vec![Vec::new(); self.outputs.len()];
         let mut i = 0;
         while i < n {
             let k = self.batch_size.min(n - i);
-            let outs = self.infer(&flat[i * self.per_event..(i + k) * self.per_event], k)?;
+            let inputs = self.input.tensors(batch, i..i + k).map_err(mismatch)?;
+            let outs = self.infer(inputs, k)?;
             for (j, (data, dim)) in outs.into_iter().enumerate() {
                 if dim != self.outputs[j].dim {
                     return Err(ModelError::Inference {
@@ -367,7 +292,7 @@ impl Model {
             }
             i += k;
         }
-        let nulls = list.logical_nulls();
+        let nulls = self.input.nulls(batch).map_err(mismatch)?;
         let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
         let mut predicted = None;
         for (spec, data) in self.outputs.iter().zip(collected) {
