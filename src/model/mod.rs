@@ -234,7 +234,11 @@ impl Model {
     }
 
     /// Runs `n` events' inputs and returns each output's flat values and per-event size.
-    fn infer(&mut self, inputs: Vec<(String, SessionInputValue<'_>)>, n: usize) -> Result<Vec<(Vec<f32>, usize)>, ModelError> {
+    fn infer(
+        &mut self,
+        inputs: Vec<(String, SessionInputValue<'_>)>,
+        n: usize,
+    ) -> Result<Vec<(Vec<f32>, usize)>, ModelError> {
         let outs = self.session.run(inputs).map_err(|e| ModelError::Inference {
             path: self.path.clone(),
             detail: e.to_string(),

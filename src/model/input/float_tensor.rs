@@ -41,9 +41,12 @@ impl FloatTensor {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let field = columns
-            .field_with_name(&cfg.input)
-            .map_err(|_| err("model.input", format!("no column `{}` (columns: {})", cfg.input, names())))?;
+        let field = columns.field_with_name(&cfg.input).map_err(|_| {
+            err(
+                "model.input",
+                format!("no column `{}` (columns: {})", cfg.input, names()),
+            )
+        })?;
         let len = match field.data_type() {
             DataType::FixedSizeList(f, n) if *f.data_type() == DataType::Float32 => *n as usize,
             t => {
@@ -81,7 +84,9 @@ impl FloatTensor {
             .column_by_name(&self.column)
             .ok_or_else(|| format!("input column `{}` not in the batch", self.column))?;
         match col.data_type() {
-            DataType::FixedSizeList(f, len) if *f.data_type() == DataType::Float32 && *len as usize == self.per_event => {
+            DataType::FixedSizeList(f, len)
+                if *f.data_type() == DataType::Float32 && *len as usize == self.per_event =>
+            {
                 Ok(col.as_fixed_size_list())
             }
             t => Err(format!(
@@ -105,14 +110,26 @@ impl FloatTensor {
 impl ModelInput for FloatTensor {
     fn check(&mut self, session: &Session) -> Result<(), String> {
         let inputs = session.inputs();
-        let names = || inputs.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ");
+        let names = || {
+            inputs
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let input = match &self.input_name {
             Some(n) => inputs
                 .iter()
                 .find(|i| i.name() == n)
                 .ok_or_else(|| format!("no input named `{n}` (inputs: {})", names()))?,
             None if inputs.len() == 1 => &inputs[0],
-            None => return Err(format!("has {} inputs ({}); set model.input_name", inputs.len(), names())),
+            None => {
+                return Err(format!(
+                    "has {} inputs ({}); set model.input_name",
+                    inputs.len(),
+                    names()
+                ));
+            }
         };
         let input_name = input.name().to_string();
         if let Some(s) = input.dtype().tensor_shape() {
@@ -176,7 +193,8 @@ mod tests {
     fn digits() -> (EventSchema, ModelConfig) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let schema = EventSchema::load(&root.join("schemas/digits.yaml")).unwrap();
-        let cfg: ModelConfig = serde_norway::from_str("path: models/digits_cnn.onnx\ninput: pixels\nbatch_size: 3").unwrap();
+        let cfg: ModelConfig =
+            serde_norway::from_str("path: models/digits_cnn.onnx\ninput: pixels\nbatch_size: 3").unwrap();
         (schema, cfg)
     }
 
@@ -201,7 +219,10 @@ mod tests {
         assert!(e.message.contains("has 32 elements, column `pixels` has 64"), "{e:?}");
         cfg.input = "image".into();
         let e = FloatTensor::new(&cfg, &schema, &columns).unwrap_err();
-        assert_eq!((e.key.as_str(), e.message.as_str()), ("model.input", "no column `image` (columns: pixels)"));
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            ("model.input", "no column `image` (columns: pixels)")
+        );
         let other = Schema::new(vec![Field::new("image", DataType::Utf8, true)]);
         let e = FloatTensor::new(&cfg, &schema, &other).unwrap_err();
         assert!(e.message.contains("is Utf8, not a float tensor"), "{e:?}");
@@ -221,7 +242,10 @@ mod tests {
         let part = model.score(&whole.slice(2, 5)).unwrap();
         let logits = |b: &RecordBatch, i: usize| {
             let l = b.column_by_name("logits").unwrap().as_fixed_size_list();
-            (l.is_valid(i), l.value(i).as_primitive::<Float32Type>().values().to_vec())
+            (
+                l.is_valid(i),
+                l.value(i).as_primitive::<Float32Type>().values().to_vec(),
+            )
         };
         for i in 0..5 {
             assert_eq!(logits(&part, i), logits(&all, i + 2), "row {i} of the slice");
