@@ -72,7 +72,7 @@ pub struct SqlStage {
 
 impl SqlStage {
     /// A session with table `name` of `schema` and the aggregate functions
-    /// `udafs` (the driftwatch statistics: [`crate::detect::udaf::all`]).
+    /// `udafs` (the driftwatch statistics, from `detect::udaf::all`).
     pub fn new(name: &str, schema: SchemaRef, udafs: Vec<AggregateUDF>) -> Result<Self> {
         // One partition: windows are small and the plans run many times; the
         // parallelism is across pipeline stages, not inside one query.
