@@ -95,7 +95,8 @@ pub struct LabelJoin {
     event_id_col: String,
     event_time_col: Option<String>,
     label_col: String,
-    schema: SchemaRef,
+    /// The label column's type: labels are checked against it as they are read.
+    label_type: DataType,
     /// Waiting events: event id → (position, event time).
     events: HashMap<String, (Pos, i64)>,
     /// Waiting and joined events not yet released, in stream order.
@@ -127,18 +128,21 @@ impl LabelJoin {
         horizon_ms: i64,
         max_pending: usize,
     ) -> Result<Self, String> {
-        for c in [event_id_col, label_col] {
+        let column_type = |c: &str| {
             schema
                 .field_with_name(c)
-                .map_err(|_| format!("the scored events have no column `{c}`"))?;
-        }
+                .map(|f| f.data_type().clone())
+                .map_err(|_| format!("the scored events have no column `{c}`"))
+        };
+        column_type(event_id_col)?;
+        let label_type = column_type(label_col)?;
         Ok(Self {
             horizon_ms,
             max_pending: max_pending.max(1),
             event_id_col: event_id_col.into(),
             event_time_col: event_time_col.map(str::to_string),
             label_col: label_col.into(),
-            schema,
+            label_type,
             events: HashMap::new(),
             queue: BTreeMap::new(),
             arrivals: 0,
@@ -154,12 +158,7 @@ impl LabelJoin {
 
     /// Parses a label record; a bad one becomes a rejection for the dead-letter topic.
     pub fn parse(&self, rec: &RawRecord) -> Result<LabelRecord, Box<Rejection>> {
-        let t = self
-            .schema
-            .field_with_name(&self.label_col)
-            .map(|f| f.data_type().clone())
-            .unwrap_or(DataType::Utf8);
-        read_label(rec, &self.label_col, &t, true)
+        read_label(rec, &self.label_col, &self.label_type, true)
     }
 
     /// Forgets every waiting event and label and every joined event not yet
@@ -285,16 +284,7 @@ impl LabelJoin {
     /// stays unlabelled, every label still waiting is orphaned, and the
     /// joined events are released, in stream order.
     pub fn finish(&mut self) -> Vec<RecordBatch> {
-        for mark in self
-            .events_watermark
-            .values_mut()
-            .chain(self.labels_watermark.values_mut())
-        {
-            *mark = i64::MAX;
-        }
-        self.labels_watermark.entry(0).or_insert(i64::MAX);
-        self.events_watermark.entry(0).or_insert(i64::MAX);
-        self.expire();
+        self.expire_to(i64::MAX, i64::MAX);
         self.release()
     }
 
@@ -394,6 +384,11 @@ impl LabelJoin {
         // time once each of its partitions has (times rise per partition).
         let passed = |marks: &BTreeMap<i32, i64>| marks.values().copied().min().unwrap_or(i64::MIN);
         let (events_passed, labels_passed) = (passed(&self.events_watermark), passed(&self.labels_watermark));
+        self.expire_to(events_passed, labels_passed);
+    }
+
+    /// Expires what the two streams having passed these times decides.
+    fn expire_to(&mut self, events_passed: i64, labels_passed: i64) {
         // Events whose horizon the labels stream has passed stay unlabelled.
         while let Some((ts, id)) = self.events_order.first().cloned() {
             let full = self.events_order.len() > self.max_pending;
@@ -492,12 +487,15 @@ pub fn read_label(
         }
     };
     // The label must fit the label column's type.
-    let t = label_type;
-    let ok = cast(&(Arc::new(StringArray::from(vec![label.as_str()])) as ArrayRef), t).is_ok_and(|a| a.is_valid(0));
+    let ok = cast(
+        &(Arc::new(StringArray::from(vec![label.as_str()])) as ArrayRef),
+        label_type,
+    )
+    .is_ok_and(|a| a.is_valid(0));
     if !ok {
         return Err(reject(
             Reason::WrongType,
-            format!("label `{label}` is not a valid {t} for column `{}`", label_col),
+            format!("label `{label}` is not a valid {label_type} for column `{label_col}`"),
             Some("label"),
         ));
     }

@@ -220,7 +220,7 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
             let mut k = xs.sq_dists_lower();
             let (sigma, fallback) = match sigma_opt {
                 Some(s) => (s, false),
-                None => sigma_from_median(&k, n).map_or((1.0, true), |s| (s, false)),
+                None => or_fallback(sigma_from_median(&k, n)),
             };
             gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
             (sigma, fallback, Arc::new(k), None)
@@ -536,7 +536,7 @@ pub fn mmd_linear(reference: &[f64], current: &[f64], dim: usize, sigma: Option<
     // σ from (at most) the first 1000 reference rows: the median heuristic is O(n²).
     let (sigma, sigma_fallback) = match sigma.filter(|s| *s > 0.0 && s.is_finite()) {
         Some(s) => (s, false),
-        None => median_sigma(&reference[..reference.len().min(1000 * dim)], dim).map_or((1.0, true), |s| (s, false)),
+        None => or_fallback(median_sigma(&reference[..reference.len().min(1000 * dim)], dim)),
     };
     let gamma = 1.0 / (2.0 * sigma * sigma);
     let row = |v: &[f64], i: usize| -> Vec<f64> { v[i * dim..(i + 1) * dim].to_vec() };
@@ -740,6 +740,11 @@ fn sigma_from_median(d: &[f64], n: usize) -> Option<f64> {
 /// reference pairs coincide): see [`MmdResult::sigma_fallback`].
 pub fn median_heuristic_sigma(reference: &[f64], dim: usize) -> f64 {
     median_sigma(reference, dim).unwrap_or(1.0)
+}
+
+/// The median heuristic's σ, or σ = 1 when it has none; and whether it fell back.
+fn or_fallback(median: Option<f64>) -> (f64, bool) {
+    median.map_or((1.0, true), |s| (s, false))
 }
 
 /// The median heuristic's σ, `None` when the median distance is 0.

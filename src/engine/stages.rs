@@ -13,7 +13,7 @@ use crate::decode::{Decoder, Rejection};
 use crate::detect::Detectors;
 use crate::error::RuntimeError;
 use crate::model::{Model, ModelError};
-use crate::schema::EventSchema;
+use crate::schema::{EventSchema, column_names};
 use crate::source::{RawRecord, file};
 use crate::transform::Transform;
 use crate::window::{Due, ReferenceMode, Windows};
@@ -79,7 +79,7 @@ impl Stages {
         {
             return Err(cfg_err(
                 "window.key".into(),
-                format!("no column `{k}` (columns: {})", names(&current)),
+                format!("no column `{k}` (columns: {})", column_names(&current)),
             ));
         }
         for (i, d) in pipeline.detectors.iter().enumerate() {
@@ -96,7 +96,10 @@ impl Stages {
                         let t = match current.field_with_name(c) {
                             Ok(f) => f.data_type().clone(),
                             Err(_) => {
-                                return Err(cfg_err(at, format!("no column `{c}` (columns: {})", names(&current))));
+                                return Err(cfg_err(
+                                    at,
+                                    format!("no column `{c}` (columns: {})", column_names(&current)),
+                                ));
                             }
                         };
                         let ok = if numeric { t.is_numeric() } else { !t.is_nested() };
@@ -125,7 +128,7 @@ impl Stages {
                     Err(_) => {
                         return Err(cfg_err(
                             format!("detectors[{i}].column"),
-                            format!("no column `{}` (columns: {})", m.column, names(&current)),
+                            format!("no column `{}` (columns: {})", m.column, column_names(&current)),
                         ));
                     }
                 },
@@ -142,7 +145,7 @@ impl Stages {
                             Err(_) => {
                                 return Err(cfg_err(
                                     format!("detectors[{i}].{what}"),
-                                    format!("no column `{c}` (columns: {})", names(&current)),
+                                    format!("no column `{c}` (columns: {})", column_names(&current)),
                                 ));
                             }
                         }
@@ -378,15 +381,6 @@ impl Stages {
         }
         s
     }
-}
-
-fn names(s: &SchemaRef) -> String {
-    s.fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .filter(|n| !n.starts_with('_'))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The key column: the pipeline's `window.key`, else the schema's `key`.

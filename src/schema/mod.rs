@@ -151,6 +151,18 @@ impl FieldSpec {
     }
 }
 
+/// The columns of `schema` a user can name (internal `_…` columns left
+/// out), comma-separated: for "no column `x` (columns: …)" messages.
+pub fn column_names(schema: &datafusion::arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| !n.starts_with('_'))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// FixedSizeList<Float32> of length `len`.
 pub fn tensor_type(len: usize) -> DataType {
     DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, false)), len as i32)

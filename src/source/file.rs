@@ -25,10 +25,6 @@ impl FileError {
     }
 }
 
-fn err(path: &Path, m: impl ToString) -> FileError {
-    FileError::new(path, m)
-}
-
 /// Reads every event of a `.jsonl`/`.json` or `.parquet` file. Offsets are
 /// line (row) numbers from 0; partition 0.
 pub fn read_records(path: &Path) -> Result<Vec<RawRecord>, FileError> {
@@ -40,15 +36,15 @@ pub fn read_records(path: &Path) -> Result<Vec<RawRecord>, FileError> {
     match ext.as_str() {
         "parquet" => read_parquet(path),
         "jsonl" | "json" | "ndjson" => read_jsonl(path),
-        _ => Err(err(path, "unknown file type: expected .jsonl or .parquet")),
+        _ => Err(FileError::new(path, "unknown file type: expected .jsonl or .parquet")),
     }
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<RawRecord>, FileError> {
-    let f = std::fs::File::open(path).map_err(|e| err(path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| FileError::new(path, e))?;
     let mut out = vec![];
     for (offset, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
-        let line = line.map_err(|e| err(path, e))?;
+        let line = line.map_err(|e| FileError::new(path, e))?;
         // Blank lines are layout, not events.
         if !line.iter().all(u8::is_ascii_whitespace) {
             out.push(RawRecord {
@@ -63,20 +59,21 @@ fn read_jsonl(path: &Path) -> Result<Vec<RawRecord>, FileError> {
 }
 
 fn read_parquet(path: &Path) -> Result<Vec<RawRecord>, FileError> {
-    let f = std::fs::File::open(path).map_err(|e| err(path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| FileError::new(path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| err(path, e))?
+        .map_err(|e| FileError::new(path, e))?
         .build()
-        .map_err(|e| err(path, e))?;
+        .map_err(|e| FileError::new(path, e))?;
     let mut out = vec![];
     for batch in reader {
-        let batch = batch.map_err(|e| err(path, e))?;
+        let batch = batch.map_err(|e| FileError::new(path, e))?;
         let mut w = WriterBuilder::new()
             .with_explicit_nulls(false)
             .build::<_, JsonArray>(Vec::new());
-        w.write(&batch).map_err(|e| err(path, e))?;
-        w.finish().map_err(|e| err(path, e))?;
-        let rows: Vec<serde_json::Value> = serde_json::from_slice(&w.into_inner()).map_err(|e| err(path, e))?;
+        w.write(&batch).map_err(|e| FileError::new(path, e))?;
+        w.finish().map_err(|e| FileError::new(path, e))?;
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_slice(&w.into_inner()).map_err(|e| FileError::new(path, e))?;
         for r in rows {
             let offset = out.len() as i64;
             out.push(RawRecord {

@@ -12,7 +12,7 @@ use ort::value::{Tensor, TensorRef};
 
 use super::{InputError, ModelInput};
 use crate::config::ModelConfig;
-use crate::schema::{EventSchema, FieldKind};
+use crate::schema::{EventSchema, FieldKind, column_names};
 
 /// See the module doc.
 #[derive(Debug, Clone)]
@@ -32,19 +32,10 @@ impl FloatTensor {
             key: key.into(),
             message,
         };
-        let names = || {
-            columns
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .filter(|n| !n.starts_with('_'))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let field = columns.field_with_name(&cfg.input).map_err(|_| {
             err(
                 "model.input",
-                format!("no column `{}` (columns: {})", cfg.input, names()),
+                format!("no column `{}` (columns: {})", cfg.input, column_names(columns)),
             )
         })?;
         let len = match field.data_type() {
