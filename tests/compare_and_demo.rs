@@ -329,4 +329,27 @@ fn compare_with_a_labels_file_reports_the_error_rate_drift() {
     let errors = find(&unlabelled, "errors").expect("listed even when it cannot run");
     assert_eq!(errors["computed"], false, "{errors:#}");
     assert!(errors["reason"].as_str().unwrap().contains("current"), "{errors:#}");
+    // A broken labels file is bad input (exit 2), named with its line.
+    let broken = common::write(
+        dir.path(),
+        "broken.jsonl",
+        "{\"event_id\": \"s-1\", \"label\": 3}\n{\"event_id\": \"s-2\"}\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .arg("compare")
+        .arg(&p)
+        .arg("--reference")
+        .arg(&reference)
+        .arg("--current")
+        .arg(&relabelled)
+        .arg("--labels")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("broken.jsonl") && err.contains("line 2") && err.contains("`label`"),
+        "{err}"
+    );
 }
