@@ -28,3 +28,7 @@ PY
 fi
 export ORT_DYLIB_PATH="$ORT_LIB"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/driftwatch-target}"
+# A one-off CI clone gains nothing from incremental compilation; its folders
+# are gigabytes per run in the shared target dir.
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
+"$ROOT/scripts/prune-target.sh"
