@@ -3,25 +3,38 @@
 //! `cargo bench --bench pipeline [-- EVENTS]` (default 1,000,000). Needs
 //! ONNX Runtime like the binary (`ORT_DYLIB_PATH`, set by scripts/setup.sh).
 //! Under `cargo test` it pushes 20,000 events through, as a smoke test.
+//! `cargo bench --bench pipeline -- --text [EVENTS]` (default 5,000) runs the
+//! news pipeline (pipelines/bench-news.yaml) on the corpus in .deps/bbc.
 
 use std::path::Path;
 
 fn main() {
     let timed = std::env::args().any(|a| a == "--bench");
+    let text = std::env::args().any(|a| a == "--text");
     let events: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(if timed { 1_000_000 } else { 20_000 });
+        .unwrap_or(match (text, timed) {
+            (true, _) => 5_000,
+            (false, true) => 1_000_000,
+            (false, false) => 20_000,
+        });
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pool = root.join("models/digits_train.jsonl");
+    let corpus = root.join(".deps/bbc");
+    let (pipeline, from) = if text {
+        (
+            "pipelines/bench-news.yaml",
+            driftwatch::bench::BenchEvents::News(&corpus),
+        )
+    } else {
+        ("pipelines/bench.yaml", driftwatch::bench::BenchEvents::Digits(&pool))
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(driftwatch::bench::bench(
-        &root.join("pipelines/bench.yaml"),
-        &root.join("models/digits_train.jsonl"),
-        events,
-    )) {
+    if let Err(e) = rt.block_on(driftwatch::bench::bench(&root.join(pipeline), from, events)) {
         eprintln!("bench failed: {e}");
         std::process::exit(1);
     }

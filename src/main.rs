@@ -151,6 +151,11 @@ enum Cmd {
         pipeline: PathBuf,
         #[arg(long, default_value = "models/digits_train.jsonl")]
         pool: PathBuf,
+        /// Events made of the paragraphs of this text corpus (news schema,
+        /// e.g. `--pipeline pipelines/news.yaml --corpus .deps/bbc`)
+        /// instead of digit images from `--pool`.
+        #[arg(long)]
+        corpus: Option<PathBuf>,
         /// Events to push through.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
@@ -445,8 +450,17 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { pipeline, pool, events } => {
-            driftwatch::bench::bench(&pipeline, &pool, events).await?;
+        Cmd::Bench {
+            pipeline,
+            pool,
+            corpus,
+            events,
+        } => {
+            let from = match &corpus {
+                Some(dir) => driftwatch::bench::BenchEvents::News(dir),
+                None => driftwatch::bench::BenchEvents::Digits(&pool),
+            };
+            driftwatch::bench::bench(&pipeline, from, events).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -16,7 +16,7 @@ use datafusion::common::Result;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
-use datafusion::logical_expr::{AggregateUDF, Expr, LogicalPlan};
+use datafusion::logical_expr::{AggregateUDF, Expr, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::ExecutionPlan;
 
 /// A table whose batches are replaced before each run of the plans over it.
@@ -86,6 +86,11 @@ impl SqlStage {
         let table = Arc::new(SwapTable::new(schema));
         ctx.register_table(name, table.clone())?;
         Ok(Self { ctx, table })
+    }
+
+    /// Adds a scalar function (the transform's text descriptors).
+    pub fn register_udf(&self, f: ScalarUDF) {
+        self.ctx.register_udf(f);
     }
 
     /// Plans a query once; only SELECTs are allowed.

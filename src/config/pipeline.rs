@@ -369,11 +369,31 @@ pub struct TransformConfig {
 pub struct ModelConfig {
     /// Path of the `.onnx` file, relative to the pipeline file.
     pub path: PathBuf,
-    /// Tensor column fed to the model (a `type: tensor` field or derived column).
+    /// Column fed to the model: a float tensor column (a `type: tensor`
+    /// field or a derived column), or, with `tokenizer`, a text column.
     pub input: String,
-    /// ONNX input name; default: the model's only input.
+    /// ONNX input name of a tensor input; default: the model's only input.
     #[serde(default)]
     pub input_name: Option<String>,
+    /// Makes `input` a text column, tokenized for a transformer model.
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerConfig>,
+    /// How an embedding output per token (`[batch, tokens, hidden]`, such as
+    /// a transformer's `last_hidden_state`) becomes one vector per event:
+    /// `mean` (default; the mean over the tokens the attention mask keeps,
+    /// as sentence-transformers) or `first` (the first token, BERT's CLS).
+    /// An output that is already one vector per event is used as it is.
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// L2-normalise the embedding (default false; sentence-transformers
+    /// models such as all-MiniLM-L6-v2 end with this step).
+    #[serde(default)]
+    pub normalize: bool,
+    /// A second, small model fed the (pooled) embedding, whose output
+    /// becomes `logits` and `predicted_class`: a classifier head trained on
+    /// the embeddings of a model that has none.
+    #[serde(default)]
+    pub head: Option<HeadConfig>,
     /// Per-event input shape, without the batch dimension (default: the
     /// schema field's shape). The model is fed `[batch, ...shape]`.
     #[serde(default)]
@@ -387,6 +407,55 @@ pub struct ModelConfig {
     /// Rows per inference call (default 256).
     #[serde(default = "default_model_batch")]
     pub batch_size: Positive,
+}
+
+/// A Hugging Face tokenizer for a text `input`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// Path of the `tokenizer.json`, relative to the pipeline file.
+    pub path: PathBuf,
+    /// Tokens per text, special tokens included; longer texts are truncated
+    /// (never rejected). Default 128. Sequences are padded to the longest of
+    /// their inference batch, whatever padding the tokenizer file asks for.
+    #[serde(default = "default_max_tokens")]
+    pub max_length: Positive,
+    /// ONNX input of the token ids; default `input_ids`.
+    #[serde(default)]
+    pub input_ids: Option<String>,
+    /// ONNX input of the attention mask; default `attention_mask` if the model has it.
+    #[serde(default)]
+    pub attention_mask: Option<String>,
+    /// ONNX input of the token type ids; default `token_type_ids` if the model has it.
+    #[serde(default)]
+    pub token_type_ids: Option<String>,
+}
+
+fn default_max_tokens() -> Positive {
+    Positive(128)
+}
+
+/// How a per-token output becomes one vector per event (see `model.pooling`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean over the tokens the attention mask keeps (all, without a mask).
+    #[default]
+    Mean,
+    /// The first token.
+    First,
+}
+
+/// A classifier head: an ONNX model from the embedding to class scores.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    /// Path of the `.onnx` file, relative to the pipeline file. Its one
+    /// input is fed `[batch, embedding size]` float32.
+    pub path: PathBuf,
+    /// Its output that becomes `logits`; default: its only output.
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 fn one() -> Positive {

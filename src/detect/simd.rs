@@ -19,6 +19,36 @@ fn has_avx2() -> bool {
     *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// The CPU features this machine offers that the kernels (ours and ONNX
+/// Runtime's) can use: benchmark figures are only comparable between runs
+/// with the same.
+pub fn features() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let found: Vec<&str> = [
+            ("avx512f", is_x86_feature_detected!("avx512f")),
+            ("avx512vnni", is_x86_feature_detected!("avx512vnni")),
+            ("avx2", is_x86_feature_detected!("avx2")),
+            ("fma", is_x86_feature_detected!("fma")),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        format!(
+            "x86_64 {}",
+            if found.is_empty() {
+                "baseline".into()
+            } else {
+                found.join(" ")
+            }
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        format!("{} (portable kernels)", std::env::consts::ARCH)
+    }
+}
+
 /// Σ (a_i − b_i)².
 pub fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());

@@ -12,6 +12,7 @@ use crate::config::{ConfigError, DetectorConfig, Pipeline, ReferenceConfig};
 use crate::decode::{Decoder, Rejection};
 use crate::detect::Detectors;
 use crate::error::RuntimeError;
+use crate::model::tokenizer::TextTokenizer;
 use crate::model::{Model, ModelError};
 use crate::schema::{EventSchema, column_names};
 use crate::source::{RawRecord, file};
@@ -51,7 +52,7 @@ impl Stages {
         let mut current = schema.arrow_schema();
         let transform = match &pipeline.transform {
             Some(t) => {
-                let tr = Transform::new(current.clone(), &t.sql)
+                let tr = Transform::new(current.clone(), &t.sql, text_descriptors(&pipeline)?)
                     .await
                     .map_err(|e| cfg_err("transform.sql".into(), e.to_string()))?;
                 current = tr.output_schema();
@@ -61,11 +62,20 @@ impl Stages {
         };
         let model = match &pipeline.model {
             Some(m) => {
-                let input = crate::model::input::build(m, &schema, &current).map_err(|e| cfg_err(e.key, e.message))?;
+                let input = crate::model::input::build(m, &schema, &current, &pipeline.base_dir)
+                    .map_err(|e| cfg_err(e.key, e.message))?;
                 let path = pipeline.resolve(&m.path);
+                let head = m.head.as_ref().map(|h| pipeline.resolve(&h.path));
                 // Problems of the model file itself are problems of this pipeline's `model` section.
-                let model = Model::load(m, &path, input).map_err(|e| match e {
-                    ModelError::File { .. } | ModelError::Invalid { .. } => cfg_err("model.path".into(), e.to_string()),
+                let model = Model::load(m, &path, input, head.as_deref()).map_err(|e| match e {
+                    ModelError::File { path: ref p, .. } | ModelError::Invalid { path: ref p, .. } => {
+                        let key = if Some(p) == head.as_ref() {
+                            "model.head.path"
+                        } else {
+                            "model.path"
+                        };
+                        cfg_err(key.into(), e.to_string())
+                    }
                     ModelError::Mismatch { .. } => cfg_err("model".into(), e.to_string()),
                     other => other.into(),
                 })?;
@@ -230,6 +240,11 @@ impl Stages {
         })
     }
 
+    /// Where the model stage's time went so far, if the pipeline has a model.
+    pub fn model_timings(&self) -> Option<crate::model::ModelTimings> {
+        self.model.as_ref().map(Model::timings)
+    }
+
     /// Decodes and scores a list of records; returns the batches and the rejections.
     pub async fn ingest(&mut self, records: &[RawRecord]) -> Result<(Vec<RecordBatch>, Vec<Rejection>), RuntimeError> {
         let mut dec = self.decoder();
@@ -381,6 +396,18 @@ impl Stages {
         }
         s
     }
+}
+
+/// The transform's text descriptors, with the pipeline's tokenizer if it has one.
+fn text_descriptors(pipeline: &Pipeline) -> Result<Vec<datafusion::logical_expr::ScalarUDF>, RuntimeError> {
+    let tokenizer = match pipeline.model.as_ref().and_then(|m| m.tokenizer.as_ref()) {
+        Some(t) => Some(Arc::new(
+            TextTokenizer::load(&pipeline.resolve(&t.path), t.max_length.get())
+                .map_err(|m| ConfigError::invalid(&pipeline.path, "model.tokenizer.path", m))?,
+        )),
+        None => None,
+    };
+    Ok(crate::transform::text_descriptors::all(tokenizer))
 }
 
 /// The key column: the pipeline's `window.key`, else the schema's `key`.

@@ -7,16 +7,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::SessionInputValue;
+use ort::value::TensorRef;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub mod inspect;
+mod pool;
+pub mod tokenizer;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Pooling};
 use crate::schema::tensor_type;
 
 pub use crate::config::{EMBEDDING_COL, LOGITS_COL, PREDICTED_CLASS_COL};
@@ -126,8 +130,24 @@ pub struct Model {
     path: PathBuf,
     input: Box<dyn input::ModelInput>,
     outputs: Vec<OutputSpec>,
+    pooling: Pooling,
+    normalize: bool,
+    head: Option<Head>,
     batch_size: usize,
     identity: ModelIdentity,
+    timings: ModelTimings,
+}
+
+/// Where the model stage's time went since the model was loaded (for the
+/// benchmark: tokenization must stay a small share of inference).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelTimings {
+    /// Rows scored.
+    pub rows: u64,
+    /// Turning columns into input tensors (tokenizing, padding).
+    pub prepare: std::time::Duration,
+    /// ONNX Runtime on those tensors, pooling included (the head included).
+    pub infer: std::time::Duration,
 }
 
 struct OutputSpec {
@@ -152,43 +172,62 @@ fn file_err(path: &Path, detail: impl Into<String>) -> ModelError {
     }
 }
 
+/// An ONNX Runtime session of the file at `path`.
+fn open_session(path: &Path, threads: usize) -> Result<(Session, Vec<u8>), ModelError> {
+    let meta = std::fs::metadata(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(file_err(path, "is not a regular file"));
+    }
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let env = environment()?;
+    let invalid = |e: String| ModelError::Invalid {
+        path: path.into(),
+        detail: e,
+    };
+    let session = Session::builder(env)
+        .map_err(|e| invalid(e.to_string()))?
+        .with_intra_threads(threads)
+        .map_err(|e| invalid(e.to_string()))?
+        .commit_from_memory(&bytes)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok((session, bytes))
+}
+
+fn output_names(session: &Session) -> String {
+    session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Model {
     /// Loads the model at `path` (already resolved), checks its inputs
     /// against what `input` feeds and its outputs against the config, and
-    /// runs one probe inference to learn the output sizes.
-    pub fn load(cfg: &ModelConfig, path: &Path, mut input: Box<dyn input::ModelInput>) -> Result<Self, ModelError> {
-        let meta = std::fs::metadata(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
-        if !meta.is_file() {
-            return Err(file_err(path, "is not a regular file"));
-        }
-        let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
-        let env = environment()?;
-        let invalid = |e: String| ModelError::Invalid {
-            path: path.into(),
-            detail: e,
-        };
-        let session = Session::builder(env)
-            .map_err(|e| invalid(e.to_string()))?
-            .with_intra_threads(cfg.threads.get())
-            .map_err(|e| invalid(e.to_string()))?
-            .commit_from_memory(&bytes)
-            .map_err(|e| invalid(e.to_string()))?;
+    /// runs one probe inference to learn the output sizes. `head` is the
+    /// resolved path of `model.head`, if any.
+    pub fn load(
+        cfg: &ModelConfig,
+        path: &Path,
+        mut input: Box<dyn input::ModelInput>,
+        head: Option<&Path>,
+    ) -> Result<Self, ModelError> {
+        let (session, bytes) = open_session(path, cfg.threads.get())?;
         let mismatch = |d: String| ModelError::Mismatch {
             path: path.into(),
             detail: d,
         };
-        let names = |o: &[ort::value::Outlet]| o.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ");
         input.check(&session).map_err(mismatch)?;
+        // With a head, `logits` come from the head, not from this model.
+        let logits = if head.is_some() { &None } else { &cfg.outputs.logits };
         let mut outputs = vec![];
-        for (want, column) in [
-            (&cfg.outputs.embedding, EMBEDDING_COL),
-            (&cfg.outputs.logits, LOGITS_COL),
-        ] {
+        for (want, column) in [(&cfg.outputs.embedding, EMBEDDING_COL), (logits, LOGITS_COL)] {
             if let Some(n) = want {
                 if !session.outputs().iter().any(|o| o.name() == n) {
                     return Err(mismatch(format!(
                         "no output named `{n}` (outputs: {})",
-                        names(session.outputs())
+                        output_names(&session)
                     )));
                 }
                 outputs.push(OutputSpec {
@@ -198,20 +237,36 @@ impl Model {
                 });
             }
         }
+        if head.is_some() && outputs.is_empty() {
+            return Err(mismatch(
+                "model.head needs the embedding output (model.outputs.embedding)".into(),
+            ));
+        }
         let identity = identity(&session, path, &bytes);
         let probe = input.probe().map_err(mismatch)?;
+        let described = input.probe_description();
         let mut m = Model {
             session,
             path: path.into(),
             input,
             outputs,
+            pooling: cfg.pooling,
+            normalize: cfg.normalize,
+            head: None,
             batch_size: cfg.batch_size.get(),
             identity,
+            timings: ModelTimings::default(),
         };
         // Probe: one neutral event tells the output sizes and proves the model runs.
-        let outs = m.infer(probe, 1)?;
+        let outs = m
+            .infer(probe.inputs, probe.mask.as_ref(), 1)
+            .map_err(|e| mismatch(format!("fails on {described}: {e}")))?;
         for (spec, (_, dim)) in m.outputs.iter_mut().zip(outs) {
             spec.dim = dim;
+        }
+        if let Some(h) = head {
+            let dim = m.outputs[0].dim;
+            m.head = Some(Head::load(h, cfg, dim)?);
         }
         Ok(m)
     }
@@ -221,106 +276,236 @@ impl Model {
         &self.identity
     }
 
+    /// Where the time went since load.
+    pub fn timings(&self) -> ModelTimings {
+        self.timings
+    }
+
     /// Schema after the model stage has appended its columns to `input`.
     pub fn output_schema(&self, input: &Schema) -> SchemaRef {
         let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
         for o in &self.outputs {
             fields.push(Field::new(o.column, tensor_type(o.dim), true));
         }
-        if self.outputs.iter().any(|o| o.column == LOGITS_COL) {
+        if let Some(h) = &self.head {
+            fields.push(Field::new(LOGITS_COL, tensor_type(h.dim), true));
+        }
+        if self.outputs.iter().any(|o| o.column == LOGITS_COL) || self.head.is_some() {
             fields.push(Field::new(PREDICTED_CLASS_COL, DataType::Int64, true));
         }
         Arc::new(Schema::new(fields))
     }
 
-    /// Runs `n` events' inputs and returns each output's flat values and per-event size.
+    fn failed(&self, detail: String) -> ModelError {
+        ModelError::Inference {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    /// Runs one call of `n` events and returns each output's values per
+    /// event (pooled and normalised as configured) and per-event size.
     fn infer(
         &mut self,
         inputs: Vec<(String, SessionInputValue<'_>)>,
+        mask: Option<&input::TokenMask>,
         n: usize,
     ) -> Result<Vec<(Vec<f32>, usize)>, ModelError> {
-        let outs = self.session.run(inputs).map_err(|e| ModelError::Inference {
-            path: self.path.clone(),
-            detail: e.to_string(),
-        })?;
+        let path = self.path.clone();
+        let failed = |detail: String| ModelError::Inference {
+            path: path.clone(),
+            detail,
+        };
+        let (pooling, normalize) = (self.pooling, self.normalize);
+        let outs = self.session.run(inputs).map_err(|e| failed(e.to_string()))?;
         let mut res = vec![];
         for o in &self.outputs {
-            let v = outs.get(&o.onnx_name).ok_or_else(|| ModelError::Inference {
-                path: self.path.clone(),
-                detail: format!("output `{}` missing", o.onnx_name),
-            })?;
-            let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| ModelError::Inference {
-                path: self.path.clone(),
-                detail: format!("output `{}`: {e}", o.onnx_name),
-            })?;
+            let v = outs
+                .get(&o.onnx_name)
+                .ok_or_else(|| failed(format!("output `{}` missing", o.onnx_name)))?;
+            let (shape, data) = v
+                .try_extract_tensor::<f32>()
+                .map_err(|e| failed(format!("output `{}`: {e}", o.onnx_name)))?;
             if shape.is_empty() || shape[0] != n as i64 {
-                return Err(ModelError::Inference {
-                    path: self.path.clone(),
-                    detail: format!(
-                        "output `{}` has shape {:?}, expected batch {n} first",
-                        o.onnx_name,
-                        &shape[..]
-                    ),
-                });
+                return Err(failed(format!(
+                    "output `{}` has shape {:?}, expected batch {n} first",
+                    o.onnx_name,
+                    &shape[..]
+                )));
             }
-            res.push((data.to_vec(), data.len() / n.max(1)));
+            let mut values = if o.column == EMBEDDING_COL && shape.len() == 3 {
+                let (tokens, dim) = (shape[1] as usize, shape[2] as usize);
+                let kept = mask.map(|m| m.kept.as_slice());
+                if mask.is_some_and(|m| m.tokens != tokens) {
+                    return Err(failed(format!(
+                        "output `{}` has {tokens} positions per event, the input {}",
+                        o.onnx_name,
+                        mask.map_or(0, |m| m.tokens)
+                    )));
+                }
+                pool::pool(pooling, data, n, tokens, dim, kept)
+            } else {
+                data.to_vec()
+            };
+            let dim = values.len() / n.max(1);
+            if normalize && o.column == EMBEDDING_COL {
+                pool::l2_normalize(&mut values, dim);
+            }
+            res.push((values, dim));
         }
         Ok(res)
     }
 
     /// Scores a batch: appends the output columns. Null input rows get null outputs.
     pub fn score(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ModelError> {
-        let path = self.path.clone();
         let mismatch = |d: String| ModelError::Mismatch {
-            path: path.clone(),
+            path: self.path.clone(),
             detail: d,
         };
         let n = batch.num_rows();
-        let mut collected: Vec<Vec<f32>> = vec![Vec::new(); self.outputs.len()];
-        let mut i = 0;
-        while i < n {
-            let k = self.batch_size.min(n - i);
-            let inputs = self.input.tensors(batch, i..i + k).map_err(mismatch)?;
-            let outs = self.infer(inputs, k)?;
+        let started = std::time::Instant::now();
+        let chunks = self.input.chunks(batch, self.batch_size).map_err(mismatch)?;
+        let nulls = self.input.nulls(batch).map_err(mismatch)?;
+        let prepared = std::time::Instant::now();
+        let mut columns: Vec<Vec<f32>> = self.outputs.iter().map(|o| vec![0f32; n * o.dim]).collect();
+        for chunk in chunks {
+            let outs = self.infer(chunk.inputs, chunk.mask.as_ref(), chunk.rows.len())?;
             for (j, (data, dim)) in outs.into_iter().enumerate() {
                 if dim != self.outputs[j].dim {
-                    return Err(ModelError::Inference {
-                        path: self.path.clone(),
-                        detail: format!(
-                            "output `{}` changed size from {} to {dim}",
-                            self.outputs[j].onnx_name, self.outputs[j].dim
-                        ),
-                    });
+                    return Err(self.failed(format!(
+                        "output `{}` changed size from {} to {dim}",
+                        self.outputs[j].onnx_name, self.outputs[j].dim
+                    )));
                 }
-                collected[j].extend_from_slice(&data);
+                for (values, row) in data.chunks_exact(dim.max(1)).zip(&chunk.rows) {
+                    columns[j][row * dim..(row + 1) * dim].copy_from_slice(values);
+                }
             }
-            i += k;
         }
-        let nulls = self.input.nulls(batch).map_err(mismatch)?;
+        let head_logits = match &mut self.head {
+            Some(h) => Some(h.score(&columns[0], n, self.batch_size)?),
+            None => None,
+        };
+        self.timings.rows += n as u64;
+        self.timings.prepare += prepared - started;
+        self.timings.infer += prepared.elapsed();
         let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
         let mut predicted = None;
-        for (spec, data) in self.outputs.iter().zip(collected) {
-            if spec.column == LOGITS_COL {
+        let outputs = self.outputs.iter().map(|o| (o.column, o.dim));
+        let head = self.head.as_ref().map(|h| (LOGITS_COL, h.dim));
+        for ((column, dim), data) in outputs.chain(head).zip(columns.into_iter().chain(head_logits)) {
+            if column == LOGITS_COL {
                 predicted = Some(Int64Array::new(
-                    data.chunks(spec.dim.max(1)).map(argmax).collect::<Vec<i64>>().into(),
+                    data.chunks(dim.max(1)).map(argmax).collect::<Vec<i64>>().into(),
                     nulls.clone(),
                 ));
             }
-            let field = Arc::new(Field::new_list_field(DataType::Float32, false));
-            arrays.push(Arc::new(FixedSizeListArray::new(
-                field,
-                spec.dim as i32,
-                Arc::new(Float32Array::from(data)),
-                nulls.clone(),
-            )));
+            arrays.push(float_list(data, dim, nulls.clone()));
         }
         if let Some(p) = predicted {
             arrays.push(Arc::new(p));
         }
-        RecordBatch::try_new(self.output_schema(batch.schema().as_ref()), arrays).map_err(|e| ModelError::Inference {
+        RecordBatch::try_new(self.output_schema(batch.schema().as_ref()), arrays)
+            .map_err(|e| self.failed(e.to_string()))
+    }
+}
+
+fn float_list(data: Vec<f32>, dim: usize, nulls: Option<NullBuffer>) -> ArrayRef {
+    let field = Arc::new(Field::new_list_field(DataType::Float32, false));
+    Arc::new(FixedSizeListArray::new(
+        field,
+        dim as i32,
+        Arc::new(Float32Array::from(data)),
+        nulls,
+    ))
+}
+
+/// `model.head`: a second model from the embedding to class scores.
+struct Head {
+    session: Session,
+    path: PathBuf,
+    input_name: String,
+    output_name: String,
+    embedding: usize,
+    /// Classes (the output's size per event).
+    dim: usize,
+}
+
+impl Head {
+    fn load(path: &Path, cfg: &ModelConfig, embedding: usize) -> Result<Self, ModelError> {
+        let (session, _) = open_session(path, cfg.threads.get())?;
+        let mismatch = |d: String| ModelError::Mismatch {
+            path: path.into(),
+            detail: d,
+        };
+        let [input] = session.inputs() else {
+            return Err(mismatch(format!(
+                "a head has one input (the embedding), this one has {}",
+                session.inputs().len()
+            )));
+        };
+        let input_name = input.name().to_string();
+        let configured = cfg.head.as_ref().and_then(|h| h.output.clone());
+        let output_name = match (configured, session.outputs()) {
+            (Some(n), outs) if outs.iter().any(|o| o.name() == n) => n,
+            (Some(n), _) => {
+                return Err(mismatch(format!(
+                    "no output named `{n}` (outputs: {})",
+                    output_names(&session)
+                )));
+            }
+            (None, [only]) => only.name().to_string(),
+            (None, _) => {
+                return Err(mismatch(format!(
+                    "has outputs {}; set model.head.output",
+                    output_names(&session)
+                )));
+            }
+        };
+        let mut head = Head {
+            session,
+            path: path.into(),
+            input_name,
+            output_name,
+            embedding,
+            dim: 0,
+        };
+        let probe = head
+            .score(&vec![0f32; embedding], 1, 1)
+            .map_err(|e| mismatch(format!("fails on one embedding of {embedding} zeros: {e}")))?;
+        head.dim = probe.len();
+        Ok(head)
+    }
+
+    /// Class scores of the `n` embeddings in `embeddings`, `batch` at a time.
+    fn score(&mut self, embeddings: &[f32], n: usize, batch: usize) -> Result<Vec<f32>, ModelError> {
+        let failed = |detail: String| ModelError::Inference {
             path: self.path.clone(),
-            detail: e.to_string(),
-        })
+            detail,
+        };
+        let mut out = Vec::with_capacity(n * self.dim);
+        for part in embeddings.chunks(batch.max(1) * self.embedding.max(1)) {
+            let k = part.len() / self.embedding.max(1);
+            let tensor = TensorRef::from_array_view(([k, self.embedding], part)).map_err(|e| failed(e.to_string()))?;
+            let outs = self
+                .session
+                .run(vec![(self.input_name.clone(), SessionInputValue::from(tensor))])
+                .map_err(|e| failed(e.to_string()))?;
+            let (shape, data) = outs
+                .get(&self.output_name)
+                .ok_or_else(|| failed(format!("output `{}` missing", self.output_name)))?
+                .try_extract_tensor::<f32>()
+                .map_err(|e| failed(format!("output `{}`: {e}", self.output_name)))?;
+            if shape.len() != 2 || shape[0] != k as i64 {
+                return Err(failed(format!(
+                    "output `{}` has shape {:?}, expected [{k}, classes]",
+                    self.output_name,
+                    &shape[..]
+                )));
+            }
+            out.extend_from_slice(data);
+        }
+        Ok(out)
     }
 }
 

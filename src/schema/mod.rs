@@ -124,7 +124,10 @@ pub enum FieldKind {
     Bool,
     /// Categorical string (a finite set of values), Utf8 column.
     Category,
-    /// Free text, Utf8 column.
+    /// Free text, Utf8 column; `type: text` says the same (the input of a
+    /// text model). Events over `batch.max_event_bytes` are dead-lettered;
+    /// a model input truncates long texts at its `max_length` tokens.
+    #[serde(alias = "text")]
     String,
     /// Fixed-shape float tensor, FixedSizeList<Float32>.
     Tensor,

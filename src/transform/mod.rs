@@ -1,10 +1,13 @@
 //! Optional SQL over each decoded batch (table `events`), for derived
-//! features: `SELECT *, (a - b) / c AS ratio FROM events`.
+//! features: `SELECT *, (a - b) / c AS ratio FROM events`, with the text
+//! descriptors of [`text_descriptors`] among its functions.
+
+pub mod text_descriptors;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 
 use crate::schema::{OFFSET_COL, PARTITION_COL, TIMESTAMP_COL};
 use crate::sql::SqlStage;
@@ -28,10 +31,14 @@ pub struct Transform {
 }
 
 impl Transform {
-    /// Plans `sql` over events of `input` schema.
-    pub async fn new(input: SchemaRef, sql: &str) -> Result<Self, TransformError> {
+    /// Plans `sql` over events of `input` schema; `functions` are the
+    /// scalar functions it may call besides DataFusion's own.
+    pub async fn new(input: SchemaRef, sql: &str, functions: Vec<ScalarUDF>) -> Result<Self, TransformError> {
         let stage = SqlStage::new(EVENTS_TABLE, input, crate::detect::udaf::all())
             .map_err(|e| TransformError::Plan(e.to_string()))?;
+        for f in functions {
+            stage.register_udf(f);
+        }
         let plan = stage.plan(sql).await.map_err(|e| TransformError::Plan(e.to_string()))?;
         let output = std::sync::Arc::new(plan.schema().as_arrow().clone());
         for c in [PARTITION_COL, OFFSET_COL, TIMESTAMP_COL] {

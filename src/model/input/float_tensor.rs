@@ -2,15 +2,13 @@
 //! `type: tensor` field) fed to the model's one float32 input as
 //! `[batch, ...shape]`, straight from the column's buffer.
 
-use std::ops::Range;
-
 use datafusion::arrow::array::{Array, AsArray, FixedSizeListArray, RecordBatch};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Float32Type, Schema};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorRef};
 
-use super::{InputError, ModelInput};
+use super::{Chunk, InputError, ModelInput};
 use crate::config::ModelConfig;
 use crate::schema::{EventSchema, FieldKind, column_names};
 
@@ -141,28 +139,42 @@ impl ModelInput for FloatTensor {
         Ok(())
     }
 
-    fn tensors<'b>(
-        &self,
-        batch: &'b RecordBatch,
-        rows: Range<usize>,
-    ) -> Result<Vec<(String, SessionInputValue<'b>)>, String> {
+    fn chunks<'b>(&self, batch: &'b RecordBatch, max_rows: usize) -> Result<Vec<Chunk<'b>>, String> {
         let list = self.column(batch)?;
         let values = list.values().as_primitive::<Float32Type>();
         // Slicing the list slices its child (value_offset(0) is 0 then); the
         // offset is honoured anyway, should a list start inside its child.
-        let base = list.value_offset(0).max(0) as usize;
-        let flat = values
-            .values()
-            .get(base + rows.start * self.per_event..base + rows.end * self.per_event)
-            .ok_or_else(|| format!("input column `{}` is shorter than its rows", self.column))?;
-        let tensor = TensorRef::from_array_view((self.dims(rows.len()), flat)).map_err(|e| e.to_string())?;
-        Ok(vec![(self.name(), SessionInputValue::from(tensor))])
+        let base = if list.is_empty() {
+            0
+        } else {
+            list.value_offset(0).max(0) as usize
+        };
+        let n = batch.num_rows();
+        let mut chunks = vec![];
+        for start in (0..n).step_by(max_rows.max(1)) {
+            let rows = start..(start + max_rows).min(n);
+            let flat = values
+                .values()
+                .get(base + rows.start * self.per_event..base + rows.end * self.per_event)
+                .ok_or_else(|| format!("input column `{}` is shorter than its rows", self.column))?;
+            let tensor = TensorRef::from_array_view((self.dims(rows.len()), flat)).map_err(|e| e.to_string())?;
+            chunks.push(Chunk {
+                rows: rows.collect(),
+                inputs: vec![(self.name(), SessionInputValue::from(tensor))],
+                mask: None,
+            });
+        }
+        Ok(chunks)
     }
 
-    fn probe(&self) -> Result<Vec<(String, SessionInputValue<'static>)>, String> {
+    fn probe(&self) -> Result<Chunk<'static>, String> {
         let zeros = vec![0f32; self.per_event];
         let tensor = Tensor::from_array((self.dims(1), zeros)).map_err(|e| e.to_string())?;
-        Ok(vec![(self.name(), SessionInputValue::from(tensor))])
+        Ok(Chunk {
+            rows: vec![0],
+            inputs: vec![(self.name(), SessionInputValue::from(tensor))],
+            mask: None,
+        })
     }
 
     fn nulls(&self, batch: &RecordBatch) -> Result<Option<NullBuffer>, String> {
@@ -228,7 +240,7 @@ mod tests {
         let whole = pixels(8, 6);
         let input = FloatTensor::new(&cfg, &schema, &whole.schema()).unwrap();
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(&cfg.path);
-        let mut model = Model::load(&cfg, &path, Box::new(input)).unwrap();
+        let mut model = Model::load(&cfg, &path, Box::new(input), None).unwrap();
         let all = model.score(&whole).unwrap();
         let part = model.score(&whole.slice(2, 5)).unwrap();
         let logits = |b: &RecordBatch, i: usize| {

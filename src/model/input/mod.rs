@@ -1,14 +1,17 @@
 //! Model inputs: how the columns of a scored batch become the model's input
 //! tensors. One file per kind; [`build`] is where each kind registers.
 //!
-//! Today: [`FloatTensor`], one fixed-shape float tensor column fed as
-//! `[batch, ...shape]`. A text input (tokenizer → ids and mask) or an image
-//! input (bytes → decode → resize) is one more file implementing
+//! - [`FloatTensor`]: one fixed-shape float tensor column fed as `[batch, ...shape]`.
+//! - [`TextTokens`]: a text column through a Hugging Face tokenizer, fed as
+//!   token ids and attention mask (and token types) to a transformer.
+//!
+//! An image input (bytes → decode → resize) is one more file implementing
 //! [`ModelInput`], plus its line in [`build`].
 
 mod float_tensor;
+mod text;
 
-use std::ops::Range;
+use std::path::Path;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::buffer::NullBuffer;
@@ -16,6 +19,7 @@ use datafusion::arrow::datatypes::Schema;
 use ort::session::{Session, SessionInputValue};
 
 pub use float_tensor::FloatTensor;
+pub use text::TextTokens;
 
 use crate::config::ModelConfig;
 use crate::schema::EventSchema;
@@ -24,17 +28,38 @@ use crate::schema::EventSchema;
 pub trait ModelInput: Send + Sync {
     /// Checks the model's declared inputs against what this kind feeds.
     fn check(&mut self, session: &Session) -> Result<(), String>;
-    /// The model's inputs for `rows` of `batch`, borrowing the batch's
-    /// buffers where the layout allows (no copy per batch).
-    fn tensors<'b>(
-        &self,
-        batch: &'b RecordBatch,
-        rows: Range<usize>,
-    ) -> Result<Vec<(String, SessionInputValue<'b>)>, String>;
-    /// The inputs of one neutral event: the probe that tells the outputs' sizes.
-    fn probe(&self) -> Result<Vec<(String, SessionInputValue<'static>)>, String>;
+    /// The inference calls that score `batch`, at most `max_rows` rows each.
+    /// Rows without an input (see [`ModelInput::nulls`]) may be left out.
+    fn chunks<'b>(&self, batch: &'b RecordBatch, max_rows: usize) -> Result<Vec<Chunk<'b>>, String>;
+    /// The inputs of one neutral event: the probe that tells the outputs'
+    /// sizes and proves the model accepts what this kind feeds.
+    fn probe(&self) -> Result<Chunk<'static>, String>;
+    /// What the probe feeds, for the error when the model fails on it.
+    fn probe_description(&self) -> String {
+        "one event of zeros".into()
+    }
     /// The rows without an input: their outputs are null.
     fn nulls(&self, batch: &RecordBatch) -> Result<Option<NullBuffer>, String>;
+}
+
+/// One inference call.
+pub struct Chunk<'b> {
+    /// The batch rows scored, in the order of the tensors' first dimension.
+    pub rows: Vec<usize>,
+    /// The named input tensors.
+    pub inputs: Vec<(String, SessionInputValue<'b>)>,
+    /// For an input of token sequences: which positions hold a token
+    /// (`rows.len()` × `tokens`, row-major), for pooling per-token outputs.
+    pub mask: Option<TokenMask>,
+}
+
+/// Which positions of a padded token batch hold a token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenMask {
+    /// Positions per row (the padded length).
+    pub tokens: usize,
+    /// `true` where a token is, row-major.
+    pub kept: Vec<bool>,
 }
 
 /// A problem with the pipeline's `model` section: the key at fault
@@ -46,7 +71,16 @@ pub struct InputError {
 }
 
 /// The input a pipeline's `model` section describes, checked against the
-/// columns the model stage will get (`columns`, after the transform).
-pub fn build(cfg: &ModelConfig, schema: &EventSchema, columns: &Schema) -> Result<Box<dyn ModelInput>, InputError> {
+/// columns the model stage will get (`columns`, after the transform);
+/// relative paths resolve against `base_dir`.
+pub fn build(
+    cfg: &ModelConfig,
+    schema: &EventSchema,
+    columns: &Schema,
+    base_dir: &Path,
+) -> Result<Box<dyn ModelInput>, InputError> {
+    if let Some(t) = &cfg.tokenizer {
+        return Ok(Box::new(TextTokens::new(&cfg.input, t, columns, base_dir)?));
+    }
     Ok(Box::new(FloatTensor::new(cfg, schema, columns)?))
 }
