@@ -2,6 +2,7 @@
 //! reuse the test build's dependencies).
 //!
 //! - MMD test, n = m = 1000, d = 32, B = 100, from scratch (cache cleared), one and two threads;
+//! - MMD test, n = m = 1000, d = 384 (sentence embeddings), B = 400, from scratch;
 //! - MMD slide: reference 1000, current 1000, slide 100, per evaluation (cache warm);
 //! - KS on 32 features, n = m = 1000.
 //!
@@ -81,6 +82,20 @@ fn main() {
                 black_box(mmd_test(&x, &y, d, &o));
             });
         }
+    }
+    // Sentence embeddings (all-MiniLM-L6-v2): 384 dimensions, the news pipeline's B.
+    let name = "mmd n=m=1000 d=384 B=400 threads=1";
+    if on(name) {
+        let (x, y) = (normals(4, 1000 * 384, 0.0), normals(5, 1000 * 384, 0.01));
+        let o = MmdOptions {
+            permutations: 400,
+            seed: 1,
+            sigma: None,
+            threads: 1,
+        };
+        bench(name, clear_kernel_cache, || {
+            black_box(mmd_test(&x, &y, 384, &o));
+        });
     }
     let name = "mmd slide ref=1000 cur=1000 slide=100 B=100";
     if on(name) {
