@@ -81,6 +81,10 @@ enum Cmd {
         /// Overrides the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// The text demo: news paragraphs through MiniLM
+        /// (pipelines/news.yaml, pipelines/scenarios/news.yaml).
+        #[arg(long, conflicts_with_all = ["pipeline", "scenario"])]
+        text: bool,
     },
     /// Write a drift scenario's events to a Kafka topic (--brokers, --topic) or a JSONL file (--out),
     /// and its ground truth (phase boundaries in event time and offsets) to --truth.
@@ -335,10 +339,15 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo {
-            pipeline,
-            scenario,
+            mut pipeline,
+            mut scenario,
             seed,
+            text,
         } => {
+            if text {
+                pipeline = "pipelines/news.yaml".into();
+                scenario = "pipelines/scenarios/news.yaml".into();
+            }
             let opts = driftwatch::demo::DemoOptions {
                 pipeline: pipeline.clone(),
                 scenario,

@@ -7,7 +7,14 @@
 //! changed; images drawn from the same per-class pool), `concept` (labels of
 //! some classes remapped; images unchanged). Every image is drawn from the
 //! pool with small seeded noise, so long streams are not exact repeats, and
-//! the same scenario and seed always give the same events. Every run also
+//! the same scenario and seed always give the same events.
+//!
+//! A text scenario draws paragraphs from a corpus (`corpus:`, see
+//! [`crate::corpus`]) instead of images from a pool: its events carry
+//! `feed` and `text`. `label` and `concept` phases work as for images;
+//! `corruption` (typos, truncation, casing, boilerplate) and `unseen` (a
+//! topic the reference never saw, `exclude`d from the other phases) are its
+//! covariate shifts. Every run also
 //! writes its ground truth ([`Truth`]): each phase's event-time range and
 //! per-partition offsets, what drifted, and the true class priors.
 
@@ -35,8 +42,18 @@ pub struct Scenario {
     #[serde(default)]
     pub seed: u64,
     /// Image pool: JSONL with `pixels` (64 intensities 0..16) and `label`,
-    /// relative to the scenario file.
-    pub pool: PathBuf,
+    /// relative to the scenario file. A scenario has a `pool` or a `corpus`.
+    #[serde(default)]
+    pub pool: Option<PathBuf>,
+    /// Text corpus: a folder of topic folders of articles (see
+    /// [`crate::corpus`]), relative to the scenario file; labels are the
+    /// topics in name order.
+    #[serde(default)]
+    pub corpus: Option<PathBuf>,
+    /// Classes never drawn except by an `unseen` phase (e.g. a topic the
+    /// reference must not know). Default none.
+    #[serde(default)]
+    pub exclude: Vec<i64>,
     /// Event time of the first event: RFC 3339, or `now` (the time of the
     /// run, to the second). Default 2026-01-01T00:00:00Z. Events are produced
     /// with their event time as the message timestamp: on a real Kafka
@@ -155,6 +172,34 @@ pub enum PhaseConfig {
         name: Option<String>,
         remap: BTreeMap<i64, i64>,
     },
+    /// Text only, a covariate shift: each paragraph is corrupted with these
+    /// probabilities (each 0..1, default 0): `typos` (every word of 4+
+    /// letters has two adjacent letters swapped with probability `typos`),
+    /// `truncation` (the text is cut to its first 20–60% of words),
+    /// `casing` (upper-cased), `boilerplate` (a fixed sentence appended).
+    Corruption {
+        events: Positive,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        typos: f64,
+        #[serde(default)]
+        truncation: f64,
+        #[serde(default)]
+        casing: f64,
+        #[serde(default)]
+        boilerplate: f64,
+    },
+    /// A class the other phases never draw (listed in `exclude`) appears
+    /// with probability `share`; the others share the rest as in the pool.
+    /// A covariate shift: inputs unlike any of the reference.
+    Unseen {
+        events: Positive,
+        #[serde(default)]
+        name: Option<String>,
+        class: i64,
+        share: f64,
+    },
 }
 
 fn one() -> f32 {
@@ -167,26 +212,35 @@ impl PhaseConfig {
             PhaseConfig::Clean { events, .. }
             | PhaseConfig::Covariate { events, .. }
             | PhaseConfig::Label { events, .. }
-            | PhaseConfig::Concept { events, .. } => events.get(),
+            | PhaseConfig::Concept { events, .. }
+            | PhaseConfig::Corruption { events, .. }
+            | PhaseConfig::Unseen { events, .. } => events.get(),
         }
     }
 
-    /// `clean`, `covariate`, `label` or `concept`.
+    /// The kind of drift (the truth): `clean`, `covariate`, `label` or `concept`.
     pub fn kind(&self) -> &'static str {
         match self {
             PhaseConfig::Clean { .. } => "clean",
-            PhaseConfig::Covariate { .. } => "covariate",
+            PhaseConfig::Covariate { .. } | PhaseConfig::Corruption { .. } | PhaseConfig::Unseen { .. } => "covariate",
             PhaseConfig::Label { .. } => "label",
             PhaseConfig::Concept { .. } => "concept",
         }
     }
 
     pub fn name(&self) -> String {
+        let default = match self {
+            PhaseConfig::Corruption { .. } => "corruption",
+            PhaseConfig::Unseen { .. } => "unseen",
+            _ => self.kind(),
+        };
         match self {
             PhaseConfig::Clean { name, .. }
             | PhaseConfig::Covariate { name, .. }
             | PhaseConfig::Label { name, .. }
-            | PhaseConfig::Concept { name, .. } => name.clone().unwrap_or_else(|| self.kind().to_string()),
+            | PhaseConfig::Concept { name, .. }
+            | PhaseConfig::Corruption { name, .. }
+            | PhaseConfig::Unseen { name, .. } => name.clone().unwrap_or_else(|| default.to_string()),
         }
     }
 }
@@ -198,11 +252,21 @@ pub struct PoolImage {
     pub label: i64,
 }
 
-/// The image pool, also grouped by class.
+/// One paragraph of a text pool.
+#[derive(Debug, Clone)]
+pub struct PoolText {
+    pub text: String,
+    pub label: i64,
+}
+
+/// The image or text pool, also grouped by class.
 #[derive(Debug, Clone)]
 pub struct Pool {
+    /// Images (an image pool), else empty.
     pub images: Vec<PoolImage>,
-    /// Classes present, ascending, and the indices of their images.
+    /// Paragraphs (a text pool), else empty.
+    pub texts: Vec<PoolText>,
+    /// Classes present, ascending, and the indices of their items.
     pub by_class: BTreeMap<i64, Vec<usize>>,
 }
 
@@ -226,18 +290,75 @@ impl Pool {
         if images.is_empty() {
             return Err(err(0, "the pool has no images".into()));
         }
-        let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-        for (i, img) in images.iter().enumerate() {
-            by_class.entry(img.label).or_default().push(i);
+        let by_class = group(images.iter().map(|i| i.label));
+        Ok(Pool {
+            images,
+            texts: vec![],
+            by_class,
+        })
+    }
+
+    /// The paragraphs of a corpus folder, labelled by topic.
+    pub fn from_corpus(dir: &Path) -> Result<Self, ScenarioError> {
+        let corpus = crate::corpus::Corpus::load(dir).map_err(|e| ScenarioError::Pool {
+            path: dir.into(),
+            line: 0,
+            message: e.message,
+        })?;
+        let texts: Vec<PoolText> = corpus
+            .paragraphs
+            .into_iter()
+            .map(|p| PoolText {
+                text: p.text,
+                label: p.topic as i64,
+            })
+            .collect();
+        let by_class = group(texts.iter().map(|t| t.label));
+        Ok(Pool {
+            images: vec![],
+            texts,
+            by_class,
+        })
+    }
+
+    /// Whether this is a text pool.
+    pub fn is_text(&self) -> bool {
+        !self.texts.is_empty()
+    }
+
+    /// Items in the pool.
+    pub fn len(&self) -> usize {
+        self.images.len() + self.texts.len()
+    }
+
+    /// Whether the pool has no items.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The label of item `i`.
+    pub fn label(&self, i: usize) -> i64 {
+        if self.is_text() {
+            self.texts[i].label
+        } else {
+            self.images[i].label
         }
-        Ok(Pool { images, by_class })
     }
 
     /// Class frequencies of the pool.
     pub fn priors(&self) -> BTreeMap<i64, f64> {
-        let n = self.images.len() as f64;
+        let n = self.len() as f64;
         self.by_class.iter().map(|(c, v)| (*c, v.len() as f64 / n)).collect()
     }
+}
+
+/// Item indices by class.
+fn group(labels: impl Iterator<Item = i64>) -> BTreeMap<i64, Vec<usize>> {
+    let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (i, label) in labels.enumerate() {
+        by_class.entry(label).or_default().push(i);
+    }
+    by_class
 }
 
 /// A scenario that cannot be used.
@@ -269,10 +390,20 @@ impl Loaded {
     /// Reads and checks a scenario file (unknown keys rejected; errors name file, line and key).
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let mut scenario: Scenario = load_yaml(path)?;
-        if !scenario.pool.is_absolute() {
-            scenario.pool = path.parent().unwrap_or(Path::new(".")).join(&scenario.pool);
-        }
-        let pool = Pool::load(&scenario.pool)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        scenario.pool = scenario.pool.map(|p| dir.join(p));
+        scenario.corpus = scenario.corpus.map(|p| dir.join(p));
+        let pool = match (&scenario.pool, &scenario.corpus) {
+            (Some(p), None) => Pool::load(p)?,
+            (None, Some(c)) => Pool::from_corpus(c)?,
+            _ => {
+                return Err(ScenarioError::Config(ConfigError::invalid(
+                    path,
+                    "pool",
+                    "a scenario has either a `pool` (images) or a `corpus` (texts)",
+                )));
+            }
+        };
         Self::new(scenario, pool, path)
     }
 
@@ -300,7 +431,7 @@ impl Loaded {
         if scenario.keys.is_empty() {
             return Err(bad("keys".into(), "at least one key with phases is needed".into()));
         }
-        let base = pool.priors();
+        let base = base_priors(&pool.priors(), &scenario.exclude).map_err(|m| bad("exclude".into(), m))?;
         let mut priors = vec![];
         for (key, phases) in &scenario.keys {
             if phases.is_empty() {
@@ -310,6 +441,43 @@ impl Loaded {
             for (i, ph) in phases.iter().enumerate() {
                 let at = |field: &str| format!("keys.{key}[{i}].{field}");
                 per_phase.push(match ph {
+                    PhaseConfig::Covariate { .. } if pool.is_text() => {
+                        return Err(bad(
+                            at("kind"),
+                            "`covariate` transforms images; a text scenario uses `corruption` or `unseen`".into(),
+                        ));
+                    }
+                    PhaseConfig::Corruption { .. } if !pool.is_text() => {
+                        return Err(bad(at("kind"), "`corruption` applies to text (a `corpus`)".into()));
+                    }
+                    PhaseConfig::Corruption {
+                        typos,
+                        truncation,
+                        casing,
+                        boilerplate,
+                        ..
+                    } => {
+                        for (field, v) in [
+                            ("typos", typos),
+                            ("truncation", truncation),
+                            ("casing", casing),
+                            ("boilerplate", boilerplate),
+                        ] {
+                            if !(v.is_finite() && (0.0..=1.0).contains(v)) {
+                                return Err(bad(at(field), format!("expected a probability 0..1, got {v}")));
+                            }
+                        }
+                        base.clone()
+                    }
+                    PhaseConfig::Unseen { class, share, .. } => {
+                        if !scenario.exclude.contains(class) {
+                            return Err(bad(
+                                at("class"),
+                                format!("class {class} must be listed in `exclude` (the other phases never draw it)"),
+                            ));
+                        }
+                        shifted_priors(&base, &[(*class, *share)].into()).map_err(|m| bad(at("share"), m))?
+                    }
                     PhaseConfig::Covariate {
                         contrast,
                         background,
@@ -379,7 +547,9 @@ pub fn clean_events(pool_path: &Path, key: &str, n: usize, seed: u64) -> Result<
     let scenario = Scenario {
         name: "clean".into(),
         seed,
-        pool: pool_path.into(),
+        pool: Some(pool_path.into()),
+        corpus: None,
+        exclude: vec![],
         start_time: default_start(),
         interval_ms: Positive(1),
         noise: default_noise(),
@@ -399,6 +569,22 @@ pub fn clean_events(pool_path: &Path, key: &str, n: usize, seed: u64) -> Result<
             Emission::Event(e) => Some(e.json),
             Emission::Label { .. } => None,
         })
+        .collect())
+}
+
+/// The pool's class frequencies with the `exclude`d classes at 0 and the
+/// others scaled up to sum to 1.
+fn base_priors(pool: &BTreeMap<i64, f64>, exclude: &[i64]) -> Result<BTreeMap<i64, f64>, String> {
+    if let Some(c) = exclude.iter().find(|c| !pool.contains_key(c)) {
+        return Err(format!("class {c} is not in the pool"));
+    }
+    let kept: f64 = pool.iter().filter(|(c, _)| !exclude.contains(c)).map(|(_, p)| p).sum();
+    if kept <= 0.0 {
+        return Err("every class is excluded".into());
+    }
+    Ok(pool
+        .iter()
+        .map(|(c, p)| (*c, if exclude.contains(c) { 0.0 } else { p / kept }))
         .collect())
 }
 
@@ -631,13 +817,93 @@ fn generate(
 ) -> Event {
     let ph = &l.scenario.keys[key][phase];
     let pool = &l.pool;
-    let img = match ph {
-        PhaseConfig::Label { .. } => {
-            let members = &pool.by_class[&next_class(&l.priors[k][phase], drawn)];
-            &pool.images[members[rng.random_range(0..members.len())]]
-        }
-        _ => &pool.images[rng.random_range(0..pool.images.len())],
+    // Phases that change the class mix (or exclude classes) draw class first.
+    let by_class =
+        matches!(ph, PhaseConfig::Label { .. } | PhaseConfig::Unseen { .. }) || !l.scenario.exclude.is_empty();
+    let item = if by_class {
+        let members = &pool.by_class[&next_class(&l.priors[k][phase], drawn)];
+        members[rng.random_range(0..members.len())]
+    } else {
+        rng.random_range(0..pool.len())
     };
+    let event_id = format!("{key}-{step}");
+    let label = match ph {
+        PhaseConfig::Concept { remap, .. } => remap.get(&pool.label(item)).copied().unwrap_or(pool.label(item)),
+        _ => pool.label(item),
+    };
+    let mut ev = if pool.is_text() {
+        let text = match ph {
+            PhaseConfig::Corruption {
+                typos,
+                truncation,
+                casing,
+                boilerplate,
+                ..
+            } => corrupt(
+                &pool.texts[item].text,
+                rng,
+                [*truncation, *typos, *casing, *boilerplate],
+            ),
+            _ => pool.texts[item].text.clone(),
+        };
+        serde_json::json!({"event_id": event_id, "ts": ts, "feed": key, "text": text})
+    } else {
+        image_event(l, rng, ph, &pool.images[item], key, &event_id, ts)
+    };
+    if l.scenario.labels == LabelsMode::Inline {
+        ev["label"] = label.into();
+    }
+    Event {
+        key: key.to_string(),
+        key_index: k,
+        phase,
+        event_id,
+        ts,
+        label,
+        json: ev.to_string(),
+    }
+}
+
+/// Appended by a `corruption` phase's `boilerplate`.
+const BOILERPLATE: &str = "Click here to subscribe to our newsletter for the latest updates and offers.";
+
+/// `text` corrupted with probabilities `[truncation, typos, casing, boilerplate]`
+/// (see [`PhaseConfig::Corruption`]), in that order, with draws from `rng`.
+fn corrupt(text: &str, rng: &mut ChaCha8Rng, [truncation, typos, casing, boilerplate]: [f64; 4]) -> String {
+    let mut words: Vec<String> = text.split_whitespace().map(String::from).collect();
+    if rng.random_bool(truncation) {
+        let keep = ((words.len() as f64 * rng.random_range(0.2..0.6)).ceil() as usize).max(1);
+        words.truncate(keep);
+    }
+    for w in &mut words {
+        let mut chars: Vec<char> = w.chars().collect();
+        if chars.len() >= 4 && rng.random_bool(typos) {
+            let at = rng.random_range(0..chars.len() - 1);
+            chars.swap(at, at + 1);
+            *w = chars.into_iter().collect();
+        }
+    }
+    let mut out = words.join(" ");
+    if rng.random_bool(casing) {
+        out = out.to_uppercase();
+    }
+    if rng.random_bool(boilerplate) {
+        out.push(' ');
+        out.push_str(BOILERPLATE);
+    }
+    out
+}
+
+/// The JSON of an image event: the pool image with noise and the phase's transform.
+fn image_event(
+    l: &Loaded,
+    rng: &mut ChaCha8Rng,
+    ph: &PhaseConfig,
+    img: &PoolImage,
+    key: &str,
+    event_id: &str,
+    ts: i64,
+) -> serde_json::Value {
     let noise = l.scenario.noise;
     let mut px: Vec<f32> = img
         .pixels
@@ -677,33 +943,16 @@ fn generate(
     for v in &mut px {
         *v = (v.clamp(0.0, MAX_INTENSITY) * 100.0).round() / 100.0;
     }
-    let label = match ph {
-        PhaseConfig::Concept { remap, .. } => remap.get(&img.label).copied().unwrap_or(img.label),
-        _ => img.label,
-    };
     let mean = px.iter().sum::<f32>() / PIXELS as f32;
     let ink = px.iter().filter(|&&v| v > 4.0).count() as f32 / PIXELS as f32;
-    let event_id = format!("{key}-{step}");
-    let mut ev = serde_json::json!({
+    serde_json::json!({
         "event_id": event_id,
         "ts": ts,
         "scanner": key,
         "pixels": px,
         "mean_intensity": mean,
         "ink_fraction": ink,
-    });
-    if l.scenario.labels == LabelsMode::Inline {
-        ev["label"] = label.into();
-    }
-    Event {
-        key: key.to_string(),
-        key_index: k,
-        phase,
-        event_id,
-        ts,
-        label,
-        json: ev.to_string(),
-    }
+    })
 }
 
 /// Ground truth of one produced scenario: what a backtest is scored against.
@@ -1085,6 +1334,41 @@ mod tests {
     }
 
     #[test]
+    fn corruption_applies_each_change_with_its_probability() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let text = "Shares in the carmaker fell sharply after it warned of lower profits";
+        assert_eq!(corrupt(text, &mut rng, [0.0; 4]), text);
+        let all = corrupt(text, &mut rng, [1.0; 4]);
+        assert!(all.ends_with(BOILERPLATE), "{all}");
+        let body = all.strip_suffix(BOILERPLATE).unwrap().trim_end();
+        assert_eq!(body, body.to_uppercase(), "upper-cased");
+        let words = body.split_whitespace().count();
+        assert!((3..=7).contains(&words), "cut to 20-60% of 12 words: {body}");
+        assert_ne!(body, text[..body.len()].to_uppercase(), "typos swapped letters");
+    }
+
+    #[test]
+    fn excluded_classes_appear_only_in_an_unseen_phase() {
+        let d = tempfile::tempdir().unwrap();
+        let p = scenario(
+            d.path(),
+            "exclude: [0]\nkeys:\n  a:\n    - {kind: clean, events: 200}\n    - {kind: unseen, events: 200, class: 0, share: 0.5}\n",
+        );
+        let l = Loaded::load(&p).unwrap();
+        let labels: Vec<(usize, i64)> = l
+            .emissions()
+            .filter_map(|e| match e {
+                Emission::Event(e) => Some((e.phase, e.label)),
+                Emission::Label { .. } => None,
+            })
+            .collect();
+        assert!(labels.iter().filter(|(p, _)| *p == 0).all(|(_, c)| *c != 0));
+        let zeros = labels.iter().filter(|(p, c)| *p == 1 && *c == 0).count();
+        assert_eq!(zeros, 100, "systematic draws give the share exactly");
+        assert_eq!(l.scenario.keys["a"][1].kind(), "covariate");
+    }
+
+    #[test]
     fn bad_scenarios_say_where() {
         let d = tempfile::tempdir().unwrap();
         for (body, expect) in [
@@ -1108,6 +1392,18 @@ mod tests {
             ),
             ("keys:\n  a:\n    - {kind: clean, events: 3, colour: red}\n", "colour"),
             ("keys: {}\n", "at least one key"),
+            (
+                "keys:\n  a:\n    - {kind: corruption, events: 3, typos: 0.5}\n",
+                "keys.a[0].kind",
+            ),
+            (
+                "exclude: [4]\nkeys:\n  a:\n    - {kind: unseen, events: 3, class: 5, share: 0.3}\n",
+                "keys.a[0].class",
+            ),
+            (
+                "exclude: [12]\nkeys:\n  a:\n    - {kind: clean, events: 3}\n",
+                "class 12",
+            ),
             ("bogus: 1\nkeys:\n  a:\n    - {kind: clean, events: 3}\n", "bogus"),
         ] {
             let p = scenario(d.path(), body);

@@ -268,3 +268,41 @@ async fn validate_names_the_tokenizer_or_model_that_does_not_fit() {
         );
     }
 }
+
+/// The text scenario end to end on two seeds: no alert on clean phases;
+/// corrupted text and an unseen topic caught on the embeddings, the topic
+/// priors by the predicted-topic chi-square, the relabelling by the error
+/// rate alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_demo_flags_each_drift_in_its_phase_and_nothing_on_clean_text() {
+    use driftwatch::demo::Verdict;
+    for seed in [7, 11] {
+        let opts = driftwatch::demo::DemoOptions {
+            pipeline: root().join("pipelines/news.yaml"),
+            scenario: root().join("pipelines/scenarios/news.yaml"),
+            seed: Some(seed),
+            live: false,
+        };
+        let s = driftwatch::demo::run(opts).await.expect("text demo runs");
+        assert_eq!((s.received, s.dead_lettered), (2_400, 0));
+        assert!(s.false_alarms().is_empty(), "seed {seed}: {:?}", s.false_alarms());
+        let detected = |name: &str| {
+            let phase = s.truth.phases.iter().find(|p| p.name == name).unwrap();
+            s.alerts_in(phase)
+                .into_iter()
+                .filter(|(_, v)| matches!(v, Verdict::Detected { .. }))
+                .map(|(d, _)| d)
+                .collect::<Vec<_>>()
+        };
+        assert!(detected("corrupted").contains(&"embedding_mmd".into()), "seed {seed}");
+        assert!(
+            detected("tech arrives").contains(&"embedding_mmd".into()),
+            "seed {seed}"
+        );
+        assert!(
+            detected("mostly sport").contains(&"predicted_topic_chi2".into()),
+            "seed {seed}"
+        );
+        assert_eq!(detected("business as politics"), ["error_rate"], "seed {seed}");
+    }
+}
