@@ -28,5 +28,11 @@ if ! wait "$tansu_pid"; then
 fi
 source scripts/tansu.sh
 cargo test --all-targets
+# The statistics again on the paths of smaller CPUs (AVX2 only, and no SIMD at
+# all; see src/detect/simd.rs), so that every machine tests every path it can run.
+for cap in avx2 portable; do
+  DRIFTWATCH_SIMD=$cap cargo test --lib detect::
+  DRIFTWATCH_SIMD=$cap cargo test --test statistics
+done
 unset RUSTC_WORKSPACE_WRAPPER
 scripts/fuzz.sh --smoke "${FUZZ_SMOKE_SECONDS:-15}"

@@ -1,6 +1,11 @@
 //! The MMD kernel's inner loops — squared distances, exp of a row, sums and
 //! masked row sums — with AVX-512 or AVX2/FMA paths chosen at run time and a
-//! portable fallback.
+//! portable fallback. Squared distances without AVX-512 go through
+//! `matrixmultiply`'s GEMM, which has its own AVX2/FMA and NEON kernels.
+//!
+//! `DRIFTWATCH_SIMD=avx2` (no AVX-512) or `=portable` (neither) caps the
+//! paths taken, so that one machine can measure and test what a smaller CPU
+//! runs.
 //! Explicit intrinsics, so the speed does not depend on the optimisation
 //! level the crate is built at.
 //!
@@ -12,11 +17,23 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+/// The widest path `DRIFTWATCH_SIMD` allows: 0 portable, 1 AVX2, 2 AVX-512.
+#[cfg(target_arch = "x86_64")]
+fn allowed() -> u8 {
+    use std::sync::OnceLock;
+    static CAP: OnceLock<u8> = OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("DRIFTWATCH_SIMD").as_deref() {
+        Ok("portable") => 0,
+        Ok("avx2") => 1,
+        _ => 2,
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    *ON.get_or_init(|| allowed() >= 1 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 /// The CPU features this machine offers that the kernels (ours and ONNX
@@ -319,11 +336,48 @@ pub fn sq_dists_block(
         unsafe { sq_dists_block_avx512(rows, row_norms, cols_t, col_norms, dim, lower, out) };
         return;
     }
-    for r in 0..nr {
-        let x = &rows[r * dim..(r + 1) * dim];
-        for c in 0..if lower { r.min(nc) } else { nc } {
-            let dot: f64 = (0..dim).map(|k| x[k] * cols_t[k * nc + c]).sum();
-            out[r * nc + c] = (row_norms[r] + col_norms[c] - 2.0 * dot).max(0.0);
+    sq_dists_block_gemm(rows, row_norms, cols_t, col_norms, dim, out);
+}
+
+/// [`sq_dists_block`] by one GEMM, `out = −2·rows·cols_t`, then the norms
+/// added (all of `out`, also above the diagonal: the GEMM is faster than
+/// a triangle of dot products).
+fn sq_dists_block_gemm(
+    rows: &[f64],
+    row_norms: &[f64],
+    cols_t: &[f64],
+    col_norms: &[f64],
+    dim: usize,
+    out: &mut [f64],
+) {
+    let (nr, nc) = (row_norms.len(), col_norms.len());
+    assert!(rows.len() >= nr * dim && cols_t.len() >= nc * dim && out.len() >= nr * nc);
+    if nr == 0 || nc == 0 {
+        return;
+    }
+    // SAFETY: rows is nr × dim (row stride dim), cols_t is dim × nc (row
+    // stride nc), out is nr × nc (row stride nc): lengths asserted above.
+    unsafe {
+        matrixmultiply::dgemm(
+            nr,
+            dim,
+            nc,
+            -2.0,
+            rows.as_ptr(),
+            dim as isize,
+            1,
+            cols_t.as_ptr(),
+            nc as isize,
+            1,
+            0.0,
+            out.as_mut_ptr(),
+            nc as isize,
+            1,
+        );
+    }
+    for (r, row) in out[..nr * nc].chunks_exact_mut(nc).enumerate() {
+        for (d, cn) in row.iter_mut().zip(col_norms) {
+            *d = (*d + row_norms[r] + cn).max(0.0);
         }
     }
 }
@@ -332,7 +386,7 @@ pub fn sq_dists_block(
 fn has_avx512() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    *ON.get_or_init(|| allowed() >= 2 && is_x86_feature_detected!("avx512f"))
 }
 
 /// Rows per register tile of [`sq_dists_block_avx512`]; each tile is
@@ -677,10 +731,17 @@ mod tests {
             }
             let mut out = vec![-1.0; nr * nc];
             sq_dists_block(&rows, &rn, &t, &cn, dim, false, &mut out);
+            // The GEMM path on its own (the dispatch above may take AVX-512).
+            let mut by_gemm = vec![-1.0; nr * nc];
+            sq_dists_block_gemm(&rows, &rn, &t, &cn, dim, &mut by_gemm);
             for r in 0..nr {
                 for c in 0..nc {
                     let want = sq_dist(&rows[r * dim..(r + 1) * dim], &cols[c * dim..(c + 1) * dim]);
                     assert!((out[r * nc + c] - want).abs() < 1e-12, "({r},{c}) of {nr}×{nc}");
+                    assert!(
+                        (by_gemm[r * nc + c] - want).abs() < 1e-12,
+                        "gemm ({r},{c}) of {nr}×{nc}"
+                    );
                 }
             }
             // The lower triangle alone (the same points on both sides).
