@@ -78,7 +78,8 @@ fn embeddings_equal_onnxruntime_and_numpy_masked_mean_pooling() {
     let mut column: Vec<Option<&str>> = texts.iter().map(|t| t["text"].as_str()).collect();
     column.insert(3, None);
     let batch = text_batch(&column);
-    let input = driftwatch::model::input::build(&cfg, &empty_schema(), &batch.schema(), &root()).unwrap();
+    let tok = TextTokenizer::load(&minilm().join("tokenizer.json"), 128).unwrap();
+    let input = driftwatch::model::input::build(&cfg, &empty_schema(), &batch.schema(), Some(Arc::new(tok))).unwrap();
     let mut model = Model::load(&cfg, &cfg.path, input, None).unwrap();
     let scored = model.score(&batch).unwrap();
     let emb = scored.column_by_name("embedding").unwrap().as_fixed_size_list();

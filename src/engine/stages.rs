@@ -50,9 +50,12 @@ impl Stages {
         let cfg_err =
             |key: String, msg: String| -> RuntimeError { ConfigError::invalid(&pipeline.path, key, msg).into() };
         let mut current = schema.arrow_schema();
+        // Loaded once: the model input and the text descriptors share it.
+        let tokenizer = model_tokenizer(&pipeline)?;
         let transform = match &pipeline.transform {
             Some(t) => {
-                let tr = Transform::new(current.clone(), &t.sql, text_descriptors(&pipeline)?)
+                let descriptors = crate::transform::text_descriptors::all(tokenizer.clone());
+                let tr = Transform::new(current.clone(), &t.sql, descriptors)
                     .await
                     .map_err(|e| cfg_err("transform.sql".into(), e.to_string()))?;
                 current = tr.output_schema();
@@ -62,7 +65,7 @@ impl Stages {
         };
         let model = match &pipeline.model {
             Some(m) => {
-                let input = crate::model::input::build(m, &schema, &current, &pipeline.base_dir)
+                let input = crate::model::input::build(m, &schema, &current, tokenizer)
                     .map_err(|e| cfg_err(e.key, e.message))?;
                 let path = pipeline.resolve(&m.path);
                 let head = m.head.as_ref().map(|h| pipeline.resolve(&h.path));
@@ -398,16 +401,14 @@ impl Stages {
     }
 }
 
-/// The transform's text descriptors, with the pipeline's tokenizer if it has one.
-fn text_descriptors(pipeline: &Pipeline) -> Result<Vec<datafusion::logical_expr::ScalarUDF>, RuntimeError> {
-    let tokenizer = match pipeline.model.as_ref().and_then(|m| m.tokenizer.as_ref()) {
-        Some(t) => Some(Arc::new(
-            TextTokenizer::load(&pipeline.resolve(&t.path), t.max_length.get())
-                .map_err(|m| ConfigError::invalid(&pipeline.path, "model.tokenizer.path", m))?,
-        )),
-        None => None,
+/// The pipeline's `model.tokenizer`, loaded, if it has one.
+fn model_tokenizer(pipeline: &Pipeline) -> Result<Option<Arc<TextTokenizer>>, RuntimeError> {
+    let Some(t) = pipeline.model.as_ref().and_then(|m| m.tokenizer.as_ref()) else {
+        return Ok(None);
     };
-    Ok(crate::transform::text_descriptors::all(tokenizer))
+    let tokenizer = TextTokenizer::load(&pipeline.resolve(&t.path), t.max_length.get())
+        .map_err(|m| ConfigError::invalid(&pipeline.path, "model.tokenizer.path", m))?;
+    Ok(Some(Arc::new(tokenizer)))
 }
 
 /// The key column: the pipeline's `window.key`, else the schema's `key`.

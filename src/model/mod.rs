@@ -142,8 +142,6 @@ pub struct Model {
 /// benchmark: tokenization must stay a small share of inference).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ModelTimings {
-    /// Rows scored.
-    pub rows: u64,
     /// Turning columns into input tensors (tokenizing, padding).
     pub prepare: std::time::Duration,
     /// ONNX Runtime on those tensors, pooling included (the head included).
@@ -169,6 +167,13 @@ fn file_err(path: &Path, detail: impl Into<String>) -> ModelError {
     ModelError::File {
         path: path.into(),
         detail: detail.into(),
+    }
+}
+
+fn inference_err(path: &Path, detail: String) -> ModelError {
+    ModelError::Inference {
+        path: path.into(),
+        detail,
     }
 }
 
@@ -297,10 +302,7 @@ impl Model {
     }
 
     fn failed(&self, detail: String) -> ModelError {
-        ModelError::Inference {
-            path: self.path.clone(),
-            detail,
-        }
+        inference_err(&self.path, detail)
     }
 
     /// Runs one call of `n` events and returns each output's values per
@@ -312,10 +314,7 @@ impl Model {
         n: usize,
     ) -> Result<Vec<(Vec<f32>, usize)>, ModelError> {
         let path = self.path.clone();
-        let failed = |detail: String| ModelError::Inference {
-            path: path.clone(),
-            detail,
-        };
+        let failed = |detail: String| inference_err(&path, detail);
         let (pooling, normalize) = (self.pooling, self.normalize);
         let outs = self.session.run(inputs).map_err(|e| failed(e.to_string()))?;
         let mut res = vec![];
@@ -386,7 +385,6 @@ impl Model {
             Some(h) => Some(h.score(&columns[0], n, self.batch_size)?),
             None => None,
         };
-        self.timings.rows += n as u64;
         self.timings.prepare += prepared - started;
         self.timings.infer += prepared.elapsed();
         let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
@@ -479,10 +477,7 @@ impl Head {
 
     /// Class scores of the `n` embeddings in `embeddings`, `batch` at a time.
     fn score(&mut self, embeddings: &[f32], n: usize, batch: usize) -> Result<Vec<f32>, ModelError> {
-        let failed = |detail: String| ModelError::Inference {
-            path: self.path.clone(),
-            detail,
-        };
+        let failed = |detail: String| inference_err(&self.path, detail);
         let mut out = Vec::with_capacity(n * self.dim);
         for part in embeddings.chunks(batch.max(1) * self.embedding.max(1)) {
             let k = part.len() / self.embedding.max(1);

@@ -28,6 +28,8 @@ pub struct TextTokenizer {
 pub struct TokenStats {
     /// Tokens the model gets, special tokens included, after truncation.
     pub tokens: usize,
+    /// Of those, how many are not special tokens (`[CLS]`, `[SEP]`, …).
+    pub words: usize,
     /// Of those, how many are the unknown token.
     pub unknown: usize,
     /// Whether the text had more than `max_length` tokens.
@@ -101,8 +103,10 @@ impl TextTokenizer {
 
     /// The descriptors of one encoding.
     pub fn stats(&self, e: &Encoding) -> TokenStats {
+        let special = e.get_special_tokens_mask().iter().filter(|m| **m == 1).count();
         TokenStats {
             tokens: e.len(),
+            words: e.len().saturating_sub(special),
             unknown: self
                 .unk_id
                 .map_or(0, |u| e.get_ids().iter().filter(|i| **i == u).count()),

@@ -90,7 +90,6 @@ impl TextDescriptor {
 
     /// The descriptor per row of `texts`.
     fn describe(&self, texts: &datafusion::arrow::array::StringArray) -> Result<ArrayRef> {
-        let valid: Vec<usize> = (0..texts.len()).filter(|i| texts.is_valid(*i)).collect();
         match (self.which, &self.tokenizer) {
             (Descriptor::Chars, _) => Ok(Arc::new(Int64Array::from_iter(
                 texts.iter().map(|t| t.map(|t| t.chars().count() as i64)),
@@ -101,24 +100,24 @@ impl TextDescriptor {
                 (n > 0).then(|| t.chars().filter(|c| !c.is_ascii()).count() as f64 / n as f64)
             })))),
             (which, Some(tok)) => {
+                let valid: Vec<usize> = (0..texts.len()).filter(|i| texts.is_valid(*i)).collect();
                 let encodings = tok
                     .encode(valid.iter().map(|i| texts.value(*i)).collect())
                     .map_err(datafusion::error::DataFusionError::Execution)?;
                 let mut stats = vec![None; texts.len()];
                 for (i, e) in valid.iter().zip(&encodings) {
-                    let special = e.get_special_tokens_mask().iter().filter(|m| **m == 1).count();
-                    stats[*i] = Some((tok.stats(e), e.len().saturating_sub(special)));
+                    stats[*i] = Some(tok.stats(e));
                 }
                 Ok(match which {
-                    Descriptor::Tokens => Arc::new(Int64Array::from_iter(
-                        stats.iter().map(|s| s.map(|(s, _)| s.tokens as i64)),
-                    )),
-                    Descriptor::Truncated => Arc::new(BooleanArray::from_iter(
-                        stats.iter().map(|s| s.map(|(s, _)| s.truncated)),
-                    )),
+                    Descriptor::Tokens => {
+                        Arc::new(Int64Array::from_iter(stats.iter().map(|s| s.map(|s| s.tokens as i64))))
+                    }
+                    Descriptor::Truncated => {
+                        Arc::new(BooleanArray::from_iter(stats.iter().map(|s| s.map(|s| s.truncated))))
+                    }
                     _ => Arc::new(Float64Array::from_iter(stats.iter().map(|s| {
-                        let (s, words) = (*s)?;
-                        (words > 0).then(|| s.unknown as f64 / words as f64)
+                        let s = (*s)?;
+                        (s.words > 0).then(|| s.unknown as f64 / s.words as f64)
                     }))),
                 })
             }

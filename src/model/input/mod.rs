@@ -11,7 +11,7 @@
 mod float_tensor;
 mod text;
 
-use std::path::Path;
+use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::buffer::NullBuffer;
@@ -22,6 +22,7 @@ pub use float_tensor::FloatTensor;
 pub use text::TextTokens;
 
 use crate::config::ModelConfig;
+use crate::model::tokenizer::TextTokenizer;
 use crate::schema::EventSchema;
 
 /// One kind of model input.
@@ -71,16 +72,21 @@ pub struct InputError {
 }
 
 /// The input a pipeline's `model` section describes, checked against the
-/// columns the model stage will get (`columns`, after the transform);
-/// relative paths resolve against `base_dir`.
+/// columns the model stage will get (`columns`, after the transform).
+/// `tokenizer` is `model.tokenizer` loaded ([`TextTokenizer::load`]), which
+/// the pipeline shares with the text descriptors.
 pub fn build(
     cfg: &ModelConfig,
     schema: &EventSchema,
     columns: &Schema,
-    base_dir: &Path,
+    tokenizer: Option<Arc<TextTokenizer>>,
 ) -> Result<Box<dyn ModelInput>, InputError> {
     if let Some(t) = &cfg.tokenizer {
-        return Ok(Box::new(TextTokens::new(&cfg.input, t, columns, base_dir)?));
+        let tokenizer = tokenizer.ok_or_else(|| InputError {
+            key: "model.tokenizer.path".into(),
+            message: format!("tokenizer {} was not loaded", t.path.display()),
+        })?;
+        return Ok(Box::new(TextTokens::new(&cfg.input, t, columns, tokenizer)?));
     }
     Ok(Box::new(FloatTensor::new(cfg, schema, columns)?))
 }

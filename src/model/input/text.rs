@@ -10,7 +10,6 @@
 //! 300 tokens. The model stage puts the outputs back in row order.
 //! Rows whose text is null are not fed; their outputs are null.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
@@ -48,9 +47,13 @@ fn err(key: &str, message: String) -> InputError {
 }
 
 impl TextTokens {
-    /// `column` must be a text column of `columns`; the tokenizer file is
-    /// loaded (a missing or broken file is an error naming it).
-    pub fn new(column: &str, cfg: &TokenizerConfig, columns: &Schema, base_dir: &Path) -> Result<Self, InputError> {
+    /// `column` must be a text column of `columns`; `tokenizer` is `cfg`'s file, loaded.
+    pub fn new(
+        column: &str,
+        cfg: &TokenizerConfig,
+        columns: &Schema,
+        tokenizer: Arc<TextTokenizer>,
+    ) -> Result<Self, InputError> {
         let field = columns.field_with_name(column).map_err(|_| {
             err(
                 "model.input",
@@ -66,22 +69,15 @@ impl TextTokens {
                 ),
             ));
         }
-        let tokenizer = TextTokenizer::load(&base_dir.join(&cfg.path), cfg.max_length.get())
-            .map_err(|m| err("model.tokenizer.path", m))?;
         Ok(Self {
             column: column.into(),
-            tokenizer: Arc::new(tokenizer),
+            tokenizer,
             names: InputNames {
                 ids: cfg.input_ids.clone(),
                 mask: cfg.attention_mask.clone(),
                 types: cfg.token_type_ids.clone(),
             },
         })
-    }
-
-    /// The tokenizer, shared with whatever else describes the texts.
-    pub fn tokenizer(&self) -> &Arc<TextTokenizer> {
-        &self.tokenizer
     }
 
     fn column<'b>(&self, batch: &'b RecordBatch) -> Result<&'b StringArray, String> {
