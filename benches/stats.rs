@@ -3,7 +3,9 @@
 //!
 //! - MMD test, n = m = 1000, d = 32, B = 100, from scratch (cache cleared), one and two threads;
 //! - MMD test, n = m = 1000, d = 384 (sentence embeddings), B = 400, from scratch;
-//! - MMD slide: reference 1000, current 1000, slide 100, per evaluation (cache warm);
+//! - MMD slide: reference 1000, current 1000, slide 250, per evaluation (cache
+//!   warm), with all permutations and with early stopping, on null windows;
+//! - MMD on the same null windows again (the permutation pass alone);
 //! - KS on 32 features, n = m = 1000.
 //!
 //! Each figure is the median of repeated runs after a warm-up, with the
@@ -62,7 +64,34 @@ fn bench(name: &str, mut setup: impl FnMut(), mut f: impl FnMut()) -> Duration {
     q(0.5)
 }
 
+fn mmd_options(stop_after: Option<usize>) -> MmdOptions {
+    MmdOptions {
+        permutations: 100,
+        seed: 1,
+        sigma: None,
+        threads: 1,
+        stop_after,
+    }
+}
+
+/// Per evaluation of a window of 1000 sliding by 250 against `x`.
+fn mmd_slide(name: &str, x: &[f64], d: usize, stop_after: Option<usize>) {
+    let stream = normals(3, 20_000 * d, 0.0);
+    let o = mmd_options(stop_after);
+    clear_kernel_cache();
+    let mut start = 0usize;
+    bench(
+        name,
+        || {},
+        || {
+            start = (start + 250) % 19_000;
+            black_box(mmd_test(x, &stream[start * d..(start + 1000) * d], d, &o));
+        },
+    );
+}
+
 fn main() {
+    println!("CPU features used: {}", driftwatch::detect::simd::features());
     // `cargo bench` passes `--bench`; a filter argument selects benchmarks by substring.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let on = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
@@ -77,6 +106,7 @@ fn main() {
                 seed: 1,
                 sigma: None,
                 threads,
+                stop_after: None,
             };
             bench(&name, clear_kernel_cache, || {
                 black_box(mmd_test(&x, &y, d, &o));
@@ -92,30 +122,35 @@ fn main() {
             seed: 1,
             sigma: None,
             threads: 1,
+            stop_after: None,
         };
         bench(name, clear_kernel_cache, || {
             black_box(mmd_test(&x, &y, 384, &o));
         });
     }
-    let name = "mmd slide ref=1000 cur=1000 slide=100 B=100";
-    if on(name) {
-        let stream = normals(3, 20_000 * d, 0.0);
-        let o = MmdOptions {
-            permutations: 100,
-            seed: 1,
-            sigma: None,
-            threads: 1,
-        };
-        clear_kernel_cache();
-        let mut start = 0usize;
-        bench(
-            name,
-            || {},
-            || {
-                start = (start + 100) % 19_000;
-                black_box(mmd_test(&x, &stream[start * d..(start + 1000) * d], d, &o));
-            },
-        );
+    // The cadence users run: a current window of 1000 sliding by 250 over a
+    // stream with no drift, with all permutations and with early stopping
+    // (h = 10, a pipeline's default at alpha 0.01).
+    for stop_after in [None, Some(10)] {
+        let name = format!("mmd slide ref=1000 cur=1000 slide=250 B=100 stop={stop_after:?}");
+        if on(&name) {
+            mmd_slide(&name, &x, d, stop_after);
+        }
+    }
+    // The permutation pass alone: the same null windows again (kernel cached).
+    for stop_after in [None, Some(10)] {
+        let name = format!("mmd same windows (kernel cached) B=100 stop={stop_after:?}");
+        if on(&name) {
+            let y0 = normals(6, 1000 * d, 0.0);
+            let o = mmd_options(stop_after);
+            bench(
+                &name,
+                || {},
+                || {
+                    black_box(mmd_test(&x, &y0, d, &o));
+                },
+            );
+        }
     }
     let name = "ks 32 features n=m=1000";
     if on(name) {

@@ -76,6 +76,7 @@ fn mmd_is_calibrated_and_powerful() {
         seed,
         sigma: None,
         threads: 1,
+        stop_after: None,
     };
     let mut mmd = |t, shift| {
         let (a, b) = (rng.normals(40 * dim, 0.0), rng.normals(30 * dim, shift));
@@ -84,6 +85,53 @@ fn mmd_is_calibrated_and_powerful() {
     assert_calibrated("MMD", rejections(500, |t| mmd(t, 0.0)), 500);
     let detected = rejections(100, |t| mmd(t, 1.0));
     assert!(detected >= 95, "MMD power {detected}/100 on a 1σ shift");
+}
+
+/// The sequential p-value (Besag–Clifford, h = 11 as a pipeline's default
+/// for alpha 0.05 and B = 200) decides as the full test on every one of
+/// 1,000 seeded windows, null and shifted (shifts chosen so that many
+/// p-values fall near alpha), stays calibrated, and draws far fewer
+/// permutations on null windows.
+#[test]
+fn mmd_early_stop_decides_as_all_permutations() {
+    let mut rng = Rng(14);
+    let dim = 3;
+    let opts = |seed, stop_after| MmdOptions {
+        permutations: 200,
+        seed,
+        sigma: None,
+        threads: 1,
+        stop_after,
+    };
+    let (mut same, mut null_draws, mut null_alarms, mut stopped_shifted) = (0, 0, 0, 0);
+    for t in 0..1000u64 {
+        let shift = if t % 2 == 0 { 0.0 } else { 0.1 * (t % 10) as f64 };
+        let (a, b) = (rng.normals(50 * dim, 0.0), rng.normals(40 * dim, shift));
+        let full = mmd_test(&a, &b, dim, &opts(t, None)).unwrap();
+        let seq = mmd_test(&a, &b, dim, &opts(t, Some(11))).unwrap();
+        same += usize::from((full.p_value <= 0.05) == (seq.p_value <= 0.05));
+        assert_eq!(full.statistic, seq.statistic);
+        assert_eq!(full.permutations, 200);
+        if seq.permutations == 200 {
+            // Not stopped: exactly the full test's p-value.
+            assert_eq!(seq.p_value, full.p_value, "window {t}");
+        }
+        if shift == 0.0 {
+            null_draws += seq.permutations;
+            null_alarms += usize::from(seq.p_value <= 0.05);
+        } else if seq.permutations < 200 {
+            stopped_shifted += 1;
+        }
+    }
+    assert_eq!(same, 1000, "decisions that differ from the full test's");
+    assert_calibrated("MMD with early stop", null_alarms, 500);
+    let mean_draws = null_draws as f64 / 500.0;
+    assert!(
+        mean_draws < 60.0,
+        "null windows drew {mean_draws} permutations on average"
+    );
+    // Small shifts have middling p-values: some of those stop too.
+    assert!(stopped_shifted > 0);
 }
 
 #[test]
@@ -101,6 +149,7 @@ fn mmd_p_value_within_monte_carlo_error_of_10000_permutations() {
             seed: 1,
             sigma: None,
             threads: 2,
+            stop_after: None,
         },
     )
     .unwrap();
@@ -114,6 +163,7 @@ fn mmd_p_value_within_monte_carlo_error_of_10000_permutations() {
                 seed,
                 sigma: None,
                 threads: 1,
+                stop_after: None,
             },
         )
         .unwrap();
@@ -166,7 +216,7 @@ proptest::proptest! {
             proptest::prop_assert!((numeric(m, &fr, &fb, 4).unwrap() - d).abs() < 1e-12);
         }
         // MMD: the statistic is invariant to the order of rows within a window.
-        let o = MmdOptions { permutations: 19, seed, sigma: Some(1.0), threads: 1 };
+        let o = MmdOptions { permutations: 19, seed, sigma: Some(1.0), threads: 1, stop_after: None };
         let m1 = mmd_test(&fa, &fb, 1, &o).unwrap();
         let mut fr = fa.clone();
         fr.reverse();

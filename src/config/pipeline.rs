@@ -663,6 +663,14 @@ pub struct DetectorSpec {
     /// mmd: seed of the permutations (default 0).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// mmd: stop drawing permutations once h of their statistics reach the
+    /// observed one, with Besag & Clifford's sequential p-value (h/l after l
+    /// draws; the full test's p-value when it does not stop). `true`
+    /// (default): h = max(10, ⌊alpha·permutations⌋ + 1); a number: that h,
+    /// at least ⌊alpha·permutations⌋ + 1, so that stopping never changes the
+    /// decision; `false`: all permutations, every time.
+    #[serde(default)]
+    pub early_stop: Option<EarlyStop>,
     /// mmd: kernel bandwidth σ; default the median heuristic on the reference.
     #[serde(default)]
     pub sigma: Option<f64>,
@@ -711,6 +719,7 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
             ("seed", s.seed.is_some()),
             ("sigma", s.sigma.is_some()),
             ("method", s.method.is_some()),
+            ("early_stop", s.early_stop.is_some()),
         ];
         let sql_only = [("sql", s.sql.is_some()), ("drift_type", s.drift_type.is_some())];
         let labelled_only = [("prediction", s.prediction.is_some()), ("label", s.label.is_some())];
@@ -754,7 +763,11 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
                 if method == MmdMethod::Linear {
                     only(
                         "method linear (no permutations)",
-                        &[("permutations", s.permutations.is_some()), ("seed", s.seed.is_some())],
+                        &[
+                            ("permutations", s.permutations.is_some()),
+                            ("seed", s.seed.is_some()),
+                            ("early_stop", s.early_stop.is_some()),
+                        ],
                     )?;
                 }
                 Ok(DetectorConfig::Mmd(MmdDetector {
@@ -765,6 +778,7 @@ impl TryFrom<DetectorSpec> for DetectorConfig {
                     seed: s.seed.unwrap_or(0),
                     sigma: s.sigma,
                     method,
+                    early_stop: s.early_stop.unwrap_or_default(),
                 }))
             }
             k @ (DetectorKind::Psi | DetectorKind::Kl | DetectorKind::Js | DetectorKind::Wasserstein) => {
@@ -969,6 +983,65 @@ pub struct MmdDetector {
     pub seed: u64,
     pub sigma: Option<f64>,
     pub method: MmdMethod,
+    pub early_stop: EarlyStop,
+}
+
+impl MmdDetector {
+    /// h of the sequential p-value (`None`: all permutations). Stopping
+    /// early never changes the decision at alpha when h > alpha·B (proof in
+    /// `detect::sequential`); the default also keeps h ≥ 10 for a p-value
+    /// worth reading.
+    pub fn stop_after(&self) -> Option<usize> {
+        match self.early_stop {
+            EarlyStop::Off => None,
+            EarlyStop::Auto => Some(self.min_stop_after().max(10)),
+            EarlyStop::After(h) => Some(h),
+        }
+    }
+
+    /// The smallest h for which stopping early cannot change the decision.
+    pub fn min_stop_after(&self) -> usize {
+        (self.alpha.unwrap_or_default().0 * self.permutations.get() as f64).floor() as usize + 1
+    }
+}
+
+/// mmd `early_stop`: `true`, `false` or h (see [`DetectorSpec::early_stop`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EarlyStop {
+    #[default]
+    Auto,
+    Off,
+    After(usize),
+}
+
+impl<'de> Deserialize<'de> for EarlyStop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = EarlyStop;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a positive integer")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<EarlyStop, E> {
+                Ok(if v { EarlyStop::Auto } else { EarlyStop::Off })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<EarlyStop, E> {
+                match v {
+                    0 => Err(E::custom("expected true, false or a positive integer, got 0")),
+                    v => Ok(EarlyStop::After(v as usize)),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<EarlyStop, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!(
+                        "expected true, false or a positive integer, got {v}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// How MMD is computed.
@@ -1205,6 +1278,8 @@ impl Pipeline {
 
     /// A permutation p-value is never below 1/(B+1): a detector whose alpha is
     /// smaller could never fire, so say so instead of watching in silence.
+    /// An `early_stop` h ≤ alpha·B could stop with a p-value at or below
+    /// alpha that the full test would not give: refused.
     fn check_resolution(&self) -> Result<(), ConfigError> {
         for (i, d) in self.detectors.iter().enumerate() {
             if let DetectorConfig::Mmd(m) = d
@@ -1220,6 +1295,17 @@ impl Pipeline {
                             b + 1.0,
                             1.0 / (b + 1.0),
                             (1.0 / alpha).ceil() as u64 - 1
+                        ),
+                    ));
+                }
+                if let EarlyStop::After(h) = m.early_stop
+                    && h < m.min_stop_after()
+                {
+                    return Err(self.err(
+                        format!("detectors[{i}].early_stop"),
+                        format!(
+                            "early_stop {h} could change decisions: with alpha {alpha:.2e} and {b} permutations it must be at least {} (more than alpha × permutations), or true for the default",
+                            m.min_stop_after()
                         ),
                     ));
                 }

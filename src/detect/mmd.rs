@@ -10,7 +10,9 @@
 //! heuristic on the reference: σ² = median_{i<j} ‖x_i − x_j‖² / 2 (as Alibi Detect).
 //!
 //! p-value by permutation of the pooled sample, with the +1 correction of
-//! Phipson & Smyth (2010): p = (1 + #{T_b ≥ T}) / (B + 1), never 0.
+//! Phipson & Smyth (2010): p = (1 + #{T_b ≥ T}) / (B + 1), never 0; or, with
+//! `stop_after` = h, Besag & Clifford's sequential p-value, which stops once
+//! h permutation statistics reach T (see [`super::sequential`]).
 //!
 //! The permutation loop never copies the kernel matrix: with K₀ the pooled
 //! kernel matrix with zero diagonal, r = K₀·1, S = 1ᵀK₀1 and s the indicator of
@@ -41,6 +43,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+use super::sequential::Sequential;
 use super::simd;
 use super::special::normal_sf;
 
@@ -55,6 +58,9 @@ pub struct MmdOptions {
     pub sigma: Option<f64>,
     /// Threads for the permutations (the p-value does not depend on it).
     pub threads: usize,
+    /// Stop after this many permutation statistics reach the observed one
+    /// (sequential p-value); `None`: all `permutations`.
+    pub stop_after: Option<usize>,
 }
 
 impl Default for MmdOptions {
@@ -64,6 +70,7 @@ impl Default for MmdOptions {
             seed: 0,
             sigma: None,
             threads: 1,
+            stop_after: None,
         }
     }
 }
@@ -75,6 +82,9 @@ pub struct MmdResult {
     pub statistic: f64,
     /// Permutation p-value in [1/(B+1), 1] (linear test: normal tail).
     pub p_value: f64,
+    /// Permutation statistics drawn: B, or fewer when the sequential test
+    /// stopped early (linear test: 0).
+    pub permutations: usize,
     /// Bandwidth σ used.
     pub sigma: f64,
     /// The median heuristic found a median distance of 0 (more than half the
@@ -371,47 +381,56 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut idx: Vec<u32> = (0..total as u32).collect();
     let small = n.min(m);
-    // A uniformly random subset of the smaller side's size: a partial
-    // Fisher–Yates shuffle draws only those `small` positions.
-    let members: Vec<Vec<u32>> = (0..opts.permutations)
-        .map(|_| idx.partial_shuffle(&mut rng, small).0.to_vec())
-        .collect();
     // The observed split goes through the same sums as the permutations
-    // (last set), and each T_b is compared with that: summation order cannot
-    // turn an exact tie (identical samples: every T_b = T) into a small p-value.
-    let mut members = members;
-    members.push(if small_is_x {
+    // (last set of the first round), and each T_b is compared with that:
+    // summation order cannot turn an exact tie (identical samples: every
+    // T_b = T) into a small p-value.
+    let observed: Vec<u32> = if small_is_x {
         (0..n as u32).collect()
     } else {
         (n as u32..total as u32).collect()
-    });
-    let quads = quad_forms(&g, &members, opts.threads);
-    let stats: Vec<f64> = quads
-        .iter()
-        .zip(&members)
-        .map(|(q, mem)| {
-            let s_r: f64 = mem.iter().map(|&i| row_sums[i as usize]).sum();
-            // Σ over the permuted X side (sr) and its quadratic form (xx).
-            let (xx, sr) = if small_is_x {
-                (*q, s_r)
-            } else {
-                let sr = grand - s_r;
-                (q - grand + 2.0 * sr, sr)
-            };
-            mmd_from_sums(xx, sr - xx, grand - 2.0 * sr + xx, n, m)
-        })
-        .collect();
-    let (t_cmp, perms) = stats.split_last().map_or((t, &[][..]), |(l, r)| (*l, r));
+    };
+    let stat_of = |q: f64, mem: &[u32]| {
+        let s_r: f64 = mem.iter().map(|&i| row_sums[i as usize]).sum();
+        // Σ over the permuted X side (sr) and its quadratic form (xx).
+        let (xx, sr) = if small_is_x {
+            (q, s_r)
+        } else {
+            let sr = grand - s_r;
+            (q - grand + 2.0 * sr, sr)
+        };
+        mmd_from_sums(xx, sr - xx, grand - 2.0 * sr + xx, n, m)
+    };
     // A T_b within summation rounding of T counts as a tie: each term of T
     // is a mean of kernel values (mean k̄) summed in f64 in an order that
     // depends on the split.
     let kbar = grand / (total as f64 * (total as f64 - 1.0));
     let slack = 1e-12 * kbar.abs();
-    let exceed = perms.iter().filter(|tb| **tb >= t_cmp - slack).count();
-    let p = (1 + exceed) as f64 / (opts.permutations + 1) as f64;
+    let mut seq = Sequential::new(opts.permutations, opts.stop_after);
+    let mut t_cmp = None;
+    while seq.next_round() > 0 {
+        // A uniformly random subset of the smaller side's size: a partial
+        // Fisher–Yates shuffle draws only those `small` positions. One
+        // stream: the rounds draw the permutations of the full test in order.
+        let mut members: Vec<Vec<u32>> = (0..seq.next_round())
+            .map(|_| idx.partial_shuffle(&mut rng, small).0.to_vec())
+            .collect();
+        if t_cmp.is_none() {
+            members.push(observed.clone());
+        }
+        let quads = quad_forms(&g, &members, opts.threads);
+        let mut stats: Vec<f64> = quads.iter().zip(&members).map(|(q, mem)| stat_of(*q, mem)).collect();
+        if t_cmp.is_none() {
+            t_cmp = stats.pop();
+        }
+        let t_obs = t_cmp.unwrap_or(t);
+        seq.record(stats.iter().map(|tb| *tb >= t_obs - slack));
+    }
+    let p = seq.p_value();
     Some(MmdResult {
         statistic: t,
         p_value: p,
+        permutations: seq.drawn(),
         sigma,
         sigma_fallback,
     })
@@ -560,6 +579,7 @@ pub fn mmd_linear(reference: &[f64], current: &[f64], dim: usize, sigma: Option<
     Some(MmdResult {
         statistic: mean,
         p_value: p,
+        permutations: 0,
         sigma,
         sigma_fallback,
     })
@@ -813,6 +833,7 @@ mod tests {
                 seed: 1,
                 sigma: None,
                 threads: 1,
+                stop_after: None,
             },
         )
         .unwrap();
@@ -838,6 +859,7 @@ mod tests {
             seed: 1,
             sigma: Some(1.1),
             threads: 1,
+            stop_after: None,
         };
         for start in [0usize, 4, 8, 12] {
             let y = &stream[start * 2..(start + 20) * 2];
@@ -881,6 +903,7 @@ mod tests {
                 seed: 1,
                 sigma: Some(0.8),
                 threads: 1,
+                stop_after: None,
             },
         )
         .unwrap();
@@ -903,6 +926,7 @@ mod tests {
             seed: 3,
             sigma: None,
             threads: 1,
+            stop_after: None,
         };
         let r = mmd_test(&x, &y, 4, &opts).unwrap();
         assert_eq!(r.p_value, 0.01, "clear shift: every permutation below T, p = 1/(B+1)");
@@ -921,6 +945,7 @@ mod tests {
             seed: 9,
             sigma: None,
             threads: 1,
+            stop_after: None,
         };
         assert_eq!(mmd_test(&x, &y, 2, &o), mmd_test(&x, &y, 2, &o));
         // The thread count changes nothing (exact integer sums).

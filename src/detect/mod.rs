@@ -14,6 +14,7 @@ pub mod kolmogorov;
 pub mod ks;
 pub mod labels;
 pub mod mmd;
+pub mod sequential;
 pub mod simd;
 pub mod special;
 #[cfg(test)]
@@ -138,11 +139,13 @@ pub fn detector_sql(d: &DetectorConfig) -> String {
             )
         }
         DetectorConfig::Mmd(m) => {
-            let sigma = m.sigma.map(|s| format!(", {s:?}")).unwrap_or_default();
+            // sigma 0 asks for the median heuristic; stop_after 0 for all permutations.
             format!(
-                "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}{sigma}) AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+                "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}, {:?}, {}) AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
                 m.permutations.get(),
                 m.seed,
+                m.sigma.unwrap_or(0.0),
+                m.stop_after().unwrap_or(0),
                 c = ident(&m.column)
             )
         }
@@ -280,7 +283,9 @@ fn check_output(schema: &Schema) -> Result<(), String> {
 /// A test's `details` with what its result struct says besides the
 /// statistic and p-value: the sample sizes it used (`n_reference`,
 /// `n_current`) and the statistic's own fields (MMD: the bandwidth `sigma`,
-/// and a `warning` when the median heuristic fell back to σ = 1).
+/// the `permutations` drawn, fewer than configured when the sequential
+/// p-value stopped early, and a `warning` when the median heuristic fell
+/// back to σ = 1).
 fn with_result_fields(
     details: Option<serde_json::Value>,
     s: &datafusion::arrow::array::StructArray,
@@ -299,6 +304,10 @@ fn with_result_fields(
         }
         let value = match col.data_type() {
             DataType::UInt64 => serde_json::Value::from(col.as_primitive::<UInt64Type>().value(row)),
+            // A count carried in a float field (MMD's `permutations`).
+            DataType::Float64 if name == "permutations" => {
+                serde_json::Value::from(col.as_primitive::<Float64Type>().value(row) as u64)
+            }
             DataType::Float64 => serde_json::Value::from(col.as_primitive::<Float64Type>().value(row)),
             _ => continue,
         };

@@ -11,8 +11,11 @@
 //! (`ks_test`, `chi2_test`, `mmd_test`) give a p-value; distances (`psi`,
 //! `kl_divergence`, `js_divergence`, `wasserstein_distance`) a NULL one and
 //! are compared to a threshold on the statistic.
-//! `mmd_test(vector, is_current [, permutations [, seed [, sigma]]])`: the
-//! optional arguments are literals; sigma ≤ 0 means the median heuristic.
+//! `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after]]]])`:
+//! the optional arguments are literals; sigma ≤ 0 means the median
+//! heuristic; stop_after = h > 0 stops the permutations once h statistics
+//! reach the observed one (Besag–Clifford sequential p-value; 0 or absent:
+//! all permutations). Its result adds `permutations`, the number drawn.
 
 use std::sync::Arc;
 
@@ -349,8 +352,8 @@ impl Accumulator for SampleAcc {
 
 // ---------------------------------------------------------------- mmd_test
 
-/// `mmd_test(vector, is_current [, permutations [, seed [, sigma]]])`: MMD²
-/// with a permutation p-value; `mmd_linear_test(vector, is_current [, sigma])`:
+/// `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after]]]])`:
+/// MMD² with a permutation p-value (sequential when stop_after > 0); `mmd_linear_test(vector, is_current [, sigma])`:
 /// the linear-time statistic with its normal p-value. See [`super::mmd`].
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct MmdTest {
@@ -361,7 +364,7 @@ pub struct MmdTest {
 impl MmdTest {
     pub fn new(linear: bool) -> Self {
         let sig = TypeSignature::Any;
-        let arities = if linear { vec![2, 3] } else { vec![2, 3, 4, 5] };
+        let arities = if linear { vec![2, 3] } else { vec![2, 3, 4, 5, 6] };
         Self {
             linear,
             signature: Signature::one_of(arities.into_iter().map(sig).collect(), Volatility::Immutable),
@@ -377,7 +380,7 @@ impl AggregateUDFImpl for MmdTest {
         &self.signature
     }
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Struct(result_fields(&["sigma", "sigma_fallback"])))
+        Ok(DataType::Struct(result_fields(mmd_extras(self.linear))))
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(MmdAcc {
@@ -394,7 +397,17 @@ impl AggregateUDFImpl for MmdTest {
             f("permutations", DataType::UInt64),
             f("seed", DataType::UInt64),
             f("sigma", DataType::Float64),
+            f("stop_after", DataType::UInt64),
         ])
+    }
+}
+
+/// The result fields of `mmd_test` (and `mmd_linear_test`) besides the common ones.
+fn mmd_extras(linear: bool) -> &'static [&'static str] {
+    if linear {
+        &["sigma", "sigma_fallback"]
+    } else {
+        &["sigma", "sigma_fallback", "permutations"]
     }
 }
 
@@ -419,6 +432,7 @@ impl Default for MmdAcc {
                 seed: 0,
                 sigma: None,
                 threads: 1,
+                stop_after: None,
             },
         }
     }
@@ -461,6 +475,12 @@ impl Accumulator for MmdAcc {
             && let Some(s) = literal_u64(a, "mmd_test", "seed")?
         {
             self.opts.seed = s;
+        }
+        if !self.linear
+            && let Some(a) = values.get(5)
+            && let Some(h) = literal_u64(a, "mmd_test", "stop_after")?
+        {
+            self.opts.stop_after = (h > 0).then_some(h as usize);
         }
         if let Some(a) = values.get(sigma_at) {
             let s = as_f64(a, "mmd_test")?;
@@ -523,10 +543,12 @@ impl Accumulator for MmdAcc {
                     Some(r.p_value),
                     self.reference.len() / d,
                     self.current.len() / d,
-                    vec![r.sigma, f64::from(u8::from(r.sigma_fallback))],
+                    [r.sigma, f64::from(u8::from(r.sigma_fallback)), r.permutations as f64]
+                        [..mmd_extras(self.linear).len()]
+                        .to_vec(),
                 )
             });
-        Ok(result_scalar(result_fields(&["sigma", "sigma_fallback"]), r))
+        Ok(result_scalar(result_fields(mmd_extras(self.linear)), r))
     }
     fn size(&self) -> usize {
         size_of_val(self) + 8 * (self.reference.capacity() + self.current.capacity())
@@ -539,6 +561,7 @@ impl Accumulator for MmdAcc {
             ScalarValue::UInt64(Some(self.opts.permutations as u64)),
             ScalarValue::UInt64(Some(self.opts.seed)),
             ScalarValue::Float64(self.opts.sigma),
+            ScalarValue::UInt64(self.opts.stop_after.map(|h| h as u64)),
         ])
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
@@ -556,6 +579,9 @@ impl Accumulator for MmdAcc {
         }
         if let Some(s) = states[5].as_primitive::<Float64Type>().iter().flatten().next() {
             self.opts.sigma = Some(s);
+        }
+        if let Some(h) = u(6) {
+            self.opts.stop_after = Some(h as usize);
         }
         Ok(())
     }
