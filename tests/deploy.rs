@@ -1,9 +1,12 @@
 //! The deployment files, checked statically (no Docker engine here): the
 //! compose file's services, ports, environment and commands refer to things
 //! that exist, the pipeline it runs validates with its environment, and the
-//! Dockerfile copies what exists and ships ONNX Runtime.
+//! Dockerfile copies what exists, ships ONNX Runtime and a binary without
+//! its debug info.
 
 mod common;
+
+use std::process::Command;
 
 use common::root;
 use serde_norway::Value;
@@ -95,4 +98,32 @@ fn the_dockerfile_copies_what_exists_and_ships_onnx_runtime() {
     assert!(text.contains("ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1.31.1"));
     assert!(text.contains(driftwatch::model::ORT_LIB_NAME));
     assert!(text.contains("--metrics\", \"0.0.0.0:9464\""));
+}
+
+/// The image's binary goes through scripts/split-debuginfo.sh: run it on this
+/// build's binary and check that the result has no debug info, names its
+/// debug file, still runs, and that the debug file holds the line tables.
+#[test]
+fn split_debuginfo_strips_the_binary_and_keeps_the_line_tables_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("driftwatch");
+    std::fs::copy(env!("CARGO_BIN_EXE_driftwatch"), &bin).unwrap();
+    let before = std::fs::metadata(&bin).unwrap().len();
+    let status = Command::new(root().join("scripts/split-debuginfo.sh"))
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sections = |f: &std::path::Path| {
+        let out = Command::new("readelf").arg("-S").arg(f).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stripped = sections(&bin);
+    assert!(!stripped.contains(".debug_line"), "{stripped}");
+    assert!(stripped.contains(".gnu_debuglink"));
+    assert!(sections(&bin.with_extension("debug")).contains(".debug_line"));
+    let after = std::fs::metadata(&bin).unwrap().len();
+    assert!(after * 2 < before, "{before} → {after} bytes");
+    let out = Command::new(&bin).arg("--version").output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("driftwatch"));
 }

@@ -408,6 +408,7 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     let slack = 1e-12 * kbar.abs();
     let mut seq = Sequential::new(opts.permutations, opts.stop_after);
     let mut t_cmp = None;
+    let fixed = fixed_lower(&g);
     while seq.next_round() > 0 {
         // A uniformly random subset of the smaller side's size: a partial
         // Fisher–Yates shuffle draws only those `small` positions. One
@@ -418,7 +419,7 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         if t_cmp.is_none() {
             members.push(observed.clone());
         }
-        let quads = quad_forms(&g, &members, opts.threads);
+        let quads = quad_forms(&fixed, total, &members, opts.threads);
         let mut stats: Vec<f64> = quads.iter().zip(&members).map(|(q, mem)| stat_of(*q, mem)).collect();
         if t_cmp.is_none() {
             t_cmp = stats.pop();
@@ -439,8 +440,23 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
 /// Row ranges the permutation work is cut into and shared among threads.
 const CHUNKS: usize = 32;
 
-/// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j<i} K₀[i,j]: for each row i,
-/// one masked sum of its half row under the bitset of every set holding i.
+/// The pooled K₀ left of its diagonal in fixed point (see [`quad_forms`]),
+/// row after row: row i is its i values from offset i(i−1)/2. Converted once
+/// per evaluation and read by every round of permutations.
+fn fixed_lower(g: &Gram) -> Vec<i32> {
+    let total = g.n + g.m;
+    let mut out = Vec::with_capacity(total * total.saturating_sub(1) / 2);
+    for i in 0..total {
+        for (run, _) in g.lower_row(i) {
+            simd::to_fixed(run, &mut out);
+        }
+    }
+    out
+}
+
+/// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j<i} K₀[i,j] (`fixed`: the
+/// rows of [`fixed_lower`]): for each row i, one masked sum of its half row
+/// under the bitset of every set holding i.
 /// The bitsets (B·N bits: 25 KB for B = 100, N = 2000) stay in L1 while each
 /// row is read once from memory and then from cache for all its sets.
 ///
@@ -451,8 +467,7 @@ const CHUNKS: usize = 32;
 /// Rounding k to 2⁻²¹ moves each quadratic form by far less than the
 /// permutation spread of T; observed and permuted splits go through the
 /// same computation, so the permutation p-value stays exact for it.
-fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
-    let total = g.n + g.m;
+fn quad_forms(fixed: &[i32], total: usize, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     let sets = members.len();
     let words = total.div_ceil(64);
     let mut masks = vec![0u64; (sets + 1) * words];
@@ -492,17 +507,13 @@ fn quad_forms(g: &Gram, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     }
     let chunk = |c: usize| -> Vec<i64> {
         let mut q = vec![0i64; sets + 1];
-        let mut fixed = Vec::with_capacity(total);
         let mask = |b: u32| &masks[b as usize * words..(b as usize + 1) * words];
         for i in bounds[c]..bounds[c + 1] {
-            // The half row, pooled columns 0..i, as one fixed-point run.
-            fixed.clear();
-            for (run, _) in g.lower_row(i) {
-                simd::to_fixed(run, &mut fixed);
-            }
+            // The half row, pooled columns 0..i.
+            let row = &fixed[i * i.saturating_sub(1) / 2..i * (i + 1) / 2];
             for f in holders[start[i]..start[i + 1]].chunks(4) {
                 let b = |l: usize| f.get(l).copied().unwrap_or(empty);
-                let s4 = simd::masked_sums4_fixed(&fixed, [mask(b(0)), mask(b(1)), mask(b(2)), mask(b(3))]);
+                let s4 = simd::masked_sums4_fixed(row, [mask(b(0)), mask(b(1)), mask(b(2)), mask(b(3))]);
                 for (l, v) in s4.into_iter().enumerate() {
                     q[b(l) as usize] += v;
                 }

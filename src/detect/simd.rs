@@ -37,8 +37,8 @@ fn has_avx2() -> bool {
 }
 
 /// The CPU features this machine offers that the kernels (ours and ONNX
-/// Runtime's) can use: benchmark figures are only comparable between runs
-/// with the same.
+/// Runtime's) can use, and the path our statistics kernels take: benchmark
+/// figures are only comparable between runs with the same.
 pub fn features() -> String {
     #[cfg(target_arch = "x86_64")]
     {
@@ -51,8 +51,20 @@ pub fn features() -> String {
         .into_iter()
         .filter_map(|(name, on)| on.then_some(name))
         .collect();
+        let kernels = if has_avx512() {
+            "avx512"
+        } else if has_avx2() {
+            "avx2"
+        } else {
+            "portable"
+        };
+        let capped = if allowed() < 2 {
+            " (capped by DRIFTWATCH_SIMD)"
+        } else {
+            ""
+        };
         format!(
-            "x86_64 {}",
+            "x86_64 {}; statistics kernels: {kernels}{capped}",
             if found.is_empty() {
                 "baseline".into()
             } else {
@@ -167,14 +179,56 @@ pub fn masked_sums4_fixed(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
     masked_sums4_fixed_scalar(row, bits)
 }
 
+/// Lane masks of a byte: entry b has lane l all ones when bit l of b is set.
+static BYTE_LANES: [[i32; 8]; 256] = {
+    let mut t = [[0i32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut l = 0;
+        while l < 8 {
+            t[b][l] = if b >> l & 1 == 1 { -1 } else { 0 };
+            l += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The mask byte of values t..t+8 (t a multiple of 8) of a bitset.
+#[inline(always)]
+fn mask_byte(bits: &[u64], t: usize) -> usize {
+    bits_from(bits, t, 8) as usize
+}
+
+/// Eight values at a time in plain arrays that the compiler turns into
+/// vector code of whatever width the target has (NEON on aarch64): each
+/// mask byte picks its lane masks from [`BYTE_LANES`].
 fn masked_sums4_fixed_scalar(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
-    bits.map(|b| {
-        row.iter()
-            .enumerate()
-            .filter(|(t, _)| bits_from(b, *t, 1) == 1)
-            .map(|(_, v)| i64::from(*v))
-            .sum()
-    })
+    let mut tot = [0i64; 4];
+    let whole = row.len() - row.len() % 8;
+    for (c, block) in row[..whole].chunks(FIXED_FLUSH).enumerate() {
+        let mut acc = [[0i32; 8]; 4];
+        for (k, x) in block.chunks_exact(8).enumerate() {
+            let t = c * FIXED_FLUSH + 8 * k;
+            for (a, b) in acc.iter_mut().zip(&bits) {
+                let m = &BYTE_LANES[mask_byte(b, t)];
+                for l in 0..8 {
+                    a[l] += x[l] & m[l];
+                }
+            }
+        }
+        for (s, a) in tot.iter_mut().zip(&acc) {
+            *s += a.iter().map(|&v| i64::from(v)).sum::<i64>();
+        }
+    }
+    for (k, v) in row.iter().enumerate().skip(whole) {
+        for (s, b) in tot.iter_mut().zip(&bits) {
+            if bits_from(b, k, 1) == 1 {
+                *s += i64::from(*v);
+            }
+        }
+    }
+    tot
 }
 
 /// The bits t..t+width of `bits` (t a multiple of `width`, a power of two ≤ 64).
@@ -225,24 +279,25 @@ unsafe fn masked_sums4_fixed_avx512(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] 
     tot
 }
 
-/// Eight lanes; each mask byte becomes lane masks by testing its bits.
+/// Eight lanes; each mask byte's lane masks come from [`BYTE_LANES`] (one
+/// load, where testing the bits took four operations).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn masked_sums4_fixed_avx2(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
     let n = row.len();
-    let lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     let mut tot = [0i64; 4];
     let mut t = 0;
     while t + 8 <= n {
         let end = (t + FIXED_FLUSH).min(n - n % 8);
         let mut acc = [_mm256_setzero_si256(); 4];
         while t < end {
-            // SAFETY: t + 8 ≤ n.
-            let x = unsafe { _mm256_loadu_si256(row.as_ptr().add(t) as *const __m256i) };
-            for (a, b) in acc.iter_mut().zip(&bits) {
-                let byte = _mm256_set1_epi32(bits_from(b, t, 8) as i32);
-                let on = _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane_bits), lane_bits);
-                *a = _mm256_add_epi32(*a, _mm256_and_si256(x, on));
+            // SAFETY: t + 8 ≤ n; a BYTE_LANES entry holds 8 i32.
+            unsafe {
+                let x = _mm256_loadu_si256(row.as_ptr().add(t) as *const __m256i);
+                for (a, b) in acc.iter_mut().zip(&bits) {
+                    let on = _mm256_loadu_si256(BYTE_LANES[mask_byte(b, t)].as_ptr() as *const __m256i);
+                    *a = _mm256_add_epi32(*a, _mm256_and_si256(x, on));
+                }
             }
             t += 8;
         }
@@ -513,8 +568,25 @@ pub fn gaussian_in_place(x: &mut [f64], gamma: f64) {
         unsafe { gaussian_avx2(x, gamma) };
         return;
     }
+    gaussian_portable(x, gamma);
+}
+
+/// The AVX2 path's arithmetic, operation for operation (fused multiply-adds
+/// as `mul_add`), so that it gives the same bits; branch-free, so the
+/// compiler vectorises it where the target has vectors and FMA (NEON).
+fn gaussian_portable(x: &mut [f64], gamma: f64) {
     for v in x {
-        *v = (-gamma * *v).exp();
+        let raw = -gamma * *v;
+        let arg = raw.max(EXP_FLOOR);
+        let k = (arg * std::f64::consts::LOG2_E).round_ties_even();
+        let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, arg));
+        let mut p = INV_FACT[12];
+        for c in INV_FACT[..12].iter().rev() {
+            p = p.mul_add(r, *c);
+        }
+        // 2^k: k in [−1022, 0] after the floor, so the biased exponent is valid.
+        let two_k = f64::from_bits(((k as i64 + 1023) << 52) as u64);
+        *v = if raw < EXP_FLOOR { 0.0 } else { p * two_k };
     }
 }
 
@@ -651,9 +723,15 @@ mod tests {
         let sets: [&[u64]; 4] = [&every, &none, &sparse, &short];
         for len in [0usize, 1, 7, 8, 15, 16, 17, 64, 100, 1023, 1024, 1025, 2100] {
             let r = &row[..len];
-            let want = masked_sums4_fixed_scalar(r, sets);
+            // The definition, bit by bit.
+            let want = sets.map(|b| {
+                (0..len)
+                    .filter(|&t| b.get(t / 64).is_some_and(|w| w >> (t % 64) & 1 == 1))
+                    .map(|t| i64::from(r[t]))
+                    .sum::<i64>()
+            });
             assert_eq!(want[0], r.iter().map(|&v| i64::from(v)).sum::<i64>());
-            assert_eq!(want[1], 0);
+            assert_eq!(masked_sums4_fixed_scalar(r, sets), want, "portable, len {len}");
             assert_eq!(masked_sums4_fixed(r, sets), want, "len {len}");
             #[cfg(target_arch = "x86_64")]
             {
@@ -789,8 +867,19 @@ mod tests {
                 );
             }
         }
+        let mut portable = orig.clone();
+        gaussian_portable(&mut portable, 1.3);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // Same operations, same bits: a kernel matrix does not depend on
+            // the path that computed it.
+            let mut y = orig.clone();
+            // SAFETY: feature checked.
+            unsafe { gaussian_avx2(&mut y, 1.3) };
+            assert!(y.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
         gaussian_in_place(&mut x, 1.3);
-        for (o, y) in orig.iter().zip(&x) {
+        for (o, y) in orig.iter().cycle().zip(x.iter().chain(&portable)) {
             let want = (-1.3 * o).exp();
             assert!(
                 (y - want).abs() <= 4.0 * f64::EPSILON * want,
