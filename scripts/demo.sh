@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-# `--tests` builds the binary with the same dependency features as the test
-# suite, so the demo and the tests share one warm build instead of two.
-cargo build --quiet --tests
+# Only the binary: no test binaries to compile and link. Its dependencies
+# resolve to the same features as the test suite's (see Cargo.toml), so a
+# later `scripts/test.sh` reuses them.
+cargo build --quiet --bin driftwatch
 exec "$CARGO_TARGET_DIR/debug/driftwatch" demo "$@"
