@@ -5,20 +5,24 @@
 //! Under `cargo test` it pushes 20,000 events through, as a smoke test.
 //! `cargo bench --bench pipeline -- --text [EVENTS]` (default 5,000) runs the
 //! news pipeline (pipelines/bench-news.yaml) on the corpus in .deps/bbc.
+//! `--without DETECTOR` (repeatable) leaves a detector out, as in `driftwatch bench`.
 
 use std::path::Path;
 
 fn main() {
     let timed = std::env::args().any(|a| a == "--bench");
     let text = std::env::args().any(|a| a == "--text");
-    let events: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(match (text, timed) {
-            (true, _) => 5_000,
-            (false, true) => 1_000_000,
-            (false, false) => 20_000,
-        });
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let without: Vec<String> = args
+        .windows(2)
+        .filter(|w| w[0] == "--without")
+        .map(|w| w[1].clone())
+        .collect();
+    let events: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(match (text, timed) {
+        (true, _) => 5_000,
+        (false, true) => 1_000_000,
+        (false, false) => 20_000,
+    });
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let pool = root.join("models/digits_train.jsonl");
     let corpus = root.join(".deps/bbc");
@@ -34,7 +38,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(driftwatch::bench::bench(&root.join(pipeline), from, events)) {
+    if let Err(e) = rt.block_on(driftwatch::bench::bench(&root.join(pipeline), from, events, &without)) {
         eprintln!("bench failed: {e}");
         std::process::exit(1);
     }

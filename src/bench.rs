@@ -7,12 +7,13 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::broker::Broker;
 use crate::config::Pipeline;
+use crate::detect::DetectorClocks;
 use crate::runtime::{self, RunOptions, RunStats, RuntimeError, Stages};
 use crate::source::kafka::KafkaConsumer;
 
@@ -147,12 +148,53 @@ fn payloads(from: BenchEvents) -> Result<Vec<Vec<u8>>, RuntimeError> {
     }
 }
 
-/// Runs the benchmark and prints a report to stdout.
-pub async fn bench(pipeline_path: &Path, from: BenchEvents<'_>, events: u64) -> Result<(), RuntimeError> {
+/// Loads the pipeline without the detectors named in `without`.
+fn load_without(pipeline_path: &Path, without: &[String]) -> Result<Pipeline, RuntimeError> {
+    let mut pipeline = Pipeline::load(pipeline_path)?;
+    for name in without {
+        if !pipeline.detectors.iter().any(|d| d.name() == name) {
+            return Err(other(format!(
+                "--without {name}: {} has no detector of that name (it has {})",
+                pipeline_path.display(),
+                pipeline
+                    .detectors
+                    .iter()
+                    .map(|d| d.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    pipeline.detectors.retain(|d| !without.iter().any(|w| w == d.name()));
+    Ok(pipeline)
+}
+
+/// Per detector: evaluations, mean cost of one, and its share of the run.
+fn print_detector_costs(clocks: &[DetectorClocks], run: Duration) {
+    for t in clocks.iter().flat_map(DetectorClocks::snapshot) {
+        let each = t.total.as_secs_f64() / t.evaluations.max(1) as f64;
+        println!(
+            "  {:<26} {:>6} evaluations, {:>9.3} ms each, {:>5.1} % of the run",
+            format!("{}:", t.name),
+            t.evaluations,
+            each * 1e3,
+            100.0 * t.total.as_secs_f64() / run.as_secs_f64()
+        );
+    }
+}
+
+/// Runs the benchmark and prints a report to stdout; `without` names
+/// detectors of the pipeline to leave out (to measure what they cost).
+pub async fn bench(
+    pipeline_path: &Path,
+    from: BenchEvents<'_>,
+    events: u64,
+    without: &[String],
+) -> Result<(), RuntimeError> {
     let broker = Broker::start(1).map_err(other)?;
     // SAFETY of set_var: before any thread of ours reads the environment.
     unsafe { std::env::set_var("KAFKA_BROKERS", broker.bootstrap()) };
-    let pipeline = Pipeline::load(pipeline_path)?;
+    let pipeline = load_without(pipeline_path, without)?;
     let src = pipeline.kafka_source("the benchmark")?.clone();
     broker.create_topic(&src.topic, PARTITIONS).map_err(other)?;
     for t in [&pipeline.output.alerts_topic, &pipeline.output.dead_letter_topic] {
@@ -261,6 +303,7 @@ pub async fn bench(pipeline_path: &Path, from: BenchEvents<'_>, events: u64) -> 
             Instant::now()
         })
     };
+    let clocks = stages.detector_clocks();
     runtime::run(
         stages,
         RunOptions {
@@ -273,7 +316,8 @@ pub async fn bench(pipeline_path: &Path, from: BenchEvents<'_>, events: u64) -> 
     )
     .await?;
     let first = first.await.map_err(other)?;
-    let e2e = events as f64 / first.elapsed().as_secs_f64();
+    let run_time = first.elapsed();
+    let e2e = events as f64 / run_time.as_secs_f64();
     feeder.await.map_err(other)??;
     let peak = rss_kib("VmHWM:");
     let mean = mean_len(&payloads);
@@ -294,6 +338,8 @@ pub async fn bench(pipeline_path: &Path, from: BenchEvents<'_>, events: u64) -> 
     println!("end to end / model ceiling:  {:>12.2}", e2e / model_rate);
     println!("end to end / inference only: {:>12.2}", e2e / runtime_rate);
     println!("CPU features:                {}", crate::detect::simd::features());
+    println!("detectors (in the end-to-end run):");
+    print_detector_costs(&clocks, run_time);
     println!(
         "evaluations {}, alerts {}, dead letters {}",
         stats.evaluations.load(std::sync::atomic::Ordering::Relaxed),

@@ -163,6 +163,10 @@ enum Cmd {
         /// Events to push through.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// Leave out this detector of the pipeline (repeatable), to see what
+        /// it costs, e.g. `--without embedding_mmd`.
+        #[arg(long, value_name = "DETECTOR")]
+        without: Vec<String>,
     },
 }
 
@@ -464,12 +468,13 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             pool,
             corpus,
             events,
+            without,
         } => {
             let from = match &corpus {
                 Some(dir) => driftwatch::bench::BenchEvents::News(dir),
                 None => driftwatch::bench::BenchEvents::Digits(&pool),
             };
-            driftwatch::bench::bench(&pipeline, from, events).await?;
+            driftwatch::bench::bench(&pipeline, from, events, &without).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -23,6 +23,8 @@ pub mod udaf;
 pub mod udaf_labels;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
@@ -97,11 +99,69 @@ struct Planned {
     plan: LogicalPlan,
 }
 
+/// Evaluations run and time spent per detector: a shared handle, readable
+/// while (and after) a run owns the detectors (`bench` reports it).
+#[derive(Debug, Clone, Default)]
+pub struct DetectorClocks(Arc<Vec<Clock>>);
+
+#[derive(Debug)]
+struct Clock {
+    name: String,
+    runs: AtomicU64,
+    spent_ns: AtomicU64,
+}
+
+impl DetectorClocks {
+    fn new(names: Vec<String>) -> Self {
+        Self(Arc::new(
+            names
+                .into_iter()
+                .map(|name| Clock {
+                    name,
+                    runs: AtomicU64::new(0),
+                    spent_ns: AtomicU64::new(0),
+                })
+                .collect(),
+        ))
+    }
+
+    fn record(&self, detector: usize, spent: Duration) {
+        if let Some(c) = self.0.get(detector) {
+            c.runs.fetch_add(1, Ordering::Relaxed);
+            let ns = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
+            c.spent_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// Time spent per detector so far, in configuration order.
+    pub fn snapshot(&self) -> Vec<DetectorTiming> {
+        self.0
+            .iter()
+            .map(|c| DetectorTiming {
+                name: c.name.clone(),
+                evaluations: c.runs.load(Ordering::Relaxed),
+                total: Duration::from_nanos(c.spent_ns.load(Ordering::Relaxed)),
+            })
+            .collect()
+    }
+}
+
+/// How much time one detector took so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorTiming {
+    pub name: String,
+    /// Window pairs evaluated.
+    pub evaluations: u64,
+    /// Time spent in them (the query with its statistic).
+    pub total: Duration,
+}
+
 /// The detectors of a pipeline, planned once, run per evaluation.
 pub struct Detectors {
     stage: SqlStage,
     schema: SchemaRef,
     planned: Vec<Planned>,
+    clocks: DetectorClocks,
 }
 
 /// Quotes an identifier for SQL.
@@ -210,7 +270,13 @@ impl Detectors {
                 plan,
             });
         }
-        Ok(Self { stage, schema, planned })
+        let clocks = DetectorClocks::new(planned.iter().map(|p| p.name.clone()).collect());
+        Ok(Self {
+            stage,
+            schema,
+            planned,
+            clocks,
+        })
     }
 
     /// Runs every detector on one window pair.
@@ -225,7 +291,8 @@ impl Detectors {
             }
         }
         let mut out = vec![];
-        for p in &self.planned {
+        for (i, p) in self.planned.iter().enumerate() {
+            let started = Instant::now();
             let rows = self
                 .stage
                 .run(&p.plan, batches.clone())
@@ -237,8 +304,14 @@ impl Detectors {
             for b in rows {
                 out.extend(read_results(p, &b, &due.key, &due.coords));
             }
+            self.clocks.record(i, started.elapsed());
         }
         Ok(out)
+    }
+
+    /// A handle on the time each detector takes.
+    pub fn clocks(&self) -> DetectorClocks {
+        self.clocks.clone()
     }
 
     fn with_window(&self, b: &RecordBatch, key: &str, window: &str) -> Result<RecordBatch, String> {

@@ -248,6 +248,13 @@ impl Stages {
         self.model.as_ref().map(Model::timings)
     }
 
+    /// Handles on the time each detector takes (those on labelled events last).
+    pub fn detector_clocks(&self) -> Vec<crate::detect::DetectorClocks> {
+        let mut c = vec![self.detectors.clocks()];
+        c.extend(self.labelled.iter().map(Detectors::clocks));
+        c
+    }
+
     /// Decodes and scores a list of records; returns the batches and the rejections.
     pub async fn ingest(&mut self, records: &[RawRecord]) -> Result<(Vec<RecordBatch>, Vec<Rejection>), RuntimeError> {
         let mut dec = self.decoder();
