@@ -309,6 +309,7 @@ pub async fn bench(
         RunOptions {
             max_events: Some(events),
             group_id: Some("driftwatch-bench".into()),
+            ..Default::default()
         },
         shutdown.clone(),
         stats.clone(),

@@ -184,6 +184,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
         RunOptions {
             max_events: Some(total),
             group_id: None,
+            ..Default::default()
         },
         shutdown.clone(),
         stats.clone(),

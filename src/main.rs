@@ -44,6 +44,11 @@ enum Cmd {
         /// evaluations shows here, without a metrics scraper.
         #[arg(long, default_value_t = 60)]
         status_every: u64,
+        /// Seconds without reading anything, while events wait to be read,
+        /// after which the run counts as stalled: /health answers 503, the
+        /// status line and `driftwatch_consumer_stalled` say so; 0 never.
+        #[arg(long, default_value_t = 120)]
+        stall_after: u64,
     },
     /// Check pipelines: config, schema, model, SQL. Non-zero exit on any error.
     Validate {
@@ -267,6 +272,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             max_events,
             metrics,
             status_every,
+            stall_after,
         } => {
             let stages = runtime::validate(&pipeline).await?;
             let shutdown = Arc::new(AtomicBool::new(false));
@@ -293,7 +299,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            runtime::run(stages, RunOptions { max_events, group_id }, shutdown, stats, None).await?;
+            let opts = RunOptions {
+                max_events,
+                group_id,
+                stall_after: Some(std::time::Duration::from_secs(stall_after)),
+            };
+            runtime::run(stages, opts, shutdown, stats, None).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Validate { pipelines } => {
@@ -498,6 +509,9 @@ async fn produce_to(
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
         .set("message.timeout.ms", "30000")
+        // JSON events shrink several times: more fits a broker's retention
+        // (the embedded broker keeps about 5 MiB per partition).
+        .set("compression.type", "lz4")
         .create()
         .context("cannot create the Kafka producer")?;
     let md = tokio::task::block_in_place(|| {

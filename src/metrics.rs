@@ -49,12 +49,64 @@ pub struct RunStats {
     pub model_nanos: AtomicU64,
     /// Evaluations, alerts and last p-values per detector.
     pub detectors: std::sync::Mutex<BTreeMap<String, crate::metrics::DetectorMetrics>>,
-    /// Consumer lag per partition (messages), refreshed every few seconds.
-    pub lag: std::sync::Mutex<BTreeMap<i32, i64>>,
+    /// Lags per partition (messages), refreshed every few seconds.
+    pub lag: std::sync::Mutex<BTreeMap<i32, crate::source::kafka::PartitionLag>>,
     pub window_keys: AtomicU64,
     pub window_events: AtomicU64,
     /// The consumer has its partitions (the model is loaded before it starts).
     pub ready: AtomicBool,
+    /// Events wait to be read but none has been read for the stall time.
+    pub stalled: AtomicBool,
+    /// Times the run stalled.
+    pub stalls: AtomicU64,
+}
+
+/// Tells a stalled consumer from an idle one: stalled when events wait to
+/// be read (read lag above 0) and none was read for `after`; idle when
+/// nothing waits. Fed every few seconds by the run loop.
+#[derive(Debug)]
+pub struct StallWatch {
+    after: Duration,
+    received: u64,
+    since: std::time::Instant,
+}
+
+impl StallWatch {
+    pub fn new(after: Duration, now: std::time::Instant) -> Self {
+        Self {
+            after,
+            received: 0,
+            since: now,
+        }
+    }
+
+    /// Updates `stats.stalled` (and counts a new stall) from the events
+    /// read so far and the read lag; returns whether the run is stalled.
+    pub fn check(&mut self, stats: &RunStats, now: std::time::Instant) -> bool {
+        let received = stats.received.load(Ordering::Relaxed);
+        let waiting: i64 = stats
+            .lag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|l| l.read)
+            .sum();
+        if received != self.received || waiting == 0 {
+            (self.received, self.since) = (received, now);
+        }
+        let stalled = !self.after.is_zero() && waiting > 0 && now.duration_since(self.since) >= self.after;
+        if stalled && !stats.stalled.swap(true, Ordering::Relaxed) {
+            stats.stalls.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                waiting,
+                seconds = now.duration_since(self.since).as_secs(),
+                "stalled: events wait to be read but none was read; /health reports it"
+            );
+        } else if !stalled && stats.stalled.swap(false, Ordering::Relaxed) {
+            tracing::info!("reading again after a stall");
+        }
+        stalled
+    }
 }
 
 impl RunStats {
@@ -62,14 +114,17 @@ impl RunStats {
     pub fn log_status(&self) {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let join = self.labels.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let lag: i64 = self.lag.lock().unwrap_or_else(|e| e.into_inner()).values().sum();
+        let lag = self.lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let total = |f: fn(&crate::source::kafka::PartitionLag) -> i64| lag.values().map(f).sum::<i64>();
         tracing::info!(
             received = n(&self.received),
             processed = n(&self.processed),
             dead_lettered = n(&self.dead_lettered),
             evaluations = n(&self.evaluations),
             alerts = n(&self.alerts),
-            lag,
+            read_lag = total(|l| l.read),
+            commit_hold = total(|l| l.commit_hold),
+            stalled = self.stalled.load(Ordering::Relaxed),
             window_keys = n(&self.window_keys),
             window_events = n(&self.window_events),
             labels_joined = join.joined,
@@ -119,6 +174,12 @@ fn handle(mut conn: TcpStream, stats: &RunStats, ready: &Ready) -> std::io::Resu
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = match (line.split_whitespace().next(), path) {
         (Some("GET"), "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(stats)),
+        (Some("GET"), "/health") if stats.stalled.load(Ordering::Relaxed) => (
+            "503 Service Unavailable",
+            "text/plain",
+            "stalled: events wait to be read but none was read (see driftwatch_consumer_read_lag_messages)\n"
+                .to_string(),
+        ),
         (Some("GET"), "/health") if ready() => ("200 OK", "text/plain", "ok\n".to_string()),
         (Some("GET"), "/health") => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
         (Some("GET"), _) => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),
@@ -217,13 +278,40 @@ pub fn render(s: &RunStats) -> String {
             .collect(),
     );
     let lag = s.lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let per_partition = |f: fn(&crate::source::kafka::PartitionLag) -> i64| {
+        lag.iter()
+            .map(|(p, l)| (format!("{{partition=\"{p}\"}}"), f(l) as f64))
+            .collect()
+    };
+    metric(
+        "driftwatch_consumer_read_lag_messages",
+        "gauge",
+        "Messages waiting to be read: end of the partition minus the position. 0 once everything is read.",
+        per_partition(|l| l.read),
+    );
+    metric(
+        "driftwatch_consumer_commit_hold_messages",
+        "gauge",
+        "Messages read but not committed because open windows still need them (position minus committed offset).",
+        per_partition(|l| l.commit_hold),
+    );
     metric(
         "driftwatch_consumer_lag_messages",
         "gauge",
-        "Messages between the last read and the end of the partition.",
-        lag.iter()
-            .map(|(p, l)| (format!("{{partition=\"{p}\"}}"), *l as f64))
-            .collect(),
+        "End of the partition minus the committed offset (Kafka's consumer-group lag): read lag plus commit hold.",
+        per_partition(|l| l.committed),
+    );
+    metric(
+        "driftwatch_consumer_stalled",
+        "gauge",
+        "1 while events wait to be read but none was read for the stall time (run --stall-after); /health is 503 meanwhile.",
+        vec![(String::new(), f64::from(u8::from(s.stalled.load(Ordering::Relaxed))))],
+    );
+    metric(
+        "driftwatch_consumer_stalls_total",
+        "counter",
+        "Times the consumer stalled.",
+        c(&s.stalls),
     );
     metric(
         "driftwatch_window_keys",
@@ -279,6 +367,44 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_is_events_waiting_and_none_read_for_the_stall_time() {
+        use crate::source::kafka::PartitionLag;
+        let stats = RunStats::default();
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let waiting = |n: i64| {
+            *stats.lag.lock().unwrap() = [(
+                0,
+                PartitionLag {
+                    read: n,
+                    ..Default::default()
+                },
+            )]
+            .into();
+        };
+        let mut w = StallWatch::new(Duration::from_secs(60), t0);
+        // Idle: nothing waits, however long nothing is read.
+        waiting(0);
+        assert!(!w.check(&stats, at(600)));
+        // Events wait; none read for 59 s, then 60 s: stalled, counted once.
+        waiting(500);
+        assert!(!w.check(&stats, at(659)));
+        assert!(w.check(&stats, at(660)));
+        assert!(w.check(&stats, at(700)));
+        assert!(stats.stalled.load(Ordering::Relaxed));
+        assert_eq!(stats.stalls.load(Ordering::Relaxed), 1);
+        // Reading again clears it; a new stall counts again.
+        stats.received.store(10, Ordering::Relaxed);
+        assert!(!w.check(&stats, at(702)));
+        assert!(!stats.stalled.load(Ordering::Relaxed));
+        assert!(w.check(&stats, at(762)));
+        assert_eq!(stats.stalls.load(Ordering::Relaxed), 2);
+        // A stall time of 0 never stalls.
+        let mut never = StallWatch::new(Duration::ZERO, t0);
+        assert!(!never.check(&stats, at(10_000)));
+    }
+
+    #[test]
     fn serves_metrics_and_health() {
         let stats = Arc::new(RunStats::default());
         stats.received.store(42, Ordering::Relaxed);
@@ -291,8 +417,17 @@ mod tests {
                 last_p_value: [("scanner \"b\"".to_string(), 0.25)].into(),
             },
         );
+        stats.lag.lock().unwrap().insert(
+            0,
+            crate::source::kafka::PartitionLag {
+                read: 0,
+                commit_hold: 250,
+                committed: 250,
+            },
+        );
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let r = ready.clone();
+        let stats_handle = stats.clone();
         let addr = serve("127.0.0.1:0", stats, Arc::new(move || r.load(Ordering::Relaxed))).unwrap();
         let m = get(addr, "/metrics");
         assert!(m.starts_with("HTTP/1.1 200"), "{m}");
@@ -303,12 +438,20 @@ mod tests {
             "driftwatch_alerts_total{detector=\"ks\"} 1",
             "driftwatch_last_p_value{detector=\"ks\",key=\"scanner \\\"b\\\"\"} 0.25",
             "# TYPE driftwatch_consumer_lag_messages gauge",
+            "driftwatch_consumer_read_lag_messages{partition=\"0\"} 0",
+            "driftwatch_consumer_commit_hold_messages{partition=\"0\"} 250",
+            "driftwatch_consumer_lag_messages{partition=\"0\"} 250",
         ] {
             assert!(m.contains(line), "missing {line}:\n{m}");
         }
         assert!(get(addr, "/health").starts_with("HTTP/1.1 503"));
         ready.store(true, Ordering::Relaxed);
         assert!(get(addr, "/health").starts_with("HTTP/1.1 200"));
+        stats_handle.stalled.store(true, Ordering::Relaxed);
+        let h = get(addr, "/health");
+        assert!(h.starts_with("HTTP/1.1 503") && h.contains("stalled"), "{h}");
+        assert!(get(addr, "/metrics").contains("driftwatch_consumer_stalled 1"));
+        stats_handle.stalled.store(false, Ordering::Relaxed);
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
     }
 }

@@ -945,11 +945,15 @@ fn image_event(
     }
     let mean = px.iter().sum::<f32>() / PIXELS as f32;
     let ink = px.iter().filter(|&&v| v > 4.0).count() as f32 / PIXELS as f32;
+    // As the nearest f64 of their two decimals: JSON numbers hold f64, and an
+    // f32 written as f64 prints its whole expansion (0.30000001192092896),
+    // which tripled the events' size. Read back as f32, the value is the same.
+    let pixels: Vec<f64> = px.iter().map(|&v| (f64::from(v) * 100.0).round() / 100.0).collect();
     serde_json::json!({
         "event_id": event_id,
         "ts": ts,
         "scanner": key,
-        "pixels": px,
+        "pixels": pixels,
         "mean_intensity": mean,
         "ink_fraction": ink,
     })
@@ -1153,6 +1157,7 @@ pub async fn produce_kafka(
         message: e.to_string(),
     };
     let mut inflight = std::collections::VecDeque::new();
+    let mut first = FirstOffsets::default();
     for em in l.emissions() {
         let (t, key, k, json, ts, ev) = match &em {
             Emission::Event(ev) => (topic, &ev.key, ev.key_index, &ev.json, ev.ts, Some(ev.clone())),
@@ -1177,32 +1182,73 @@ pub async fn produce_kafka(
             .key(key.as_bytes())
             .timestamp(ts)
             .partition((k as i32) % partitions.max(1));
-        inflight.push_back((producer.send_result(rec).map_err(|(e, _)| kafka(e))?, ev));
+        inflight.push_back((producer.send_result(rec).map_err(|(e, _)| kafka(e))?, ev, t.to_string()));
         // Bounded in flight, so a long scenario does not queue in memory.
         while inflight.len() > 20_000 {
-            if let Some((f, ev)) = inflight.pop_front() {
-                settle(f, ev, &mut truth, topic).await?;
+            if let Some((f, ev, t)) = inflight.pop_front() {
+                first.note(&t, settle(f, ev, &mut truth, &t).await?);
             }
         }
     }
-    while let Some((f, ev)) = inflight.pop_front() {
-        settle(f, ev, &mut truth, topic).await?;
+    while let Some((f, ev, t)) = inflight.pop_front() {
+        first.note(&t, settle(f, ev, &mut truth, &t).await?);
     }
+    first.check_kept(producer)?;
     Ok(truth.finish())
 }
 
+/// The first offset written to each partition by one `produce`.
+#[derive(Default)]
+struct FirstOffsets(std::collections::BTreeMap<(String, i32), i64>);
+
+impl FirstOffsets {
+    fn note(&mut self, topic: &str, (partition, offset): (i32, i64)) {
+        let first = self.0.entry((topic.to_string(), partition)).or_insert(offset);
+        *first = (*first).min(offset);
+    }
+
+    /// Fails when a partition no longer starts at or before what was
+    /// written: the broker deleted events before anything could read them
+    /// (the embedded broker keeps about 5 MiB per partition, as retention would).
+    fn check_kept(&self, producer: &rdkafka::producer::FutureProducer) -> Result<(), ScenarioError> {
+        use rdkafka::producer::Producer;
+        for ((topic, partition), first) in &self.0 {
+            let (low, high) = producer
+                .client()
+                .fetch_watermarks(topic, *partition, std::time::Duration::from_secs(10))
+                .map_err(|e| ScenarioError::Output {
+                    what: format!("check of {topic} partition {partition}"),
+                    message: e.to_string(),
+                })?;
+            if low > *first {
+                return Err(ScenarioError::Output {
+                    what: format!("produce to {topic}"),
+                    message: format!(
+                        "the broker already deleted {} of the {} events written to partition {partition} (offsets {first} to {}; it now starts at {low}): the topic cannot hold the scenario. The embedded broker keeps about 5 MiB per partition: give the topic more partitions (`driftwatch broker --topic {topic}:8`) or use a real broker",
+                        low - first,
+                        high - first,
+                        low - 1,
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for one delivery; its partition and offset.
 async fn settle(
     f: rdkafka::producer::DeliveryFuture,
     ev: Option<Event>,
     truth: &mut TruthBuilder<'_>,
     topic: &str,
-) -> Result<(), ScenarioError> {
+) -> Result<(i32, i64), ScenarioError> {
     match f.await {
         Ok(Ok(d)) => {
             if let Some(ev) = ev {
                 truth.place(&ev, d.partition, d.offset);
             }
-            Ok(())
+            Ok((d.partition, d.offset))
         }
         Ok(Err((e, _))) => Err(ScenarioError::Output {
             what: format!("produce to {topic}"),

@@ -229,19 +229,8 @@ fn a_missing_onnx_runtime_says_what_to_do() {
 
 #[test]
 fn the_broker_command_prints_a_usable_address() {
-    use std::io::BufRead;
     use std::time::Duration;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-        .args(["broker", "--topic", "cli-t:2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().to_string();
+    let (mut child, addr) = cli_broker("cli-t:2");
     assert!(addr.contains(':'), "first line is host:port: {addr:?}");
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = rdkafka::ClientConfig::new()
@@ -254,6 +243,100 @@ fn the_broker_command_prints_a_usable_address() {
     assert_eq!(md.topics()[0].partitions().len(), 2);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Starts `driftwatch broker` with `topic` (NAME:PARTITIONS); its address.
+fn cli_broker(topic: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["broker", "--topic", topic])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_string())
+}
+
+/// (low, high) watermarks of each partition of `topic`.
+fn watermarks(addr: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, std::time::Duration::from_secs(10))
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The README's sequence (`broker --topic digits:2`, then `produce` of the
+/// demo scenario) keeps every event: the embedded broker deletes the oldest
+/// messages past ~5 MiB per partition, and the scenario's 16,500 events
+/// once lost 45% there silently. A scenario that cannot fit is refused
+/// with a non-zero exit that says what was lost and what to do.
+#[test]
+fn produce_keeps_every_event_on_the_embedded_broker_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, addr) = cli_broker("digits:2");
+    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args([
+            "produce",
+            "pipelines/scenarios/demo.yaml",
+            "--brokers",
+            &addr,
+            "--topic",
+            "digits",
+        ])
+        .arg("--truth")
+        .arg(dir.path().join("t.json"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let marks = watermarks(&addr, "digits", 2);
+    assert!(marks.iter().all(|(low, _)| *low == 0), "{marks:?}");
+    assert_eq!(marks.iter().map(|(_, high)| high).sum::<i64>(), 16_500);
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+
+    // 60,000 events on one partition: more than it keeps.
+    let big = common::write(
+        dir.path(),
+        "big.yaml",
+        &format!(
+            "name: big\nseed: 3\npool: {}\nnoise: 0.5\nkeys:\n  s:\n    - {{kind: clean, events: 60000}}\n",
+            root().join("models/digits_train.jsonl").display()
+        ),
+    );
+    let (mut broker, addr) = cli_broker("big:1");
+    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args([
+            "produce",
+            big.to_str().unwrap(),
+            "--brokers",
+            &addr,
+            "--topic",
+            "big",
+            "--truth",
+        ])
+        .arg(dir.path().join("big.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the broker already deleted") && stderr.contains("--topic big:8"),
+        "{stderr}"
+    );
+    broker.kill().unwrap();
+    broker.wait().unwrap();
 }
 
 /// `compare --labels`: events whose labels come apart (a late-labels

@@ -371,3 +371,70 @@ async fn compressed_batches_are_read_like_plain_ones() {
     assert_eq!(stats.dead_lettered.load(Relaxed), 0);
     assert_eq!(stats.evaluations.load(Relaxed), 1, "300 reference + 300 current events");
 }
+
+/// After a run has read everything and sits idle, the read lag is 0 on every
+/// partition, while the commit hold keeps what the open windows still need
+/// (it was one "lag" of end − committed, which never reached 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_lag_reaches_zero_while_the_commit_hold_keeps_the_open_windows() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+    let broker = Broker::start(1).unwrap();
+    for (t, parts) in [("lagt", 2), ("lagt-alerts", 1), ("lagt-dlq", 1), ("lagt-stats", 1)] {
+        broker.create_topic(t, parts).unwrap();
+    }
+    let events = normal_events(5, 2000, 0.0);
+    let records: Vec<(i32, &str, &str)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| ((i % 2) as i32, "", e.as_str()))
+        .collect();
+    produce_keyed(&broker, "lagt", &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = ks_pipeline_with(
+        dir.path(),
+        "lagt",
+        "lagt",
+        &broker.bootstrap(),
+        "{reference: {type: first, size: 200}, current: {size: 200, slide: 50}}",
+        ", properties: {statistics.interval.ms: \"200\"}",
+    );
+    let stages = driftwatch::runtime::Stages::build(driftwatch::config::Pipeline::load(&p).unwrap())
+        .await
+        .unwrap();
+    let stats = Arc::new(driftwatch::runtime::RunStats::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn(driftwatch::runtime::run(
+        stages,
+        driftwatch::runtime::RunOptions {
+            max_events: None,
+            group_id: Some("g-lag".into()),
+            ..Default::default()
+        },
+        shutdown.clone(),
+        stats.clone(),
+        None,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let lag = loop {
+        let lag = stats.lag.lock().unwrap().clone();
+        if stats.processed.load(Relaxed) == 2000 && lag.len() == 2 && lag.values().all(|l| l.read == 0) {
+            break lag;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processed {}, lags {lag:?}",
+            stats.processed.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for l in lag.values() {
+        assert_eq!(l.committed, l.read + l.commit_hold, "{lag:?}");
+    }
+    let hold: i64 = lag.values().map(|l| l.commit_hold).sum();
+    assert!(hold > 0, "open windows hold commits back: {lag:?}");
+    assert!(hold < 2000, "but not everything: {lag:?}");
+    shutdown.store(true, Relaxed);
+    run.await.unwrap().unwrap();
+}

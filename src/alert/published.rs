@@ -20,6 +20,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
 use crate::source::kafka::{SeekError, client_config, offset_for_time, read_range};
+use crate::source::properties::ClientRole;
 
 /// Failure of a scan.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,7 @@ impl Published {
         timeout: Duration,
     ) -> Result<Self, ScanError> {
         let deadline = Instant::now() + timeout;
-        let mut cfg = client_config(brokers, props);
+        let mut cfg = client_config(ClientRole::Consumer, brokers, props);
         // Only assigned, never subscribed or committed: the group id is a formality.
         cfg.set("group.id", "driftwatch-published-scan")
             .set("enable.auto.commit", "false")
@@ -125,7 +126,9 @@ mod tests {
         b.create_topic("alerts", 2).unwrap();
         b.create_topic("stats", 1).unwrap();
         let none = BTreeMap::new();
-        let p: FutureProducer = client_config(&b.bootstrap(), &none).create().unwrap();
+        let p: FutureProducer = client_config(ClientRole::Producer, &b.bootstrap(), &none)
+            .create()
+            .unwrap();
         send(&p, "alerts", r#"{"alert_id":"old"}"#, 1_000).await;
         send(&p, "alerts", r#"{"alert_id":"a1","drift":true}"#, 5_000).await;
         send(&p, "alerts", "not json", 6_000).await;

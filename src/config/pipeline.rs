@@ -153,6 +153,9 @@ pub struct SourceSpec {
     /// kafka: librdkafka properties passed through verbatim (`security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, …).
     /// Put secrets in the environment: `sasl.password: ${KAFKA_PASSWORD}`.
+    /// Each client gets those that apply to it: consumer-only ones
+    /// (`fetch.wait.max.ms`, …) not the producers, producer-only ones
+    /// (`linger.ms`, …) not the consumers (`source::properties`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// kafka: a topic on the source's brokers where, after each batch whose
@@ -1216,7 +1219,8 @@ pub struct OutputConfig {
     /// Topic of events that could not be decoded (default `driftwatch.dead-letters`).
     #[serde(default = "default_dlq_topic")]
     pub dead_letter_topic: String,
-    /// librdkafka producer properties (default: the source's `properties`).
+    /// librdkafka producer properties (default: the source's `properties`,
+    /// less those only consumers read).
     #[serde(default)]
     pub properties: Option<BTreeMap<String, String>>,
 }

@@ -484,13 +484,17 @@ fn open_labels(stages: &Stages, opts: &ReplayOptions) -> Result<Option<Records>,
 }
 
 fn range_consumer(src: &crate::config::KafkaSource, pipeline: &str) -> Result<BaseConsumer, RuntimeError> {
-    crate::source::kafka::client_config(&src.brokers, &src.properties)
-        .set("group.id", format!("driftwatch-replay-{pipeline}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .map_err(other)
+    crate::source::kafka::client_config(
+        crate::source::properties::ClientRole::Consumer,
+        &src.brokers,
+        &src.properties,
+    )
+    .set("group.id", format!("driftwatch-replay-{pipeline}"))
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("enable.partition.eof", "false")
+    .create()
+    .map_err(other)
 }
 
 /// Opens the range: records, their number when known, and a description.

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 pub use crate::engine::{Stages, key_column, validate};
 pub use crate::error::RuntimeError;
 pub use crate::metrics::RunStats;
+use crate::metrics::StallWatch;
 
 use crate::alert::published::{self, Published};
 use crate::alert::{Evaluation, message_key};
@@ -53,7 +54,14 @@ pub struct RunOptions {
     pub max_events: Option<u64>,
     /// Consumer group override.
     pub group_id: Option<String>,
+    /// Stalled after this long without reading while events wait (see
+    /// [`crate::metrics::StallWatch`]); `None`: [`DEFAULT_STALL_AFTER`],
+    /// zero: never.
+    pub stall_after: Option<Duration>,
 }
+
+/// How long a consumer may read nothing while events wait before it counts as stalled.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(120);
 
 /// A callback seeing each evaluation (the demo's live view).
 pub type Observer = Arc<dyn Fn(&Evaluation) + Send + Sync>;
@@ -175,7 +183,7 @@ pub async fn run(
         tx,
         shutdown.clone(),
         stats.clone(),
-        opts.max_events,
+        opts.clone(),
     ));
 
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
@@ -332,8 +340,13 @@ async fn read_loop(
     tx: mpsc::Sender<Msg>,
     shutdown: Arc<AtomicBool>,
     stats: Arc<RunStats>,
-    max_events: Option<u64>,
+    opts: RunOptions,
 ) -> Result<(), RuntimeError> {
+    let max_events = opts.max_events;
+    let mut stall = StallWatch::new(
+        opts.stall_after.unwrap_or(DEFAULT_STALL_AFTER),
+        std::time::Instant::now(),
+    );
     let linger = Duration::from_millis(p.batch.linger_ms);
     let max = p.batch.max_events.get();
     let mut first = BTreeMap::new();
@@ -350,6 +363,7 @@ async fn read_loop(
                 stats.ready.store(true, Ordering::Relaxed);
             }
             *stats.lag.lock().unwrap_or_else(|e| e.into_inner()) = consumer.lag();
+            stall.check(&stats, std::time::Instant::now());
         }
         let stop = shutdown.load(Ordering::SeqCst) || max_events.is_some_and(|m| read >= m);
         let flush_now = stop || decoder.len() >= max || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);

@@ -40,6 +40,7 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 
 use super::kafka::Delivered;
+use super::properties::ClientRole;
 use crate::alert::PolicyState;
 use crate::window::KeySnapshot;
 
@@ -178,9 +179,10 @@ pub async fn ensure_topic(brokers: &str, props: &BTreeMap<String, String>, topic
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = super::kafka::client_config(brokers, props).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        super::kafka::client_config(ClientRole::Admin, brokers, props).create()?;
     // Looked up first: a client allowed to write the topic may not be allowed to create topics.
-    let cfg = super::kafka::client_config(brokers, props);
+    let cfg = super::kafka::client_config(ClientRole::Admin, brokers, props);
     if listed(cfg.clone(), topic).await? {
         return Ok(false);
     }
@@ -231,14 +233,14 @@ impl Checkpoints {
         group: &str,
         source_topic: &str,
     ) -> KafkaResult<Self> {
-        let mut pc = super::kafka::client_config(brokers, props);
+        let mut pc = super::kafka::client_config(ClientRole::Producer, brokers, props);
         // Idempotence keeps a partition's marks in the order they were sent.
         pc.set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "300000")
             .set("linger.ms", "0");
         let producer: FutureProducer = pc.create()?;
-        let mut cc = super::kafka::client_config(brokers, props);
+        let mut cc = super::kafka::client_config(ClientRole::Consumer, brokers, props);
         // Only assigned, never subscribed or committed: the group id is a formality.
         cc.set("group.id", format!("{group}-checkpoint-reader"))
             .set("enable.auto.commit", "false")

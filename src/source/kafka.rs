@@ -27,6 +27,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::RawRecord;
 use super::checkpoint::Checkpoints;
+use super::properties::ClientRole;
 use crate::config::{KafkaSource, StartPosition};
 
 const META_PREFIX: &str = "dw1:hw=";
@@ -107,12 +108,12 @@ pub fn now_ms() -> i64 {
 /// and committed before it lets the partitions go (the group waits meanwhile).
 const REVOKE_WAIT: Duration = Duration::from_secs(30);
 
-/// Builds a client config from brokers and pass-through properties. Values are
-/// never logged (they may hold secrets).
-pub fn client_config(brokers: &str, props: &BTreeMap<String, String>) -> ClientConfig {
+/// Builds a client config from brokers and the pass-through properties that
+/// apply to a client of `role`. Values are never logged (they may hold secrets).
+pub fn client_config(role: ClientRole, brokers: &str, props: &BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
-    for (k, v) in props {
+    for (k, v) in super::properties::for_role(role, props) {
         c.set(k, v);
     }
     c
@@ -120,7 +121,7 @@ pub fn client_config(brokers: &str, props: &BTreeMap<String, String>) -> ClientC
 
 /// A producer for output topics: acks=all, so a delivered record is on every in-sync replica.
 pub fn producer(brokers: &str, props: &BTreeMap<String, String>) -> KafkaResult<FutureProducer> {
-    let mut c = client_config(brokers, props);
+    let mut c = client_config(ClientRole::Producer, brokers, props);
     c.set("acks", "all")
         .set("message.timeout.ms", "300000")
         .set("linger.ms", "5");
@@ -143,14 +144,54 @@ struct Shared {
     /// Partitions marked in this assignment.
     marked: BTreeSet<i32>,
     errors: Vec<String>,
-    /// Consumer lag per partition, from librdkafka's statistics.
-    lag: BTreeMap<i32, i64>,
+    /// Lags per partition, from librdkafka's statistics.
+    lag: BTreeMap<i32, PartitionLag>,
     /// Partitions assigned now: only these are committed.
     assigned: BTreeSet<i32>,
     /// The last positions the runtime committed, per partition (next offset
     /// and mark): committed again, synchronously, when the partition is
     /// revoked, so that its next owner starts exactly where this instance stopped.
     positions: BTreeMap<i32, (i64, Delivered)>,
+}
+
+/// How far behind one partition is, in messages. The end is the last
+/// stable offset (the high watermark under `isolation.level:
+/// read_uncommitted`), the position the offset after the last record read.
+///
+/// `read` + `commit_hold` = `committed`: what is waiting to be read, and
+/// what has been read but is not committed yet because open windows still
+/// need it (a restart reads it again to rebuild them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// end − position: waiting to be read. 0 once everything is read.
+    pub read: i64,
+    /// position − committed: read, held back by open windows.
+    pub commit_hold: i64,
+    /// end − committed, what Kafka's own tools (kafka-consumer-groups) call lag.
+    pub committed: i64,
+}
+
+impl PartitionLag {
+    /// From librdkafka's statistics of one partition; `None` until its end
+    /// and a position (or a committed offset) are known.
+    fn from_stats(p: &rdkafka::statistics::Partition) -> Option<Self> {
+        let end = if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset };
+        let committed = (p.committed_offset >= 0).then_some(p.committed_offset);
+        let position = if p.app_offset >= 0 {
+            Some(p.app_offset)
+        } else {
+            committed
+        }?;
+        if end < 0 {
+            return None;
+        }
+        let committed = committed.unwrap_or(position);
+        Some(Self {
+            read: (end - position).max(0),
+            commit_hold: (position - committed).max(0),
+            committed: (end - committed).max(0),
+        })
+    }
 }
 
 /// Rebalance bookkeeping between the consumer callback (which runs inside
@@ -220,13 +261,13 @@ impl Ctx {
 
 impl ClientContext for Ctx {
     /// librdkafka's periodic statistics (`statistics.interval.ms`): the
-    /// consumer lag per partition, without a broker round trip of our own.
+    /// lags per partition, without a broker round trip of our own.
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = statistics.topics.get(&self.topic) {
             for (p, part) in &t.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    shared.lag.insert(*p, part.consumer_lag);
+                if let Some(lag) = PartitionLag::from_stats(part).filter(|_| *p >= 0) {
+                    shared.lag.insert(*p, lag);
                 }
             }
         }
@@ -447,7 +488,7 @@ impl KafkaConsumer {
                 s.clone(),
             ));
         }
-        let mut c = client_config(&cfg.brokers, &cfg.properties);
+        let mut c = client_config(ClientRole::Consumer, &cfg.brokers, &cfg.properties);
         c.set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -455,7 +496,7 @@ impl KafkaConsumer {
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000");
         // Pass-through properties may override the above, except the commit ones we rely on.
-        for (k, v) in &cfg.properties {
+        for (k, v) in super::properties::for_role(ClientRole::Consumer, &cfg.properties) {
             if !matches!(
                 k.as_str(),
                 "enable.auto.commit" | "enable.auto.offset.store" | "group.id"
@@ -508,8 +549,8 @@ impl KafkaConsumer {
         self.consumer.assignment().is_ok_and(|a| a.count() > 0)
     }
 
-    /// Consumer lag per partition (messages), as librdkafka last reported it.
-    pub fn lag(&self) -> BTreeMap<i32, i64> {
+    /// Lags per partition (messages), as librdkafka last reported them.
+    pub fn lag(&self) -> BTreeMap<i32, PartitionLag> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).lag.clone()
     }
 
@@ -830,7 +871,7 @@ pub fn watermarks(
     props: &BTreeMap<String, String>,
     topic: &str,
 ) -> KafkaResult<BTreeMap<i32, (i64, i64)>> {
-    let c: BaseConsumer = client_config(brokers, props).create()?;
+    let c: BaseConsumer = client_config(ClientRole::Admin, brokers, props).create()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut out = BTreeMap::new();
     for t in md.topics() {
@@ -872,12 +913,13 @@ mod tests {
                 ("ssl.endpoint.identification.algorithm", "https"),
             ]),
         ] {
-            let c = client_config("127.0.0.1:9", &p)
+            let c = client_config(ClientRole::Consumer, "127.0.0.1:9", &p)
                 .set("group.id", "g")
                 .create::<BaseConsumer>();
             assert!(c.is_ok(), "{p:?}: {:?}", c.err());
         }
         let e = client_config(
+            ClientRole::Consumer,
             "127.0.0.1:9",
             &props(&[("security.protocol", "SSL"), ("ssl.ca.location", "/nonexistent/ca.pem")]),
         )
@@ -889,7 +931,7 @@ mod tests {
             e.contains("/nonexistent/ca.pem") || e.contains("ssl.ca.location"),
             "{e}"
         );
-        let e = client_config("127.0.0.1:9", &props(&[("ssl.bogus", "x")]))
+        let e = client_config(ClientRole::Consumer, "127.0.0.1:9", &props(&[("ssl.bogus", "x")]))
             .create::<BaseConsumer>()
             .err()
             .unwrap()
@@ -958,5 +1000,34 @@ mod tests {
             ..cfg
         };
         assert!(KafkaConsumer::new(&ok, "g", None).is_ok());
+    }
+
+    #[test]
+    fn read_lag_and_commit_hold_split_the_committed_lag() {
+        let part = |app, committed, hi, ls| rdkafka::statistics::Partition {
+            app_offset: app,
+            committed_offset: committed,
+            hi_offset: hi,
+            ls_offset: ls,
+            ..Default::default()
+        };
+        // Everything read (position = end), commits held back by 5099.
+        let l = PartitionLag::from_stats(&part(17600, 12501, 17600, 17600)).unwrap();
+        assert_eq!((l.read, l.commit_hold, l.committed), (0, 5099, 5099));
+        // A backlog: 100 to read, 20 held.
+        let l = PartitionLag::from_stats(&part(900, 880, 1000, 1000)).unwrap();
+        assert_eq!((l.read, l.commit_hold, l.committed), (100, 20, 120));
+        // The last stable offset is the end when known, else the high watermark.
+        assert_eq!(PartitionLag::from_stats(&part(900, 900, 1000, 950)).unwrap().read, 50);
+        assert_eq!(
+            PartitionLag::from_stats(&part(900, 900, 1000, -1001)).unwrap().read,
+            100
+        );
+        // Nothing read yet: the position is the committed offset.
+        let l = PartitionLag::from_stats(&part(-1001, 300, 1000, 1000)).unwrap();
+        assert_eq!((l.read, l.commit_hold), (700, 0));
+        // No end or no position known yet: nothing to say.
+        assert_eq!(PartitionLag::from_stats(&part(-1001, -1001, 1000, 1000)), None);
+        assert_eq!(PartitionLag::from_stats(&part(5, 5, -1001, -1001)), None);
     }
 }

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod file;
 pub mod kafka;
+pub mod properties;
 
 /// One raw event as read, with where it came from.
 #[derive(Debug, Clone, PartialEq)]

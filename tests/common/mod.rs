@@ -273,6 +273,7 @@ pub async fn spawn_pipeline(
         RunOptions {
             max_events: Some(max_events),
             group_id: Some(group.into()),
+            ..Default::default()
         },
         Arc::new(AtomicBool::new(false)),
         stats.clone(),
