@@ -24,5 +24,8 @@ export CC=aarch64-linux-gnu-gcc CXX=aarch64-linux-gnu-g++ AR=aarch64-linux-gnu-a
 # Host tools (build scripts, proc macros) keep the host compilers.
 export CC_x86_64_unknown_linux_gnu=gcc CXX_x86_64_unknown_linux_gnu=g++ AR_x86_64_unknown_linux_gnu=ar
 unset RUSTC_WORKSPACE_WRAPPER
+# Warnings are errors, as on x86_64 (where clippy runs): code only one
+# architecture uses must say so with cfg.
+export RUSTFLAGS="-D warnings"
 cargo check --quiet --target "$triple" --lib --benches
 echo "check-aarch64: the library and benches compile for $triple" >&2

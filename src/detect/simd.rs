@@ -391,6 +391,8 @@ pub fn sq_dists_block(
         unsafe { sq_dists_block_avx512(rows, row_norms, cols_t, col_norms, dim, lower, out) };
         return;
     }
+    // The GEMM computes every entry, so `lower` changes nothing there.
+    let _ = lower;
     sq_dists_block_gemm(rows, row_norms, cols_t, col_norms, dim, out);
 }
 
@@ -448,6 +450,7 @@ fn has_avx512() -> bool {
 /// `TILE_ROWS` × 16 columns: 16 accumulators, and per coordinate 2 column
 /// loads and `TILE_ROWS` broadcasts for 16 FMAs (a 4 × 8 tile did 5 loads for
 /// 4 FMAs and waited on the loads).
+#[cfg(target_arch = "x86_64")]
 const TILE_ROWS: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
