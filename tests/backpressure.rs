@@ -58,3 +58,73 @@ async fn a_slow_output_topic_slows_the_consumer_instead_of_filling_memory() {
         "half the input was read when only {at_half} events were processed"
     );
 }
+
+/// A run whose reader cannot go on (here: every evaluation waits 3 s for
+/// its output broker, so the channel to the processor stays full) while
+/// events wait to be read is stalled after `stall_after`: the flag that
+/// /health and the metrics read is set and the stall counted; once the
+/// outputs answer again it reads everything and the flag clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_cannot_go_on_is_reported_stalled_then_recovers() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let broker = Broker::start(2).unwrap();
+    broker.create_topic("stall", 1).unwrap();
+    for t in ["stall-alerts", "stall-dlq", "stall-stats"] {
+        broker.create_topic(t, 1).unwrap();
+        broker.set_leader(t, 0, 2).unwrap();
+    }
+    broker.set_leader("stall", 0, 1).unwrap();
+    produce(&broker, "stall", &normal_events(4, 3000, 0.0)).await;
+    broker.set_round_trip(2, Duration::from_secs(3)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = ks_pipeline_with(
+        dir.path(),
+        "stall",
+        "stall",
+        &broker.bootstrap(),
+        "{reference: {type: first, size: 200}, current: {size: 200, slide: 50}}",
+        ", properties: {statistics.interval.ms: \"200\"}",
+    );
+    let stages = driftwatch::runtime::Stages::build(driftwatch::config::Pipeline::load(&p).unwrap())
+        .await
+        .unwrap();
+    let stats = Arc::new(driftwatch::runtime::RunStats::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn(driftwatch::runtime::run(
+        stages,
+        driftwatch::runtime::RunOptions {
+            max_events: None,
+            group_id: Some("g-stall".into()),
+            stall_after: Some(Duration::from_secs(2)),
+        },
+        shutdown.clone(),
+        stats.clone(),
+        None,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !stats.stalled.load(Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported stalled; read {} of 3000, lags {:?}",
+            stats.received.load(Relaxed),
+            stats.lag.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stats.stalls.load(Relaxed) >= 1);
+    assert!(stats.received.load(Relaxed) < 3000, "events still wait while stalled");
+    broker.set_round_trip(2, Duration::ZERO).unwrap();
+    while stats.processed.load(Relaxed) < 3000 || stats.stalled.load(Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not recover: processed {}, stalled {}",
+            stats.processed.load(Relaxed),
+            stats.stalled.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.store(true, Relaxed);
+    run.await.unwrap().unwrap();
+}

@@ -186,6 +186,13 @@ pub async fn run(
         opts.clone(),
     ));
 
+    // Stops with the run, however it ends.
+    let _watcher = AbortOnDrop(tokio::spawn(watch_lag(
+        consumer.clone(),
+        stats.clone(),
+        opts.stall_after.unwrap_or(DEFAULT_STALL_AFTER),
+    )));
+
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     let scoring = engine.stages.scoring_id();
     let key_states = KeyStates::new(
@@ -330,6 +337,28 @@ pub async fn run(
     Ok(())
 }
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Every second: the lags librdkafka last reported, and whether the run is
+/// stalled. A task of its own, because a stalled reader is exactly the one
+/// that cannot report it (it waits on a full channel, or on the broker).
+async fn watch_lag(consumer: Arc<KafkaConsumer>, stats: Arc<RunStats>, stall_after: Duration) {
+    let mut stall = StallWatch::new(stall_after, std::time::Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        *stats.lag.lock().unwrap_or_else(|e| e.into_inner()) = consumer.lag();
+        stall.check(&stats, std::time::Instant::now());
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn read_loop(
     consumer: Arc<KafkaConsumer>,
@@ -343,10 +372,6 @@ async fn read_loop(
     opts: RunOptions,
 ) -> Result<(), RuntimeError> {
     let max_events = opts.max_events;
-    let mut stall = StallWatch::new(
-        opts.stall_after.unwrap_or(DEFAULT_STALL_AFTER),
-        std::time::Instant::now(),
-    );
     let linger = Duration::from_millis(p.batch.linger_ms);
     let max = p.batch.max_events.get();
     let mut first = BTreeMap::new();
@@ -362,8 +387,6 @@ async fn read_loop(
             if !stats.ready.load(Ordering::Relaxed) && consumer.assigned() {
                 stats.ready.store(true, Ordering::Relaxed);
             }
-            *stats.lag.lock().unwrap_or_else(|e| e.into_inner()) = consumer.lag();
-            stall.check(&stats, std::time::Instant::now());
         }
         let stop = shutdown.load(Ordering::SeqCst) || max_events.is_some_and(|m| read >= m);
         let flush_now = stop || decoder.len() >= max || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
