@@ -63,7 +63,7 @@ pub struct RunStats {
 
 /// Tells a stalled consumer from an idle one: stalled when events wait to
 /// be read (read lag above 0) and none was read for `after`; idle when
-/// nothing waits. Fed every few seconds by the run loop.
+/// nothing waits. Fed every second by the run's lag watcher.
 #[derive(Debug)]
 pub struct StallWatch {
     after: Duration,
@@ -84,13 +84,7 @@ impl StallWatch {
     /// read so far and the read lag; returns whether the run is stalled.
     pub fn check(&mut self, stats: &RunStats, now: std::time::Instant) -> bool {
         let received = stats.received.load(Ordering::Relaxed);
-        let waiting: i64 = stats
-            .lag
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|l| l.read)
-            .sum();
+        let waiting = stats.lag_total(|l| l.read);
         if received != self.received || waiting == 0 {
             (self.received, self.since) = (received, now);
         }
@@ -110,20 +104,28 @@ impl StallWatch {
 }
 
 impl RunStats {
+    /// One part of the lags (`read`, `commit_hold`, …) summed over partitions.
+    pub fn lag_total(&self, part: fn(&crate::source::kafka::PartitionLag) -> i64) -> i64 {
+        self.lag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(part)
+            .sum()
+    }
+
     /// Logs the counters in one line (`run --status-every`).
     pub fn log_status(&self) {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let join = self.labels.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let lag = self.lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let total = |f: fn(&crate::source::kafka::PartitionLag) -> i64| lag.values().map(f).sum::<i64>();
         tracing::info!(
             received = n(&self.received),
             processed = n(&self.processed),
             dead_lettered = n(&self.dead_lettered),
             evaluations = n(&self.evaluations),
             alerts = n(&self.alerts),
-            read_lag = total(|l| l.read),
-            commit_hold = total(|l| l.commit_hold),
+            read_lag = self.lag_total(|l| l.read),
+            commit_hold = self.lag_total(|l| l.commit_hold),
             stalled = self.stalled.load(Ordering::Relaxed),
             window_keys = n(&self.window_keys),
             window_events = n(&self.window_events),

@@ -66,9 +66,6 @@ async fn a_slow_output_topic_slows_the_consumer_instead_of_filling_memory() {
 /// outputs answer again it reads everything and the flag clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_cannot_go_on_is_reported_stalled_then_recovers() {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
-
     let broker = Broker::start(2).unwrap();
     broker.create_topic("stall", 1).unwrap();
     for t in ["stall-alerts", "stall-dlq", "stall-stats"] {
@@ -87,22 +84,12 @@ async fn a_reader_that_cannot_go_on_is_reported_stalled_then_recovers() {
         "{reference: {type: first, size: 200}, current: {size: 200, slide: 50}}",
         ", properties: {statistics.interval.ms: \"200\"}",
     );
-    let stages = driftwatch::runtime::Stages::build(driftwatch::config::Pipeline::load(&p).unwrap())
-        .await
-        .unwrap();
-    let stats = Arc::new(driftwatch::runtime::RunStats::default());
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let run = tokio::spawn(driftwatch::runtime::run(
-        stages,
-        driftwatch::runtime::RunOptions {
-            max_events: None,
-            group_id: Some("g-stall".into()),
-            stall_after: Some(Duration::from_secs(2)),
-        },
-        shutdown.clone(),
-        stats.clone(),
-        None,
-    ));
+    let opts = driftwatch::runtime::RunOptions {
+        max_events: None,
+        group_id: Some("g-stall".into()),
+        stall_after: Some(Duration::from_secs(2)),
+    };
+    let (run, stats, shutdown) = start_pipeline(&p, opts).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while !stats.stalled.load(Relaxed) {
         assert!(

@@ -377,8 +377,7 @@ async fn compressed_batches_are_read_like_plain_ones() {
 /// (it was one "lag" of end − committed, which never reached 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_lag_reaches_zero_while_the_commit_hold_keeps_the_open_windows() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::atomic::Ordering::Relaxed;
 
     let broker = Broker::start(1).unwrap();
     for (t, parts) in [("lagt", 2), ("lagt-alerts", 1), ("lagt-dlq", 1), ("lagt-stats", 1)] {
@@ -400,22 +399,12 @@ async fn read_lag_reaches_zero_while_the_commit_hold_keeps_the_open_windows() {
         "{reference: {type: first, size: 200}, current: {size: 200, slide: 50}}",
         ", properties: {statistics.interval.ms: \"200\"}",
     );
-    let stages = driftwatch::runtime::Stages::build(driftwatch::config::Pipeline::load(&p).unwrap())
-        .await
-        .unwrap();
-    let stats = Arc::new(driftwatch::runtime::RunStats::default());
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let run = tokio::spawn(driftwatch::runtime::run(
-        stages,
-        driftwatch::runtime::RunOptions {
-            max_events: None,
-            group_id: Some("g-lag".into()),
-            ..Default::default()
-        },
-        shutdown.clone(),
-        stats.clone(),
-        None,
-    ));
+    let opts = driftwatch::runtime::RunOptions {
+        max_events: None,
+        group_id: Some("g-lag".into()),
+        ..Default::default()
+    };
+    let (run, stats, shutdown) = start_pipeline(&p, opts).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let lag = loop {
         let lag = stats.lag.lock().unwrap().clone();

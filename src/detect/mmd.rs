@@ -416,12 +416,13 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         let mut members: Vec<Vec<u32>> = (0..seq.next_round())
             .map(|_| idx.partial_shuffle(&mut rng, small).0.to_vec())
             .collect();
-        if t_cmp.is_none() {
+        let first_round = t_cmp.is_none();
+        if first_round {
             members.push(observed.clone());
         }
         let quads = quad_forms(&fixed, total, &members, opts.threads);
         let mut stats: Vec<f64> = quads.iter().zip(&members).map(|(q, mem)| stat_of(*q, mem)).collect();
-        if t_cmp.is_none() {
+        if first_round {
             t_cmp = stats.pop();
         }
         let t_obs = t_cmp.unwrap_or(t);

@@ -221,14 +221,20 @@ fn masked_sums4_fixed_scalar(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
             *s += a.iter().map(|&v| i64::from(v)).sum::<i64>();
         }
     }
-    for (k, v) in row.iter().enumerate().skip(whole) {
+    add_masked_tail(row, whole, bits, &mut tot);
+    tot
+}
+
+/// Adds row[from..] under each bitset, value by value: the tail shorter
+/// than a vector of the paths above.
+fn add_masked_tail(row: &[i32], from: usize, bits: [&[u64]; 4], tot: &mut [i64; 4]) {
+    for (k, v) in row.iter().enumerate().skip(from) {
         for (s, b) in tot.iter_mut().zip(&bits) {
             if bits_from(b, k, 1) == 1 {
                 *s += i64::from(*v);
             }
         }
     }
-    tot
 }
 
 /// The bits t..t+width of `bits` (t a multiple of `width`, a power of two ≤ 64).
@@ -308,13 +314,7 @@ unsafe fn masked_sums4_fixed_avx2(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
             *s += lanes.iter().map(|&v| i64::from(v)).sum::<i64>();
         }
     }
-    for (k, v) in row.iter().enumerate().skip(t) {
-        for (s, b) in tot.iter_mut().zip(&bits) {
-            if bits_from(b, k, 1) == 1 {
-                *s += i64::from(*v);
-            }
-        }
-    }
+    add_masked_tail(row, t, bits, &mut tot);
     tot
 }
 

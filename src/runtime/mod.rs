@@ -183,7 +183,7 @@ pub async fn run(
         tx,
         shutdown.clone(),
         stats.clone(),
-        opts.clone(),
+        opts.max_events,
     ));
 
     // Stops with the run, however it ends.
@@ -369,9 +369,8 @@ async fn read_loop(
     tx: mpsc::Sender<Msg>,
     shutdown: Arc<AtomicBool>,
     stats: Arc<RunStats>,
-    opts: RunOptions,
+    max_events: Option<u64>,
 ) -> Result<(), RuntimeError> {
-    let max_events = opts.max_events;
     let linger = Duration::from_millis(p.batch.linger_ms);
     let max = p.batch.max_events.get();
     let mut first = BTreeMap::new();

@@ -255,6 +255,24 @@ pub async fn run_pipeline(path: &Path, max_events: u64, group: &str) -> Arc<RunS
     stats
 }
 
+/// A pipeline run in a task: the task, its counters and its shutdown flag.
+pub type Spawned = (
+    tokio::task::JoinHandle<Result<(), runtime::RuntimeError>>,
+    Arc<RunStats>,
+    Arc<AtomicBool>,
+);
+
+/// Starts a pipeline file in a task with `opts`; returns the task, the run's
+/// counters, to watch while it runs, and the flag that stops it.
+pub async fn start_pipeline(path: &Path, opts: RunOptions) -> Spawned {
+    let p = Pipeline::load(path).expect("pipeline loads");
+    let stages = Stages::build(p).await.expect("stages build");
+    let stats = Arc::new(RunStats::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn(runtime::run(stages, opts, shutdown.clone(), stats.clone(), None));
+    (run, stats, shutdown)
+}
+
 /// Starts a pipeline file in a task that ends once `max_events` are read;
 /// returns the task and the run's counters, to watch while it runs.
 pub async fn spawn_pipeline(
@@ -265,20 +283,12 @@ pub async fn spawn_pipeline(
     tokio::task::JoinHandle<Result<(), runtime::RuntimeError>>,
     Arc<RunStats>,
 ) {
-    let p = Pipeline::load(path).expect("pipeline loads");
-    let stages = Stages::build(p).await.expect("stages build");
-    let stats = Arc::new(RunStats::default());
-    let run = tokio::spawn(runtime::run(
-        stages,
-        RunOptions {
-            max_events: Some(max_events),
-            group_id: Some(group.into()),
-            ..Default::default()
-        },
-        Arc::new(AtomicBool::new(false)),
-        stats.clone(),
-        None,
-    ));
+    let opts = RunOptions {
+        max_events: Some(max_events),
+        group_id: Some(group.into()),
+        ..Default::default()
+    };
+    let (run, stats, _) = start_pipeline(path, opts).await;
     (run, stats)
 }
 
