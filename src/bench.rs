@@ -152,20 +152,20 @@ fn payloads(from: BenchEvents) -> Result<Vec<Vec<u8>>, RuntimeError> {
 fn load_without(pipeline_path: &Path, without: &[String]) -> Result<Pipeline, RuntimeError> {
     let mut pipeline = Pipeline::load(pipeline_path)?;
     for name in without {
-        if !pipeline.detectors.iter().any(|d| d.name() == name) {
+        if !pipeline.detectors.iter().any(|d| d.name == *name) {
             return Err(other(format!(
                 "--without {name}: {} has no detector of that name (it has {})",
                 pipeline_path.display(),
                 pipeline
                     .detectors
                     .iter()
-                    .map(|d| d.name())
+                    .map(|d| d.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             )));
         }
     }
-    pipeline.detectors.retain(|d| !without.iter().any(|w| w == d.name()));
+    pipeline.detectors.retain(|d| !without.iter().any(|w| *w == d.name));
     Ok(pipeline)
 }
 

@@ -371,7 +371,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             };
             let summary = driftwatch::demo::run(opts).await?;
             let p = driftwatch::config::Pipeline::load(&pipeline)?;
-            let names: Vec<String> = p.detectors.iter().map(|d| d.name().to_string()).collect();
+            let names: Vec<String> = p.detectors.iter().map(|d| d.name.clone()).collect();
             println!("{}", driftwatch::demo::summary_table(&summary, &names));
             Ok(ExitCode::SUCCESS)
         }

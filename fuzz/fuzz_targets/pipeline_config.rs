@@ -12,7 +12,13 @@ fuzz_target!(|data: &[u8]| {
     };
     // Relative paths resolve from pipelines/, as for the shipped files.
     let at = common::repo_root().join("pipelines/fuzz.yaml");
-    if let Err(e) = Pipeline::parse(&at, text) {
-        assert!(!e.to_string().is_empty());
+    match Pipeline::parse(&at, text) {
+        Err(e) => assert!(!e.to_string().is_empty()),
+        // The detectors' options are built from the parsed items.
+        Ok(p) => {
+            if let Err(e) = driftwatch::detect::kinds::build(&p) {
+                assert!(!e.to_string().is_empty());
+            }
+        }
     }
 });

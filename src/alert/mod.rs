@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::detect::{DetectorResult, TestResult};
 use crate::model::ModelIdentity;
 
-pub use crate::config::{DriftType, drift_type_name};
+pub use crate::detect::{DriftType, drift_type_name};
 
 /// Offsets of one partition inside a window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -75,18 +75,6 @@ pub fn alert_id(pipeline: &str, detector: &str, key: &str, end: (i32, i64)) -> S
         h.update([0u8]);
     }
     hex::encode(&h.finalize()[..16])
-}
-
-/// Drift type of a detector (the rule documented in the README): what the
-/// configuration says, else by what is tested — error rates → concept;
-/// predicted classes or class priors → label; inputs and embeddings → covariate.
-pub fn drift_type_of(kind: &str, columns: &[String], configured: Option<DriftType>) -> DriftType {
-    configured.unwrap_or(match kind {
-        "error_rate" => DriftType::Concept,
-        "label_shift" | "bbse" => DriftType::Label,
-        _ if columns.iter().any(|c| c == "predicted_class") => DriftType::Label,
-        _ => DriftType::Covariate,
-    })
 }
 
 /// Turns drifting evaluations into alerts: at least k of the last m

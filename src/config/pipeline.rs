@@ -97,7 +97,7 @@ pub struct Pipeline {
     #[serde(default)]
     pub labels: Option<LabelsConfig>,
     /// Drift detectors, each a query over the `windows` table.
-    pub detectors: Vec<DetectorConfig>,
+    pub detectors: Vec<DetectorSpec>,
     /// False-alarm budget (`ert`), hysteresis and cooldown of alerts.
     #[serde(default)]
     pub alerting: AlertingConfig,
@@ -576,347 +576,26 @@ pub struct CurrentConfig {
     pub slide: Option<Positive>,
 }
 
-/// A drift detector, built from its [`DetectorSpec`].
+/// A `detectors:` item as written: its `name` and `kind`, and the kind's
+/// options, which `detect::kinds` checks and builds (each kind declares and
+/// documents its own: `driftwatch kinds` lists them).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "DetectorSpec")]
-pub enum DetectorConfig {
-    /// Two-sample Kolmogorov–Smirnov per numeric column.
-    Ks(ColumnTests),
-    /// Chi-square homogeneity per categorical column.
-    Chi2(ColumnTests),
-    /// MMD² on a vector column (e.g. the CNN embedding).
-    Mmd(MmdDetector),
-    /// A distance (PSI, KL, JS, Wasserstein) per column, against a threshold.
-    Distance(DistanceDetector),
-    /// A test on predictions and labels (error rate, label shift).
-    Labelled(LabelledDetector),
-    /// A query of your own over `windows`.
-    Sql(SqlDetector),
-}
-
-/// Detector kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DetectorKind {
-    /// Two-sample Kolmogorov–Smirnov per numeric column (p-value).
-    Ks,
-    /// Chi-square homogeneity per categorical column, e.g. `predicted_class` (p-value).
-    Chi2,
-    /// MMD² on a vector column (permutation p-value).
-    Mmd,
-    /// Population stability index per column (threshold on the statistic).
-    Psi,
-    /// Kullback–Leibler divergence, current ‖ reference (threshold).
-    Kl,
-    /// Jensen–Shannon divergence, base 2, in [0, 1] (threshold).
-    Js,
-    /// Wasserstein-1 distance in reference standard deviations (threshold).
-    Wasserstein,
-    /// Concept drift: error rate of the labelled current window vs the
-    /// labelled reference, Fisher's exact test; per-class accuracies in the alert.
-    ErrorRate,
-    /// Label shift: chi-square on predicted classes, with the current class
-    /// priors estimated by BBSE (in the alert).
-    LabelShift,
-    /// A query of your own over `windows`.
-    Sql,
-}
-
-/// Multiple-testing correction across a detector's columns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Correction {
-    /// Each column tested at `alpha`.
-    None,
-    /// Each column tested at `alpha / columns` (family-wise error ≤ alpha).
-    #[default]
-    Bonferroni,
-    /// Benjamini–Hochberg: the columns with the k smallest p-values drift,
-    /// k the largest with p₍ₖ₎ ≤ k·alpha/columns (false discovery rate ≤ alpha).
-    BenjaminiHochberg,
-}
-
-/// A `detectors:` item as written: one flat map, so every key is checked and
-/// located by serde; the options that apply depend on `kind`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DetectorSpec {
     /// Detector name, unique in the pipeline; appears in alerts.
     pub name: String,
     /// `ks`, `chi2`, `mmd`, `psi`, `kl`, `js`, `wasserstein`, `error_rate`,
-    /// `label_shift` or `sql`.
-    pub kind: DetectorKind,
-    /// ks, chi2, mmd, error_rate, label_shift, sql: significance level of the detector as a whole per
-    /// evaluation (default 0.01, or derived from `alerting.ert`).
-    #[serde(default)]
-    pub alpha: Option<Alpha>,
-    /// ks, chi2, sql: correction across columns: `none`, `bonferroni`
-    /// (default) or `benjamini_hochberg`.
-    #[serde(default)]
-    pub correction: Option<Correction>,
-    /// ks, chi2, psi, kl, js, wasserstein: columns to test.
-    #[serde(default)]
-    pub columns: Option<Vec<String>>,
-    /// mmd: vector column (default `embedding`).
-    #[serde(default)]
-    pub column: Option<String>,
-    /// mmd: permutations for the p-value (default 200; p ≥ 1/(permutations+1)).
-    #[serde(default)]
-    pub permutations: Option<Positive>,
-    /// mmd: seed of the permutations (default 0).
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// mmd: stop drawing permutations once h of their statistics reach the
-    /// observed one, with Besag & Clifford's sequential p-value (h/l after l
-    /// draws; the full test's p-value when it does not stop). `true`
-    /// (default): h = max(10, ⌊alpha·permutations⌋ + 1); a number: that h,
-    /// at least ⌊alpha·permutations⌋ + 1, so that stopping never changes the
-    /// decision; `false`: all permutations, every time.
-    #[serde(default)]
-    pub early_stop: Option<EarlyStop>,
-    /// mmd: kernel bandwidth σ; default the median heuristic on the reference.
-    #[serde(default)]
-    pub sigma: Option<f64>,
-    /// mmd: `quadratic` (default; unbiased U-statistic, permutation p-value)
-    /// or `linear` (linear-time statistic, normal p-value: for large windows).
-    #[serde(default)]
-    pub method: Option<MmdMethod>,
-    /// psi, kl, js, wasserstein, sql: a column drifts when its distance
-    /// exceeds this. Defaults: psi 0.2, kl 0.1, js 0.1, wasserstein 0.5 (σ).
-    #[serde(default)]
-    pub threshold: Option<f64>,
-    /// psi, kl, js: quantile bins fitted on the reference for float columns
-    /// (default 10; other column types use their categories).
-    #[serde(default)]
-    pub bins: Option<Positive>,
-    /// sql: a SELECT over `windows` returning an optional `key` column and one
-    /// or more result columns (`ks_test(…)`, `mmd_test(…)`, `psi(…)`, …); GROUP BY key.
-    #[serde(default)]
-    pub sql: Option<String>,
-    /// sql: kind of drift the query watches: covariate (default), label or concept.
-    #[serde(default)]
-    pub drift_type: Option<DriftType>,
-    /// error_rate, label_shift: the model's predicted class column (default `predicted_class`).
-    #[serde(default)]
-    pub prediction: Option<String>,
-    /// error_rate, label_shift: the true label column (default `label`);
-    /// events whose label is null count as unlabelled.
-    #[serde(default)]
-    pub label: Option<String>,
-}
-
-fn columns(kind: &str, c: Option<Vec<String>>) -> Result<Vec<String>, String> {
-    let c = c.ok_or_else(|| format!("kind {kind} needs `columns`"))?;
-    if c.is_empty() {
-        return Err("`columns` needs at least one column".into());
-    }
-    Ok(c)
-}
-
-impl TryFrom<DetectorSpec> for DetectorConfig {
-    type Error = String;
-    fn try_from(s: DetectorSpec) -> Result<Self, String> {
-        let mmd_only = [
-            ("column", s.column.is_some()),
-            ("permutations", s.permutations.is_some()),
-            ("seed", s.seed.is_some()),
-            ("sigma", s.sigma.is_some()),
-            ("method", s.method.is_some()),
-            ("early_stop", s.early_stop.is_some()),
-        ];
-        let sql_only = [("sql", s.sql.is_some()), ("drift_type", s.drift_type.is_some())];
-        let labelled_only = [("prediction", s.prediction.is_some()), ("label", s.label.is_some())];
-        let distance_only = [("threshold", s.threshold.is_some()), ("bins", s.bins.is_some())];
-        let test_only = [("alpha", s.alpha.is_some()), ("correction", s.correction.is_some())];
-        if s.threshold.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
-            return Err("`threshold` must be a non-negative number".into());
-        }
-        let name = s.name;
-        match s.kind {
-            k @ (DetectorKind::Ks | DetectorKind::Chi2) => {
-                let kn = if k == DetectorKind::Ks { "kind ks" } else { "kind chi2" };
-                only(kn, &mmd_only)?;
-                only(kn, &sql_only)?;
-                only(kn, &distance_only)?;
-                only(kn, &labelled_only)?;
-                let t = ColumnTests {
-                    name,
-                    columns: columns(&kn[5..], s.columns)?,
-                    alpha: s.alpha,
-                    correction: s.correction.unwrap_or_default(),
-                };
-                Ok(if k == DetectorKind::Ks {
-                    DetectorConfig::Ks(t)
-                } else {
-                    DetectorConfig::Chi2(t)
-                })
-            }
-            DetectorKind::Mmd => {
-                only(
-                    "kind mmd",
-                    &[("columns", s.columns.is_some()), ("correction", s.correction.is_some())],
-                )?;
-                only("kind mmd", &sql_only)?;
-                only("kind mmd", &distance_only)?;
-                only("kind mmd", &labelled_only)?;
-                if s.sigma.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
-                    return Err("`sigma` must be a positive number".into());
-                }
-                let method = s.method.unwrap_or_default();
-                if method == MmdMethod::Linear {
-                    only(
-                        "method linear (no permutations)",
-                        &[
-                            ("permutations", s.permutations.is_some()),
-                            ("seed", s.seed.is_some()),
-                            ("early_stop", s.early_stop.is_some()),
-                        ],
-                    )?;
-                }
-                Ok(DetectorConfig::Mmd(MmdDetector {
-                    name,
-                    column: s.column.unwrap_or_else(|| "embedding".into()),
-                    alpha: s.alpha,
-                    permutations: s.permutations.unwrap_or(Positive(200)),
-                    seed: s.seed.unwrap_or(0),
-                    sigma: s.sigma,
-                    method,
-                    early_stop: s.early_stop.unwrap_or_default(),
-                }))
-            }
-            k @ (DetectorKind::Psi | DetectorKind::Kl | DetectorKind::Js | DetectorKind::Wasserstein) => {
-                let metric = match k {
-                    DetectorKind::Psi => Metric::Psi,
-                    DetectorKind::Kl => Metric::Kl,
-                    DetectorKind::Js => Metric::Js,
-                    _ => Metric::Wasserstein,
-                };
-                let kn = format!("kind {}", metric.name());
-                only(&kn, &mmd_only)?;
-                only(&kn, &sql_only)?;
-                only(&kn, &test_only)?;
-                only(&kn, &labelled_only)?;
-                if metric == Metric::Wasserstein {
-                    only(&kn, &[("bins", s.bins.is_some())])?;
-                }
-                if s.bins.is_some_and(|b| b.get() < 2) {
-                    return Err("`bins` must be at least 2".into());
-                }
-                Ok(DetectorConfig::Distance(DistanceDetector {
-                    name,
-                    metric,
-                    columns: columns(metric.name(), s.columns)?,
-                    threshold: s.threshold.unwrap_or(match metric {
-                        Metric::Psi => 0.2,
-                        Metric::Kl | Metric::Js => 0.1,
-                        Metric::Wasserstein => 0.5,
-                    }),
-                    bins: s.bins.map_or(DEFAULT_BINS, Positive::get),
-                }))
-            }
-            k @ (DetectorKind::ErrorRate | DetectorKind::LabelShift) => {
-                let kn = if k == DetectorKind::ErrorRate {
-                    "kind error_rate"
-                } else {
-                    "kind label_shift"
-                };
-                only(kn, &mmd_only)?;
-                only(kn, &sql_only)?;
-                only(kn, &distance_only)?;
-                only(
-                    kn,
-                    &[("columns", s.columns.is_some()), ("correction", s.correction.is_some())],
-                )?;
-                Ok(DetectorConfig::Labelled(LabelledDetector {
-                    name,
-                    kind: if k == DetectorKind::ErrorRate {
-                        LabelledKind::ErrorRate
-                    } else {
-                        LabelledKind::LabelShift
-                    },
-                    prediction: s.prediction.unwrap_or_else(|| PREDICTED_CLASS_COL.into()),
-                    label: s.label.unwrap_or_else(|| "label".into()),
-                    alpha: s.alpha,
-                }))
-            }
-            DetectorKind::Sql => {
-                only("kind sql", &labelled_only)?;
-                only("kind sql", &mmd_only)?;
-                only(
-                    "kind sql",
-                    &[("columns", s.columns.is_some()), ("bins", s.bins.is_some())],
-                )?;
-                Ok(DetectorConfig::Sql(SqlDetector {
-                    name,
-                    sql: s.sql.ok_or("kind sql needs `sql`")?,
-                    alpha: s.alpha,
-                    correction: s.correction.unwrap_or_default(),
-                    threshold: s.threshold,
-                    drift_type: s.drift_type,
-                }))
-            }
-        }
-    }
-}
-
-/// Which distance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Metric {
-    Psi,
-    Kl,
-    Js,
-    Wasserstein,
-}
-
-impl Metric {
-    /// Name used in YAML (`kind:`) and in results.
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Psi => "psi",
-            Metric::Kl => "kl",
-            Metric::Js => "js",
-            Metric::Wasserstein => "wasserstein",
-        }
-    }
-}
-
-/// Default number of quantile bins.
-pub const DEFAULT_BINS: usize = 10;
-
-/// Which kind of drift a detector watches.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum DriftType {
-    /// P(X) moved: input features and embeddings.
-    Covariate,
-    /// P(Y) moved: predicted classes and priors.
-    Label,
-    /// P(Y|X) moved: error rates against true labels.
-    Concept,
-}
-
-/// The drift type's name as it appears in alerts and truth files.
-pub fn drift_type_name(t: DriftType) -> &'static str {
-    match t {
-        DriftType::Covariate => "covariate",
-        DriftType::Label => "label",
-        DriftType::Concept => "concept",
-    }
+    /// `label_shift`, `missing_share`, `unseen_categories`, `out_of_range`
+    /// or `sql`.
+    pub kind: String,
+    /// The options of the kind (see its file in `src/detect/kinds/`).
+    #[serde(flatten)]
+    pub options: serde_norway::Mapping,
 }
 
 /// Names of the columns the model stage appends.
 pub const EMBEDDING_COL: &str = "embedding";
 pub const LOGITS_COL: &str = "logits";
 pub const PREDICTED_CLASS_COL: &str = "predicted_class";
-
-/// `kind: ks` and `kind: chi2` (fields as in [`DetectorSpec`]).
-#[derive(Debug, Clone)]
-pub struct ColumnTests {
-    pub name: String,
-    pub columns: Vec<String>,
-    pub alpha: Option<Alpha>,
-    pub correction: Correction,
-}
 
 /// Late labels: records `{"event_id": …, "label": …, "ts": …}` on their own
 /// topic (same brokers and properties as the source), joined to events by
@@ -957,211 +636,6 @@ pub struct LabelsConfig {
 
 fn default_max_pending() -> Positive {
     Positive(100_000)
-}
-
-/// `kind: error_rate | label_shift` (fields as in [`DetectorSpec`]).
-#[derive(Debug, Clone)]
-pub struct LabelledDetector {
-    pub name: String,
-    pub kind: LabelledKind,
-    pub prediction: String,
-    pub label: String,
-    pub alpha: Option<Alpha>,
-}
-
-/// Which test on predictions and labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LabelledKind {
-    ErrorRate,
-    LabelShift,
-}
-
-/// `kind: mmd` (fields as in [`DetectorSpec`]).
-#[derive(Debug, Clone)]
-pub struct MmdDetector {
-    pub name: String,
-    pub column: String,
-    pub alpha: Option<Alpha>,
-    pub permutations: Positive,
-    pub seed: u64,
-    pub sigma: Option<f64>,
-    pub method: MmdMethod,
-    pub early_stop: EarlyStop,
-}
-
-impl MmdDetector {
-    /// h of the sequential p-value (`None`: all permutations). Stopping
-    /// early never changes the decision at alpha when h > alpha·B (proof in
-    /// `detect::sequential`); the default also keeps h ≥ 10 for a p-value
-    /// worth reading.
-    pub fn stop_after(&self) -> Option<usize> {
-        match self.early_stop {
-            EarlyStop::Off => None,
-            EarlyStop::Auto => Some(self.min_stop_after().max(10)),
-            EarlyStop::After(h) => Some(h),
-        }
-    }
-
-    /// The smallest h for which stopping early cannot change the decision.
-    pub fn min_stop_after(&self) -> usize {
-        (self.alpha.unwrap_or_default().0 * self.permutations.get() as f64).floor() as usize + 1
-    }
-}
-
-/// mmd `early_stop`: `true`, `false` or h (see [`DetectorSpec::early_stop`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum EarlyStop {
-    #[default]
-    Auto,
-    Off,
-    After(usize),
-}
-
-impl<'de> Deserialize<'de> for EarlyStop {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = EarlyStop;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("true, false or a positive integer")
-            }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<EarlyStop, E> {
-                Ok(if v { EarlyStop::Auto } else { EarlyStop::Off })
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<EarlyStop, E> {
-                match v {
-                    0 => Err(E::custom("expected true, false or a positive integer, got 0")),
-                    v => Ok(EarlyStop::After(v as usize)),
-                }
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<EarlyStop, E> {
-                match u64::try_from(v) {
-                    Ok(v) => self.visit_u64(v),
-                    Err(_) => Err(E::custom(format!(
-                        "expected true, false or a positive integer, got {v}"
-                    ))),
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// How MMD is computed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MmdMethod {
-    /// Unbiased U-statistic, O((n+m)²), permutation p-value.
-    #[default]
-    Quadratic,
-    /// Linear-time statistic over disjoint pairs, O(n), normal p-value.
-    Linear,
-}
-
-/// `kind: psi | kl | js | wasserstein` (fields as in [`DetectorSpec`]).
-#[derive(Debug, Clone)]
-pub struct DistanceDetector {
-    pub name: String,
-    pub metric: Metric,
-    pub columns: Vec<String>,
-    pub threshold: f64,
-    pub bins: usize,
-}
-
-/// `kind: sql` (fields as in [`DetectorSpec`]).
-#[derive(Debug, Clone)]
-pub struct SqlDetector {
-    pub name: String,
-    pub sql: String,
-    pub alpha: Option<Alpha>,
-    pub correction: Correction,
-    /// Threshold for result columns without a p-value (distances).
-    pub threshold: Option<f64>,
-    pub drift_type: Option<DriftType>,
-}
-
-/// How a detector decides that a column drifted.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Decision {
-    /// Level of the detector per evaluation (tests with p-values).
-    pub alpha: f64,
-    pub correction: Correction,
-    /// Threshold on the statistic (results without p-value), if any.
-    pub threshold: Option<f64>,
-}
-
-impl DetectorConfig {
-    pub fn name(&self) -> &str {
-        match self {
-            DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => &d.name,
-            DetectorConfig::Mmd(d) => &d.name,
-            DetectorConfig::Distance(d) => &d.name,
-            DetectorConfig::Labelled(d) => &d.name,
-            DetectorConfig::Sql(d) => &d.name,
-        }
-    }
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DetectorConfig::Ks(_) => "ks",
-            DetectorConfig::Chi2(_) => "chi2",
-            DetectorConfig::Mmd(_) => "mmd",
-            DetectorConfig::Distance(d) => d.metric.name(),
-            DetectorConfig::Labelled(d) if d.kind == LabelledKind::ErrorRate => "error_rate",
-            DetectorConfig::Labelled(_) => "label_shift",
-            DetectorConfig::Sql(_) => "sql",
-        }
-    }
-    /// Columns the detector tests (empty for sql).
-    pub fn columns(&self) -> Vec<String> {
-        match self {
-            DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => d.columns.clone(),
-            DetectorConfig::Distance(d) => d.columns.clone(),
-            DetectorConfig::Mmd(d) => vec![d.column.clone()],
-            DetectorConfig::Labelled(d) => vec![d.prediction.clone(), d.label.clone()],
-            DetectorConfig::Sql(_) => vec![],
-        }
-    }
-    /// The alpha as configured (None: not given, or not a test).
-    fn alpha_slot(&mut self) -> Option<&mut Option<Alpha>> {
-        match self {
-            DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => Some(&mut d.alpha),
-            DetectorConfig::Mmd(d) => Some(&mut d.alpha),
-            DetectorConfig::Labelled(d) => Some(&mut d.alpha),
-            DetectorConfig::Sql(d) => Some(&mut d.alpha),
-            DetectorConfig::Distance(_) => None,
-        }
-    }
-    /// How the detector's results turn into drift / no drift.
-    pub fn decision(&self) -> Decision {
-        let a = |a: &Option<Alpha>| a.unwrap_or_default().0;
-        match self {
-            DetectorConfig::Ks(d) | DetectorConfig::Chi2(d) => Decision {
-                alpha: a(&d.alpha),
-                correction: d.correction,
-                threshold: None,
-            },
-            DetectorConfig::Mmd(d) => Decision {
-                alpha: a(&d.alpha),
-                correction: Correction::None,
-                threshold: None,
-            },
-            DetectorConfig::Labelled(d) => Decision {
-                alpha: a(&d.alpha),
-                correction: Correction::None,
-                threshold: None,
-            },
-            DetectorConfig::Distance(d) => Decision {
-                alpha: 0.0,
-                correction: Correction::None,
-                threshold: Some(d.threshold),
-            },
-            DetectorConfig::Sql(d) => Decision {
-                alpha: a(&d.alpha),
-                correction: d.correction,
-                threshold: d.threshold,
-            },
-        }
-    }
 }
 
 /// When evaluations become alerts: the false-alarm budget and alert shaping.
@@ -1246,7 +720,8 @@ impl Default for OutputConfig {
 
 impl Pipeline {
     /// Loads a pipeline file and checks what can be checked without the
-    /// schema, model or SQL engine (see `runtime::validate` for those).
+    /// schema, model or SQL engine (see `runtime::validate` for those; the
+    /// detectors' options are checked by `detect::kinds::build`).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.into(),
@@ -1262,8 +737,6 @@ impl Pipeline {
         p.path = path.to_path_buf();
         p.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         p.check()?;
-        p.apply_ert()?;
-        p.check_resolution()?;
         Ok(p)
     }
 
@@ -1278,65 +751,6 @@ impl Pipeline {
 
     fn err(&self, key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
         ConfigError::invalid(&self.path, key, msg)
-    }
-
-    /// A permutation p-value is never below 1/(B+1): a detector whose alpha is
-    /// smaller could never fire, so say so instead of watching in silence.
-    /// An `early_stop` h ≤ alpha·B could stop with a p-value at or below
-    /// alpha that the full test would not give: refused.
-    fn check_resolution(&self) -> Result<(), ConfigError> {
-        for (i, d) in self.detectors.iter().enumerate() {
-            if let DetectorConfig::Mmd(m) = d
-                && m.method == MmdMethod::Quadratic
-            {
-                let alpha = m.alpha.unwrap_or_default().0;
-                let b = m.permutations.get() as f64;
-                if alpha < 1.0 / (b + 1.0) {
-                    return Err(self.err(
-                        format!("detectors[{i}].permutations"),
-                        format!(
-                            "with {b} permutations the smallest p-value is 1/{} = {:.2e}, above alpha {alpha:.2e}: this detector could never fire; use at least {} permutations, a larger alpha or ert, or method: linear",
-                            b + 1.0,
-                            1.0 / (b + 1.0),
-                            (1.0 / alpha).ceil() as u64 - 1
-                        ),
-                    ));
-                }
-                if let EarlyStop::After(h) = m.early_stop
-                    && h < m.min_stop_after()
-                {
-                    return Err(self.err(
-                        format!("detectors[{i}].early_stop"),
-                        format!(
-                            "early_stop {h} could change decisions: with alpha {alpha:.2e} and {b} permutations it must be at least {} (more than alpha × permutations), or true for the default",
-                            m.min_stop_after()
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// With `alerting.ert`, sets every test detector's alpha to its share of 1/ert.
-    fn apply_ert(&mut self) -> Result<(), ConfigError> {
-        let Some(ert) = self.alerting.ert else {
-            return Ok(());
-        };
-        let tests = self.detectors.iter_mut().filter_map(|d| d.alpha_slot()).count();
-        for (i, d) in self.detectors.iter_mut().enumerate() {
-            if let Some(slot) = d.alpha_slot() {
-                if slot.is_some() {
-                    return Err(ConfigError::invalid(
-                        &self.path,
-                        format!("detectors[{i}].alpha"),
-                        "leave `alpha` out when `alerting.ert` is set: it is derived from the ert",
-                    ));
-                }
-                *slot = Some(Alpha(1.0 / (ert.get() as f64 * tests as f64)));
-            }
-        }
-        Ok(())
     }
 
     /// The `window` section, or an error saying who needs it.
@@ -1416,10 +830,10 @@ impl Pipeline {
         }
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.detectors.iter().enumerate() {
-            if !names.insert(d.name()) {
+            if !names.insert(d.name.as_str()) {
                 return Err(self.err(
                     format!("detectors[{i}].name"),
-                    format!("duplicate detector name `{}`", d.name()),
+                    format!("duplicate detector name `{}`", d.name),
                 ));
             }
         }

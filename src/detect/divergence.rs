@@ -24,7 +24,29 @@
 
 use super::chi2::contingency;
 
-pub use crate::config::{DEFAULT_BINS, Metric};
+/// Which distance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    Psi,
+    Kl,
+    Js,
+    Wasserstein,
+}
+
+impl Metric {
+    /// Name used in YAML (`kind:`) and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Psi => "psi",
+            Metric::Kl => "kl",
+            Metric::Js => "js",
+            Metric::Wasserstein => "wasserstein",
+        }
+    }
+}
+
+/// Default number of quantile bins.
+pub const DEFAULT_BINS: usize = 10;
 
 /// Interior bin edges: the reference's j/bins quantiles (j = 1..bins−1), deduplicated.
 pub fn quantile_edges(sorted: &[f64], bins: usize) -> Vec<f64> {

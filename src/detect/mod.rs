@@ -10,6 +10,7 @@
 
 pub mod chi2;
 pub mod divergence;
+pub mod kinds;
 pub mod kolmogorov;
 pub mod ks;
 pub mod labels;
@@ -31,9 +32,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaR
 use datafusion::logical_expr::LogicalPlan;
 use serde::Serialize;
 
-use crate::config::{Correction, Decision, DetectorConfig, LabelledKind, Metric, MmdMethod};
 use crate::sql::SqlStage;
 use crate::window::{Coords, Due};
+pub use kinds::{Correction, Decision, Detector, DriftType, drift_type_name};
 
 /// Name of the windows table and its two added columns.
 pub const WINDOWS_TABLE: &str = "windows";
@@ -169,62 +170,6 @@ pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// The SQL of a built-in detector (or the user's own).
-pub fn detector_sql(d: &DetectorConfig) -> String {
-    let cur = format!("{WINDOW_COL} = 'current'");
-    let per_column = |f: &str, cols: &[String], extra: &str| {
-        let cols: Vec<String> = cols
-            .iter()
-            .map(|c| format!("{f}({}, {cur}{extra}) AS {}", ident(c), ident(c)))
-            .collect();
-        format!(
-            "SELECT {KEY_COL}, {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
-            cols.join(", ")
-        )
-    };
-    match d {
-        DetectorConfig::Ks(k) => per_column("ks_test", &k.columns, ""),
-        DetectorConfig::Chi2(k) => per_column("chi2_test", &k.columns, ""),
-        DetectorConfig::Distance(k) => match k.metric {
-            Metric::Psi => per_column("psi", &k.columns, &format!(", {}", k.bins)),
-            Metric::Kl => per_column("kl_divergence", &k.columns, &format!(", {}", k.bins)),
-            Metric::Js => per_column("js_divergence", &k.columns, &format!(", {}", k.bins)),
-            Metric::Wasserstein => per_column("wasserstein_distance", &k.columns, ""),
-        },
-        DetectorConfig::Mmd(m) if m.method == MmdMethod::Linear => {
-            let sigma = m.sigma.map(|s| format!(", {s:?}")).unwrap_or_default();
-            format!(
-                "SELECT {KEY_COL}, mmd_linear_test({c}, {cur}{sigma}) AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
-                c = ident(&m.column)
-            )
-        }
-        DetectorConfig::Mmd(m) => {
-            // sigma 0 asks for the median heuristic; stop_after 0 for all permutations.
-            format!(
-                "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}, {:?}, {}) AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
-                m.permutations.get(),
-                m.seed,
-                m.sigma.unwrap_or(0.0),
-                m.stop_after().unwrap_or(0),
-                c = ident(&m.column)
-            )
-        }
-        DetectorConfig::Labelled(l) => {
-            let (f, alias) = match l.kind {
-                LabelledKind::ErrorRate => ("error_rate_test", "error_rate"),
-                LabelledKind::LabelShift => ("label_shift_test", l.prediction.as_str()),
-            };
-            format!(
-                "SELECT {KEY_COL}, {f}({}, {}, {cur}) AS {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
-                ident(&l.prediction),
-                ident(&l.label),
-                ident(alias)
-            )
-        }
-        DetectorConfig::Sql(s) => s.sql.clone(),
-    }
-}
-
 /// Schema of the `windows` table for scored events of `scored`.
 pub fn windows_schema(scored: &Schema) -> SchemaRef {
     let mut fields = vec![
@@ -248,7 +193,7 @@ impl Detectors {
     }
 
     /// Plans every detector against the schema of scored events.
-    pub async fn new(scored: &Schema, detectors: &[DetectorConfig]) -> Result<Self, DetectError> {
+    pub async fn new(scored: &Schema, detectors: &[Arc<dyn Detector>]) -> Result<Self, DetectError> {
         let schema = windows_schema(scored);
         let stage = SqlStage::new(WINDOWS_TABLE, schema.clone(), udaf::all()).map_err(|e| DetectError::Plan {
             detector: String::new(),
@@ -256,7 +201,7 @@ impl Detectors {
         })?;
         let mut planned = vec![];
         for d in detectors {
-            let sql = detector_sql(d);
+            let sql = d.sql();
             let err = |m: String| DetectError::Plan {
                 detector: d.name().to_string(),
                 message: m,

@@ -55,6 +55,9 @@ pub fn all() -> Vec<AggregateUDF> {
         AggregateUDF::from(LabelledTest::new(LabelStat::ErrorRate)),
         AggregateUDF::from(LabelledTest::new(LabelStat::LabelShift)),
     ]
+    .into_iter()
+    .chain(super::kinds::udafs())
+    .collect()
 }
 
 fn result_fields(extra: &[&str]) -> Fields {

@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::alert::{self, Evaluation};
-use crate::config::{ConfigError, DetectorConfig, Pipeline, ReferenceConfig};
+use crate::config::{ConfigError, Pipeline, ReferenceConfig};
 use crate::decode::{Decoder, Rejection};
-use crate::detect::Detectors;
+use crate::detect::{Detector, Detectors};
 use crate::error::RuntimeError;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::{Model, ModelError};
@@ -29,6 +29,8 @@ pub struct Stages {
     /// With a labels topic: the detectors on labelled events (error_rate,
     /// label_shift), run on the windows of joined events.
     labelled: Option<Detectors>,
+    /// The configured detectors, in the pipeline's order.
+    kinds: Vec<Arc<dyn Detector>>,
     /// Schema of batches after transform and model.
     pub scored_schema: SchemaRef,
 }
@@ -47,6 +49,7 @@ impl Stages {
             .into());
         }
         let schema = Arc::new(EventSchema::load(&schema_path)?);
+        let kinds = crate::detect::kinds::build(&pipeline)?;
         let cfg_err =
             |key: String, msg: String| -> RuntimeError { ConfigError::invalid(&pipeline.path, key, msg).into() };
         let mut current = schema.arrow_schema();
@@ -95,93 +98,24 @@ impl Stages {
                 format!("no column `{k}` (columns: {})", column_names(&current)),
             ));
         }
-        for (i, d) in pipeline.detectors.iter().enumerate() {
-            match d {
-                DetectorConfig::Ks(_) | DetectorConfig::Chi2(_) | DetectorConfig::Distance(_) => {
-                    let (cols, numeric) = match d {
-                        DetectorConfig::Ks(k) => (&k.columns, true),
-                        DetectorConfig::Chi2(k) => (&k.columns, false),
-                        DetectorConfig::Distance(k) => (&k.columns, k.metric == crate::config::Metric::Wasserstein),
-                        _ => unreachable!("matched above"),
-                    };
-                    for (j, c) in cols.iter().enumerate() {
-                        let at = format!("detectors[{i}].columns[{j}]");
-                        let t = match current.field_with_name(c) {
-                            Ok(f) => f.data_type().clone(),
-                            Err(_) => {
-                                return Err(cfg_err(
-                                    at,
-                                    format!("no column `{c}` (columns: {})", column_names(&current)),
-                                ));
-                            }
-                        };
-                        let ok = if numeric { t.is_numeric() } else { !t.is_nested() };
-                        if !ok {
-                            let need = if numeric {
-                                "a number"
-                            } else {
-                                "a scalar column (number, string or boolean)"
-                            };
-                            return Err(cfg_err(at, format!("column `{c}` is {t}, {} needs {need}", d.kind())));
-                        }
-                    }
-                }
-                DetectorConfig::Mmd(m) => match current.field_with_name(&m.column) {
-                    Ok(f)
-                        if matches!(
-                            f.data_type(),
-                            DataType::FixedSizeList(..) | DataType::Float32 | DataType::Float64
-                        ) => {}
-                    Ok(f) => {
-                        return Err(cfg_err(
-                            format!("detectors[{i}].column"),
-                            format!("column `{}` is {}, mmd needs a float vector", m.column, f.data_type()),
-                        ));
-                    }
-                    Err(_) => {
-                        return Err(cfg_err(
-                            format!("detectors[{i}].column"),
-                            format!("no column `{}` (columns: {})", m.column, column_names(&current)),
-                        ));
-                    }
-                },
-                DetectorConfig::Labelled(l) => {
-                    for (what, c) in [("prediction", &l.prediction), ("label", &l.label)] {
-                        match current.field_with_name(c) {
-                            Ok(f) if !f.data_type().is_nested() => {}
-                            Ok(f) => {
-                                return Err(cfg_err(
-                                    format!("detectors[{i}].{what}"),
-                                    format!("column `{c}` is {}, {} needs a class column", f.data_type(), d.kind()),
-                                ));
-                            }
-                            Err(_) => {
-                                return Err(cfg_err(
-                                    format!("detectors[{i}].{what}"),
-                                    format!("no column `{c}` (columns: {})", column_names(&current)),
-                                ));
-                            }
-                        }
-                    }
-                }
-                DetectorConfig::Sql(_) => {}
+        let at = |i: usize, key: &str| {
+            if key.is_empty() {
+                format!("detectors[{i}]")
+            } else {
+                format!("detectors[{i}].{key}")
             }
+        };
+        for (i, d) in kinds.iter().enumerate() {
+            d.check(&current).map_err(|e| cfg_err(at(i, &e.key), e.message))?;
         }
         // With a labels topic, the detectors on labels run on joined events.
-        let on_labels = |d: &DetectorConfig| pipeline.labels.is_some() && matches!(d, DetectorConfig::Labelled(_));
-        let (labelled_cfg, main_cfg): (Vec<DetectorConfig>, Vec<DetectorConfig>) =
-            pipeline.detectors.iter().cloned().partition(|d| on_labels(d));
+        let (labelled_cfg, main_cfg): (Vec<_>, Vec<_>) = kinds
+            .iter()
+            .cloned()
+            .partition(|d| pipeline.labels.is_some() && d.on_labels());
         let plan_err = |e: crate::detect::DetectError| {
-            let i = pipeline
-                .detectors
-                .iter()
-                .position(|d| d.name() == e.detector())
-                .unwrap_or(0);
-            let key = match &pipeline.detectors[i] {
-                DetectorConfig::Sql(_) => format!("detectors[{i}].sql"),
-                _ => format!("detectors[{i}]"),
-            };
-            cfg_err(key, e.to_string())
+            let i = kinds.iter().position(|d| d.name() == e.detector()).unwrap_or(0);
+            cfg_err(at(i, kinds[i].query_key()), e.to_string())
         };
         let detectors = Detectors::new(&current, &main_cfg).await.map_err(plan_err)?;
         let labelled = if labelled_cfg.is_empty() {
@@ -221,6 +155,7 @@ impl Stages {
             model,
             detectors,
             labelled,
+            kinds,
             scored_schema: current,
             pipeline,
         })
@@ -361,7 +296,7 @@ impl Stages {
         let model = self.model.as_ref().map(|m| m.identity());
         let mut evals: Vec<Evaluation> = results
             .iter()
-            .map(|r| alert::evaluation(&self.pipeline.name, r, self.drift_type(&r.detector, &r.kind), model))
+            .map(|r| alert::evaluation(&self.pipeline.name, r, self.drift_type(&r.detector), model))
             .collect();
         // Per key: which detectors drifted on this evaluation.
         let drifted: Vec<(Option<String>, String)> = evals
@@ -379,16 +314,18 @@ impl Stages {
         Ok(evals)
     }
 
-    /// The kind of drift detector `name` (of `kind`) watches: as configured
-    /// (sql detectors), else by what it tests.
-    pub fn drift_type(&self, name: &str, kind: &str) -> alert::DriftType {
-        let cfg = self.pipeline.detectors.iter().find(|d| d.name() == name);
-        let configured = cfg.and_then(|d| match d {
-            DetectorConfig::Sql(s) => s.drift_type,
-            _ => None,
-        });
-        let cols = cfg.map(|d| d.columns()).unwrap_or_default();
-        alert::drift_type_of(kind, &cols, configured)
+    /// The kind of drift detector `name` watches (covariate when no
+    /// detector has that name).
+    pub fn drift_type(&self, name: &str) -> alert::DriftType {
+        self.kinds
+            .iter()
+            .find(|d| d.name() == name)
+            .map_or(alert::DriftType::Covariate, |d| d.drift_type())
+    }
+
+    /// The configured detectors, in the pipeline's order.
+    pub fn detector_configs(&self) -> &[Arc<dyn Detector>] {
+        &self.kinds
     }
 
     /// One-line description of what was built, for `validate`.

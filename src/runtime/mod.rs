@@ -1216,8 +1216,7 @@ impl CompareDetector {
     /// A detector none of whose tests could be computed on `e`'s windows.
     fn not_computed(stages: &Stages, name: &str, e: &Evaluated) -> Self {
         let kind = stages
-            .pipeline
-            .detectors
+            .detector_configs()
             .iter()
             .find(|d| d.name() == name)
             .map_or_else(String::new, |d| d.kind().to_string());
@@ -1229,7 +1228,7 @@ impl CompareDetector {
             reason += "; it runs on labelled events only: give --labels, or label the events inline";
         }
         CompareDetector {
-            drift_type: stages.drift_type(name, &kind),
+            drift_type: stages.drift_type(name),
             name: name.to_string(),
             kind,
             computed: false,
