@@ -171,6 +171,31 @@ def fisher_cases():
     return out
 
 
+def betabinom_sf_exact(x, m, a, b):
+    """P(X >= x), X ~ beta-binomial(m, a, b), integer a and b, in exact rational arithmetic."""
+    from fractions import Fraction
+    from math import comb, factorial
+
+    def beta(p, q):
+        return Fraction(factorial(p - 1) * factorial(q - 1), factorial(p + q - 1))
+
+    return float(sum(comb(m, j) * beta(j + a, m - j + b) for j in range(x, m + 1)) / beta(a, b))
+
+
+def betabinom_cases():
+    """Upper tails P(X >= x) of beta-binomial(m, a, b): out_of_range's exact p-value. Exact
+    rationals, checked against scipy where scipy is accurate (its sf loses digits far in the
+    tail: 1.498e-11 for the exact 1.308e-11 of (40, 1000, 2, 999))."""
+    out = []
+    for x, m, a, b in [(0, 10, 2, 99), (1, 10, 2, 99), (2, 4, 2, 98), (5, 150, 2, 299), (12, 150, 6, 295),
+                       (40, 1000, 2, 999), (3, 1000, 20, 9981), (150, 150, 2, 99), (7, 50, 4, 30)]:
+        exact = betabinom_sf_exact(x, m, a, b)
+        if exact > 1e-6:
+            assert abs(exact - stats.betabinom.sf(x - 1, m, a, b)) <= 1e-9 * exact
+        out.append({"x": x, "m": m, "a": float(a), "b": float(b), "sf": exact})
+    return out
+
+
 def main():
     fixtures = os.path.join(ROOT, "tests", "fixtures")
     os.makedirs(fixtures, exist_ok=True)
@@ -179,7 +204,8 @@ def main():
                    "large_cases": ks_large_cases(), "kstwo": kstwo_cases()}, f)
     with open(os.path.join(fixtures, "stats_golden.json"), "w") as f:
         json.dump({"generator": "scripts/golden_stats.py", "scipy": scipy.__version__,
-                   "chi2": chi2_cases(), "wasserstein": wasserstein_cases(), "fisher": fisher_cases()}, f, indent=1)
+                   "chi2": chi2_cases(), "wasserstein": wasserstein_cases(), "fisher": fisher_cases(),
+                   "betabinom": betabinom_cases()}, f, indent=1)
 
 
 if __name__ == "__main__":

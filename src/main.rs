@@ -55,6 +55,8 @@ enum Cmd {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
     },
+    /// List the detector kinds, what each tests and the options it takes.
+    Kinds,
     /// Run a pipeline's detectors once: reference file vs current file (JSONL or Parquet); prints JSON.
     Compare {
         pipeline: PathBuf,
@@ -323,6 +325,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Cmd::Kinds => {
+            print!("{}", driftwatch::detect::kinds::describe());
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Compare {
             pipeline,

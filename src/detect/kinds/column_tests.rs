@@ -13,6 +13,7 @@ pub const KS: Kind = Kind {
     name: "ks",
     about: "two-sample Kolmogorov–Smirnov per numeric column (p-value)",
     build: |name, o| build(name, o, &KS_TEST),
+    options: super::field_names::<ColumnTestOptions>,
     udafs: no_udafs,
 };
 
@@ -20,6 +21,7 @@ pub const CHI2: Kind = Kind {
     name: "chi2",
     about: "chi-square homogeneity per categorical column, e.g. `predicted_class` (p-value)",
     build: |name, o| build(name, o, &CHI2_TEST),
+    options: super::field_names::<ColumnTestOptions>,
     udafs: no_udafs,
 };
 

@@ -13,6 +13,7 @@ pub const PSI: Kind = Kind {
     name: "psi",
     about: "population stability index per column (threshold, default 0.2)",
     build: |name, o| binned(name, o, Metric::Psi),
+    options: super::field_names::<BinnedOptions>,
     udafs: no_udafs,
 };
 
@@ -20,6 +21,7 @@ pub const KL: Kind = Kind {
     name: "kl",
     about: "Kullback–Leibler divergence, current ‖ reference, per column (threshold, default 0.1)",
     build: |name, o| binned(name, o, Metric::Kl),
+    options: super::field_names::<BinnedOptions>,
     udafs: no_udafs,
 };
 
@@ -27,6 +29,7 @@ pub const JS: Kind = Kind {
     name: "js",
     about: "Jensen–Shannon divergence, base 2, in [0, 1], per column (threshold, default 0.1)",
     build: |name, o| binned(name, o, Metric::Js),
+    options: super::field_names::<BinnedOptions>,
     udafs: no_udafs,
 };
 
@@ -34,6 +37,7 @@ pub const WASSERSTEIN: Kind = Kind {
     name: "wasserstein",
     about: "Wasserstein-1 distance in reference standard deviations per numeric column (threshold, default 0.5)",
     build: wasserstein,
+    options: super::field_names::<WassersteinOptions>,
     udafs: no_udafs,
 };
 

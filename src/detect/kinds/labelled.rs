@@ -15,6 +15,7 @@ pub const ERROR_RATE: Kind = Kind {
     name: "error_rate",
     about: "concept drift: error rate of the labelled current window vs the labelled reference, Fisher's exact test; per-class accuracies in the alert",
     build: |name, o| build(name, o, Test::ErrorRate),
+    options: super::field_names::<LabelledOptions>,
     udafs: no_udafs,
 };
 
@@ -22,6 +23,7 @@ pub const LABEL_SHIFT: Kind = Kind {
     name: "label_shift",
     about: "label shift: chi-square on predicted classes, with the current class priors estimated by BBSE (in the alert)",
     build: |name, o| build(name, o, Test::LabelShift),
+    options: super::field_names::<LabelledOptions>,
     udafs: no_udafs,
 };
 

@@ -13,6 +13,7 @@ pub const KIND: Kind = Kind {
     name: "mmd",
     about: "MMD² with a Gaussian kernel on a vector column, e.g. the embedding (permutation p-value)",
     build,
+    options: super::field_names::<MmdOptions>,
     udafs: no_udafs,
 };
 

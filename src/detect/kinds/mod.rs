@@ -14,6 +14,7 @@ mod column_tests;
 mod distance;
 mod labelled;
 mod mmd;
+mod quality;
 mod sql;
 
 use std::fmt;
@@ -40,6 +41,9 @@ pub const KINDS: &[Kind] = &[
     distance::WASSERSTEIN,
     labelled::ERROR_RATE,
     labelled::LABEL_SHIFT,
+    quality::MISSING_SHARE,
+    quality::UNSEEN_CATEGORIES,
+    quality::OUT_OF_RANGE,
     sql::KIND,
 ];
 
@@ -51,6 +55,9 @@ pub struct Kind {
     pub about: &'static str,
     /// Builds a detector of this kind from its name and options.
     pub build: fn(String, Options) -> Result<Box<dyn Detector>, OptionError>,
+    /// The option keys it takes (besides `name` and `kind`): its options
+    /// struct's fields, `field_names::<T>()`.
+    pub options: fn() -> &'static [&'static str],
     /// The aggregate functions the kind's SQL needs beyond the shared
     /// two-sample ones of `udaf.rs` (registered for every pipeline, so a
     /// `sql` detector can call them too).
@@ -190,15 +197,17 @@ impl Decision {
 /// A detector item's options (everything but `name` and `kind`), as written.
 pub struct Options {
     kind: &'static str,
+    /// The keys the kind takes ([`Kind::options`]).
+    accepted: &'static [&'static str],
     map: serde_norway::Mapping,
 }
 
 impl Options {
-    /// The options as the kind's struct `T`: a key `T` does not declare is
-    /// refused with the list of those it does; a value of the wrong type
+    /// The options as the kind's struct `T`: a key the kind does not take
+    /// is refused with the list of those it does; a value of the wrong type
     /// names its key.
     pub fn parse<T: DeserializeOwned>(self) -> Result<T, OptionError> {
-        let accepted = field_names::<T>();
+        let accepted = self.accepted;
         for k in self.map.keys() {
             let k = k.as_str().unwrap_or("?");
             if !accepted.contains(&k) {
@@ -222,7 +231,7 @@ impl Options {
 }
 
 /// The field names a derived `Deserialize` struct asks for.
-fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+pub fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
     let mut probe = FieldProbe(&[]);
     let _ = T::deserialize(&mut probe);
     probe.0
@@ -269,6 +278,7 @@ pub fn build_one(spec: &DetectorSpec) -> Result<Box<dyn Detector>, OptionError> 
         spec.name.clone(),
         Options {
             kind: k.name,
+            accepted: (k.options)(),
             map: spec.options.clone(),
         },
     )
@@ -306,6 +316,21 @@ pub fn build(p: &Pipeline) -> Result<Vec<Arc<dyn Detector>>, ConfigError> {
         d.check_alpha().map_err(|e| at(i, e))?;
     }
     Ok(built.into_iter().map(Arc::from).collect())
+}
+
+/// What `driftwatch kinds` prints: each kind, what it is, its options.
+pub fn describe() -> String {
+    let mut out = String::new();
+    for k in KINDS {
+        out += &format!(
+            "{:<18} {}\n{:<18} options: {}\n",
+            k.name,
+            k.about,
+            "",
+            (k.options)().join(", ")
+        );
+    }
+    out
 }
 
 /// The aggregate functions of every kind (beyond `udaf.rs`'s).
@@ -416,6 +441,7 @@ mod tests {
         assert_eq!(names.len(), KINDS.len());
         for k in KINDS {
             assert!(!k.about.is_empty(), "{}", k.name);
+            assert!(!(k.options)().is_empty(), "{}", k.name);
             let built = build_one(&spec(&format!("{{name: d, kind: {}}}", k.name)));
             match built {
                 Ok(d) => assert_eq!(d.kind(), k.name),

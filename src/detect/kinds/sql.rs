@@ -10,6 +10,7 @@ pub const KIND: Kind = Kind {
     name: "sql",
     about: "a query of your own over `windows` returning test results (p-values or distances)",
     build,
+    options: super::field_names::<SqlOptions>,
     udafs: no_udafs,
 };
 
