@@ -165,7 +165,7 @@ fn load_without(pipeline_path: &Path, without: &[String]) -> Result<Pipeline, Ru
             )));
         }
     }
-    pipeline.detectors.retain(|d| !without.iter().any(|w| *w == d.name));
+    pipeline.detectors.retain(|d| !without.contains(&d.name));
     Ok(pipeline)
 }
 

@@ -6,8 +6,6 @@
 //! `alert_id` is deterministic — sha256 of pipeline, detector, key and the
 //! window's end position — so a replay or a restart produces the same ids.
 
-pub mod published;
-
 use std::collections::BTreeMap;
 
 use serde::Serialize;

@@ -5,6 +5,7 @@
 //! processing task scores, windows, detects, publishes, and commits offsets
 //! only after every record that depends on them is delivered (acks=all).
 
+pub mod published;
 mod states;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,6 @@ pub use crate::error::RuntimeError;
 pub use crate::metrics::RunStats;
 use crate::metrics::StallWatch;
 
-use crate::alert::published::{self, Published};
 use crate::alert::{Evaluation, message_key};
 use crate::config::{ConfigError, Pipeline, SourceConfig};
 use crate::decode::Rejection;
@@ -31,6 +31,7 @@ use crate::engine::{Engine, Evaluated, Labelled};
 use crate::source::checkpoint::{self, Checkpoints};
 use crate::source::file;
 use crate::source::kafka::{self, KafkaConsumer, Position};
+use published::Published;
 use states::{KeyStates, Which};
 
 fn kafka_err(what: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> RuntimeError {

@@ -9,7 +9,7 @@
 //! Each mark also carries the time it was written (`;at=MS`): evaluations
 //! delivered after it but not yet covered by a mark (a process killed in
 //! between) were produced after that time, which bounds the search for them
-//! ([`crate::alert::published`]).
+//! ([`crate::runtime::published`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
