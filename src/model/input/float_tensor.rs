@@ -23,17 +23,17 @@ pub struct FloatTensor {
 }
 
 impl FloatTensor {
-    /// `model.input` must name a float tensor column of `columns`; the shape
-    /// is `model.shape`, else the schema field's, else flat.
-    pub fn new(cfg: &ModelConfig, schema: &EventSchema, columns: &Schema) -> Result<Self, InputError> {
+    /// `column` (`model.input`) must be a float tensor column of `columns`;
+    /// the shape is `model.shape`, else the schema field's, else flat.
+    pub fn new(cfg: &ModelConfig, column: &str, schema: &EventSchema, columns: &Schema) -> Result<Self, InputError> {
         let err = |key: &str, message: String| InputError {
             key: key.into(),
             message,
         };
-        let field = columns.field_with_name(&cfg.input).map_err(|_| {
+        let field = columns.field_with_name(column).map_err(|_| {
             err(
                 "model.input",
-                format!("no column `{}` (columns: {})", cfg.input, column_names(columns)),
+                format!("no column `{}` (columns: {})", column, column_names(columns)),
             )
         })?;
         let len = match field.data_type() {
@@ -41,11 +41,11 @@ impl FloatTensor {
             t => {
                 return Err(err(
                     "model.input",
-                    format!("column `{}` is {t}, not a float tensor", cfg.input),
+                    format!("column `{}` is {t}, not a float tensor", column),
                 ));
             }
         };
-        let shape = match (&cfg.shape, schema.field(&cfg.input)) {
+        let shape = match (&cfg.shape, schema.field(column)) {
             (Some(s), _) => s.clone(),
             (None, Some(f)) if f.kind == FieldKind::Tensor => f.shape.clone().unwrap_or_default(),
             _ => vec![len],
@@ -56,12 +56,12 @@ impl FloatTensor {
                 "model.shape",
                 format!(
                     "shape {shape:?} has {per_event} elements, column `{}` has {len}",
-                    cfg.input
+                    column
                 ),
             ));
         }
         Ok(Self {
-            column: cfg.input.clone(),
+            column: column.to_string(),
             input_name: cfg.input_name.clone(),
             shape,
             per_event,
@@ -215,19 +215,19 @@ mod tests {
     fn the_column_and_shape_are_checked_where_the_pipeline_names_them() {
         let (schema, mut cfg) = digits();
         let columns = pixels(1, 9).schema();
-        assert!(FloatTensor::new(&cfg, &schema, &columns).is_ok());
+        assert!(FloatTensor::new(&cfg, cfg.input.column().unwrap(), &schema, &columns).is_ok());
         cfg.shape = Some(vec![1, 4, 8]);
-        let e = FloatTensor::new(&cfg, &schema, &columns).unwrap_err();
+        let e = FloatTensor::new(&cfg, cfg.input.column().unwrap(), &schema, &columns).unwrap_err();
         assert_eq!(e.key, "model.shape");
         assert!(e.message.contains("has 32 elements, column `pixels` has 64"), "{e:?}");
-        cfg.input = "image".into();
-        let e = FloatTensor::new(&cfg, &schema, &columns).unwrap_err();
+        cfg.input = crate::config::ModelInputConfig::Column("image".into());
+        let e = FloatTensor::new(&cfg, cfg.input.column().unwrap(), &schema, &columns).unwrap_err();
         assert_eq!(
             (e.key.as_str(), e.message.as_str()),
             ("model.input", "no column `image` (columns: pixels)")
         );
         let other = Schema::new(vec![Field::new("image", DataType::Utf8, true)]);
-        let e = FloatTensor::new(&cfg, &schema, &other).unwrap_err();
+        let e = FloatTensor::new(&cfg, cfg.input.column().unwrap(), &schema, &other).unwrap_err();
         assert!(e.message.contains("is Utf8, not a float tensor"), "{e:?}");
     }
 
@@ -238,7 +238,7 @@ mod tests {
     fn a_sliced_batch_scores_as_its_rows_in_the_whole_one() {
         let (schema, cfg) = digits();
         let whole = pixels(8, 6);
-        let input = FloatTensor::new(&cfg, &schema, &whole.schema()).unwrap();
+        let input = FloatTensor::new(&cfg, cfg.input.column().unwrap(), &schema, &whole.schema()).unwrap();
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(&cfg.path);
         let mut model = Model::load(&cfg, &path, Box::new(input), None).unwrap();
         let all = model.score(&whole).unwrap();

@@ -4,10 +4,13 @@
 //! - [`FloatTensor`]: one fixed-shape float tensor column fed as `[batch, ...shape]`.
 //! - [`TextTokens`]: a text column through a Hugging Face tokenizer, fed as
 //!   token ids and attention mask (and token types) to a transformer.
+//! - [`TableColumns`]: table columns, one ONNX input each (as skl2onnx
+//!   exports a scikit-learn pipeline) or one float matrix.
 //!
 //! An image input (bytes → decode → resize) is one more file implementing
 //! [`ModelInput`], plus its line in [`build`].
 
+mod columns;
 mod float_tensor;
 mod text;
 
@@ -18,10 +21,11 @@ use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::Schema;
 use ort::session::{Session, SessionInputValue};
 
+pub use columns::TableColumns;
 pub use float_tensor::FloatTensor;
 pub use text::TextTokens;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, ModelInputConfig};
 use crate::model::tokenizer::TextTokenizer;
 use crate::schema::EventSchema;
 
@@ -78,15 +82,31 @@ pub struct InputError {
 pub fn build(
     cfg: &ModelConfig,
     schema: &EventSchema,
-    columns: &Schema,
+    schema_columns: &Schema,
     tokenizer: Option<Arc<TextTokenizer>>,
 ) -> Result<Box<dyn ModelInput>, InputError> {
-    if let Some(t) = &cfg.tokenizer {
-        let tokenizer = tokenizer.ok_or_else(|| InputError {
-            key: "model.tokenizer.path".into(),
-            message: format!("tokenizer {} was not loaded", t.path.display()),
-        })?;
-        return Ok(Box::new(TextTokens::new(&cfg.input, t, columns, tokenizer)?));
+    let table = |columns: &Vec<String>, matrix: bool| match &cfg.tokenizer {
+        Some(_) => Err(InputError {
+            key: "model.tokenizer".into(),
+            message: "a tokenizer reads a text column: set `model.input` to its name".into(),
+        }),
+        None => Ok(Box::new(TableColumns::new(
+            columns,
+            matrix,
+            cfg.input_name.clone(),
+            schema_columns,
+        )?) as Box<dyn ModelInput>),
+    };
+    match (&cfg.input, &cfg.tokenizer) {
+        (ModelInputConfig::Column(c), Some(t)) => {
+            let tokenizer = tokenizer.ok_or_else(|| InputError {
+                key: "model.tokenizer.path".into(),
+                message: format!("tokenizer {} was not loaded", t.path.display()),
+            })?;
+            Ok(Box::new(TextTokens::new(c, t, schema_columns, tokenizer)?))
+        }
+        (ModelInputConfig::Column(c), None) => Ok(Box::new(FloatTensor::new(cfg, c, schema, schema_columns)?)),
+        (ModelInputConfig::Columns(c), _) => table(c, false),
+        (ModelInputConfig::Matrix(c), _) => table(c, true),
     }
-    Ok(Box::new(FloatTensor::new(cfg, schema, columns)?))
 }

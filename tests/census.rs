@@ -1,0 +1,190 @@
+//! A scikit-learn pipeline exported by skl2onnx (imputer, scaler, one-hot
+//! encoder, logistic regression; `scripts/train_census_model.py`) on US
+//! Census employment records: driftwatch's model stage gives the
+//! probabilities scikit-learn and ONNX Runtime give, missing ages included;
+//! a ZipMap export and inputs that do not fit are refused by `validate`;
+//! bad values are dead-lettered or left unscored, never a panic.
+
+mod common;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float32Type, Int64Type};
+use driftwatch::engine::Stages;
+use driftwatch::source::RawRecord;
+
+use common::root;
+
+async fn census_stages() -> Stages {
+    driftwatch::runtime::validate(&root().join("pipelines/census.yaml"))
+        .await
+        .expect("census pipeline validates")
+}
+
+fn records(lines: &[String]) -> Vec<RawRecord> {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| RawRecord {
+            partition: 0,
+            offset: i as i64,
+            payload: Some(l.as_bytes().to_vec()),
+            timestamp_ms: None,
+        })
+        .collect()
+}
+
+fn heldout() -> Vec<String> {
+    std::fs::read_to_string(root().join("tests/data/census/heldout.jsonl"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// (probabilities per row, or None for an unscored row; predicted class).
+fn outputs(batches: &[RecordBatch]) -> Vec<(Option<Vec<f32>>, Option<i64>)> {
+    let mut out = vec![];
+    for b in batches {
+        let p = b.column_by_name("probabilities").unwrap().as_fixed_size_list();
+        let c = b.column_by_name("predicted_class").unwrap().as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let probs = p
+                .is_valid(i)
+                .then(|| p.value(i).as_primitive::<Float32Type>().values().to_vec());
+            out.push((probs, c.is_valid(i).then(|| c.value(i))));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_model_stage_gives_scikit_learns_probabilities_missing_ages_included() {
+    let mut stages = census_stages().await;
+    let lines = heldout();
+    let (batches, rejected) = stages.ingest(&records(&lines)).await.unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    let got = outputs(&batches);
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/data/census/expected.json")).unwrap())
+            .unwrap();
+    let sk = expected["sklearn_predict_proba"].as_array().unwrap();
+    let ort = expected["onnxruntime_probabilities"].as_array().unwrap();
+    let labels = expected["onnxruntime_label"].as_array().unwrap();
+    assert_eq!(got.len(), 600);
+    let mut worst = 0f64;
+    for (i, (probs, class)) in got.iter().enumerate() {
+        let probs = probs.as_ref().unwrap_or_else(|| panic!("row {i} scored"));
+        for (k, p) in probs.iter().enumerate() {
+            let want_sk = sk[i][k].as_f64().unwrap();
+            let want_ort = ort[i][k].as_f64().unwrap();
+            worst = worst.max((*p as f64 - want_sk).abs());
+            assert!(
+                (*p as f64 - want_sk).abs() <= 1e-5,
+                "row {i} class {k}: {p} vs scikit-learn {want_sk}"
+            );
+            assert!(
+                (*p as f64 - want_ort).abs() <= 1e-6,
+                "row {i} class {k}: {p} vs onnxruntime {want_ort}"
+            );
+        }
+        assert_eq!(
+            *class,
+            labels[i].as_i64(),
+            "row {i}: the label output is the predicted class"
+        );
+    }
+    // Every 10th row has no age: the model's imputer fills it (these rows are in the check above).
+    assert!(lines[0].contains("\"AGEP\": null"), "{}", lines[0]);
+    eprintln!("max |driftwatch − scikit-learn| = {worst:.2e}");
+}
+
+#[tokio::test]
+async fn bad_values_are_dead_lettered_and_absent_codes_leave_the_row_unscored() {
+    let mut stages = census_stages().await;
+    let good: serde_json::Value = serde_json::from_str(&heldout()[1]).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut e = good.clone();
+        e[key] = value;
+        e.to_string()
+    };
+    let without = |key: &str| {
+        let mut e = good.clone();
+        e.as_object_mut().unwrap().remove(key);
+        e.to_string()
+    };
+    let lines = vec![
+        good.to_string(),
+        with("AGEP", serde_json::json!("forty")), // a string where a number goes
+        without("SCHL"),                          // a code the model needs, absent (non-nullable)
+        with("SEX", serde_json::json!(["1"])),    // not a scalar
+        without("AGEP"),                          // nullable: NaN, imputed
+        with("SCHL", serde_json::json!("99")),    // a code never seen: one-hot ignores it
+        with("RAC1P", serde_json::json!("nul\u{0}byte")),
+    ];
+    let (batches, rejected) = stages.ingest(&records(&lines)).await.unwrap();
+    let bad: Vec<i64> = rejected.iter().map(|r| r.offset).collect();
+    assert_eq!(bad, vec![1, 2, 3], "{rejected:?}");
+    for r in &rejected {
+        assert!(!r.message.is_empty() && !r.reason.as_str().is_empty(), "{r:?}");
+    }
+    let got = outputs(&batches);
+    assert_eq!(got.len(), 4);
+    for (i, (p, c)) in got.iter().enumerate() {
+        let p = p.as_ref().unwrap_or_else(|| panic!("row {i} scored"));
+        assert!((p[0] + p[1] - 1.0).abs() < 1e-5 && c.is_some(), "row {i}: {p:?}");
+    }
+}
+
+#[tokio::test]
+async fn validate_refuses_a_zipmap_export_and_inputs_that_do_not_fit_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = std::fs::read_to_string(root().join("pipelines/census.yaml")).unwrap();
+    let schema = root().join("schemas/census.yaml");
+    let base = pipeline.replace("../schemas/census.yaml", schema.to_str().unwrap());
+    let model = root().join("models/census_lr.onnx");
+    let base = base.replace("../models/census_lr.onnx", model.to_str().unwrap());
+    let zipmap = root().join("tests/data/census/zipmap.onnx");
+    for (name, text, want) in [
+        (
+            "zipmap",
+            base.replace(model.to_str().unwrap(), zipmap.to_str().unwrap()),
+            "no output named `label` (outputs: output_label, output_probability); one of them is not a tensor, perhaps a ZipMap (a sequence of maps): export the model with skl2onnx's `options={'zipmap': False}`",
+        ),
+        (
+            "zipmap_named",
+            base.replace(model.to_str().unwrap(), zipmap.to_str().unwrap()).replace(
+                "probabilities: probabilities, label: label",
+                "probabilities: output_probability, label: output_label",
+            ),
+            "output `output_probability` is a ZipMap (a sequence of maps): export the model with skl2onnx's `options={'zipmap': False}`",
+        ),
+        (
+            "column_missing",
+            base.replace("columns: [AGEP, SCHL,", "columns: [SCHL,"),
+            "inputs [\"AGEP\"] have no column in model.input.columns",
+        ),
+        (
+            "not_an_input",
+            base.replace("columns: [AGEP, SCHL,", "columns: [AGEP, year, SCHL,"),
+            "column `year` is not an input of the model",
+        ),
+        (
+            "unknown_column",
+            base.replace("columns: [AGEP, SCHL,", "columns: [AGE, SCHL,"),
+            "model.input.columns[0]: no column `AGE`",
+        ),
+        (
+            "matrix_of_codes",
+            base.replace(
+                "type: columns\n    columns: [AGEP, SCHL,",
+                "type: matrix\n    columns: [AGEP, SCHL,",
+            ),
+            "model.input.columns[1]: column `SCHL` is Utf8, a matrix input takes numbers",
+        ),
+    ] {
+        let p = common::write(dir.path(), &format!("{name}.yaml"), &text);
+        let e = driftwatch::runtime::validate(&p).await.err().map(|e| e.to_string());
+        let e = e.unwrap_or_else(|| panic!("{name}: validated"));
+        assert!(e.contains(want), "{name}:\n   got: {e}\n  want: …{want}…");
+    }
+}
