@@ -188,3 +188,82 @@ async fn validate_refuses_a_zipmap_export_and_inputs_that_do_not_fit_naming_the_
         assert!(e.contains(want), "{name}:\n   got: {e}\n  want: …{want}…");
     }
 }
+
+/// The real 2016–2018 stream in NannyML's chunks of 5,000: driftwatch's CBPE
+/// (calibrated on the labelled 2015 reference) estimates each chunk's
+/// accuracy as well as NannyML's own CBPE on the same chunks does
+/// (`tests/fixtures/cbpe_nannyml.json`, from `scripts/cbpe_nannyml.py`):
+/// mean absolute error at most NannyML's + 0.005.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cbpe_estimates_the_real_accuracy_of_2016_to_2018_as_well_as_nannyml() {
+    use driftwatch::source::file::read_records;
+    let data = root().join(".deps/census");
+    let mut stages = census_stages().await;
+    let json = |r: &RawRecord| -> serde_json::Value { serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap() };
+    let employed: std::collections::HashMap<i64, i64> = read_records(&data.join("analysis_target.pq"))
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let v = json(r);
+            (v["id"].as_i64().unwrap(), v["employed"].as_i64().unwrap())
+        })
+        .collect();
+    let mut current: Vec<serde_json::Value> = read_records(&data.join("analysis.pq"))
+        .unwrap()
+        .iter()
+        .map(json)
+        .collect();
+    current.sort_by_key(|v| v["id"].as_i64().unwrap());
+    for v in &mut current {
+        v["employed"] = employed[&v["id"].as_i64().unwrap()].into();
+    }
+    let reference: Vec<serde_json::Value> = read_records(&data.join("reference.pq"))
+        .unwrap()
+        .iter()
+        .map(json)
+        .collect();
+    let mut score = async |events: Vec<serde_json::Value>| -> (Vec<f64>, Vec<Option<i64>>) {
+        let lines: Vec<String> = events.iter().map(|v| v.to_string()).collect();
+        let (batches, rejected) = stages.ingest(&records(&lines)).await.unwrap();
+        assert!(rejected.is_empty());
+        let probs: Vec<f64> = outputs(&batches)
+            .into_iter()
+            .flat_map(|(p, _)| p.unwrap().into_iter().map(f64::from))
+            .collect();
+        let labels = events.iter().map(|v| v["employed"].as_i64()).collect();
+        (probs, labels)
+    };
+    let (rp, rl) = score(reference).await;
+    let (cp, cl) = score(current).await;
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/cbpe_nannyml.json")).unwrap())
+            .unwrap();
+    let chunks = fixture["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 42);
+    let (mut ours, mut theirs, mut auc_ours, mut auc_theirs) = (0.0, 0.0, 0.0, 0.0);
+    for c in chunks {
+        let (a, b) = (
+            c["start"].as_u64().unwrap() as usize,
+            c["end"].as_u64().unwrap() as usize,
+        );
+        let d = driftwatch::detect::kinds::cbpe::estimate_rows(2, (&rp, &rl), (&cp[2 * a..2 * b], &cl[a..b])).unwrap();
+        let realised = c["realised_accuracy"].as_f64().unwrap();
+        assert!(
+            (d["realised_accuracy"].as_f64().unwrap() - realised).abs() < 1e-12,
+            "same chunk {a}..{b}"
+        );
+        ours += (d["estimated_accuracy"].as_f64().unwrap() - realised).abs();
+        theirs += (c["nannyml_accuracy"].as_f64().unwrap() - realised).abs();
+        let realised_auc = c["realised_roc_auc"].as_f64().unwrap();
+        auc_ours += (d["estimated_roc_auc"].as_f64().unwrap() - realised_auc).abs();
+        auc_theirs += (c["nannyml_roc_auc"].as_f64().unwrap() - realised_auc).abs();
+    }
+    let n = chunks.len() as f64;
+    let (ours, theirs) = (ours / n, theirs / n);
+    eprintln!(
+        "mean |estimated − realised| accuracy: driftwatch {ours:.4}, NannyML {theirs:.4}; ROC AUC: driftwatch {:.4}, NannyML {:.4}",
+        auc_ours / n,
+        auc_theirs / n
+    );
+    assert!(ours <= theirs + 0.005, "driftwatch {ours:.4} vs NannyML {theirs:.4}");
+}

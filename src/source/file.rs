@@ -25,7 +25,7 @@ impl FileError {
     }
 }
 
-/// Reads every event of a `.jsonl`/`.json` or `.parquet` file. Offsets are
+/// Reads every event of a `.jsonl`/`.json` or `.parquet`/`.pq` file. Offsets are
 /// line (row) numbers from 0; partition 0.
 pub fn read_records(path: &Path) -> Result<Vec<RawRecord>, FileError> {
     let ext = path
@@ -34,9 +34,12 @@ pub fn read_records(path: &Path) -> Result<Vec<RawRecord>, FileError> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     match ext.as_str() {
-        "parquet" => read_parquet(path),
+        "parquet" | "pq" => read_parquet(path),
         "jsonl" | "json" | "ndjson" => read_jsonl(path),
-        _ => Err(FileError::new(path, "unknown file type: expected .jsonl or .parquet")),
+        _ => Err(FileError::new(
+            path,
+            "unknown file type: expected .jsonl or .parquet (.pq)",
+        )),
     }
 }
 

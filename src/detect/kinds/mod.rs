@@ -10,6 +10,7 @@
 //! column, options that depend on each other) or `quality.rs` (a statistic of
 //! its own, with its UDAF in the same file).
 
+pub mod cbpe;
 mod column_tests;
 mod distance;
 mod labelled;
@@ -44,6 +45,7 @@ pub const KINDS: &[Kind] = &[
     quality::MISSING_SHARE,
     quality::UNSEEN_CATEGORIES,
     quality::OUT_OF_RANGE,
+    cbpe::KIND,
     sql::KIND,
 ];
 
