@@ -267,3 +267,83 @@ async fn cbpe_estimates_the_real_accuracy_of_2016_to_2018_as_well_as_nannyml() {
     );
     assert!(ours <= theirs + 0.005, "driftwatch {ours:.4} vs NannyML {theirs:.4}");
 }
+
+/// Rows of one of the census parquet files as events (`employed` joined
+/// from the targets file for the analysis years).
+fn census_events(file: &str) -> Vec<serde_json::Value> {
+    use driftwatch::source::file::read_records;
+    let data = root().join(".deps/census");
+    let json = |r: &RawRecord| -> serde_json::Value { serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap() };
+    let mut events: Vec<serde_json::Value> = read_records(&data.join(file)).unwrap().iter().map(json).collect();
+    if file == "analysis.pq" {
+        let employed: std::collections::HashMap<i64, i64> = read_records(&data.join("analysis_target.pq"))
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let v = json(r);
+                (v["id"].as_i64().unwrap(), v["employed"].as_i64().unwrap())
+            })
+            .collect();
+        for v in &mut events {
+            v["employed"] = employed[&v["id"].as_i64().unwrap()].into();
+        }
+    }
+    events.sort_by_key(|v| v["id"].as_i64().unwrap());
+    events
+}
+
+/// The seed's fraud case on real rows: 2016 resampled so that the share of
+/// people not employed rises from about half to 80 % (seeded). The
+/// label-shift detector fires, and its BBSE estimate of that share, from
+/// predictions alone (the current labels are removed), is within 0.02 of the
+/// truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prior_shift_on_real_rows_is_estimated_by_bbse_within_two_points() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, events: &[serde_json::Value]| {
+        let text: String = events.iter().map(|v| format!("{v}\n")).collect();
+        common::write(dir.path(), name, &text)
+    };
+    let reference = write("reference.jsonl", &census_events("reference.pq"));
+    let year: Vec<serde_json::Value> = census_events("analysis.pq")
+        .into_iter()
+        .filter(|v| v["year"] == 2016)
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let (mut neg, mut pos): (Vec<_>, Vec<_>) = year.iter().cloned().partition(|v| v["employed"] == 0);
+    neg.shuffle(&mut rng);
+    pos.shuffle(&mut rng);
+    let n = 20_000;
+    let mut shifted: Vec<serde_json::Value> = (0..n)
+        .map(|_| {
+            if rng.random::<f64>() < 0.8 {
+                neg.pop()
+            } else {
+                pos.pop()
+            }
+            .unwrap()
+        })
+        .collect();
+    let truth = shifted.iter().filter(|v| v["employed"] == 0).count() as f64 / n as f64;
+    for v in &mut shifted {
+        v.as_object_mut().unwrap().remove("employed");
+    }
+    let current = write("current.jsonl", &shifted);
+    let stages = census_stages().await;
+    let report = driftwatch::runtime::compare(stages, &reference, &current, None)
+        .await
+        .unwrap();
+    let d = report.detectors.iter().find(|d| d.name == "label_shift").unwrap();
+    assert!(d.drift, "{d:?}");
+    let details = d.tests[0].details.as_ref().unwrap();
+    let classes = details["classes"].as_array().unwrap();
+    let at = classes
+        .iter()
+        .position(|c| c == "0")
+        .unwrap_or_else(|| panic!("{details}"));
+    let estimated = details["estimated_priors"][at].as_f64().unwrap();
+    eprintln!("share not employed: truth {truth:.4}, BBSE {estimated:.4}");
+    assert!((estimated - truth).abs() <= 0.02, "BBSE {estimated} vs truth {truth}");
+}
