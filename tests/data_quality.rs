@@ -1,7 +1,7 @@
 //! The data-quality detectors through `compare`: each fires on its injected
 //! fault (10 % missing in one column, an unseen category, values out of
-//! range), names the column and the counts, and stays quiet on clean data,
-//! over two seeds.
+//! range, 3 % broken events), names the column and the counts, and stays
+//! quiet on clean data, over two seeds.
 
 mod common;
 
@@ -27,6 +27,7 @@ detectors:
   - {name: missing, kind: missing_share, columns: [age, income, region], alpha: 0.001}
   - {name: unseen, kind: unseen_categories, columns: [region], seed: 3, permutations: 3999, alpha: 0.001}
   - {name: range, kind: out_of_range, columns: [age, income, hours], tail: 0.001, alpha: 0.001}
+  - {name: dead, kind: dead_letter_rate, alpha: 0.001}
 ";
 
 /// What to break in the current file.
@@ -39,6 +40,8 @@ enum Fault {
     Unseen,
     /// 2 % of `age` above any reference age.
     OutOfRange,
+    /// 3 % of the events broken (a string for `hours`, or not JSON).
+    DeadLetters,
 }
 
 fn rows(seed: u64, n: usize, fault: Fault) -> String {
@@ -63,6 +66,11 @@ fn rows(seed: u64, n: usize, fault: Fault) -> String {
             }
             Fault::Unseen if u < 0.03 => e["region"] = json!("atlantis"),
             Fault::OutOfRange if u < 0.02 => e["age"] = json!(150.0 + u),
+            Fault::DeadLetters if u < 0.015 => e["hours"] = json!("forty"),
+            Fault::DeadLetters if u < 0.03 => {
+                out += "{\"age\": 3\n";
+                continue;
+            }
             _ => {}
         }
         out += &format!("{e}\n");
@@ -85,7 +93,9 @@ async fn compare(dir: &Path, seed: u64, fault: Fault) -> Value {
     let report = driftwatch::runtime::compare(stages, &reference, &current, None)
         .await
         .expect("compare runs");
-    assert_eq!(report.rejected, 0, "every row decodes");
+    if fault != Fault::DeadLetters {
+        assert_eq!(report.rejected, 0, "every row decodes");
+    }
     serde_json::to_value(report).unwrap()
 }
 
@@ -138,9 +148,10 @@ async fn each_check_fires_on_its_fault_and_names_the_counts_and_is_quiet_on_clea
         let expect = |fault| match fault {
             Fault::Missing => ("missing", "income"),
             Fault::Unseen => ("unseen", "region"),
+            Fault::DeadLetters => ("dead", "_dead_letters"),
             _ => ("range", "age"),
         };
-        for fault in [Fault::Missing, Fault::Unseen, Fault::OutOfRange] {
+        for fault in [Fault::Missing, Fault::Unseen, Fault::OutOfRange, Fault::DeadLetters] {
             let report = compare(dir.path(), seed, fault).await;
             let (detector, column) = expect(fault);
             for (name, cols) in drifting(&report) {
@@ -159,6 +170,11 @@ async fn each_check_fires_on_its_fault_and_names_the_counts_and_is_quiet_on_clea
                     assert_eq!(d["unseen_categories"], 1, "{t}");
                     assert_eq!(d["examples"][0]["category"], "atlantis", "{t}");
                     assert!(d["unseen_values"].as_u64().unwrap() >= 20, "{t}");
+                }
+                Fault::DeadLetters => {
+                    let dead = d["current_dead_letters"].as_u64().unwrap();
+                    assert!((25..=70).contains(&dead), "{t}");
+                    assert_eq!(d["reference_dead_letters"], 0, "{t}");
                 }
                 _ => {
                     assert!(d["above"].as_u64().unwrap() >= 15, "{t}");

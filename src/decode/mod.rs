@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
-    StringBuilder, TimestampMillisecondArray,
+    StringBuilder, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{Field, SchemaRef};
@@ -183,6 +183,11 @@ pub struct Decoder {
     partition: Vec<i32>,
     offset: Vec<i64>,
     timestamp: Vec<i64>,
+    /// Per pending event: its partition's events rejected since the one before.
+    dead_letters: Vec<u32>,
+    /// Per partition: events rejected since its last decoded one. Kept
+    /// across flushes, so the counts do not depend on batching.
+    rejected_since: HashMap<i32, u32>,
     /// Schema field index by JSON key.
     index: HashMap<String, usize>,
     /// The version field's index, the versions accepted as text, and those
@@ -205,6 +210,8 @@ impl Decoder {
             partition: vec![],
             offset: vec![],
             timestamp: vec![],
+            dead_letters: vec![],
+            rejected_since: HashMap::new(),
             index: schema
                 .fields
                 .iter()
@@ -236,8 +243,20 @@ impl Decoder {
         self.offset.is_empty()
     }
 
-    /// Decodes one event into the pending batch, or says why not.
+    /// Decodes one event into the pending batch, or says why not. A decoded
+    /// event carries the count of its partition's events rejected since the
+    /// one before it (`_dead_letters`).
     pub fn decode(&mut self, rec: &RawRecord) -> Result<(), Box<Rejection>> {
+        let decoded = self.decode_event(rec);
+        let since = self.rejected_since.entry(rec.partition).or_default();
+        match decoded {
+            Ok(()) => self.dead_letters.push(std::mem::take(since)),
+            Err(_) => *since = since.saturating_add(1),
+        }
+        decoded
+    }
+
+    fn decode_event(&mut self, rec: &RawRecord) -> Result<(), Box<Rejection>> {
         let reject =
             |reason: Reason, message: String, field: Option<String>| Rejection::of(rec, reason, message, field);
         let Some(payload) = rec.payload.as_deref() else {
@@ -336,11 +355,12 @@ impl Decoder {
         if self.is_empty() {
             return Ok(None);
         }
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.cols.len() + 3);
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.cols.len() + 4);
         arrays.extend(self.cols.iter_mut().map(finish));
         arrays.push(Arc::new(Int32Array::from(std::mem::take(&mut self.partition))));
         arrays.push(Arc::new(Int64Array::from(std::mem::take(&mut self.offset))));
         arrays.push(Arc::new(Int64Array::from(std::mem::take(&mut self.timestamp))));
+        arrays.push(Arc::new(UInt32Array::from(std::mem::take(&mut self.dead_letters))));
         RecordBatch::try_new(self.arrow.clone(), arrays).map(Some)
     }
 }

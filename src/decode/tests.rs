@@ -34,7 +34,7 @@ fn good_events_become_a_batch() {
     .unwrap();
     let b = d.flush().unwrap().unwrap();
     assert_eq!(b.num_rows(), 2);
-    assert_eq!(b.num_columns(), 8);
+    assert_eq!(b.num_columns(), 9);
     assert!(d.flush().unwrap().is_none());
     let label = b.column(3);
     assert_eq!(label.null_count(), 1, "label is optional per event");
@@ -383,4 +383,32 @@ fn rejected_payloads_keep_their_bytes() {
     assert_eq!(r.payload_encoding, PayloadEncoding::Utf8);
     assert!(r.payload_truncated && r.payload.len() == PAYLOAD_EXCERPT_BYTES);
     assert!(text.starts_with(&r.payload));
+}
+
+/// Each decoded event counts its partition's events rejected since the one
+/// before it, across flushes (so whatever the batching) and per partition.
+#[test]
+fn decoded_events_count_the_dead_letters_before_them() {
+    let mut d = Decoder::new(schema(), 1024);
+    let on = |p: i32, off: i64, s: &str| RawRecord {
+        partition: p,
+        ..rec(off, s)
+    };
+    let mut counts = vec![];
+    let mut take = |d: &mut Decoder| {
+        if let Some(b) = d.flush().unwrap() {
+            let c = b.column_by_name(crate::schema::DEAD_LETTERS_COL).unwrap();
+            counts.extend(c.as_any().downcast_ref::<UInt32Array>().unwrap().values().to_vec());
+        }
+    };
+    d.decode(&on(0, 0, GOOD)).unwrap();
+    assert!(d.decode(&on(0, 1, "{")).is_err());
+    assert!(d.decode(&on(1, 0, "nope")).is_err());
+    assert!(d.decode(&on(0, 2, "[]")).is_err());
+    take(&mut d); // a flush between the rejections and the next event changes nothing
+    d.decode(&on(0, 3, GOOD)).unwrap();
+    d.decode(&on(1, 1, GOOD)).unwrap();
+    d.decode(&on(0, 4, GOOD)).unwrap();
+    take(&mut d);
+    assert_eq!(counts, vec![0, 2, 1, 0]);
 }

@@ -30,6 +30,9 @@ use crate::config::{ConfigError, load_yaml};
 pub const PARTITION_COL: &str = "_partition";
 pub const OFFSET_COL: &str = "_offset";
 pub const TIMESTAMP_COL: &str = "_timestamp";
+/// Per event, the events of its partition dead-lettered since the one before
+/// it: the windows' dead-letter counts (`dead_letter_rate`).
+pub const DEAD_LETTERS_COL: &str = "_dead_letters";
 
 /// An event schema file.
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +284,7 @@ impl EventSchema {
         fields.push(Field::new(PARTITION_COL, DataType::Int32, false));
         fields.push(Field::new(OFFSET_COL, DataType::Int64, false));
         fields.push(Field::new(TIMESTAMP_COL, DataType::Int64, false));
+        fields.push(Field::new(DEAD_LETTERS_COL, DataType::UInt32, false));
         Arc::new(Schema::new(fields))
     }
 }
@@ -314,6 +318,10 @@ mod tests {
             .unwrap();
         let a = s.arrow_schema();
         assert_eq!(a.field(1).data_type(), &tensor_type(6));
-        assert_eq!(a.fields().len(), 5);
+        assert_eq!(
+            a.fields().len(),
+            6,
+            "2 fields and _partition, _offset, _timestamp, _dead_letters"
+        );
     }
 }

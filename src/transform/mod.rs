@@ -9,7 +9,7 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 
-use crate::schema::{OFFSET_COL, PARTITION_COL, TIMESTAMP_COL};
+use crate::schema::{DEAD_LETTERS_COL, OFFSET_COL, PARTITION_COL, TIMESTAMP_COL};
 use crate::sql::SqlStage;
 
 /// The table name transforms select from.
@@ -41,7 +41,7 @@ impl Transform {
         }
         let plan = stage.plan(sql).await.map_err(|e| TransformError::Plan(e.to_string()))?;
         let output = std::sync::Arc::new(plan.schema().as_arrow().clone());
-        for c in [PARTITION_COL, OFFSET_COL, TIMESTAMP_COL] {
+        for c in [PARTITION_COL, OFFSET_COL, TIMESTAMP_COL, DEAD_LETTERS_COL] {
             if output.field_with_name(c).is_err() {
                 return Err(TransformError::Plan(format!(
                     "the result must keep column `{c}` (start with `SELECT *, …`)"

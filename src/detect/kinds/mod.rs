@@ -45,6 +45,7 @@ pub const KINDS: &[Kind] = &[
     quality::MISSING_SHARE,
     quality::UNSEEN_CATEGORIES,
     quality::OUT_OF_RANGE,
+    quality::DEAD_LETTER_RATE,
     cbpe::KIND,
     sql::KIND,
 ];

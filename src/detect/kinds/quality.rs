@@ -18,6 +18,14 @@
 //!   values outside is beta-binomial(m, 2k, n + 1 − 2k) and the p-value
 //!   P(X ≥ x) is exact; ties only make it conservative.
 //!
+//! - `dead_letter_rate`: the share of the window's events that were
+//!   dead-lettered, current vs reference, Fisher's exact test as above.
+//!   Each decoded event carries the count of its partition's events
+//!   rejected just before it (`_dead_letters`, set by the decoder whatever
+//!   the batching), so a window counts the dead letters among its events; a
+//!   keyed pipeline counts them in the key of the next decoded event of
+//!   their partition (a rejected event's key cannot be trusted).
+//!
 //! Each test's `details` carry the counts the alert names.
 
 use std::collections::BTreeMap;
@@ -39,6 +47,7 @@ use super::{Correction, Decision, Detector, Kind, Need, OptionError, Options, ch
 use crate::config::{Alpha, Positive};
 use crate::detect::labels::{FISHER_MAX_N, chi2_2x2, fisher_exact};
 use crate::detect::special::ln_gamma;
+use crate::schema::DEAD_LETTERS_COL;
 
 pub const MISSING_SHARE: Kind = Kind {
     name: "missing_share",
@@ -64,6 +73,14 @@ pub const OUT_OF_RANGE: Kind = Kind {
     udafs: || udaf(Check::Range),
 };
 
+pub const DEAD_LETTER_RATE: Kind = Kind {
+    name: "dead_letter_rate",
+    about: "share of the window's events dead-lettered vs the reference, Fisher's exact test (p-value)",
+    build: dead_letters,
+    options: || &["alpha"],
+    udafs: || udaf(Check::DeadLetters),
+};
+
 /// Default permutations of `unseen_categories`.
 const DEFAULT_PERMUTATIONS: usize = 1000;
 
@@ -73,6 +90,7 @@ enum Check {
     Missing,
     Unseen,
     Range,
+    DeadLetters,
 }
 
 impl Check {
@@ -81,6 +99,7 @@ impl Check {
             Check::Missing => "missing_share",
             Check::Unseen => "unseen_categories",
             Check::Range => "out_of_range",
+            Check::DeadLetters => "dead_letter_rate",
         }
     }
     fn udaf(self) -> &'static str {
@@ -88,6 +107,7 @@ impl Check {
             Check::Missing => "missing_share_test",
             Check::Unseen => "unseen_categories_test",
             Check::Range => "out_of_range_test",
+            Check::DeadLetters => "dead_letter_test",
         }
     }
 }
@@ -181,6 +201,7 @@ impl Detector for Quality {
             Check::Missing => String::new(),
             Check::Unseen => format!(", {}, {}", self.permutations, self.seed),
             Check::Range => format!(", {:?}", self.tail),
+            Check::DeadLetters => String::new(),
         };
         per_column_sql(self.check.udaf(), &self.columns, &extra)
     }
@@ -205,6 +226,56 @@ impl Detector for Quality {
             ));
         }
         Ok(())
+    }
+}
+
+/// `kind: dead_letter_rate`: no columns; its only option is `alpha`.
+#[derive(Debug)]
+struct DeadLetters {
+    name: String,
+    alpha: Option<Alpha>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterOptions {
+    /// Significance level per evaluation (default 0.01, or derived from
+    /// `alerting.ert`).
+    #[serde(default)]
+    alpha: Option<Alpha>,
+}
+
+fn dead_letters(name: String, o: Options) -> Result<Box<dyn Detector>, OptionError> {
+    let o: DeadLetterOptions = o.parse()?;
+    Ok(Box::new(DeadLetters { name, alpha: o.alpha }))
+}
+
+impl Detector for DeadLetters {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "dead_letter_rate"
+    }
+    fn columns(&self) -> Vec<String> {
+        vec![]
+    }
+    fn check(&self, scored: &Schema) -> Result<(), OptionError> {
+        match scored.field_with_name(DEAD_LETTERS_COL) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(OptionError::item(format!(
+                "the events have no `{DEAD_LETTERS_COL}` column (a transform must keep it: `SELECT *, …`)"
+            ))),
+        }
+    }
+    fn sql(&self) -> String {
+        per_column_sql("dead_letter_test", &[DEAD_LETTERS_COL.to_string()], "")
+    }
+    fn decision(&self) -> Decision {
+        Decision::test(self.alpha, Correction::None)
+    }
+    fn alpha_mut(&mut self) -> Option<&mut Option<Alpha>> {
+        Some(&mut self.alpha)
     }
 }
 
@@ -253,6 +324,26 @@ fn missing_test(r: &Side, c: &Side) -> Option<Outcome> {
         "current_missing": cm, "current_share": share(cm, c.total),
     });
     Some((share(cm, c.total), p, details))
+}
+
+/// Fisher's exact test of (dead-lettered, decoded) × (reference, current);
+/// a side's `missing` holds its dead letters and `total` its decoded events.
+fn dead_letter_test(r: &Side, c: &Side) -> Option<Outcome> {
+    if r.total == 0 || c.total == 0 {
+        return None;
+    }
+    let (rd, cd) = (r.missing, c.missing);
+    let p = if r.total + c.total + rd + cd > FISHER_MAX_N {
+        chi2_2x2(rd, r.total, cd, c.total)
+    } else {
+        fisher_exact(rd, r.total, cd, c.total)
+    };
+    let share = |d: u64, n: u64| d as f64 / (d + n) as f64;
+    let details = serde_json::json!({
+        "reference_dead_letters": rd, "reference_share": share(rd, r.total),
+        "current_dead_letters": cd, "current_share": share(cd, c.total),
+    });
+    Some((share(cd, c.total), p, details))
 }
 
 /// Current values whose category the reference lacks; permutation p-value.
@@ -463,8 +554,30 @@ impl QualityAcc {
                     self.params.tail = Some(t);
                 }
             }
-            Check::Missing if values.len() > 2 => return exec_err!("{name} takes (value, is_current)"),
-            Check::Missing => {}
+            Check::Missing | Check::DeadLetters if values.len() > 2 => {
+                return exec_err!("{name} takes (value, is_current)");
+            }
+            Check::Missing | Check::DeadLetters => {}
+        }
+        Ok(())
+    }
+}
+
+impl QualityAcc {
+    /// `dead_letter_test`: per side, the events and the dead letters before them.
+    fn count_dead_letters(&mut self, v: &ArrayRef, cur: &datafusion::arrow::array::BooleanArray) -> Result<()> {
+        if !v.data_type().is_integer() {
+            return exec_err!("dead_letter_test: first argument must be the `{DEAD_LETTERS_COL}` count");
+        }
+        let counts = cast(v, &DataType::UInt64)?;
+        let counts = counts.as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+        for i in 0..counts.len() {
+            if cur.is_null(i) {
+                continue;
+            }
+            let side = &mut self.sides[usize::from(cur.value(i))];
+            side.total += 1;
+            side.missing += if counts.is_valid(i) { counts.value(i) } else { 0 };
         }
         Ok(())
     }
@@ -477,6 +590,9 @@ impl Accumulator for QualityAcc {
             return exec_err!("{}: second argument (is_current) must be boolean", self.check.udaf());
         };
         let v = &values[0];
+        if self.check == Check::DeadLetters {
+            return self.count_dead_letters(v, cur);
+        }
         let floats = v
             .data_type()
             .is_floating()
@@ -526,6 +642,7 @@ impl Accumulator for QualityAcc {
                 p.seed.unwrap_or(0),
             ),
             Check::Range => range_test(r, c, p.tail.unwrap_or(0.0)),
+            Check::DeadLetters => dead_letter_test(r, c),
         };
         let (s, pv, d, nulls) = match out {
             Some((s, pv, d)) => (s, Some(pv), Some(d.to_string()), None),
