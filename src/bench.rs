@@ -120,6 +120,9 @@ pub enum BenchEvents<'a> {
     Digits(&'a Path),
     /// Paragraphs of a text corpus (`schemas/news.yaml`), in a seeded order.
     News(&'a Path),
+    /// US Census records (`schemas/census.yaml`) from the folder setup
+    /// fetches them into: 2015 (with `employed`), then 2016-2018, in id order.
+    Census(&'a Path),
 }
 
 /// Distinct payloads, cycled: the stream is long, the generation cheap.
@@ -144,6 +147,14 @@ fn payloads(from: BenchEvents) -> Result<Vec<Vec<u8>>, RuntimeError> {
                         .into_bytes()
                 })
                 .collect())
+        }
+        BenchEvents::Census(dir) => {
+            let mut rows = vec![];
+            for file in ["reference.pq", "analysis.pq"] {
+                let records = crate::source::file::read_records(&dir.join(file)).map_err(other)?;
+                rows.extend(records.into_iter().filter_map(|r| r.payload));
+            }
+            Ok(rows)
         }
     }
 }

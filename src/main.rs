@@ -167,6 +167,10 @@ enum Cmd {
         /// instead of digit images from `--pool`.
         #[arg(long)]
         corpus: Option<PathBuf>,
+        /// Events made of the census records in this folder (census schema,
+        /// e.g. `--pipeline pipelines/census.yaml --census .deps/census`).
+        #[arg(long, conflicts_with = "corpus")]
+        census: Option<PathBuf>,
         /// Events to push through.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
@@ -393,12 +397,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             pipeline,
             pool,
             corpus,
+            census,
             events,
             without,
         } => {
-            let from = match &corpus {
-                Some(dir) => driftwatch::bench::BenchEvents::News(dir),
-                None => driftwatch::bench::BenchEvents::Digits(&pool),
+            let from = match (&corpus, &census) {
+                (Some(dir), _) => driftwatch::bench::BenchEvents::News(dir),
+                (_, Some(dir)) => driftwatch::bench::BenchEvents::Census(dir),
+                _ => driftwatch::bench::BenchEvents::Digits(&pool),
             };
             driftwatch::bench::bench(&pipeline, from, events, &without).await?;
             Ok(ExitCode::SUCCESS)

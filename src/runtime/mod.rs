@@ -130,19 +130,7 @@ pub async fn run(
         .clone()
         .or_else(|| src.group_id.clone())
         .unwrap_or_else(|| format!("driftwatch-{}", p.name));
-    let checkpoints = match &src.checkpoint_topic {
-        Some(t) => {
-            let what = || format!("checkpoint topic `{t}` (source.checkpoint_topic; null turns checkpoints off)");
-            if checkpoint::ensure_topic(&src.brokers, &src.properties, t)
-                .await
-                .map_err(kafka_err(what()))?
-            {
-                tracing::info!(topic = %t, "checkpoint topic created (one partition, compacted)");
-            }
-            Some(Checkpoints::new(&src.brokers, &src.properties, t, &group, &src.topic).map_err(kafka_err(what()))?)
-        }
-        None => None,
-    };
+    let checkpoints = open_checkpoints(src, &group).await?;
     let consumer = Arc::new(KafkaConsumer::new(src, &group, checkpoints).map_err(kafka_err("creating consumer"))?);
     let out_brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
     let out_props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
@@ -153,26 +141,8 @@ pub async fn run(
 
     let (tx, mut rx) = mpsc::channel::<Msg>(4);
     let events_done = Arc::new(AtomicBool::new(false));
-    let labels_reader = match &p.labels {
-        Some(l) => {
-            let mut lsrc = src.clone();
-            lsrc.topic = l.topic.clone();
-            let lgroup = l.group_id.clone().unwrap_or_else(|| format!("{group}-labels"));
-            let c = Arc::new(KafkaConsumer::follower(&lsrc, &lgroup).map_err(kafka_err("creating labels consumer"))?);
-            tracing::info!(topic = %l.topic, group = %lgroup, horizon_ms = l.horizon_ms.get(), "joining late labels");
-            let (follow, wanted) = tokio::sync::watch::channel(Follow::default());
-            Some((
-                c.clone(),
-                tokio::spawn(labels_loop(
-                    c,
-                    wanted,
-                    tx.clone(),
-                    shutdown.clone(),
-                    events_done.clone(),
-                )),
-                follow,
-            ))
-        }
+    let mut labels_reader = match &p.labels {
+        Some(l) => Some(LabelsReader::spawn(l, src, &group, &tx, &shutdown, &events_done)?),
         None => None,
     };
     let reader = tokio::spawn(read_loop(
@@ -225,44 +195,26 @@ pub async fn run(
     while let Some(msg) = rx.recv().await {
         let now = consumer.generation();
         if now != generation {
-            // A rebalance: every partition was revoked (eager protocol).
-            // Windows, labelled windows and the label join are rebuilt by
-            // replaying the partitions this instance holds now, and their
-            // labels, from the committed offsets; evaluations already
-            // delivered are recognised by the marks and not sent again.
+            // A rebalance: state rebuilt from the committed offsets (see
+            // `Held::rebuild`); evaluations already delivered are recognised
+            // by the marks and the scan of published ones, not sent again.
             generation = now;
             last.clear();
-            let restored = key_states.rebuild(&consumer, &mut engine.windows, &mut engine.policy);
-            let mut restored_labelled = 0;
-            hw.clear();
-            if let Some(l) = engine.labelled.as_mut() {
-                l.join.reset();
-                l.join.expect_events_from(&consumer.assignment());
-                restored_labelled = labelled_states.rebuild(&consumer, &mut l.windows, &mut engine.policy);
+            let held = Held {
+                consumer: &consumer,
+                states: &key_states,
+                labelled_states: &labelled_states,
+                labels_reader: labels_reader.as_ref(),
+                stats: &stats,
+            };
+            match held.rebuild(&mut engine, &mut hw).await {
+                Ok(()) => published = scan_published(&consumer, &p, &out_brokers, &out_props).await,
+                Err(e) => {
+                    shutdown.store(true, Ordering::SeqCst);
+                    result = Err(e);
+                    break;
+                }
             }
-            if let Some((lc, _, follow)) = &labels_reader
-                && let Err(e) = follow_labels(&consumer, lc, follow).await
-            {
-                shutdown.store(true, Ordering::SeqCst);
-                result = Err(e);
-                break;
-            }
-            if restored + restored_labelled > 0 {
-                tracing::info!(
-                    keys = restored,
-                    labelled_keys = restored_labelled,
-                    "key states restored; windows rebuilt by replay"
-                );
-            }
-            let dropped = stats.window_keys.swap(0, Ordering::Relaxed);
-            stats.window_events.store(0, Ordering::Relaxed);
-            if dropped > 0 {
-                tracing::info!(
-                    keys_dropped = dropped,
-                    "rebalance: windows dropped, to be rebuilt by replay"
-                );
-            }
-            published = scan_published(&consumer, &p, &out_brokers, &out_props).await;
         }
         let out = Out {
             consumer: &consumer,
@@ -298,13 +250,13 @@ pub async fn run(
             } => match &labels_reader {
                 // Labels read before the reader last followed the events
                 // partitions are read again from their commit.
-                Some((lc, _, follow)) if follow.borrow().generation == read_in => {
+                Some(r) if r.follow.borrow().generation == read_in => {
                     // Like an events batch, a revocation waits for it;
                     // after one (handled on the next message) it is read again.
                     let Some(_in_flight) = consumer.begin(generation) else {
                         continue;
                     };
-                    process_labels(&mut engine, &mut hw, lc, &out, records, &last, &mut fault).await
+                    process_labels(&mut engine, &mut hw, &r.consumer, &out, records, &last, &mut fault).await
                 }
                 _ => Ok(()),
             },
@@ -321,21 +273,138 @@ pub async fn run(
         .await
         .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?
         .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?;
-    if let Some((_, h, _)) = labels_reader {
-        h.await
+    // The labels consumer itself lives on until the run returns (closing it
+    // earlier, before the final commit, held runs up).
+    if let Some(r) = labels_reader.as_mut() {
+        (&mut r.task)
+            .await
             .map_err(|e| RuntimeError::Other(format!("labels consumer task: {e}")))??;
     }
     result?;
     read?;
-    // Final synchronous commit of what is accounted for.
-    key_states.save(&consumer, &mut engine.windows, &engine.policy).await?;
-    if let Some(l) = engine.labelled.as_mut() {
-        labelled_states.save(&consumer, &mut l.windows, &engine.policy).await?;
-    }
-    let labelled = engine.labelled.as_ref().map(|l| (l, &hw));
-    commit(&consumer, &engine.windows, labelled, &last, CommitMode::Sync, &[]).await?;
+    let states = [&key_states, &labelled_states];
+    save_and_commit(&consumer, states, &mut engine, &hw, &last).await?;
     tracing::info!(pipeline = %p.name, received = stats.received.load(Ordering::Relaxed), alerts = stats.alerts.load(Ordering::Relaxed), "stopped");
     Ok(())
+}
+
+/// The final synchronous commit of what is accounted for, key states first.
+async fn save_and_commit(
+    consumer: &Arc<KafkaConsumer>,
+    [states, labelled_states]: [&KeyStates; 2],
+    engine: &mut Engine,
+    hw: &LabelledHw,
+    last: &BTreeMap<i32, i64>,
+) -> Result<(), RuntimeError> {
+    states.save(consumer, &mut engine.windows, &engine.policy).await?;
+    if let Some(l) = engine.labelled.as_mut() {
+        labelled_states.save(consumer, &mut l.windows, &engine.policy).await?;
+    }
+    let labelled = engine.labelled.as_ref().map(|l| (l, hw));
+    commit(consumer, &engine.windows, labelled, last, CommitMode::Sync, &[]).await?;
+    Ok(())
+}
+
+/// What an instance holds between rebalances.
+struct Held<'a> {
+    consumer: &'a Arc<KafkaConsumer>,
+    states: &'a KeyStates,
+    labelled_states: &'a KeyStates,
+    labels_reader: Option<&'a LabelsReader>,
+    stats: &'a RunStats,
+}
+
+impl Held<'_> {
+    /// After a rebalance: every partition was revoked (eager protocol).
+    /// Windows, labelled windows and the label join are rebuilt by replaying
+    /// the partitions this instance holds now, and their labels, from the
+    /// committed offsets (saved key states first); the labels reader follows
+    /// the new partitions.
+    async fn rebuild(&self, engine: &mut Engine, hw: &mut LabelledHw) -> Result<(), RuntimeError> {
+        let restored = self
+            .states
+            .rebuild(self.consumer, &mut engine.windows, &mut engine.policy);
+        let mut restored_labelled = 0;
+        hw.clear();
+        if let Some(l) = engine.labelled.as_mut() {
+            l.join.reset();
+            l.join.expect_events_from(&self.consumer.assignment());
+            restored_labelled = self
+                .labelled_states
+                .rebuild(self.consumer, &mut l.windows, &mut engine.policy);
+        }
+        if let Some(r) = self.labels_reader {
+            follow_labels(self.consumer, &r.consumer, &r.follow).await?;
+        }
+        if restored + restored_labelled > 0 {
+            tracing::info!(
+                keys = restored,
+                labelled_keys = restored_labelled,
+                "key states restored; windows rebuilt by replay"
+            );
+        }
+        let dropped = self.stats.window_keys.swap(0, Ordering::Relaxed);
+        self.stats.window_events.store(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::info!(
+                keys_dropped = dropped,
+                "rebalance: windows dropped, to be rebuilt by replay"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The checkpoint store of `src`, its topic created when missing; None
+/// when the source has none.
+async fn open_checkpoints(src: &crate::config::KafkaSource, group: &str) -> Result<Option<Checkpoints>, RuntimeError> {
+    let Some(t) = &src.checkpoint_topic else {
+        return Ok(None);
+    };
+    let what = || format!("checkpoint topic `{t}` (source.checkpoint_topic; null turns checkpoints off)");
+    if checkpoint::ensure_topic(&src.brokers, &src.properties, t)
+        .await
+        .map_err(kafka_err(what()))?
+    {
+        tracing::info!(topic = %t, "checkpoint topic created (one partition, compacted)");
+    }
+    let c = Checkpoints::new(&src.brokers, &src.properties, t, group, &src.topic).map_err(kafka_err(what()))?;
+    Ok(Some(c))
+}
+
+/// The late labels' reader: a consumer that follows the labels partitions
+/// numbered like the events partitions held, its task, and what to follow.
+struct LabelsReader {
+    consumer: Arc<KafkaConsumer>,
+    task: tokio::task::JoinHandle<Result<(), RuntimeError>>,
+    follow: tokio::sync::watch::Sender<Follow>,
+}
+
+impl LabelsReader {
+    fn spawn(
+        l: &crate::config::LabelsConfig,
+        src: &crate::config::KafkaSource,
+        group: &str,
+        tx: &mpsc::Sender<Msg>,
+        shutdown: &Arc<AtomicBool>,
+        events_done: &Arc<AtomicBool>,
+    ) -> Result<Self, RuntimeError> {
+        let mut lsrc = src.clone();
+        lsrc.topic = l.topic.clone();
+        let lgroup = l.group_id.clone().unwrap_or_else(|| format!("{group}-labels"));
+        let consumer =
+            Arc::new(KafkaConsumer::follower(&lsrc, &lgroup).map_err(kafka_err("creating labels consumer"))?);
+        tracing::info!(topic = %l.topic, group = %lgroup, horizon_ms = l.horizon_ms.get(), "joining late labels");
+        let (follow, wanted) = tokio::sync::watch::channel(Follow::default());
+        let task = tokio::spawn(labels_loop(
+            consumer.clone(),
+            wanted,
+            tx.clone(),
+            shutdown.clone(),
+            events_done.clone(),
+        ));
+        Ok(Self { consumer, task, follow })
+    }
 }
 
 /// Aborts a background task when dropped.
