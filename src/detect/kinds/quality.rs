@@ -359,6 +359,9 @@ fn unseen_test(r: &Side, c: &Side, permutations: usize, seed: u64) -> Option<Out
         .filter(|(k, _)| !r.categories.contains_key(*k))
         .collect();
     let observed: u64 = unseen.iter().map(|(_, v)| **v).sum();
+    // Every permutation's count is ≥ 0: with nothing unseen the p-value is
+    // exactly (1 + B)/(B + 1) = 1, no permutation needed (the usual case).
+    let permutations = if observed == 0 { 0 } else { permutations };
     // The pooled values as category ids; each permutation splits them anew.
     let mut ids: BTreeMap<&String, u32> = BTreeMap::new();
     for k in r.categories.keys().chain(c.categories.keys()) {
