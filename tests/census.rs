@@ -196,32 +196,9 @@ async fn validate_refuses_a_zipmap_export_and_inputs_that_do_not_fit_naming_the_
 /// mean absolute error at most NannyML's + 0.005.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cbpe_estimates_the_real_accuracy_of_2016_to_2018_as_well_as_nannyml() {
-    use driftwatch::source::file::read_records;
-    let data = root().join(".deps/census");
     let mut stages = census_stages().await;
-    let json = |r: &RawRecord| -> serde_json::Value { serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap() };
-    let employed: std::collections::HashMap<i64, i64> = read_records(&data.join("analysis_target.pq"))
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let v = json(r);
-            (v["id"].as_i64().unwrap(), v["employed"].as_i64().unwrap())
-        })
-        .collect();
-    let mut current: Vec<serde_json::Value> = read_records(&data.join("analysis.pq"))
-        .unwrap()
-        .iter()
-        .map(json)
-        .collect();
-    current.sort_by_key(|v| v["id"].as_i64().unwrap());
-    for v in &mut current {
-        v["employed"] = employed[&v["id"].as_i64().unwrap()].into();
-    }
-    let reference: Vec<serde_json::Value> = read_records(&data.join("reference.pq"))
-        .unwrap()
-        .iter()
-        .map(json)
-        .collect();
+    let reference = census_events("reference.pq");
+    let current = census_events("analysis.pq");
     let mut score = async |events: Vec<serde_json::Value>| -> (Vec<f64>, Vec<Option<i64>>) {
         let lines: Vec<String> = events.iter().map(|v| v.to_string()).collect();
         let (batches, rejected) = stages.ingest(&records(&lines)).await.unwrap();

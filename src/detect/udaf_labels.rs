@@ -56,7 +56,9 @@ impl LabelledTest {
     }
 }
 
-fn fields() -> Fields {
+/// The result struct of a test whose extras are JSON `details` (the label
+/// tests here, and the data-quality and CBPE kinds).
+pub(crate) fn detail_fields() -> Fields {
     Fields::from(vec![
         Field::new("statistic", DataType::Float64, false),
         Field::new("p_value", DataType::Float64, true),
@@ -64,6 +66,23 @@ fn fields() -> Fields {
         Field::new("n_current", DataType::UInt64, false),
         Field::new("details", DataType::Utf8, true),
     ])
+}
+
+/// One [`detail_fields`] struct: `row` = (statistic, p-value, details), or
+/// None for a NULL result (a side without enough rows).
+pub(crate) fn detail_scalar(row: Option<(f64, Option<f64>, String)>, n_reference: u64, n_current: u64) -> ScalarValue {
+    let (s, p, d, nulls) = match row {
+        Some((s, p, d)) => (s, p, Some(d), None),
+        None => (0.0, None, None, Some(NullBuffer::new_null(1))),
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Float64Array::from(vec![s])),
+        Arc::new(Float64Array::from(vec![p])),
+        Arc::new(UInt64Array::from(vec![n_reference])),
+        Arc::new(UInt64Array::from(vec![n_current])),
+        Arc::new(StringArray::from(vec![d])),
+    ];
+    ScalarValue::Struct(Arc::new(StructArray::new(detail_fields(), cols, nulls)))
 }
 
 impl AggregateUDFImpl for LabelledTest {
@@ -85,7 +104,7 @@ impl AggregateUDFImpl for LabelledTest {
                 self.name()
             );
         }
-        Ok(DataType::Struct(fields()))
+        Ok(DataType::Struct(detail_fields()))
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(LabelAcc {
@@ -193,18 +212,7 @@ impl Accumulator for LabelAcc {
             LabelStat::ErrorRate => (c.errors[0].totals().1, c.errors[1].totals().1),
             LabelStat::LabelShift => (n(0), n(1)),
         };
-        let (s, p, d, nulls) = match row {
-            Some((s, p, d)) => (s, p, Some(d), None),
-            None => (0.0, None, None, Some(NullBuffer::new_null(1))),
-        };
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(Float64Array::from(vec![s])),
-            Arc::new(Float64Array::from(vec![p])),
-            Arc::new(UInt64Array::from(vec![nr])),
-            Arc::new(UInt64Array::from(vec![nc])),
-            Arc::new(StringArray::from(vec![d])),
-        ];
-        Ok(ScalarValue::Struct(Arc::new(StructArray::new(fields(), cols, nulls))))
+        Ok(detail_scalar(row, nr, nc))
     }
 
     fn size(&self) -> usize {

@@ -29,10 +29,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, StructArray, UInt64Array};
-use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Int64Type, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type, Schema};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
@@ -40,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Decision, Detector, DriftType, Kind, Need, OptionError, Options, check_column, is_current};
 use crate::config::PROBABILITIES_COL;
+use crate::detect::udaf_labels::{detail_fields, detail_scalar};
 use crate::detect::{KEY_COL, WINDOWS_TABLE, ident};
 
 pub const KIND: Kind = Kind {
@@ -362,16 +362,6 @@ impl CbpeEstimate {
     }
 }
 
-fn fields() -> Fields {
-    Fields::from(vec![
-        Field::new("statistic", DataType::Float64, false),
-        Field::new("p_value", DataType::Float64, true),
-        Field::new("n_reference", DataType::UInt64, false),
-        Field::new("n_current", DataType::UInt64, false),
-        Field::new("details", DataType::Utf8, true),
-    ])
-}
-
 impl AggregateUDFImpl for CbpeEstimate {
     fn name(&self) -> &str {
         "cbpe_estimate"
@@ -381,7 +371,7 @@ impl AggregateUDFImpl for CbpeEstimate {
     }
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         match args.first() {
-            Some(DataType::FixedSizeList(f, _)) if f.data_type().is_floating() => Ok(DataType::Struct(fields())),
+            Some(DataType::FixedSizeList(f, _)) if f.data_type().is_floating() => Ok(DataType::Struct(detail_fields())),
             Some(t) => {
                 exec_err!("cbpe_estimate: first argument must be a float vector of class probabilities, got {t}")
             }
@@ -437,18 +427,9 @@ impl Accumulator for CbpeAcc {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         let [r, c] = &self.sides;
-        let (s, d, nulls) = match estimate(r, c) {
-            Some((s, d)) => (s, Some(d.to_string()), None),
-            None => (0.0, None, Some(NullBuffer::new_null(1))),
-        };
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(Float64Array::from(vec![s])),
-            Arc::new(Float64Array::from(vec![None::<f64>])),
-            Arc::new(UInt64Array::from(vec![r.rows() as u64])),
-            Arc::new(UInt64Array::from(vec![c.rows() as u64])),
-            Arc::new(StringArray::from(vec![d])),
-        ];
-        Ok(ScalarValue::Struct(Arc::new(StructArray::new(fields(), cols, nulls))))
+        // A threshold on the estimated drop: no p-value.
+        let row = estimate(r, c).map(|(s, d)| (s, None, d.to_string()));
+        Ok(detail_scalar(row, r.rows() as u64, c.rows() as u64))
     }
 
     fn size(&self) -> usize {

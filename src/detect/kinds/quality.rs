@@ -31,10 +31,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, StructArray, UInt64Array};
-use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Schema};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
@@ -47,6 +46,7 @@ use super::{Correction, Decision, Detector, Kind, Need, OptionError, Options, ch
 use crate::config::{Alpha, Positive};
 use crate::detect::labels::{FISHER_MAX_N, chi2_2x2, fisher_exact};
 use crate::detect::special::ln_gamma;
+use crate::detect::udaf_labels::{detail_fields, detail_scalar};
 use crate::schema::DEAD_LETTERS_COL;
 
 pub const MISSING_SHARE: Kind = Kind {
@@ -461,16 +461,6 @@ struct QualityTest {
     signature: Signature,
 }
 
-fn fields() -> Fields {
-    Fields::from(vec![
-        Field::new("statistic", DataType::Float64, false),
-        Field::new("p_value", DataType::Float64, true),
-        Field::new("n_reference", DataType::UInt64, false),
-        Field::new("n_current", DataType::UInt64, false),
-        Field::new("details", DataType::Utf8, true),
-    ])
-}
-
 impl AggregateUDFImpl for QualityTest {
     fn name(&self) -> &str {
         self.check.udaf()
@@ -485,7 +475,7 @@ impl AggregateUDFImpl for QualityTest {
         {
             return exec_err!("out_of_range_test: first argument must be numeric, got {t}");
         }
-        Ok(DataType::Struct(fields()))
+        Ok(DataType::Struct(detail_fields()))
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(QualityAcc {
@@ -647,18 +637,8 @@ impl Accumulator for QualityAcc {
             Check::Range => range_test(r, c, p.tail.unwrap_or(0.0)),
             Check::DeadLetters => dead_letter_test(r, c),
         };
-        let (s, pv, d, nulls) = match out {
-            Some((s, pv, d)) => (s, Some(pv), Some(d.to_string()), None),
-            None => (0.0, None, None, Some(NullBuffer::new_null(1))),
-        };
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(Float64Array::from(vec![s])),
-            Arc::new(Float64Array::from(vec![pv])),
-            Arc::new(UInt64Array::from(vec![r.total])),
-            Arc::new(UInt64Array::from(vec![c.total])),
-            Arc::new(StringArray::from(vec![d])),
-        ];
-        Ok(ScalarValue::Struct(Arc::new(StructArray::new(fields(), cols, nulls))))
+        let row = out.map(|(s, p, d)| (s, Some(p), d.to_string()));
+        Ok(detail_scalar(row, r.total, c.total))
     }
 
     fn size(&self) -> usize {
