@@ -17,7 +17,7 @@ use crate::model::ModelIdentity;
 pub use crate::detect::{DriftType, drift_type_name};
 
 /// Offsets of one partition inside a window.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
 pub struct OffsetRange {
     pub partition: i32,
     pub first: i64,

@@ -151,19 +151,28 @@ impl Engine {
         let mut evaluations = if labelled {
             self.stages.evaluate_labelled(due).await?
         } else {
-            self.stages.evaluate(due).await?
+            let reference = self
+                .labelled
+                .as_ref()
+                .and_then(|l| l.windows.complete_reference(&due.key));
+            self.stages.evaluate(due, reference).await?
         };
-        for ev in &mut evaluations {
-            ev.alert = self
-                .policy
-                .decide(&ev.detector, ev.key.as_deref().unwrap_or(""), ev.drift);
-        }
+        self.decide(&mut evaluations);
         Ok(Evaluated {
             key: due.key.clone(),
             coords: due.coords.clone(),
             labelled,
             evaluations,
         })
+    }
+
+    /// The alert policy on fresh evaluations.
+    fn decide(&mut self, evaluations: &mut [Evaluation]) {
+        for ev in evaluations {
+            ev.alert = self
+                .policy
+                .decide(&ev.detector, ev.key.as_deref().unwrap_or(""), ev.drift);
+        }
     }
 
     /// One evaluation of every detector over a reference and a current set
@@ -201,15 +210,28 @@ impl Engine {
             reference,
             current,
         };
-        let mut out = vec![self.evaluate(&due(reference.clone(), current.clone()), false).await?];
-        if let (Some(_), Some(label)) = (&self.labelled, &label_col) {
-            let only = |b: Vec<RecordBatch>| -> Result<Vec<RecordBatch>, RuntimeError> {
-                Ok(b.iter()
-                    .map(|b| crate::labels::labelled_rows(b, label))
-                    .collect::<Result<_, _>>()?)
-            };
-            let pair = due(only(reference)?, only(current)?);
-            out.push(self.evaluate(&pair, true).await?);
+        let only = |b: &[RecordBatch]| -> Result<Option<Vec<RecordBatch>>, RuntimeError> {
+            match (&self.labelled, &label_col) {
+                (Some(_), Some(label)) => Ok(Some(
+                    b.iter()
+                        .map(|b| crate::labels::labelled_rows(b, label))
+                        .collect::<Result<_, _>>()?,
+                )),
+                _ => Ok(None),
+            }
+        };
+        let (labelled_reference, labelled_current) = (only(&reference)?, only(&current)?);
+        let pair = due(reference, current);
+        let mut evaluations = self.stages.evaluate(&pair, labelled_reference.clone()).await?;
+        self.decide(&mut evaluations);
+        let mut out = vec![Evaluated {
+            key: String::new(),
+            coords: pair.coords,
+            labelled: false,
+            evaluations,
+        }];
+        if let (Some(reference), Some(current)) = (labelled_reference, labelled_current) {
+            out.push(self.evaluate(&due(reference, current), true).await?);
         }
         Ok(out)
     }

@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use crate::alert::{self, Evaluation};
 use crate::config::{ConfigError, Pipeline, ReferenceConfig};
 use crate::decode::{Decoder, Rejection};
+use crate::detect::kinds::LabelUse;
 use crate::detect::{Detector, Detectors};
 use crate::error::RuntimeError;
 use crate::model::tokenizer::TextTokenizer;
@@ -26,9 +27,13 @@ pub struct Stages {
     transform: Option<Transform>,
     model: Option<Model>,
     detectors: Detectors,
-    /// With a labels topic: the detectors on labelled events (error_rate,
-    /// label_shift), run on the windows of joined events.
+    /// With a labels topic: the detectors that compare labels on both
+    /// sides (error_rate), run on the windows of joined events.
     labelled: Option<Detectors>,
+    /// With a labels topic: the detectors calibrated on a labelled reference
+    /// (cbpe, label_shift), run on the event windows with the reference of
+    /// the joined events in place of theirs.
+    calibrated: Option<Detectors>,
     /// The configured detectors, in the pipeline's order.
     kinds: Vec<Arc<dyn Detector>>,
     /// Schema of batches after transform and model.
@@ -108,21 +113,37 @@ impl Stages {
         for (i, d) in kinds.iter().enumerate() {
             d.check(&current).map_err(|e| cfg_err(at(i, &e.key), e.message))?;
         }
-        // With a labels topic, the detectors on labels run on joined events.
-        let (labelled_cfg, main_cfg): (Vec<_>, Vec<_>) = kinds
-            .iter()
-            .cloned()
-            .partition(|d| pipeline.labels.is_some() && d.on_labels());
         let plan_err = |e: crate::detect::DetectError| {
             let i = kinds.iter().position(|d| d.name() == e.detector()).unwrap_or(0);
             cfg_err(at(i, kinds[i].query_key()), e.to_string())
         };
-        let detectors = Detectors::new(&current, &main_cfg).await.map_err(plan_err)?;
-        let labelled = if labelled_cfg.is_empty() {
-            None
-        } else {
-            Some(Detectors::new(&current, &labelled_cfg).await.map_err(plan_err)?)
+        // With a labels topic, each detector runs on the windows its labels need.
+        let group = |only: LabelUse| -> Vec<Arc<dyn Detector>> {
+            let late = pipeline.labels.is_some();
+            kinds
+                .iter()
+                .filter(|d| {
+                    if late {
+                        d.labels() == only
+                    } else {
+                        only == LabelUse::None
+                    }
+                })
+                .cloned()
+                .collect()
         };
+        let detectors = Detectors::new(&current, &group(LabelUse::None))
+            .await
+            .map_err(plan_err)?;
+        let mut planned = vec![];
+        for only in [LabelUse::Joined, LabelUse::Reference] {
+            let g = group(only);
+            planned.push(match g.is_empty() {
+                true => None,
+                false => Some(Detectors::new(&current, &g).await.map_err(plan_err)?),
+            });
+        }
+        let [labelled, calibrated]: [Option<Detectors>; 2] = planned.try_into().unwrap_or_else(|_| [None, None]);
         if let Some(l) = &pipeline.labels {
             let need = |what: &str, v: &Option<String>| {
                 v.clone().ok_or_else(|| {
@@ -155,6 +176,7 @@ impl Stages {
             model,
             detectors,
             labelled,
+            calibrated,
             kinds,
             scored_schema: current,
             pipeline,
@@ -186,7 +208,7 @@ impl Stages {
     /// Handles on the time each detector takes (those on labelled events last).
     pub fn detector_clocks(&self) -> Vec<crate::detect::DetectorClocks> {
         let mut c = vec![self.detectors.clocks()];
-        c.extend(self.labelled.iter().map(Detectors::clocks));
+        c.extend(self.calibrated.iter().chain(&self.labelled).map(Detectors::clocks));
         c
     }
 
@@ -272,27 +294,50 @@ impl Stages {
     /// windows of events joined to their labels.
     pub fn detector_names(&self, labelled: bool) -> Vec<String> {
         match (labelled, &self.labelled) {
-            (false, _) => self.detectors.names(),
+            (false, _) => {
+                let mut names = self.detectors.names();
+                names.extend(self.calibrated.iter().flat_map(Detectors::names));
+                names
+            }
             (true, Some(d)) => d.names(),
             (true, None) => vec![],
         }
     }
 
-    /// Runs the detectors on a window pair and builds the evaluation records.
-    pub async fn evaluate(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
-        self.evaluate_with(&self.detectors, due).await
+    /// Whether some detectors run on the event windows with a labelled
+    /// reference ([`LabelUse::Reference`] with a labels topic).
+    pub fn has_calibrated(&self) -> bool {
+        self.calibrated.is_some()
+    }
+
+    /// Runs the detectors on a window pair of events and builds the
+    /// evaluation records; `labelled_reference`: the reference of the joined
+    /// events for the detectors calibrated on labels (they are left out
+    /// while it is not complete).
+    pub async fn evaluate(
+        &self,
+        due: &Due,
+        labelled_reference: Option<Vec<RecordBatch>>,
+    ) -> Result<Vec<Evaluation>, RuntimeError> {
+        let mut results = self.detectors.evaluate(due).await?;
+        if let (Some(d), Some(reference)) = (&self.calibrated, labelled_reference) {
+            let mut pair = due.clone();
+            pair.coords.reference_size = reference.iter().map(RecordBatch::num_rows).sum();
+            pair.reference = reference;
+            results.extend(d.evaluate(&pair).await?);
+        }
+        Ok(self.evaluations(results))
     }
 
     /// As [`Self::evaluate`], with the detectors on labels over windows of joined events.
     pub async fn evaluate_labelled(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
         match &self.labelled {
-            Some(d) => self.evaluate_with(d, due).await,
+            Some(d) => Ok(self.evaluations(d.evaluate(due).await?)),
             None => Ok(vec![]),
         }
     }
 
-    async fn evaluate_with(&self, detectors: &Detectors, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
-        let results = detectors.evaluate(due).await?;
+    fn evaluations(&self, results: Vec<crate::detect::DetectorResult>) -> Vec<Evaluation> {
         let model = self.model.as_ref().map(|m| m.identity());
         let mut evals: Vec<Evaluation> = results
             .iter()
@@ -311,7 +356,9 @@ impl Stages {
                 .map(|(_, d)| d.clone())
                 .collect();
         }
-        Ok(evals)
+        // In the pipeline's order, whichever windows each detector ran on.
+        evals.sort_by_key(|e| self.kinds.iter().position(|d| d.name() == e.detector));
+        evals
     }
 
     /// The kind of drift detector `name` watches (covariate when no

@@ -10,6 +10,7 @@
 //! completed their window — so batch size, linger and reading speed change
 //! nothing, and two replays of the same range give byte-identical files.
 
+pub mod accuracy;
 pub mod report;
 pub mod truth;
 
@@ -106,6 +107,14 @@ pub struct Summary {
     pub labels: Option<LabelsSummary>,
     /// Scoring against the ground truth, when given.
     pub truth: Option<truth::Scores>,
+    /// cbpe's estimated accuracy against the realised one, when the
+    /// pipeline estimates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<accuracy::AccuracySummary>,
+    /// With ground truth: per phase (e.g. each year of a real stream), each
+    /// detector's [evaluations, drifts, alerts] on windows ending in it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<accuracy::PhaseCounts>,
 }
 
 /// What became of the replayed labels.
@@ -213,6 +222,7 @@ pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, Runt
     }
     sink.write_before(u64::MAX)?;
     let (mut summary, all) = sink.finish().await?;
+    let truth = truth.map(|t| truth::keyed_as(t, &all));
     if let (Some(t), Some(w)) = (&truth, &p.window) {
         let size = w.current.size.get() as i64;
         let shape = truth::WindowShape {
@@ -228,13 +238,16 @@ pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, Runt
             RuntimeError::File(crate::source::file::FileError::new(path, e))
         })?;
         summary.truth = Some(scores);
+        summary.phases = accuracy::by_phase(t, &all);
     }
+    let estimates = accuracy::rows(&all);
+    summary.accuracy = accuracy::summarize(&estimates);
     std::fs::write(
         opts.out.join("summary.json"),
         serde_json::to_string_pretty(&summary).map_err(other)? + "\n",
     )
     .map_err(other)?;
-    let html = report::render(&summary, &all, truth.as_ref());
+    let html = report::render(&summary, &all, truth.as_ref(), &estimates);
     std::fs::write(opts.out.join("report.html"), html).map_err(other)?;
     Ok(summary)
 }
@@ -391,6 +404,8 @@ impl Files {
                 detectors: BTreeMap::new(),
                 labels: None,
                 truth: None,
+                accuracy: None,
+                phases: vec![],
             },
             all: vec![],
         })

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::Summary;
+use super::accuracy::AccuracyRow;
 use crate::alert::Evaluation;
 use crate::scenario::Truth;
 
@@ -157,8 +158,76 @@ impl Plot<'_> {
     }
 }
 
+/// Per phase of the truth, each detector's drifting windows.
+fn phases_table(summary: &Summary) -> String {
+    if summary.phases.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&String> = summary.detectors.keys().collect();
+    let mut h = String::from(
+        "<h2>By phase: drifting windows / windows ending in it (alerts)</h2><table class=\"phases\"><tr><th>key</th><th>phase</th><th>kind</th>",
+    );
+    for d in &names {
+        let _ = write!(h, "<th>{}</th>", esc(d));
+    }
+    h.push_str("</tr>");
+    for p in &summary.phases {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td>",
+            esc(&p.key),
+            esc(&p.phase),
+            esc(&p.kind)
+        );
+        for d in &names {
+            match p.detectors.get(*d) {
+                Some([n, drifts, alerts]) => {
+                    let _ = write!(h, "<td>{drifts}/{n} ({alerts})</td>");
+                }
+                None => h.push_str("<td>-</td>"),
+            }
+        }
+        h.push_str("</tr>");
+    }
+    h + "</table>"
+}
+
+/// cbpe's estimate per window next to the realised accuracy.
+fn accuracy_table(summary: &Summary, rows: &[AccuracyRow]) -> String {
+    let Some(s) = &summary.accuracy else {
+        return String::new();
+    };
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    let mut h = format!(
+        "<h2>Estimated vs realised accuracy</h2><p class=\"meta\">{} windows estimated, {} with their labels in: mean |estimated − realised| {}, realised inside the band in {}</p>",
+        s.windows,
+        s.realised,
+        f(s.mean_abs_error),
+        s.in_band.map_or("-".into(), |b| format!("{:.0} %", 100.0 * b))
+    );
+    h.push_str("<table class=\"accuracy\"><tr><th>detector</th><th>key</th><th>evaluation</th><th>window from</th><th>to</th><th>estimated</th><th>band</th><th>realised</th></tr>");
+    for r in rows {
+        let _ = write!(
+            h,
+            "<tr data-estimated=\"{}\" data-realised=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4} – {:.4}</td><td>{}</td></tr>",
+            r.estimated,
+            r.realised.map_or(String::new(), |v| v.to_string()),
+            esc(&r.detector),
+            esc(r.key.as_deref().unwrap_or("")),
+            r.evaluation,
+            fmt_time(r.current_start_ms),
+            fmt_time(r.current_end_ms),
+            r.estimated,
+            r.band[0],
+            r.band[1],
+            f(r.realised)
+        );
+    }
+    h + "</table>"
+}
+
 /// Renders the page.
-pub fn render(summary: &Summary, evals: &[Evaluation], truth: Option<&Truth>) -> String {
+pub fn render(summary: &Summary, evals: &[Evaluation], truth: Option<&Truth>, estimates: &[AccuracyRow]) -> String {
     let mut groups: BTreeMap<(String, String), Vec<&Evaluation>> = BTreeMap::new();
     for e in evals {
         groups
@@ -224,6 +293,8 @@ td:first-child,th:first-child{{text-align:left}}.legend span{{margin-right:14px}
         h.push_str("</tr>");
     }
     h.push_str("</table>");
+    h.push_str(&phases_table(summary));
+    h.push_str(&accuracy_table(summary, estimates));
     for ((detector, key), es) in &groups {
         let shade: Vec<(i64, i64, String)> = truth
             .map(|t| {

@@ -12,8 +12,9 @@
 //! A detector is scored against the drift kinds it watches (its evaluations'
 //! `drift_type`: a KS on inputs cannot see a relabelling); intervals of other
 //! kinds are listed apart (`watched: false`), neither missed nor detected,
-//! and its alerts there are not false alarms. Alerts of a key that end
-//! anywhere else are false alarms.
+//! and its alerts there are not false alarms. Alerts in a phase of kind
+//! `real` (rows as they came, whose drift nobody knows) are only counted.
+//! Alerts of a key that end anywhere else are false alarms.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +50,8 @@ pub struct DetectorScore {
     pub detected: usize,
     pub missed: usize,
     pub false_alarms: usize,
+    /// Alerts in phases of kind `real`, whose drift nobody knows.
+    pub in_real_phases: usize,
     /// Intervals of other kinds that it alerted in too (not counted above).
     pub other_kinds_alerted: usize,
     pub intervals: Vec<IntervalScore>,
@@ -85,6 +88,19 @@ impl WindowShape {
 pub struct TruthMismatch {
     pub scenario: String,
     pub reason: String,
+}
+
+/// The truth as the evaluations name keys: a scenario streamed under one
+/// key (a table, a single scanner) replayed through a pipeline without
+/// keys is that key's stream, so its phases lose their key.
+pub fn keyed_as(mut truth: Truth, evals: &[Evaluation]) -> Truth {
+    let keys: std::collections::BTreeSet<&str> = truth.phases.iter().map(|p| p.key.as_str()).collect();
+    if keys.len() == 1 && !evals.is_empty() && evals.iter().all(|e| e.key.is_none()) {
+        for p in &mut truth.phases {
+            p.key.clear();
+        }
+    }
+    truth
 }
 
 /// Refuses a truth file whose keys or times the evaluations never meet (a
@@ -133,14 +149,7 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<
         let mut explained = vec![false; alerts.len()];
         let mut intervals = vec![];
         for ph in truth.phases.iter().filter(|p| p.drift) {
-            // The key's events before this phase.
-            let before: i64 = truth
-                .phases
-                .iter()
-                .take_while(|p| !std::ptr::eq(*p, ph))
-                .filter(|p| p.key == ph.key)
-                .map(|p| p.events as i64)
-                .sum();
+            let before = truth.events_before(ph);
             let until = before + ph.events as i64 + shape.size;
             let mut hit = None;
             for (i, a) in alerts.iter().enumerate() {
@@ -171,6 +180,20 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<
             }
         }
         s.intervals = intervals;
+        for ph in truth.phases.iter().filter(|p| p.kind == "real") {
+            let before = truth.events_before(ph);
+            for (i, a) in alerts.iter().enumerate() {
+                let at = shape.events_at(a.evaluation);
+                if !explained[i]
+                    && a.key.as_deref().unwrap_or("") == ph.key
+                    && at > before
+                    && at <= before + ph.events as i64
+                {
+                    explained[i] = true;
+                    s.in_real_phases += 1;
+                }
+            }
+        }
         for (a, seen) in alerts.iter().zip(&explained) {
             if !seen {
                 s.false_alarms += 1;
@@ -385,5 +408,31 @@ mod tests {
         let phases = vec![keyed("k", "clean", "clean", 10, 1_000_000_000)];
         let e = score(&truth(phases), &[alert(1, 149, false)], shape).unwrap_err();
         assert!(e.to_string().contains("event times"), "{e}");
+    }
+
+    #[test]
+    fn a_single_key_scenario_scores_an_unkeyed_replay() {
+        let one = Truth {
+            scenario: "s".into(),
+            seed: 0,
+            destination: "t".into(),
+            labels_destination: None,
+            phases: vec![phase("clean", false, 0, 299), phase("drift", true, 300, 399)],
+        };
+        let unkeyed = Evaluation {
+            key: None,
+            ..alert(5, 349, true)
+        };
+        let keyed = keyed_as(one.clone(), std::slice::from_ref(&unkeyed));
+        assert!(keyed.phases.iter().all(|p| p.key.is_empty()));
+        let shape = WindowShape {
+            reference: 100,
+            size: 50,
+            slide: 50,
+        };
+        let s = &score(&keyed, &[unkeyed], shape).unwrap().detectors["d"];
+        assert_eq!((s.detected, s.false_alarms), (1, 0));
+        // Keyed evaluations keep the truth as it is.
+        assert_eq!(keyed_as(one.clone(), &[alert(5, 349, true)]), one);
     }
 }

@@ -37,7 +37,7 @@ use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
 use serde::{Deserialize, Serialize};
 
-use super::{Decision, Detector, DriftType, Kind, Need, OptionError, Options, check_column, is_current};
+use super::{Decision, Detector, DriftType, Kind, LabelUse, Need, OptionError, Options, check_column, is_current};
 use crate::config::PROBABILITIES_COL;
 use crate::detect::udaf_labels::{detail_fields, detail_scalar};
 use crate::detect::{KEY_COL, WINDOWS_TABLE, ident};
@@ -130,6 +130,10 @@ impl Detector for Cbpe {
     /// it knows less well: performance, reported as concept drift.
     fn drift_type(&self) -> DriftType {
         DriftType::Concept
+    }
+    /// Calibrated on the labelled reference; the current window needs no labels.
+    fn labels(&self) -> LabelUse {
+        LabelUse::Reference
     }
 }
 

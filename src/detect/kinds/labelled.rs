@@ -6,7 +6,8 @@ use datafusion::arrow::datatypes::Schema;
 use serde::Deserialize;
 
 use super::{
-    Correction, Decision, Detector, DriftType, Kind, Need, OptionError, Options, check_column, is_current, no_udafs,
+    Correction, Decision, Detector, DriftType, Kind, LabelUse, Need, OptionError, Options, check_column, is_current,
+    no_udafs,
 };
 use crate::config::{Alpha, PREDICTED_CLASS_COL};
 use crate::detect::{KEY_COL, WINDOWS_TABLE, ident};
@@ -114,7 +115,12 @@ impl Detector for Labelled {
     fn alpha_mut(&mut self) -> Option<&mut Option<Alpha>> {
         Some(&mut self.alpha)
     }
-    fn on_labels(&self) -> bool {
-        true
+    /// error_rate compares labels with predictions on both sides; BBSE
+    /// needs labels only for the reference's confusion matrix.
+    fn labels(&self) -> LabelUse {
+        match self.test {
+            Test::ErrorRate => LabelUse::Joined,
+            Test::LabelShift => LabelUse::Reference,
+        }
     }
 }

@@ -101,15 +101,30 @@ pub trait Detector: fmt::Debug + Send + Sync {
     fn check_alpha(&self) -> Result<(), OptionError> {
         Ok(())
     }
-    /// Whether it runs on events joined to their late labels (when the
-    /// pipeline has a labels topic).
-    fn on_labels(&self) -> bool {
-        false
+    /// Which labels it needs when the pipeline's labels come late on their
+    /// own topic (with inline labels every detector sees them anyway).
+    fn labels(&self) -> LabelUse {
+        LabelUse::None
     }
     /// The option its query errors belong to ("" for the item itself).
     fn query_key(&self) -> &'static str {
         ""
     }
+}
+
+/// Which windows a detector runs on when labels come late on their own topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelUse {
+    /// None: the windows of events, as they come.
+    None,
+    /// Both windows of events joined to their labels (`error_rate`): it
+    /// runs when the labels have come.
+    Joined,
+    /// A labelled reference (the reference window of joined events) against
+    /// the current window of events as they come, labels or not (`cbpe`,
+    /// `label_shift`: estimates made before the labels come). It runs with
+    /// the event windows once the reference's labels have come.
+    Reference,
 }
 
 /// A problem with one detector's options: `key` relative to its item

@@ -14,7 +14,11 @@
 //! `feed` and `text`. `label` and `concept` phases work as for images;
 //! `corruption` (typos, truncation, casing, boilerplate) and `unseen` (a
 //! topic the reference never saw, `exclude`d from the other phases) are its
-//! covariate shifts. Every run also
+//! covariate shifts.
+//!
+//! A table scenario streams real rows (`table:`, see [`table`]) in time
+//! order, each once: `clean`, `label` (the positive rate resampled from the
+//! real rows) and `concept` (labels remapped for a `subgroup`). Every run also
 //! writes its ground truth ([`Truth`]): each phase's event-time range and
 //! per-partition offsets, what drifted, and the true class priors.
 
@@ -26,6 +30,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Positive, load_yaml};
+
+pub mod table;
 
 /// Pixels per image (8×8).
 pub const PIXELS: usize = 64;
@@ -50,6 +56,16 @@ pub struct Scenario {
     /// topics in name order.
     #[serde(default)]
     pub corpus: Option<PathBuf>,
+    /// A table of real rows (see [`table::TableSpec`]), streamed in order
+    /// under one key; event times come from the rows' year, `start_time`
+    /// and `noise` do not apply.
+    #[serde(default)]
+    pub table: Option<table::TableSpec>,
+    /// Class priors of every phase that does not set its own (`{1: 0.15}`:
+    /// the listed classes get these probabilities, the others share the
+    /// rest as in the pool). Default: the pool's own frequencies.
+    #[serde(default)]
+    pub priors: Option<BTreeMap<i64, f64>>,
     /// Classes never drawn except by an `unseen` phase (e.g. a topic the
     /// reference must not know). Default none.
     #[serde(default)]
@@ -139,6 +155,14 @@ pub enum PhaseConfig {
         #[serde(default)]
         name: Option<String>,
     },
+    /// Table only: the next rows as they are, whose drift nobody knows (a
+    /// real stream). Its truth kind is `real`: alerts in it are neither
+    /// detections nor false alarms, only counted.
+    Real {
+        events: Positive,
+        #[serde(default)]
+        name: Option<String>,
+    },
     /// A new scanner: x' = contrast·((1−blur)·x + blur·box3×3(x)) + background, clamped to 0..16.
     Covariate {
         events: Positive,
@@ -171,6 +195,12 @@ pub enum PhaseConfig {
         #[serde(default)]
         name: Option<String>,
         remap: BTreeMap<i64, i64>,
+        /// Table only: remap only the rows whose columns have these values
+        /// (`{MIG: 3}`: people who moved within the country), so the
+        /// relationship between those features and the label inverts for a
+        /// subgroup. Default: every row.
+        #[serde(default)]
+        subgroup: BTreeMap<String, serde_json::Value>,
     },
     /// Text only, a covariate shift: each paragraph is corrupted with these
     /// probabilities (each 0..1, default 0): `typos` (every word of 4+
@@ -210,6 +240,7 @@ impl PhaseConfig {
     pub fn events(&self) -> usize {
         match self {
             PhaseConfig::Clean { events, .. }
+            | PhaseConfig::Real { events, .. }
             | PhaseConfig::Covariate { events, .. }
             | PhaseConfig::Label { events, .. }
             | PhaseConfig::Concept { events, .. }
@@ -218,10 +249,12 @@ impl PhaseConfig {
         }
     }
 
-    /// The kind of drift (the truth): `clean`, `covariate`, `label` or `concept`.
+    /// The kind of drift (the truth): `clean`, `covariate`, `label`,
+    /// `concept`, or `real` (not known).
     pub fn kind(&self) -> &'static str {
         match self {
             PhaseConfig::Clean { .. } => "clean",
+            PhaseConfig::Real { .. } => "real",
             PhaseConfig::Covariate { .. } | PhaseConfig::Corruption { .. } | PhaseConfig::Unseen { .. } => "covariate",
             PhaseConfig::Label { .. } => "label",
             PhaseConfig::Concept { .. } => "concept",
@@ -236,6 +269,7 @@ impl PhaseConfig {
         };
         match self {
             PhaseConfig::Clean { name, .. }
+            | PhaseConfig::Real { name, .. }
             | PhaseConfig::Covariate { name, .. }
             | PhaseConfig::Label { name, .. }
             | PhaseConfig::Concept { name, .. }
@@ -266,6 +300,8 @@ pub struct Pool {
     pub images: Vec<PoolImage>,
     /// Paragraphs (a text pool), else empty.
     pub texts: Vec<PoolText>,
+    /// Rows (a table pool), else none.
+    pub table: Option<table::Table>,
     /// Classes present, ascending, and the indices of their items.
     pub by_class: BTreeMap<i64, Vec<usize>>,
 }
@@ -294,6 +330,7 @@ impl Pool {
         Ok(Pool {
             images,
             texts: vec![],
+            table: None,
             by_class,
         })
     }
@@ -317,6 +354,23 @@ impl Pool {
         Ok(Pool {
             images: vec![],
             texts,
+            table: None,
+            by_class,
+        })
+    }
+
+    /// The rows of a table, labelled by its label column.
+    pub fn from_table(spec: &table::TableSpec, dir: &Path) -> Result<Self, ScenarioError> {
+        let t = table::Table::load(spec, dir).map_err(|(path, line, message)| ScenarioError::Pool {
+            path,
+            line,
+            message,
+        })?;
+        let by_class = group(t.rows.iter().map(|r| r.label));
+        Ok(Pool {
+            images: vec![],
+            texts: vec![],
+            table: Some(t),
             by_class,
         })
     }
@@ -328,7 +382,7 @@ impl Pool {
 
     /// Items in the pool.
     pub fn len(&self) -> usize {
-        self.images.len() + self.texts.len()
+        self.images.len() + self.texts.len() + self.table.as_ref().map_or(0, |t| t.rows.len())
     }
 
     /// Whether the pool has no items.
@@ -338,10 +392,10 @@ impl Pool {
 
     /// The label of item `i`.
     pub fn label(&self, i: usize) -> i64 {
-        if self.is_text() {
-            self.texts[i].label
-        } else {
-            self.images[i].label
+        match &self.table {
+            Some(t) => t.rows[i].label,
+            None if self.is_text() => self.texts[i].label,
+            None => self.images[i].label,
         }
     }
 
@@ -384,6 +438,8 @@ pub struct Loaded {
     pub start_ms: i64,
     /// Per key (in `keys` order) and phase: the class priors images are drawn from.
     pub priors: Vec<Vec<BTreeMap<i64, f64>>>,
+    /// A table scenario: the row of each event, in order (one key).
+    pub table_order: Vec<usize>,
 }
 
 impl Loaded {
@@ -393,14 +449,15 @@ impl Loaded {
         let dir = path.parent().unwrap_or(Path::new("."));
         scenario.pool = scenario.pool.map(|p| dir.join(p));
         scenario.corpus = scenario.corpus.map(|p| dir.join(p));
-        let pool = match (&scenario.pool, &scenario.corpus) {
-            (Some(p), None) => Pool::load(p)?,
-            (None, Some(c)) => Pool::from_corpus(c)?,
+        let pool = match (&scenario.pool, &scenario.corpus, &scenario.table) {
+            (Some(p), None, None) => Pool::load(p)?,
+            (None, Some(c), None) => Pool::from_corpus(c)?,
+            (None, None, Some(t)) => Pool::from_table(t, dir)?,
             _ => {
                 return Err(ScenarioError::Config(ConfigError::invalid(
                     path,
                     "pool",
-                    "a scenario has either a `pool` (images) or a `corpus` (texts)",
+                    "a scenario has one of `pool` (images), `corpus` (texts) or `table` (rows)",
                 )));
             }
         };
@@ -410,28 +467,17 @@ impl Loaded {
     /// Checks a scenario (errors are located in `path`).
     pub fn new(scenario: Scenario, pool: Pool, path: &Path) -> Result<Self, ScenarioError> {
         let bad = |key: String, msg: String| ScenarioError::Config(ConfigError::invalid(path, key, msg));
-        let start = if scenario.start_time == "now" {
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-        } else {
-            scenario.start_time.clone()
-        };
-        let start_ms = humantime::parse_rfc3339_weak(&start)
-            .map_err(|e| {
-                bad(
-                    "start_time".into(),
-                    format!("`{}` is not an RFC 3339 time: {e}", scenario.start_time),
-                )
-            })?
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let start_ms = start_ms(&scenario.start_time).map_err(|m| bad("start_time".into(), m))?;
         if !(scenario.noise.is_finite() && (0.0..=MAX_INTENSITY).contains(&scenario.noise)) {
             return Err(bad("noise".into(), format!("expected 0..16, got {}", scenario.noise)));
         }
         if scenario.keys.is_empty() {
             return Err(bad("keys".into(), "at least one key with phases is needed".into()));
         }
-        let base = base_priors(&pool.priors(), &scenario.exclude).map_err(|m| bad("exclude".into(), m))?;
+        let mut base = base_priors(&pool.priors(), &scenario.exclude).map_err(|m| bad("exclude".into(), m))?;
+        if let Some(p) = &scenario.priors {
+            base = shifted_priors(&base, p).map_err(|m| bad("priors".into(), m))?;
+        }
         let mut priors = vec![];
         for (key, phases) in &scenario.keys {
             if phases.is_empty() {
@@ -439,81 +485,8 @@ impl Loaded {
             }
             let mut per_phase = vec![];
             for (i, ph) in phases.iter().enumerate() {
-                let at = |field: &str| format!("keys.{key}[{i}].{field}");
-                per_phase.push(match ph {
-                    PhaseConfig::Covariate { .. } if pool.is_text() => {
-                        return Err(bad(
-                            at("kind"),
-                            "`covariate` transforms images; a text scenario uses `corruption` or `unseen`".into(),
-                        ));
-                    }
-                    PhaseConfig::Corruption { .. } if !pool.is_text() => {
-                        return Err(bad(at("kind"), "`corruption` applies to text (a `corpus`)".into()));
-                    }
-                    PhaseConfig::Corruption {
-                        typos,
-                        truncation,
-                        casing,
-                        boilerplate,
-                        ..
-                    } => {
-                        for (field, v) in [
-                            ("typos", typos),
-                            ("truncation", truncation),
-                            ("casing", casing),
-                            ("boilerplate", boilerplate),
-                        ] {
-                            if !(v.is_finite() && (0.0..=1.0).contains(v)) {
-                                return Err(bad(at(field), format!("expected a probability 0..1, got {v}")));
-                            }
-                        }
-                        base.clone()
-                    }
-                    PhaseConfig::Unseen { class, share, .. } => {
-                        if !scenario.exclude.contains(class) {
-                            return Err(bad(
-                                at("class"),
-                                format!("class {class} must be listed in `exclude` (the other phases never draw it)"),
-                            ));
-                        }
-                        shifted_priors(&base, &[(*class, *share)].into()).map_err(|m| bad(at("share"), m))?
-                    }
-                    PhaseConfig::Covariate {
-                        contrast,
-                        background,
-                        blur,
-                        ..
-                    } => {
-                        if !(contrast.is_finite() && *contrast > 0.0) {
-                            return Err(bad(
-                                at("contrast"),
-                                format!("expected a positive number, got {contrast}"),
-                            ));
-                        }
-                        if !(background.is_finite() && background.abs() <= MAX_INTENSITY) {
-                            return Err(bad(at("background"), format!("expected -16..16, got {background}")));
-                        }
-                        if !(blur.is_finite() && (0.0..=1.0).contains(blur)) {
-                            return Err(bad(at("blur"), format!("expected 0..1, got {blur}")));
-                        }
-                        base.clone()
-                    }
-                    PhaseConfig::Label { priors: p, .. } => {
-                        shifted_priors(&base, p).map_err(|m| bad(at("priors"), m))?
-                    }
-                    PhaseConfig::Concept { remap, .. } => {
-                        for (from, to) in remap {
-                            if !base.contains_key(from) || !base.contains_key(to) {
-                                return Err(bad(
-                                    at("remap"),
-                                    format!("{from} → {to}: both must be classes of the pool"),
-                                ));
-                            }
-                        }
-                        base.clone()
-                    }
-                    PhaseConfig::Clean { .. } => base.clone(),
-                });
+                let at = |(field, m): (&str, String)| bad(format!("keys.{key}[{i}].{field}"), m);
+                per_phase.push(phase_priors(ph, &pool, &scenario.exclude, &base).map_err(at)?);
             }
             priors.push(per_phase);
         }
@@ -522,11 +495,16 @@ impl Loaded {
         {
             return Err(bad("labels.topic".into(), "must not be empty".into()));
         }
+        let table_order = match &pool.table {
+            Some(t) => plan_table(&scenario, t, &priors).map_err(|(key, m)| bad(key, m))?,
+            None => vec![],
+        };
         Ok(Loaded {
             scenario,
             pool,
             start_ms,
             priors,
+            table_order,
         })
     }
 
@@ -541,6 +519,147 @@ impl Loaded {
     }
 }
 
+/// Epoch ms of a scenario's `start_time` (RFC 3339, or `now`).
+fn start_ms(start_time: &str) -> Result<i64, String> {
+    let start = if start_time == "now" {
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    } else {
+        start_time.to_string()
+    };
+    Ok(humantime::parse_rfc3339_weak(&start)
+        .map_err(|e| format!("`{start_time}` is not an RFC 3339 time: {e}"))?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
+}
+
+/// Checks a phase against the pool; the class priors its events follow.
+/// Errors name the phase's field at fault.
+fn phase_priors(
+    ph: &PhaseConfig,
+    pool: &Pool,
+    exclude: &[i64],
+    base: &BTreeMap<i64, f64>,
+) -> Result<BTreeMap<i64, f64>, (&'static str, String)> {
+    let probability = |field: &'static str, v: f64| -> Result<(), (&'static str, String)> {
+        match v.is_finite() && (0.0..=1.0).contains(&v) {
+            true => Ok(()),
+            false => Err((field, format!("expected a probability 0..1, got {v}"))),
+        }
+    };
+    let table = pool.table.is_some();
+    match ph {
+        PhaseConfig::Covariate { .. } | PhaseConfig::Corruption { .. } | PhaseConfig::Unseen { .. } if table => Err((
+            "kind",
+            format!(
+                "`{}` does not apply to a table: its phases are `clean`, `label` and `concept`",
+                ph.name()
+            ),
+        )),
+        PhaseConfig::Covariate { .. } if pool.is_text() => Err((
+            "kind",
+            "`covariate` transforms images; a text scenario uses `corruption` or `unseen`".into(),
+        )),
+        PhaseConfig::Corruption { .. } if !pool.is_text() => {
+            Err(("kind", "`corruption` applies to text (a `corpus`)".into()))
+        }
+        PhaseConfig::Corruption {
+            typos,
+            truncation,
+            casing,
+            boilerplate,
+            ..
+        } => {
+            probability("typos", *typos)?;
+            probability("truncation", *truncation)?;
+            probability("casing", *casing)?;
+            probability("boilerplate", *boilerplate)?;
+            Ok(base.clone())
+        }
+        PhaseConfig::Unseen { class, share, .. } => {
+            if !exclude.contains(class) {
+                return Err((
+                    "class",
+                    format!("class {class} must be listed in `exclude` (the other phases never draw it)"),
+                ));
+            }
+            shifted_priors(base, &[(*class, *share)].into()).map_err(|m| ("share", m))
+        }
+        PhaseConfig::Covariate {
+            contrast,
+            background,
+            blur,
+            ..
+        } => {
+            if !(contrast.is_finite() && *contrast > 0.0) {
+                return Err(("contrast", format!("expected a positive number, got {contrast}")));
+            }
+            if !(background.is_finite() && background.abs() <= MAX_INTENSITY) {
+                return Err(("background", format!("expected -16..16, got {background}")));
+            }
+            probability("blur", f64::from(*blur)).map_err(|(f, _)| (f, format!("expected 0..1, got {blur}")))?;
+            Ok(base.clone())
+        }
+        PhaseConfig::Label { priors: p, .. } => shifted_priors(base, p).map_err(|m| ("priors", m)),
+        PhaseConfig::Concept { remap, subgroup, .. } => {
+            if let Some((from, to)) = remap
+                .iter()
+                .find(|(f, t)| !base.contains_key(f) || !base.contains_key(t))
+            {
+                return Err(("remap", format!("{from} → {to}: both must be classes of the pool")));
+            }
+            if !subgroup.is_empty() && !table {
+                return Err(("subgroup", "a subgroup selects rows of a `table`".into()));
+            }
+            if let Some((c, v)) = subgroup.iter().find(|(_, v)| table::scalar_text(v).is_none()) {
+                return Err(("subgroup", format!("{c}: expected a string or a number, got {v}")));
+            }
+            Ok(base.clone())
+        }
+        PhaseConfig::Real { .. } if !table => Err(("kind", "`real` streams the rows of a `table`".into())),
+        PhaseConfig::Clean { .. } | PhaseConfig::Real { .. } => Ok(base.clone()),
+    }
+}
+
+/// The row of every event of a table scenario (its one key); errors name
+/// the key at fault.
+fn plan_table(
+    scenario: &Scenario,
+    t: &table::Table,
+    priors: &[Vec<BTreeMap<i64, f64>>],
+) -> Result<Vec<usize>, (String, String)> {
+    let Some((key, phases)) = scenario.keys.iter().next().filter(|_| scenario.keys.len() == 1) else {
+        return Err((
+            "keys".into(),
+            "a table is streamed under one key: give exactly one".into(),
+        ));
+    };
+    let interval = scenario.interval_ms.get() as i64;
+    if let Some((year, n)) = t
+        .per_year
+        .iter()
+        .find(|(_, n)| **n as i64 * interval > 365 * 86_400_000)
+    {
+        return Err((
+            "interval_ms".into(),
+            format!(
+                "{n} rows of {year} at {interval} ms apart pass the year's end: at most {} ms",
+                365 * 86_400_000 / *n as i64
+            ),
+        ));
+    }
+    let takes: Vec<(usize, table::Take)> = phases
+        .iter()
+        .zip(&priors[0])
+        .map(|(ph, p)| match ph {
+            PhaseConfig::Label { .. } => (ph.events(), table::Take::ByClass(p)),
+            _ if scenario.priors.is_some() => (ph.events(), table::Take::ByClass(p)),
+            _ => (ph.events(), table::Take::InOrder),
+        })
+        .collect();
+    table::plan(t, &takes).map_err(|(i, m)| (format!("keys.{key}[{i}].events"), m))
+}
+
 /// `n` clean events of one key from the pool at `pool_path` (JSON text), e.g. for benchmarks.
 pub fn clean_events(pool_path: &Path, key: &str, n: usize, seed: u64) -> Result<Vec<String>, ScenarioError> {
     let pool = Pool::load(pool_path)?;
@@ -549,6 +668,8 @@ pub fn clean_events(pool_path: &Path, key: &str, n: usize, seed: u64) -> Result<
         seed,
         pool: Some(pool_path.into()),
         corpus: None,
+        table: None,
+        priors: None,
         exclude: vec![],
         start_time: default_start(),
         interval_ms: Positive(1),
@@ -670,6 +791,8 @@ pub struct Emissions<'a> {
     drawn: Vec<BTreeMap<i64, f64>>,
     queue: std::collections::VecDeque<Emission>,
     pending_labels: std::collections::VecDeque<(usize, Emission)>,
+    /// A table scenario's event times.
+    clock: table::Clock,
 }
 
 impl<'a> Emissions<'a> {
@@ -690,16 +813,22 @@ impl<'a> Emissions<'a> {
             drawn: vec![BTreeMap::new(); l.scenario.keys.len()],
             queue: Default::default(),
             pending_labels: Default::default(),
+            clock: Default::default(),
         }
     }
 
     fn fill(&mut self) {
-        let ts = self.l.start_ms + (self.step * self.l.scenario.interval_ms.get()) as i64;
+        let mut ts = self.l.start_ms + (self.step * self.l.scenario.interval_ms.get()) as i64;
         for k in 0..self.keys.len() {
             let (key, phases) = self.keys[k];
             let (phase, left) = &mut self.pos[k];
             if *phase >= phases.len() {
                 continue;
+            }
+            // A table's rows carry their time (one key: labels are stamped with it).
+            if let Some(t) = &self.l.pool.table {
+                let row = &t.rows[self.l.table_order[self.step]];
+                ts = self.clock.next(row.year, self.l.scenario.interval_ms.get() as i64);
             }
             let ev = generate(
                 self.l,
@@ -818,8 +947,12 @@ fn generate(
     let ph = &l.scenario.keys[key][phase];
     let pool = &l.pool;
     // Phases that change the class mix (or exclude classes) draw class first.
-    let by_class =
-        matches!(ph, PhaseConfig::Label { .. } | PhaseConfig::Unseen { .. }) || !l.scenario.exclude.is_empty();
+    let by_class = matches!(ph, PhaseConfig::Label { .. } | PhaseConfig::Unseen { .. })
+        || !l.scenario.exclude.is_empty()
+        || l.scenario.priors.is_some();
+    if let Some(t) = &pool.table {
+        return table_event(l, t, ph, key, k, phase, step, ts);
+    }
     let item = if by_class {
         let members = &pool.by_class[&next_class(&l.priors[k][phase], drawn)];
         members[rng.random_range(0..members.len())]
@@ -861,6 +994,38 @@ fn generate(
         ts,
         label,
         json: ev.to_string(),
+    }
+}
+
+/// The event of a table scenario's `step`-th row (see [`table`]).
+#[allow(clippy::too_many_arguments)]
+fn table_event(
+    l: &Loaded,
+    t: &table::Table,
+    ph: &PhaseConfig,
+    key: &str,
+    k: usize,
+    phase: usize,
+    step: usize,
+    ts: i64,
+) -> Event {
+    let row = &t.rows[l.table_order[step]];
+    let label = match ph {
+        PhaseConfig::Concept { remap, subgroup, .. } if table::in_subgroup(row, subgroup) => {
+            remap.get(&row.label).copied().unwrap_or(row.label)
+        }
+        _ => row.label,
+    };
+    let column = l.scenario.table.as_ref().map_or("label", |s| s.label.as_str());
+    let inline = (l.scenario.labels == LabelsMode::Inline).then_some((column, label));
+    Event {
+        key: key.to_string(),
+        key_index: k,
+        phase,
+        event_id: row.id.clone(),
+        ts,
+        label,
+        json: table::event_json(row, ts, inline),
     }
 }
 
@@ -976,9 +1141,9 @@ pub struct Truth {
 pub struct TruthPhase {
     pub key: String,
     pub name: String,
-    /// `clean`, `covariate`, `label` or `concept`.
+    /// `clean`, `covariate`, `label`, `concept` or `real` (not known).
     pub kind: String,
-    /// Whether something drifted in this phase (every kind but `clean`).
+    /// Whether something drifted in this phase (every kind but `clean` and `real`).
     pub drift: bool,
     pub events: usize,
     /// Event time of the first and last event, epoch ms.
@@ -1013,6 +1178,16 @@ impl Truth {
             what: path.display().to_string(),
             message: e.to_string(),
         })
+    }
+
+    /// Events of `phase`'s key before it.
+    pub fn events_before(&self, phase: &TruthPhase) -> i64 {
+        self.phases
+            .iter()
+            .take_while(|p| !std::ptr::eq(*p, phase))
+            .filter(|p| p.key == phase.key)
+            .map(|p| p.events as i64)
+            .sum()
     }
 
     /// The phase holding an event of `key` at `partition`/`offset`.
@@ -1054,7 +1229,7 @@ impl<'a> TruthBuilder<'a> {
                 key: ev.key.clone(),
                 name: ph.name(),
                 kind: ph.kind().into(),
-                drift: ph.kind() != "clean",
+                drift: !matches!(ph.kind(), "clean" | "real"),
                 events: 0,
                 start_ms: ev.ts,
                 end_ms: ev.ts,
@@ -1412,6 +1587,137 @@ mod tests {
         let zeros = labels.iter().filter(|(p, c)| *p == 1 && *c == 0).count();
         assert_eq!(zeros, 100, "systematic draws give the share exactly");
         assert_eq!(l.scenario.keys["a"][1].kind(), "covariate");
+    }
+
+    /// A table of 40 rows of 2015 then 40 of 2016: `g` alternates a, b;
+    /// label 1 on every fourth row.
+    fn table_scenario(dir: &Path, body: &str) -> PathBuf {
+        let rows: String = (0..80)
+            .map(|i| {
+                let year = 2015 + i / 40;
+                let g = if i % 2 == 0 { "a" } else { "b" };
+                format!(
+                    "{{\"id\": {i}, \"year\": {year}, \"g\": \"{g}\", \"y\": {}, \"junk\": 1}}\n",
+                    i32::from(i % 4 == 0)
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("rows.jsonl"), rows).unwrap();
+        let p = dir.join("s.yaml");
+        std::fs::write(
+            &p,
+            format!("name: t\ntable: {{files: [rows.jsonl], id: id, label: y, year: year, drop: [junk]}}\n{body}"),
+        )
+        .unwrap();
+        p
+    }
+
+    fn events(l: &Loaded) -> Vec<Event> {
+        l.emissions()
+            .filter_map(|e| if let Emission::Event(e) = e { Some(e) } else { None })
+            .collect()
+    }
+
+    #[test]
+    fn a_table_streams_each_row_once_in_time_order() {
+        let d = tempfile::tempdir().unwrap();
+        let p = table_scenario(
+            d.path(),
+            "interval_ms: 1000\nlabels: {topic: t.labels, delay_events: 5}\nkeys:\n  x:\n    - {kind: real, events: 20}\n    - {kind: label, events: 20, priors: {1: 0.5}}\n    - {kind: concept, events: 10, remap: {0: 1, 1: 0}, subgroup: {g: a}}\n",
+        );
+        let l = Loaded::load(&p).unwrap();
+        let evs = events(&l);
+        assert_eq!(evs.len(), 50);
+        let ids: Vec<i64> = evs.iter().map(|e| e.event_id.parse().unwrap()).collect();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 50, "each row once");
+        assert_eq!(
+            &ids[..20],
+            &(0..20).collect::<Vec<_>>()[..],
+            "a real phase takes rows in order"
+        );
+        // The label phase: half of its events are of class 1 (rows 20, 24, …).
+        assert_eq!(evs[20..40].iter().filter(|e| e.label == 1).count(), 10);
+        // The concept phase flips only the subgroup's labels.
+        for e in &evs[40..] {
+            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+            let id: i64 = e.event_id.parse().unwrap();
+            let real = i64::from(id % 4 == 0);
+            let flipped = if v["g"] == "a" { 1 - real } else { real };
+            assert_eq!(e.label, flipped, "{v}");
+            assert!(
+                v.get("y").is_none() && v.get("junk").is_none(),
+                "labels on a topic, dropped columns gone: {v}"
+            );
+        }
+        // Event time: 1 January of the row's year, 1 s per earlier row of it.
+        let v: serde_json::Value = serde_json::from_str(&evs[1].json).unwrap();
+        assert_eq!(v["ts"], table::year_start_ms(2015) + 1000);
+        assert!(evs.windows(2).all(|w| w[0].ts < w[1].ts));
+        assert!(evs.iter().any(|e| e.ts >= table::year_start_ms(2016)));
+        // Scenario-wide priors: a clean phase draws by class too.
+        let p = table_scenario(
+            d.path(),
+            "priors: {1: 0.5}\nkeys:\n  x:\n    - {kind: clean, events: 30}\n",
+        );
+        let evs = events(&Loaded::load(&p).unwrap());
+        assert_eq!(evs.iter().filter(|e| e.label == 1).count(), 15);
+        let truth = write_jsonl(&Loaded::load(&p).unwrap(), &d.path().join("e.jsonl"), None).unwrap();
+        assert_eq!((truth.phases[0].kind.as_str(), truth.phases[0].drift), ("clean", false));
+    }
+
+    #[test]
+    fn bad_tables_say_where() {
+        let d = tempfile::tempdir().unwrap();
+        for (body, expect) in [
+            (
+                "keys:\n  x:\n    - {kind: clean, events: 81}\n",
+                "keys.x[0].events: the table's 80 rows run out after 80",
+            ),
+            (
+                "keys:\n  x:\n    - {kind: clean, events: 5}\n    - {kind: label, events: 40, priors: {1: 1.0}}\n",
+                "keys.x[1].events: the rows of class 1 (20 in the table) run out after 18",
+            ),
+            ("keys:\n  x:\n    - {kind: covariate, events: 5}\n", "keys.x[0].kind"),
+            (
+                "keys:\n  x:\n    - {kind: clean, events: 5}\n  z:\n    - {kind: clean, events: 5}\n",
+                "one key",
+            ),
+            (
+                "interval_ms: 999999999\nkeys:\n  x:\n    - {kind: clean, events: 5}\n",
+                "interval_ms",
+            ),
+            (
+                "keys:\n  x:\n    - {kind: concept, events: 5, remap: {0: 1}, subgroup: {g: [1]}}\n",
+                "keys.x[0].subgroup",
+            ),
+        ] {
+            let p = table_scenario(d.path(), body);
+            let e = Loaded::load(&p).expect_err(body).to_string();
+            assert!(e.contains(expect), "{body}: {e}");
+        }
+        // A subgroup, or a `real` phase, needs a table.
+        for body in [
+            "keys:\n  a:\n    - {kind: concept, events: 3, remap: {3: 8}, subgroup: {g: a}}\n",
+            "keys:\n  a:\n    - {kind: real, events: 3}\n",
+        ] {
+            let e = Loaded::load(&scenario(d.path(), body)).expect_err(body).to_string();
+            assert!(e.contains("keys.a[0]") && e.contains("table"), "{e}");
+        }
+        // Rows out of time order, and a missing label, name file and row.
+        let p = table_scenario(d.path(), "keys:\n  x:\n    - {kind: clean, events: 1}\n");
+        std::fs::write(
+            d.path().join("rows.jsonl"),
+            "{\"id\": 1, \"year\": 2016, \"y\": 1}\n{\"id\": 2, \"year\": 2015, \"y\": 0}\n",
+        )
+        .unwrap();
+        let e = Loaded::load(&p).unwrap_err().to_string();
+        assert!(e.contains("rows.jsonl:2") && e.contains("time order"), "{e}");
+        std::fs::write(d.path().join("rows.jsonl"), "{\"id\": 1, \"year\": 2016}\n").unwrap();
+        let e = Loaded::load(&p).unwrap_err().to_string();
+        assert!(e.contains("rows.jsonl:1") && e.contains("no integer `y`"), "{e}");
     }
 
     #[test]
