@@ -505,13 +505,12 @@ fn load_scenario(
 ) -> anyhow::Result<driftwatch::scenario::Loaded> {
     use driftwatch::scenario;
     let mut l = scenario::Loaded::load(path).map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
-    if let Some(seed) = seed {
-        l.scenario.seed = seed;
-    }
-    if let Some(t) = start_time {
+    if seed.is_some() || start_time.is_some() {
+        // Checked and planned again: the seed orders a table's rows too.
         let mut sc = l.scenario.clone();
-        sc.start_time = t;
-        l = scenario::Loaded::new(sc, l.pool.clone(), path).map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
+        sc.seed = seed.unwrap_or(sc.seed);
+        sc.start_time = start_time.unwrap_or(sc.start_time);
+        l = scenario::Loaded::new(sc, l.pool, path).map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
     }
     Ok(l)
 }

@@ -71,6 +71,11 @@ pub struct StatsRecord<'a> {
     pub threshold: Option<f64>,
     pub drift: bool,
     pub alert: bool,
+    /// What the tests add, by column (cbpe's estimated and realised
+    /// accuracy, BBSE's priors, the data-quality counts), when they add
+    /// something.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<&'a str, &'a serde_json::Value>,
 }
 
 impl<'a> From<&'a Evaluation> for StatsRecord<'a> {
@@ -87,6 +92,11 @@ impl<'a> From<&'a Evaluation> for StatsRecord<'a> {
             threshold: e.threshold,
             drift: e.drift,
             alert: e.alert,
+            details: e
+                .tests
+                .iter()
+                .filter_map(|t| Some((t.column.as_str(), t.details.as_ref()?)))
+                .collect(),
         }
     }
 }

@@ -657,7 +657,9 @@ fn plan_table(
             _ => (ph.events(), table::Take::InOrder),
         })
         .collect();
-    table::plan(t, &takes).map_err(|(i, m)| (format!("keys.{key}[{i}].events"), m))
+    let shuffle = scenario.table.as_ref().is_none_or(|s| s.shuffle);
+    let sequence = table::sequence(t, shuffle, scenario.seed);
+    table::plan(t, &sequence, &takes).map_err(|(i, m)| (format!("keys.{key}[{i}].events"), m))
 }
 
 /// `n` clean events of one key from the pool at `pool_path` (JSON text), e.g. for benchmarks.
@@ -1606,7 +1608,7 @@ mod tests {
         let p = dir.join("s.yaml");
         std::fs::write(
             &p,
-            format!("name: t\ntable: {{files: [rows.jsonl], id: id, label: y, year: year, drop: [junk]}}\n{body}"),
+            format!("name: t\ntable: {{files: [rows.jsonl], id: id, label: y, year: year, drop: [junk], shuffle: false}}\n{body}"),
         )
         .unwrap();
         p

@@ -41,6 +41,16 @@ pub struct TableSpec {
     /// Columns left out of the events (e.g. a shipped model's predictions).
     #[serde(default)]
     pub drop: Vec<String>,
+    /// Rows of one year come in a random order (seeded by the scenario's
+    /// `seed`), not in file order (default true): the data give the year,
+    /// not the day, and a file's order within a year is its publisher's
+    /// (by area, by household), which detectors would take for drift.
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One row: its JSON object without label, year-derived time or dropped
@@ -171,13 +181,28 @@ pub enum Take<'a> {
     ByClass(&'a BTreeMap<i64, f64>),
 }
 
-/// The row of every event of one key, phase by phase (`(events, take)`):
-/// each row at most once, in time order within each class. Errors name the
-/// phase (its index) that runs out of rows.
-pub fn plan(table: &Table, phases: &[(usize, Take)]) -> Result<Vec<usize>, (usize, String)> {
+/// The order rows are taken in: years in file order, and within each year
+/// the file's order or (`shuffle`) a seeded random one.
+pub fn sequence(table: &Table, shuffle: bool, seed: u64) -> Vec<usize> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..table.rows.len()).collect();
+    if shuffle {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for year in order.chunk_by_mut(|a, b| table.rows[*a].year == table.rows[*b].year) {
+            year.shuffle(&mut rng);
+        }
+    }
+    order
+}
+
+/// The row of every event of one key, phase by phase (`(events, take)`),
+/// taking rows in `sequence` order: each row at most once, in that order
+/// within each class. Errors name the phase (its index) that runs out of rows.
+pub fn plan(table: &Table, sequence: &[usize], phases: &[(usize, Take)]) -> Result<Vec<usize>, (usize, String)> {
     let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-    for (i, r) in table.rows.iter().enumerate() {
-        by_class.entry(r.label).or_default().push(i);
+    for &i in sequence {
+        by_class.entry(table.rows[i].label).or_default().push(i);
     }
     let mut taken = vec![false; table.rows.len()];
     let (mut next, mut class_next) = (0usize, BTreeMap::<i64, usize>::new());
@@ -187,13 +212,13 @@ pub fn plan(table: &Table, phases: &[(usize, Take)]) -> Result<Vec<usize>, (usiz
         for done in 0..*events {
             let row = match take {
                 Take::InOrder => {
-                    while taken.get(next) == Some(&true) {
+                    while sequence.get(next).is_some_and(|&r| taken[r]) {
                         next += 1;
                     }
-                    (next < taken.len()).then_some(next).ok_or_else(|| {
+                    sequence.get(next).copied().ok_or_else(|| {
                         format!(
                             "the table's {} rows run out after {done} of the phase's {events} events",
-                            taken.len()
+                            sequence.len()
                         )
                     })
                 }
@@ -284,6 +309,22 @@ mod tests {
     }
 
     #[test]
+    fn shuffled_rows_stay_in_their_year() {
+        let mut t = table(&[0; 10]);
+        for (i, r) in t.rows.iter_mut().enumerate() {
+            r.year = 2015 + (i as i32) / 4;
+        }
+        let seq = sequence(&t, true, 1);
+        assert_eq!(seq, sequence(&t, true, 1), "seeded");
+        assert_ne!(seq, sequence(&t, false, 1));
+        let years: Vec<i32> = seq.iter().map(|&i| t.rows[i].year).collect();
+        assert!(years.windows(2).all(|w| w[0] <= w[1]), "{years:?}");
+        let mut sorted = seq.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn years_start_on_the_first_of_january() {
         assert_eq!(year_start_ms(1970), 0);
         assert_eq!(year_start_ms(2015), 1_420_070_400_000);
@@ -295,8 +336,10 @@ mod tests {
     fn rows_are_used_once_in_order_and_label_phases_change_the_rate() {
         let t = table(&[0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1]);
         let priors: BTreeMap<i64, f64> = [(0, 0.0), (1, 1.0)].into();
+        let seq = sequence(&t, false, 0);
         let order = plan(
             &t,
+            &seq,
             &[(2, Take::InOrder), (3, Take::ByClass(&priors)), (3, Take::InOrder)],
         )
         .unwrap();
@@ -311,10 +354,11 @@ mod tests {
     fn running_out_names_the_phase_and_the_class() {
         let t = table(&[0, 1, 0, 1]);
         let priors: BTreeMap<i64, f64> = [(1, 1.0)].into();
-        let e = plan(&t, &[(1, Take::InOrder), (3, Take::ByClass(&priors))]).unwrap_err();
+        let seq = sequence(&t, false, 0);
+        let e = plan(&t, &seq, &[(1, Take::InOrder), (3, Take::ByClass(&priors))]).unwrap_err();
         assert_eq!(e.0, 1);
         assert!(e.1.contains("class 1 (2 in the table) run out after 2"), "{}", e.1);
-        let e = plan(&t, &[(5, Take::InOrder)]).unwrap_err();
+        let e = plan(&t, &seq, &[(5, Take::InOrder)]).unwrap_err();
         assert_eq!(e.0, 0);
         assert!(e.1.contains("4 rows run out after 4"), "{}", e.1);
     }
