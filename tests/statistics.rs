@@ -284,7 +284,7 @@ async fn ert_budget_holds_over_a_long_null_stream() {
             for due in windows.push(&b).unwrap() {
                 // One evaluation = both detectors on one window; a false alarm
                 // is any detector drifting.
-                let evs = stages.evaluate(&due, None).await.unwrap();
+                let evs = stages.evaluate(&due).await.unwrap();
                 assert_eq!(evs.len(), 2);
                 counts.0 += 1;
                 counts.1 += usize::from(evs.iter().any(|e| e.drift));

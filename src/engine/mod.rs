@@ -151,11 +151,7 @@ impl Engine {
         let mut evaluations = if labelled {
             self.stages.evaluate_labelled(due).await?
         } else {
-            let reference = self
-                .labelled
-                .as_ref()
-                .and_then(|l| l.windows.complete_reference(&due.key));
-            self.stages.evaluate(due, reference).await?
+            self.stages.evaluate(due).await?
         };
         self.decide(&mut evaluations);
         Ok(Evaluated {
@@ -222,7 +218,7 @@ impl Engine {
         };
         let (labelled_reference, labelled_current) = (only(&reference)?, only(&current)?);
         let pair = due(reference, current);
-        let mut evaluations = self.stages.evaluate(&pair, labelled_reference.clone()).await?;
+        let mut evaluations = self.stages.evaluate_offline(&pair).await?;
         self.decide(&mut evaluations);
         let mut out = vec![Evaluated {
             key: String::new(),

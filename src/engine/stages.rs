@@ -30,9 +30,13 @@ pub struct Stages {
     /// With a labels topic: the detectors that compare labels on both
     /// sides (error_rate), run on the windows of joined events.
     labelled: Option<Detectors>,
-    /// With a labels topic: the detectors calibrated on a labelled reference
-    /// (cbpe, label_shift), run on the event windows with the reference of
-    /// the joined events in place of theirs.
+    /// With a labels topic: the detectors that need labels only in the
+    /// reference (cbpe, label_shift). They run on the event windows when
+    /// the reference is a file (labelled inline: at hand from the start),
+    /// else on the windows of joined events, once the labels have come.
+    /// Never on the event windows with a reference of joined events: which
+    /// of those are complete when an event window is due depends on how
+    /// fast the labels were read, and a run must evaluate as its replay.
     calibrated: Option<Detectors>,
     /// The configured detectors, in the pipeline's order.
     kinds: Vec<Arc<dyn Detector>>,
@@ -294,47 +298,55 @@ impl Stages {
     /// windows of events joined to their labels.
     pub fn detector_names(&self, labelled: bool) -> Vec<String> {
         match (labelled, &self.labelled) {
-            (false, _) => {
-                let mut names = self.detectors.names();
-                names.extend(self.calibrated.iter().flat_map(Detectors::names));
-                names
-            }
-            (true, Some(d)) => d.names(),
-            (true, None) => vec![],
+            (false, _) => self.groups(false).iter().flat_map(|d| d.names()).collect(),
+            (true, _) => self.groups(true).iter().flat_map(|d| d.names()).collect(),
         }
     }
 
-    /// Whether some detectors run on the event windows with a labelled
-    /// reference ([`LabelUse::Reference`] with a labels topic).
-    pub fn has_calibrated(&self) -> bool {
-        self.calibrated.is_some()
+    /// Whether the reference's labels are at hand from the start: a file
+    /// reference (labelled inline), not the stream's first events.
+    fn labelled_reference(&self) -> bool {
+        matches!(
+            self.pipeline.window.as_ref().map(|w| &w.reference),
+            Some(ReferenceConfig::File { .. })
+        )
     }
 
-    /// Runs the detectors on a window pair of events and builds the
-    /// evaluation records; `labelled_reference`: the reference of the joined
-    /// events for the detectors calibrated on labels (they are left out
-    /// while it is not complete).
-    pub async fn evaluate(
-        &self,
-        due: &Due,
-        labelled_reference: Option<Vec<RecordBatch>>,
-    ) -> Result<Vec<Evaluation>, RuntimeError> {
-        let mut results = self.detectors.evaluate(due).await?;
-        if let (Some(d), Some(reference)) = (&self.calibrated, labelled_reference) {
-            let mut pair = due.clone();
-            pair.coords.reference_size = reference.iter().map(RecordBatch::num_rows).sum();
-            pair.reference = reference;
-            results.extend(d.evaluate(&pair).await?);
+    /// The detectors on the event windows, or (`labelled`) on the windows
+    /// of joined events.
+    fn groups(&self, labelled: bool) -> Vec<&Detectors> {
+        let calibrated = self.calibrated.iter().filter(|_| labelled != self.labelled_reference());
+        match labelled {
+            false => std::iter::once(&self.detectors).chain(calibrated).collect(),
+            true => self.labelled.iter().chain(calibrated).collect(),
+        }
+    }
+
+    /// Runs the detectors of the event windows on a window pair and builds
+    /// the evaluation records.
+    pub async fn evaluate(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
+        self.evaluate_with(&self.groups(false), due).await
+    }
+
+    /// As [`Self::evaluate`], with the detectors of the windows of joined events.
+    pub async fn evaluate_labelled(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
+        self.evaluate_with(&self.groups(true), due).await
+    }
+
+    /// One offline comparison (`compare`), whose reference is labelled
+    /// where it has labels: the detectors of the event windows and those
+    /// that need labels only in the reference.
+    pub async fn evaluate_offline(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
+        let groups: Vec<&Detectors> = std::iter::once(&self.detectors).chain(&self.calibrated).collect();
+        self.evaluate_with(&groups, due).await
+    }
+
+    async fn evaluate_with(&self, groups: &[&Detectors], due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
+        let mut results = vec![];
+        for d in groups {
+            results.extend(d.evaluate(due).await?);
         }
         Ok(self.evaluations(results))
-    }
-
-    /// As [`Self::evaluate`], with the detectors on labels over windows of joined events.
-    pub async fn evaluate_labelled(&self, due: &Due) -> Result<Vec<Evaluation>, RuntimeError> {
-        match &self.labelled {
-            Some(d) => Ok(self.evaluations(d.evaluate(due).await?)),
-            None => Ok(vec![]),
-        }
     }
 
     fn evaluations(&self, results: Vec<crate::detect::DetectorResult>) -> Vec<Evaluation> {

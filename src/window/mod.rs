@@ -366,18 +366,6 @@ impl Windows {
         Ok(())
     }
 
-    /// The reference of `key` once complete (a `first` reference with all
-    /// its events; a file reference always).
-    pub fn complete_reference(&self, key: &str) -> Option<Vec<RecordBatch>> {
-        match &self.reference {
-            ReferenceMode::Fixed(b) => Some(b.clone()),
-            ReferenceMode::First(n) => {
-                let st = self.keys.get(key)?;
-                (st.ref_rows == *n).then(|| st.reference.clone())
-            }
-        }
-    }
-
     /// Per partition, the smallest offset any window still holds: where a
     /// restart must start reading to rebuild every window.
     pub fn oldest_needed(&self) -> BTreeMap<i32, i64> {

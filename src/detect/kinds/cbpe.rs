@@ -24,8 +24,10 @@
 //! carry labels, the realised accuracy of the same window is put next to the
 //! estimate. Labels are class indices (positions in the probabilities, as
 //! scikit-learn's `classes_` are sorted); rows whose label is null are
-//! unlabelled. With a labels topic the event windows carry no labels: the
-//! reference must then be labelled inline (e.g. a `file` reference).
+//! unlabelled. With a labels topic, a `file` reference labelled inline lets
+//! it estimate each window as its events come; with a reference of the
+//! stream's first events it runs once the labels have come, estimate and
+//! realised accuracy side by side.
 
 use std::sync::Arc;
 

@@ -120,10 +120,11 @@ pub enum LabelUse {
     /// Both windows of events joined to their labels (`error_rate`): it
     /// runs when the labels have come.
     Joined,
-    /// A labelled reference (the reference window of joined events) against
-    /// the current window of events as they come, labels or not (`cbpe`,
-    /// `label_shift`: estimates made before the labels come). It runs with
-    /// the event windows once the reference's labels have come.
+    /// Labels in the reference only (`cbpe`, `label_shift`: estimates made
+    /// before the current window's labels come). With a `file` reference,
+    /// labelled inline, it runs on the event windows as the events come;
+    /// with a reference of the stream's first events, on the windows of
+    /// joined events (deterministically: a run evaluates as its replay).
     Reference,
 }
 
