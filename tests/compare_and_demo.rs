@@ -46,7 +46,7 @@ fn compare_finds_the_shift_and_not_the_same_distribution() {
     let same = run_compare(&train, &root().join("tests/data/digits_test.jsonl"));
     let shifted = run_compare(&train, &shifted_copy(dir.path()));
     let dets = |v: &serde_json::Value| v["detectors"].as_array().unwrap().clone();
-    assert_eq!(dets(&same).len(), 4);
+    assert_eq!(dets(&same).len(), 5);
     for d in dets(&same) {
         // The error rate compares the training split (which the CNN has
         // learned: no error) with the held-out one (11 errors in 450): the
@@ -82,8 +82,8 @@ async fn demo_flags_each_drift_in_its_phase_and_nothing_on_clean_data() {
         let s = driftwatch::demo::run(opts).await.expect("demo runs");
         assert_eq!(s.received, 16_500);
         assert_eq!(s.dead_lettered, 0);
-        // (6000 + 8500) / 500 windows after the references, four detectors each.
-        assert_eq!(s.evaluations.len(), (12 + 17) * 4, "seed {seed}");
+        // (6000 + 8500) / 500 windows after the references, five detectors each.
+        assert_eq!(s.evaluations.len(), (12 + 17) * 5, "seed {seed}");
         assert!(s.false_alarms().is_empty(), "seed {seed}: {:?}", s.false_alarms());
         let phase = |name: &str| {
             s.truth
@@ -104,6 +104,8 @@ async fn demo_flags_each_drift_in_its_phase_and_nothing_on_clean_data() {
             cov.contains(&"embedding_mmd".into()) && cov.contains(&"image_features_ks".into()),
             "seed {seed}: {cov:?}"
         );
+        // The new scanner costs accuracy, which CBPE estimates before labels.
+        assert!(cov.contains(&"estimated_accuracy".into()), "seed {seed}: {cov:?}");
         let label = detected("more 0s and 1s");
         assert!(label.contains(&"predicted_class_chi2".into()), "seed {seed}: {label:?}");
         // Relabelled: inputs and predictions as before, only the error rate moves.

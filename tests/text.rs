@@ -271,7 +271,8 @@ async fn validate_names_the_tokenizer_or_model_that_does_not_fit() {
 }
 
 /// The text scenario end to end on two seeds: no alert on clean phases;
-/// corrupted text and an unseen topic caught on the embeddings, the topic
+/// corrupted text and an unseen topic caught on the embeddings (and the
+/// accuracy corruption costs, estimated before labels), the topic
 /// priors by the predicted-topic chi-square, the relabelling by the error
 /// rate alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,6 +297,34 @@ async fn the_text_demo_flags_each_drift_in_its_phase_and_nothing_on_clean_text()
                 .collect::<Vec<_>>()
         };
         assert!(detected("corrupted").contains(&"embedding_mmd".into()), "seed {seed}");
+        // CBPE on the head's softmax: each window's estimated accuracy
+        // beside the realised one (labels are inline here). On clean text
+        // the two agree; a relabelling costs accuracy CBPE cannot see.
+        let gaps = |phase: &str| -> Vec<f64> {
+            let phases: Vec<_> = s.truth.phases.iter().filter(|p| p.name == phase).collect();
+            s.evaluations
+                .iter()
+                .filter(|e| e.detector == "estimated_accuracy")
+                .filter(|e| {
+                    phases
+                        .iter()
+                        .any(|p| (p.start_ms..=p.end_ms).contains(&e.window.current_end_ms))
+                })
+                .filter_map(|e| {
+                    let d = e.tests.first()?.details.as_ref()?;
+                    Some((d["estimated_accuracy"].as_f64()? - d["realised_accuracy"].as_f64()?).abs())
+                })
+                .collect()
+        };
+        let clean = gaps("clean again");
+        assert_eq!(clean.len(), 6, "seed {seed}");
+        let mean = clean.iter().sum::<f64>() / 6.0;
+        assert!(
+            mean <= 0.035,
+            "seed {seed}: |estimated − realised| on clean windows {clean:?}"
+        );
+        let relabelled = gaps("business as politics");
+        assert!(relabelled.iter().all(|g| *g > 0.15), "seed {seed}: {relabelled:?}");
         assert!(
             detected("tech arrives").contains(&"embedding_mmd".into()),
             "seed {seed}"

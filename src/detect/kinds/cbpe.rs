@@ -59,10 +59,15 @@ const DEFAULT_MARGIN: f64 = 0.02;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CbpeOptions {
-    /// The class probabilities column (default `probabilities`; `logits`
-    /// only when the model's scores are probabilities).
+    /// The class probabilities column (default `probabilities`, as a
+    /// scikit-learn classifier's).
     #[serde(default)]
     probabilities: Option<String>,
+    /// Instead of `probabilities`: a column of logits (the digits CNN's, a
+    /// text classifier head's), turned into probabilities by a softmax per
+    /// event, p_k = exp(z_k − max z) / Σ_j exp(z_j − max z).
+    #[serde(default)]
+    logits: Option<String>,
     /// The true label column: class indices (default `label`).
     #[serde(default)]
     label: Option<String>,
@@ -76,6 +81,8 @@ struct CbpeOptions {
 struct Cbpe {
     name: String,
     probabilities: String,
+    /// The column holds logits: softmax first.
+    softmax: bool,
     label: String,
     margin: f64,
 }
@@ -89,9 +96,17 @@ fn build(name: String, o: Options) -> Result<Box<dyn Detector>, OptionError> {
             format!("`margin` must be in [0, 1), got {margin}"),
         ));
     }
+    let (probabilities, softmax) = match (o.probabilities, o.logits) {
+        (Some(_), Some(_)) => {
+            return Err(OptionError::new("logits", "give `probabilities` or `logits`, not both"));
+        }
+        (_, Some(l)) => (l, true),
+        (p, None) => (p.unwrap_or_else(|| PROBABILITIES_COL.into()), false),
+    };
     Ok(Box::new(Cbpe {
         name,
-        probabilities: o.probabilities.unwrap_or_else(|| PROBABILITIES_COL.into()),
+        probabilities,
+        softmax,
         label: o.label.unwrap_or_else(|| "label".into()),
         margin,
     }))
@@ -110,7 +125,7 @@ impl Detector for Cbpe {
     fn check(&self, scored: &Schema) -> Result<(), OptionError> {
         check_column(
             scored,
-            "probabilities".into(),
+            if self.softmax { "logits" } else { "probabilities" }.into(),
             &self.probabilities,
             "cbpe",
             Need::FloatVector,
@@ -119,10 +134,11 @@ impl Detector for Cbpe {
     }
     fn sql(&self) -> String {
         format!(
-            "SELECT {KEY_COL}, cbpe_estimate({}, {}, {}) AS accuracy FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+            "SELECT {KEY_COL}, cbpe_estimate({}, {}, {}, {}) AS accuracy FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
             ident(&self.probabilities),
             ident(&self.label),
-            is_current()
+            is_current(),
+            self.softmax
         )
     }
     fn decision(&self) -> Decision {
@@ -192,6 +208,15 @@ pub fn isotonic_predict(points: &[(f64, f64)], v: f64) -> f64 {
     let j = points.partition_point(|p| p.0 <= v);
     let (a, b) = (points[j - 1], points[j]);
     a.1 + (b.1 - a.1) * (v - a.0) / (b.0 - a.0)
+}
+
+/// Probabilities from logits: exp(z_k − max z) / Σ_j exp(z_j − max z)
+/// (shifted by the max so no exp overflows).
+pub fn softmax_row(z: &[f64]) -> Vec<f64> {
+    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
 }
 
 /// Rows of probabilities (`dim` per row) and labels of one window.
@@ -352,7 +377,7 @@ pub fn estimate_rows(
 
 // ---------------------------------------------------------------- the aggregate function
 
-/// `cbpe_estimate(probabilities, label, is_current)`: a struct
+/// `cbpe_estimate(probabilities, label, is_current[, softmax])`: a struct
 /// `{statistic (reference accuracy − estimated accuracy), p_value (null),
 /// n_reference, n_current, details}`.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -363,7 +388,10 @@ struct CbpeEstimate {
 impl CbpeEstimate {
     fn new() -> Self {
         Self {
-            signature: Signature::new(TypeSignature::Any(3), Volatility::Immutable),
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(3), TypeSignature::Any(4)],
+                Volatility::Immutable,
+            ),
         }
     }
 }
@@ -413,6 +441,11 @@ impl Accumulator for CbpeAcc {
         let Some(cur) = values[2].as_boolean_opt() else {
             return exec_err!("cbpe_estimate: third argument (is_current) must be boolean");
         };
+        let softmax = match values.get(3).map(|v| v.as_boolean_opt()) {
+            None => false,
+            Some(Some(b)) => !b.is_empty() && b.is_valid(0) && b.value(0),
+            Some(None) => return exec_err!("cbpe_estimate: fourth argument (softmax) must be boolean"),
+        };
         let base = list.offset() * dim;
         for i in 0..list.len() {
             // A row without probabilities (not scored) carries nothing.
@@ -425,7 +458,11 @@ impl Accumulator for CbpeAcc {
             }
             side.dim = dim;
             let row = &flat.values()[base + i * dim..base + (i + 1) * dim];
-            side.probabilities.extend(row);
+            if softmax {
+                side.probabilities.extend(softmax_row(row));
+            } else {
+                side.probabilities.extend(row);
+            }
             side.labels.push(labels.is_valid(i).then(|| labels.value(i)));
         }
         Ok(())
@@ -485,6 +522,20 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
+
+    #[test]
+    fn softmax_is_exact_and_stable_for_large_logits() {
+        // scipy.special.softmax([1, 2, 3])
+        let p = softmax_row(&[1.0, 2.0, 3.0]);
+        for (a, b) in p
+            .iter()
+            .zip([0.09003057317038046, 0.24472847105479767, 0.6652409557748219])
+        {
+            assert!((a - b).abs() < 1e-15, "{p:?}");
+        }
+        let p = softmax_row(&[1000.0, 1000.0, -1000.0]);
+        assert_eq!(p, vec![0.5, 0.5, 0.0]);
+    }
 
     #[test]
     fn isotonic_regression_pools_violators_as_scikit_learn() {
