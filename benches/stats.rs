@@ -6,7 +6,11 @@
 //! - MMD slide: reference 1000, current 1000, slide 250, per evaluation (cache
 //!   warm), with all permutations and with early stopping, on null windows;
 //! - MMD on the same null windows again (the permutation pass alone);
-//! - KS on 32 features, n = m = 1000.
+//! - KS on 32 features, n = m = 1000;
+//! - big windows (`tiled`): MMD n = m = 2k, 10k, 20k, 50k, d = 32, B = 100,
+//!   two threads, through the tiled path, each run once (a few seconds
+//!   each), with the process's peak memory after it (the sizes ascend, so
+//!   each peak is its own); under `cargo test` only 2k runs.
 //!
 //! Each figure is the median of repeated runs after a warm-up, with the
 //! interquartile range: robust to a busy machine, unlike a mean.
@@ -15,7 +19,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use driftwatch::detect::ks::ks_2samp;
-use driftwatch::detect::mmd::{MmdOptions, clear_kernel_cache, mmd_test};
+use driftwatch::detect::mmd::{MmdOptions, clear_kernel_cache, mmd_test, mmd_test_tiled};
 
 fn normals(seed: u64, n: usize, shift: f64) -> Vec<f64> {
     let mut x = seed;
@@ -62,6 +66,45 @@ fn bench(name: &str, mut setup: impl FnMut(), mut f: impl FnMut()) -> Duration {
         samples.len()
     );
     q(0.5)
+}
+
+/// The process's peak resident memory (VmHWM), MiB; 0 where /proc is absent.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The tiled MMD at growing sizes, once each: time, p-value and peak memory.
+fn mmd_big(on: &dyn Fn(&str) -> bool) {
+    let timing = std::env::args().any(|a| a == "--bench");
+    let d = 32;
+    for n in [2_000, 10_000, 20_000, 50_000] {
+        let name = format!("mmd tiled n=m={n} d=32 B=100 threads=2");
+        if !on(&name) || (!timing && n > 2_000) {
+            continue;
+        }
+        let (x, y) = (normals(20 + n as u64, n * d, 0.0), normals(21 + n as u64, n * d, 0.01));
+        let o = MmdOptions {
+            permutations: 100,
+            seed: 1,
+            sigma: None,
+            threads: 2,
+            stop_after: None,
+        };
+        let t = Instant::now();
+        let r = black_box(mmd_test_tiled(&x, &y, d, &o));
+        println!(
+            "{name:<48} {:>10.3} s   p = {:.3}   peak RSS {:.0} MiB (inputs {:.0} MiB)",
+            t.elapsed().as_secs_f64(),
+            r.map_or(f64::NAN, |r| r.p_value),
+            peak_rss_mib(),
+            (2 * n * d * 8) as f64 / (1 << 20) as f64
+        );
+    }
 }
 
 fn mmd_options(stop_after: Option<usize>) -> MmdOptions {
@@ -152,6 +195,7 @@ fn main() {
             );
         }
     }
+    mmd_big(&on);
     let name = "ks 32 features n=m=1000";
     if on(name) {
         let refs: Vec<Vec<f64>> = (0..32).map(|f| normals(10 + f, 1000, 0.0)).collect();

@@ -33,6 +33,9 @@
 //! previous evaluation of the same reference, so a slide computes only the
 //! kernel rows of the events that entered the window.
 //!
+//! Pooled windows of more than [`TILED_ABOVE`] events go to the tiled path
+//! ([`tiled`]): the same statistic and p-value, with kernel tiles computed,
+//! used by every permutation and dropped, in O((n + m)·B) memory.
 //! For windows too large for the quadratic statistic, [`mmd_linear`] gives
 //! the linear-time statistic with its normal null (Gretton et al. 2012, §6).
 
@@ -46,6 +49,9 @@ use rand_chacha::ChaCha8Rng;
 use super::sequential::Sequential;
 use super::simd;
 use super::special::normal_sf;
+
+mod tiled;
+pub use tiled::{TILED_ABOVE, mmd_test_tiled};
 
 /// Options of one MMD test.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -346,6 +352,9 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     if n < 2 || m < 2 {
         return None;
     }
+    if n + m > TILED_ABOVE {
+        return mmd_test_tiled(reference, current, dim, opts);
+    }
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
     let (g, sigma, sigma_fallback) = gram(reference, current, dim, sigma_opt);
     let total = n + m;
@@ -375,58 +384,24 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     let grand = sxx + sxy + syx + syy;
     let t = mmd_from_sums(sxx, sxy, syy, n, m);
 
-    // Each permutation: the members of the smaller side (`small_is_x`: the
-    // permuted reference side).
-    let small_is_x = n <= m;
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut idx: Vec<u32> = (0..total as u32).collect();
-    let small = n.min(m);
-    // The observed split goes through the same sums as the permutations
-    // (last set of the first round), and each T_b is compared with that:
-    // summation order cannot turn an exact tie (identical samples: every
-    // T_b = T) into a small p-value.
-    let observed: Vec<u32> = if small_is_x {
-        (0..n as u32).collect()
-    } else {
-        (n as u32..total as u32).collect()
-    };
-    let stat_of = |q: f64, mem: &[u32]| {
-        let s_r: f64 = mem.iter().map(|&i| row_sums[i as usize]).sum();
-        // Σ over the permuted X side (sr) and its quadratic form (xx).
-        let (xx, sr) = if small_is_x {
-            (q, s_r)
-        } else {
-            let sr = grand - s_r;
-            (q - grand + 2.0 * sr, sr)
-        };
-        mmd_from_sums(xx, sr - xx, grand - 2.0 * sr + xx, n, m)
-    };
-    // A T_b within summation rounding of T counts as a tie: each term of T
-    // is a mean of kernel values (mean k̄) summed in f64 in an order that
-    // depends on the split.
-    let kbar = grand / (total as f64 * (total as f64 - 1.0));
-    let slack = 1e-12 * kbar.abs();
+    let split = Split::new(n, m, &row_sums, grand);
+    let mut draws = Draws::new(n, m, opts.seed);
     let mut seq = Sequential::new(opts.permutations, opts.stop_after);
     let mut t_cmp = None;
     let fixed = fixed_lower(&g);
     while seq.next_round() > 0 {
-        // A uniformly random subset of the smaller side's size: a partial
-        // Fisher–Yates shuffle draws only those `small` positions. One
-        // stream: the rounds draw the permutations of the full test in order.
-        let mut members: Vec<Vec<u32>> = (0..seq.next_round())
-            .map(|_| idx.partial_shuffle(&mut rng, small).0.to_vec())
-            .collect();
+        let mut members = draws.next(seq.next_round());
         let first_round = t_cmp.is_none();
         if first_round {
-            members.push(observed.clone());
+            members.push(draws.observed());
         }
         let quads = quad_forms(&fixed, total, &members, opts.threads);
-        let mut stats: Vec<f64> = quads.iter().zip(&members).map(|(q, mem)| stat_of(*q, mem)).collect();
+        let mut stats: Vec<f64> = quads.iter().zip(&members).map(|(q, mem)| split.stat(*q, mem)).collect();
         if first_round {
             t_cmp = stats.pop();
         }
         let t_obs = t_cmp.unwrap_or(t);
-        seq.record(stats.iter().map(|tb| *tb >= t_obs - slack));
+        seq.record(stats.iter().map(|tb| *tb >= t_obs - split.slack()));
     }
     let p = seq.p_value();
     Some(MmdResult {
@@ -436,6 +411,150 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         sigma,
         sigma_fallback,
     })
+}
+
+/// The permutations' sets: each a uniformly random subset of the pooled
+/// indices of the smaller side's size (a partial Fisher–Yates shuffle draws
+/// only those positions), from one seeded stream, so drawing them in rounds
+/// or at once gives the same sets in the same order.
+struct Draws {
+    rng: ChaCha8Rng,
+    idx: Vec<u32>,
+    small: usize,
+    observed: Vec<u32>,
+}
+
+impl Draws {
+    fn new(n: usize, m: usize, seed: u64) -> Self {
+        let total = n + m;
+        // The observed split goes through the same sums as the permutations
+        // (the last set of the first round), and each T_b is compared with
+        // that: summation order cannot turn an exact tie (identical samples:
+        // every T_b = T) into a small p-value.
+        let observed = if n <= m {
+            (0..n as u32).collect()
+        } else {
+            (n as u32..total as u32).collect()
+        };
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            idx: (0..total as u32).collect(),
+            small: n.min(m),
+            observed,
+        }
+    }
+
+    /// The next `count` permutations' sets.
+    fn next(&mut self, count: usize) -> Vec<Vec<u32>> {
+        (0..count)
+            .map(|_| self.idx.partial_shuffle(&mut self.rng, self.small).0.to_vec())
+            .collect()
+    }
+
+    /// The observed split's set (the smaller side).
+    fn observed(&self) -> Vec<u32> {
+        self.observed.clone()
+    }
+}
+
+/// MMD² of a split from its set's quadratic form: the set is the smaller
+/// side (`small_is_x`: the permuted reference side); `row_sums` = K₀·1 and
+/// `grand` = 1ᵀK₀1.
+struct Split<'a> {
+    n: usize,
+    m: usize,
+    row_sums: &'a [f64],
+    grand: f64,
+}
+
+impl<'a> Split<'a> {
+    fn new(n: usize, m: usize, row_sums: &'a [f64], grand: f64) -> Self {
+        Self { n, m, row_sums, grand }
+    }
+
+    fn stat(&self, q: f64, members: &[u32]) -> f64 {
+        let (n, m, grand) = (self.n, self.m, self.grand);
+        let s_r: f64 = members.iter().map(|&i| self.row_sums[i as usize]).sum();
+        // Σ over the permuted X side (sr) and its quadratic form (xx).
+        let (xx, sr) = if n <= m {
+            (q, s_r)
+        } else {
+            let sr = grand - s_r;
+            (q - grand + 2.0 * sr, sr)
+        };
+        mmd_from_sums(xx, sr - xx, grand - 2.0 * sr + xx, n, m)
+    }
+
+    /// A T_b within summation rounding of T counts as a tie: each term of T
+    /// is a mean of kernel values (mean k̄) summed in an order that depends
+    /// on the split.
+    fn slack(&self) -> f64 {
+        let total = (self.n + self.m) as f64;
+        1e-12 * (self.grand / (total * (total - 1.0))).abs()
+    }
+}
+
+/// For each pooled row, the sets holding it, and each set as a bitset over
+/// the pooled rows; set `sets` (past the real ones) is empty, to pad the
+/// last group of four.
+struct SetIndex {
+    words: usize,
+    masks: Vec<u64>,
+    /// CSR: the sets holding row i are `holders[start[i]..start[i + 1]]`.
+    start: Vec<usize>,
+    holders: Vec<u32>,
+    empty: u32,
+}
+
+impl SetIndex {
+    fn new(members: &[Vec<u32>], total: usize) -> Self {
+        let sets = members.len();
+        let words = total.div_ceil(64);
+        let mut masks = vec![0u64; (sets + 1) * words];
+        let mut start = vec![0usize; total + 1];
+        for mem in members {
+            for &i in mem {
+                start[i as usize + 1] += 1;
+            }
+        }
+        for i in 0..total {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start.clone();
+        let mut holders = vec![0u32; start[total]];
+        for (b, mem) in members.iter().enumerate() {
+            for &i in mem {
+                masks[b * words + (i as usize >> 6)] |= 1 << (i & 63);
+                holders[fill[i as usize]] = b as u32;
+                fill[i as usize] += 1;
+            }
+        }
+        Self {
+            words,
+            masks,
+            start,
+            holders,
+            empty: sets as u32,
+        }
+    }
+
+    fn mask(&self, b: u32) -> &[u64] {
+        &self.masks[b as usize * self.words..(b as usize + 1) * self.words]
+    }
+
+    /// Adds to `q[b]`, for every set b holding row `i`, the sum of `row`
+    /// under its bitset from pooled column `col0` (a multiple of 64) on.
+    fn add_row(&self, i: usize, row: &[i32], col0: usize, q: &mut [i64]) {
+        let w = col0 / 64;
+        for f in self.holders[self.start[i]..self.start[i + 1]].chunks(4) {
+            let b = |l: usize| f.get(l).copied().unwrap_or(self.empty);
+            let bits = [0, 1, 2, 3].map(|l| &self.mask(b(l))[w..]);
+            let s4 = simd::masked_sums4_fixed(row, bits);
+            for (l, v) in s4.into_iter().enumerate() {
+                q[b(l) as usize] += v;
+            }
+        }
+    }
 }
 
 /// Row ranges the permutation work is cut into and shared among threads.
@@ -470,29 +589,7 @@ fn fixed_lower(g: &Gram) -> Vec<i32> {
 /// same computation, so the permutation p-value stays exact for it.
 fn quad_forms(fixed: &[i32], total: usize, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     let sets = members.len();
-    let words = total.div_ceil(64);
-    let mut masks = vec![0u64; (sets + 1) * words];
-    // For each row, the sets holding it (CSR).
-    let mut start = vec![0usize; total + 1];
-    for mem in members {
-        for &i in mem {
-            start[i as usize + 1] += 1;
-        }
-    }
-    for i in 0..total {
-        start[i + 1] += start[i];
-    }
-    let mut fill = start.clone();
-    let mut holders = vec![0u32; start[total]];
-    for (b, mem) in members.iter().enumerate() {
-        for &i in mem {
-            masks[b * words + (i as usize >> 6)] |= 1 << (i & 63);
-            holders[fill[i as usize]] = b as u32;
-            fill[i as usize] += 1;
-        }
-    }
-    // Set `sets` (past the real ones) is empty: it pads the last group of four.
-    let empty = sets as u32;
+    let index = SetIndex::new(members, total);
     // Chunk bounds with about equal areas of the triangle (row i has i entries).
     let area = total * (total - 1) / 2;
     let mut bounds = vec![0usize];
@@ -508,17 +605,9 @@ fn quad_forms(fixed: &[i32], total: usize, members: &[Vec<u32>], threads: usize)
     }
     let chunk = |c: usize| -> Vec<i64> {
         let mut q = vec![0i64; sets + 1];
-        let mask = |b: u32| &masks[b as usize * words..(b as usize + 1) * words];
         for i in bounds[c]..bounds[c + 1] {
             // The half row, pooled columns 0..i.
-            let row = &fixed[i * i.saturating_sub(1) / 2..i * (i + 1) / 2];
-            for f in holders[start[i]..start[i + 1]].chunks(4) {
-                let b = |l: usize| f.get(l).copied().unwrap_or(empty);
-                let s4 = simd::masked_sums4_fixed(row, [mask(b(0)), mask(b(1)), mask(b(2)), mask(b(3))]);
-                for (l, v) in s4.into_iter().enumerate() {
-                    q[b(l) as usize] += v;
-                }
-            }
+            index.add_row(i, &fixed[i * i.saturating_sub(1) / 2..i * (i + 1) / 2], 0, &mut q);
         }
         q
     };
@@ -779,11 +868,30 @@ fn or_fallback(median: Option<f64>) -> (f64, bool) {
     median.map_or((1.0, true), |s| (s, false))
 }
 
-/// The median heuristic's σ, `None` when the median distance is 0.
+/// Reference rows the median heuristic looks at, at most.
+pub const MEDIAN_ROWS: usize = 2048;
+
+/// The median heuristic's σ, `None` when the median distance is 0. Over at
+/// most [`MEDIAN_ROWS`] reference rows, spread evenly through it: the
+/// median of their pairs' distances estimates that of all pairs to within
+/// a percent or so, and a heuristic's input needs no more (all pairs of a
+/// million-event reference would be 4·10¹¹ distances).
 fn median_sigma(reference: &[f64], dim: usize) -> Option<f64> {
     let n = reference.len() / dim;
-    let xs = Points::new(reference, dim, &column_means(reference, dim));
-    sigma_from_median(&xs.sq_dists_lower(), n)
+    let picked: Vec<f64>;
+    let rows = if n > MEDIAN_ROWS {
+        picked = (0..MEDIAN_ROWS)
+            .flat_map(|k| {
+                let i = k * n / MEDIAN_ROWS;
+                reference[i * dim..(i + 1) * dim].iter().copied()
+            })
+            .collect();
+        &picked[..]
+    } else {
+        reference
+    };
+    let xs = Points::new(rows, dim, &column_means(rows, dim));
+    sigma_from_median(&xs.sq_dists_lower(), rows.len() / dim)
 }
 
 #[cfg(test)]
