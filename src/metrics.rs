@@ -47,6 +47,8 @@ pub struct RunStats {
     pub batches: AtomicU64,
     /// Time in the transform and model stages, ns.
     pub model_nanos: AtomicU64,
+    /// Events the model scored: all processed ones, or its `model.sample`.
+    pub model_scored: AtomicU64,
     /// Evaluations, alerts and last p-values per detector.
     pub detectors: std::sync::Mutex<BTreeMap<String, crate::metrics::DetectorMetrics>>,
     /// Lags per partition (messages), refreshed every few seconds.
@@ -253,6 +255,12 @@ pub fn render(s: &RunStats) -> String {
         "counter",
         "Time spent in the model stage.",
         vec![(String::new(), s.model_nanos.load(Ordering::Relaxed) as f64 / 1e9)],
+    );
+    metric(
+        "driftwatch_model_scored_events_total",
+        "counter",
+        "Events the model scored (with model.sample, the sampled share of driftwatch_events_processed_total).",
+        c(&s.model_scored),
     );
     let dets = s.detectors.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let per = |f: &dyn Fn(&DetectorMetrics) -> u64| {

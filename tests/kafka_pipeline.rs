@@ -427,3 +427,54 @@ async fn read_lag_reaches_zero_while_the_commit_hold_keeps_the_open_windows() {
     shutdown.store(true, Relaxed);
     run.await.unwrap().unwrap();
 }
+
+/// `model.sample` in a run: the model scores the sampled share of the
+/// events read (by event id), and `/metrics` counts it beside the events
+/// processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_model_scores_its_share_and_metrics_count_it() {
+    let broker = Broker::start(1).unwrap();
+    for t in ["smp", "smp-alerts", "smp-dlq"] {
+        broker.create_topic(t, 1).unwrap();
+    }
+    let events = driftwatch::scenario::clean_events(&root().join("models/digits_train.jsonl"), "s", 1200, 3).unwrap();
+    produce(&broker, "smp", &events).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "smp.yaml",
+        &format!(
+            "name: smp
+schema: {schema}
+source: {{type: kafka, brokers: \"{b}\", topic: smp, start: earliest, checkpoint_topic: null}}
+batch: {{max_events: 100, linger_ms: 10}}
+model: {{path: {model}, input: pixels, outputs: {{embedding: embedding, logits: logits}}, sample: {{fraction: 0.3}}}}
+window: {{reference: {{type: first, size: 400}}, current: {{size: 400, slide: 400}}}}
+detectors:
+  - {{name: mmd, kind: mmd, column: embedding, permutations: 100}}
+output: {{alerts_topic: smp-alerts, dead_letter_topic: smp-dlq}}
+",
+            schema = root().join("schemas/digits.yaml").display(),
+            model = root().join("models/digits_cnn.onnx").display(),
+            b = broker.bootstrap(),
+        ),
+    );
+    let stats = run_pipeline(&p, events.len() as u64, "g-smp").await;
+    let sampler = driftwatch::model::sample::Sampler::new(0.3, "event_id").unwrap();
+    let expected = events
+        .iter()
+        .filter(|e| {
+            let v: serde_json::Value = serde_json::from_str(e).unwrap();
+            sampler.keeps(v["event_id"].as_str().unwrap())
+        })
+        .count();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats.processed.load(Relaxed), 1200);
+    assert_eq!(stats.model_scored.load(Relaxed), expected as u64);
+    assert!((expected as f64 / 1200.0 - 0.3).abs() < 0.06, "{expected}");
+    let m = driftwatch::metrics::render(&stats);
+    assert!(
+        m.contains(&format!("driftwatch_model_scored_events_total {expected}")),
+        "{m}"
+    );
+}

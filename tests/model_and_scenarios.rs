@@ -225,3 +225,86 @@ async fn produce_to_kafka_records_where_each_phase_landed() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }
+
+/// `model.sample`: with a quarter of the events scored (by a hash of their
+/// id), the detectors on the CNN's embedding see exactly the scored events
+/// of each window and the KS on the images' own features every event; the
+/// evaluations say it is a sample; replays at two batch sizes are
+/// byte-identical (the same events are scored whatever the batches).
+#[test]
+fn a_sampled_model_scores_the_same_share_of_every_window_in_every_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_driftwatch");
+    let events = dir.path().join("events.jsonl");
+    let o = Command::new(bin)
+        .arg("produce")
+        .arg(root().join("pipelines/scenarios/demo.yaml"))
+        .arg("--out")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pipeline = std::fs::read_to_string(root().join("pipelines/digits.yaml"))
+        .unwrap()
+        .replace("../schemas/", &format!("{}/schemas/", root().display()))
+        .replace("../models/", &format!("{}/models/", root().display()))
+        .replace("  threads: 1\n", "  threads: 1\n  sample: {fraction: 0.25}\n");
+    assert!(pipeline.contains("fraction: 0.25"));
+    let p = write(dir.path(), "sampled.yaml", &pipeline);
+    let replay = |out: &str, batch: &str| -> String {
+        let out = dir.path().join(out);
+        let o = Command::new(bin)
+            .args(["replay".as_ref(), p.as_os_str(), "--input".as_ref(), events.as_os_str()])
+            .args(["--batch", batch, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(out.join("stats.jsonl")).unwrap()
+    };
+    let stats = replay("a", "64");
+    assert_eq!(stats, replay("b", "500"), "the same sample whatever the batches");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sampler = driftwatch::model::sample::Sampler::new(0.25, "event_id").unwrap();
+    let (mut mmd, mut ks) = (0, 0);
+    for e in stats
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    {
+        assert_eq!(e["model_sample"], 0.25, "{e}");
+        // The window's events: its key's lines between its first and last offset.
+        let range = &e["window"]["current_offsets"][0];
+        let (first, last) = (
+            range["first"].as_u64().unwrap() as usize,
+            range["last"].as_u64().unwrap() as usize,
+        );
+        let window: Vec<&serde_json::Value> = lines[first..=last]
+            .iter()
+            .filter(|l| l["scanner"] == e["key"])
+            .collect();
+        assert_eq!(window.len(), 500);
+        let scored = window
+            .iter()
+            .filter(|l| sampler.keeps(l["event_id"].as_str().unwrap()))
+            .count();
+        let details = e["details"].as_object().unwrap();
+        let n_current = |col: &str| details[col]["n_current"].as_u64().unwrap() as usize;
+        match e["detector"].as_str().unwrap() {
+            "embedding_mmd" => {
+                assert_eq!(n_current("embedding"), scored, "{e}");
+                assert!((scored as f64 / 500.0 - 0.25).abs() < 0.1, "{scored}");
+                mmd += 1;
+            }
+            "image_features_ks" => {
+                assert_eq!(n_current("mean_intensity"), 500);
+                ks += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((mmd, ks), (29, 29));
+}

@@ -415,6 +415,23 @@ pub struct ModelConfig {
     /// Rows per inference call (default 256).
     #[serde(default = "default_model_batch")]
     pub batch_size: Positive,
+    /// Score only a share of the events, when the model is slower than the
+    /// topic: `{fraction: 0.1}` scores one event in ten, chosen by a hash of
+    /// its event id (the schema must name `event_id`), so every replay and
+    /// restart scores the same ones. The others keep null model outputs:
+    /// detectors on the outputs (embedding, predicted class, probabilities)
+    /// see the scored events only, those on the event's fields see all.
+    /// Alerts carry the fraction (`model.sample`). Default: every event.
+    #[serde(default)]
+    pub sample: Option<SampleConfig>,
+}
+
+/// `model.sample`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    /// Share of events scored, in (0, 1].
+    pub fraction: f64,
 }
 
 /// `model.input`: a column name, or `{type: columns | matrix, columns: […]}`.

@@ -95,6 +95,18 @@ impl Stages {
                     other => other.into(),
                 })?;
                 current = model.output_schema(&current);
+                let mut model = model;
+                if let Some(sample) = &m.sample {
+                    let id = schema.event_id.as_deref().ok_or_else(|| {
+                        cfg_err(
+                            "model.sample".into(),
+                            "sampling chooses events by a hash of their id: the schema must name its `event_id`".into(),
+                        )
+                    })?;
+                    let sampler = crate::model::sample::Sampler::new(sample.fraction, id)
+                        .map_err(|e| cfg_err("model.sample.fraction".into(), e))?;
+                    model.sample_by(sampler);
+                }
                 Some(model)
             }
             None => None,

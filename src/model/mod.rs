@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 pub mod inspect;
 mod pool;
+pub mod sample;
 pub mod tokenizer;
 
 use crate::config::{ModelConfig, Pooling};
@@ -58,6 +59,10 @@ pub struct ModelIdentity {
     pub sha256: String,
     /// ONNX metadata: producer, graph name, and custom metadata properties.
     pub metadata: BTreeMap<String, String>,
+    /// With `model.sample`: the share of events the model scores; the
+    /// statistics on its outputs are then over that sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<f64>,
 }
 
 static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
@@ -138,6 +143,8 @@ pub struct Model {
     batch_size: usize,
     identity: ModelIdentity,
     timings: ModelTimings,
+    /// `model.sample`: which events are scored (all when none).
+    sampler: Option<sample::Sampler>,
 }
 
 /// Where the model stage's time went since the model was loaded (for the
@@ -148,6 +155,10 @@ pub struct ModelTimings {
     pub prepare: std::time::Duration,
     /// ONNX Runtime on those tensors, pooling included (the head included).
     pub infer: std::time::Duration,
+    /// Events that came to the model stage, and those it scored (fewer
+    /// with `model.sample`).
+    pub events: u64,
+    pub scored: u64,
 }
 
 struct OutputSpec {
@@ -285,6 +296,7 @@ impl Model {
             batch_size: cfg.batch_size.get(),
             identity,
             timings: ModelTimings::default(),
+            sampler: None,
         };
         // Probe: one neutral event tells the output sizes and proves the model runs.
         let (outs, _) = m
@@ -409,7 +421,30 @@ impl Model {
     }
 
     /// Scores a batch: appends the output columns. Null input rows get null outputs.
+    /// Scores only the events `sampler` keeps (see [`sample`]).
+    pub fn sample_by(&mut self, sampler: sample::Sampler) {
+        self.identity.sample = Some(sampler.fraction());
+        self.sampler = Some(sampler);
+    }
+
+    /// The batch with the model's output columns (null where an event is
+    /// not scored: no input, or left out of `model.sample`).
     pub fn score(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ModelError> {
+        self.timings.events += batch.num_rows() as u64;
+        let Some(sampler) = &self.sampler else {
+            self.timings.scored += batch.num_rows() as u64;
+            return self.score_all(batch);
+        };
+        let failed = |e: datafusion::arrow::error::ArrowError| self.failed(e.to_string());
+        let mask = sampler.mask(batch).map_err(failed)?;
+        let kept = sample::kept(batch, &mask).map_err(failed)?;
+        self.timings.scored += kept.num_rows() as u64;
+        let scored = self.score_all(&kept)?;
+        let schema = self.output_schema(batch.schema().as_ref());
+        sample::scatter(batch, &mask, &scored, schema).map_err(|e| self.failed(e.to_string()))
+    }
+
+    fn score_all(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ModelError> {
         let mismatch = |d: String| ModelError::Mismatch {
             path: self.path.clone(),
             detail: d,
@@ -610,5 +645,6 @@ fn identity(session: &Session, path: &Path, bytes: &[u8]) -> ModelIdentity {
         path: path.display().to_string(),
         sha256: hex::encode(Sha256::digest(bytes)),
         metadata,
+        sample: None,
     }
 }

@@ -76,6 +76,10 @@ pub struct StatsRecord<'a> {
     /// something.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<&'a str, &'a serde_json::Value>,
+    /// With `model.sample`: the share of events the model scored (the
+    /// statistics on its outputs are over that sample).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_sample: Option<f64>,
 }
 
 impl<'a> From<&'a Evaluation> for StatsRecord<'a> {
@@ -97,6 +101,7 @@ impl<'a> From<&'a Evaluation> for StatsRecord<'a> {
                 .iter()
                 .filter_map(|t| Some((t.column.as_str(), t.details.as_ref()?)))
                 .collect(),
+            model_sample: e.model.as_ref().and_then(|m| m.sample),
         }
     }
 }

@@ -624,6 +624,9 @@ async fn process(
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
+        if let Some(t) = engine.stages.model_timings() {
+            stats.model_scored.store(t.scored, Ordering::Relaxed);
+        }
         let evaluated = engine.push_scored(&scored).await?;
         let (keys, held) = engine.windows.fill();
         stats.window_keys.store(keys as u64, Ordering::Relaxed);
