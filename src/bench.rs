@@ -211,6 +211,10 @@ pub async fn bench(
     for t in [&pipeline.output.alerts_topic, &pipeline.output.dead_letter_topic] {
         broker.create_topic(t, 1).map_err(other)?;
     }
+    // Labels are not part of the benchmark: their topic is there, empty.
+    if let Some(l) = &pipeline.labels {
+        broker.create_topic(&l.topic, PARTITIONS).map_err(other)?;
+    }
     let payloads = payloads(from)?;
     let producer: FutureProducer = broker
         .client_config()

@@ -65,6 +65,20 @@ pub fn chi2_homogeneity(reference: &[f64], current: &[f64]) -> Option<Chi2Result
 
 /// Counts per category of two samples, categories in sorted order (so the
 /// table, and everything computed from it, does not depend on arrival order).
+/// The table of two windows' category counts (`reference` and `current`:
+/// category → count), over the union of their categories in order: each
+/// category's count in each window (0 where it is absent).
+pub fn count_table<T: Ord>(reference: &BTreeMap<T, u64>, current: &BTreeMap<T, u64>) -> (Vec<f64>, Vec<f64>) {
+    let mut m: BTreeMap<&T, (f64, f64)> = BTreeMap::new();
+    for (k, n) in reference {
+        m.entry(k).or_default().0 += *n as f64;
+    }
+    for (k, n) in current {
+        m.entry(k).or_default().1 += *n as f64;
+    }
+    m.values().cloned().unzip()
+}
+
 pub fn contingency<T: Ord + Clone + Hash>(reference: &[T], current: &[T]) -> (Vec<T>, Vec<f64>, Vec<f64>) {
     let mut m: BTreeMap<&T, (f64, f64)> = BTreeMap::new();
     for v in reference {

@@ -170,11 +170,16 @@ pub fn numeric(metric: Metric, reference: &[f64], current: &[f64], bins: usize) 
 /// Distance between categorical samples (categories as bins). Wasserstein
 /// has no meaning without an order: `None`.
 pub fn categorical(metric: Metric, reference: &[String], current: &[String]) -> Option<f64> {
-    if reference.is_empty() || current.is_empty() || metric == Metric::Wasserstein {
+    let (_, p, q) = contingency(reference, current);
+    categorical_counts(metric, &p, &q)
+}
+
+/// As [`categorical`], from each category's count in each window.
+pub fn categorical_counts(metric: Metric, p: &[f64], q: &[f64]) -> Option<f64> {
+    if p.iter().sum::<f64>() == 0.0 || q.iter().sum::<f64>() == 0.0 || metric == Metric::Wasserstein {
         return None;
     }
-    let (_, p, q) = contingency(reference, current);
-    Some(binned(metric, &p, &q))
+    Some(binned(metric, p, q))
 }
 
 #[cfg(test)]

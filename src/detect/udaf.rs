@@ -17,6 +17,7 @@
 //! reach the observed one (Besag–Clifford sequential p-value; 0 or absent:
 //! all permutations). Its result adds `permutations`, the number drawn.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -29,7 +30,7 @@ use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
 
-use super::chi2::{chi2_homogeneity, contingency};
+use super::chi2::{chi2_homogeneity, count_table};
 use super::divergence::{self, DEFAULT_BINS, Metric};
 use super::ks::ks_2samp;
 use super::mmd::{MmdOptions, mmd_linear, mmd_test};
@@ -236,6 +237,16 @@ impl AggregateUDFImpl for TwoSample {
     }
 }
 
+/// One more `value` in a window's category counts.
+fn count(counts: &mut BTreeMap<String, u64>, value: &str) {
+    match counts.get_mut(value) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(value.to_string(), 1);
+        }
+    }
+}
+
 /// Values of both windows, numeric or categorical, kept until evaluation.
 #[derive(Debug)]
 struct SampleAcc {
@@ -243,15 +254,17 @@ struct SampleAcc {
     stat: Stat,
     /// [reference, current]
     numeric: [Vec<f64>; 2],
-    categories: [Vec<String>; 2],
+    /// Category → count: a window of categories is its counts, and a
+    /// value already seen costs a lookup, not an allocation.
+    categories: [BTreeMap<String, u64>; 2],
     bins: Option<u64>,
 }
 
 impl SampleAcc {
     fn sizes(&self) -> (usize, usize) {
         (
-            self.numeric[0].len() + self.categories[0].len(),
-            self.numeric[1].len() + self.categories[1].len(),
+            self.numeric[0].len() + self.categories[0].values().sum::<u64>() as usize,
+            self.numeric[1].len() + self.categories[1].values().sum::<u64>() as usize,
         )
     }
 }
@@ -272,7 +285,7 @@ impl Accumulator for SampleAcc {
             let text = text.as_string::<i32>();
             for i in 0..text.len() {
                 if text.is_valid(i) && c.is_valid(i) {
-                    self.categories[usize::from(c.value(i))].push(text.value(i).to_string());
+                    count(&mut self.categories[usize::from(c.value(i))], text.value(i));
                 }
             }
         } else {
@@ -293,13 +306,16 @@ impl Accumulator for SampleAcc {
         let r: Option<(f64, Option<f64>)> = match self.stat {
             Stat::Ks => ks_2samp(rn, cn).map(|r| (r.statistic, Some(r.p_value))),
             Stat::Chi2 => {
-                let (_, p, q) = contingency(rc, cc);
+                let (p, q) = count_table(rc, cc);
                 chi2_homogeneity(&p, &q).map(|r| (r.statistic, Some(r.p_value)))
             }
             Stat::Distance(m) if rc.is_empty() && cc.is_empty() => {
                 divergence::numeric(m, rn, cn, bins).map(|d| (d, None))
             }
-            Stat::Distance(m) => divergence::categorical(m, rc, cc).map(|d| (d, None)),
+            Stat::Distance(m) => {
+                let (p, q) = count_table(rc, cc);
+                divergence::categorical_counts(m, &p, &q).map(|d| (d, None))
+            }
         };
         let (nr, nc) = self.sizes();
         Ok(result_scalar(
@@ -314,15 +330,17 @@ impl Accumulator for SampleAcc {
                 .categories
                 .iter()
                 .flatten()
-                .map(|s| s.capacity() + 24)
+                .map(|(s, _)| s.capacity() + 48)
                 .sum::<usize>()
     }
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let text = |v: &[String]| {
+        // Each category as often as it was seen: the state is the window's values.
+        let text = |v: &BTreeMap<String, u64>| {
+            let values: Vec<&str> = v.iter().flat_map(|(s, n)| (0..*n).map(move |_| s.as_str())).collect();
             let arr = ListArray::new(
                 Arc::new(Field::new_list_field(DataType::Utf8, true)),
-                OffsetBuffer::from_lengths([v.len()]),
-                Arc::new(StringArray::from_iter_values(v)),
+                OffsetBuffer::from_lengths([values.len()]),
+                Arc::new(StringArray::from_iter_values(values)),
                 None,
             );
             ScalarValue::List(Arc::new(arr))
@@ -342,7 +360,9 @@ impl Accumulator for SampleAcc {
             for i in 0..list.len() {
                 if list.is_valid(i) {
                     let v = list.value(i);
-                    self.categories[side].extend(v.as_string::<i32>().iter().flatten().map(str::to_string));
+                    for s in v.as_string::<i32>().iter().flatten() {
+                        count(&mut self.categories[side], s);
+                    }
                 }
             }
         }

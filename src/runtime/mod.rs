@@ -302,6 +302,7 @@ async fn save_and_commit(
     }
     let labelled = engine.labelled.as_ref().map(|l| (l, hw));
     commit(consumer, &engine.windows, labelled, last, CommitMode::Sync, &[]).await?;
+    consumer.finished();
     Ok(())
 }
 

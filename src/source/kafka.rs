@@ -647,6 +647,14 @@ impl KafkaConsumer {
         })
     }
 
+    /// After the run's final synchronous commit: closing the consumer
+    /// revokes its partitions, and the revocation then has nothing left to
+    /// commit. It would only repeat that commit, and wait forever if the
+    /// broker has gone by the time the consumer is dropped.
+    pub fn finished(&self) {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).positions.clear();
+    }
+
     /// Commits, per partition, `next` (where a restart must resume reading)
     /// and `delivered` (the last offset whose evaluations are delivered),
     /// stamped with the time now. `Ok(false)`: not committed, as the group
