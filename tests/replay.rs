@@ -86,8 +86,9 @@ async fn replays_are_byte_identical_commit_nothing_and_publish_only_when_asked()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // (2500 − 1000) / 250 + … per key: the digits pipeline slides by 500 after a reference of 1000.
-    assert_eq!(stats.len(), 2 * 3 * 4);
+    // (2500 − 1000) / 500 = 3 windows per key (the digits pipeline slides by
+    // 500 after a reference of 1000), five detectors each.
+    assert_eq!(stats.len(), 2 * 3 * 5);
     let summary: serde_json::Value = serde_json::from_str(&read(&o1, "summary.json")).unwrap();
     assert_eq!(summary["events"], 5000);
     let mmd = &summary["truth"]["detectors"]["embedding_mmd"];
@@ -133,7 +134,7 @@ async fn replays_are_byte_identical_commit_nothing_and_publish_only_when_asked()
         assert!(!html.contains(ext), "report.html refers to something outside it: {ext}");
     }
     let sections = html.matches("<section class=\"detector\"").count();
-    assert_eq!(sections, 4 * 2, "4 detectors × 2 keys");
+    assert_eq!(sections, 5 * 2, "5 detectors × 2 keys");
     assert_eq!(html.matches("<svg").count(), html.matches("</svg>").count());
     assert_eq!(html.matches("<svg").count(), 2 * sections);
     for e in stats
