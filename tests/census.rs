@@ -393,6 +393,16 @@ fn first_details(stat: &serde_json::Value) -> &serde_json::Value {
     details.values().next().unwrap()
 }
 
+/// Where a detector's evaluations in `stats.jsonl` lines were: their
+/// current windows' offsets, in order.
+fn windows_of(stats: &[serde_json::Value], detector: &str) -> Vec<String> {
+    stats
+        .iter()
+        .filter(|e| e["detector"] == detector)
+        .map(|e| e["window"]["current_offsets"].to_string())
+        .collect()
+}
+
 /// The detector's score against the truth in a replay summary.
 fn truth_score<'a>(summary: &'a serde_json::Value, detector: &str) -> &'a serde_json::Value {
     &summary["truth"]["detectors"][detector]
@@ -423,13 +433,7 @@ fn a_quadrupled_employment_rate_on_real_rows_is_caught_and_estimated() {
     );
     // Deterministically on the windows of joined events (a run evaluates as
     // its replay, however fast it reads the labels).
-    let windows = |d: &str| -> Vec<String> {
-        stats
-            .iter()
-            .filter(|e| e["detector"] == d)
-            .map(|e| e["window"]["current_offsets"].to_string())
-            .collect()
-    };
+    let windows = |d: &str| windows_of(&stats, d);
     assert_eq!(windows("label_shift"), windows("error_rate"));
     assert_eq!(windows("estimated_accuracy"), windows("error_rate"));
     // Evaluations whose window lies wholly in the shift (the last ones).
@@ -471,13 +475,7 @@ fn a_relationship_inverted_for_a_subgroup_is_concept_drift_that_only_labels_show
     let dir = tempfile::tempdir().unwrap();
     let pipeline = root().join("pipelines/census.yaml");
     let (summary, stats) = produce_and_replay("census-concept.yaml", &pipeline, dir.path());
-    let windows = |d: &str| -> Vec<String> {
-        stats
-            .iter()
-            .filter(|e| e["detector"] == d)
-            .map(|e| e["window"]["current_offsets"].to_string())
-            .collect()
-    };
+    let windows = |d: &str| windows_of(&stats, d);
     assert_eq!(windows("estimated_accuracy"), windows("age_ks"), "on the event windows");
     let s = truth_score(&summary, "error_rate");
     assert_eq!(

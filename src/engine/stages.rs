@@ -309,10 +309,7 @@ impl Stages {
     /// Names of the detectors on the event windows, or (`labelled`) on the
     /// windows of events joined to their labels.
     pub fn detector_names(&self, labelled: bool) -> Vec<String> {
-        match (labelled, &self.labelled) {
-            (false, _) => self.groups(false).iter().flat_map(|d| d.names()).collect(),
-            (true, _) => self.groups(true).iter().flat_map(|d| d.names()).collect(),
-        }
+        self.groups(labelled).iter().flat_map(|d| d.names()).collect()
     }
 
     /// Whether the reference's labels are at hand from the start: a file

@@ -437,7 +437,7 @@ impl Model {
         };
         let failed = |e: datafusion::arrow::error::ArrowError| self.failed(e.to_string());
         let mask = sampler.mask(batch).map_err(failed)?;
-        let kept = sample::kept(batch, &mask).map_err(failed)?;
+        let kept = datafusion::arrow::compute::filter_record_batch(batch, &mask).map_err(failed)?;
         self.timings.scored += kept.num_rows() as u64;
         let scored = self.score_all(&kept)?;
         let schema = self.output_schema(batch.schema().as_ref());

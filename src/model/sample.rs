@@ -9,7 +9,7 @@
 //! own fields see every event.
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, filter_record_batch, take};
+use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 
@@ -78,11 +78,6 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The rows of `batch` that `mask` keeps, for scoring.
-pub fn kept(batch: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch, ArrowError> {
-    filter_record_batch(batch, mask)
-}
-
 /// `batch` with the columns the model added to its kept rows (`scored`:
 /// the kept rows, scored), null on the other rows.
 pub fn scatter(
@@ -142,7 +137,7 @@ mod tests {
         )
         .unwrap();
         let mask = BooleanArray::from(vec![true, false, true, false]);
-        let sub = kept(&batch, &mask).unwrap();
+        let sub = datafusion::arrow::compute::filter_record_batch(&batch, &mask).unwrap();
         assert_eq!(sub.num_rows(), 2);
         // The "model" adds a column to the kept rows.
         let out_schema = Arc::new(Schema::new(vec![

@@ -76,24 +76,21 @@ impl Table {
     /// Reads the files (`dir`: the scenario's folder); errors say `file:row: what`.
     pub fn load(spec: &TableSpec, dir: &Path) -> Result<Self, (PathBuf, usize, String)> {
         let targets = read_targets(spec, dir)?;
-        let mut rows = vec![];
+        let mut rows: Vec<Row> = vec![];
         for file in &spec.files {
-            let path = dir.join(file);
-            let records = crate::source::file::read_records(&path).map_err(|e| (path.clone(), 0, e.to_string()))?;
-            for r in records {
-                let at = |m: String| (path.clone(), r.offset as usize + 1, m);
-                let v: serde_json::Value =
-                    serde_json::from_slice(r.payload.as_deref().unwrap_or_default()).map_err(|e| at(e.to_string()))?;
-                rows.push(row(spec, v, &targets).map_err(at)?);
-                if let [.., before, last] = rows.as_slice()
-                    && last.year < before.year
-                {
-                    return Err(at(format!(
+            each_object(&dir.join(file), |v| {
+                let r = row(spec, v, &targets)?;
+                match rows.last() {
+                    Some(before) if r.year < before.year => Err(format!(
                         "year {} after {}: rows must be in time order",
-                        last.year, before.year
-                    )));
+                        r.year, before.year
+                    )),
+                    _ => {
+                        rows.push(r);
+                        Ok(())
+                    }
                 }
-            }
+            })?;
         }
         if rows.is_empty() {
             return Err((dir.into(), 0, "the table has no rows".into()));
@@ -110,18 +107,29 @@ impl Table {
 fn read_targets(spec: &TableSpec, dir: &Path) -> Result<HashMap<String, i64>, (PathBuf, usize, String)> {
     let mut out = HashMap::new();
     for file in &spec.targets {
-        let path = dir.join(file);
-        let records = crate::source::file::read_records(&path).map_err(|e| (path.clone(), 0, e.to_string()))?;
-        for r in records {
-            let at = |m: String| (path.clone(), r.offset as usize + 1, m);
-            let v: serde_json::Value =
-                serde_json::from_slice(r.payload.as_deref().unwrap_or_default()).map_err(|e| at(e.to_string()))?;
-            let id = id_text(v.get(&spec.id)).ok_or_else(|| at(format!("no `{}`", spec.id)))?;
+        each_object(&dir.join(file), |v| {
+            let id = id_text(v.get(&spec.id)).ok_or_else(|| format!("no `{}`", spec.id))?;
             let label = v.get(&spec.label).and_then(serde_json::Value::as_i64);
-            out.insert(id, label.ok_or_else(|| at(format!("no integer `{}`", spec.label)))?);
-        }
+            out.insert(id, label.ok_or_else(|| format!("no integer `{}`", spec.label))?);
+            Ok(())
+        })?;
     }
     Ok(out)
+}
+
+/// Each record of a Parquet or JSONL file, parsed, to `f`; an error (the
+/// file's, the JSON's or `f`'s) is located at `file:row` (1-based).
+fn each_object(
+    path: &Path,
+    mut f: impl FnMut(serde_json::Value) -> Result<(), String>,
+) -> Result<(), (PathBuf, usize, String)> {
+    let records = crate::source::file::read_records(path).map_err(|e| (path.into(), 0, e.to_string()))?;
+    for r in records {
+        let v = serde_json::from_slice(r.payload.as_deref().unwrap_or_default()).map_err(|e| e.to_string());
+        v.and_then(&mut f)
+            .map_err(|m| (path.into(), r.offset as usize + 1, m))?;
+    }
+    Ok(())
 }
 
 fn id_text(v: Option<&serde_json::Value>) -> Option<String> {

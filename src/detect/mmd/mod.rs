@@ -899,7 +899,8 @@ mod tests {
     use super::*;
     use rand::Rng;
 
-    fn gauss(rng: &mut ChaCha8Rng, n: usize, dim: usize, shift: f64) -> Vec<f64> {
+    /// Normal rows (n × dim, mean `shift`), for the tests here and in `tiled`.
+    pub(super) fn gauss(rng: &mut ChaCha8Rng, n: usize, dim: usize, shift: f64) -> Vec<f64> {
         // Box–Muller, enough for tests.
         (0..n * dim)
             .map(|_| {

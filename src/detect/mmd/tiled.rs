@@ -204,19 +204,11 @@ pub fn mmd_test_tiled(reference: &[f64], current: &[f64], dim: usize, opts: &Mmd
 
 #[cfg(test)]
 mod tests {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
+    use super::super::tests::gauss;
     use super::*;
-
-    fn gauss(rng: &mut ChaCha8Rng, n: usize, dim: usize, shift: f64) -> Vec<f64> {
-        (0..n * dim)
-            .map(|_| {
-                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
-                (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() + shift
-            })
-            .collect()
-    }
 
     /// Where both run (n = m = 2,000 pooled under [`TILED_ABOVE`]): the
     /// statistic and p-value of the stored-kernel path, with and without
