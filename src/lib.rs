@@ -8,6 +8,7 @@
 pub mod alert;
 pub mod bench;
 pub mod broker;
+pub mod compare;
 pub mod config;
 pub mod corpus;
 pub mod decode;

@@ -21,7 +21,9 @@ use crate::error::RuntimeError;
 use crate::source::RawRecord;
 use crate::window::{Coords, Due, Windows};
 
+mod sink;
 mod stages;
+pub use sink::{Sink, Stream};
 
 /// Events joined to their late labels, and the windows they feed.
 pub struct Labelled {

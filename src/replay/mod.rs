@@ -25,7 +25,8 @@ use serde::Serialize;
 
 use crate::alert::Evaluation;
 use crate::config::{ConfigError, SourceConfig};
-use crate::engine::{Engine, Evaluated};
+use crate::decode::Rejection;
+use crate::engine::{Engine, Evaluated, Sink, Stream};
 use crate::labels::LabelRecord;
 use crate::runtime::{RuntimeError, Stages};
 use crate::source::RawRecord;
@@ -185,17 +186,15 @@ pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, Runt
     let mut decoder = engine.stages.decoder();
     let batch_size = opts.batch.unwrap_or(p.batch.max_events.get()).max(1);
     let mut progress = Progress::new(total);
-    let mut order = StreamOrder::default();
     let mut records = records.peekable();
     while records.peek().is_some() || !decoder.is_empty() {
         while decoder.len() < batch_size {
             let Some(r) = records.next() else { break };
             let r = r?;
-            order.read(r.partition, r.offset);
+            sink.order.read(r.partition, r.offset);
             sink.summary.events += 1;
             if let Err(rej) = decoder.decode(&r) {
-                sink.summary.dead_lettered += 1;
-                tracing::debug!(reason = rej.reason.as_str(), offset = rej.offset, "{}", rej.message);
+                sink.rejected(Stream::Events, &rej)?;
             }
         }
         progress.tick(sink.summary.events);
@@ -205,29 +204,25 @@ pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, Runt
             }
             continue;
         };
-        for e in engine.push_events(batch).await? {
-            sink.add(order.seq_of(e.coords.end), e);
-        }
+        sink.evaluated(engine.push_events(batch).await?)?;
         if let Some(feed) = labels.as_mut() {
-            for e in feed.up_to_events(&mut engine).await? {
-                sink.add(order.seq_of(e.coords.end), e);
-            }
+            let evaluated = feed.up_to_events(&mut engine, &mut sink).await?;
+            sink.evaluated(evaluated)?;
         }
         let held = engine
             .labelled
             .as_ref()
             .map(|l| l.join.events_needed())
             .unwrap_or_default();
-        sink.write_before(order.frontier(&held))?;
-        order.forget_before(&held);
+        sink.write_before(sink.order.frontier(&held))?;
+        sink.order.forget_before(&held);
     }
     progress.done(sink.summary.events);
     if let Some(feed) = labels.as_mut() {
-        for e in feed.rest(&mut engine).await? {
-            sink.add(order.seq_of(e.coords.end), e);
-        }
+        let evaluated = feed.rest(&mut engine, &mut sink).await?;
+        sink.evaluated(evaluated)?;
         sink.summary.labels = Some(LabelsSummary {
-            rejected: feed.rejected,
+            rejected: sink.labels_rejected,
             join: engine
                 .labelled
                 .as_ref()
@@ -315,45 +310,32 @@ struct LabelsFeed {
     records: Records,
     /// A parsed label read ahead of the events.
     ahead: Option<LabelRecord>,
-    rejected: u64,
 }
 
 impl LabelsFeed {
     fn new(records: Records) -> Self {
-        Self {
-            records,
-            ahead: None,
-            rejected: 0,
-        }
+        Self { records, ahead: None }
     }
 
-    /// The next valid label (bad records are counted and logged).
-    fn next_label(&mut self, engine: &Engine) -> Result<Option<LabelRecord>, RuntimeError> {
+    /// The next valid label (bad records go to the sink).
+    fn next_label(&mut self, engine: &Engine, sink: &mut Files) -> Result<Option<LabelRecord>, RuntimeError> {
         if let Some(l) = self.ahead.take() {
             return Ok(Some(l));
         }
         for r in self.records.by_ref() {
             match engine.parse_label(&r?) {
                 Some(Ok(l)) => return Ok(Some(l)),
-                Some(Err(rej)) => {
-                    self.rejected += 1;
-                    tracing::debug!(
-                        reason = rej.reason.as_str(),
-                        offset = rej.offset,
-                        "label: {}",
-                        rej.message
-                    );
-                }
+                Some(Err(rej)) => sink.rejected(Stream::Labels, &rej)?,
                 None => return Ok(None),
             }
         }
         Ok(None)
     }
 
-    async fn up_to_events(&mut self, engine: &mut Engine) -> Result<Vec<Evaluated>, RuntimeError> {
+    async fn up_to_events(&mut self, engine: &mut Engine, sink: &mut Files) -> Result<Vec<Evaluated>, RuntimeError> {
         let passed = engine.labelled.as_ref().map_or(i64::MIN, |l| l.join.events_passed());
         let mut batch = vec![];
-        while let Some(l) = self.next_label(engine)? {
+        while let Some(l) = self.next_label(engine, sink)? {
             if l.ts_ms > passed {
                 self.ahead = Some(l);
                 break;
@@ -364,9 +346,9 @@ impl LabelsFeed {
     }
 
     /// The events have ended: every label left, then the join is closed.
-    async fn rest(&mut self, engine: &mut Engine) -> Result<Vec<Evaluated>, RuntimeError> {
+    async fn rest(&mut self, engine: &mut Engine, sink: &mut Files) -> Result<Vec<Evaluated>, RuntimeError> {
         let mut batch = vec![];
-        while let Some(l) = self.next_label(engine)? {
+        while let Some(l) = self.next_label(engine, sink)? {
             batch.push(l);
         }
         let mut out = engine.push_labels(batch).await?;
@@ -386,6 +368,9 @@ struct Files {
     /// Evaluations made but not written yet, by (sequence, labelled, rank).
     waiting: BTreeMap<(u64, bool, u64), Evaluation>,
     made: u64,
+    /// Where each record read stands in the stream.
+    order: StreamOrder,
+    labels_rejected: u64,
     summary: Summary,
     all: Vec<Evaluation>,
 }
@@ -409,6 +394,8 @@ impl Files {
             pending: vec![],
             waiting: BTreeMap::new(),
             made: 0,
+            order: StreamOrder::default(),
+            labels_rejected: 0,
             summary: Summary {
                 pipeline: pipeline.to_string(),
                 source: String::new(),
@@ -424,13 +411,6 @@ impl Files {
             },
             all: vec![],
         })
-    }
-
-    fn add(&mut self, seq: u64, e: Evaluated) {
-        for ev in e.evaluations {
-            self.waiting.insert((seq, e.labelled, self.made), ev);
-            self.made += 1;
-        }
     }
 
     /// Writes the evaluations that end before `frontier`.
@@ -474,6 +454,39 @@ impl Files {
         self.alerts.flush().map_err(other)?;
         self.stats.flush().map_err(other)?;
         Ok((self.summary, self.all))
+    }
+}
+
+impl Sink for Files {
+    /// Held until no earlier evaluation can come ([`Files::write_before`]).
+    fn evaluated(&mut self, evaluated: Vec<Evaluated>) -> Result<usize, RuntimeError> {
+        let mut made = 0;
+        for e in evaluated {
+            let seq = self.order.seq_of(e.coords.end);
+            for ev in e.evaluations {
+                self.waiting.insert((seq, e.labelled, self.made), ev);
+                self.made += 1;
+                made += 1;
+            }
+        }
+        Ok(made)
+    }
+
+    /// Counted in the summary and logged at debug level: a replay reads
+    /// history, whose dead letters the run that read it first has sent.
+    fn rejected(&mut self, stream: Stream, rej: &Rejection) -> Result<(), RuntimeError> {
+        match stream {
+            Stream::Events => self.summary.dead_lettered += 1,
+            Stream::Labels => self.labels_rejected += 1,
+        }
+        tracing::debug!(
+            ?stream,
+            reason = rej.reason.as_str(),
+            offset = rej.offset,
+            "{}",
+            rej.message
+        );
+        Ok(())
     }
 }
 
