@@ -10,12 +10,25 @@
 //! A `first` reference is saved with the key's first state, so the commit
 //! moves on past the key's first events.
 
-use crate::alert::AlertPolicy;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::{AlertPolicy, PolicyState};
 use crate::source::checkpoint::KeyState;
 use crate::source::kafka::KafkaConsumer;
-use crate::window::Windows;
+use crate::window::{KeySnapshot, Windows};
 
 use super::RuntimeError;
+
+/// What a key's saved state holds beside what the checkpoint store reads
+/// (its opaque `state`): the window's snapshot and the alert policy's memory
+/// per detector.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    snapshot: KeySnapshot,
+    policy: BTreeMap<String, PolicyState>,
+}
 
 /// Which windows a state belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,16 +79,25 @@ impl KeyStates {
         let mut skipped = 0;
         let mut snaps = vec![];
         for s in consumer.states(self.which.name()) {
-            if s.config != self.config {
+            let saved = (s.config == self.config)
+                .then(|| serde_json::from_value::<Saved>(s.state))
+                .and_then(Result::ok);
+            let Some(Saved {
+                mut snapshot,
+                policy: memory,
+            }) = saved
+            else {
                 skipped += 1;
                 continue;
-            }
-            policy.import(&s.snapshot.key, s.policy);
-            snaps.push(s.snapshot);
+            };
+            // The reference travels beside the state, in records of its own.
+            (snapshot.reference_rows, snapshot.reference) = (s.reference_rows, s.reference);
+            policy.import(&snapshot.key, memory);
+            snaps.push(snapshot);
         }
         if skipped > 0 {
             tracing::warn!(windows = self.which.name(), keys = skipped, saved = %self.config,
-                "key states saved under another window, alerting or model configuration are not restored: those keys are rebuilt from the replay alone");
+                "key states saved under another window, alerting or model configuration (or another version) are not restored: those keys are rebuilt from the replay alone");
         }
         let n = snaps.len();
         windows.restore(snaps);
@@ -101,11 +123,21 @@ impl KeyStates {
         }
         let states: Vec<KeyState> = snaps
             .iter()
-            .map(|s| KeyState {
-                windows: self.which.name().to_string(),
-                config: self.config.clone(),
-                policy: policy.export(&s.key, &self.detectors),
-                snapshot: s.clone(),
+            .map(|s| {
+                let saved = Saved {
+                    snapshot: s.clone(),
+                    policy: policy.export(&s.key, &self.detectors),
+                };
+                KeyState {
+                    windows: self.which.name().to_string(),
+                    config: self.config.clone(),
+                    key: s.key.clone(),
+                    evaluations: s.evaluations,
+                    partitions: s.anchor.keys().copied().collect(),
+                    reference_rows: s.reference_rows,
+                    reference: s.reference.clone(),
+                    state: serde_json::to_value(&saved).unwrap_or_default(),
+                }
             })
             .collect();
         let unsaved = consumer

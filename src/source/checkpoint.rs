@@ -41,8 +41,6 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 
 use super::kafka::Delivered;
 use super::properties::ClientRole;
-use crate::alert::PolicyState;
-use crate::window::KeySnapshot;
 
 /// One checkpoint record: in `group`, partition `partition` of `topic` has
 /// the delivery mark `mark` (its fields inline: `delivered`, and `at_ms` and
@@ -56,7 +54,10 @@ struct Mark {
     mark: Delivered,
 }
 
-/// A window key's state, as a restart needs it (see the module doc).
+/// A window key's state, as a restart needs it (see the module doc). What
+/// the windows and the alert policy keep is `state`, opaque here: the
+/// runtime writes and reads it; this store needs only the key, its
+/// evaluation count (the highest is kept) and its `first` reference.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KeyState {
     /// Which windows: `events`, or `labelled` (the events joined to their labels).
@@ -64,9 +65,19 @@ pub struct KeyState {
     /// The windows' and the alert policy's configuration when it was saved:
     /// a state saved under another one is not restored.
     pub config: String,
-    pub snapshot: KeySnapshot,
-    /// The alert policy's memory per detector of these windows.
-    pub policy: BTreeMap<String, PolicyState>,
+    pub key: String,
+    /// Evaluations the key had made when saved.
+    pub evaluations: u64,
+    /// The source partitions of the key's windows.
+    pub partitions: Vec<i32>,
+    /// Rows of the `first` reference saved for this key (0: none).
+    pub reference_rows: usize,
+    /// The reference's rows: to save (the key's first state), or read back.
+    /// Stored in records of their own.
+    #[serde(skip)]
+    pub reference: Vec<RecordBatch>,
+    /// The windows' and the alert policy's own state.
+    pub state: serde_json::Value,
 }
 
 /// Most bytes of Arrow IPC in one reference record.
@@ -299,12 +310,8 @@ impl Checkpoints {
         let mut fs = vec![];
         // Indices in `states` of the references not saved.
         let mut unsaved = vec![];
-        for (at, s) in states
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.snapshot.reference.is_empty())
-        {
-            let chunks = match encode_reference(&s.snapshot.reference, REFERENCE_CHUNK_BYTES) {
+        for (at, s) in states.iter().enumerate().filter(|(_, s)| !s.reference.is_empty()) {
+            let chunks = match encode_reference(&s.reference, REFERENCE_CHUNK_BYTES) {
                 Ok(c) if c.iter().all(|c| c.len() <= MAX_REFERENCE_RECORD_BYTES) => c,
                 other => {
                     let why = match other {
@@ -314,7 +321,7 @@ impl Checkpoints {
                             c.iter().map(Vec::len).max().unwrap_or(0)
                         ),
                     };
-                    tracing::warn!(windows = %s.windows, key = %s.snapshot.key, why,
+                    tracing::warn!(windows = %s.windows, key = %s.key, why,
                         "reference not saved: the commit keeps holding its rows, and a restart rebuilds it by replay");
                     unsaved.push(at);
                     continue;
@@ -325,21 +332,14 @@ impl Checkpoints {
                     group: self.group.clone(),
                     topic: self.source_topic.clone(),
                     windows: s.windows.clone(),
-                    key: s.snapshot.key.clone(),
+                    key: s.key.clone(),
                     config: s.config.clone(),
                     chunk: i,
                     chunks: chunks.len(),
-                    partitions: s.snapshot.anchor.keys().copied().collect(),
+                    partitions: s.partitions.clone(),
                 };
-                let key = serde_json::to_vec(&(
-                    &self.group,
-                    &self.source_topic,
-                    &s.windows,
-                    &s.snapshot.key,
-                    "reference",
-                    i,
-                ))
-                .unwrap_or_default();
+                let key = serde_json::to_vec(&(&self.group, &self.source_topic, &s.windows, &s.key, "reference", i))
+                    .unwrap_or_default();
                 let mut body = serde_json::to_vec(&header).unwrap_or_default();
                 body.push(b'\n');
                 body.extend_from_slice(bytes);
@@ -351,11 +351,10 @@ impl Checkpoints {
             let mut s = s.clone();
             if unsaved.contains(&at) {
                 // Restored without it: rebuilt from the replayed rows.
-                s.snapshot.reference_rows = 0;
+                s.reference_rows = 0;
             }
             // Compaction keeps each key's last state.
-            let key =
-                serde_json::to_vec(&(&self.group, &self.source_topic, &s.windows, &s.snapshot.key)).unwrap_or_default();
+            let key = serde_json::to_vec(&(&self.group, &self.source_topic, &s.windows, &s.key)).unwrap_or_default();
             let body = serde_json::to_vec(&StateRecord {
                 group: self.group.clone(),
                 topic: self.source_topic.clone(),
@@ -365,7 +364,7 @@ impl Checkpoints {
             fs.push(self.send(&key, &body)?);
         }
         delivered_all(fs).await?;
-        Ok(unsaved.into_iter().map(|at| states[at].snapshot.key.clone()).collect())
+        Ok(unsaved.into_iter().map(|at| states[at].key.clone()).collect())
     }
 
     /// The key states of `windows` read by the last [`Self::delivered`] that
@@ -376,17 +375,15 @@ impl Checkpoints {
         let mut out = vec![];
         for (k, st) in r.states.iter().filter(|(k, st)| k.0 == windows && keep(st)) {
             let mut st = st.clone();
-            if st.snapshot.reference_rows > 0 {
+            if st.reference_rows > 0 {
                 let found = r
                     .references
                     .get(k)
                     .filter(|c| c.config == st.config && c.parts.len() == c.chunks)
                     .map(|c| decode_reference(&c.parts));
                 match found {
-                    Some(Ok(batches))
-                        if batches.iter().map(|b| b.num_rows()).sum::<usize>() == st.snapshot.reference_rows =>
-                    {
-                        st.snapshot.reference = batches;
+                    Some(Ok(batches)) if batches.iter().map(|b| b.num_rows()).sum::<usize>() == st.reference_rows => {
+                        st.reference = batches;
                     }
                     other => {
                         let why = match other {
@@ -394,7 +391,7 @@ impl Checkpoints {
                             Some(Ok(_)) => "a different number of rows".into(),
                             None => "not found (or incomplete)".into(),
                         };
-                        tracing::warn!(topic = %self.topic, windows = %st.windows, key = %st.snapshot.key, why,
+                        tracing::warn!(topic = %self.topic, windows = %st.windows, key = %st.key, why,
                             "saved reference not read back: the key's reference is rebuilt from its first replayed events, which may not be the original ones");
                     }
                 }
@@ -469,9 +466,9 @@ impl Checkpoints {
                 }
             } else if let Ok(rec) = serde_json::from_slice::<StateRecord>(body) {
                 if rec.group == self.group && rec.topic == self.source_topic {
-                    let k = (rec.state.windows.clone(), rec.state.snapshot.key.clone());
+                    let k = (rec.state.windows.clone(), rec.state.key.clone());
                     match states.get(&k) {
-                        Some(s) if s.snapshot.evaluations > rec.state.snapshot.evaluations => {}
+                        Some(s) if s.evaluations > rec.state.evaluations => {}
                         _ => {
                             states.insert(k, rec.state);
                         }
@@ -601,14 +598,12 @@ mod tests {
         KeyState {
             windows: windows.into(),
             config: "c".into(),
-            snapshot: KeySnapshot {
-                key: key.into(),
-                evaluations,
-                anchor: BTreeMap::from([(1, 10 * evaluations as i64)]),
-                reference_rows: 0,
-                reference: vec![],
-            },
-            policy: BTreeMap::new(),
+            key: key.into(),
+            evaluations,
+            partitions: vec![1],
+            reference_rows: 0,
+            reference: vec![],
+            state: serde_json::json!({"anchor": 10 * evaluations}),
         }
     }
 
@@ -638,7 +633,7 @@ mod tests {
         );
         let mut got = late.states("events", |_| true);
         got.extend(late.states("labelled", |_| true));
-        got.sort_by(|x, y| (&x.windows, &x.snapshot.key).cmp(&(&y.windows, &y.snapshot.key)));
+        got.sort_by(|x, y| (&x.windows, &x.key).cmp(&(&y.windows, &y.key)));
         assert_eq!(
             got,
             [
@@ -648,10 +643,7 @@ mod tests {
             ]
         );
         // Only the states kept are returned.
-        assert_eq!(
-            late.states("events", |s| s.snapshot.key == "b"),
-            [state("events", "b", 2)]
-        );
+        assert_eq!(late.states("events", |s| s.key == "b"), [state("events", "b", 2)]);
     }
 
     fn rows(n: usize) -> RecordBatch {
@@ -704,25 +696,25 @@ mod tests {
         let reference = vec![rows(15_000), rows(10_000)];
         assert_eq!(encode_reference(&reference, REFERENCE_CHUNK_BYTES).unwrap().len(), 2);
         let mut with = state("events", "a", 1);
-        with.snapshot.reference_rows = 25_000;
-        with.snapshot.reference = reference.clone();
+        with.reference_rows = 25_000;
+        with.reference = reference.clone();
         let mut lost = state("events", "b", 1);
-        lost.snapshot.reference_rows = 10;
+        lost.reference_rows = 10;
         w.save_states(&[with.clone(), lost.clone()]).await.unwrap();
         // A later state of the key, saved without its reference (already saved).
         let mut later = state("events", "a", 2);
-        later.snapshot.reference_rows = 25_000;
+        later.reference_rows = 25_000;
         w.save_states(std::slice::from_ref(&later)).await.unwrap();
         let r = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
         r.delivered(Duration::from_secs(30)).unwrap();
         let got = r.states("events", |_| true);
         assert_eq!(got.len(), 2);
-        let a = got.iter().find(|s| s.snapshot.key == "a").unwrap();
-        assert_eq!(a.snapshot.evaluations, 2);
-        let back = concat_batches(&reference[0].schema(), &a.snapshot.reference).unwrap();
+        let a = got.iter().find(|s| s.key == "a").unwrap();
+        assert_eq!(a.evaluations, 2);
+        let back = concat_batches(&reference[0].schema(), &a.reference).unwrap();
         assert_eq!(back, concat_batches(&reference[0].schema(), &reference).unwrap());
-        let b_state = got.iter().find(|s| s.snapshot.key == "b").unwrap();
-        assert!(b_state.snapshot.reference.is_empty());
+        let b_state = got.iter().find(|s| s.key == "b").unwrap();
+        assert!(b_state.reference.is_empty());
 
         // A reference with a row larger than a record may be is not saved
         // (the run goes on; the key's state is saved as without one).
@@ -732,17 +724,14 @@ mod tests {
             RecordBatch::try_new(one.schema(), vec![one.column(0).clone(), std::sync::Arc::new(s)]).unwrap()
         };
         let mut huge = state("events", "huge", 1);
-        huge.snapshot.reference_rows = 1;
-        huge.snapshot.reference = vec![huge_row];
+        huge.reference_rows = 1;
+        huge.reference = vec![huge_row];
         let unsaved = w.save_states(&[huge, with.clone()]).await.unwrap();
         assert_eq!(unsaved, ["huge"]);
         r.delivered(Duration::from_secs(30)).unwrap();
-        let got = r.states("events", |s| s.snapshot.key == "huge");
+        let got = r.states("events", |s| s.key == "huge");
         assert_eq!(got.len(), 1);
-        assert_eq!(
-            (got[0].snapshot.reference_rows, got[0].snapshot.reference.len()),
-            (0, 0)
-        );
+        assert_eq!((got[0].reference_rows, got[0].reference.len()), (0, 0));
     }
 
     /// An instance keeps only the references of keys whose partitions it
@@ -756,9 +745,9 @@ mod tests {
         let w = Checkpoints::new(&b.bootstrap(), &none, "cp", "g", "events").unwrap();
         let with = |key: &str, partition: i32, n: usize| {
             let mut s = state("events", key, 1);
-            s.snapshot.anchor = BTreeMap::from([(partition, 10)]);
-            s.snapshot.reference_rows = n;
-            s.snapshot.reference = vec![rows(n)];
+            s.partitions = vec![partition];
+            s.reference_rows = n;
+            s.reference = vec![rows(n)];
             s
         };
         w.save_states(&[with("a", 1, 100), with("b", 2, 50)]).await.unwrap();
@@ -768,7 +757,7 @@ mod tests {
             r.delivered(Duration::from_secs(30)).unwrap();
             r.states("events", |_| true)
                 .into_iter()
-                .map(|s| (s.snapshot.key, s.snapshot.reference.iter().map(|b| b.num_rows()).sum()))
+                .map(|s| (s.key, s.reference.iter().map(|b| b.num_rows()).sum()))
                 .collect()
         };
         let m = |kv: &[(&str, usize)]| kv.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>();

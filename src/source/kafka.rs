@@ -9,7 +9,7 @@
 //! Each mark also carries the time it was written (`;at=MS`): evaluations
 //! delivered after it but not yet covered by a mark (a process killed in
 //! between) were produced after that time, which bounds the search for them
-//! ([`crate::runtime::published`]).
+//! (the runtime's scan of published evaluations).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -643,7 +643,7 @@ impl KafkaConsumer {
         };
         let assigned = self.assignment();
         c.states(windows, |s| {
-            !s.snapshot.anchor.is_empty() && s.snapshot.anchor.keys().all(|p| assigned.contains(p))
+            !s.partitions.is_empty() && s.partitions.iter().all(|p| assigned.contains(p))
         })
     }
 
