@@ -3,6 +3,15 @@
 
 use crate::config::ConfigError;
 
+impl From<crate::source::SourceError> for RuntimeError {
+    fn from(e: crate::source::SourceError) -> Self {
+        match e {
+            crate::source::SourceError::File(f) => RuntimeError::File(f),
+            other => RuntimeError::Other(other.to_string()),
+        }
+    }
+}
+
 /// Failures of a run. Each says which stage and what.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use driftwatch::broker::Broker;
-use driftwatch::replay::{Range, resolve};
+use driftwatch::source::range::{TopicRange as Range, resolve};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 

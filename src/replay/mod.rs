@@ -15,12 +15,10 @@ pub mod report;
 pub mod truth;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::alert::Evaluation;
@@ -29,8 +27,8 @@ use crate::decode::Rejection;
 use crate::engine::{Engine, Evaluated, Sink, Stream};
 use crate::labels::LabelRecord;
 use crate::runtime::{RuntimeError, Stages};
-use crate::source::RawRecord;
-use crate::source::kafka::offset_for_time;
+use crate::source::Source;
+use crate::source::range::{self, TopicRange};
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -154,13 +152,14 @@ fn other(e: impl std::fmt::Display) -> RuntimeError {
 }
 
 /// Records in canonical order.
-type Records = Box<dyn Iterator<Item = Result<RawRecord, RuntimeError>>>;
+type Records = Box<dyn Source>;
 
 /// Runs a replay; returns the summary (also written to `summary.json`).
 pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, RuntimeError> {
     let p = stages.pipeline.clone();
     std::fs::create_dir_all(&opts.out).map_err(|e| other(format!("{}: {e}", opts.out.display())))?;
-    let (records, total, source) = open(&stages, &opts.range)?;
+    let records = open(&stages, &opts.range)?;
+    let (total, source) = (records.total(), records.describe());
     let labels = open_labels(&stages, &opts)?;
     let truth = match &opts.truth {
         Some(t) => Some(crate::scenario::Truth::load(t).map_err(other)?),
@@ -509,225 +508,36 @@ fn open_labels(stages: &Stages, opts: &ReplayOptions) -> Result<Option<Records>,
         };
     };
     if let Some(f) = &opts.labels {
-        return Ok(Some(jsonl(f)?));
+        return Ok(Some(crate::source::file::open(f)?));
     }
     let (Some(SourceConfig::Kafka(src)), Range::Offsets(_) | Range::Times { .. }) = (&p.source, &opts.range) else {
         return Ok(None);
     };
+    // Labels come up to a horizon after their events.
     let range = match &opts.range {
-        Range::Times { from, to } => Range::Times {
+        Range::Times { from, to } => TopicRange::Times {
             from: *from,
             to: to.map(|t| t.saturating_add(cfg.horizon_ms.get() as i64)),
         },
-        _ => Range::Times { from: None, to: None },
+        _ => TopicRange::Times { from: None, to: None },
     };
-    let consumer = range_consumer(src, &p.name)?;
-    let ranges = resolve(&consumer, &cfg.topic, &range)?;
-    Ok(Some(Box::new(KafkaRange::new(consumer, cfg.topic.clone(), ranges)?)))
+    Ok(Some(range::open(src, &p.name, &cfg.topic, &range)?))
 }
 
-fn range_consumer(src: &crate::config::KafkaSource, pipeline: &str) -> Result<BaseConsumer, RuntimeError> {
-    crate::source::kafka::client_config(
-        crate::source::properties::ClientRole::Consumer,
-        &src.brokers,
-        &src.properties,
-    )
-    .set("group.id", format!("driftwatch-replay-{pipeline}"))
-    .set("enable.auto.commit", "false")
-    .set("enable.auto.offset.store", "false")
-    .set("enable.partition.eof", "false")
-    .create()
-    .map_err(other)
-}
-
-/// Opens the range: records, their number when known, and a description.
-fn open(stages: &Stages, range: &Range) -> Result<(Records, Option<u64>, String), RuntimeError> {
-    match range {
-        Range::File(path) => {
-            let is_parquet = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
-            if is_parquet {
-                let recs = crate::source::file::read_records(path)?;
-                let n = recs.len() as u64;
-                Ok((Box::new(recs.into_iter().map(Ok)), Some(n), path.display().to_string()))
-            } else {
-                Ok((jsonl(path)?, None, path.display().to_string()))
-            }
-        }
-        Range::Offsets(_) | Range::Times { .. } => {
-            let src = stages.pipeline.kafka_source("a topic range (use --input for files)")?;
-            let consumer = range_consumer(src, &stages.pipeline.name)?;
-            let ranges = resolve(&consumer, &src.topic, range)?;
-            let total = ranges.values().map(|(a, b)| (b - a).max(0) as u64).sum();
-            let desc = format!(
-                "{} {}",
-                src.topic,
-                ranges
-                    .iter()
-                    .map(|(p, (a, b))| format!("{p}:{a}-{b}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            Ok((
-                Box::new(KafkaRange::new(consumer, src.topic.clone(), ranges)?),
-                Some(total),
-                desc,
-            ))
-        }
-    }
-}
-
-/// Streams a JSONL file; offsets are line numbers from 0, blank lines skipped.
-fn jsonl(path: &Path) -> Result<Records, RuntimeError> {
-    // A file that cannot be opened is bad input (exit 2), like a bad pipeline.
-    let f = std::fs::File::open(path).map_err(|e| RuntimeError::File(crate::source::file::FileError::new(path, e)))?;
-    let p = path.display().to_string();
-    Ok(Box::new(
-        std::io::BufReader::new(f)
-            .split(b'\n')
-            .enumerate()
-            .filter_map(move |(i, line)| match line {
-                Err(e) => Some(Err(other(format!("{p}: {e}")))),
-                Ok(l) if l.iter().all(u8::is_ascii_whitespace) => None,
-                Ok(l) => Some(Ok(RawRecord {
-                    payload: Some(l),
-                    partition: 0,
-                    offset: i as i64,
-                    timestamp_ms: None,
-                })),
-            }),
-    ))
-}
-
-const TIMEOUT: Duration = Duration::from_secs(15);
-
-fn watermarks(c: &BaseConsumer, topic: &str, p: i32) -> Result<(i64, i64), RuntimeError> {
-    c.fetch_watermarks(topic, p, TIMEOUT)
-        .map_err(|e| other(format!("{topic}/{p}: cannot read the offsets: {e}")))
-}
-
-/// Per partition `[from, to)` offsets for a range.
-pub fn resolve(c: &BaseConsumer, topic: &str, range: &Range) -> Result<BTreeMap<i32, (i64, i64)>, RuntimeError> {
-    let md = c
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(|e| other(format!("cannot reach the brokers: {e}")))?;
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if parts.is_empty() {
-        return Err(other(format!("topic `{topic}` does not exist or has no partitions")));
-    }
-    let mut out = BTreeMap::new();
-    for p in parts {
-        let (low, high) = watermarks(c, topic, p)?;
-        let (from, to) = match range {
-            Range::Offsets(m) => match m.get(&p) {
-                Some((a, b)) => (*a, b.unwrap_or(high)),
-                None => continue,
-            },
-            Range::Times { from, to } => (
-                from.map_or(Ok(low), |t| offset_for_time(c, topic, p, t, (low, high), TIMEOUT))
-                    .map_err(other)?,
-                to.map_or(Ok(high), |t| offset_for_time(c, topic, p, t, (low, high), TIMEOUT))
-                    .map_err(other)?,
-            ),
-            Range::File(_) => unreachable!("files are not resolved"),
-        };
-        let (from, to) = (from.clamp(low, high), to.clamp(low, high));
-        out.insert(p, (from, to.max(from)));
-    }
-    if let Range::Offsets(m) = range
-        && let Some(p) = m.keys().find(|p| !out.contains_key(p))
-    {
-        return Err(other(format!("topic `{topic}` has no partition {p}")));
-    }
-    Ok(out)
-}
-
-/// Reads `[from, to)` of every partition, merged by (timestamp, partition, offset).
-struct KafkaRange {
-    consumer: BaseConsumer,
-    ranges: BTreeMap<i32, (i64, i64)>,
-    /// Next offset expected per partition.
-    next: BTreeMap<i32, i64>,
-    buffers: BTreeMap<i32, VecDeque<RawRecord>>,
-    deadline: Instant,
-}
-
-impl KafkaRange {
-    fn new(consumer: BaseConsumer, topic: String, ranges: BTreeMap<i32, (i64, i64)>) -> Result<Self, RuntimeError> {
-        let mut tpl = TopicPartitionList::new();
-        for (p, (from, to)) in &ranges {
-            if from < to {
-                tpl.add_partition_offset(&topic, *p, Offset::Offset(*from))
-                    .map_err(other)?;
-            }
-        }
-        consumer.assign(&tpl).map_err(other)?;
-        Ok(Self {
-            next: ranges.iter().map(|(p, (f, _))| (*p, *f)).collect(),
-            buffers: ranges.keys().map(|p| (*p, VecDeque::new())).collect(),
-            ranges,
-            consumer,
-            deadline: Instant::now() + TIMEOUT,
-        })
-    }
-
-    fn finished(&self, p: i32) -> bool {
-        self.next[&p] >= self.ranges[&p].1
-    }
-}
-
-impl Iterator for KafkaRange {
-    type Item = Result<RawRecord, RuntimeError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            // Emit when every partition that is not finished has a record buffered.
-            let ready = self
-                .ranges
-                .keys()
-                .all(|p| !self.buffers[p].is_empty() || self.finished(*p));
-            if ready {
-                let best = self
-                    .buffers
-                    .iter()
-                    .filter_map(|(p, b)| b.front().map(|r| (r.timestamp_ms.unwrap_or(0), *p, r.offset)))
-                    .min()?;
-                return self.buffers.get_mut(&best.1).and_then(VecDeque::pop_front).map(Ok);
-            }
-            match self.consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    self.deadline = Instant::now() + TIMEOUT;
-                    let p = m.partition();
-                    let Some((_, to)) = self.ranges.get(&p).copied() else {
-                        continue;
-                    };
-                    if m.offset() < self.next[&p] || m.offset() >= to {
-                        continue;
-                    }
-                    self.next.insert(p, m.offset() + 1);
-                    if let Some(b) = self.buffers.get_mut(&p) {
-                        b.push_back(RawRecord {
-                            payload: m.payload().map(<[u8]>::to_vec),
-                            partition: p,
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis(),
-                        });
-                    }
-                }
-                Some(Err(e)) => return Some(Err(other(format!("reading the range: {e}")))),
-                None if Instant::now() > self.deadline => {
-                    return Some(Err(other(format!(
-                        "no message for {TIMEOUT:?} before the end of the range (next offsets {:?}, range {:?}): were they deleted by retention?",
-                        self.next, self.ranges
-                    ))));
-                }
-                None => {}
-            }
-        }
-    }
+/// Opens what to replay: a file, or a range of the pipeline's topic.
+fn open(stages: &Stages, range: &Range) -> Result<Records, RuntimeError> {
+    let (src, topic_range) = match range {
+        Range::File(path) => return Ok(crate::source::file::open(path)?),
+        Range::Offsets(o) => (
+            stages.pipeline.kafka_source("a topic range (use --input for files)")?,
+            TopicRange::Offsets(o.clone()),
+        ),
+        Range::Times { from, to } => (
+            stages.pipeline.kafka_source("a topic range (use --input for files)")?,
+            TopicRange::Times { from: *from, to: *to },
+        ),
+    };
+    Ok(range::open(src, &stages.pipeline.name, &src.topic, &topic_range)?)
 }
 
 /// Progress on stderr: a bar on a terminal, a log line every 5 s otherwise.

@@ -2,12 +2,12 @@
 //! (one event per row; rows are turned into the same JSON the decoder reads).
 
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::RawRecord;
+use super::{RawRecord, Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -88,6 +88,87 @@ fn read_parquet(path: &Path) -> Result<Vec<RawRecord>, FileError> {
         }
     }
     Ok(out)
+}
+
+/// A file as a [`Source`]: Parquet (`.parquet`, `.pq`) read whole, so its
+/// row count is known; anything else streamed as JSONL, line by line.
+pub fn open(path: &Path) -> Result<Box<dyn Source>, FileError> {
+    let is_parquet = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet") || e.eq_ignore_ascii_case("pq"));
+    if is_parquet {
+        let records = read_parquet(path)?;
+        return Ok(Box::new(Loaded {
+            total: records.len() as u64,
+            records: records.into_iter(),
+            path: path.to_path_buf(),
+        }));
+    }
+    // A file that cannot be opened is bad input, like a bad pipeline.
+    let f = std::fs::File::open(path).map_err(|e| FileError::new(path, e))?;
+    Ok(Box::new(Jsonl {
+        lines: std::io::BufReader::new(f).split(b'\n').enumerate(),
+        path: path.to_path_buf(),
+    }))
+}
+
+/// A JSONL file streamed: offsets are line numbers from 0, blank lines skipped.
+struct Jsonl {
+    lines: std::iter::Enumerate<std::io::Split<std::io::BufReader<std::fs::File>>>,
+    path: PathBuf,
+}
+
+impl Iterator for Jsonl {
+    type Item = Result<RawRecord, SourceError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (i, line) = self.lines.next()?;
+            match line {
+                Err(e) => return Some(Err(FileError::new(&self.path, e).into())),
+                Ok(l) if l.iter().all(u8::is_ascii_whitespace) => continue,
+                Ok(l) => {
+                    return Some(Ok(RawRecord {
+                        payload: Some(l),
+                        partition: 0,
+                        offset: i as i64,
+                        timestamp_ms: None,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl Source for Jsonl {
+    fn total(&self) -> Option<u64> {
+        None
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// A file read whole (Parquet).
+struct Loaded {
+    records: std::vec::IntoIter<RawRecord>,
+    total: u64,
+    path: PathBuf,
+}
+
+impl Iterator for Loaded {
+    type Item = Result<RawRecord, SourceError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.records.next().map(Ok)
+    }
+}
+
+impl Source for Loaded {
+    fn total(&self) -> Option<u64> {
+        Some(self.total)
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
 }
 
 #[cfg(test)]
