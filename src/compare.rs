@@ -137,7 +137,7 @@ fn read_labels_file(stages: &Stages, path: &Path) -> Result<std::collections::Ha
         .map_err(|e| RuntimeError::Other(e.to_string()))?;
     let mut out = std::collections::HashMap::new();
     for r in file::read_records(path)? {
-        let l = crate::labels::read_label(&r, label_col, &label_type, false)
+        let l = crate::labels::read_label(&r, stages.format, label_col, &label_type, false)
             .map_err(|rej| file::FileError::new(path, format!("line {}: {}", rej.offset + 1, rej.message)))?;
         out.insert(l.event_id, l.label);
     }

@@ -35,7 +35,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use serde::Serialize;
 
-use crate::decode::{Reason, Rejection};
+use crate::decode::{Format, Reason, Rejection};
 use crate::schema::{OFFSET_COL, PARTITION_COL, TIMESTAMP_COL};
 use crate::source::RawRecord;
 
@@ -156,9 +156,10 @@ impl LabelJoin {
         })
     }
 
-    /// Parses a label record; a bad one becomes a rejection for the dead-letter topic.
-    pub fn parse(&self, rec: &RawRecord) -> Result<LabelRecord, Box<Rejection>> {
-        read_label(rec, &self.label_col, &self.label_type, true)
+    /// Reads a label record of `format`; a bad one becomes a rejection for
+    /// the dead-letter topic.
+    pub fn parse(&self, rec: &RawRecord, format: &dyn Format) -> Result<LabelRecord, Box<Rejection>> {
+        read_label(rec, format, &self.label_col, &self.label_type, true)
     }
 
     /// Forgets every waiting event and label and every joined event not yet
@@ -431,6 +432,7 @@ impl LabelJoin {
 /// time), else 0 when absent.
 pub fn read_label(
     rec: &RawRecord,
+    format: &dyn Format,
     label_col: &str,
     label_type: &DataType,
     need_time: bool,
@@ -441,51 +443,10 @@ pub fn read_label(
     let Some(bytes) = &rec.payload else {
         return Err(reject(Reason::EmptyPayload, "label record with no value".into(), None));
     };
-    let v: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| reject(Reason::MalformedJson, format!("label record is not JSON: {e}"), None))?;
-    let Some(o) = v.as_object() else {
-        return Err(reject(
-            Reason::NotAnObject,
-            "label record is not a JSON object".into(),
-            None,
-        ));
-    };
-    let event_id = match o.get("event_id") {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(serde_json::Value::Number(n)) => n.to_string(),
-        None | Some(serde_json::Value::Null) => {
-            return Err(reject(
-                Reason::MissingField,
-                "label record without `event_id`".into(),
-                Some("event_id"),
-            ));
-        }
-        Some(other) => {
-            return Err(reject(
-                Reason::WrongType,
-                format!("`event_id` must be a string or number, got {other}"),
-                Some("event_id"),
-            ));
-        }
-    };
-    let label = match o.get("label") {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => v.to_string(),
-        None | Some(serde_json::Value::Null) => {
-            return Err(reject(
-                Reason::MissingField,
-                "label record without `label`".into(),
-                Some("label"),
-            ));
-        }
-        Some(other) => {
-            return Err(reject(
-                Reason::WrongType,
-                format!("`label` must be a string, number or boolean, got {other}"),
-                Some("label"),
-            ));
-        }
-    };
+    let fields = format
+        .label(bytes)
+        .map_err(|(reason, m, field)| reject(reason, m, field))?;
+    let label = fields.label;
     // The label must fit the label column's type.
     let ok = cast(
         &(Arc::new(StringArray::from(vec![label.as_str()])) as ArrayRef),
@@ -499,15 +460,7 @@ pub fn read_label(
             Some("label"),
         ));
     }
-    let ts_ms = match o.get("ts") {
-        None | Some(serde_json::Value::Null) => rec.timestamp_ms.or((!need_time).then_some(0)),
-        Some(serde_json::Value::Number(n)) => n.as_i64(),
-        Some(serde_json::Value::String(s)) => humantime::parse_rfc3339_weak(s)
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64),
-        Some(_) => None,
-    };
+    let ts_ms = fields.ts_ms.or(rec.timestamp_ms).or((!need_time).then_some(0));
     let Some(ts_ms) = ts_ms else {
         return Err(reject(
             Reason::WrongType,
@@ -516,7 +469,7 @@ pub fn read_label(
         ));
     };
     Ok(LabelRecord {
-        event_id,
+        event_id: fields.event_id,
         label,
         ts_ms,
         partition: rec.partition,
@@ -894,14 +847,15 @@ mod tests {
             (Some(r#"{"event_id": "a", "label": 1}"#), Reason::WrongType),
             (Some(r#"{"event_id": ["a"], "label": 1, "ts": 1}"#), Reason::WrongType),
         ] {
-            let e = j.parse(&rec(p)).unwrap_err();
+            let e = j.parse(&rec(p), &crate::decode::JSON).unwrap_err();
             assert_eq!(e.reason, reason, "{p:?}: {}", e.message);
             assert_eq!((e.partition, e.offset), (2, 9));
         }
         let ok = j
-            .parse(&rec(Some(
-                r#"{"event_id": "a", "label": 3, "ts": "2026-01-01T00:00:00Z"}"#,
-            )))
+            .parse(
+                &rec(Some(r#"{"event_id": "a", "label": 3, "ts": "2026-01-01T00:00:00Z"}"#)),
+                &crate::decode::JSON,
+            )
             .unwrap();
         assert_eq!((ok.label.as_str(), ok.ts_ms), ("3", 1_767_225_600_000));
     }

@@ -1,8 +1,56 @@
-//! Raw JSON events → Arrow `RecordBatch` by an [`EventSchema`].
+//! Raw events → Arrow `RecordBatch` by an [`EventSchema`].
 //!
 //! Each event is checked completely before any of it is appended, so a bad
 //! event is rejected whole (with a [`Rejection`] for the dead-letter topic)
 //! and the good events around it go on.
+//!
+//! How the bytes are read is a [`Format`] (`json.rs`; registered in
+//! [`FORMATS`], chosen by the schema's `format`): it turns one payload into
+//! typed cells, and reads label records. What is common to every format —
+//! size and tombstone checks, required fields, schema versions, the Arrow
+//! columns, the source coordinates, the dead-letter counts — is here.
+
+pub mod json;
+
+/// The input formats, by the name a schema's `format` gives. A new format
+/// is a file beside `json.rs` implementing [`Format`], plus its line here.
+pub const FORMATS: &[&dyn Format] = &[&JSON];
+
+/// JSON, the default format.
+pub const JSON: json::Json = json::Json;
+
+/// The format named `name`.
+pub fn format(name: &str) -> Option<&'static dyn Format> {
+    FORMATS.iter().copied().find(|f| f.name() == name)
+}
+
+/// How events and label records are encoded.
+pub trait Format: Send + Sync {
+    /// The name a schema's `format` gives.
+    fn name(&self) -> &'static str;
+
+    /// Parses one payload into `row`: each field it holds into its cell, or the
+    /// field's error. Err: the payload is not a
+    /// record of this format at all (the reason and a message).
+    fn parse(&self, payload: &[u8], row: Row<'_>) -> Result<(), (Reason, String)>;
+
+    /// Reads a label record: `event_id`, `label`, and `ts` if present.
+    fn label(&self, payload: &[u8]) -> Result<LabelFields, LabelError>;
+}
+
+/// A label record's fields as read, before they are checked against the
+/// label column (`labels.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelFields {
+    pub event_id: String,
+    /// As text (numbers and booleans as written).
+    pub label: String,
+    /// `ts`: epoch ms, or None when absent.
+    pub ts_ms: Option<i64>,
+}
+
+/// Why a label record could not be read: reason, message, and the field.
+pub type LabelError = (Reason, String, Option<&'static str>);
 
 use std::sync::Arc;
 
@@ -16,7 +64,6 @@ use datafusion::arrow::error::ArrowError;
 use std::collections::HashMap;
 
 use serde::Serialize;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::schema::{EventSchema, FieldKind, FieldSpec};
 use crate::source::RawRecord;
@@ -171,11 +218,20 @@ struct Pending {
     errs: Vec<Option<FieldErr>>,
     scratch: Vec<f32>,
     text: String,
-    not_object: bool,
 }
 
-/// Decodes JSON events into batches of one schema.
+/// One event being decoded, as a [`Format`] fills it: a cell per schema
+/// field, found by name.
+pub struct Row<'a> {
+    fields: &'a [FieldSpec],
+    /// Schema field index by name.
+    index: &'a HashMap<String, usize>,
+    st: &'a mut Pending,
+}
+
+/// Decodes events of one [`Format`] into batches of one schema.
 pub struct Decoder {
+    format: &'static dyn Format,
     schema: Arc<EventSchema>,
     arrow: SchemaRef,
     max_bytes: usize,
@@ -199,11 +255,17 @@ pub struct Decoder {
 type FieldErr = (Reason, String);
 
 impl Decoder {
-    /// A decoder for `schema`, rejecting events over `max_event_bytes`.
+    /// A decoder of JSON events for `schema`, rejecting events over `max_event_bytes`.
     pub fn new(schema: Arc<EventSchema>, max_event_bytes: usize) -> Self {
+        Self::of(&JSON, schema, max_event_bytes)
+    }
+
+    /// A decoder of `format` for `schema`, rejecting events over `max_event_bytes`.
+    pub fn of(format: &'static dyn Format, schema: Arc<EventSchema>, max_event_bytes: usize) -> Self {
         let arrow = schema.arrow_schema();
         let cols = schema.fields.iter().map(new_col).collect();
         Self {
+            format,
             arrow,
             max_bytes: max_event_bytes,
             cols,
@@ -288,20 +350,13 @@ impl Decoder {
         st.errs.resize(fields.len(), None);
         st.scratch.clear();
         st.text.clear();
-        st.not_object = false;
-        let mut de = serde_json::Deserializer::from_slice(payload);
-        let parsed = EventSeed {
+        let row = Row {
             fields,
             index: &self.index,
             st: &mut *st,
-        }
-        .deserialize(&mut de)
-        .and_then(|()| de.end());
-        if let Err(e) = parsed {
-            return Err(reject(Reason::MalformedJson, format!("malformed JSON: {e}"), None));
-        }
-        if st.not_object {
-            return Err(reject(Reason::NotAnObject, "event is not a JSON object".into(), None));
+        };
+        if let Err((reason, message)) = self.format.parse(payload, row) {
+            return Err(reject(reason, message, None));
         }
         for (i, f) in fields.iter().enumerate() {
             if let Some((reason, msg)) = st.errs[i].take() {
@@ -411,367 +466,6 @@ fn finite(f: &FieldSpec, x: f64) -> Result<f64, FieldErr> {
 /// JSON has no NaN/Infinity literals; producers that need them send strings.
 fn non_finite_literal(s: &str) -> Option<f64> {
     matches!(s, "NaN" | "nan" | "Infinity" | "-Infinity" | "inf" | "-inf").then(|| s.parse().unwrap_or(f64::NAN))
-}
-
-/// A JSON number as the visitor sees it.
-#[derive(Clone, Copy)]
-enum Num {
-    I(i64),
-    U(u64),
-    F(f64),
-}
-
-impl Num {
-    fn as_f64(self) -> f64 {
-        match self {
-            Num::I(v) => v as f64,
-            Num::U(v) => v as f64,
-            Num::F(v) => v,
-        }
-    }
-
-    fn as_i64(self) -> Option<i64> {
-        match self {
-            Num::I(v) => Some(v),
-            Num::U(v) => i64::try_from(v).ok(),
-            Num::F(_) => None,
-        }
-    }
-}
-
-/// The whole event: a JSON object whose known keys are parsed by their field.
-struct EventSeed<'a> {
-    fields: &'a [FieldSpec],
-    index: &'a HashMap<String, usize>,
-    st: &'a mut Pending,
-}
-
-impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EventSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key_seed(KeySeed(self.index))? {
-            match key {
-                Some(i) => {
-                    // A repeated key: the last one counts, as in a JSON object map.
-                    self.st.errs[i] = None;
-                    map.next_value_seed(FieldSeed {
-                        f: &self.fields[i],
-                        i,
-                        st: &mut *self.st,
-                    })?
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        self.st.not_object = true;
-        Ok(())
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        self.st.not_object = true;
-        Ok(())
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
-        self.visit_unit()
-    }
-}
-
-/// An object key: the schema field it names, if any (no allocation).
-struct KeySeed<'a>(&'a HashMap<String, usize>);
-
-impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = Option<usize>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = Option<usize>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.get(s).copied())
-    }
-}
-
-/// One field's value: parsed into its cell, or its error recorded (and the
-/// rest of the value skipped, so the JSON is still checked to the end).
-struct FieldSeed<'a> {
-    f: &'a FieldSpec,
-    i: usize,
-    st: &'a mut Pending,
-}
-
-impl FieldSeed<'_> {
-    fn set(self, cell: Result<Cell, FieldErr>) {
-        match cell {
-            Ok(c) => self.st.cells[self.i] = Some(c),
-            Err(e) => {
-                self.st.cells[self.i] = Some(Cell::Null);
-                self.st.errs[self.i] = Some(e);
-            }
-        }
-    }
-
-    fn number(self, n: Num) {
-        let f = self.f;
-        let cell = match f.kind {
-            FieldKind::Float => finite(f, n.as_f64()).map(Cell::F),
-            FieldKind::Int | FieldKind::Timestamp => {
-                n.as_i64().map(Cell::I).ok_or_else(|| wrong(f, expected(f), "a number"))
-            }
-            // Categories are often sent as small integers; keep them as text
-            // (written as serde_json writes numbers: 3, 3.5, 3.0).
-            FieldKind::Category => {
-                use std::fmt::Write;
-                let text = &mut self.st.text;
-                let start = text.len();
-                // Writing to a String cannot fail.
-                let _ = match n {
-                    Num::I(v) => write!(text, "{v}"),
-                    Num::U(v) => write!(text, "{v}"),
-                    Num::F(v) => match serde_json::Number::from_f64(v) {
-                        Some(num) => write!(text, "{num}"),
-                        None => write!(text, "{v}"),
-                    },
-                };
-                Ok(Cell::S(start, text.len()))
-            }
-            _ => Err(wrong(f, expected(f), "a number")),
-        };
-        self.set(cell)
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FieldSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a field value")
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        self.set(Ok(Cell::Null));
-        Ok(())
-    }
-    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<(), E> {
-        let cell = match self.f.kind {
-            FieldKind::Bool => Ok(Cell::B(b)),
-            _ => Err(wrong(self.f, expected(self.f), "a boolean")),
-        };
-        self.set(cell);
-        Ok(())
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.number(Num::I(v));
-        Ok(())
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        self.number(Num::U(v));
-        Ok(())
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.number(Num::F(v));
-        Ok(())
-    }
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
-        let f = self.f;
-        let cell = match f.kind {
-            FieldKind::Category | FieldKind::String => {
-                let start = self.st.text.len();
-                self.st.text.push_str(s);
-                Ok(Cell::S(start, self.st.text.len()))
-            }
-            FieldKind::Float => match non_finite_literal(s) {
-                Some(x) => finite(f, x).map(Cell::F),
-                None => Err(wrong(f, expected(f), "a string")),
-            },
-            FieldKind::Timestamp => humantime::parse_rfc3339_weak(s)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| Cell::I(d.as_millis() as i64))
-                .ok_or_else(|| {
-                    (
-                        Reason::WrongType,
-                        format!("field `{}`: `{s}` is not an RFC 3339 time", f.name),
-                    )
-                }),
-            _ => Err(wrong(f, expected(f), "a string")),
-        };
-        self.set(cell);
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if self.f.kind != FieldKind::Tensor {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            let e = wrong(self.f, expected(self.f), "an array");
-            self.set(Err(e));
-            return Ok(());
-        }
-        let (f, st) = (self.f, &mut *self.st);
-        let start = st.scratch.len();
-        let mut t = TensorSeed {
-            f,
-            out: &mut st.scratch,
-            err: None,
-            cap: start + f.tensor_len() * 4 + 1024,
-        };
-        t.elements(&mut seq)?;
-        let err = t.err;
-        let got = st.scratch.len() - start;
-        let want = f.tensor_len();
-        let cell = match err {
-            Some(e) => Err(e),
-            None if got != want => Err((
-                Reason::WrongTensorLength,
-                format!(
-                    "field `{}`: expected {want} numbers (shape {:?}), got {got}",
-                    f.name,
-                    f.shape.clone().unwrap_or_default()
-                ),
-            )),
-            None => Ok(Cell::T(start)),
-        };
-        self.set(cell);
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        let e = wrong(self.f, expected(self.f), "an object");
-        self.set(Err(e));
-        Ok(())
-    }
-}
-
-/// The numbers of a flat or nested array, appended to `out` and checked
-/// each; the first error is kept and the rest of the array only skipped.
-struct TensorSeed<'a> {
-    f: &'a FieldSpec,
-    out: &'a mut Vec<f32>,
-    err: Option<FieldErr>,
-    /// Stop storing at absurd sizes rather than growing without bound.
-    cap: usize,
-}
-
-impl<'de> TensorSeed<'_> {
-    fn elements<A: SeqAccess<'de>>(&mut self, seq: &mut A) -> Result<(), A::Error> {
-        while seq.next_element_seed(&mut *self)?.is_some() {}
-        Ok(())
-    }
-
-    fn fail(&mut self, e: FieldErr) {
-        if self.err.is_none() {
-            self.err = Some(e);
-        }
-    }
-
-    fn push(&mut self, x: f64) {
-        if self.err.is_some() || self.out.len() > self.cap {
-            return;
-        }
-        match finite(self.f, x) {
-            Err(e) => self.fail(e),
-            Ok(x) => {
-                let y = x as f32;
-                if !y.is_finite() && x.is_finite() {
-                    self.fail((
-                        Reason::NonFinite,
-                        format!("field `{}`: {x} overflows float32", self.f.name),
-                    ));
-                } else {
-                    self.out.push(y);
-                }
-            }
-        }
-    }
-
-    fn wrong_element(&mut self, got: &str) {
-        let e = wrong(self.f, "a number", got);
-        self.fail(e);
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for &mut TensorSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for &mut TensorSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a number or an array of numbers")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.elements(&mut seq)
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.push(v as f64);
-        Ok(())
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        self.push(v as f64);
-        Ok(())
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.push(v);
-        Ok(())
-    }
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
-        match non_finite_literal(s) {
-            Some(x) => self.push(x),
-            None => self.wrong_element("a string"),
-        }
-        Ok(())
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        self.wrong_element("null");
-        Ok(())
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
-        self.wrong_element("a boolean");
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        self.wrong_element("an object");
-        Ok(())
-    }
 }
 
 fn push(col: &mut Col, cell: &Cell, text: &str, scratch: &[f32]) {

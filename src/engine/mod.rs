@@ -110,7 +110,7 @@ impl Engine {
 
     /// Parses a record of the labels stream (None: the pipeline joins no labels).
     pub fn parse_label(&self, record: &RawRecord) -> Option<Result<LabelRecord, Box<Rejection>>> {
-        self.labelled.as_ref().map(|l| l.join.parse(record))
+        self.labelled.as_ref().map(|l| l.join.parse(record, self.stages.format))
     }
 
     /// Labels into the join; returns the labelled evaluations that became due.

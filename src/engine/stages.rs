@@ -24,6 +24,8 @@ use crate::window::{Due, ReferenceMode, Windows};
 pub struct Stages {
     pub pipeline: Pipeline,
     pub schema: Arc<EventSchema>,
+    /// How events and label records are encoded (the schema's `format`).
+    pub format: &'static dyn crate::decode::Format,
     transform: Option<Transform>,
     model: Option<Model>,
     detectors: Detectors,
@@ -58,6 +60,15 @@ impl Stages {
             .into());
         }
         let schema = Arc::new(EventSchema::load(&schema_path)?);
+        let format = crate::decode::format(&schema.format).ok_or_else(|| {
+            let known: Vec<&str> = crate::decode::FORMATS.iter().map(|f| f.name()).collect();
+            let m = format!(
+                "unknown format `{}`: known formats are {}",
+                schema.format,
+                known.join(", ")
+            );
+            ConfigError::invalid(&schema_path, "format", m)
+        })?;
         let kinds = crate::detect::kinds::build(&pipeline)?;
         let cfg_err =
             |key: String, msg: String| -> RuntimeError { ConfigError::invalid(&pipeline.path, key, msg).into() };
@@ -188,6 +199,7 @@ impl Stages {
         }
         Ok(Self {
             schema,
+            format,
             transform,
             model,
             detectors,
@@ -201,7 +213,11 @@ impl Stages {
 
     /// A decoder for this pipeline's events.
     pub fn decoder(&self) -> Decoder {
-        Decoder::new(self.schema.clone(), self.pipeline.batch.max_event_bytes.get())
+        Decoder::of(
+            self.format,
+            self.schema.clone(),
+            self.pipeline.batch.max_event_bytes.get(),
+        )
     }
 
     /// Transform and model on a decoded batch.

@@ -2,6 +2,7 @@
 //!
 //! ```yaml
 //! name: digits
+//! format: json            # how events are encoded (optional; json is the default)
 //! key: scanner            # field whose value keys the windows (optional)
 //! event_id: event_id      # field with a unique event id (optional)
 //! event_time: ts          # field with the event time, epoch ms or RFC 3339 (optional)
@@ -40,6 +41,10 @@ pub const DEAD_LETTERS_COL: &str = "_dead_letters";
 pub struct EventSchema {
     /// Schema name, for messages.
     pub name: String,
+    /// How events, and the records of a labels topic, are encoded: `json`
+    /// (the default, and the one format today; the list is `decode::FORMATS`).
+    #[serde(default = "default_format")]
+    pub format: String,
     /// Name of the field whose value keys the windows.
     #[serde(default)]
     pub key: Option<String>,
@@ -61,6 +66,10 @@ pub struct EventSchema {
     /// Where the schema was loaded from (set by [`EventSchema::load`]).
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+fn default_format() -> String {
+    "json".into()
 }
 
 /// Schema versions an event may declare.
