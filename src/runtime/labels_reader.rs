@@ -52,7 +52,7 @@ pub(super) async fn process_labels(
     engine: &mut Engine,
     hw: &mut LabelledHw,
     labels_consumer: &KafkaConsumer,
-    out: &Out<'_>,
+    out: &Out,
     records: Vec<crate::source::RawRecord>,
     last_events: &BTreeMap<i32, i64>,
     fault: &mut Fault,
@@ -83,7 +83,7 @@ pub(super) async fn process_labels(
         return Ok(());
     };
     out.labelled_states
-        .save(out.consumer, &mut ls.windows, &engine.policy)
+        .save(&out.consumer, &mut ls.windows, &engine.policy)
         .await?;
     // The events commit follows the labelled windows too (else it waits for
     // the next events batch, which may never come), with the labelled mark;
@@ -91,7 +91,7 @@ pub(super) async fn process_labels(
     // would replay.
     let touched: Vec<i32> = if made > 0 { hw.keys().copied().collect() } else { vec![] };
     let events_committed = commit(
-        out.consumer,
+        &out.consumer,
         &engine.windows,
         Some((ls, &*hw)),
         last_events,

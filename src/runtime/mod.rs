@@ -69,22 +69,22 @@ pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(120);
 pub type Observer = Arc<dyn Fn(&Evaluation) + Send + Sync>;
 
 /// What publishing evaluations needs.
-struct Out<'a> {
-    consumer: &'a KafkaConsumer,
-    producer: &'a FutureProducer,
-    p: &'a Pipeline,
+struct Out {
+    consumer: Arc<KafkaConsumer>,
+    producer: FutureProducer,
+    p: Pipeline,
     /// The source's topic (dead letters name it).
-    events_topic: &'a str,
-    stats: &'a RunStats,
-    observer: Option<&'a Observer>,
+    events_topic: String,
+    stats: Arc<RunStats>,
+    observer: Option<Observer>,
     /// Evaluations a killed run delivered without a mark (see [`Published`]).
-    published: &'a Published,
+    published: Published,
     /// Key states of the event windows and of the labelled ones.
-    states: &'a KeyStates,
-    labelled_states: &'a KeyStates,
+    states: KeyStates,
+    labelled_states: KeyStates,
 }
 
-impl Out<'_> {
+impl Out {
     /// The label join's counters, for the metrics.
     fn join_stats(&self, engine: &Engine) {
         if let Some(l) = &engine.labelled {
@@ -126,7 +126,7 @@ pub async fn run(
     observer: Option<Observer>,
 ) -> Result<(), RuntimeError> {
     // Refused before anything connects.
-    let mut fault = Fault::from_env()?;
+    let fault = Fault::from_env()?;
     let p = stages.pipeline.clone();
     let Some(SourceConfig::Kafka(src)) = &p.source else {
         return Err(RuntimeError::Other(
@@ -140,14 +140,12 @@ pub async fn run(
         .unwrap_or_else(|| format!("driftwatch-{}", p.name));
     let checkpoints = open_checkpoints(src, &group).await?;
     let consumer = Arc::new(KafkaConsumer::new(src, &group, checkpoints).map_err(kafka_err("creating consumer"))?);
-    let out_brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
-    let out_props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
-    let producer = kafka::producer(&out_brokers, &out_props).map_err(kafka_err("creating producer"))?;
-    let mut engine = Engine::new(stages).await?;
-    let mut hw = LabelledHw::new();
+    let output = Output::of(&p, src);
+    let producer = kafka::producer(&output.brokers, &output.properties).map_err(kafka_err("creating producer"))?;
+    let engine = Engine::new(stages).await?;
     tracing::info!(pipeline = %p.name, topic = %src.topic, group = %group, brokers = %src.brokers, "consuming");
 
-    let (tx, mut rx) = mpsc::channel::<Msg>(4);
+    let (tx, rx) = mpsc::channel::<Msg>(4);
     let events_done = Arc::new(AtomicBool::new(false));
     let mut labels_reader = match &p.labels {
         Some(l) => Some(LabelsReader::spawn(l, src, &group, &tx, &shutdown, &events_done)?),
@@ -164,7 +162,12 @@ pub async fn run(
         stats.clone(),
         opts.max_events,
     ));
-
+    // The labels task stops once the events reader has (and labels went quiet).
+    let reader = tokio::spawn(async move {
+        let r = reader.await;
+        events_done.store(true, Ordering::SeqCst);
+        r
+    });
     // Stops with the run, however it ends.
     let _watcher = AbortOnDrop(tokio::spawn(watch_lag(
         consumer.clone(),
@@ -172,112 +175,12 @@ pub async fn run(
         opts.stall_after.unwrap_or(DEFAULT_STALL_AFTER),
     )));
 
-    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
-    let scoring = engine.stages.scoring_id();
-    let key_states = KeyStates::new(
-        Which::Events,
-        &engine.windows,
-        &engine.policy,
-        engine.stages.detector_names(false),
-        &scoring,
-    );
-    let labelled_states = KeyStates::new(
-        Which::Labelled,
-        engine.labelled.as_ref().map_or(&engine.windows, |l| &l.windows),
-        &engine.policy,
-        engine.stages.detector_names(true),
-        &scoring,
-    );
-    let mut published = Published::default();
-    let mut result = Ok(());
-    // The labels task stops once the events reader has (and labels went quiet).
-    let reader = {
-        let done = events_done.clone();
-        tokio::spawn(async move {
-            let r = reader.await;
-            done.store(true, Ordering::SeqCst);
-            r
-        })
-    };
-    let mut generation = consumer.generation();
-    while let Some(msg) = rx.recv().await {
-        let now = consumer.generation();
-        if now != generation {
-            // A rebalance: state rebuilt from the committed offsets (see
-            // `Held::rebuild`); evaluations already delivered are recognised
-            // by the marks and the scan of published ones, not sent again.
-            generation = now;
-            last.clear();
-            let held = Held {
-                consumer: &consumer,
-                states: &key_states,
-                labelled_states: &labelled_states,
-                labels_reader: labels_reader.as_ref(),
-                stats: &stats,
-            };
-            match held.rebuild(&mut engine, &mut hw).await {
-                Ok(()) => published = scan_published(&consumer, &p, &out_brokers, &out_props).await,
-                Err(e) => {
-                    shutdown.store(true, Ordering::SeqCst);
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        let out = Out {
-            consumer: &consumer,
-            producer: &producer,
-            p: &p,
-            events_topic: &src.topic,
-            stats: &stats,
-            observer: observer.as_ref(),
-            published: &published,
-            states: &key_states,
-            labelled_states: &labelled_states,
-        };
-        let step = match msg {
-            Msg::Events(work) => {
-                let in_flight = consumer.begin(work.generation);
-                let Some(_in_flight) = in_flight else {
-                    // Read before the rebalance: read again from the committed offsets.
-                    stats.discarded.fetch_add(
-                        work.batch.as_ref().map_or(0, |b| b.num_rows() as u64),
-                        Ordering::Relaxed,
-                    );
-                    if let Err(e) = await_deliveries(work.pending).await {
-                        shutdown.store(true, Ordering::SeqCst);
-                        result = Err(e);
-                        break;
-                    }
-                    continue;
-                };
-                process(&mut engine, &mut hw, &out, work, &mut last, &mut fault).await
-            }
-            Msg::Labels {
-                generation: read_in,
-                records,
-            } => match &labels_reader {
-                // Labels read before the reader last followed the events
-                // partitions are read again from their commit.
-                Some(r) if r.follow.borrow().generation == read_in => {
-                    // Like an events batch, a revocation waits for it;
-                    // after one (handled on the next message) it is read again.
-                    let Some(_in_flight) = consumer.begin(generation) else {
-                        continue;
-                    };
-                    process_labels(&mut engine, &mut hw, &r.consumer, &out, records, &last, &mut fault).await
-                }
-                _ => Ok(()),
-            },
-        };
-        if let Err(e) = step {
-            // Stop reading; nothing more is committed, so a restart redoes this batch.
-            shutdown.store(true, Ordering::SeqCst);
-            result = Err(e);
-            break;
-        }
+    let mut processing = Processing::new(engine, consumer, producer, output, stats, observer, fault);
+    let result = processing.drain(rx, labels_reader.as_ref()).await;
+    if result.is_err() {
+        // Stop reading; nothing more is committed, so a restart redoes this batch.
+        shutdown.store(true, Ordering::SeqCst);
     }
-    drop(rx);
     let read = reader
         .await
         .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?
@@ -291,10 +194,166 @@ pub async fn run(
     }
     result?;
     read?;
-    let states = [&key_states, &labelled_states];
-    save_and_commit(&consumer, states, &mut engine, &hw, &last).await?;
-    tracing::info!(pipeline = %p.name, received = stats.received.load(Ordering::Relaxed), alerts = stats.alerts.load(Ordering::Relaxed), "stopped");
-    Ok(())
+    processing.finish().await
+}
+
+/// Where evaluations go: the output brokers and their client properties
+/// (the source's unless the pipeline's `output` names others).
+struct Output {
+    brokers: String,
+    properties: BTreeMap<String, String>,
+}
+
+impl Output {
+    fn of(p: &Pipeline, src: &crate::config::KafkaSource) -> Self {
+        Self {
+            brokers: p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone()),
+            properties: p.output.properties.clone().unwrap_or_else(|| src.properties.clone()),
+        }
+    }
+}
+
+/// The processing task: the engine, and what the delivery protocol keeps
+/// for it between batches.
+struct Processing {
+    engine: Engine,
+    out: Out,
+    output: Output,
+    fault: Fault,
+    /// Per events partition, the last offset read in this assignment.
+    last: BTreeMap<i32, i64>,
+    hw: LabelledHw,
+    /// The consumer's rebalance generation this state is of.
+    generation: u64,
+}
+
+impl Processing {
+    fn new(
+        engine: Engine,
+        consumer: Arc<KafkaConsumer>,
+        producer: FutureProducer,
+        output: Output,
+        stats: Arc<RunStats>,
+        observer: Option<Observer>,
+        fault: Fault,
+    ) -> Self {
+        let scoring = engine.stages.scoring_id();
+        let states = KeyStates::new(
+            Which::Events,
+            &engine.windows,
+            &engine.policy,
+            engine.stages.detector_names(false),
+            &scoring,
+        );
+        let labelled_states = KeyStates::new(
+            Which::Labelled,
+            engine.labelled.as_ref().map_or(&engine.windows, |l| &l.windows),
+            &engine.policy,
+            engine.stages.detector_names(true),
+            &scoring,
+        );
+        let out = Out {
+            p: engine.stages.pipeline.clone(),
+            events_topic: consumer.topic().to_string(),
+            consumer,
+            producer,
+            stats,
+            observer,
+            published: Published::default(),
+            states,
+            labelled_states,
+        };
+        Self {
+            generation: out.consumer.generation(),
+            engine,
+            out,
+            output,
+            fault,
+            last: BTreeMap::new(),
+            hw: LabelledHw::new(),
+        }
+    }
+
+    /// Processes what the readers send until they stop, or until a step
+    /// fails (its error).
+    async fn drain(&mut self, mut rx: mpsc::Receiver<Msg>, labels: Option<&LabelsReader>) -> Result<(), RuntimeError> {
+        while let Some(msg) = rx.recv().await {
+            let now = self.out.consumer.generation();
+            if now != self.generation {
+                self.generation = now;
+                self.rebalanced(labels).await?;
+            }
+            match msg {
+                Msg::Events(work) => self.events(work).await?,
+                Msg::Labels { generation, records } => self.labels(generation, records, labels).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A rebalance: state rebuilt from the committed offsets (see
+    /// [`Held::rebuild`]); evaluations already delivered are recognised by
+    /// the marks and the scan of published ones, not sent again.
+    async fn rebalanced(&mut self, labels_reader: Option<&LabelsReader>) -> Result<(), RuntimeError> {
+        self.last.clear();
+        let out = &self.out;
+        let held = Held {
+            consumer: &&out.consumer,
+            states: &out.states,
+            labelled_states: &out.labelled_states,
+            labels_reader,
+            stats: &out.stats,
+        };
+        held.rebuild(&mut self.engine, &mut self.hw).await?;
+        let o = &self.output;
+        self.out.published = scan_published(&self.out.consumer, &self.out.p, &o.brokers, &o.properties).await;
+        Ok(())
+    }
+
+    /// A batch of events, unless it was read before the last rebalance.
+    async fn events(&mut self, work: Work) -> Result<(), RuntimeError> {
+        let Some(_in_flight) = self.out.consumer.begin(work.generation) else {
+            // Read before the rebalance: read again from the committed offsets.
+            let n = work.batch.as_ref().map_or(0, |b| b.num_rows() as u64);
+            self.out.stats.discarded.fetch_add(n, Ordering::Relaxed);
+            return await_deliveries(work.pending).await;
+        };
+        let (engine, hw, out) = (&mut self.engine, &mut self.hw, &self.out);
+        process(engine, hw, out, work, &mut self.last, &mut self.fault).await
+    }
+
+    /// A batch of labels, unless read before the labels reader last
+    /// followed the events partitions (then it is read again from its commit).
+    async fn labels(
+        &mut self,
+        read_in: u64,
+        records: Vec<crate::source::RawRecord>,
+        reader: Option<&LabelsReader>,
+    ) -> Result<(), RuntimeError> {
+        let Some(r) = reader.filter(|r| r.follow.borrow().generation == read_in) else {
+            return Ok(());
+        };
+        // Like an events batch, a revocation waits for it; after one
+        // (handled on the next message) it is read again.
+        let Some(_in_flight) = self.out.consumer.begin(self.generation) else {
+            return Ok(());
+        };
+        let (engine, hw, out) = (&mut self.engine, &mut self.hw, &self.out);
+        process_labels(engine, hw, &r.consumer, out, records, &self.last, &mut self.fault).await
+    }
+
+    /// The final synchronous commit of what is accounted for.
+    async fn finish(mut self) -> Result<(), RuntimeError> {
+        let out = &self.out;
+        let states = [&out.states, &out.labelled_states];
+        save_and_commit(&&out.consumer, states, &mut self.engine, &self.hw, &self.last).await?;
+        let (received, alerts) = (
+            out.stats.received.load(Ordering::Relaxed),
+            out.stats.alerts.load(Ordering::Relaxed),
+        );
+        tracing::info!(pipeline = %out.p.name, received, alerts, "stopped");
+        Ok(())
+    }
 }
 
 /// What an instance holds between rebalances.
@@ -374,12 +433,12 @@ async fn watch_lag(consumer: Arc<KafkaConsumer>, stats: Arc<RunStats>, stall_aft
 async fn process(
     engine: &mut Engine,
     hw: &mut LabelledHw,
-    out: &Out<'_>,
+    out: &Out,
     work: Work,
     last: &mut BTreeMap<i32, i64>,
     fault: &mut Fault,
 ) -> Result<(), RuntimeError> {
-    let (consumer, stats) = (out.consumer, out.stats);
+    let (consumer, stats) = (&out.consumer, &out.stats);
     mark_start(consumer, &work.first).await?;
     let mut sink = Publisher {
         out,

@@ -9,13 +9,13 @@ use crate::engine::{Sink, Stream};
 /// alerts and stats topics, rejected records to the dead-letter topic; the
 /// deliveries to await before the batch's mark and commit gather in
 /// `pending`. Labelled evaluations sent move the labelled mark (`hw`).
-pub(super) struct Publisher<'a, 'b> {
-    pub(super) out: &'b Out<'a>,
-    pub(super) hw: &'b mut LabelledHw,
+pub(super) struct Publisher<'a> {
+    pub(super) out: &'a Out,
+    pub(super) hw: &'a mut LabelledHw,
     pub(super) pending: Vec<rdkafka::producer::DeliveryFuture>,
 }
 
-impl Sink for Publisher<'_, '_> {
+impl Sink for Publisher<'_> {
     fn evaluated(&mut self, evaluated: Vec<Evaluated>) -> Result<usize, RuntimeError> {
         let mut made = 0;
         for e in evaluated {
@@ -31,12 +31,12 @@ impl Sink for Publisher<'_, '_> {
     }
 
     fn rejected(&mut self, stream: Stream, rejection: &Rejection) -> Result<(), RuntimeError> {
-        let p = self.out.p;
+        let p = &self.out.p;
         let topic = match stream {
-            Stream::Events => self.out.events_topic,
+            Stream::Events => self.out.events_topic.as_str(),
             Stream::Labels => p.labels.as_ref().map_or("", |l| l.topic.as_str()),
         };
-        let f = dead_letter(self.out.producer, p, self.out.stats, topic, rejection)?;
+        let f = dead_letter(&self.out.producer, p, &self.out.stats, topic, rejection)?;
         self.pending.push(f);
         Ok(())
     }
@@ -50,11 +50,11 @@ pub(super) fn emit(
     evals: Vec<Evaluation>,
     end: (i32, i64),
     labelled: bool,
-    out: &Out<'_>,
+    out: &Out,
     pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
 ) -> Result<usize, RuntimeError> {
-    let (p, stats) = (out.p, out.stats);
-    if already_delivered(out.consumer, end, labelled) {
+    let (p, stats) = (&out.p, &out.stats);
+    if already_delivered(&out.consumer, end, labelled) {
         // Sent by an earlier run: only the alert policy's memory was rebuilt.
         stats.suppressed.fetch_add(1, Ordering::Relaxed);
         return Ok(0);
@@ -93,7 +93,7 @@ pub(super) fn emit(
             statistic = ev.statistic, p_value = ev.p_value, threshold = ev.threshold, drift = ev.drift, alert = ev.alert,
             "evaluation"
         );
-        if let Some(o) = out.observer {
+        if let Some(o) = &out.observer {
             o(&ev);
         }
         let body = serde_json::to_vec(&ev).map_err(|e| RuntimeError::Other(e.to_string()))?;
