@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::RecordBatch;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::broker::Broker;
@@ -215,7 +216,6 @@ pub async fn bench(
     if let Some(l) = &pipeline.labels {
         broker.create_topic(&l.topic, PARTITIONS).map_err(other)?;
     }
-    let payloads = payloads(from)?;
     let producer: FutureProducer = broker
         .client_config()
         .set("linger.ms", "5")
@@ -223,91 +223,153 @@ pub async fn bench(
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .map_err(other)?;
-    let payloads = Arc::new(payloads);
+    let feed = Feed {
+        producer,
+        payloads: Arc::new(payloads(from)?),
+        events,
+    };
     let rss_base = rss_kib("VmRSS:");
-
-    // Ceiling 1: consume + decode alone.
     let mut stages = Stages::build(pipeline.clone()).await?;
-    // The pipeline's own consumer, in a group of its own, on a topic of its own.
+    let (decode_rate, batches) = decode_ceiling(&broker, &src, &mut stages, &feed).await?;
+    let model = model_ceiling(&mut stages, &batches, events).await?;
+    let e2e = end_to_end(stages, &src, &feed).await?;
+    let peak = rss_kib("VmHWM:");
+    let max = pipeline.batch.max_events.get();
+    print_report(&feed, decode_rate, &model, max, &e2e);
+    println!(
+        "memory: RSS {} MiB before the pipelines (broker log included), peak {} MiB, pipeline share {} MiB",
+        rss_base / 1024,
+        peak / 1024,
+        peak.saturating_sub(rss_base) / 1024
+    );
+    Ok(())
+}
+
+/// The events a benchmark produces: `events` of `payloads`, round robin.
+struct Feed {
+    producer: FutureProducer,
+    payloads: Arc<Vec<Vec<u8>>>,
+    events: u64,
+}
+
+impl Feed {
+    /// Produces to `topic` in the background, keeping ahead of `read`.
+    fn start(
+        &self,
+        topic: &str,
+        read: Progress,
+        stop: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<Result<(), RuntimeError>> {
+        let (producer, payloads) = (self.producer.clone(), self.payloads.clone());
+        tokio::spawn(feed(producer, topic.to_string(), payloads, self.events, read, stop))
+    }
+}
+
+/// Ceiling 1: the pipeline's own consumer and decoder alone, in a group of
+/// its own on a topic of its own. Returns events/s and a sample of the
+/// decoded batches for the model ceiling (not all: memory).
+async fn decode_ceiling(
+    broker: &Broker,
+    src: &crate::config::KafkaSource,
+    stages: &mut Stages,
+    feed: &Feed,
+) -> Result<(f64, Vec<RecordBatch>), RuntimeError> {
     let mut ceiling_src = src.clone();
     ceiling_src.topic = format!("{}-ceiling", src.topic);
     broker.create_topic(&ceiling_src.topic, PARTITIONS).map_err(other)?;
     let consumed = Arc::new(AtomicU64::new(0));
-    let feeder = tokio::spawn(feed(
-        producer.clone(),
-        ceiling_src.topic.clone(),
-        payloads.clone(),
-        events,
-        {
-            let consumed = consumed.clone();
-            Arc::new(move || consumed.load(Ordering::Relaxed))
-        },
+    let read = consumed.clone();
+    let feeder = feed.start(
+        &ceiling_src.topic,
+        Arc::new(move || read.load(Ordering::Relaxed)),
         Arc::new(AtomicBool::new(false)),
-    ));
+    );
     let consumer = KafkaConsumer::new(&ceiling_src, "driftwatch-bench-ceiling", None).map_err(other)?;
     let mut dec = stages.decoder();
-    let max = pipeline.batch.max_events.get();
+    let max = stages.pipeline.batch.max_events.get();
     let mut batches = vec![];
     let (mut n, mut t0) = (0u64, None);
-    while n < events {
-        let rec = match tokio::time::timeout(STALL, consumer.recv()).await {
-            Ok(r) => r.map_err(other)?,
-            Err(_) => {
-                return Err(other(format!(
-                    "no event for {STALL:?} after {n}: messages were dropped"
-                )));
-            }
+    while n < feed.events {
+        let Ok(rec) = tokio::time::timeout(STALL, consumer.recv()).await else {
+            return Err(other(format!(
+                "no event for {STALL:?} after {n}: messages were dropped"
+            )));
         };
+        let rec = rec.map_err(other)?;
         t0.get_or_insert_with(Instant::now);
         let _ = dec.decode(&rec);
         n += 1;
         consumed.store(n, Ordering::Relaxed);
         if dec.len() >= max
             && let Some(b) = dec.flush()?
+            && batches.len() < 64
         {
-            // Keep a sample of batches for the model ceiling, not all (memory).
-            if batches.len() < 64 {
-                batches.push(b);
-            }
+            batches.push(b);
         }
     }
     let decode_secs = t0.map(|t| t.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
     drop(consumer);
     feeder.await.map_err(other)??;
-    let decode_rate = events as f64 / decode_secs;
+    Ok((feed.events as f64 / decode_secs, batches))
+}
 
-    // Ceiling 2: the model alone on the same batches.
+/// Ceiling 2: the model alone on the same batches.
+struct ModelCeiling {
+    /// Events/s through the model stage (inputs prepared and inferred).
+    rate: f64,
+    scored: u64,
+    /// Events/s of inference alone.
+    inference_rate: f64,
+    /// Input preparation as a share of inference time.
+    prepare_share: f64,
+}
+
+async fn model_ceiling(
+    stages: &mut Stages,
+    batches: &[RecordBatch],
+    events: u64,
+) -> Result<ModelCeiling, RuntimeError> {
     let before = stages.model_timings().unwrap_or_default();
     let t = Instant::now();
     let mut scored = 0u64;
     let rounds = (events / (batches.iter().map(|b| b.num_rows() as u64).sum::<u64>()).max(1)).clamp(1, 4);
     for _ in 0..rounds {
-        for b in &batches {
+        for b in batches {
             stages.score(b.clone()).await?;
             scored += b.num_rows() as u64;
         }
     }
-    let model_rate = scored as f64 / t.elapsed().as_secs_f64();
+    let rate = scored as f64 / t.elapsed().as_secs_f64();
     let timed = stages.model_timings().unwrap_or_default();
     let (prepare, infer) = (timed.prepare - before.prepare, timed.infer - before.infer);
-    let runtime_rate = scored as f64 / infer.as_secs_f64();
+    Ok(ModelCeiling {
+        rate,
+        scored,
+        inference_rate: scored as f64 / infer.as_secs_f64(),
+        prepare_share: prepare.as_secs_f64() / infer.as_secs_f64(),
+    })
+}
 
-    // End to end.
+/// The end-to-end run: events/s from the first event read, as the decode
+/// ceiling is timed (joining the group, seconds on the embedded broker, is
+/// start-up, not throughput).
+struct EndToEnd {
+    rate: f64,
+    run_time: std::time::Duration,
+    startup: std::time::Duration,
+    stats: Arc<RunStats>,
+    clocks: Vec<DetectorClocks>,
+}
+
+async fn end_to_end(stages: Stages, src: &crate::config::KafkaSource, feed: &Feed) -> Result<EndToEnd, RuntimeError> {
     let stats = Arc::new(RunStats::default());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let feeder = tokio::spawn(feed(
-        producer.clone(),
-        src.topic.clone(),
-        payloads.clone(),
-        events,
-        {
-            let stats = stats.clone();
-            Arc::new(move || stats.received.load(Ordering::Relaxed))
-        },
+    let read = stats.clone();
+    let feeder = feed.start(
+        &src.topic,
+        Arc::new(move || read.received.load(Ordering::Relaxed)),
         shutdown.clone(),
-    ));
-    // Timed from the first event read, as the decode ceiling is: joining the
-    // consumer group (seconds on the embedded broker) is start-up, not throughput.
+    );
     let started = Instant::now();
     let first = {
         let stats = stats.clone();
@@ -319,54 +381,57 @@ pub async fn bench(
         })
     };
     let clocks = stages.detector_clocks();
-    runtime::run(
-        stages,
-        RunOptions {
-            max_events: Some(events),
-            group_id: Some("driftwatch-bench".into()),
-            ..Default::default()
-        },
-        shutdown.clone(),
-        stats.clone(),
-        None,
-    )
-    .await?;
+    let opts = RunOptions {
+        max_events: Some(feed.events),
+        group_id: Some("driftwatch-bench".into()),
+        ..Default::default()
+    };
+    runtime::run(stages, opts, shutdown.clone(), stats.clone(), None).await?;
     let first = first.await.map_err(other)?;
     let run_time = first.elapsed();
-    let e2e = events as f64 / run_time.as_secs_f64();
     feeder.await.map_err(other)??;
-    let peak = rss_kib("VmHWM:");
-    let mean = mean_len(&payloads);
+    Ok(EndToEnd {
+        rate: feed.events as f64 / run_time.as_secs_f64(),
+        run_time,
+        startup: first - started,
+        stats,
+        clocks,
+    })
+}
+
+fn print_report(feed: &Feed, decode_rate: f64, model: &ModelCeiling, max: usize, e2e: &EndToEnd) {
+    let (events, mean) = (feed.events, mean_len(&feed.payloads));
     println!("events:                      {events} ({mean} bytes on average, {PARTITIONS} partitions)");
     println!("consume + decode alone:      {decode_rate:>12.0} events/s");
-    println!("ONNX Runtime alone:          {model_rate:>12.0} events/s ({scored} events in batches of {max})");
-    println!("  of which inference only:   {runtime_rate:>12.0} events/s (inputs prepared beforehand)");
+    println!(
+        "ONNX Runtime alone:          {:>12.0} events/s ({} events in batches of {max})",
+        model.rate, model.scored
+    );
+    println!(
+        "  of which inference only:   {:>12.0} events/s (inputs prepared beforehand)",
+        model.inference_rate
+    );
     println!(
         "  input preparation:         {:>12.1} % of inference time (tokenizing, padding)",
-        100.0 * prepare.as_secs_f64() / infer.as_secs_f64()
+        100.0 * model.prepare_share
     );
-    println!("end to end:                  {e2e:>12.0} events/s");
+    println!("end to end:                  {:>12.0} events/s", e2e.rate);
     println!(
         "start-up (group join):       {:>12.2} s, not counted above",
-        (first - started).as_secs_f64()
+        e2e.startup.as_secs_f64()
     );
-    println!("end to end / decode ceiling: {:>12.2}", e2e / decode_rate);
-    println!("end to end / model ceiling:  {:>12.2}", e2e / model_rate);
-    println!("end to end / inference only: {:>12.2}", e2e / runtime_rate);
+    println!("end to end / decode ceiling: {:>12.2}", e2e.rate / decode_rate);
+    println!("end to end / model ceiling:  {:>12.2}", e2e.rate / model.rate);
+    println!("end to end / inference only: {:>12.2}", e2e.rate / model.inference_rate);
     println!("CPU features:                {}", crate::detect::simd::features());
     println!("detectors (in the end-to-end run):");
-    print_detector_costs(&clocks, run_time);
+    print_detector_costs(&e2e.clocks, e2e.run_time);
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let s = &e2e.stats;
     println!(
         "evaluations {}, alerts {}, dead letters {}",
-        stats.evaluations.load(std::sync::atomic::Ordering::Relaxed),
-        stats.alerts.load(std::sync::atomic::Ordering::Relaxed),
-        stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed)
+        count(&s.evaluations),
+        count(&s.alerts),
+        count(&s.dead_lettered)
     );
-    println!(
-        "memory: RSS {} MiB before the pipelines (broker log included), peak {} MiB, pipeline share {} MiB",
-        rss_base / 1024,
-        peak / 1024,
-        peak.saturating_sub(rss_base) / 1024
-    );
-    Ok(())
 }

@@ -50,37 +50,17 @@ impl Stages {
     /// Loads the schema and model and plans every query; any mismatch between
     /// them is reported against the pipeline file.
     pub async fn build(pipeline: Pipeline) -> Result<Self, RuntimeError> {
-        let schema_path = pipeline.resolve(&pipeline.schema);
-        if !schema_path.is_file() {
-            return Err(ConfigError::invalid(
-                &pipeline.path,
-                "schema",
-                format!("schema file {} not found", schema_path.display()),
-            )
-            .into());
-        }
-        let schema = Arc::new(EventSchema::load(&schema_path)?);
-        let format = crate::decode::format(&schema.format).ok_or_else(|| {
-            let known: Vec<&str> = crate::decode::FORMATS.iter().map(|f| f.name()).collect();
-            let m = format!(
-                "unknown format `{}`: known formats are {}",
-                schema.format,
-                known.join(", ")
-            );
-            ConfigError::invalid(&schema_path, "format", m)
-        })?;
+        let (schema, format) = load_schema(&pipeline)?;
         let kinds = crate::detect::kinds::build(&pipeline)?;
-        let cfg_err =
-            |key: String, msg: String| -> RuntimeError { ConfigError::invalid(&pipeline.path, key, msg).into() };
-        let mut current = schema.arrow_schema();
         // Loaded once: the model input and the text descriptors share it.
         let tokenizer = model_tokenizer(&pipeline)?;
+        let mut current = schema.arrow_schema();
         let transform = match &pipeline.transform {
             Some(t) => {
                 let descriptors = crate::transform::text_descriptors::all(tokenizer.clone());
                 let tr = Transform::new(current.clone(), &t.sql, descriptors)
                     .await
-                    .map_err(|e| cfg_err("transform.sql".into(), e.to_string()))?;
+                    .map_err(|e| cfg_err(&pipeline, "transform.sql", e.to_string()))?;
                 current = tr.output_schema();
                 Some(tr)
             }
@@ -88,115 +68,14 @@ impl Stages {
         };
         let model = match &pipeline.model {
             Some(m) => {
-                let input = crate::model::input::build(m, &schema, &current, tokenizer)
-                    .map_err(|e| cfg_err(e.key, e.message))?;
-                let path = pipeline.resolve(&m.path);
-                let head = m.head.as_ref().map(|h| pipeline.resolve(&h.path));
-                // Problems of the model file itself are problems of this pipeline's `model` section.
-                let model = Model::load(m, &path, input, head.as_deref()).map_err(|e| match e {
-                    ModelError::File { path: ref p, .. } | ModelError::Invalid { path: ref p, .. } => {
-                        let key = if Some(p) == head.as_ref() {
-                            "model.head.path"
-                        } else {
-                            "model.path"
-                        };
-                        cfg_err(key.into(), e.to_string())
-                    }
-                    ModelError::Mismatch { .. } => cfg_err("model".into(), e.to_string()),
-                    other => other.into(),
-                })?;
+                let model = load_model(&pipeline, m, &schema, &current, tokenizer)?;
                 current = model.output_schema(&current);
-                let mut model = model;
-                if let Some(sample) = &m.sample {
-                    let id = schema.event_id.as_deref().ok_or_else(|| {
-                        cfg_err(
-                            "model.sample".into(),
-                            "sampling chooses events by a hash of their id: the schema must name its `event_id`".into(),
-                        )
-                    })?;
-                    let sampler = crate::model::sample::Sampler::new(sample.fraction, id)
-                        .map_err(|e| cfg_err("model.sample.fraction".into(), e))?;
-                    model.sample_by(sampler);
-                }
                 Some(model)
             }
             None => None,
         };
-        if let Some(k) = key_column(&pipeline, &schema)
-            && current.field_with_name(&k).is_err()
-        {
-            return Err(cfg_err(
-                "window.key".into(),
-                format!("no column `{k}` (columns: {})", column_names(&current)),
-            ));
-        }
-        let at = |i: usize, key: &str| {
-            if key.is_empty() {
-                format!("detectors[{i}]")
-            } else {
-                format!("detectors[{i}].{key}")
-            }
-        };
-        for (i, d) in kinds.iter().enumerate() {
-            d.check(&current).map_err(|e| cfg_err(at(i, &e.key), e.message))?;
-        }
-        let plan_err = |e: crate::detect::DetectError| {
-            let i = kinds.iter().position(|d| d.name() == e.detector()).unwrap_or(0);
-            cfg_err(at(i, kinds[i].query_key()), e.to_string())
-        };
-        // With a labels topic, each detector runs on the windows its labels need.
-        let group = |only: LabelUse| -> Vec<Arc<dyn Detector>> {
-            let late = pipeline.labels.is_some();
-            kinds
-                .iter()
-                .filter(|d| {
-                    if late {
-                        d.labels() == only
-                    } else {
-                        only == LabelUse::None
-                    }
-                })
-                .cloned()
-                .collect()
-        };
-        let detectors = Detectors::new(&current, &group(LabelUse::None))
-            .await
-            .map_err(plan_err)?;
-        let mut planned = vec![];
-        for only in [LabelUse::Joined, LabelUse::Reference] {
-            let g = group(only);
-            planned.push(match g.is_empty() {
-                true => None,
-                false => Some(Detectors::new(&current, &g).await.map_err(plan_err)?),
-            });
-        }
-        let [labelled, calibrated]: [Option<Detectors>; 2] = planned.try_into().unwrap_or_else(|_| [None, None]);
-        if let Some(l) = &pipeline.labels {
-            let need = |what: &str, v: &Option<String>| {
-                v.clone().ok_or_else(|| {
-                    cfg_err(
-                        "labels".into(),
-                        format!(
-                            "joining labels from `{}` needs the schema to name its `{what}` field",
-                            l.topic
-                        ),
-                    )
-                })
-            };
-            let id = need("event_id", &schema.event_id)?;
-            let label = need("label", &schema.label)?;
-            crate::labels::LabelJoin::new(current.clone(), &id, schema.event_time.as_deref(), &label, 0, 1)
-                .map_err(|e| cfg_err("labels".into(), e))?;
-        }
-        if let Some(ReferenceConfig::File { path }) = pipeline.window.as_ref().map(|w| &w.reference) {
-            let p = pipeline.resolve(path);
-            if !p.is_file() {
-                return Err(cfg_err(
-                    "window.reference.path".into(),
-                    format!("file {} not found", p.display()),
-                ));
-            }
-        }
+        check_columns(&pipeline, &schema, &current)?;
+        let (detectors, [labelled, calibrated]) = plan_detectors(&pipeline, &kinds, &current).await?;
         Ok(Self {
             schema,
             format,
@@ -448,4 +327,147 @@ pub fn key_column(p: &Pipeline, s: &EventSchema) -> Option<String> {
 pub async fn validate(path: &Path) -> Result<Stages, RuntimeError> {
     let p = Pipeline::load(path)?;
     Stages::build(p).await
+}
+
+/// A problem with the pipeline's `key`, at its place in the pipeline file.
+fn cfg_err(pipeline: &Pipeline, key: impl Into<String>, msg: impl Into<String>) -> RuntimeError {
+    ConfigError::invalid(&pipeline.path, key, msg).into()
+}
+
+/// The pipeline's schema file and the format of its events.
+fn load_schema(pipeline: &Pipeline) -> Result<(Arc<EventSchema>, &'static dyn crate::decode::Format), RuntimeError> {
+    let schema_path = pipeline.resolve(&pipeline.schema);
+    if !schema_path.is_file() {
+        let m = format!("schema file {} not found", schema_path.display());
+        return Err(cfg_err(pipeline, "schema", m));
+    }
+    let schema = Arc::new(EventSchema::load(&schema_path)?);
+    let format = crate::decode::format(&schema.format).ok_or_else(|| {
+        let known: Vec<&str> = crate::decode::FORMATS.iter().map(|f| f.name()).collect();
+        let m = format!(
+            "unknown format `{}`: known formats are {}",
+            schema.format,
+            known.join(", ")
+        );
+        ConfigError::invalid(&schema_path, "format", m)
+    })?;
+    Ok((schema, format))
+}
+
+/// The model of the pipeline's `model` section over columns `current`;
+/// problems of the model file itself are problems of that section.
+fn load_model(
+    pipeline: &Pipeline,
+    m: &crate::config::ModelConfig,
+    schema: &EventSchema,
+    current: &SchemaRef,
+    tokenizer: Option<Arc<TextTokenizer>>,
+) -> Result<Model, RuntimeError> {
+    let input =
+        crate::model::input::build(m, schema, current, tokenizer).map_err(|e| cfg_err(pipeline, e.key, e.message))?;
+    let path = pipeline.resolve(&m.path);
+    let head = m.head.as_ref().map(|h| pipeline.resolve(&h.path));
+    let mut model = Model::load(m, &path, input, head.as_deref()).map_err(|e| match e {
+        ModelError::File { path: ref p, .. } | ModelError::Invalid { path: ref p, .. } => {
+            let key = if Some(p) == head.as_ref() {
+                "model.head.path"
+            } else {
+                "model.path"
+            };
+            cfg_err(pipeline, key, e.to_string())
+        }
+        ModelError::Mismatch { .. } => cfg_err(pipeline, "model", e.to_string()),
+        other => other.into(),
+    })?;
+    if let Some(sample) = &m.sample {
+        let id = schema.event_id.as_deref().ok_or_else(|| {
+            let m = "sampling chooses events by a hash of their id: the schema must name its `event_id`";
+            cfg_err(pipeline, "model.sample", m)
+        })?;
+        let sampler = crate::model::sample::Sampler::new(sample.fraction, id)
+            .map_err(|e| cfg_err(pipeline, "model.sample.fraction", e))?;
+        model.sample_by(sampler);
+    }
+    Ok(model)
+}
+
+/// The columns the windows, the label join and a reference file need.
+fn check_columns(pipeline: &Pipeline, schema: &EventSchema, current: &SchemaRef) -> Result<(), RuntimeError> {
+    if let Some(k) = key_column(pipeline, schema)
+        && current.field_with_name(&k).is_err()
+    {
+        let m = format!("no column `{k}` (columns: {})", column_names(current));
+        return Err(cfg_err(pipeline, "window.key", m));
+    }
+    if let Some(l) = &pipeline.labels {
+        let need = |what: &str, v: &Option<String>| {
+            v.clone().ok_or_else(|| {
+                let m = format!(
+                    "joining labels from `{}` needs the schema to name its `{what}` field",
+                    l.topic
+                );
+                cfg_err(pipeline, "labels", m)
+            })
+        };
+        let id = need("event_id", &schema.event_id)?;
+        let label = need("label", &schema.label)?;
+        crate::labels::LabelJoin::new(current.clone(), &id, schema.event_time.as_deref(), &label, 0, 1)
+            .map_err(|e| cfg_err(pipeline, "labels", e))?;
+    }
+    if let Some(ReferenceConfig::File { path }) = pipeline.window.as_ref().map(|w| &w.reference) {
+        let p = pipeline.resolve(path);
+        if !p.is_file() {
+            return Err(cfg_err(
+                pipeline,
+                "window.reference.path",
+                format!("file {} not found", p.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks each detector against the scored columns and plans its queries,
+/// in three groups: on the event windows, and with a labels topic, on the
+/// windows of joined events (`Joined`) and where their reference labels
+/// are (`Reference`; see [`Stages`]).
+async fn plan_detectors(
+    pipeline: &Pipeline,
+    kinds: &[Arc<dyn Detector>],
+    current: &SchemaRef,
+) -> Result<(Detectors, [Option<Detectors>; 2]), RuntimeError> {
+    let at = |i: usize, key: &str| match key {
+        "" => format!("detectors[{i}]"),
+        key => format!("detectors[{i}].{key}"),
+    };
+    for (i, d) in kinds.iter().enumerate() {
+        d.check(current)
+            .map_err(|e| cfg_err(pipeline, at(i, &e.key), e.message))?;
+    }
+    let plan_err = |e: crate::detect::DetectError| {
+        let i = kinds.iter().position(|d| d.name() == e.detector()).unwrap_or(0);
+        cfg_err(pipeline, at(i, kinds[i].query_key()), e.to_string())
+    };
+    let late = pipeline.labels.is_some();
+    let group = |only: LabelUse| -> Vec<Arc<dyn Detector>> {
+        let runs_here = |d: &&Arc<dyn Detector>| {
+            if late {
+                d.labels() == only
+            } else {
+                only == LabelUse::None
+            }
+        };
+        kinds.iter().filter(runs_here).cloned().collect()
+    };
+    let events = Detectors::new(current, &group(LabelUse::None))
+        .await
+        .map_err(plan_err)?;
+    let mut labelled = [None, None];
+    for (slot, only) in labelled.iter_mut().zip([LabelUse::Joined, LabelUse::Reference]) {
+        let g = group(only);
+        if !g.is_empty() {
+            *slot = Some(Detectors::new(current, &g).await.map_err(plan_err)?);
+        }
+    }
+    Ok((events, labelled))
 }

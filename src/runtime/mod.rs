@@ -298,7 +298,7 @@ impl Processing {
         self.last.clear();
         let out = &self.out;
         let held = Held {
-            consumer: &&out.consumer,
+            consumer: &out.consumer,
             states: &out.states,
             labelled_states: &out.labelled_states,
             labels_reader,
@@ -346,7 +346,7 @@ impl Processing {
     async fn finish(mut self) -> Result<(), RuntimeError> {
         let out = &self.out;
         let states = [&out.states, &out.labelled_states];
-        save_and_commit(&&out.consumer, states, &mut self.engine, &self.hw, &self.last).await?;
+        save_and_commit(&out.consumer, states, &mut self.engine, &self.hw, &self.last).await?;
         let (received, alerts) = (
             out.stats.received.load(Ordering::Relaxed),
             out.stats.alerts.load(Ordering::Relaxed),
