@@ -297,12 +297,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             reference,
             current,
             labels,
-        } => {
-            let stages = runtime::validate(&pipeline).await?;
-            let report = runtime::compare(stages, &reference, &current, labels.as_deref()).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => compare(&pipeline, &reference, &current, labels.as_deref()).await,
         Cmd::Broker { topics, brokers } => broker(&topics, brokers).await,
         Cmd::Demo {
             pipeline,
@@ -327,29 +322,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             start_time,
         } => {
             let l = load_scenario(&scenario, seed, start_time)?;
-            let (t, truth_path) = match (out, brokers, topic) {
-                (Some(out), _, _) => {
-                    // A missing --labels-out or an --out that cannot be written: bad input (exit 2).
-                    let t = driftwatch::scenario::write_jsonl(&l, &out, labels_out.as_deref())
-                        .map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
-                    (t, truth.unwrap_or_else(|| out.with_extension("truth.json")))
-                }
-                (None, Some(brokers), Some(topic)) => {
-                    let t = produce_to(&l, &brokers, &topic).await?;
-                    (t, truth.unwrap_or_else(|| PathBuf::from(format!("{topic}.truth.json"))))
-                }
+            let to = match (out, brokers, topic) {
+                (Some(out), _, _) => ProduceTo::File { out, labels_out },
+                (None, Some(brokers), Some(topic)) => ProduceTo::Topic { brokers, topic },
                 _ => anyhow::bail!("give --brokers and --topic, or --out"),
             };
-            t.write(&truth_path)?;
-            eprintln!(
-                "{} events of scenario `{}` (seed {}) written to {}; ground truth in {}",
-                l.total_events(),
-                l.scenario.name,
-                l.scenario.seed,
-                t.destination,
-                truth_path.display()
-            );
-            Ok(ExitCode::SUCCESS)
+            produce(&l, to, truth).await
         }
         Cmd::Replay {
             pipeline,
@@ -364,6 +342,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             labels,
         } => {
             use driftwatch::replay::{Range, ReplayOptions};
+            // The first given of --input, --offsets, --from/--to.
             let range = match (input, offsets) {
                 (Some(f), _) => Range::File(f),
                 (None, Some(o)) => Range::Offsets(parse_offsets(&o)?),
@@ -384,15 +363,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Model {
             cmd: ModelCmd::Inspect { model, json },
-        } => {
-            let m = driftwatch::model::inspect::inspect(&model).map_err(RuntimeError::from)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&m)?);
-            } else {
-                print!("{m}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => inspect(&model, json),
         Cmd::Bench {
             pipeline,
             pool,
@@ -410,6 +381,57 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `compare`: the report as JSON on stdout.
+async fn compare(pipeline: &Path, reference: &Path, current: &Path, labels: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let stages = runtime::validate(pipeline).await?;
+    let report = runtime::compare(stages, reference, current, labels).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `model inspect`: text, or JSON with `--json`.
+fn inspect(model: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let m = driftwatch::model::inspect::inspect(model).map_err(RuntimeError::from)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        print!("{m}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where `produce` writes a scenario.
+enum ProduceTo {
+    File { out: PathBuf, labels_out: Option<PathBuf> },
+    Topic { brokers: String, topic: String },
+}
+
+/// `produce`: the scenario's events (and labels) written, then its truth file.
+async fn produce(l: &driftwatch::scenario::Loaded, to: ProduceTo, truth: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (t, truth_path) = match to {
+        ProduceTo::File { out, labels_out } => {
+            // A missing --labels-out or an --out that cannot be written: bad input (exit 2).
+            let t = driftwatch::scenario::write_jsonl(l, &out, labels_out.as_deref())
+                .map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
+            (t, truth.unwrap_or_else(|| out.with_extension("truth.json")))
+        }
+        ProduceTo::Topic { brokers, topic } => {
+            let t = produce_to(l, &brokers, &topic).await?;
+            (t, truth.unwrap_or_else(|| PathBuf::from(format!("{topic}.truth.json"))))
+        }
+    };
+    t.write(&truth_path)?;
+    eprintln!(
+        "{} events of scenario `{}` (seed {}) written to {}; ground truth in {}",
+        l.total_events(),
+        l.scenario.name,
+        l.scenario.seed,
+        t.destination,
+        truth_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `run`: the metrics endpoint and status line beside the pipeline, until a signal.

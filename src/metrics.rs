@@ -202,34 +202,55 @@ fn label(v: &str) -> String {
 
 /// The metrics in Prometheus text format.
 pub fn render(s: &RunStats) -> String {
-    let mut o = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    let mut w = Prometheus::default();
+    events_metrics(&mut w, s);
+    detector_metrics(&mut w, s);
+    consumer_metrics(&mut w, s);
+    label_metrics(&mut w, s);
+    w.0
+}
+
+/// Prometheus text being written.
+#[derive(Default)]
+struct Prometheus(String);
+
+impl Prometheus {
+    /// One metric: its help and type lines, then its samples (labels, value).
+    fn metric(&mut self, name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in samples {
-            let _ = writeln!(o, "{name}{labels} {v}");
+            let _ = writeln!(self.0, "{name}{labels} {v}");
         }
-    };
-    let c = |a: &std::sync::atomic::AtomicU64| vec![(String::new(), a.load(Ordering::Relaxed) as f64)];
-    metric(
+    }
+}
+
+/// A counter without labels.
+fn count(a: &std::sync::atomic::AtomicU64) -> Vec<(String, f64)> {
+    vec![(String::new(), a.load(Ordering::Relaxed) as f64)]
+}
+
+/// Events read, decoded, dead-lettered, processed; the model stage.
+fn events_metrics(w: &mut Prometheus, s: &RunStats) {
+    w.metric(
         "driftwatch_events_received_total",
         "counter",
         "Events read from the source topic.",
-        c(&s.received),
+        count(&s.received),
     );
-    metric(
+    w.metric(
         "driftwatch_events_decoded_total",
         "counter",
         "Events decoded into Arrow.",
-        c(&s.decoded),
+        count(&s.decoded),
     );
-    metric(
+    w.metric(
         "driftwatch_events_processed_total",
         "counter",
         "Events scored and added to windows.",
-        c(&s.processed),
+        count(&s.processed),
     );
     let reasons = s.dead_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    metric(
+    w.metric(
         "driftwatch_events_dead_lettered_total",
         "counter",
         "Records sent to the dead-letter topic, by reason.",
@@ -238,44 +259,48 @@ pub fn render(s: &RunStats) -> String {
             .map(|(r, n)| (format!("{{reason=\"{}\"}}", label(r)), *n as f64))
             .collect(),
     );
-    metric(
+    w.metric(
         "driftwatch_events_discarded_total",
         "counter",
         "Events read before a rebalance and discarded; they are read again from the committed offsets.",
-        c(&s.discarded),
+        count(&s.discarded),
     );
-    metric(
+    w.metric(
         "driftwatch_batches_total",
         "counter",
         "Micro-batches processed.",
-        c(&s.batches),
+        count(&s.batches),
     );
-    metric(
+    w.metric(
         "driftwatch_model_inference_seconds_total",
         "counter",
         "Time spent in the model stage.",
         vec![(String::new(), s.model_nanos.load(Ordering::Relaxed) as f64 / 1e9)],
     );
-    metric(
+    w.metric(
         "driftwatch_model_scored_events_total",
         "counter",
         "Events the model scored (with model.sample, the sampled share of driftwatch_events_processed_total).",
-        c(&s.model_scored),
+        count(&s.model_scored),
     );
+}
+
+/// Evaluations, alerts and last p-values per detector.
+fn detector_metrics(w: &mut Prometheus, s: &RunStats) {
     let dets = s.detectors.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let per = |f: &dyn Fn(&DetectorMetrics) -> u64| {
         dets.iter()
             .map(|(d, m)| (format!("{{detector=\"{}\"}}", label(d)), f(m) as f64))
             .collect()
     };
-    metric(
+    w.metric(
         "driftwatch_evaluations_total",
         "counter",
         "Detector evaluations.",
         per(&|m| m.evaluations),
     );
-    metric("driftwatch_alerts_total", "counter", "Alerts sent.", per(&|m| m.alerts));
-    metric(
+    w.metric("driftwatch_alerts_total", "counter", "Alerts sent.", per(&|m| m.alerts));
+    w.metric(
         "driftwatch_last_p_value",
         "gauge",
         "p-value of the last evaluation (statistic for distance detectors), per detector and key.",
@@ -287,56 +312,64 @@ pub fn render(s: &RunStats) -> String {
             })
             .collect(),
     );
+}
+
+/// Lags, stalls and the windows held.
+fn consumer_metrics(w: &mut Prometheus, s: &RunStats) {
     let lag = s.lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let per_partition = |f: fn(&crate::source::kafka::PartitionLag) -> i64| {
         lag.iter()
             .map(|(p, l)| (format!("{{partition=\"{p}\"}}"), f(l) as f64))
             .collect()
     };
-    metric(
+    w.metric(
         "driftwatch_consumer_read_lag_messages",
         "gauge",
         "Messages waiting to be read: end of the partition minus the position. 0 once everything is read.",
         per_partition(|l| l.read),
     );
-    metric(
+    w.metric(
         "driftwatch_consumer_commit_hold_messages",
         "gauge",
         "Messages read but not committed because open windows still need them (position minus committed offset).",
         per_partition(|l| l.commit_hold),
     );
-    metric(
+    w.metric(
         "driftwatch_consumer_lag_messages",
         "gauge",
         "End of the partition minus the committed offset (Kafka's consumer-group lag): read lag plus commit hold.",
         per_partition(|l| l.committed),
     );
-    metric(
+    w.metric(
         "driftwatch_consumer_stalled",
         "gauge",
         "1 while events wait to be read but none was read for the stall time (run --stall-after); /health is 503 meanwhile.",
         vec![(String::new(), f64::from(u8::from(s.stalled.load(Ordering::Relaxed))))],
     );
-    metric(
+    w.metric(
         "driftwatch_consumer_stalls_total",
         "counter",
         "Times the consumer stalled.",
-        c(&s.stalls),
+        count(&s.stalls),
     );
-    metric(
+    w.metric(
         "driftwatch_window_keys",
         "gauge",
         "Keys with windows.",
-        c(&s.window_keys),
+        count(&s.window_keys),
     );
-    metric(
+    w.metric(
         "driftwatch_window_events",
         "gauge",
         "Events held in reference and current windows, all keys.",
-        c(&s.window_events),
+        count(&s.window_events),
     );
+}
+
+/// The late-label join.
+fn label_metrics(w: &mut Prometheus, s: &RunStats) {
     let j = s.labels.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    metric(
+    w.metric(
         "driftwatch_labels_total",
         "counter",
         "Late labels by outcome.",
@@ -351,7 +384,7 @@ pub fn render(s: &RunStats) -> String {
         .map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), *v as f64))
         .collect(),
     );
-    metric(
+    w.metric(
         "driftwatch_labels_waiting",
         "gauge",
         "Entries in the label join buffers: events waiting for a label, labels waiting for their event, joined events held until the earlier events of their partition are decided.",
@@ -361,7 +394,6 @@ pub fn render(s: &RunStats) -> String {
             ("{buffer=\"held\"}".into(), j.held as f64),
         ],
     );
-    o
 }
 
 #[cfg(test)]

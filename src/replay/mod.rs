@@ -159,19 +159,14 @@ pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, Runt
     let p = stages.pipeline.clone();
     std::fs::create_dir_all(&opts.out).map_err(|e| other(format!("{}: {e}", opts.out.display())))?;
     let records = open(&stages, &opts.range)?;
-    let (total, source) = (records.total(), records.describe());
     let labels = open_labels(&stages, &opts)?;
     let truth = match &opts.truth {
         Some(t) => Some(crate::scenario::Truth::load(t).map_err(other)?),
         None => None,
     };
-    let publisher = if opts.publish {
-        let src = p.kafka_source("--publish")?;
-        let brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
-        let props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
-        Some(crate::source::kafka::producer(&brokers, &props).map_err(other)?)
-    } else {
-        None
+    let publisher = match opts.publish {
+        true => Some(alerts_producer(&p)?),
+        false => None,
     };
     let mut engine = Engine::new(stages).await?;
     if labels.is_none() && engine.labelled.is_some() {
@@ -179,12 +174,61 @@ pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, Runt
             "no labels to replay (give --labels FILE with --input): detectors on late labels (error_rate, label_shift) are not evaluated"
         );
     }
-    let mut labels = labels.map(LabelsFeed::new);
     let mut sink = Files::create(&opts.out, publisher, &p.output.alerts_topic, &p.name)?;
-    sink.summary.source = source;
-    let mut decoder = engine.stages.decoder();
+    sink.summary.source = records.describe();
     let batch_size = opts.batch.unwrap_or(p.batch.max_events.get()).max(1);
-    let mut progress = Progress::new(total);
+    let mut labels = labels.map(LabelsFeed::new);
+    stream(&mut engine, records, labels.as_mut(), batch_size, &mut sink).await?;
+    if let Some(feed) = labels.as_mut() {
+        let evaluated = feed.rest(&mut engine, &mut sink).await?;
+        sink.evaluated(evaluated)?;
+        let join = engine
+            .labelled
+            .as_ref()
+            .map(|l| l.join.stats.clone())
+            .unwrap_or_default();
+        let rejected = sink.labels_rejected;
+        sink.summary.labels = Some(LabelsSummary { rejected, join });
+    }
+    sink.write_before(u64::MAX)?;
+    let (mut summary, all) = sink.finish().await?;
+    let truth = truth.map(|t| truth::keyed_as(t, &all));
+    if let (Some(t), Some(w)) = (&truth, &p.window) {
+        let scores = truth::score(t, &all, truth::WindowShape::of(w)).map_err(|e| {
+            let path = opts.truth.as_deref().unwrap_or(Path::new("--truth"));
+            RuntimeError::File(crate::source::file::FileError::new(path, e))
+        })?;
+        summary.truth = Some(scores);
+        summary.phases = accuracy::by_phase(t, &all);
+    }
+    let estimates = accuracy::rows(&all);
+    summary.accuracy = accuracy::summarize(&estimates);
+    let json = serde_json::to_string_pretty(&summary).map_err(other)? + "\n";
+    std::fs::write(opts.out.join("summary.json"), json).map_err(other)?;
+    let html = report::render(&summary, &all, truth.as_ref(), &estimates);
+    std::fs::write(opts.out.join("report.html"), html).map_err(other)?;
+    Ok(summary)
+}
+
+/// A producer for `--publish`, on the pipeline's output brokers.
+fn alerts_producer(p: &crate::config::Pipeline) -> Result<rdkafka::producer::FutureProducer, RuntimeError> {
+    let src = p.kafka_source("--publish")?;
+    let brokers = p.output.brokers.clone().unwrap_or_else(|| src.brokers.clone());
+    let props = p.output.properties.clone().unwrap_or_else(|| src.properties.clone());
+    crate::source::kafka::producer(&brokers, &props).map_err(other)
+}
+
+/// The events in batches of `batch_size` through the engine, labels fed in
+/// step; evaluations written as soon as no earlier one can come.
+async fn stream(
+    engine: &mut Engine,
+    records: Records,
+    mut labels: Option<&mut LabelsFeed>,
+    batch_size: usize,
+    sink: &mut Files,
+) -> Result<(), RuntimeError> {
+    let mut decoder = engine.stages.decoder();
+    let mut progress = Progress::new(records.total());
     let mut records = records.peekable();
     while records.peek().is_some() || !decoder.is_empty() {
         while decoder.len() < batch_size {
@@ -204,8 +248,8 @@ pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, Runt
             continue;
         };
         sink.evaluated(engine.push_events(batch).await?)?;
-        if let Some(feed) = labels.as_mut() {
-            let evaluated = feed.up_to_events(&mut engine, &mut sink).await?;
+        if let Some(feed) = labels.as_deref_mut() {
+            let evaluated = feed.up_to_events(engine, sink).await?;
             sink.evaluated(evaluated)?;
         }
         let held = engine
@@ -217,48 +261,7 @@ pub async fn replay(stages: Stages, opts: ReplayOptions) -> Result<Summary, Runt
         sink.order.forget_before(&held);
     }
     progress.done(sink.summary.events);
-    if let Some(feed) = labels.as_mut() {
-        let evaluated = feed.rest(&mut engine, &mut sink).await?;
-        sink.evaluated(evaluated)?;
-        sink.summary.labels = Some(LabelsSummary {
-            rejected: sink.labels_rejected,
-            join: engine
-                .labelled
-                .as_ref()
-                .map(|l| l.join.stats.clone())
-                .unwrap_or_default(),
-        });
-    }
-    sink.write_before(u64::MAX)?;
-    let (mut summary, all) = sink.finish().await?;
-    let truth = truth.map(|t| truth::keyed_as(t, &all));
-    if let (Some(t), Some(w)) = (&truth, &p.window) {
-        let size = w.current.size.get() as i64;
-        let shape = truth::WindowShape {
-            reference: match &w.reference {
-                crate::config::ReferenceConfig::First { size } => size.get() as i64,
-                crate::config::ReferenceConfig::File { .. } => 0,
-            },
-            size,
-            slide: w.current.slide.map_or(size, |s| s.get() as i64),
-        };
-        let scores = truth::score(t, &all, shape).map_err(|e| {
-            let path = opts.truth.as_deref().unwrap_or(Path::new("--truth"));
-            RuntimeError::File(crate::source::file::FileError::new(path, e))
-        })?;
-        summary.truth = Some(scores);
-        summary.phases = accuracy::by_phase(t, &all);
-    }
-    let estimates = accuracy::rows(&all);
-    summary.accuracy = accuracy::summarize(&estimates);
-    std::fs::write(
-        opts.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary).map_err(other)? + "\n",
-    )
-    .map_err(other)?;
-    let html = report::render(&summary, &all, truth.as_ref(), &estimates);
-    std::fs::write(opts.out.join("report.html"), html).map_err(other)?;
-    Ok(summary)
+    Ok(())
 }
 
 /// Where each record read stands in the canonical order (its sequence

@@ -76,6 +76,19 @@ pub struct WindowShape {
 }
 
 impl WindowShape {
+    /// The shape of a pipeline's count windows (a file reference has no size here).
+    pub fn of(w: &crate::config::WindowConfig) -> Self {
+        let size = w.current.size.get() as i64;
+        Self {
+            reference: match &w.reference {
+                crate::config::ReferenceConfig::First { size } => size.get() as i64,
+                crate::config::ReferenceConfig::File { .. } => 0,
+            },
+            size,
+            slide: w.current.slide.map_or(size, |s| s.get() as i64),
+        }
+    }
+
     /// The key's events read when evaluation `n` (1-based) happened.
     fn events_at(&self, n: u64) -> i64 {
         self.reference + self.size + (n as i64 - 1) * self.slide

@@ -151,17 +151,17 @@ pub async fn run(
         Some(l) => Some(LabelsReader::spawn(l, src, &group, &tx, &shutdown, &events_done)?),
         None => None,
     };
-    let reader = tokio::spawn(read_loop(
-        consumer.clone(),
-        engine.stages.decoder(),
-        producer.clone(),
-        p.clone(),
-        src.topic.clone(),
+    let reader = EventsReader {
+        consumer: consumer.clone(),
+        decoder: engine.stages.decoder(),
+        producer: producer.clone(),
+        p: p.clone(),
         tx,
-        shutdown.clone(),
-        stats.clone(),
-        opts.max_events,
-    ));
+        shutdown: shutdown.clone(),
+        stats: stats.clone(),
+        max_events: opts.max_events,
+    };
+    let reader = tokio::spawn(reader.read());
     // The labels task stops once the events reader has (and labels went quiet).
     let reader = tokio::spawn(async move {
         let r = reader.await;

@@ -7,59 +7,92 @@ use std::time::Duration;
 
 use super::*;
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn read_loop(
-    consumer: Arc<KafkaConsumer>,
-    mut decoder: crate::decode::Decoder,
-    producer: FutureProducer,
-    p: Pipeline,
-    topic: String,
-    tx: mpsc::Sender<Msg>,
-    shutdown: Arc<AtomicBool>,
-    stats: Arc<RunStats>,
-    max_events: Option<u64>,
-) -> Result<(), RuntimeError> {
-    let linger = Duration::from_millis(p.batch.linger_ms);
-    let max = p.batch.max_events.get();
-    let mut first = BTreeMap::new();
-    let mut last = BTreeMap::new();
-    let mut pending = vec![];
-    let mut deadline: Option<tokio::time::Instant> = None;
-    let mut read = 0u64;
-    let mut generation = consumer.generation();
-    let mut checked = tokio::time::Instant::now() - Duration::from_secs(60);
-    loop {
-        if checked.elapsed() > Duration::from_secs(2) {
-            checked = tokio::time::Instant::now();
-            if !stats.ready.load(Ordering::Relaxed) && consumer.assigned() {
-                stats.ready.store(true, Ordering::Relaxed);
+/// The events reader's task: what it reads with, where it sends, and the
+/// batch being gathered.
+pub(super) struct EventsReader {
+    pub(super) consumer: Arc<KafkaConsumer>,
+    pub(super) decoder: crate::decode::Decoder,
+    pub(super) producer: FutureProducer,
+    pub(super) p: Pipeline,
+    pub(super) tx: mpsc::Sender<Msg>,
+    pub(super) shutdown: Arc<AtomicBool>,
+    pub(super) stats: Arc<RunStats>,
+    /// Stop after this many events (demos, tests).
+    pub(super) max_events: Option<u64>,
+}
+
+/// The batch being gathered: first and last offset read per partition
+/// (decoded or not), the dead letters to await, when it is due.
+#[derive(Default)]
+struct Gathering {
+    first: BTreeMap<i32, i64>,
+    last: BTreeMap<i32, i64>,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl EventsReader {
+    /// Reads until shutdown, `max_events`, or processing stops; a batch goes
+    /// to processing when full, when its linger time is up, and at the end.
+    pub(super) async fn read(mut self) -> Result<(), RuntimeError> {
+        let max = self.p.batch.max_events.get();
+        let mut batch = Gathering::default();
+        let mut read = 0u64;
+        let mut generation = self.consumer.generation();
+        let mut checked = tokio::time::Instant::now() - Duration::from_secs(60);
+        loop {
+            if checked.elapsed() > Duration::from_secs(2) {
+                checked = tokio::time::Instant::now();
+                if !self.stats.ready.load(Ordering::Relaxed) && self.consumer.assigned() {
+                    self.stats.ready.store(true, Ordering::Relaxed);
+                }
             }
-        }
-        let stop = shutdown.load(Ordering::SeqCst) || max_events.is_some_and(|m| read >= m);
-        let flush_now = stop || decoder.len() >= max || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-        if flush_now {
-            // Rebalance problems are reported by the consumer context; say them here.
-            for e in consumer.take_errors() {
-                tracing::error!(error = %e, "consumer group");
-            }
-        }
-        if flush_now && (!decoder.is_empty() || !pending.is_empty() || !last.is_empty()) {
-            let batch = decoder.flush()?;
-            let work = Work {
-                generation,
-                batch,
-                first: std::mem::take(&mut first),
-                last: std::mem::take(&mut last),
-                pending: std::mem::take(&mut pending),
-            };
-            if tx.send(Msg::Events(work)).await.is_err() {
+            let stop = self.shutdown.load(Ordering::SeqCst) || self.max_events.is_some_and(|m| read >= m);
+            let due = batch.deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if (stop || self.decoder.len() >= max || due) && !self.send(&mut batch, generation).await? {
                 return Ok(()); // processing stopped
             }
-            deadline = None;
+            if stop {
+                return Ok(());
+            }
+            let rec = self.receive(read, batch.deadline).await;
+            let now = self.consumer.generation();
+            if now != generation {
+                generation = now;
+                if !self.rebalanced(&mut batch, generation).await? {
+                    return Ok(());
+                }
+            }
+            let Some(rec) = rec else { continue };
+            read += 1;
+            self.take(&rec, &mut batch)?;
         }
-        if stop {
-            return Ok(());
+    }
+
+    /// Sends the gathered batch, if there is anything to account for;
+    /// false when processing has stopped.
+    async fn send(&mut self, batch: &mut Gathering, generation: u64) -> Result<bool, RuntimeError> {
+        // Rebalance problems are reported by the consumer context; say them here.
+        for e in self.consumer.take_errors() {
+            tracing::error!(error = %e, "consumer group");
         }
+        if self.decoder.is_empty() && batch.pending.is_empty() && batch.last.is_empty() {
+            return Ok(true);
+        }
+        let taken = std::mem::take(batch);
+        let work = Work {
+            generation,
+            batch: self.decoder.flush()?,
+            first: taken.first,
+            last: taken.last,
+            pending: taken.pending,
+        };
+        Ok(self.tx.send(Msg::Events(work)).await.is_ok())
+    }
+
+    /// The next record, or None when the linger time is up (or for a
+    /// periodic shutdown check, or after an error: librdkafka reconnects).
+    async fn receive(&self, read: u64, deadline: Option<tokio::time::Instant>) -> Option<crate::source::RawRecord> {
         // A message already fetched needs no timer: take it at once (most
         // are, under load), yielding now and then so the worker's other
         // tasks run. Only an empty queue waits, up to the linger deadline.
@@ -67,7 +100,7 @@ pub(super) async fn read_loop(
             tokio::task::yield_now().await;
             None
         } else {
-            futures::FutureExt::now_or_never(consumer.recv())
+            futures::FutureExt::now_or_never(self.consumer.recv())
         };
         let got = match ready {
             Some(r) => Ok(r),
@@ -75,11 +108,11 @@ pub(super) async fn read_loop(
                 let wait = deadline
                     .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
                     .unwrap_or(Duration::from_millis(200));
-                tokio::time::timeout(wait, consumer.recv()).await
+                tokio::time::timeout(wait, self.consumer.recv()).await
             }
         };
-        let rec = match got {
-            Err(_) => None, // linger elapsed or periodic shutdown check
+        match got {
+            Err(_) => None,
             Ok(Err(e)) => {
                 // Broker outages surface here; librdkafka reconnects by itself.
                 tracing::warn!(error = %e, "kafka consumer error; retrying");
@@ -87,44 +120,45 @@ pub(super) async fn read_loop(
                 None
             }
             Ok(Ok(r)) => Some(r),
+        }
+    }
+
+    /// A rebalance ran inside `recv`: what was read before it is read again
+    /// from the committed offsets, by this or another instance. Processing
+    /// learns of it at once, even if no record follows: its windows and the
+    /// labels reader follow the new assignment. False when it has stopped.
+    async fn rebalanced(&mut self, batch: &mut Gathering, generation: u64) -> Result<bool, RuntimeError> {
+        let _ = self.decoder.flush()?;
+        let notice = Work {
+            generation,
+            batch: None,
+            first: BTreeMap::new(),
+            last: BTreeMap::new(),
+            pending: std::mem::take(&mut batch.pending),
         };
-        let now = consumer.generation();
-        if now != generation {
-            // A rebalance ran inside `recv`: what was read before it is read
-            // again from the committed offsets, by this or another instance.
-            generation = now;
-            let _ = decoder.flush()?;
-            first.clear();
-            last.clear();
-            deadline = None;
-            // Processing learns of it at once, even if no record follows:
-            // its windows and the labels reader follow the new assignment.
-            let notice = Work {
-                generation,
-                batch: None,
-                first: BTreeMap::new(),
-                last: BTreeMap::new(),
-                pending: std::mem::take(&mut pending),
-            };
-            if tx.send(Msg::Events(notice)).await.is_err() {
-                return Ok(());
-            }
-        }
-        let Some(rec) = rec else { continue };
-        read += 1;
-        stats.received.fetch_add(1, Ordering::Relaxed);
+        *batch = Gathering::default();
+        Ok(self.tx.send(Msg::Events(notice)).await.is_ok())
+    }
+
+    /// A record into the batch: decoded, or dead-lettered with its reason.
+    fn take(&mut self, rec: &crate::source::RawRecord, batch: &mut Gathering) -> Result<(), RuntimeError> {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
         // Reading means assigned.
-        stats.ready.store(true, Ordering::Relaxed);
-        if deadline.is_none() {
-            deadline = Some(tokio::time::Instant::now() + linger);
+        self.stats.ready.store(true, Ordering::Relaxed);
+        if batch.deadline.is_none() {
+            batch.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(self.p.batch.linger_ms));
         }
-        first.entry(rec.partition).or_insert(rec.offset);
-        last.insert(rec.partition, rec.offset);
-        match decoder.decode(&rec) {
+        batch.first.entry(rec.partition).or_insert(rec.offset);
+        batch.last.insert(rec.partition, rec.offset);
+        match self.decoder.decode(rec) {
             Ok(()) => {
-                stats.decoded.fetch_add(1, Ordering::Relaxed);
+                self.stats.decoded.fetch_add(1, Ordering::Relaxed);
             }
-            Err(rej) => pending.push(dead_letter(&producer, &p, &stats, &topic, &rej)?),
+            Err(rej) => {
+                let f = dead_letter(&self.producer, &self.p, &self.stats, self.consumer.topic(), &rej)?;
+                batch.pending.push(f);
+            }
         }
+        Ok(())
     }
 }
