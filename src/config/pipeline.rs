@@ -374,11 +374,11 @@ pub struct ModelConfig {
     pub path: PathBuf,
     /// What the model is fed: a column name — a float tensor column (a
     /// `type: tensor` field or a derived column), or, with `tokenizer`, a
-    /// text column — or table columns as a scikit-learn model exported by
-    /// skl2onnx takes them: `{type: columns, columns: [a, b, …]}` (one ONNX
-    /// input per column, named like it, `[batch, 1]`) or `{type: matrix,
-    /// columns: [a, b, …]}` (one float32 input `[batch, columns]`). See
-    /// [`ModelInputConfig`].
+    /// text column — or a kind of input with its options, such as table
+    /// columns as a scikit-learn model exported by skl2onnx takes them:
+    /// `{type: columns, columns: [a, b, …]}` (one ONNX input per column,
+    /// named like it, `[batch, 1]`) or `{type: matrix, columns: [a, b, …]}`
+    /// (one float32 input `[batch, columns]`). See [`ModelInputConfig`].
     pub input: ModelInputConfig,
     /// ONNX input name of a tensor or matrix input; default: the model's only input.
     #[serde(default)]
@@ -434,23 +434,19 @@ pub struct SampleConfig {
     pub fraction: f64,
 }
 
-/// `model.input`: a column name, or `{type: columns | matrix, columns: […]}`.
+/// `model.input`: a column name, or a map `{type: KIND, …}` whose kind is
+/// registered in `model::input::KINDS` and whose other keys are that kind's
+/// own options (checked by the kind; `driftwatch` documents them on the
+/// kind's options struct in `src/model/input/`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelInputConfig {
     /// One column: a float tensor column, or (with `model.tokenizer`) a text column.
     Column(String),
-    /// One ONNX input per column, `[batch, 1]`, named like the column, as
-    /// skl2onnx exports a `ColumnTransformer` pipeline: a float32 input is
-    /// fed a numeric column (a missing value as NaN, for the model's imputer),
-    /// an int64 input an integer column, a string input any scalar column as
-    /// text. An event missing a value fed as int64 or string is not scored
-    /// (its outputs are null, and counted), since those types have no
-    /// missing value; make such fields non-nullable in the schema to
-    /// dead-letter those events instead.
-    Columns(Vec<String>),
-    /// Numeric columns assembled into the model's one float32 input
-    /// `[batch, columns]`, in the order listed (a missing value as NaN).
-    Matrix(Vec<String>),
+    /// A registered kind (`type`) and its options as written.
+    Tagged {
+        kind: String,
+        options: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 impl ModelInputConfig {
@@ -463,44 +459,30 @@ impl ModelInputConfig {
     }
 }
 
-/// `model.input` as a map.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TaggedInput {
-    /// `columns` or `matrix`.
-    #[serde(rename = "type")]
-    kind: TableInputKind,
-    /// The columns, in order.
-    columns: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum TableInputKind {
-    Columns,
-    Matrix,
-}
-
 impl<'de> Deserialize<'de> for ModelInputConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = ModelInputConfig;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a column name or {type: columns | matrix, columns: [...]}")
+                f.write_str("a column name or {type: KIND, ...} (e.g. {type: columns, columns: [...]})")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelInputConfig, E> {
                 Ok(ModelInputConfig::Column(v.to_string()))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<ModelInputConfig, A::Error> {
-                let t = TaggedInput::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
-                if t.columns.is_empty() {
-                    return Err(serde::de::Error::custom("`columns` needs at least one column"));
-                }
-                Ok(match t.kind {
-                    TableInputKind::Columns => ModelInputConfig::Columns(t.columns),
-                    TableInputKind::Matrix => ModelInputConfig::Matrix(t.columns),
-                })
+                let mut options = serde_json::Map::<String, serde_json::Value>::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(m),
+                )?;
+                let kind = match options.remove("type") {
+                    Some(serde_json::Value::String(k)) => k,
+                    _ => {
+                        return Err(serde::de::Error::custom(
+                            "a model input map needs `type`, the input's kind",
+                        ));
+                    }
+                };
+                Ok(ModelInputConfig::Tagged { kind, options })
             }
         }
         d.deserialize_any(V)

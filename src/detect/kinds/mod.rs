@@ -448,6 +448,19 @@ fn is_current() -> String {
 mod tests {
     use super::*;
 
+    /// The README's pipeline section lists the kinds by hand: a kind added
+    /// here without a word there fails this.
+    #[test]
+    fn the_readme_names_every_kind() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let missing: Vec<&str> = KINDS
+            .iter()
+            .map(|k| k.name)
+            .filter(|name| !readme.contains(&format!("`{name}`")))
+            .collect();
+        assert!(missing.is_empty(), "README.md does not name the kinds {missing:?}");
+    }
+
     fn spec(yaml: &str) -> DetectorSpec {
         serde_norway::from_str(yaml).unwrap()
     }

@@ -12,8 +12,48 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, Schema};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType};
 
-use super::{Chunk, InputError, ModelInput};
+use super::{BuildContext, Chunk, InputError, InputKind, ModelInput, Options};
 use crate::schema::column_names;
+
+/// `model.input: {type: columns, columns: [a, b, …]}`: one ONNX input per column.
+pub(super) const COLUMNS: InputKind = InputKind {
+    name: "columns",
+    build: build_columns,
+};
+
+/// `model.input: {type: matrix, columns: [a, b, …]}`: one float32 input `[batch, columns]`.
+pub(super) const MATRIX: InputKind = InputKind {
+    name: "matrix",
+    build: build_matrix,
+};
+
+/// The options of both kinds.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableOptions {
+    /// The columns, in order (at least one).
+    columns: Vec<String>,
+}
+
+fn build_columns(o: &Options, cx: &BuildContext) -> Result<Box<dyn ModelInput>, InputError> {
+    build_table(o, cx, false)
+}
+
+fn build_matrix(o: &Options, cx: &BuildContext) -> Result<Box<dyn ModelInput>, InputError> {
+    build_table(o, cx, true)
+}
+
+fn build_table(o: &Options, cx: &BuildContext, matrix: bool) -> Result<Box<dyn ModelInput>, InputError> {
+    let TableOptions { columns } = super::options(o)?;
+    if columns.is_empty() {
+        return Err(InputError {
+            key: "model.input.columns".into(),
+            message: "`columns` needs at least one column".into(),
+        });
+    }
+    let input = TableColumns::new(&columns, matrix, cx.cfg.input_name.clone(), cx.columns)?;
+    Ok(Box::new(input))
+}
 
 /// See the module doc.
 #[derive(Debug, Clone)]

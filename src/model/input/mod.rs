@@ -75,28 +75,50 @@ pub struct InputError {
     pub message: String,
 }
 
+/// A kind of `model.input` given as a map: its `type` and how it is built
+/// from the map's other keys (its options, which it checks itself).
+pub struct InputKind {
+    pub name: &'static str,
+    pub build: fn(&Options, &BuildContext) -> Result<Box<dyn ModelInput>, InputError>,
+}
+
+/// A tagged input's options as written.
+pub type Options = serde_json::Map<String, serde_json::Value>;
+
+/// The tagged kinds of `model.input`. A new kind (an image decoder, say) is
+/// one file implementing [`ModelInput`] with its `InputKind`, plus its line
+/// here.
+pub const KINDS: &[InputKind] = &[columns::COLUMNS, columns::MATRIX];
+
+/// What building an input sees: the `model` section, the event schema, the
+/// columns the model stage gets (after the transform), and `model.tokenizer`
+/// loaded, which the pipeline shares with the text descriptors.
+pub struct BuildContext<'a> {
+    pub cfg: &'a ModelConfig,
+    pub schema: &'a EventSchema,
+    pub columns: &'a Schema,
+    pub tokenizer: Option<Arc<TextTokenizer>>,
+}
+
+/// Deserializes a kind's `options`; an unknown or wrong key is an error at
+/// `model.input`.
+pub fn options<T: serde::de::DeserializeOwned>(options: &Options) -> Result<T, InputError> {
+    serde_json::from_value(serde_json::Value::Object(options.clone())).map_err(|e| InputError {
+        key: "model.input".into(),
+        message: e.to_string(),
+    })
+}
+
 /// The input a pipeline's `model` section describes, checked against the
-/// columns the model stage will get (`columns`, after the transform).
-/// `tokenizer` is `model.tokenizer` loaded ([`TextTokenizer::load`]), which
-/// the pipeline shares with the text descriptors.
+/// columns the model stage will get (`schema_columns`, after the transform).
+/// A column name is a float tensor, or with `model.tokenizer` a text
+/// column; a map is a registered kind ([`KINDS`]).
 pub fn build(
     cfg: &ModelConfig,
     schema: &EventSchema,
     schema_columns: &Schema,
     tokenizer: Option<Arc<TextTokenizer>>,
 ) -> Result<Box<dyn ModelInput>, InputError> {
-    let table = |columns: &Vec<String>, matrix: bool| match &cfg.tokenizer {
-        Some(_) => Err(InputError {
-            key: "model.tokenizer".into(),
-            message: "a tokenizer reads a text column: set `model.input` to its name".into(),
-        }),
-        None => Ok(Box::new(TableColumns::new(
-            columns,
-            matrix,
-            cfg.input_name.clone(),
-            schema_columns,
-        )?) as Box<dyn ModelInput>),
-    };
     match (&cfg.input, &cfg.tokenizer) {
         (ModelInputConfig::Column(c), Some(t)) => {
             let tokenizer = tokenizer.ok_or_else(|| InputError {
@@ -106,7 +128,25 @@ pub fn build(
             Ok(Box::new(TextTokens::new(c, t, schema_columns, tokenizer)?))
         }
         (ModelInputConfig::Column(c), None) => Ok(Box::new(FloatTensor::new(cfg, c, schema, schema_columns)?)),
-        (ModelInputConfig::Columns(c), _) => table(c, false),
-        (ModelInputConfig::Matrix(c), _) => table(c, true),
+        (ModelInputConfig::Tagged { .. }, Some(_)) => Err(InputError {
+            key: "model.tokenizer".into(),
+            message: "a tokenizer reads a text column: set `model.input` to its name".into(),
+        }),
+        (ModelInputConfig::Tagged { kind, options }, None) => {
+            let Some(k) = KINDS.iter().find(|k| k.name == kind) else {
+                let known: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+                return Err(InputError {
+                    key: "model.input.type".into(),
+                    message: format!("unknown input kind `{kind}`: known kinds are {}", known.join(", ")),
+                });
+            };
+            let cx = BuildContext {
+                cfg,
+                schema,
+                columns: schema_columns,
+                tokenizer,
+            };
+            (k.build)(options, &cx)
+        }
     }
 }
