@@ -27,158 +27,182 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a pipeline against Kafka until interrupted (SIGINT/SIGTERM).
-    Run {
-        pipeline: PathBuf,
-        /// Consumer group id (default: the pipeline's, or driftwatch-<name>).
-        #[arg(long)]
-        group_id: Option<String>,
-        /// Stop cleanly after reading this many events.
-        #[arg(long)]
-        max_events: Option<u64>,
-        /// Serve Prometheus metrics (/metrics) and readiness (/health) here; `off` to disable.
-        #[arg(long, default_value = "127.0.0.1:9464")]
-        metrics: String,
-        /// Log a status line (events read and scored, evaluations, alerts,
-        /// dead letters, the late-label join's waiting counts) every this
-        /// many seconds; 0 turns it off. A run that reads but makes no
-        /// evaluations shows here, without a metrics scraper.
-        #[arg(long, default_value_t = 60)]
-        status_every: u64,
-        /// Seconds without reading anything, while events wait to be read,
-        /// after which the run counts as stalled: /health answers 503, the
-        /// status line and `driftwatch_consumer_stalled` say so; 0 never.
-        #[arg(long, default_value_t = 120)]
-        stall_after: u64,
-    },
+    Run(RunArgs),
     /// Check pipelines: config, schema, model, SQL. Non-zero exit on any error.
-    Validate {
-        #[arg(required = true)]
-        pipelines: Vec<PathBuf>,
-    },
+    Validate(ValidateArgs),
     /// List the detector kinds, what each tests and the options it takes.
     Kinds,
     /// Run a pipeline's detectors once: reference file vs current file (JSONL or Parquet); prints JSON.
-    Compare {
-        pipeline: PathBuf,
-        #[arg(long)]
-        reference: PathBuf,
-        #[arg(long)]
-        current: PathBuf,
-        /// JSONL of label records (`{"event_id": …, "label": …}`) labelling
-        /// the events of both files, for error_rate and label_shift.
-        #[arg(long)]
-        labels: Option<PathBuf>,
-    },
+    Compare(CompareArgs),
     /// Start the embedded Kafka-protocol broker; prints its bootstrap address on the first line.
-    Broker {
-        /// Topics to create, as NAME or NAME:PARTITIONS.
-        #[arg(long = "topic")]
-        topics: Vec<String>,
-        /// Number of brokers in the cluster.
-        #[arg(long, default_value_t = 1)]
-        brokers: i32,
-    },
+    Broker(BrokerArgs),
     /// The demo: embedded broker, digit images, a CNN, each kind of drift caught live.
-    Demo {
-        #[arg(long, default_value = "pipelines/digits.yaml")]
-        pipeline: PathBuf,
-        /// The drift scenario streamed through it.
-        #[arg(long, default_value = "pipelines/scenarios/demo.yaml")]
-        scenario: PathBuf,
-        /// Overrides the scenario's seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// The text demo: news paragraphs through MiniLM
-        /// (pipelines/news.yaml, pipelines/scenarios/news.yaml).
-        #[arg(long, conflicts_with_all = ["pipeline", "scenario"])]
-        text: bool,
-    },
+    Demo(DemoArgs),
     /// Write a drift scenario's events to a Kafka topic (--brokers, --topic) or a JSONL file (--out),
     /// and its ground truth (phase boundaries in event time and offsets) to --truth.
-    Produce {
-        scenario: PathBuf,
-        #[arg(long, requires = "topic", conflicts_with = "out")]
-        brokers: Option<String>,
-        #[arg(long, requires = "brokers")]
-        topic: Option<String>,
-        /// JSONL file of events instead of Kafka.
-        #[arg(long, required_unless_present = "brokers")]
-        out: Option<PathBuf>,
-        /// JSONL file for late labels when the scenario sends them separately (with --out).
-        #[arg(long)]
-        labels_out: Option<PathBuf>,
-        /// Ground-truth file (default: TOPIC.truth.json, or the --out file with .truth.json).
-        #[arg(long)]
-        truth: Option<PathBuf>,
-        /// Overrides the scenario's seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Overrides the scenario's start_time (RFC 3339 or `now`; use `now` on a real cluster,
-        /// whose retention deletes old message timestamps).
-        #[arg(long)]
-        start_time: Option<String>,
-    },
+    Produce(ProduceArgs),
     /// Replay a bounded range of the pipeline's topic (or a file) as a backtest: alerts.jsonl,
     /// stats.jsonl, summary.json and report.html in --out. Commits nothing; publishes only with --publish.
-    Replay {
-        pipeline: PathBuf,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// A JSONL or Parquet file instead of the topic.
-        #[arg(long, conflicts_with_all = ["from", "to", "offsets"])]
-        input: Option<PathBuf>,
-        /// Start of the range: RFC 3339 time or epoch ms, resolved per partition.
-        #[arg(long, conflicts_with = "offsets")]
-        from: Option<String>,
-        /// End of the range (exclusive), as --from.
-        #[arg(long, conflicts_with = "offsets")]
-        to: Option<String>,
-        /// Explicit offsets per partition: P:FROM-TO[,P:FROM-TO…], TO exclusive and optional (the end).
-        #[arg(long)]
-        offsets: Option<String>,
-        /// Ground-truth file (as `produce` writes) to score detections, delays and false alarms.
-        #[arg(long)]
-        truth: Option<PathBuf>,
-        /// Also publish the alerts to the pipeline's alert topic.
-        #[arg(long)]
-        publish: bool,
-        /// Events per micro-batch (default: the pipeline's); changes nothing in the results.
-        #[arg(long)]
-        batch: Option<usize>,
-        /// JSONL of late label records (`{"event_id", "label", "ts"}`, as `produce
-        /// --labels-out` writes them) instead of the pipeline's labels topic.
-        #[arg(long)]
-        labels: Option<PathBuf>,
-    },
+    Replay(ReplayArgs),
     /// Model tools.
     Model {
         #[command(subcommand)]
         cmd: ModelCmd,
     },
     /// End-to-end throughput benchmark on the embedded broker.
-    Bench {
-        #[arg(long, default_value = "pipelines/bench.yaml")]
-        pipeline: PathBuf,
-        #[arg(long, default_value = "models/digits_train.jsonl")]
-        pool: PathBuf,
-        /// Events made of the paragraphs of this text corpus (news schema,
-        /// e.g. `--pipeline pipelines/news.yaml --corpus .deps/bbc`)
-        /// instead of digit images from `--pool`.
-        #[arg(long)]
-        corpus: Option<PathBuf>,
-        /// Events made of the census records in this folder (census schema,
-        /// e.g. `--pipeline pipelines/census.yaml --census .deps/census`).
-        #[arg(long, conflicts_with = "corpus")]
-        census: Option<PathBuf>,
-        /// Events to push through.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// Leave out this detector of the pipeline (repeatable), to see what
-        /// it costs, e.g. `--without embedding_mmd`.
-        #[arg(long, value_name = "DETECTOR")]
-        without: Vec<String>,
-    },
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    pipeline: PathBuf,
+    /// Consumer group id (default: the pipeline's, or driftwatch-<name>).
+    #[arg(long)]
+    group_id: Option<String>,
+    /// Stop cleanly after reading this many events.
+    #[arg(long)]
+    max_events: Option<u64>,
+    /// Serve Prometheus metrics (/metrics) and readiness (/health) here; `off` to disable.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics: String,
+    /// Log a status line (events read and scored, evaluations, alerts,
+    /// dead letters, the late-label join's waiting counts) every this
+    /// many seconds; 0 turns it off. A run that reads but makes no
+    /// evaluations shows here, without a metrics scraper.
+    #[arg(long, default_value_t = 60)]
+    status_every: u64,
+    /// Seconds without reading anything, while events wait to be read,
+    /// after which the run counts as stalled: /health answers 503, the
+    /// status line and `driftwatch_consumer_stalled` say so; 0 never.
+    #[arg(long, default_value_t = 120)]
+    stall_after: u64,
+}
+
+#[derive(clap::Args)]
+struct ValidateArgs {
+    #[arg(required = true)]
+    pipelines: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    pipeline: PathBuf,
+    #[arg(long)]
+    reference: PathBuf,
+    #[arg(long)]
+    current: PathBuf,
+    /// JSONL of label records (`{"event_id": …, "label": …}`) labelling
+    /// the events of both files, for error_rate and label_shift.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// Topics to create, as NAME or NAME:PARTITIONS.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// Number of brokers in the cluster.
+    #[arg(long, default_value_t = 1)]
+    brokers: i32,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    #[arg(long, default_value = "pipelines/digits.yaml")]
+    pipeline: PathBuf,
+    /// The drift scenario streamed through it.
+    #[arg(long, default_value = "pipelines/scenarios/demo.yaml")]
+    scenario: PathBuf,
+    /// Overrides the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The text demo: news paragraphs through MiniLM
+    /// (pipelines/news.yaml, pipelines/scenarios/news.yaml).
+    #[arg(long, conflicts_with_all = ["pipeline", "scenario"])]
+    text: bool,
+}
+
+#[derive(clap::Args)]
+struct ProduceArgs {
+    scenario: PathBuf,
+    #[arg(long, requires = "topic", conflicts_with = "out")]
+    brokers: Option<String>,
+    #[arg(long, requires = "brokers")]
+    topic: Option<String>,
+    /// JSONL file of events instead of Kafka.
+    #[arg(long, required_unless_present = "brokers")]
+    out: Option<PathBuf>,
+    /// JSONL file for late labels when the scenario sends them separately (with --out).
+    #[arg(long)]
+    labels_out: Option<PathBuf>,
+    /// Ground-truth file (default: TOPIC.truth.json, or the --out file with .truth.json).
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Overrides the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Overrides the scenario's start_time (RFC 3339 or `now`; use `now` on a real cluster,
+    /// whose retention deletes old message timestamps).
+    #[arg(long)]
+    start_time: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    pipeline: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// A JSONL or Parquet file instead of the topic.
+    #[arg(long, conflicts_with_all = ["from", "to", "offsets"])]
+    input: Option<PathBuf>,
+    /// Start of the range: RFC 3339 time or epoch ms, resolved per partition.
+    #[arg(long, conflicts_with = "offsets")]
+    from: Option<String>,
+    /// End of the range (exclusive), as --from.
+    #[arg(long, conflicts_with = "offsets")]
+    to: Option<String>,
+    /// Explicit offsets per partition: P:FROM-TO[,P:FROM-TO…], TO exclusive and optional (the end).
+    #[arg(long)]
+    offsets: Option<String>,
+    /// Ground-truth file (as `produce` writes) to score detections, delays and false alarms.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Also publish the alerts to the pipeline's alert topic.
+    #[arg(long)]
+    publish: bool,
+    /// Events per micro-batch (default: the pipeline's); changes nothing in the results.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// JSONL of late label records (`{"event_id", "label", "ts"}`, as `produce
+    /// --labels-out` writes them) instead of the pipeline's labels topic.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "pipelines/bench.yaml")]
+    pipeline: PathBuf,
+    #[arg(long, default_value = "models/digits_train.jsonl")]
+    pool: PathBuf,
+    /// Events made of the paragraphs of this text corpus (news schema,
+    /// e.g. `--pipeline pipelines/news.yaml --corpus .deps/bbc`)
+    /// instead of digit images from `--pool`.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Events made of the census records in this folder (census schema,
+    /// e.g. `--pipeline pipelines/census.yaml --census .deps/census`).
+    #[arg(long, conflicts_with = "corpus")]
+    census: Option<PathBuf>,
+    /// Events to push through.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Leave out this detector of the pipeline (repeatable), to see what
+    /// it costs, e.g. `--without embedding_mmd`.
+    #[arg(long, value_name = "DETECTOR")]
+    without: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -272,115 +296,69 @@ fn on_signal(flag: Arc<AtomicBool>) {
 
 async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Run {
-            pipeline,
-            group_id,
-            max_events,
-            metrics,
-            status_every,
-            stall_after,
-        } => {
+        Cmd::Run(a) => {
             let opts = RunOptions {
-                max_events,
-                group_id,
-                stall_after: Some(std::time::Duration::from_secs(stall_after)),
+                max_events: a.max_events,
+                group_id: a.group_id,
+                stall_after: Some(std::time::Duration::from_secs(a.stall_after)),
             };
-            run(&pipeline, opts, &metrics, status_every).await
+            run(&a.pipeline, opts, &a.metrics, a.status_every).await
         }
-        Cmd::Validate { pipelines } => validate(&pipelines).await,
+        Cmd::Validate(a) => validate(&a.pipelines).await,
         Cmd::Kinds => {
             print!("{}", driftwatch::detect::kinds::describe());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Compare {
-            pipeline,
-            reference,
-            current,
-            labels,
-        } => compare(&pipeline, &reference, &current, labels.as_deref()).await,
-        Cmd::Broker { topics, brokers } => broker(&topics, brokers).await,
-        Cmd::Demo {
-            pipeline,
-            scenario,
-            seed,
-            text,
-        } => {
-            let (pipeline, scenario) = match text {
-                true => ("pipelines/news.yaml".into(), "pipelines/scenarios/news.yaml".into()),
-                false => (pipeline, scenario),
-            };
-            demo(pipeline, scenario, seed).await
-        }
-        Cmd::Produce {
-            scenario,
-            brokers,
-            topic,
-            out,
-            labels_out,
-            truth,
-            seed,
-            start_time,
-        } => {
-            let l = load_scenario(&scenario, seed, start_time)?;
-            let to = match (out, brokers, topic) {
-                (Some(out), _, _) => ProduceTo::File { out, labels_out },
-                (None, Some(brokers), Some(topic)) => ProduceTo::Topic { brokers, topic },
-                _ => anyhow::bail!("give --brokers and --topic, or --out"),
-            };
-            produce(&l, to, truth).await
-        }
-        Cmd::Replay {
-            pipeline,
-            out,
-            input,
-            from,
-            to,
-            offsets,
-            truth,
-            publish,
-            batch,
-            labels,
-        } => {
-            use driftwatch::replay::{Range, ReplayOptions};
-            // The first given of --input, --offsets, --from/--to.
-            let range = match (input, offsets) {
-                (Some(f), _) => Range::File(f),
-                (None, Some(o)) => Range::Offsets(parse_offsets(&o)?),
-                (None, None) => Range::Times {
-                    from: from.as_deref().map(parse_time).transpose()?,
-                    to: to.as_deref().map(parse_time).transpose()?,
-                },
-            };
-            let opts = ReplayOptions {
-                range,
-                out,
-                truth,
-                publish,
-                batch,
-                labels,
-            };
-            replay(&pipeline, opts).await
-        }
+        Cmd::Compare(a) => compare(&a.pipeline, &a.reference, &a.current, a.labels.as_deref()).await,
+        Cmd::Broker(a) => broker(&a.topics, a.brokers).await,
+        Cmd::Demo(a) => match a.text {
+            true => {
+                demo(
+                    "pipelines/news.yaml".into(),
+                    "pipelines/scenarios/news.yaml".into(),
+                    a.seed,
+                )
+                .await
+            }
+            false => demo(a.pipeline, a.scenario, a.seed).await,
+        },
+        Cmd::Produce(a) => produce(a).await,
+        Cmd::Replay(a) => replay_cmd(a).await,
         Cmd::Model {
             cmd: ModelCmd::Inspect { model, json },
         } => inspect(&model, json),
-        Cmd::Bench {
-            pipeline,
-            pool,
-            corpus,
-            census,
-            events,
-            without,
-        } => {
-            let from = match (&corpus, &census) {
+        Cmd::Bench(a) => {
+            let from = match (&a.corpus, &a.census) {
                 (Some(dir), _) => driftwatch::bench::BenchEvents::News(dir),
                 (_, Some(dir)) => driftwatch::bench::BenchEvents::Census(dir),
-                _ => driftwatch::bench::BenchEvents::Digits(&pool),
+                _ => driftwatch::bench::BenchEvents::Digits(&a.pool),
             };
-            driftwatch::bench::bench(&pipeline, from, events, &without).await?;
+            driftwatch::bench::bench(&a.pipeline, from, a.events, &a.without).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `replay`: the range is the first given of --input, --offsets, --from/--to.
+async fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    use driftwatch::replay::{Range, ReplayOptions};
+    let range = match (a.input, a.offsets) {
+        (Some(f), _) => Range::File(f),
+        (None, Some(o)) => Range::Offsets(parse_offsets(&o)?),
+        (None, None) => Range::Times {
+            from: a.from.as_deref().map(parse_time).transpose()?,
+            to: a.to.as_deref().map(parse_time).transpose()?,
+        },
+    };
+    let opts = ReplayOptions {
+        range,
+        out: a.out,
+        truth: a.truth,
+        publish: a.publish,
+        batch: a.batch,
+        labels: a.labels,
+    };
+    replay(&a.pipeline, opts).await
 }
 
 /// `compare`: the report as JSON on stdout.
@@ -402,25 +380,25 @@ fn inspect(model: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where `produce` writes a scenario.
-enum ProduceTo {
-    File { out: PathBuf, labels_out: Option<PathBuf> },
-    Topic { brokers: String, topic: String },
-}
-
-/// `produce`: the scenario's events (and labels) written, then its truth file.
-async fn produce(l: &driftwatch::scenario::Loaded, to: ProduceTo, truth: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let (t, truth_path) = match to {
-        ProduceTo::File { out, labels_out } => {
+/// `produce`: the scenario's events (and labels) written to a topic or a
+/// file, then its truth file.
+async fn produce(a: ProduceArgs) -> anyhow::Result<ExitCode> {
+    let l = load_scenario(&a.scenario, a.seed, a.start_time)?;
+    let (t, truth_path) = match (a.out, a.brokers, a.topic) {
+        (Some(out), _, _) => {
             // A missing --labels-out or an --out that cannot be written: bad input (exit 2).
-            let t = driftwatch::scenario::write_jsonl(l, &out, labels_out.as_deref())
+            let t = driftwatch::scenario::write_jsonl(&l, &out, a.labels_out.as_deref())
                 .map_err(|e| anyhow::anyhow!(ScenarioFailed(e)))?;
-            (t, truth.unwrap_or_else(|| out.with_extension("truth.json")))
+            (t, a.truth.unwrap_or_else(|| out.with_extension("truth.json")))
         }
-        ProduceTo::Topic { brokers, topic } => {
-            let t = produce_to(l, &brokers, &topic).await?;
-            (t, truth.unwrap_or_else(|| PathBuf::from(format!("{topic}.truth.json"))))
+        (None, Some(brokers), Some(topic)) => {
+            let t = produce_to(&l, &brokers, &topic).await?;
+            (
+                t,
+                a.truth.unwrap_or_else(|| PathBuf::from(format!("{topic}.truth.json"))),
+            )
         }
+        _ => anyhow::bail!("give --brokers and --topic, or --out"),
     };
     t.write(&truth_path)?;
     eprintln!(

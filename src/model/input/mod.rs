@@ -79,8 +79,11 @@ pub struct InputError {
 /// from the map's other keys (its options, which it checks itself).
 pub struct InputKind {
     pub name: &'static str,
-    pub build: fn(&Options, &BuildContext) -> Result<Box<dyn ModelInput>, InputError>,
+    pub build: BuildInput,
 }
+
+/// How an [`InputKind`] is built from its options.
+pub type BuildInput = fn(&Options, &BuildContext) -> Result<Box<dyn ModelInput>, InputError>;
 
 /// A tagged input's options as written.
 pub type Options = serde_json::Map<String, serde_json::Value>;
