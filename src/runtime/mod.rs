@@ -138,10 +138,7 @@ pub async fn run(
         .clone()
         .or_else(|| src.group_id.clone())
         .unwrap_or_else(|| format!("driftwatch-{}", p.name));
-    let checkpoints = open_checkpoints(src, &group).await?;
-    let consumer = Arc::new(KafkaConsumer::new(src, &group, checkpoints).map_err(kafka_err("creating consumer"))?);
-    let output = Output::of(&p, src);
-    let producer = kafka::producer(&output.brokers, &output.properties).map_err(kafka_err("creating producer"))?;
+    let (consumer, output, producer) = connect(&p, src, &group).await?;
     let engine = Engine::new(stages).await?;
     tracing::info!(pipeline = %p.name, topic = %src.topic, group = %group, brokers = %src.brokers, "consuming");
 
@@ -181,20 +178,42 @@ pub async fn run(
         // Stop reading; nothing more is committed, so a restart redoes this batch.
         shutdown.store(true, Ordering::SeqCst);
     }
-    let read = reader
-        .await
-        .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?
-        .map_err(|e| RuntimeError::Other(format!("consumer task: {e}")))?;
-    // The labels consumer itself lives on until the run returns (closing it
-    // earlier, before the final commit, held runs up).
-    if let Some(r) = labels_reader.as_mut() {
-        (&mut r.task)
-            .await
-            .map_err(|e| RuntimeError::Other(format!("labels consumer task: {e}")))??;
-    }
+    let read = join_readers(reader, labels_reader.as_mut()).await;
     result?;
     read?;
     processing.finish().await
+}
+
+/// The group consumer (with its checkpoint store), where evaluations go,
+/// and the producer that sends them.
+async fn connect(
+    p: &Pipeline,
+    src: &crate::config::KafkaSource,
+    group: &str,
+) -> Result<(Arc<KafkaConsumer>, Output, FutureProducer), RuntimeError> {
+    let checkpoints = open_checkpoints(src, group).await?;
+    let consumer = KafkaConsumer::new(src, group, checkpoints).map_err(kafka_err("creating consumer"))?;
+    let output = Output::of(p, src);
+    let producer = kafka::producer(&output.brokers, &output.properties).map_err(kafka_err("creating producer"))?;
+    Ok((Arc::new(consumer), output, producer))
+}
+
+/// Waits for the events reader, then the labels reader; the first error.
+/// The labels consumer itself lives on until the run returns (closing it
+/// earlier, before the final commit, held runs up).
+async fn join_readers(
+    events: tokio::task::JoinHandle<Result<Result<(), RuntimeError>, tokio::task::JoinError>>,
+    labels: Option<&mut LabelsReader>,
+) -> Result<(), RuntimeError> {
+    let task_err = |what: &str, e: tokio::task::JoinError| RuntimeError::Other(format!("{what}: {e}"));
+    let read = events
+        .await
+        .map_err(|e| task_err("consumer task", e))?
+        .map_err(|e| task_err("consumer task", e))?;
+    if let Some(r) = labels {
+        (&mut r.task).await.map_err(|e| task_err("labels consumer task", e))??;
+    }
+    read
 }
 
 /// Where evaluations go: the output brokers and their client properties

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod file;
 pub mod kafka;
+pub mod marks;
 pub mod properties;
 pub mod range;
 
