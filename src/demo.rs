@@ -131,7 +131,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
     let pipeline = Pipeline::load(&opts.pipeline)?;
     let src = pipeline.kafka_source("the demo")?;
     let WindowConfig { current, .. } = pipeline.window()?;
-    let window = current.size.get();
+    let crate::config::CurrentConfig::Count { size, .. } = current else {
+        return Err(other(
+            &"the demo's live scoring counts events: give its pipeline count windows",
+        ));
+    };
+    let window = size.get();
     let partitions = scenario.scenario.keys.len() as i32;
     let mut topics = vec![
         (src.topic.clone(), partitions),

@@ -32,6 +32,15 @@ pub struct WindowInfo {
     pub current_offsets: Vec<OffsetRange>,
     pub current_start_ms: i64,
     pub current_end_ms: i64,
+    /// Event-time windows: the current window `[window_start_ms, window_end_ms)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_start_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end_ms: Option<i64>,
+    /// Event-time windows: late events of this key since its last
+    /// evaluation (counted, not added to any window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_events: Option<u64>,
 }
 
 /// One detector evaluation for one key; an alert when `drift` is true.
@@ -174,6 +183,8 @@ pub fn evaluation(
         current_time_ms: (0, 0),
         end: (0, -1),
         evaluation: 0,
+        window_ms: None,
+        late_events: None,
     });
     Evaluation {
         alert_id: alert_id(pipeline, &r.detector, &r.key, c.end),
@@ -203,6 +214,9 @@ pub fn evaluation(
                 .collect(),
             current_start_ms: c.current_time_ms.0,
             current_end_ms: c.current_time_ms.1,
+            window_start_ms: c.window_ms.map(|w| w.0),
+            window_end_ms: c.window_ms.map(|w| w.1),
+            late_events: c.late_events,
         },
         tests: r.tests.clone(),
         model: model.cloned(),

@@ -595,11 +595,42 @@ pub struct WindowConfig {
     pub key: Option<String>,
     /// The reference window.
     pub reference: ReferenceConfig,
-    /// The current window.
+    /// The current window: `{size: N, slide: M}` (events) or
+    /// `{duration: 1h, slide: 15m}` (event time).
     pub current: CurrentConfig,
+    /// Event-time windows only: how far behind the newest event time of
+    /// its partition an event may be and still count (default `0s`: events
+    /// must come in time order per partition). Later ones are late: counted
+    /// (`window.late_events` of the next evaluation of their key, and the
+    /// metric), never added. A key's windows close once every partition the
+    /// key was seen in has passed their end by this much.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub allowed_lateness: Option<std::time::Duration>,
 }
 
-/// Reference window: `{type: first, size: N}` or `{type: file, path: P}`.
+/// `humantime` durations (`90s`, `15m`, `1h`, `7d`) in YAML.
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A duration as written (`90s`, `15m`, `1h`, `7d`): positive, whole milliseconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration such as 90s, 15m, 1h or 7d: {e}"))?;
+    if d.as_millis() == 0 {
+        return Err(format!("`{s}`: a duration must be at least 1ms"));
+    }
+    Ok(d)
+}
+
+/// Reference window: `{type: first, size: N}`, `{type: file, path: P}`
+/// or (event-time windows) `{type: previous}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "ReferenceSpec")]
 pub enum ReferenceConfig {
@@ -608,6 +639,10 @@ pub enum ReferenceConfig {
     /// Events from a JSONL or Parquet file (decoded, transformed and scored like
     /// the stream), shared by all keys.
     File { path: PathBuf },
+    /// Event-time windows: the window of the same duration just before the
+    /// current one ("this hour against the last"). A window with nothing
+    /// before it is not evaluated.
+    Previous,
 }
 
 /// Reference kinds.
@@ -616,6 +651,7 @@ pub enum ReferenceConfig {
 pub enum ReferenceType {
     First,
     File,
+    Previous,
 }
 
 /// The `reference:` section as written.
@@ -649,20 +685,78 @@ impl TryFrom<ReferenceSpec> for ReferenceConfig {
                     path: s.path.ok_or("a `file` reference needs `path`")?,
                 })
             }
+            ReferenceType::Previous => {
+                only(
+                    "a `previous` reference",
+                    &[("size", s.size.is_some()), ("path", s.path.is_some())],
+                )?;
+                Ok(ReferenceConfig::Previous)
+            }
         }
     }
 }
 
-/// Current window, count-based.
+/// The current window: by count (`size`, `slide` in events) or by event
+/// time (`duration`, `slide` as durations).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "CurrentSpec")]
+pub enum CurrentConfig {
+    /// The last `size` events of the key, evaluated every `slide` events.
+    Count { size: Positive, slide: Positive },
+    /// Windows `[start, start + duration)` of event time, starting at every
+    /// multiple of `slide` since the Unix epoch (UTC): tumbling when `slide`
+    /// = `duration` (hourly windows start on the hour), overlapping when
+    /// smaller. Each closes when the watermark passes its end (see
+    /// `allowed_lateness`); one with no event is not evaluated.
+    Time { duration_ms: u64, slide_ms: u64 },
+}
+
+/// The `current:` section as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CurrentConfig {
-    /// Events in the window.
-    pub size: Positive,
-    /// Events between evaluations (default: `size`, tumbling). Smaller than
-    /// `size`: overlapping windows; larger: windows with untested gaps.
+pub struct CurrentSpec {
+    /// Count windows: events in the window.
     #[serde(default)]
-    pub slide: Option<Positive>,
+    size: Option<Positive>,
+    /// Event-time windows: the window's length (`1h`, `15m`, `1d`).
+    #[serde(default)]
+    duration: Option<String>,
+    /// Count windows: events between evaluations (default: `size`,
+    /// tumbling; smaller: overlapping windows; larger: untested gaps).
+    /// Event-time windows: time between window starts (default:
+    /// `duration`), e.g. `15m`.
+    #[serde(default)]
+    slide: Option<serde_norway::Value>,
+}
+
+impl TryFrom<CurrentSpec> for CurrentConfig {
+    type Error = String;
+    fn try_from(s: CurrentSpec) -> Result<Self, String> {
+        match (s.size, s.duration) {
+            (Some(_), Some(_)) => Err("give `size` (events) or `duration` (event time), not both".into()),
+            (None, None) => Err("the current window needs `size` (events) or `duration` (event time)".into()),
+            (Some(size), None) => {
+                let slide = match s.slide {
+                    None => size,
+                    Some(v) => serde_norway::from_value::<Positive>(v)
+                        .map_err(|_| "`slide` of a count window is a number of events ≥ 1".to_string())?,
+                };
+                Ok(CurrentConfig::Count { size, slide })
+            }
+            (None, Some(d)) => {
+                let duration = parse_duration(&d)?;
+                let slide = match s.slide {
+                    None => duration,
+                    Some(serde_norway::Value::String(v)) => parse_duration(&v)?,
+                    Some(_) => return Err("`slide` of an event-time window is a duration such as 15m".into()),
+                };
+                Ok(CurrentConfig::Time {
+                    duration_ms: duration.as_millis() as u64,
+                    slide_ms: slide.as_millis() as u64,
+                })
+            }
+        }
+    }
 }
 
 /// A `detectors:` item as written: its `name` and `kind`, and the kind's
@@ -863,6 +957,20 @@ impl Pipeline {
         }
     }
 
+    /// What applies to count windows only, or to event-time windows only.
+    fn check_window(&self, w: &WindowConfig) -> Result<(), ConfigError> {
+        let timed = matches!(w.current, CurrentConfig::Time { .. });
+        if !timed && matches!(w.reference, ReferenceConfig::Previous) {
+            let m = "a `previous` reference needs event-time windows (`current: {duration: 1h}`)";
+            return Err(self.err("window.reference", m));
+        }
+        if !timed && w.allowed_lateness.is_some() {
+            let m = "`allowed_lateness` applies to event-time windows (`current: {duration: …}`)";
+            return Err(self.err("window.allowed_lateness", m));
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         if let Some(h) = self.alerting.hysteresis
             && h.k > h.m
@@ -905,6 +1013,9 @@ impl Pipeline {
                     ));
                 }
             }
+        }
+        if let Some(w) = &self.window {
+            self.check_window(w)?;
         }
         if self.detectors.is_empty() {
             return Err(self.err("detectors", "at least one detector is needed"));

@@ -204,6 +204,8 @@ impl Engine {
                 current_time_ms: (0, 0),
                 end: (0, -1),
                 evaluation: 1,
+                window_ms: None,
+                late_events: None,
             },
             reference,
             current,

@@ -8,7 +8,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::alert::{self, Evaluation};
-use crate::config::{ConfigError, Pipeline, ReferenceConfig};
+use crate::config::{ConfigError, CurrentConfig, Pipeline, ReferenceConfig};
 use crate::decode::{Decoder, Rejection};
 use crate::detect::kinds::LabelUse;
 use crate::detect::{Detector, Detectors};
@@ -18,7 +18,7 @@ use crate::model::{Model, ModelError};
 use crate::schema::{EventSchema, column_names};
 use crate::source::{RawRecord, file};
 use crate::transform::Transform;
-use crate::window::{Due, ReferenceMode, Windows};
+use crate::window::{Due, ReferenceMode, TimeReference, TimeShape, TimeWindows, Windows};
 
 /// Built stages of a pipeline.
 pub struct Stages {
@@ -148,7 +148,8 @@ impl Stages {
     pub async fn windows(&mut self) -> Result<Windows, RuntimeError> {
         let w = self.pipeline.window()?.clone();
         let reference = match &w.reference {
-            ReferenceConfig::First { size } => ReferenceMode::First(size.get()),
+            ReferenceConfig::Previous => None,
+            ReferenceConfig::First { size } => Some(ReferenceMode::First(size.get())),
             ReferenceConfig::File { path } => {
                 let p = self.pipeline.resolve(path);
                 let recs = file::read_records(&p)?;
@@ -163,18 +164,32 @@ impl Stages {
                         format!("{} holds no valid event", p.display()),
                     )));
                 }
-                ReferenceMode::Fixed(batches)
+                Some(ReferenceMode::Fixed(batches))
             }
         };
-        let size = w.current.size.get();
-        let slide = w.current.slide.map(|s| s.get()).unwrap_or(size);
-        Ok(Windows::new(
-            key_column(&self.pipeline, &self.schema),
-            self.schema.event_time.clone(),
-            reference,
-            size,
-            slide,
-        ))
+        let (key, time) = (key_column(&self.pipeline, &self.schema), self.schema.event_time.clone());
+        Ok(match w.current {
+            CurrentConfig::Count { size, slide } => {
+                let reference = reference.ok_or_else(|| {
+                    let m = "a `previous` reference needs event-time windows";
+                    ConfigError::invalid(&self.pipeline.path, "window.reference", m)
+                })?;
+                Windows::new(key, time, reference, size.get(), slide.get())
+            }
+            CurrentConfig::Time { duration_ms, slide_ms } => {
+                let reference = match reference {
+                    Some(ReferenceMode::First(n)) => TimeReference::First(n),
+                    Some(ReferenceMode::Fixed(b)) => TimeReference::Fixed(b),
+                    None => TimeReference::Previous,
+                };
+                let shape = TimeShape {
+                    duration: duration_ms as i64,
+                    slide: slide_ms as i64,
+                    lateness: w.allowed_lateness.map_or(0, |d| d.as_millis() as i64),
+                };
+                Windows::Time(TimeWindows::new(key, time, reference, shape))
+            }
+        })
     }
 
     /// The join of late labels, when the pipeline has a labels topic.

@@ -167,6 +167,9 @@ mod tests {
                 }],
                 current_start_ms: offsets.0,
                 current_end_ms: offsets.1,
+                window_start_ms: None,
+                window_end_ms: None,
+                late_events: None,
             },
             tests: vec![TestResult {
                 column: String::new(),

@@ -66,32 +66,59 @@ pub struct Scores {
     pub detectors: BTreeMap<String, DetectorScore>,
 }
 
-/// How windows count a key's events, to turn an evaluation into a position.
+/// How an evaluation is placed against a phase: count windows by the key's
+/// events read when it happened, event-time windows by their end time.
 #[derive(Debug, Clone, Copy)]
-pub struct WindowShape {
-    /// Events of the key taken by the reference before the current window (0 for a file reference).
-    pub reference: i64,
-    pub size: i64,
-    pub slide: i64,
+pub enum WindowShape {
+    Count {
+        /// Events of the key taken by the reference before the current
+        /// window (0 for a file reference).
+        reference: i64,
+        size: i64,
+        slide: i64,
+    },
+    Time {
+        duration: i64,
+    },
 }
 
 impl WindowShape {
-    /// The shape of a pipeline's count windows (a file reference has no size here).
+    /// The shape of a pipeline's windows (a file reference has no size here).
     pub fn of(w: &crate::config::WindowConfig) -> Self {
-        let size = w.current.size.get() as i64;
-        Self {
-            reference: match &w.reference {
-                crate::config::ReferenceConfig::First { size } => size.get() as i64,
-                crate::config::ReferenceConfig::File { .. } => 0,
+        match w.current {
+            crate::config::CurrentConfig::Count { size, slide } => WindowShape::Count {
+                reference: match &w.reference {
+                    crate::config::ReferenceConfig::First { size } => size.get() as i64,
+                    _ => 0,
+                },
+                size: size.get() as i64,
+                slide: slide.get() as i64,
             },
-            size,
-            slide: w.current.slide.map_or(size, |s| s.get() as i64),
+            crate::config::CurrentConfig::Time { duration_ms, .. } => WindowShape::Time {
+                duration: duration_ms as i64,
+            },
         }
     }
 
-    /// The key's events read when evaluation `n` (1-based) happened.
-    fn events_at(&self, n: u64) -> i64 {
-        self.reference + self.size + (n as i64 - 1) * self.slide
+    /// Where evaluation `e` sits: the key's events read when it happened
+    /// (count windows), or its window's end (event time).
+    fn at(&self, e: &Evaluation) -> i64 {
+        match *self {
+            WindowShape::Count { reference, size, slide } => reference + size + (e.evaluation as i64 - 1) * slide,
+            WindowShape::Time { .. } => e.window.window_end_ms.unwrap_or(e.window.current_end_ms),
+        }
+    }
+
+    /// Where phase `ph` starts and ends, on the same axis; the end of an
+    /// alert's grace is one window after the phase.
+    fn span(&self, truth: &Truth, ph: &crate::scenario::TruthPhase) -> (i64, i64, i64) {
+        match *self {
+            WindowShape::Count { size, .. } => {
+                let before = truth.events_before(ph);
+                (before, before + ph.events as i64, before + ph.events as i64 + size)
+            }
+            WindowShape::Time { duration } => (ph.start_ms, ph.end_ms, ph.end_ms + duration),
+        }
     }
 }
 
@@ -162,11 +189,10 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<
         let mut explained = vec![false; alerts.len()];
         let mut intervals = vec![];
         for ph in truth.phases.iter().filter(|p| p.drift) {
-            let before = truth.events_before(ph);
-            let until = before + ph.events as i64 + shape.size;
+            let (before, _, until) = shape.span(truth, ph);
             let mut hit = None;
             for (i, a) in alerts.iter().enumerate() {
-                let at = shape.events_at(a.evaluation);
+                let at = shape.at(a);
                 if a.key.as_deref().unwrap_or("") == ph.key && at > before && at <= until {
                     explained[i] = true;
                     hit.get_or_insert((at, a.window.current_end_ms));
@@ -180,7 +206,9 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<
                 start_ms: ph.start_ms,
                 end_ms: ph.end_ms,
                 detected: hit.is_some(),
-                delay_events: hit.map(|(n, _)| n - before),
+                delay_events: hit
+                    .filter(|_| matches!(shape, WindowShape::Count { .. }))
+                    .map(|(n, _)| n - before),
                 delay_ms: hit.map(|(_, t)| t - ph.start_ms),
             });
         }
@@ -194,14 +222,10 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<
         }
         s.intervals = intervals;
         for ph in truth.phases.iter().filter(|p| p.kind == "real") {
-            let before = truth.events_before(ph);
+            let (before, end, _) = shape.span(truth, ph);
             for (i, a) in alerts.iter().enumerate() {
-                let at = shape.events_at(a.evaluation);
-                if !explained[i]
-                    && a.key.as_deref().unwrap_or("") == ph.key
-                    && at > before
-                    && at <= before + ph.events as i64
-                {
+                let at = shape.at(a);
+                if !explained[i] && a.key.as_deref().unwrap_or("") == ph.key && at > before && at <= end {
                     explained[i] = true;
                     s.in_real_phases += 1;
                 }
@@ -267,6 +291,9 @@ mod tests {
                 }],
                 current_start_ms: (end - 49) * 10,
                 current_end_ms: end * 10,
+                window_start_ms: None,
+                window_end_ms: None,
+                late_events: None,
             },
             tests: vec![],
             model: None,
@@ -301,7 +328,7 @@ mod tests {
             alert(15, ends(15), true), // 849: 150 after drift 2 ended: false alarm
         ];
         assert_eq!(ends(12), 699);
-        let shape = WindowShape {
+        let shape = WindowShape::Count {
             reference: 100,
             size: 50,
             slide: 50,
@@ -357,7 +384,7 @@ mod tests {
         phases.push(keyed("g", "clean", "clean", 1000, 0));
         phases.push(keyed("g", "shift", "covariate", 300, 10_000));
         phases.push(keyed("g", "clean again", "clean", 300, 13_000));
-        let shape = WindowShape {
+        let shape = WindowShape::Count {
             reference: 500,
             size: 100,
             slide: 100,
@@ -382,7 +409,7 @@ mod tests {
             keyed("k", "new scanner", "covariate", 1000, 10_000),
             keyed("k", "relabelled", "concept", 1000, 20_000),
         ];
-        let shape = WindowShape {
+        let shape = WindowShape::Count {
             reference: 500,
             size: 500,
             slide: 500,
@@ -410,7 +437,7 @@ mod tests {
     /// A truth file of another scenario is refused, naming what differs.
     #[test]
     fn a_truth_file_of_another_scenario_is_refused() {
-        let shape = WindowShape {
+        let shape = WindowShape::Count {
             reference: 100,
             size: 50,
             slide: 50,
@@ -438,7 +465,7 @@ mod tests {
         };
         let keyed = keyed_as(one.clone(), std::slice::from_ref(&unkeyed));
         assert!(keyed.phases.iter().all(|p| p.key.is_empty()));
-        let shape = WindowShape {
+        let shape = WindowShape::Count {
             reference: 100,
             size: 50,
             slide: 50,
