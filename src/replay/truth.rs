@@ -195,7 +195,7 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<
                 let at = shape.at(a);
                 if a.key.as_deref().unwrap_or("") == ph.key && at > before && at <= until {
                     explained[i] = true;
-                    hit.get_or_insert((at, a.window.current_end_ms));
+                    hit.get_or_insert((at, a.window.window_end_ms.unwrap_or(a.window.current_end_ms)));
                 }
             }
             intervals.push(IntervalScore {
