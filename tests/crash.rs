@@ -352,9 +352,31 @@ async fn late_labels(checkpoints: bool) {
 /// decisions — and the same alerts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_keys_sharing_a_partition_gives_exactly_the_evaluations_of_an_uninterrupted_run() {
+    keys_sharing_a_partition("{size: 200, slide: 50}", false).await;
+}
+
+/// The same with event-time windows (20 s sliding by 10 s; an event every
+/// 100 ms of event time, so a's windows hold about 100 events, c's 33):
+/// windows close on the partition's watermark, and a restart rebuilds the
+/// held rows, the closed windows and the late counts from the key states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_event_time_windows_gives_exactly_the_evaluations_of_an_uninterrupted_run() {
+    keys_sharing_a_partition("{duration: 20s, slide: 10s}", true).await;
+}
+
+/// Three keys in one partition at different rates, `current` windows; with
+/// `timed`, events carry an event time (`ts`, 100 ms apart).
+async fn keys_sharing_a_partition(current: &str, timed: bool) {
     let broker = Broker::start(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "x.schema.yaml", SCHEMA_X);
+    let schema = match timed {
+        true => SCHEMA_X.replace(
+            "fields:\n",
+            "event_time: ts\nfields:\n  - {name: ts, type: timestamp, nullable: true}\n",
+        ),
+        false => SCHEMA_X.to_string(),
+    };
+    write(dir.path(), "x.schema.yaml", &schema);
     write(
         dir.path(),
         "ref.jsonl",
@@ -372,7 +394,7 @@ async fn kill_9_with_keys_sharing_a_partition_gives_exactly_the_evaluations_of_a
 schema: x.schema.yaml
 source: {{type: kafka, brokers: \"{}\", topic: {t}, checkpoint_topic: {t}-checkpoints, properties: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}}}}
 batch: {{max_events: 50, linger_ms: 10}}
-window: {{key: site, reference: {{type: file, path: ref.jsonl}}, current: {{size: 200, slide: 50}}}}
+window: {{key: site, reference: {{type: file, path: ref.jsonl}}, current: {current}}}
 alerting: {{hysteresis: {{k: 2, m: 3}}, cooldown: 1}}
 detectors:
   - {{name: x_ks, kind: ks, columns: [x], alpha: 0.001}}
@@ -402,9 +424,25 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
             _ => c.next(),
         })
         .map(|e| e.expect("as many events as the pattern takes"))
+        .enumerate()
+        .map(|(i, e)| match timed {
+            // The last event is 30 s later: it closes every window, so the
+            // end of the stream is evaluated (and marked) at it.
+            true => e.replacen(
+                '{',
+                &format!(r#"{{"ts": {}, "#, i * 100 + 30_000 * usize::from(i == 2699)),
+                1,
+            ),
+            false => e,
+        })
         .collect();
     let last = ev.len() as i64 - 1;
-    let end = |e: &serde_json::Value| e["window"]["current_offsets"][0]["last"].as_i64().unwrap();
+    // Where an evaluation is made: after the last event of its window
+    // (count), or once an event at or past its end is read (event time).
+    let end = |e: &serde_json::Value| match timed {
+        true => e["window"]["window_end_ms"].as_i64().unwrap() / 100,
+        false => e["window"]["current_offsets"][0]["last"].as_i64().unwrap(),
+    };
     let evaluations = |topic: &str, n: usize| -> Vec<(String, u64, bool, i64)> {
         let mut v: Vec<_> = read_topic(&broker, topic, n, Duration::from_secs(30))
             .iter()
