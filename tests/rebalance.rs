@@ -20,21 +20,36 @@ use driftwatch::broker::Broker;
 
 const KEYS: usize = 6;
 
-fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str, checkpoints: Option<&str>) -> std::path::PathBuf {
+/// Count windows of 200 sliding by 100, or (`timed`) event-time windows of
+/// 20 s sliding by 10 s over events 100 ms apart: as many events.
+fn pipeline(
+    dir: &std::path::Path,
+    topic: &str,
+    brokers: &str,
+    checkpoints: Option<&str>,
+    timed: bool,
+) -> std::path::PathBuf {
+    let current = if timed {
+        "{duration: 20s, slide: 10s}"
+    } else {
+        "{size: 200, slide: 100}"
+    };
     ks_pipeline_with(
         dir,
         "rebalance",
         topic,
         brokers,
-        "{key: site, reference: {type: first, size: 200}, current: {size: 200, slide: 100}}",
+        &format!("{{key: site, reference: {{type: first, size: 200}}, current: {current}}}"),
         &checkpoint_option(checkpoints),
     )
 }
 
 /// Per key (site `s{k}`, partition k): a reference, then clean and shifted
 /// stretches in an order of its own, so each key alerts at its own points.
-/// Returned in three parts, produced at different times.
-fn events() -> [Vec<(i32, String, String)>; 3] {
+/// Returned in three parts, produced at different times. With `timed`,
+/// each event has an event time, 100 ms after the key's previous one; the
+/// key's last comes 30 s later, closing its windows.
+fn events(timed: bool) -> [Vec<(i32, String, String)>; 3] {
     let mut parts: [Vec<(i32, String, String)>; 3] = Default::default();
     for k in 0..KEYS {
         let site = format!("s{k}");
@@ -47,7 +62,11 @@ fn events() -> [Vec<(i32, String, String)>; 3] {
         let n = stream.len();
         for (j, e) in stream.into_iter().enumerate() {
             let part = (3 * j / n).min(2);
-            let ev = format!(r#"{{"site": "{site}", {}"#, &e[1..]);
+            let ts = match timed {
+                true => format!(r#""ts": {}, "#, j * 100 + 30_000 * usize::from(j + 1 == n)),
+                false => String::new(),
+            };
+            let ev = format!(r#"{{{ts}"site": "{site}", {}"#, &e[1..]);
             parts[part].push((k as i32, site.clone(), ev));
         }
     }
@@ -73,7 +92,7 @@ async fn produce_part(broker: &impl Kafka, topic: &str, part: &[(i32, String, St
     produce_keyed(broker, topic, &recs).await;
 }
 
-async fn scale_out(broker: &impl Kafka, checkpoints: bool) {
+async fn scale_out(broker: &impl Kafka, checkpoints: bool, timed: bool) {
     let cp = |t: &'static str| checkpoints.then_some(t);
     for t in ["one", "three"] {
         broker.create_topic(t, KEYS as i32);
@@ -81,7 +100,7 @@ async fn scale_out(broker: &impl Kafka, checkpoints: bool) {
             broker.create_topic(&format!("{t}{s}"), 1);
         }
     }
-    let parts = events();
+    let parts = events(timed);
     let last: BTreeMap<i32, i64> = (0..KEYS as i32)
         .map(|k| {
             let n = parts.iter().flatten().filter(|(p, _, _)| *p == k).count();
@@ -94,7 +113,7 @@ async fn scale_out(broker: &impl Kafka, checkpoints: bool) {
     for part in &parts {
         produce_part(broker, "one", part).await;
     }
-    let p1 = pipeline(dir.path(), "one", &broker.bootstrap(), cp("one-checkpoints"));
+    let p1 = pipeline(dir.path(), "one", &broker.bootstrap(), cp("one-checkpoints"), timed);
     let single = start_run(&p1, "g-one", "single");
     wait_delivered(broker, "one", "g-one", &last, cp("one-checkpoints"));
     stop_run(single);
@@ -103,7 +122,7 @@ async fn scale_out(broker: &impl Kafka, checkpoints: bool) {
 
     // Three instances; the input arrives in three parts; `b` stops after
     // the first, `d` starts after the second.
-    let p3 = pipeline(dir.path(), "three", &broker.bootstrap(), cp("three-checkpoints"));
+    let p3 = pipeline(dir.path(), "three", &broker.bootstrap(), cp("three-checkpoints"), timed);
     let a = start_run(&p3, "g-three", "a");
     let b = start_run(&p3, "g-three", "b");
     let c = start_run(&p3, "g-three", "c");
@@ -142,17 +161,24 @@ async fn scale_out(broker: &impl Kafka, checkpoints: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_with_one_leaving_and_one_joining_give_the_alerts_of_one() {
-    scale_out(&Broker::start(1).unwrap(), false).await;
+    scale_out(&Broker::start(1).unwrap(), false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_checkpoints_a_rebalance_sends_no_alert_twice() {
-    scale_out(&Broker::start(1).unwrap(), true).await;
+    scale_out(&Broker::start(1).unwrap(), true, false).await;
+}
+
+/// The same with event-time windows: each instance rebuilds the windows of
+/// the partitions it is given from the saved key states and the replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_event_time_windows_a_rebalance_gives_the_evaluations_of_one_instance() {
+    scale_out(&Broker::start(1).unwrap(), true, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_tansu_give_the_alerts_of_one() {
-    scale_out(&Tansu::start(), true).await;
+    scale_out(&Tansu::start(), true, false).await;
 }
 
 /// Concept drift on late labels, scaled out: six keys over six partitions,

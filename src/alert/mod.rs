@@ -74,10 +74,17 @@ pub struct Evaluation {
     pub model: Option<ModelIdentity>,
 }
 
-/// Deterministic id of an evaluation.
-pub fn alert_id(pipeline: &str, detector: &str, key: &str, end: (i32, i64)) -> String {
+/// Deterministic id of an evaluation: of its pipeline, detector, key and
+/// position (the event it was made at), and for event-time windows also of
+/// its window, since one event can close several of a key's windows.
+pub fn alert_id(pipeline: &str, detector: &str, key: &str, end: (i32, i64), window: Option<(i64, i64)>) -> String {
     let mut h = Sha256::new();
-    for part in [pipeline, detector, key, &format!("{}:{}", end.0, end.1)] {
+    let position = format!("{}:{}", end.0, end.1);
+    let window = window.map(|(s, e)| format!("{s}..{e}"));
+    for part in [pipeline, detector, key, &position]
+        .into_iter()
+        .chain(window.as_deref())
+    {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -187,7 +194,7 @@ pub fn evaluation(
         late_events: None,
     });
     Evaluation {
-        alert_id: alert_id(pipeline, &r.detector, &r.key, c.end),
+        alert_id: alert_id(pipeline, &r.detector, &r.key, c.end, c.window_ms),
         pipeline: pipeline.to_string(),
         detector: r.detector.clone(),
         kind: r.kind.clone(),
@@ -234,12 +241,19 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_and_distinct() {
-        let a = alert_id("p", "d", "k", (0, 10));
-        assert_eq!(a, alert_id("p", "d", "k", (0, 10)));
-        assert_ne!(a, alert_id("p", "d", "k", (0, 11)));
-        assert_ne!(a, alert_id("p", "d", "k2", (0, 10)));
+        let a = alert_id("p", "d", "k", (0, 10), None);
+        assert_eq!(a, alert_id("p", "d", "k", (0, 10), None));
+        assert_ne!(a, alert_id("p", "d", "k", (0, 11), None));
+        assert_ne!(a, alert_id("p", "d", "k2", (0, 10), None));
+        // Two windows closed by one event.
+        let w = |s| alert_id("p", "d", "k", (0, 10), Some((s, s + 60)));
+        assert_ne!(w(0), w(30));
+        assert_ne!(w(0), a);
         // No ambiguity from concatenation.
-        assert_ne!(alert_id("p", "dk", "", (0, 1)), alert_id("p", "d", "k", (0, 1)));
+        assert_ne!(
+            alert_id("p", "dk", "", (0, 1), None),
+            alert_id("p", "d", "k", (0, 1), None)
+        );
         assert_eq!(a.len(), 32);
     }
 

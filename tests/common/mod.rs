@@ -244,6 +244,10 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 pub const SCHEMA_X: &str =
     "name: x\nfields:\n  - {name: site, type: category, nullable: true}\n  - {name: x, type: float}\n";
 
+/// [`SCHEMA_X`] with an event time, `ts` (epoch ms; where absent, the
+/// message timestamp), for event-time windows.
+pub const SCHEMA_XT: &str = "name: x\nevent_time: ts\nfields:\n  - {name: ts, type: timestamp, nullable: true}\n  - {name: site, type: category, nullable: true}\n  - {name: x, type: float}\n";
+
 /// Runs a pipeline file until `max_events` are read; returns the run's counters.
 pub async fn run_pipeline(path: &Path, max_events: u64, group: &str) -> Arc<RunStats> {
     let (run, stats) = spawn_pipeline(path, max_events, group).await;
@@ -336,7 +340,8 @@ pub fn ks_pipeline(dir: &Path, name: &str, topic: &str, brokers: &str, window: &
 }
 
 /// [`ks_pipeline`] with more `source` options (`source_extra`: flow YAML
-/// entries, each after a comma).
+/// entries, each after a comma). Event-time windows (a `duration`) read
+/// [`SCHEMA_XT`].
 pub fn ks_pipeline_with(
     dir: &Path,
     name: &str,
@@ -345,7 +350,12 @@ pub fn ks_pipeline_with(
     window: &str,
     source_extra: &str,
 ) -> PathBuf {
-    write(dir, "x.schema.yaml", SCHEMA_X);
+    let schema = if window.contains("duration:") {
+        SCHEMA_XT
+    } else {
+        SCHEMA_X
+    };
+    write(dir, "x.schema.yaml", schema);
     write(
         dir,
         &format!("{topic}.yaml"),
