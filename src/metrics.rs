@@ -55,6 +55,9 @@ pub struct RunStats {
     pub lag: std::sync::Mutex<BTreeMap<i32, crate::source::kafka::PartitionLag>>,
     pub window_keys: AtomicU64,
     pub window_events: AtomicU64,
+    /// Event-time windows: events that came later than `allowed_lateness`
+    /// (counted when their key is next evaluated).
+    pub late_events: AtomicU64,
     /// The consumer has its partitions (the model is loaded before it starts).
     pub ready: AtomicBool,
     /// Events wait to be read but none has been read for the stall time.
@@ -363,6 +366,12 @@ fn consumer_metrics(w: &mut Prometheus, s: &RunStats) {
         "gauge",
         "Events held in reference and current windows, all keys.",
         count(&s.window_events),
+    );
+    w.metric(
+        "driftwatch_window_late_events_total",
+        "counter",
+        "Event-time windows: events later than window.allowed_lateness behind their partition's newest, counted and not added (reported by their key's next evaluation).",
+        count(&s.late_events),
     );
 }
 

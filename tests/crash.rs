@@ -428,11 +428,11 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
         .map(|(i, e)| match timed {
             // The last event is 30 s later: it closes every window, so the
             // end of the stream is evaluated (and marked) at it.
-            true => e.replacen(
-                '{',
-                &format!(r#"{{"ts": {}, "#, i * 100 + 30_000 * usize::from(i == 2699)),
-                1,
-            ),
+            // Every 97th event is 5 s late: counted, in the restarted runs too.
+            true => {
+                let ts = i as i64 * 100 + 30_000 * i64::from(i == 2699) - 5_000 * i64::from(i % 97 == 96);
+                e.replacen('{', &format!(r#"{{"ts": {ts}, "#), 1)
+            }
             false => e,
         })
         .collect();
@@ -443,7 +443,7 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
         true => e["window"]["window_end_ms"].as_i64().unwrap() / 100,
         false => e["window"]["current_offsets"][0]["last"].as_i64().unwrap(),
     };
-    let evaluations = |topic: &str, n: usize| -> Vec<(String, u64, bool, i64)> {
+    let evaluations = |topic: &str, n: usize| -> Vec<(String, u64, bool, i64, u64)> {
         let mut v: Vec<_> = read_topic(&broker, topic, n, Duration::from_secs(30))
             .iter()
             .map(|e| {
@@ -452,6 +452,7 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
                     e["evaluation"].as_u64().unwrap(),
                     e["alert"].as_bool().unwrap(),
                     end(e),
+                    e["window"]["late_events"].as_u64().unwrap_or(0),
                 )
             })
             .collect();
@@ -465,6 +466,12 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
     let want = evaluations("kref-stats", 1);
     let want_alerts = alert_ids(&broker, "kref-alerts", 1);
     assert!(want.len() > 30, "{}", want.len());
+    if timed {
+        // Each late event is reported once, by its key's next evaluation
+        // (one stats record per detector: here one).
+        let late: u64 = want.iter().map(|e| e.4).sum();
+        assert!(late >= 20, "late events reported: {late}");
+    }
     assert!(want_alerts.len() >= 3, "several alerts: {want_alerts:?}");
     // The policy holds some drifting evaluations back: its memory matters.
     assert!(want_alerts.len() < want.iter().filter(|e| e.2).count() + 10);

@@ -110,6 +110,10 @@ impl<'a> From<&'a Evaluation> for StatsRecord<'a> {
 pub struct Summary {
     pub pipeline: String,
     pub source: String,
+    /// Event-time windows: late events (later than `allowed_lateness`),
+    /// counted and not added to any window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_events: Option<u64>,
     pub events: u64,
     pub dead_lettered: u64,
     pub evaluations: u64,
@@ -401,6 +405,7 @@ impl Files {
             summary: Summary {
                 pipeline: pipeline.to_string(),
                 source: String::new(),
+                late_events: None,
                 events: 0,
                 dead_lettered: 0,
                 evaluations: 0,
@@ -464,6 +469,9 @@ impl Sink for Files {
     fn evaluated(&mut self, evaluated: Vec<Evaluated>) -> Result<usize, RuntimeError> {
         let mut made = 0;
         for e in evaluated {
+            if let Some(late) = e.coords.late_events {
+                *self.summary.late_events.get_or_insert(0) += late;
+            }
             let seq = self.order.seq_of(e.coords.end);
             for ev in e.evaluations {
                 self.waiting.insert((seq, e.labelled, self.made), ev);

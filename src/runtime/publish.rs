@@ -19,7 +19,11 @@ impl Sink for Publisher<'_> {
     fn evaluated(&mut self, evaluated: Vec<Evaluated>) -> Result<usize, RuntimeError> {
         let mut made = 0;
         for e in evaluated {
+            let late = e.coords.late_events.unwrap_or(0);
             let n = emit(e.evaluations, e.coords.end, e.labelled, self.out, &mut self.pending)?;
+            if n > 0 {
+                self.out.stats.late_events.fetch_add(late, Ordering::Relaxed);
+            }
             if n > 0 && e.labelled {
                 let (p, o) = e.coords.end;
                 let mark = self.hw.entry(p).or_insert(o);
