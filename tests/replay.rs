@@ -371,22 +371,6 @@ fn a_missing_input_file_exits_2() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no/such/events.jsonl"));
 }
 
-/// The digits pipeline with event-time windows of `window` (tumbling) and
-/// paths made absolute, written into `dir`.
-fn time_window_pipeline(dir: &std::path::Path, window: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(root().join("pipelines/digits.yaml")).unwrap();
-    let abs = |rel: &str| root().join(rel).display().to_string() + "/";
-    let text = text
-        .replace("../schemas/", &abs("schemas"))
-        .replace("../models/", &abs("models"))
-        .replace(
-            "current: {size: 500, slide: 500}",
-            &format!("current: {{duration: {window}}}"),
-        );
-    assert!(text.contains("duration:"), "the digits pipeline's window line moved");
-    write(dir, "hourly.yaml", &text)
-}
-
 /// Event-time windows (30 s tumbling; events every 100 ms per scanner, each
 /// scanner on its own key): replays by offsets at two batch sizes and by
 /// time give byte-identical files; each window is evaluated once it has
@@ -414,8 +398,7 @@ async fn event_time_windows_replay_byte_identically_and_catch_the_drift_in_its_p
         .unwrap();
     truth.write(&dir.path().join("truth.json")).unwrap();
     let truth_path = dir.path().join("truth.json").display().to_string();
-    let pipeline = time_window_pipeline(dir.path(), "30s");
-    let pipeline = pipeline.display().to_string();
+    let pipeline = "pipelines/digits-by-time.yaml".to_string();
     let b = broker.bootstrap();
     let outs: Vec<_> = (1..=3).map(|i| dir.path().join(format!("o{i}"))).collect();
     for (out, extra) in outs.iter().zip([

@@ -10,7 +10,12 @@ use common::root;
 
 #[tokio::test]
 async fn shipped_pipelines_validate() {
-    for p in ["pipelines/digits.yaml", "pipelines/bench.yaml", "pipelines/census.yaml"] {
+    for p in [
+        "pipelines/digits.yaml",
+        "pipelines/digits-by-time.yaml",
+        "pipelines/bench.yaml",
+        "pipelines/census.yaml",
+    ] {
         let stages = driftwatch::runtime::validate(&root().join(p)).await;
         assert!(
             stages.is_ok(),

@@ -608,14 +608,18 @@ pub struct WindowConfig {
     pub allowed_lateness: Option<std::time::Duration>,
 }
 
-/// `humantime` durations (`90s`, `15m`, `1h`, `7d`) in YAML.
+/// An optional `humantime` duration (`0s`, `90s`, `15m`) in YAML.
 mod humantime_serde_opt {
     use serde::{Deserialize, Deserializer};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+        // Zero is a lateness (the default); window lengths are checked apart.
         let s = Option::<String>::deserialize(d)?;
-        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
+        s.map(|s| {
+            humantime::parse_duration(s.trim())
+                .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration such as 0s, 90s or 5m: {e}")))
+        })
+        .transpose()
     }
 }
 
