@@ -228,28 +228,19 @@ impl TimeWindows {
 
     /// Partition, offset and event time of each row.
     fn rows(&self, batch: &RecordBatch) -> Result<Vec<Row>, ArrowError> {
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}` for event-time windows")))
-        };
-        let p = col(PARTITION_COL)?.as_primitive::<Int32Type>().clone();
-        let o = col(OFFSET_COL)?.as_primitive::<Int64Type>().clone();
-        let stamp = cast(col(TIMESTAMP_COL)?, &DataType::Int64)?;
-        let stamp = stamp.as_primitive::<Int64Type>();
-        let time = match self.time_col.as_deref() {
-            Some(c) => Some(cast(col(c)?, &DataType::Int64)?),
-            None => None,
-        };
-        let time = time.as_ref().map(|t| t.as_primitive::<Int64Type>());
-        Ok((0..batch.num_rows())
-            .map(|i| Row {
-                partition: p.value(i),
-                offset: o.value(i),
-                time: match time {
-                    Some(t) if t.is_valid(i) => t.value(i),
-                    _ => stamp.value(i),
-                },
+        let time = times(batch, self.time_col.as_deref())?;
+        let at = partition_offsets(batch);
+        if at.len() != batch.num_rows() {
+            let m = format!("no `{PARTITION_COL}`/`{OFFSET_COL}` columns for event-time windows");
+            return Err(ArrowError::SchemaError(m));
+        }
+        Ok(at
+            .into_iter()
+            .zip(time)
+            .map(|((partition, offset), time)| Row {
+                partition,
+                offset,
+                time,
             })
             .collect())
     }
