@@ -640,6 +640,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub enum ReferenceConfig {
     /// The first `size` events of each key after start.
     First { size: Positive },
+    /// Event-time windows: each key's events from its first event's time
+    /// for `duration` (`{type: first, duration: 7d}`: its first week).
+    FirstFor { duration_ms: u64 },
     /// Events from a JSONL or Parquet file (decoded, transformed and scored like
     /// the stream), shared by all keys.
     File { path: PathBuf },
@@ -668,6 +671,10 @@ pub struct ReferenceSpec {
     /// first: number of events.
     #[serde(default)]
     pub size: Option<Positive>,
+    /// first, with event-time windows: how much event time, from each
+    /// key's first event (`7d`, `1h`); instead of `size`.
+    #[serde(default)]
+    pub duration: Option<String>,
     /// file: path, relative to the pipeline file.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -679,12 +686,20 @@ impl TryFrom<ReferenceSpec> for ReferenceConfig {
         match s.kind {
             ReferenceType::First => {
                 only("a `first` reference", &[("path", s.path.is_some())])?;
-                Ok(ReferenceConfig::First {
-                    size: s.size.ok_or("a `first` reference needs `size`")?,
-                })
+                match (s.size, s.duration) {
+                    (Some(size), None) => Ok(ReferenceConfig::First { size }),
+                    (None, Some(d)) => Ok(ReferenceConfig::FirstFor {
+                        duration_ms: parse_duration(&d)?.as_millis() as u64,
+                    }),
+                    (Some(_), Some(_)) => Err("a `first` reference takes `size` or `duration`, not both".into()),
+                    (None, None) => Err("a `first` reference needs `size` (events) or `duration` (event time)".into()),
+                }
             }
             ReferenceType::File => {
-                only("a `file` reference", &[("size", s.size.is_some())])?;
+                only(
+                    "a `file` reference",
+                    &[("size", s.size.is_some()), ("duration", s.duration.is_some())],
+                )?;
                 Ok(ReferenceConfig::File {
                     path: s.path.ok_or("a `file` reference needs `path`")?,
                 })
@@ -692,7 +707,11 @@ impl TryFrom<ReferenceSpec> for ReferenceConfig {
             ReferenceType::Previous => {
                 only(
                     "a `previous` reference",
-                    &[("size", s.size.is_some()), ("path", s.path.is_some())],
+                    &[
+                        ("size", s.size.is_some()),
+                        ("path", s.path.is_some()),
+                        ("duration", s.duration.is_some()),
+                    ],
                 )?;
                 Ok(ReferenceConfig::Previous)
             }
@@ -966,6 +985,10 @@ impl Pipeline {
         let timed = matches!(w.current, CurrentConfig::Time { .. });
         if !timed && matches!(w.reference, ReferenceConfig::Previous) {
             let m = "a `previous` reference needs event-time windows (`current: {duration: 1h}`)";
+            return Err(self.err("window.reference", m));
+        }
+        if !timed && matches!(w.reference, ReferenceConfig::FirstFor { .. }) {
+            let m = "a `first` reference by `duration` needs event-time windows; count windows take `size`";
             return Err(self.err("window.reference", m));
         }
         if !timed && w.allowed_lateness.is_some() {

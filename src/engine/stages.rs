@@ -147,8 +147,13 @@ impl Stages {
     /// Fresh windows as the pipeline describes them (reads a reference file).
     pub async fn windows(&mut self) -> Result<Windows, RuntimeError> {
         let w = self.pipeline.window()?.clone();
+        let mut first_for = None;
         let reference = match &w.reference {
             ReferenceConfig::Previous => None,
+            ReferenceConfig::FirstFor { duration_ms } => {
+                first_for = Some(*duration_ms as i64);
+                None
+            }
             ReferenceConfig::First { size } => Some(ReferenceMode::First(size.get())),
             ReferenceConfig::File { path } => {
                 let p = self.pipeline.resolve(path);
@@ -171,16 +176,17 @@ impl Stages {
         Ok(match w.current {
             CurrentConfig::Count { size, slide } => {
                 let reference = reference.ok_or_else(|| {
-                    let m = "a `previous` reference needs event-time windows";
+                    let m = "this reference needs event-time windows";
                     ConfigError::invalid(&self.pipeline.path, "window.reference", m)
                 })?;
                 Windows::new(key, time, reference, size.get(), slide.get())
             }
             CurrentConfig::Time { duration_ms, slide_ms } => {
-                let reference = match reference {
-                    Some(ReferenceMode::First(n)) => TimeReference::First(n),
-                    Some(ReferenceMode::Fixed(b)) => TimeReference::Fixed(b),
-                    None => TimeReference::Previous,
+                let reference = match (reference, first_for) {
+                    (Some(ReferenceMode::First(n)), _) => TimeReference::First(n),
+                    (Some(ReferenceMode::Fixed(b)), _) => TimeReference::Fixed(b),
+                    (None, Some(ms)) => TimeReference::FirstFor(ms),
+                    (None, None) => TimeReference::Previous,
                 };
                 let shape = TimeShape {
                     duration: duration_ms as i64,

@@ -91,6 +91,9 @@ pub struct KeySnapshot {
 /// What an event-time key's restart needs beside its anchor.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TimeState {
+    /// A `first` reference by duration: the key's first event time.
+    #[serde(default)]
+    pub ref_start: Option<i64>,
     /// Windows ending at or before this (ms) were closed.
     pub closed_to: i64,
     /// Late events since the key's last evaluation.

@@ -38,6 +38,8 @@ pub enum TimeReference {
     Fixed(Vec<RecordBatch>),
     /// The window of the same duration just before the current one.
     Previous,
+    /// Each key's events from its first event's time for this long (ms).
+    FirstFor(i64),
 }
 
 /// The shape of event-time windows (all in ms).
@@ -67,6 +69,10 @@ struct TimeKey {
     ref_rows: usize,
     /// Rows booked for the `first` reference, added or not yet.
     ref_booked: usize,
+    /// `FirstFor`: the key's first event time, and whether its watermark
+    /// has passed the reference's end (the reference is then complete).
+    ref_start: Option<i64>,
+    ref_done: bool,
     /// Rows some open window (or its successor's `previous` reference) needs.
     held: VecDeque<RecordBatch>,
     held_rows: usize,
@@ -94,6 +100,8 @@ impl Default for TimeKey {
             reference: vec![],
             ref_rows: 0,
             ref_booked: 0,
+            ref_start: None,
+            ref_done: false,
             held: VecDeque::new(),
             held_rows: 0,
             next_end: None,
@@ -175,6 +183,7 @@ impl TimeWindows {
             TimeReference::First(n) => format!("first:{n}"),
             TimeReference::Fixed(b) => format!("fixed:{}", b.iter().map(|b| b.num_rows()).sum::<usize>()),
             TimeReference::Previous => "previous".into(),
+            TimeReference::FirstFor(ms) => format!("first_for:{ms}"),
         };
         let TimeShape {
             duration,
@@ -268,11 +277,23 @@ impl TimeWindows {
             }
             return false;
         }
-        if let TimeReference::First(n) = self.reference
-            && st.ref_booked < n
-        {
-            st.ref_booked += 1;
-            return true;
+        match self.reference {
+            TimeReference::First(n) if st.ref_booked < n => {
+                st.ref_booked += 1;
+                return true;
+            }
+            TimeReference::FirstFor(d) => {
+                let t0 = *st.ref_start.get_or_insert(row.time);
+                if row.time < t0 + d {
+                    // Before the reference is complete, it takes the row;
+                    // after, the row came too late for it.
+                    if st.ref_done && !seen {
+                        st.late += 1;
+                    }
+                    return !st.ref_done;
+                }
+            }
+            _ => {}
         }
         if !in_window && !previous && !seen {
             return false; // between windows (a slide longer than the duration)
@@ -299,13 +320,25 @@ impl TimeWindows {
         for (key, rows) in std::mem::take(accepted) {
             let mut part = take_record_batch(batch, &UInt32Array::from(rows))?;
             let Some(st) = self.keys.get_mut(&key) else { continue };
-            if let TimeReference::First(n) = self.reference
-                && st.ref_rows < n
-            {
-                let take = (n - st.ref_rows).min(part.num_rows());
-                st.reference.push(part.slice(0, take));
-                st.ref_rows += take;
-                part = part.slice(take, part.num_rows() - take);
+            match self.reference {
+                TimeReference::First(n) if st.ref_rows < n => {
+                    let take = (n - st.ref_rows).min(part.num_rows());
+                    st.reference.push(part.slice(0, take));
+                    st.ref_rows += take;
+                    part = part.slice(take, part.num_rows() - take);
+                }
+                TimeReference::FirstFor(d) if !st.ref_done => {
+                    // As `take_row` booked them: before the reference's end.
+                    let until = st.ref_start.map_or(i64::MIN, |t0| t0 + d);
+                    let split =
+                        |from, to| rows_between(&VecDeque::from([part.clone()]), self.time_col.as_deref(), from, to);
+                    let (early, rest) = (split(i64::MIN, until)?, split(until, i64::MAX)?);
+                    st.ref_rows += early.iter().map(|b| b.num_rows()).sum::<usize>();
+                    st.reference.extend(early);
+                    let Some(rest) = rest.into_iter().next() else { continue };
+                    part = rest;
+                }
+                _ => {}
             }
             if part.num_rows() > 0 {
                 st.held_rows += part.num_rows();
@@ -348,6 +381,9 @@ impl TimeWindows {
         let Some(st) = self.keys.get_mut(key) else {
             return Ok(());
         };
+        if let (TimeReference::FirstFor(d), Some(t0)) = (&self.reference, st.ref_start) {
+            st.ref_done |= mark >= t0 + d;
+        }
         while let Some(end) = st.next_end.filter(|e| *e <= mark) {
             if let Some(d) = evaluate(st, &self.reference, shape, time_col, end, at)? {
                 due.push(Due {
@@ -380,6 +416,7 @@ impl TimeWindows {
     fn snapshot(&self, key: &str, st: &TimeKey) -> KeySnapshot {
         let reference_rows = match self.reference {
             TimeReference::First(n) if st.ref_rows == n => n,
+            TimeReference::FirstFor(_) if st.ref_done => st.ref_rows,
             _ => 0,
         };
         let seen_to = st
@@ -398,6 +435,7 @@ impl TimeWindows {
                 vec![]
             },
             time: Some(TimeState {
+                ref_start: st.ref_start,
                 closed_to: st.closed_to,
                 late: st.late,
                 seen_to,
@@ -432,8 +470,14 @@ impl TimeWindows {
         for s in snaps.into_iter().filter(|s| s.evaluations > 0) {
             let Some(t) = s.time else { continue };
             let rows: usize = s.reference.iter().map(|b| b.num_rows()).sum();
-            let with_reference = matches!(self.reference, TimeReference::First(n) if rows == n);
+            let with_reference = match self.reference {
+                TimeReference::First(n) => rows == n,
+                TimeReference::FirstFor(_) => rows > 0 && rows == s.reference_rows,
+                _ => false,
+            };
             let st = TimeKey {
+                ref_start: if with_reference { t.ref_start } else { None },
+                ref_done: with_reference,
                 evaluations: s.evaluations,
                 saved: s.evaluations,
                 closed_to: t.closed_to,
@@ -513,6 +557,8 @@ fn evaluate(
         TimeReference::First(_) => vec![],
         TimeReference::Fixed(b) => b.clone(),
         TimeReference::Previous => rows_between(&st.held, time_col, start - shape.duration, start)?,
+        TimeReference::FirstFor(_) if st.ref_done => st.reference.clone(),
+        TimeReference::FirstFor(_) => vec![],
     };
     let count = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows()).sum::<usize>();
     if count(&current) == 0 || count(&reference) == 0 {
@@ -764,6 +810,24 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    #[test]
+    fn a_first_reference_by_duration_takes_the_key_s_first_stretch_of_event_time() {
+        let evs: Vec<Ev> = (0..25).map(|i| ("a", 0, i, 5 * i)).collect();
+        // The first 50 ms (times 0..45: 10 events) are the reference; the
+        // window [30, 60) holds 50 and 55 only.
+        let want: Vec<Seen> = vec![
+            ("a".into(), (30, 60), (0, 12), 1, 10, 2, 0),
+            ("a".into(), (60, 90), (0, 18), 2, 10, 6, 0),
+            ("a".into(), (90, 120), (0, 24), 3, 10, 6, 0),
+        ];
+        for size in [1, 4, 25] {
+            assert_eq!(
+                feed(&mut windows(TimeReference::FirstFor(50), 30, 30, 0), &evs, size),
+                want
+            );
+        }
+    }
+
     /// The count windows' restart property, for event time: saved at any
     /// batch, killed at any later point, restored and replayed from the
     /// committed offset, the evaluations after the last one delivered are
@@ -771,7 +835,12 @@ mod tests {
     #[test]
     fn a_restore_and_replay_from_the_committed_offset_keeps_the_evaluations() {
         let evs: Vec<Ev> = stream().into_iter().filter(|e| e.1 == 0).collect();
-        for (reference, slide) in [(TimeReference::First(5), 20), (TimeReference::Previous, 10)] {
+        let cases = [
+            (TimeReference::First(5), 20),
+            (TimeReference::Previous, 10),
+            (TimeReference::FirstFor(25), 10),
+        ];
+        for (reference, slide) in cases {
             let fresh = || windows(reference.clone(), 20, slide, 0);
             let all = feed(&mut fresh(), &evs, 3);
             for saved_at in (3..evs.len()).step_by(3) {
