@@ -166,11 +166,11 @@ pub async fn run(
         r
     });
     // Stops with the run, however it ends.
-    let _watcher = AbortOnDrop(tokio::spawn(watch_lag(
+    let watcher = AbortOnDrop(Some(tokio::spawn(watch_lag(
         consumer.clone(),
         stats.clone(),
         opts.stall_after.unwrap_or(DEFAULT_STALL_AFTER),
-    )));
+    ))));
 
     let mut processing = Processing::new(engine, consumer, producer, output, stats, observer, fault);
     let result = processing.drain(rx, labels_reader.as_ref()).await;
@@ -179,6 +179,10 @@ pub async fn run(
         shutdown.store(true, Ordering::SeqCst);
     }
     let read = join_readers(reader, labels_reader.as_mut()).await;
+    // The watcher holds the consumer too: gone before the final commit, so
+    // that the consumer closes (and leaves its group) when the run returns,
+    // while its brokers are still there.
+    watcher.stop().await;
     result?;
     read?;
     processing.finish().await
@@ -426,11 +430,23 @@ impl Held<'_> {
 }
 
 /// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it is gone.
+    async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
