@@ -301,20 +301,10 @@ impl CountWindows {
     pub fn oldest_needed(&self) -> BTreeMap<i32, i64> {
         let mut out: BTreeMap<i32, i64> = BTreeMap::new();
         for st in self.keys.values() {
-            for (p, o) in &st.anchor {
-                let e = out.entry(*p).or_insert(i64::MAX);
-                *e = (*e).min(*o);
-            }
+            lower_to(&mut out, st.anchor.iter().map(|(p, o)| (*p, *o)));
             let reference = if st.ref_saved { &[][..] } else { &st.reference[..] };
             for b in reference.iter().chain(st.current.iter()) {
-                let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else {
-                    continue;
-                };
-                let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
-                for i in 0..b.num_rows() {
-                    let e = out.entry(p.value(i)).or_insert(i64::MAX);
-                    *e = (*e).min(o.value(i));
-                }
+                lower_to(&mut out, partition_offsets(b));
             }
         }
         out

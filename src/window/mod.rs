@@ -198,6 +198,24 @@ fn key_strings(key_col: Option<&str>, batch: &RecordBatch) -> Result<Option<Arra
     )?))
 }
 
+/// (partition, offset) of each row of `b`.
+fn partition_offsets(b: &RecordBatch) -> Vec<(i32, i64)> {
+    let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else {
+        return vec![];
+    };
+    let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
+    (0..b.num_rows()).map(|i| (p.value(i), o.value(i))).collect()
+}
+
+/// Lowers `into`'s offset of each partition to the `at` (partition,
+/// offset) pairs' lowest.
+fn lower_to(into: &mut BTreeMap<i32, i64>, at: impl IntoIterator<Item = (i32, i64)>) {
+    for (p, o) in at {
+        let e = into.entry(p).or_insert(o);
+        *e = (*e).min(o);
+    }
+}
+
 /// Row `i`'s key ("" for a null key).
 fn key_at(keys: &StringArray, i: usize) -> &str {
     if keys.is_null(i) { "" } else { keys.value(i) }

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, filter_record_batch, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::error::ArrowError;
 
 use super::*;
@@ -448,10 +448,7 @@ impl TimeWindows {
     fn held_from(&self, st: &TimeKey) -> BTreeMap<i32, i64> {
         let mut out = st.restore_from.clone();
         for b in &st.held {
-            for (p, o) in partition_offsets(b) {
-                let e = out.entry(p).or_insert(o);
-                *e = (*e).min(o);
-            }
+            lower_to(&mut out, partition_offsets(b));
         }
         out
     }
@@ -522,18 +519,11 @@ impl TimeWindows {
     pub fn oldest_needed(&self) -> BTreeMap<i32, i64> {
         let mut out: BTreeMap<i32, i64> = BTreeMap::new();
         for st in self.keys.values() {
-            let mut needed = self.held_from(st);
+            lower_to(&mut out, self.held_from(st));
             if !st.ref_saved {
                 for b in &st.reference {
-                    for (p, o) in partition_offsets(b) {
-                        let e = needed.entry(p).or_insert(o);
-                        *e = (*e).min(o);
-                    }
+                    lower_to(&mut out, partition_offsets(b));
                 }
-            }
-            for (p, o) in needed {
-                let e = out.entry(p).or_insert(o);
-                *e = (*e).min(o);
             }
         }
         out
@@ -645,15 +635,6 @@ fn times(b: &RecordBatch, time_col: Option<&str>) -> Result<Vec<i64>, ArrowError
             _ => stamp.value(i),
         })
         .collect())
-}
-
-/// (partition, offset) of each row of `b`.
-fn partition_offsets(b: &RecordBatch) -> Vec<(i32, i64)> {
-    let (Some(p), Some(o)) = (b.column_by_name(PARTITION_COL), b.column_by_name(OFFSET_COL)) else {
-        return vec![];
-    };
-    let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
-    (0..b.num_rows()).map(|i| (p.value(i), o.value(i))).collect()
 }
 
 #[cfg(test)]
