@@ -76,6 +76,14 @@ struct RunArgs {
     /// status line and `driftwatch_consumer_stalled` say so; 0 never.
     #[arg(long, default_value_t = 120)]
     stall_after: u64,
+    /// Static group membership (Kafka's `group.instance.id`, KIP-345): an
+    /// id of this instance that stays the same across its restarts (a
+    /// StatefulSet pod's name, a compose service's replica name). A
+    /// restarted instance then gets its partitions back at once instead of
+    /// after the dead one's session timeout; no two running instances may
+    /// share it. Letters, digits, `.`, `_`, `-`; at most 249.
+    #[arg(long, env = "DRIFTWATCH_INSTANCE_ID")]
+    instance_id: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -300,6 +308,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let opts = RunOptions {
                 max_events: a.max_events,
                 group_id: a.group_id,
+                instance_id: a.instance_id,
                 stall_after: Some(std::time::Duration::from_secs(a.stall_after)),
             };
             run(&a.pipeline, opts, &a.metrics, a.status_every).await

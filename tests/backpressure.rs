@@ -88,6 +88,7 @@ async fn a_reader_that_cannot_go_on_is_reported_stalled_then_recovers() {
         max_events: None,
         group_id: Some("g-stall".into()),
         stall_after: Some(Duration::from_secs(2)),
+        ..Default::default()
     };
     let (run, stats, shutdown) = start_pipeline(&p, opts).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);

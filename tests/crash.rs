@@ -15,9 +15,20 @@ use common::*;
 use driftwatch::broker::Broker;
 
 /// A killed instance stays in the group until its session times out: a
-/// short one lets the next start without waiting long.
-fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str, checkpoints: Option<&str>) -> std::path::PathBuf {
-    let mut extra = r#", properties: {session.timeout.ms: "6000", heartbeat.interval.ms: "1000"}"#.to_string();
+/// short one lets the next start without waiting long. A static member
+/// (`Member::Static`) does not wait for it: its session is left at
+/// librdkafka's default (45 s), so a restart that waited would show.
+fn pipeline(
+    dir: &std::path::Path,
+    topic: &str,
+    brokers: &str,
+    checkpoints: Option<&str>,
+    member: Member,
+) -> std::path::PathBuf {
+    let mut extra = match member {
+        Member::Dynamic => r#", properties: {session.timeout.ms: "6000", heartbeat.interval.ms: "1000"}"#.to_string(),
+        Member::Static => String::new(),
+    };
     extra += &checkpoint_option(checkpoints);
     ks_pipeline_with(
         dir,
@@ -27,6 +38,25 @@ fn pipeline(dir: &std::path::Path, topic: &str, brokers: &str, checkpoints: Opti
         "{reference: {type: first, size: 300}, current: {size: 300, slide: 150}}",
         &extra,
     )
+}
+
+/// How the instances of a test join their group.
+#[derive(Clone, Copy, PartialEq)]
+enum Member {
+    /// A new member each start (the default).
+    Dynamic,
+    /// Static membership: every instance of the test is `--instance-id dw-0`
+    /// (through `DRIFTWATCH_INSTANCE_ID`), one after the other.
+    Static,
+}
+
+impl Member {
+    fn env(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Member::Dynamic => vec![],
+            Member::Static => vec![("DRIFTWATCH_INSTANCE_ID", "dw-0")],
+        }
+    }
 }
 
 /// Alternating clean and shifted stretches: several alerts over the stream.
@@ -46,18 +76,21 @@ fn run_to_the_end(
     group: &str,
     last: i64,
     checkpoints: Option<&str>,
+    member: Member,
 ) {
-    let child = start_run(p, group, "last");
+    let child = start_run_with(p, group, "last", &member.env());
     wait_delivered(broker, topic, group, &BTreeMap::from([(0, last)]), checkpoints);
     stop_run(child);
 }
 
 /// Runs `p` with the fault hook `abort-before-mark:n` until it aborts
 /// (SIGABRT, checked); returns its log.
-fn run_until_abort(p: &std::path::Path, group: &str, name: &str, n: u64) -> std::path::PathBuf {
+fn run_until_abort(p: &std::path::Path, group: &str, name: &str, n: u64, member: Member) -> std::path::PathBuf {
     use std::os::unix::process::ExitStatusExt;
     let fault = format!("abort-before-mark:{n}");
-    let child = start_run_with(p, group, name, &[("DRIFTWATCH_FAULT", &fault)]);
+    let mut env = member.env();
+    env.push(("DRIFTWATCH_FAULT", &fault));
+    let child = start_run_with(p, group, name, &env);
     let log = child.1.clone();
     let status = child.wait_exit(Duration::from_secs(240));
     assert_eq!(status.signal(), Some(6), "{status:?}: {}", log.display());
@@ -79,7 +112,7 @@ fn evaluations(n: usize) -> usize {
     if n < 600 { 0 } else { (n - 600) / 150 + 1 }
 }
 
-async fn kill_and_restart(broker: &impl Kafka, checkpoints: bool) {
+async fn kill_and_restart(broker: &impl Kafka, checkpoints: bool, member: Member) {
     for t in ["ref", "crash"] {
         for s in ["", "-alerts", "-dlq", "-stats", "-checkpoints"] {
             broker.create_topic(&format!("{t}{s}"), 1);
@@ -92,8 +125,8 @@ async fn kill_and_restart(broker: &impl Kafka, checkpoints: bool) {
     let last = ev.len() as i64 - 1;
 
     // Uninterrupted.
-    let p_ref = pipeline(dir.path(), "ref", &broker.bootstrap(), cp("ref-checkpoints"));
-    run_to_the_end(broker, &p_ref, "ref", "g-ref", last, cp("ref-checkpoints"));
+    let p_ref = pipeline(dir.path(), "ref", &broker.bootstrap(), cp("ref-checkpoints"), member);
+    run_to_the_end(broker, &p_ref, "ref", "g-ref", last, cp("ref-checkpoints"), member);
     let want = alert_ids(broker, "ref-alerts", 1);
     assert!(want.len() >= 3, "the stream has several alerts: {}", want.len());
 
@@ -101,14 +134,20 @@ async fn kill_and_restart(broker: &impl Kafka, checkpoints: bool) {
     // seen and is killed with SIGKILL as soon as it has published the
     // evaluations of the part (odd runs: all but the last one, so the kill
     // lands while the part is still in work). A last run finishes.
-    let p = pipeline(dir.path(), "crash", &broker.bootstrap(), cp("crash-checkpoints"));
+    let p = pipeline(
+        dir.path(),
+        "crash",
+        &broker.bootstrap(),
+        cp("crash-checkpoints"),
+        member,
+    );
     let mut kills = 0;
     let mut sent = 0;
     for (i, upto) in [900, 1500, 2100, 2700].into_iter().enumerate() {
         produce(broker, "crash", &ev[sent..upto]).await;
         sent = upto;
         let target = evaluations(upto) - i % 2;
-        let child = start_run(&p, "g-crash", &format!("kill{i}"));
+        let child = start_run_with(&p, "g-crash", &format!("kill{i}"), &member.env());
         let seen = wait_for(broker, "crash-stats", target);
         child.kill(); // SIGKILL
         if seen >= target {
@@ -124,7 +163,7 @@ async fn kill_and_restart(broker: &impl Kafka, checkpoints: bool) {
     produce(broker, "crash", &ev[sent..]).await;
     let mut aborts = 0;
     for (i, n) in [1, 2, 2].into_iter().enumerate() {
-        let log = run_until_abort(&p, "g-crash", &format!("abort{i}"), n);
+        let log = run_until_abort(&p, "g-crash", &format!("abort{i}"), n, member);
         aborts += 1;
         if i > 0 {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -135,7 +174,7 @@ async fn kill_and_restart(broker: &impl Kafka, checkpoints: bool) {
             );
         }
     }
-    run_to_the_end(broker, &p, "crash", "g-crash", last, cp("crash-checkpoints"));
+    run_to_the_end(broker, &p, "crash", "g-crash", last, cp("crash-checkpoints"), member);
     let got = alert_ids(broker, "crash-alerts", want.len());
     let stats = read_topic(broker, "crash-stats", evaluations(ev.len()), Duration::from_secs(30));
     eprintln!(
@@ -157,12 +196,80 @@ async fn kill_and_restart(broker: &impl Kafka, checkpoints: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_gives_exactly_the_alerts_of_an_uninterrupted_run() {
-    kill_and_restart(&Broker::start(1).unwrap(), false).await;
+    kill_and_restart(&Broker::start(1).unwrap(), false, Member::Dynamic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_on_tansu_gives_exactly_the_alerts_of_an_uninterrupted_run() {
-    kill_and_restart(&Tansu::start(), true).await;
+    kill_and_restart(&Tansu::start(), true, Member::Dynamic).await;
+}
+
+/// The same with static membership (`--instance-id`), on tansu (librdkafka's
+/// mock cluster has no static members): each restart takes the killed
+/// instance's place in the group, and the guarantees hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_as_a_static_member_gives_exactly_the_alerts_of_an_uninterrupted_run() {
+    kill_and_restart(&Tansu::start(), true, Member::Static).await;
+}
+
+/// `events` alternating between partitions 0 and 1.
+fn over_two_partitions(events: &[String]) -> Vec<(i32, &str, &str)> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as i32 % 2, "", e.as_str()))
+        .collect()
+}
+
+/// A static member killed with SIGKILL and started again with the same
+/// `--instance-id` gets its partitions back at once, not after the dead
+/// one's session (45 s) times out, and goes on where the killed one stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarted_after_kill_9_gets_its_partitions_back_at_once() {
+    let broker = Tansu::start();
+    broker.create_topic("static", 2);
+    for s in ["-alerts", "-dlq", "-stats", "-checkpoints"] {
+        broker.create_topic(&format!("static{s}"), 1);
+    }
+    let ev = events();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(
+        dir.path(),
+        "static",
+        &broker.bootstrap(),
+        Some("static-checkpoints"),
+        Member::Static,
+    );
+    let assigned = |run: &Running| run.log_text().matches("partition assigned").count();
+    produce_keyed(&broker, "static", &over_two_partitions(&ev[..900])).await;
+    let first = start_run_with(&p, "g-static", "first", &Member::Static.env());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while assigned(&first) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first run assigned: {}",
+            first.log_tail(10)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill();
+
+    let started = std::time::Instant::now();
+    let second = start_run_with(&p, "g-static", "second", &Member::Static.env());
+    while assigned(&second) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the restarted static member waits for its partitions: {}",
+            second.log_tail(10)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    eprintln!("a restarted static member had both partitions after {took:?}");
+    // It goes on: the evaluations of all 1500 events are published.
+    produce_keyed(&broker, "static", &over_two_partitions(&ev[900..1500])).await;
+    assert_eq!(wait_for(&broker, "static-stats", evaluations(1500)), evaluations(1500));
+    stop_run(second);
 }
 
 /// Late labels across crashes: concept drift (labels remapped) whose labels
@@ -314,7 +421,7 @@ async fn late_labels(checkpoints: bool) {
     // evaluations is delivered and before its mark (the fault hook), twice.
     produce(&broker, "lcrash.labels", &all[sent..]).await;
     for (i, n) in [1, 2].into_iter().enumerate() {
-        run_until_abort(&pipelines[1], "g-lcrash", &format!("abort{i}"), n);
+        run_until_abort(&pipelines[1], "g-lcrash", &format!("abort{i}"), n, Member::Dynamic);
         kills += 1;
     }
     let child = start_run(&pipelines[1], "g-lcrash", "last");
@@ -462,7 +569,15 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
 
     let p_ref = pipeline("kref");
     produce(&broker, "kref", &ev).await;
-    run_to_the_end(&broker, &p_ref, "kref", "g-kref", last, Some("kref-checkpoints"));
+    run_to_the_end(
+        &broker,
+        &p_ref,
+        "kref",
+        "g-kref",
+        last,
+        Some("kref-checkpoints"),
+        Member::Dynamic,
+    );
     let want = evaluations("kref-stats", 1);
     let want_alerts = alert_ids(&broker, "kref-alerts", 1);
     assert!(want.len() > 30, "{}", want.len());
@@ -493,10 +608,18 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
     produce(&broker, "kcrash", &ev[sent..]).await;
     let mut aborts = 0;
     for (i, n) in [1, 2].into_iter().enumerate() {
-        run_until_abort(&p, "g-kcrash", &format!("abort{i}"), n);
+        run_until_abort(&p, "g-kcrash", &format!("abort{i}"), n, Member::Dynamic);
         aborts += 1;
     }
-    run_to_the_end(&broker, &p, "kcrash", "g-kcrash", last, Some("kcrash-checkpoints"));
+    run_to_the_end(
+        &broker,
+        &p,
+        "kcrash",
+        "g-kcrash",
+        last,
+        Some("kcrash-checkpoints"),
+        Member::Dynamic,
+    );
     let got = evaluations("kcrash-stats", want.len());
     let got_alerts = alert_ids(&broker, "kcrash-alerts", want_alerts.len());
     eprintln!(

@@ -66,6 +66,12 @@ async fn compose_services_refer_to_what_exists_and_the_pipeline_validates() {
     assert_eq!(prod[0], "produce");
     driftwatch::scenario::Loaded::load(&root().join(&prod[1])).unwrap();
     assert_eq!(strings(&c["services"]["producer"]["profiles"]), ["demo"]);
+    // A restart keeps its partitions (static membership, a legal id).
+    let id = dw["environment"]["DRIFTWATCH_INSTANCE_ID"].as_str().unwrap();
+    assert!(
+        id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+        "{id}"
+    );
     // The pipeline validates with the environment compose gives it.
     let env = dw["environment"].as_mapping().unwrap();
     for (k, v) in env {

@@ -178,6 +178,7 @@ impl FieldSeed<'_> {
             FieldKind::Int | FieldKind::Timestamp => {
                 n.as_i64().map(Cell::I).ok_or_else(|| wrong(f, expected(f), "a number"))
             }
+            FieldKind::Category if f.strict => Err(wrong(f, "a string (strict category)", "a number")),
             // Categories are often sent as small integers; keep them as text
             // (written as serde_json writes numbers: 3, 3.5, 3.0).
             FieldKind::Category => {

@@ -412,3 +412,49 @@ fn decoded_events_count_the_dead_letters_before_them() {
     take(&mut d);
     assert_eq!(counts, vec![0, 2, 1, 0]);
 }
+
+/// A number where a category is declared is the category of its text
+/// (`17` and `"17"` are one category, `3` and `3.0` are two), unless the
+/// field is `strict`: then it is dead-lettered as a wrong type, naming the
+/// field. `strict` on another kind of field is a schema error naming it.
+#[test]
+fn numbers_in_category_fields_are_text_unless_strict() {
+    let load = |fields: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, format!("name: c\nfields:\n{fields}")).unwrap();
+        EventSchema::load(&p).map(Arc::new)
+    };
+    let lenient = load("  - {name: scanner, type: category}\n").unwrap();
+    let mut d = Decoder::new(lenient, 1024);
+    for (i, v) in ["17", "\"17\"", "3.0"].iter().enumerate() {
+        d.decode(&rec(i as i64, &format!(r#"{{"scanner":{v}}}"#))).unwrap();
+    }
+    let b = d.flush().unwrap().unwrap();
+    let col = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+        .unwrap();
+    assert_eq!(col.iter().collect::<Vec<_>>(), [Some("17"), Some("17"), Some("3.0")]);
+
+    let strict = load("  - {name: scanner, type: category, strict: true}\n").unwrap();
+    let mut d = Decoder::new(strict, 1024);
+    d.decode(&rec(0, r#"{"scanner":"17"}"#)).unwrap();
+    let e = d.decode(&rec(1, r#"{"scanner":17}"#)).unwrap_err();
+    assert_eq!(e.reason, Reason::WrongType);
+    assert_eq!(e.field.as_deref(), Some("scanner"));
+    assert!(
+        e.message.contains("strict category") && e.message.contains("a number"),
+        "{}",
+        e.message
+    );
+
+    let e = load("  - {name: x, type: float, strict: true}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("fields[0].strict") && e.contains("only category fields"),
+        "{e}"
+    );
+}

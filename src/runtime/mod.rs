@@ -56,6 +56,9 @@ pub struct RunOptions {
     pub max_events: Option<u64>,
     /// Consumer group override.
     pub group_id: Option<String>,
+    /// Static membership: the group consumer's `group.instance.id`
+    /// (overrides one in `source.properties`); see [`kafka::static_member`].
+    pub instance_id: Option<String>,
     /// Stalled after this long without reading while events wait (see
     /// [`crate::metrics::StallWatch`]); `None`: [`DEFAULT_STALL_AFTER`],
     /// zero: never.
@@ -138,6 +141,10 @@ pub async fn run(
         .clone()
         .or_else(|| src.group_id.clone())
         .unwrap_or_else(|| format!("driftwatch-{}", p.name));
+    let src = &match &opts.instance_id {
+        Some(id) => kafka::static_member(src, id).map_err(RuntimeError::Other)?,
+        None => src.clone(),
+    };
     let (consumer, output, producer) = connect(&p, src, &group).await?;
     let engine = Engine::new(stages).await?;
     tracing::info!(pipeline = %p.name, topic = %src.topic, group = %group, brokers = %src.brokers, "consuming");

@@ -72,7 +72,7 @@ impl Published {
         timeout: Duration,
     ) -> Result<Self, ScanError> {
         let deadline = Instant::now() + timeout;
-        let mut cfg = client_config(ClientRole::Consumer, brokers, props);
+        let mut cfg = client_config(ClientRole::Reader, brokers, props);
         // Only assigned, never subscribed or committed: the group id is a formality.
         cfg.set("group.id", "driftwatch-published-scan")
             .set("enable.auto.commit", "false")

@@ -43,6 +43,11 @@ impl EventsReader {
         loop {
             if checked.elapsed() > Duration::from_secs(2) {
                 checked = tokio::time::Instant::now();
+                if let Some(e) = self.consumer.fatal_error() {
+                    // Nothing more can be read or committed: stop, so that a
+                    // supervisor sees the exit instead of a run that retries forever.
+                    return Err(RuntimeError::Other(format!("kafka consumer of {}: {e}", self.p.name)));
+                }
                 if !self.stats.ready.load(Ordering::Relaxed) && self.consumer.assigned() {
                     self.stats.ready.store(true, Ordering::Relaxed);
                 }

@@ -122,6 +122,14 @@ pub struct FieldSpec {
     /// Whether NaN / ±Inf are accepted for float and tensor fields (default: false).
     #[serde(default)]
     pub allow_non_finite: bool,
+    /// Only for `type: category`: whether a JSON number is refused
+    /// (dead-lettered as `wrong_type`) instead of being taken as its text.
+    /// Default false, because categories are often sent as small integers:
+    /// `"scanner": 17` is the category "17", `3.0` is "3.0" (serde_json's
+    /// rendering), so `17` and `"17"` are one category but `3` and `3.0`
+    /// are two. Set it where a number means a producer bug.
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// Field value types.
@@ -218,6 +226,12 @@ impl EventSchema {
                     return Err((format!("fields[{i}].shape"), "only tensor fields have a shape".into()));
                 }
                 _ => {}
+            }
+            if f.strict && f.kind != FieldKind::Category {
+                return Err((
+                    format!("fields[{i}].strict"),
+                    format!("only category fields take `strict` (`{}` is {:?})", f.name, f.kind),
+                ));
             }
         }
         for (role, name) in [

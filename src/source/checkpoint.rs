@@ -251,7 +251,7 @@ impl Checkpoints {
             .set("message.timeout.ms", "300000")
             .set("linger.ms", "0");
         let producer: FutureProducer = pc.create()?;
-        let mut cc = super::kafka::client_config(ClientRole::Consumer, brokers, props);
+        let mut cc = super::kafka::client_config(ClientRole::Reader, brokers, props);
         // Only assigned, never subscribed or committed: the group id is a formality.
         cc.set("group.id", format!("{group}-checkpoint-reader"))
             .set("enable.auto.commit", "false")

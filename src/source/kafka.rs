@@ -56,6 +56,29 @@ pub fn producer(brokers: &str, props: &BTreeMap<String, String>) -> KafkaResult<
     c.create()
 }
 
+/// `src` with `group.instance.id` = `id`: the group consumer becomes a
+/// static member (KIP-345). A restarted instance with the same id takes its
+/// old place in the group without a rebalance, so it gets its partitions
+/// back at once instead of after the dead one's `session.timeout.ms`; a
+/// clean stop does not leave the group either (the partitions wait for the
+/// same id until the session times out). Kafka's rule for the id: at most
+/// 249 characters of `[a-zA-Z0-9._-]`.
+pub fn static_member(src: &KafkaSource, id: &str) -> Result<KafkaSource, String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > 249 || !id.chars().all(legal) {
+        return Err(format!(
+            "instance id `{id}`: give 1 to 249 letters, digits, `.`, `_` or `-` (it becomes the consumer's group.instance.id)"
+        ));
+    }
+    let mut src = src.clone();
+    if let Some(old) = src.properties.insert("group.instance.id".into(), id.into())
+        && old != id
+    {
+        tracing::info!(configured = %old, used = %id, "--instance-id overrides source.properties' group.instance.id");
+    }
+    Ok(src)
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Start {
     Committed,
@@ -341,7 +364,7 @@ impl KafkaConsumer {
     /// config's. With `checkpoints`, delivery marks are also recorded there
     /// (see [`KafkaConsumer::checkpoint`]) and read on each assignment.
     pub fn new(cfg: &KafkaSource, group_id: &str, checkpoints: Option<Checkpoints>) -> KafkaResult<Self> {
-        let c = Self::create(cfg, group_id, checkpoints)?;
+        let c = Self::create(cfg, group_id, checkpoints, ClientRole::Consumer)?;
         c.consumer.subscribe(&[&cfg.topic])?;
         Ok(c)
     }
@@ -350,7 +373,7 @@ impl KafkaConsumer {
     /// partitions to read ([`Self::follow`]); it resumes each from the
     /// offset committed in `group_id` and commits there.
     pub fn follower(cfg: &KafkaSource, group_id: &str) -> KafkaResult<Self> {
-        Self::create(cfg, group_id, None)
+        Self::create(cfg, group_id, None, ClientRole::Reader)
     }
 
     /// Reads exactly `partitions` of the topic (a follower), each from its
@@ -394,7 +417,12 @@ impl KafkaConsumer {
         topic_partitions(self.consumer.client(), &self.topic, timeout).map(|p| p.len())
     }
 
-    fn create(cfg: &KafkaSource, group_id: &str, checkpoints: Option<Checkpoints>) -> KafkaResult<Self> {
+    fn create(
+        cfg: &KafkaSource,
+        group_id: &str,
+        checkpoints: Option<Checkpoints>,
+        role: ClientRole,
+    ) -> KafkaResult<Self> {
         let checkpoints = checkpoints.map(Arc::new);
         let start = match &cfg.start {
             StartPosition::Committed => Start::Committed,
@@ -416,7 +444,7 @@ impl KafkaConsumer {
                 s.clone(),
             ));
         }
-        let mut c = client_config(ClientRole::Consumer, &cfg.brokers, &cfg.properties);
+        let mut c = client_config(role, &cfg.brokers, &cfg.properties);
         c.set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -424,7 +452,7 @@ impl KafkaConsumer {
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000");
         // Pass-through properties may override the above, except the commit ones we rely on.
-        for (k, v) in super::properties::for_role(ClientRole::Consumer, &cfg.properties) {
+        for (k, v) in super::properties::for_role(role, &cfg.properties) {
             if !matches!(
                 k.as_str(),
                 "enable.auto.commit" | "enable.auto.offset.store" | "group.id"
@@ -515,6 +543,18 @@ impl KafkaConsumer {
     pub fn has_timed_mark(&self, partition: i32) -> bool {
         let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         shared.marked.contains(&partition) || shared.delivered.get(&partition).is_some_and(|d| d.at_ms.is_some())
+    }
+
+    /// librdkafka's fatal error, once the consumer has one: it cannot go on
+    /// (a static member fenced by another instance with its id, for one).
+    pub fn fatal_error(&self) -> Option<String> {
+        let (code, reason) = self.consumer.client().fatal_error()?;
+        Some(match code {
+            rdkafka::types::RDKafkaErrorCode::FencedInstanceId => format!(
+                "another instance joined the group with this instance's id (group.instance.id), and the broker fenced this one; give each instance its own --instance-id ({reason})"
+            ),
+            _ => format!("fatal consumer error {code:?}: {reason}"),
+        })
     }
 
     /// Rebalance errors since the last call.
@@ -873,6 +913,29 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("ssl.bogus"), "{e}");
+    }
+
+    /// `--instance-id` becomes the group consumer's `group.instance.id`
+    /// (over one in the properties); ids Kafka would refuse are refused
+    /// here, saying what is allowed.
+    #[test]
+    fn an_instance_id_makes_a_static_member_and_must_be_legal() {
+        let cfg = KafkaSource {
+            brokers: "127.0.0.1:9".into(),
+            topic: "t".into(),
+            group_id: None,
+            start: StartPosition::Committed,
+            properties: props(&[("group.instance.id", "old")]),
+            checkpoint_topic: None,
+        };
+        for id in ["driftwatch-0", "dw.pod_7", &"x".repeat(249)] {
+            let s = static_member(&cfg, id).unwrap();
+            assert_eq!(s.properties["group.instance.id"], id);
+        }
+        for id in ["", "a b", "dw/0", "é", &"x".repeat(250)] {
+            let e = static_member(&cfg, id).unwrap_err();
+            assert!(e.contains("letters, digits") && e.contains("group.instance.id"), "{e}");
+        }
     }
 
     /// Windows are rebuilt on eager rebalances; a cooperative strategy

@@ -13,6 +13,11 @@ use std::collections::BTreeMap;
 pub enum ClientRole {
     Consumer,
     Producer,
+    /// Consumers that are assigned partitions and never join a group (the
+    /// labels follower, checkpoint and published-output readers): consumer
+    /// properties without the group-membership ones, so that a static
+    /// member's `group.instance.id` is the group member's alone.
+    Reader,
     /// Admin and metadata clients: neither consumer nor producer properties.
     Admin,
 }
@@ -52,6 +57,19 @@ const CONSUMER_ONLY: &[&str] = &[
     "consume.callback.max.messages",
 ];
 
+/// Consumer properties about membership in a group: only the consumer that
+/// subscribes gets them.
+const MEMBER_ONLY: &[&str] = &[
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "max.poll.interval.ms",
+];
+
 /// Properties only producers read (scope P).
 const PRODUCER_ONLY: &[&str] = &[
     "transactional.id",
@@ -88,6 +106,7 @@ pub fn applies(role: ClientRole, key: &str) -> bool {
     let producer_only = PRODUCER_ONLY.contains(&key);
     match role {
         ClientRole::Consumer => !producer_only,
+        ClientRole::Reader => !producer_only && !MEMBER_ONLY.contains(&key),
         ClientRole::Producer => !consumer_only,
         ClientRole::Admin => !consumer_only && !producer_only,
     }
@@ -109,6 +128,7 @@ mod tests {
             ("linger.ms", "20"),
             ("security.protocol", "SASL_SSL"),
             ("sasl.password", "x"),
+            ("group.instance.id", "dw-0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -116,6 +136,15 @@ mod tests {
         let keys = |role| for_role(role, &props).map(|(k, _)| k.as_str()).collect::<Vec<_>>();
         assert_eq!(
             keys(ClientRole::Consumer),
+            [
+                "fetch.wait.max.ms",
+                "group.instance.id",
+                "sasl.password",
+                "security.protocol"
+            ]
+        );
+        assert_eq!(
+            keys(ClientRole::Reader),
             ["fetch.wait.max.ms", "sasl.password", "security.protocol"]
         );
         assert_eq!(

@@ -40,7 +40,7 @@ pub fn open(
 }
 
 fn consumer(src: &KafkaSource, pipeline: &str) -> Result<BaseConsumer, SourceError> {
-    super::kafka::client_config(super::properties::ClientRole::Consumer, &src.brokers, &src.properties)
+    super::kafka::client_config(super::properties::ClientRole::Reader, &src.brokers, &src.properties)
         .set("group.id", format!("driftwatch-replay-{pipeline}"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
