@@ -187,6 +187,18 @@ fn explicit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D
     Option::<String>::deserialize(d).map(Some)
 }
 
+/// `from`, `to` and `topic` are a `range` reference's alone.
+fn no_range(kind: &str, s: &ReferenceSpec) -> Result<(), String> {
+    only(
+        kind,
+        &[
+            ("from", s.from.is_some()),
+            ("to", s.to.is_some()),
+            ("topic", s.topic.is_some()),
+        ],
+    )
+}
+
 fn only(kind: &str, present: &[(&str, bool)]) -> Result<(), String> {
     match present.iter().find(|(_, p)| *p) {
         Some((k, _)) => Err(format!("`{k}` does not apply to {kind}")),
@@ -633,8 +645,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// Reference window: `{type: first, size: N}`, `{type: file, path: P}`
-/// or (event-time windows) `{type: previous}`.
+/// Reference window: `{type: first, size: N}`, `{type: file, path: P}`,
+/// `{type: range, from: T, to: T}` or (event-time windows) `{type: previous}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "ReferenceSpec")]
 pub enum ReferenceConfig {
@@ -650,6 +662,19 @@ pub enum ReferenceConfig {
     /// current one ("this hour against the last"). A window with nothing
     /// before it is not evaluated.
     Previous,
+    /// A fixed time range of a Kafka topic (`{type: range, from: 2026-11-02T00:00:00Z,
+    /// to: 2026-11-09T00:00:00Z}`: the training week), read once at each
+    /// start on the source's brokers, by the records' timestamps as
+    /// `replay --from/--to` reads them: `[from, to)`, canonical order.
+    /// Decoded, transformed and scored like the stream, and shared by all
+    /// keys, as a file reference is. `topic` defaults to the source's. The
+    /// range must still be in the topic at every start (retention): copy
+    /// it to a file reference otherwise.
+    Range {
+        topic: Option<String>,
+        from_ms: i64,
+        to_ms: i64,
+    },
 }
 
 /// Reference kinds.
@@ -659,13 +684,14 @@ pub enum ReferenceType {
     First,
     File,
     Previous,
+    Range,
 }
 
 /// The `reference:` section as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReferenceSpec {
-    /// `first` or `file`.
+    /// `first`, `file`, `range` or `previous`.
     #[serde(rename = "type")]
     pub kind: ReferenceType,
     /// first: number of events.
@@ -678,6 +704,37 @@ pub struct ReferenceSpec {
     /// file: path, relative to the pipeline file.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// range: first time included (RFC 3339, or epoch ms).
+    #[serde(default)]
+    pub from: Option<TimePoint>,
+    /// range: first time not included (RFC 3339, or epoch ms).
+    #[serde(default)]
+    pub to: Option<TimePoint>,
+    /// range: the topic read (default: the source's).
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// A point in time as written: RFC 3339 text or epoch milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TimePoint {
+    Ms(i64),
+    Text(String),
+}
+
+impl TimePoint {
+    /// Epoch milliseconds.
+    pub fn ms(&self) -> Result<i64, String> {
+        match self {
+            TimePoint::Ms(ms) => Ok(*ms),
+            TimePoint::Text(t) => humantime::parse_rfc3339_weak(t)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .ok_or_else(|| format!("`{t}` is neither epoch ms nor an RFC 3339 time such as 2026-11-02T00:00:00Z")),
+        }
+    }
 }
 
 impl TryFrom<ReferenceSpec> for ReferenceConfig {
@@ -686,6 +743,7 @@ impl TryFrom<ReferenceSpec> for ReferenceConfig {
         match s.kind {
             ReferenceType::First => {
                 only("a `first` reference", &[("path", s.path.is_some())])?;
+                no_range("a `first` reference", &s)?;
                 match (s.size, s.duration) {
                     (Some(size), None) => Ok(ReferenceConfig::First { size }),
                     (None, Some(d)) => Ok(ReferenceConfig::FirstFor {
@@ -700,6 +758,7 @@ impl TryFrom<ReferenceSpec> for ReferenceConfig {
                     "a `file` reference",
                     &[("size", s.size.is_some()), ("duration", s.duration.is_some())],
                 )?;
+                no_range("a `file` reference", &s)?;
                 Ok(ReferenceConfig::File {
                     path: s.path.ok_or("a `file` reference needs `path`")?,
                 })
@@ -713,7 +772,32 @@ impl TryFrom<ReferenceSpec> for ReferenceConfig {
                         ("duration", s.duration.is_some()),
                     ],
                 )?;
+                no_range("a `previous` reference", &s)?;
                 Ok(ReferenceConfig::Previous)
+            }
+            ReferenceType::Range => {
+                only(
+                    "a `range` reference",
+                    &[
+                        ("size", s.size.is_some()),
+                        ("path", s.path.is_some()),
+                        ("duration", s.duration.is_some()),
+                    ],
+                )?;
+                let (Some(from), Some(to)) = (&s.from, &s.to) else {
+                    return Err("a `range` reference needs `from` and `to` (RFC 3339 times or epoch ms)".into());
+                };
+                let (from_ms, to_ms) = (from.ms()?, to.ms()?);
+                if from_ms >= to_ms {
+                    return Err(format!(
+                        "a `range` reference's `from` ({from_ms} ms) must be before its `to` ({to_ms} ms)"
+                    ));
+                }
+                Ok(ReferenceConfig::Range {
+                    topic: s.topic,
+                    from_ms,
+                    to_ms,
+                })
             }
         }
     }
@@ -983,6 +1067,16 @@ impl Pipeline {
     /// What applies to count windows only, or to event-time windows only.
     fn check_window(&self, w: &WindowConfig) -> Result<(), ConfigError> {
         let timed = matches!(w.current, CurrentConfig::Time { .. });
+        if matches!(w.reference, ReferenceConfig::Range { .. }) && !matches!(self.source, Some(SourceConfig::Kafka(_)))
+        {
+            let m = "a `range` reference reads a Kafka topic on the source's brokers: it needs a kafka source (use a `file` reference with files)";
+            return Err(self.err("window.reference", m));
+        }
+        if matches!(w.reference, ReferenceConfig::Range { .. }) && self.labels.is_some() {
+            // Its events' labels are on the labels topic, which nothing joins to them.
+            let m = "a `range` reference with a `labels` topic is not supported: the range's labels would have to be joined from the labels topic; use a `first` reference, or a `file` reference with labels inline";
+            return Err(self.err("window.reference", m));
+        }
         if !timed && matches!(w.reference, ReferenceConfig::Previous) {
             let m = "a `previous` reference needs event-time windows (`current: {duration: 1h}`)";
             return Err(self.err("window.reference", m));

@@ -158,18 +158,12 @@ impl Stages {
             ReferenceConfig::File { path } => {
                 let p = self.pipeline.resolve(path);
                 let recs = file::read_records(&p)?;
-                let (batches, rejected) = self.ingest(&recs).await?;
-                if let Some(r) = rejected.first() {
-                    tracing::warn!(file = %p.display(), rejected = rejected.len(), first = %r.message, "reference events rejected");
-                }
-                if batches.iter().all(|b| b.num_rows() == 0) {
-                    return Err(RuntimeError::Config(ConfigError::invalid(
-                        &self.pipeline.path,
-                        "window.reference.path",
-                        format!("{} holds no valid event", p.display()),
-                    )));
-                }
-                Some(ReferenceMode::Fixed(batches))
+                let what = p.display().to_string();
+                Some(self.fixed_reference(&recs, &what, "window.reference.path").await?)
+            }
+            ReferenceConfig::Range { topic, from_ms, to_ms } => {
+                let (recs, what) = self.read_reference_range(topic.as_deref(), *from_ms, *to_ms).await?;
+                Some(self.fixed_reference(&recs, &what, "window.reference").await?)
             }
         };
         let (key, time) = (key_column(&self.pipeline, &self.schema), self.schema.event_time.clone());
@@ -196,6 +190,57 @@ impl Stages {
                 Windows::Time(TimeWindows::new(key, time, reference, shape))
             }
         })
+    }
+
+    /// A reference of fixed events (a file's, a topic range's), scored;
+    /// `what` names them, `key` is the config key blamed when none is valid.
+    async fn fixed_reference(
+        &mut self,
+        recs: &[crate::source::RawRecord],
+        what: &str,
+        key: &str,
+    ) -> Result<ReferenceMode, RuntimeError> {
+        let (batches, rejected) = self.ingest(recs).await?;
+        if let Some(r) = rejected.first() {
+            tracing::warn!(reference = %what, rejected = rejected.len(), first = %r.message, "reference events rejected");
+        }
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows == 0 {
+            let m = format!("{what} holds no valid event");
+            return Err(RuntimeError::Config(ConfigError::invalid(&self.pipeline.path, key, m)));
+        }
+        tracing::info!(reference = %what, events = rows, rejected = rejected.len(), "reference read");
+        Ok(ReferenceMode::Fixed(batches))
+    }
+
+    /// The records of a `range` reference, read off the async workers, and
+    /// what they are (topic and times, for messages).
+    async fn read_reference_range(
+        &self,
+        topic: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<(Vec<crate::source::RawRecord>, String), RuntimeError> {
+        use crate::source::range::{self, TopicRange};
+        let src = self.pipeline.kafka_source("a `range` reference")?.clone();
+        let topic = topic.unwrap_or(&src.topic).to_string();
+        let when = |ms: i64| {
+            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+        };
+        let what = format!("topic {topic} from {} to {}", when(from_ms), when(to_ms));
+        let name = self.pipeline.name.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let range = TopicRange::Times {
+                from: Some(from_ms),
+                to: Some(to_ms),
+            };
+            range::open(&src, &name, &topic, &range)?.collect::<Result<Vec<_>, _>>()
+        });
+        let recs = read
+            .await
+            .map_err(|e| RuntimeError::Other(format!("reading the reference range: {e}")))?
+            .map_err(|e| RuntimeError::Other(format!("window.reference: {what}: {e}")))?;
+        Ok((recs, what))
     }
 
     /// The join of late labels, when the pipeline has a labels topic.
@@ -229,7 +274,8 @@ impl Stages {
     }
 
     /// Whether the reference's labels are at hand from the start: a file
-    /// reference (labelled inline), not the stream's first events.
+    /// reference (labelled inline), not the stream's first events nor a
+    /// range of its topic (whose labels come on the labels topic).
     fn labelled_reference(&self) -> bool {
         matches!(
             self.pipeline.window.as_ref().map(|w| &w.reference),
