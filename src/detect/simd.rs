@@ -439,6 +439,19 @@ fn sq_dists_block_gemm(
     }
 }
 
+/// Whether the permutation sums take table lookups (AVX2 without
+/// AVX-512: `mmd::lookup`) rather than masked adds.
+pub fn lookup_sums() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2() && !has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
     use std::sync::OnceLock;

@@ -50,6 +50,7 @@ use super::sequential::Sequential;
 use super::simd;
 use super::special::normal_sf;
 
+mod lookup;
 mod tiled;
 pub use tiled::{TILED_ABOVE, mmd_test_tiled};
 
@@ -589,7 +590,6 @@ fn fixed_lower(g: &Gram) -> Vec<i32> {
 /// same computation, so the permutation p-value stays exact for it.
 fn quad_forms(fixed: &[i32], total: usize, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     let sets = members.len();
-    let index = SetIndex::new(members, total);
     // Chunk bounds with about equal areas of the triangle (row i has i entries).
     let area = total * (total - 1) / 2;
     let mut bounds = vec![0usize];
@@ -603,11 +603,26 @@ fn quad_forms(fixed: &[i32], total: usize, members: &[Vec<u32>], threads: usize)
     if *bounds.last().unwrap_or(&0) != total {
         bounds.push(total);
     }
+    #[cfg(target_arch = "x86_64")]
+    let lookups = simd::lookup_sums().then(|| lookup::LookupIndex::new(members, total));
+    let index = (!simd::lookup_sums()).then(|| SetIndex::new(members, total));
     let chunk = |c: usize| -> Vec<i64> {
         let mut q = vec![0i64; sets + 1];
-        for i in bounds[c]..bounds[c + 1] {
-            // The half row, pooled columns 0..i.
-            index.add_row(i, &fixed[i * i.saturating_sub(1) / 2..i * (i + 1) / 2], 0, &mut q);
+        // The half row, pooled columns 0..i.
+        let row = |i: usize| &fixed[i * i.saturating_sub(1) / 2..i * (i + 1) / 2];
+        #[cfg(target_arch = "x86_64")]
+        if let Some(lookups) = &lookups {
+            let mut scratch = lookup::Scratch::default();
+            for i in bounds[c]..bounds[c + 1] {
+                // SAFETY: `lookup_sums` is true only with AVX2.
+                unsafe { lookup::add_row(lookups, i, row(i), &mut scratch, &mut q) };
+            }
+            return q;
+        }
+        if let Some(index) = &index {
+            for i in bounds[c]..bounds[c + 1] {
+                index.add_row(i, row(i), 0, &mut q);
+            }
         }
         q
     };
