@@ -99,18 +99,50 @@ pub struct MmdResult {
     pub sigma_fallback: bool,
 }
 
-/// Kernel blocks of one evaluation.
+/// Kernel blocks of one evaluation. The pooled matrix is symmetric, so only
+/// what lies left of its diagonal is used: K_XX through [`XxPart`], K_YX
+/// (m × n, rows: current events) and K_YY (m × m, valid below its diagonal
+/// only: entry [j·m + l], l < j; the rest is unspecified). There is no
+/// n × m block: every sum here reads K_YX by rows.
 struct Gram {
-    n: usize,
-    m: usize,
-    /// n × n, m × n (rows: current events) and m × m. The pooled matrix is
-    /// symmetric, so only what lies left of its diagonal is kept: K_XX and
-    /// K_YY are valid below their diagonals only (entry [i·n + j], j < i; the
-    /// rest is unspecified), and there is no n × m block — every sum here
-    /// reads K_YX by rows.
-    kxx: Arc<Block>,
     kyx: Arc<Block>,
     kyy: Arc<Block>,
+    /// What K_XX gives every evaluation against this reference.
+    xx: Arc<XxPart>,
+}
+
+/// The reference's own part of the sums, the same for every current window
+/// tested against it (kept in the cache with K_XX): K_XX left of its
+/// diagonal in fixed point (row i: its i values from offset i(i−1)/2), its
+/// row sums and twice its sum below the diagonal. Computed in the order
+/// `mmd_test` adds the rest in, so the sums are bit for bit those of one
+/// pass over the whole matrix.
+struct XxPart {
+    fixed: Vec<i32>,
+    row_sums: Vec<f64>,
+    sxx: f64,
+}
+
+impl XxPart {
+    fn new(kxx: &[f64], n: usize) -> Self {
+        let mut fixed = Vec::with_capacity(n * n.saturating_sub(1) / 2);
+        let mut row_sums = vec![0.0; n];
+        let mut sxx = 0.0;
+        for i in 0..n {
+            let row = &kxx[i * n..i * n + i];
+            let s = simd::sum(row);
+            sxx += 2.0 * s;
+            row_sums[i] += s;
+            add_to(&mut row_sums[..i], row);
+            simd::to_fixed(row, &mut fixed);
+        }
+        Self { fixed, row_sums, sxx }
+    }
+}
+
+/// acc += row, element by element (a stored row mirrored onto column sums).
+fn add_to(acc: &mut [f64], row: &[f64]) {
+    acc.iter_mut().zip(row).for_each(|(c, v)| *c += v);
 }
 
 /// A kernel-sized buffer whose storage goes back to [`SPARE`] when its last
@@ -173,26 +205,12 @@ impl Drop for Block {
     }
 }
 
-impl Gram {
-    /// Row i of the pooled K₀ left of the diagonal (columns 0..i), as at most
-    /// two runs, each with the pooled column of its first entry.
-    fn lower_row(&self, i: usize) -> [(&[f64], usize); 2] {
-        let (n, m) = (self.n, self.m);
-        if i < n {
-            [(&self.kxx[i * n..i * n + i], 0), (&[], 0)]
-        } else {
-            let j = i - n;
-            [(&self.kyx[j * n..(j + 1) * n], 0), (&self.kyy[j * m..j * m + j], n)]
-        }
-    }
-}
-
 /// What is kept between evaluations against the same reference.
 struct CacheEntry {
     key: (u64, usize, u64),
     sigma: f64,
     sigma_fallback: bool,
-    kxx: Arc<Block>,
+    xx: Arc<XxPart>,
     /// Previous current window: rows, and its kernel blocks.
     current: Vec<f64>,
     kyx: Arc<Block>,
@@ -230,8 +248,8 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
         let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         c.iter().position(|e| e.key == key).map(|i| c.remove(i))
     };
-    let (sigma, sigma_fallback, kxx, prev) = match cached {
-        Some(e) => (e.sigma, e.sigma_fallback, e.kxx, Some((e.current, e.kyx, e.kyy))),
+    let (sigma, sigma_fallback, xx, prev) = match cached {
+        Some(e) => (e.sigma, e.sigma_fallback, e.xx, Some((e.current, e.kyx, e.kyy))),
         None => {
             let xs = Points::new(reference, dim, &centre);
             let mut k = xs.sq_dists_lower();
@@ -240,7 +258,7 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
                 None => or_fallback(sigma_from_median(&k, n)),
             };
             gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
-            (sigma, fallback, Arc::new(k), None)
+            (sigma, fallback, Arc::new(XxPart::new(&k, n)), None)
         }
     };
     let gamma = 1.0 / (2.0 * sigma * sigma);
@@ -333,13 +351,13 @@ fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) 
             key,
             sigma,
             sigma_fallback,
-            kxx: kxx.clone(),
+            xx: xx.clone(),
             current: current.to_vec(),
             kyx: kyx.clone(),
             kyy: kyy.clone(),
         });
     }
-    (Gram { n, m, kxx, kyx, kyy }, sigma, sigma_fallback)
+    (Gram { kyx, kyy, xx }, sigma, sigma_fallback)
 }
 
 /// Test `reference` (n rows) against `current` (m rows), both row-major with
@@ -359,27 +377,25 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
     let (g, sigma, sigma_fallback) = gram(reference, current, dim, sigma_opt);
     let total = n + m;
-    // One pass over the stored entries: row sums r = K₀·1 and the block
-    // sums. An entry below a diagonal counts for its row and, mirrored, for
-    // its column; the X rows' parts against Y are the column sums of K_YX.
-    let mut row_sums = vec![0.0; total];
-    let (mut sxx, mut syx, mut syy) = (0.0, 0.0, 0.0);
-    let mirror = |acc: &mut [f64], row: &[f64]| acc.iter_mut().zip(row).for_each(|(c, v)| *c += v);
-    for i in 0..n {
-        let row = &g.kxx[i * n..i * n + i];
-        let s = simd::sum(row);
-        sxx += 2.0 * s;
-        row_sums[i] += s;
-        mirror(&mut row_sums[..i], row);
-    }
+    // The reference's part is cached; one pass over the current rows adds
+    // theirs: row sums r = K₀·1, the block sums, and the rows in fixed point
+    // for the permutations. An entry below a diagonal counts for its row and,
+    // mirrored, for its column; the X rows' parts against Y are the column
+    // sums of K_YX.
+    let mut row_sums = g.xx.row_sums.clone();
+    row_sums.resize(total, 0.0);
+    let (sxx, mut syx, mut syy) = (g.xx.sxx, 0.0, 0.0);
+    let mut fixed_y = Vec::with_capacity(m * n + m * m.saturating_sub(1) / 2);
     for j in 0..m {
         let (yx, yy) = (&g.kyx[j * n..(j + 1) * n], &g.kyy[j * m..j * m + j]);
         let (a, b) = (simd::sum(yx), simd::sum(yy));
         syx += a;
         syy += 2.0 * b;
         row_sums[n + j] += a + b;
-        mirror(&mut row_sums[..n], yx);
-        mirror(&mut row_sums[n..n + j], yy);
+        add_to(&mut row_sums[..n], yx);
+        add_to(&mut row_sums[n..n + j], yy);
+        simd::to_fixed(yx, &mut fixed_y);
+        simd::to_fixed(yy, &mut fixed_y);
     }
     let sxy = syx;
     let grand = sxx + sxy + syx + syy;
@@ -389,7 +405,11 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     let mut draws = Draws::new(n, m, opts.seed);
     let mut seq = Sequential::new(opts.permutations, opts.stop_after);
     let mut t_cmp = None;
-    let fixed = fixed_lower(&g);
+    let fixed = FixedRows {
+        n,
+        xx: &g.xx.fixed,
+        y: &fixed_y,
+    };
     while seq.next_round() > 0 {
         let mut members = draws.next(seq.next_round());
         let first_round = t_cmp.is_none();
@@ -561,18 +581,25 @@ impl SetIndex {
 /// Row ranges the permutation work is cut into and shared among threads.
 const CHUNKS: usize = 32;
 
-/// The pooled K₀ left of its diagonal in fixed point (see [`quad_forms`]),
-/// row after row: row i is its i values from offset i(i−1)/2. Converted once
-/// per evaluation and read by every round of permutations.
-fn fixed_lower(g: &Gram) -> Vec<i32> {
-    let total = g.n + g.m;
-    let mut out = Vec::with_capacity(total * total.saturating_sub(1) / 2);
-    for i in 0..total {
-        for (run, _) in g.lower_row(i) {
-            simd::to_fixed(run, &mut out);
+/// The pooled K₀ left of its diagonal in fixed point (see [`quad_forms`]):
+/// the reference's rows (cached, [`XxPart`]) and the current window's, each
+/// current row its K_YX row then its K_YY values left of the diagonal.
+struct FixedRows<'a> {
+    n: usize,
+    xx: &'a [i32],
+    y: &'a [i32],
+}
+
+impl FixedRows<'_> {
+    /// Pooled row i, columns 0..i.
+    fn row(&self, i: usize) -> &[i32] {
+        if i < self.n {
+            return &self.xx[i * i.saturating_sub(1) / 2..i * (i + 1) / 2];
         }
+        let j = i - self.n;
+        let at = j * self.n + j * j.saturating_sub(1) / 2;
+        &self.y[at..at + self.n + j]
     }
-    out
 }
 
 /// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j<i} K₀[i,j] (`fixed`: the
@@ -588,7 +615,7 @@ fn fixed_lower(g: &Gram) -> Vec<i32> {
 /// Rounding k to 2⁻²¹ moves each quadratic form by far less than the
 /// permutation spread of T; observed and permuted splits go through the
 /// same computation, so the permutation p-value stays exact for it.
-fn quad_forms(fixed: &[i32], total: usize, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
+fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     let sets = members.len();
     // Chunk bounds with about equal areas of the triangle (row i has i entries).
     let area = total * (total - 1) / 2;
@@ -608,8 +635,7 @@ fn quad_forms(fixed: &[i32], total: usize, members: &[Vec<u32>], threads: usize)
     let index = (!simd::lookup_sums()).then(|| SetIndex::new(members, total));
     let chunk = |c: usize| -> Vec<i64> {
         let mut q = vec![0i64; sets + 1];
-        // The half row, pooled columns 0..i.
-        let row = |i: usize| &fixed[i * i.saturating_sub(1) / 2..i * (i + 1) / 2];
+        let row = |i: usize| fixed.row(i);
         #[cfg(target_arch = "x86_64")]
         if let Some(lookups) = &lookups {
             let mut scratch = lookup::Scratch::default();
