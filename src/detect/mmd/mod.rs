@@ -50,6 +50,7 @@ use super::sequential::Sequential;
 use super::simd;
 use super::special::normal_sf;
 
+#[cfg(target_arch = "x86_64")]
 mod lookup;
 mod tiled;
 pub use tiled::{TILED_ABOVE, mmd_test_tiled};
