@@ -13,24 +13,28 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{AggregateUDF, Expr, LogicalPlan, ScalarUDF};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, collect};
 
 /// A table whose batches are replaced before each run of the plans over it.
 #[derive(Debug)]
 pub struct SwapTable {
     schema: SchemaRef,
-    batches: RwLock<Vec<RecordBatch>>,
+    batches: Arc<RwLock<Vec<RecordBatch>>>,
 }
 
 impl SwapTable {
     pub fn new(schema: SchemaRef) -> Self {
         Self {
             schema,
-            batches: RwLock::new(vec![]),
+            batches: Arc::new(RwLock::new(vec![])),
         }
     }
 
@@ -55,13 +59,94 @@ impl TableProvider for SwapTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.batches.read().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(MemorySourceConfig::try_new_exec(
-            &[batches],
+        Ok(Arc::new(SwapScan::new(
+            self.batches.clone(),
             self.schema.clone(),
             projection.cloned(),
-        )?)
+        )?))
     }
+}
+
+/// The scan of a [`SwapTable`]: it reads what the table holds when it is
+/// executed, not when it is planned, so one physical plan serves every run
+/// (planning and optimising a query again per window cost more than
+/// running it). Its statistics are unknown, so no optimiser rule answers a
+/// query from the (empty) table seen at planning time.
+#[derive(Debug)]
+struct SwapScan {
+    batches: Arc<RwLock<Vec<RecordBatch>>>,
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl SwapScan {
+    fn new(batches: Arc<RwLock<Vec<RecordBatch>>>, schema: SchemaRef, projection: Option<Vec<usize>>) -> Result<Self> {
+        let projected = match &projection {
+            Some(p) => Arc::new(schema.project(p)?),
+            None => schema.clone(),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(projected),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            batches,
+            schema,
+            projection,
+            properties: Arc::new(properties),
+        })
+    }
+}
+
+impl DisplayAs for SwapScan {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "SwapScan")
+    }
+}
+
+impl ExecutionPlan for SwapScan {
+    fn name(&self) -> &str {
+        "SwapScan"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, _partition: usize, _ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let batches = self.batches.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            self.schema.clone(),
+            self.projection.clone(),
+        )?))
+    }
+}
+
+/// A query planned once: its logical plan (for its output schema) and the
+/// physical plan every run executes.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub logical: LogicalPlan,
+    physical: Arc<dyn ExecutionPlan>,
 }
 
 /// One SQL stage: a session with a single swappable table.
@@ -93,20 +178,27 @@ impl SqlStage {
         self.ctx.register_udf(f);
     }
 
-    /// Plans a query once; only SELECTs are allowed.
-    pub async fn plan(&self, sql: &str) -> Result<LogicalPlan> {
+    /// Plans a query once, down to its physical plan; only SELECTs are allowed.
+    pub async fn plan(&self, sql: &str) -> Result<Prepared> {
         let opts = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
         let df = self.ctx.sql_with_options(sql, opts).await?;
-        df.into_optimized_plan()
+        let logical = df.into_optimized_plan()?;
+        let physical = self.ctx.state().create_physical_plan(&logical).await?;
+        Ok(Prepared { logical, physical })
     }
 
-    /// Runs a plan over `batches`.
-    pub async fn run(&self, plan: &LogicalPlan, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    /// Runs a prepared query over `batches`: its physical plan with fresh
+    /// execution state (DataFusion's `reset_plan_states`, as for re-running
+    /// a recursive query's plan), reading the batches through [`SwapScan`].
+    pub async fn run(&self, plan: &Prepared, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         self.table.set(batches);
-        let out = self.ctx.execute_logical_plan(plan.clone()).await?.collect().await;
+        let out = match reset_plan_states(plan.physical.clone()) {
+            Ok(physical) => collect(physical, self.ctx.task_ctx()).await,
+            Err(e) => Err(e),
+        };
         self.table.set(vec![]);
         out
     }

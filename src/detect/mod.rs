@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
-use datafusion::logical_expr::LogicalPlan;
 use serde::Serialize;
 
 use crate::sql::SqlStage;
@@ -97,7 +96,7 @@ struct Planned {
     name: String,
     kind: &'static str,
     decision: Decision,
-    plan: LogicalPlan,
+    plan: crate::sql::Prepared,
 }
 
 /// Evaluations run and time spent per detector: a shared handle, readable
@@ -207,7 +206,7 @@ impl Detectors {
                 message: m,
             };
             let plan = stage.plan(&sql).await.map_err(|e| err(format!("{e} (query: {sql})")))?;
-            check_output(plan.schema().as_arrow()).map_err(err)?;
+            check_output(plan.logical.schema().as_arrow()).map_err(err)?;
             planned.push(Planned {
                 name: d.name().to_string(),
                 kind: d.kind(),

@@ -7,7 +7,7 @@ pub mod text_descriptors;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
+use datafusion::logical_expr::ScalarUDF;
 
 use crate::schema::{DEAD_LETTERS_COL, OFFSET_COL, PARTITION_COL, TIMESTAMP_COL};
 use crate::sql::SqlStage;
@@ -26,7 +26,7 @@ pub enum TransformError {
 /// A planned transform.
 pub struct Transform {
     stage: SqlStage,
-    plan: LogicalPlan,
+    plan: crate::sql::Prepared,
     output: SchemaRef,
 }
 
@@ -40,7 +40,7 @@ impl Transform {
             stage.register_udf(f);
         }
         let plan = stage.plan(sql).await.map_err(|e| TransformError::Plan(e.to_string()))?;
-        let output = std::sync::Arc::new(plan.schema().as_arrow().clone());
+        let output = std::sync::Arc::new(plan.logical.schema().as_arrow().clone());
         for c in [PARTITION_COL, OFFSET_COL, TIMESTAMP_COL, DEAD_LETTERS_COL] {
             if output.field_with_name(c).is_err() {
                 return Err(TransformError::Plan(format!(
