@@ -13,9 +13,9 @@
 //!
 //! The sums are the same exact integers (kernel values in fixed point) as
 //! the masked sums', in another order, so the quadratic forms, and with them
-//! the permutation p-values, are identical on every path.
+//! the permutation p-values, are identical on every path. x86_64 only (the
+//! module is compiled there alone).
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// Which sets hold which rows, laid out for the lookups. For a block of
@@ -72,7 +72,6 @@ impl LookupIndex {
 }
 
 /// Scratch of one thread: the row's subset-sum tables and per-set sums.
-#[cfg(target_arch = "x86_64")]
 #[derive(Default)]
 pub(super) struct Scratch {
     tables: Vec<__m256i>,
@@ -82,12 +81,10 @@ pub(super) struct Scratch {
 /// Column groups after which the i32 lanes are flushed to i64 (a whole
 /// number of blocks): a lookup adds at most three values ≤ 2²⁰, and
 /// 510·3·2²⁰ < 2³¹.
-#[cfg(target_arch = "x86_64")]
 const FLUSH_GROUPS: usize = 51 * GROUPS_PER_WORD;
 
 /// Octets of sets per pass over a row's tables: their accumulators and
 /// index words stay in registers.
-#[cfg(target_arch = "x86_64")]
 const OCTETS_PER_PASS: usize = 4;
 
 /// Adds to `q[b]`, for every set b holding row `i`, the sum of `row` (its
@@ -95,7 +92,6 @@ const OCTETS_PER_PASS: usize = 4;
 ///
 /// # Safety
 /// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn add_row(index: &LookupIndex, i: usize, row: &[i32], scratch: &mut Scratch, q: &mut [i64]) {
     subset_tables(row, &mut scratch.tables);
@@ -122,7 +118,6 @@ pub(super) unsafe fn add_row(index: &LookupIndex, i: usize, row: &[i32], scratch
 
 /// Per column group of `row`, the register of the eight subset sums (a
 /// missing column of the last group counts 0).
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn subset_tables(row: &[i32], tables: &mut Vec<__m256i>) {
     // Lane l takes column c when bit c of l is set.
@@ -145,7 +140,6 @@ fn subset_tables(row: &[i32], tables: &mut Vec<__m256i>) {
 }
 
 /// The eight subset sums of three values: Σ_c v[c]·[bit c of lane].
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 fn table3(v: [i32; 3], m: &[__m256i; 3]) -> __m256i {
@@ -157,7 +151,6 @@ fn table3(v: [i32; 3], m: &[__m256i; 3]) -> __m256i {
 
 /// Octets o … o+P−1: for every column group, one lookup per octet into the
 /// group's table, accumulated in P registers, flushed into `sums`.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pass<const P: usize>(index: &LookupIndex, o: usize, tables: &[__m256i], sums: &mut [i64]) {
     let mut acc = [_mm256_setzero_si256(); P];
@@ -188,7 +181,7 @@ unsafe fn pass<const P: usize>(index: &LookupIndex, o: usize, tables: &[__m256i]
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
