@@ -30,19 +30,16 @@ fn read(dir: &std::path::Path, f: &str) -> String {
     std::fs::read_to_string(dir.join(f)).unwrap()
 }
 
-/// The demo scenario, shortened, on a two-partition topic: replayed twice by
-/// offsets with different batch sizes and once by time, the files are
-/// byte-identical; the production group commits nothing; alerts reach the
-/// alert topic only with --publish.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replays_are_byte_identical_commit_nothing_and_publish_only_when_asked() {
-    let broker = Broker::start(1).unwrap();
+/// The two-scanner stream (scanner a clean for 2500 events, scanner b clean
+/// for 1500 then shifted for 1000, from 2026-01-01T00:00:00Z) produced to
+/// `digits` (2 partitions, with the digits pipelines' output topics), its
+/// truth in `dir/truth.json`.
+async fn scanners_stream(broker: &Broker, dir: &std::path::Path) {
     for (t, n) in [("digits", 2), ("driftwatch.alerts", 1), ("driftwatch.dead-letters", 1)] {
         broker.create_topic(t, n).unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
     let s = write(
-        dir.path(),
+        dir,
         "s.yaml",
         &format!(
             "name: r\nseed: 3\npool: {}\nkeys:\n  scanner-a:\n    - {{kind: clean, events: 2500}}\n  scanner-b:\n    - {{kind: clean, events: 1500}}\n    - {{kind: covariate, events: 1000, contrast: 0.6, background: 3}}\n",
@@ -54,7 +51,18 @@ async fn replays_are_byte_identical_commit_nothing_and_publish_only_when_asked()
     let truth = driftwatch::scenario::produce_kafka(&l, &producer, "digits", 2)
         .await
         .unwrap();
-    truth.write(&dir.path().join("truth.json")).unwrap();
+    truth.write(&dir.join("truth.json")).unwrap();
+}
+
+/// The demo scenario, shortened, on a two-partition topic: replayed twice by
+/// offsets with different batch sizes and once by time, the files are
+/// byte-identical; the production group commits nothing; alerts reach the
+/// alert topic only with --publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_are_byte_identical_commit_nothing_and_publish_only_when_asked() {
+    let broker = Broker::start(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    scanners_stream(&broker, dir.path()).await;
     let truth_path = dir.path().join("truth.json").display().to_string();
     let b = broker.bootstrap();
     let (o1, o2, o3) = (dir.path().join("o1"), dir.path().join("o2"), dir.path().join("o3"));
@@ -228,6 +236,45 @@ output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq, stats_to
     )
 }
 
+/// The late-labels stream of `topic` (seed `seed`): key a clean for 1000
+/// events, key b clean for 600 then relabelled for 800, labels 150 events
+/// late on `{topic}.labels`; produced to the broker (2 partitions, with the
+/// output topics) and written to `dir` as `ev.jsonl`, `labels.jsonl` and
+/// `truth.json`. Returns the scenario and the two files.
+async fn late_labels_stream(
+    broker: &Broker,
+    dir: &std::path::Path,
+    topic: &str,
+    seed: u64,
+) -> (driftwatch::scenario::Loaded, std::path::PathBuf, std::path::PathBuf) {
+    for (t, n) in [
+        (topic.to_string(), 2),
+        (format!("{topic}.labels"), 2),
+        (format!("{topic}-alerts"), 1),
+        (format!("{topic}-dlq"), 1),
+        (format!("{topic}-stats"), 1),
+    ] {
+        broker.create_topic(&t, n).unwrap();
+    }
+    let s = write(
+        dir,
+        "s.yaml",
+        &format!(
+            "name: {topic}\nseed: {seed}\npool: {}\nlabels: {{topic: {topic}.labels, delay_events: 150}}\nkeys:\n  a:\n    - {{kind: clean, events: 1000}}\n  b:\n    - {{kind: clean, events: 600}}\n    - {{kind: concept, events: 800, remap: {{3: 8, 8: 3, 5: 9, 9: 5}}}}\n",
+            root().join("models/digits_train.jsonl").display()
+        ),
+    );
+    let l = driftwatch::scenario::Loaded::load(&s).unwrap();
+    let producer: FutureProducer = broker.client_config().set("compression.type", "lz4").create().unwrap();
+    driftwatch::scenario::produce_kafka(&l, &producer, topic, 2)
+        .await
+        .unwrap();
+    let (events, labels) = (dir.join("ev.jsonl"), dir.join("labels.jsonl"));
+    let truth = driftwatch::scenario::write_jsonl(&l, &events, Some(&labels)).unwrap();
+    truth.write(&dir.join("truth.json")).unwrap();
+    (l, events, labels)
+}
+
 /// What must agree between a run and a replay of the same stream: the
 /// labelled evaluations, by key and evaluation number.
 fn labelled_evaluations(records: &[serde_json::Value], with_ends: bool) -> Vec<String> {
@@ -272,32 +319,8 @@ fn jsonl_values(text: &str) -> Vec<serde_json::Value> {
 async fn replay_with_late_labels_gives_the_run_s_labelled_evaluations() {
     let broker = Broker::start(1).unwrap();
     let topic = "ll";
-    for (t, n) in [
-        (topic.to_string(), 2),
-        (format!("{topic}.labels"), 2),
-        (format!("{topic}-alerts"), 1),
-        (format!("{topic}-dlq"), 1),
-        (format!("{topic}-stats"), 1),
-    ] {
-        broker.create_topic(&t, n).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
-    let s = write(
-        dir.path(),
-        "s.yaml",
-        &format!(
-            "name: ll\nseed: 11\npool: {}\nlabels: {{topic: ll.labels, delay_events: 150}}\nkeys:\n  a:\n    - {{kind: clean, events: 1000}}\n  b:\n    - {{kind: clean, events: 600}}\n    - {{kind: concept, events: 800, remap: {{3: 8, 8: 3, 5: 9, 9: 5}}}}\n",
-            root().join("models/digits_train.jsonl").display()
-        ),
-    );
-    let l = driftwatch::scenario::Loaded::load(&s).unwrap();
-    let producer: FutureProducer = broker.client_config().set("compression.type", "lz4").create().unwrap();
-    driftwatch::scenario::produce_kafka(&l, &producer, topic, 2)
-        .await
-        .unwrap();
-    let (events, labels) = (dir.path().join("ev.jsonl"), dir.path().join("labels.jsonl"));
-    let truth = driftwatch::scenario::write_jsonl(&l, &events, Some(&labels)).unwrap();
-    truth.write(&dir.path().join("truth.json")).unwrap();
+    let (l, events, labels) = late_labels_stream(&broker, dir.path(), topic, 11).await;
     let b = broker.bootstrap();
     let p = late_labels_pipeline(dir.path(), topic, &b);
     let stats = run_pipeline(&p, l.total_events() as u64, "ll-run").await;
@@ -389,24 +412,8 @@ fn a_missing_input_file_exits_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_time_windows_replay_byte_identically_and_catch_the_drift_in_its_phase() {
     let broker = Broker::start(1).unwrap();
-    for (t, n) in [("digits", 2), ("driftwatch.alerts", 1), ("driftwatch.dead-letters", 1)] {
-        broker.create_topic(t, n).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
-    let s = write(
-        dir.path(),
-        "s.yaml",
-        &format!(
-            "name: r\nseed: 3\npool: {}\nkeys:\n  scanner-a:\n    - {{kind: clean, events: 2500}}\n  scanner-b:\n    - {{kind: clean, events: 1500}}\n    - {{kind: covariate, events: 1000, contrast: 0.6, background: 3}}\n",
-            root().join("models/digits_train.jsonl").display()
-        ),
-    );
-    let l = driftwatch::scenario::Loaded::load(&s).unwrap();
-    let producer: FutureProducer = broker.client_config().create().unwrap();
-    let truth = driftwatch::scenario::produce_kafka(&l, &producer, "digits", 2)
-        .await
-        .unwrap();
-    truth.write(&dir.path().join("truth.json")).unwrap();
+    scanners_stream(&broker, dir.path()).await;
     let truth_path = dir.path().join("truth.json").display().to_string();
     let pipeline = "pipelines/digits-by-time.yaml".to_string();
     let b = broker.bootstrap();
@@ -470,24 +477,8 @@ async fn event_time_windows_replay_byte_identically_and_catch_the_drift_in_its_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_reference_is_read_once_and_every_window_is_tested_against_it() {
     let broker = Broker::start(1).unwrap();
-    for (t, n) in [("digits", 2), ("driftwatch.alerts", 1), ("driftwatch.dead-letters", 1)] {
-        broker.create_topic(t, n).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
-    let s = write(
-        dir.path(),
-        "s.yaml",
-        &format!(
-            "name: r\nseed: 3\npool: {}\nkeys:\n  scanner-a:\n    - {{kind: clean, events: 2500}}\n  scanner-b:\n    - {{kind: clean, events: 1500}}\n    - {{kind: covariate, events: 1000, contrast: 0.6, background: 3}}\n",
-            root().join("models/digits_train.jsonl").display()
-        ),
-    );
-    let l = driftwatch::scenario::Loaded::load(&s).unwrap();
-    let producer: FutureProducer = broker.client_config().create().unwrap();
-    let truth = driftwatch::scenario::produce_kafka(&l, &producer, "digits", 2)
-        .await
-        .unwrap();
-    truth.write(&dir.path().join("truth.json")).unwrap();
+    scanners_stream(&broker, dir.path()).await;
     let by_time = std::fs::read_to_string(root().join("pipelines/digits-by-time.yaml")).unwrap();
     let first = "reference: {type: first, size: 1000}";
     assert!(by_time.contains(first));
@@ -545,32 +536,8 @@ async fn a_range_reference_is_read_once_and_every_window_is_tested_against_it() 
 async fn event_time_windows_of_joined_events_agree_between_run_and_replays() {
     let broker = Broker::start(1).unwrap();
     let topic = "tl";
-    for (t, n) in [
-        (topic.to_string(), 2),
-        (format!("{topic}.labels"), 2),
-        (format!("{topic}-alerts"), 1),
-        (format!("{topic}-dlq"), 1),
-        (format!("{topic}-stats"), 1),
-    ] {
-        broker.create_topic(&t, n).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
-    let s = write(
-        dir.path(),
-        "s.yaml",
-        &format!(
-            "name: tl\nseed: 5\npool: {}\nlabels: {{topic: tl.labels, delay_events: 150}}\nkeys:\n  a:\n    - {{kind: clean, events: 1000}}\n  b:\n    - {{kind: clean, events: 600}}\n    - {{kind: concept, events: 800, remap: {{3: 8, 8: 3, 5: 9, 9: 5}}}}\n",
-            root().join("models/digits_train.jsonl").display()
-        ),
-    );
-    let l = driftwatch::scenario::Loaded::load(&s).unwrap();
-    let producer: FutureProducer = broker.client_config().set("compression.type", "lz4").create().unwrap();
-    driftwatch::scenario::produce_kafka(&l, &producer, topic, 2)
-        .await
-        .unwrap();
-    let (events, labels) = (dir.path().join("ev.jsonl"), dir.path().join("labels.jsonl"));
-    let truth = driftwatch::scenario::write_jsonl(&l, &events, Some(&labels)).unwrap();
-    truth.write(&dir.path().join("truth.json")).unwrap();
+    let (l, events, labels) = late_labels_stream(&broker, dir.path(), topic, 5).await;
     let b = broker.bootstrap();
     let window = "{reference: {type: first, size: 400}, current: {duration: 20s}}";
     let p = late_labels_pipeline_with(dir.path(), topic, &b, window);

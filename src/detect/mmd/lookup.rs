@@ -28,9 +28,7 @@ use std::arch::x86_64::*;
 pub(super) struct LookupIndex {
     octets: usize,
     words: Vec<[u32; 8]>,
-    /// CSR: the sets holding row i are `holders[start[i]..start[i + 1]]`.
-    start: Vec<usize>,
-    holders: Vec<u32>,
+    holders: super::Holders,
 }
 
 /// Column groups whose patterns share a u32 lane (3 bits each).
@@ -42,31 +40,17 @@ impl LookupIndex {
         let octets = sets.div_ceil(8);
         let blocks = total.div_ceil(3).div_ceil(GROUPS_PER_WORD);
         let mut words = vec![[0u32; 8]; blocks * octets];
-        let mut start = vec![0usize; total + 1];
         for (b, mem) in members.iter().enumerate() {
             for &i in mem {
                 let (g, c) = (i as usize / 3, i % 3);
                 let k = g % GROUPS_PER_WORD;
                 words[g / GROUPS_PER_WORD * octets + b / 8][b % 8] |= 1 << (3 * k as u32 + c);
-                start[i as usize + 1] += 1;
-            }
-        }
-        for i in 0..total {
-            start[i + 1] += start[i];
-        }
-        let mut fill = start.clone();
-        let mut holders = vec![0u32; start[total]];
-        for (b, mem) in members.iter().enumerate() {
-            for &i in mem {
-                holders[fill[i as usize]] = b as u32;
-                fill[i as usize] += 1;
             }
         }
         Self {
             octets,
             words,
-            start,
-            holders,
+            holders: super::Holders::new(members, total),
         }
     }
 }
@@ -111,7 +95,7 @@ pub(super) unsafe fn add_row(index: &LookupIndex, i: usize, row: &[i32], scratch
         }
         o += OCTETS_PER_PASS;
     }
-    for &b in &index.holders[index.start[i]..index.start[i + 1]] {
+    for &b in index.holders.of(i) {
         q[b as usize] += scratch.sums[b as usize];
     }
 }

@@ -516,23 +516,15 @@ impl<'a> Split<'a> {
     }
 }
 
-/// For each pooled row, the sets holding it, and each set as a bitset over
-/// the pooled rows; set `sets` (past the real ones) is empty, to pad the
-/// last group of four.
-struct SetIndex {
-    words: usize,
-    masks: Vec<u64>,
-    /// CSR: the sets holding row i are `holders[start[i]..start[i + 1]]`.
+/// For each pooled row, the sets holding it (CSR: the sets holding row i
+/// are `holders[start[i]..start[i + 1]]`, in set order).
+struct Holders {
     start: Vec<usize>,
     holders: Vec<u32>,
-    empty: u32,
 }
 
-impl SetIndex {
+impl Holders {
     fn new(members: &[Vec<u32>], total: usize) -> Self {
-        let sets = members.len();
-        let words = total.div_ceil(64);
-        let mut masks = vec![0u64; (sets + 1) * words];
         let mut start = vec![0usize; total + 1];
         for mem in members {
             for &i in mem {
@@ -546,16 +538,43 @@ impl SetIndex {
         let mut holders = vec![0u32; start[total]];
         for (b, mem) in members.iter().enumerate() {
             for &i in mem {
-                masks[b * words + (i as usize >> 6)] |= 1 << (i & 63);
                 holders[fill[i as usize]] = b as u32;
                 fill[i as usize] += 1;
+            }
+        }
+        Self { start, holders }
+    }
+
+    /// The sets holding row `i`.
+    fn of(&self, i: usize) -> &[u32] {
+        &self.holders[self.start[i]..self.start[i + 1]]
+    }
+}
+
+/// For each pooled row, the sets holding it, and each set as a bitset over
+/// the pooled rows; set `sets` (past the real ones) is empty, to pad the
+/// last group of four.
+struct SetIndex {
+    words: usize,
+    masks: Vec<u64>,
+    holders: Holders,
+    empty: u32,
+}
+
+impl SetIndex {
+    fn new(members: &[Vec<u32>], total: usize) -> Self {
+        let sets = members.len();
+        let words = total.div_ceil(64);
+        let mut masks = vec![0u64; (sets + 1) * words];
+        for (b, mem) in members.iter().enumerate() {
+            for &i in mem {
+                masks[b * words + (i as usize >> 6)] |= 1 << (i & 63);
             }
         }
         Self {
             words,
             masks,
-            start,
-            holders,
+            holders: Holders::new(members, total),
             empty: sets as u32,
         }
     }
@@ -568,7 +587,7 @@ impl SetIndex {
     /// under its bitset from pooled column `col0` (a multiple of 64) on.
     fn add_row(&self, i: usize, row: &[i32], col0: usize, q: &mut [i64]) {
         let w = col0 / 64;
-        for f in self.holders[self.start[i]..self.start[i + 1]].chunks(4) {
+        for f in self.holders.of(i).chunks(4) {
             let b = |l: usize| f.get(l).copied().unwrap_or(self.empty);
             let bits = [0, 1, 2, 3].map(|l| &self.mask(b(l))[w..]);
             let s4 = simd::masked_sums4_fixed(row, bits);
