@@ -16,6 +16,7 @@ pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod error;
+pub mod id_hash;
 pub mod labels;
 pub mod metrics;
 pub mod model;

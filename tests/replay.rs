@@ -597,3 +597,101 @@ async fn event_time_windows_of_joined_events_agree_between_run_and_replays() {
         "{extra:#?}"
     );
 }
+
+/// Sampled event-time windows (`window.max_sample`), against a `range`
+/// reference of 2000 events: each window (300 events per key) and the
+/// reference keep a sample of 100 for the tests of raw values, chosen by
+/// event id, so replays at two batch sizes are byte-identical; the windows,
+/// their sizes and the categorical tests (label shift and error rate, on
+/// exact counts) are exactly those of the unsampled replay, while KS reads
+/// the 100-event samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_time_windows_count_categories_exactly_and_sample_the_rest_by_event_id() {
+    let broker = Broker::start(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    scanners_stream(&broker, dir.path()).await;
+    let by_time = std::fs::read_to_string(root().join("pipelines/digits-by-time.yaml")).unwrap();
+    let (first, lateness) = ("reference: {type: first, size: 1000}", "  allowed_lateness: 0s");
+    assert!(by_time.contains(first) && by_time.contains(lateness));
+    let plain = by_time
+        .replace(
+            first,
+            "reference: {type: range, from: 2026-01-01T00:00:00Z, to: 2026-01-01T00:01:40Z}",
+        )
+        .replace("../", &format!("{}/", root().display()));
+    let sampled = plain.replace(lateness, &format!("{lateness}\n  max_sample: 100\n  sample_seed: 5"));
+    let b = broker.bootstrap();
+    let mut runs = vec![];
+    for (name, text, batch) in [("p", &plain, "512"), ("s1", &sampled, "512"), ("s2", &sampled, "41")] {
+        let pipeline = write(dir.path(), &format!("{name}.yaml"), text);
+        let out = dir.path().join(name);
+        let o = replay(
+            &[
+                &pipeline.display().to_string(),
+                "--offsets",
+                "0:0-,1:0-",
+                "--batch",
+                batch,
+            ],
+            &out,
+            &b,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        runs.push(out);
+    }
+    assert_eq!(
+        read(&runs[1], "stats.jsonl"),
+        read(&runs[2], "stats.jsonl"),
+        "batch size"
+    );
+    let (plain, sampled) = (
+        jsonl_values(&read(&runs[0], "stats.jsonl")),
+        jsonl_values(&read(&runs[1], "stats.jsonl")),
+    );
+    assert_eq!(plain.len(), 2 * 8 * 5);
+    assert_eq!(sampled.len(), plain.len());
+    let at = |e: &serde_json::Value| {
+        (
+            e["key"].clone(),
+            e["detector"].clone(),
+            e["window"]["window_end_ms"].clone(),
+        )
+    };
+    for (p, s) in plain.iter().zip(&sampled) {
+        assert_eq!(at(p), at(s));
+        let (pw, sw) = (&p["window"], &s["window"]);
+        assert_eq!(
+            (&pw["reference_size"], &pw["current_size"]),
+            (&sw["reference_size"], &sw["current_size"])
+        );
+        assert_eq!(
+            (sw["reference_sample"].as_u64(), sw["current_sample"].as_u64()),
+            (Some(100), Some(100)),
+            "{sw}"
+        );
+        assert!(pw.get("current_sample").is_none(), "{pw}");
+        match s["detector"].as_str().unwrap() {
+            "predicted_class_chi2" | "error_rate" => {
+                assert_eq!(
+                    (&p["statistic"], &p["p_value"]),
+                    (&s["statistic"], &s["p_value"]),
+                    "{s}"
+                );
+                assert!(s["details"].is_object() && s["p_value"].is_f64(), "{s}");
+                assert_eq!(p["details"], s["details"], "exact counts");
+            }
+            "image_features_ks" => {
+                let columns = s["details"].as_object().unwrap_or_else(|| panic!("{s}"));
+                assert_eq!(columns.len(), 2, "{s}");
+                for d in columns.values() {
+                    assert_eq!(
+                        (d["n_reference"].as_u64(), d["n_current"].as_u64()),
+                        (Some(100), Some(100)),
+                        "{s}"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -15,6 +15,7 @@ async fn shipped_pipelines_validate() {
         "pipelines/digits-by-time.yaml",
         "pipelines/bench.yaml",
         "pipelines/census.yaml",
+        "pipelines/sensors-hourly.yaml",
     ] {
         let stages = driftwatch::runtime::validate(&root().join(p)).await;
         assert!(

@@ -41,6 +41,13 @@ pub struct WindowInfo {
     /// evaluation (counted, not added to any window).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub late_events: Option<u64>,
+    /// Sampled windows (`window.max_sample`): events of each window the
+    /// raw-value tests (KS, MMD, distances) read; the sizes count them all,
+    /// as do the categorical tests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_sample: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_sample: Option<usize>,
 }
 
 /// One detector evaluation for one key; an alert when `drift` is true.
@@ -192,6 +199,7 @@ pub fn evaluation(
         evaluation: 0,
         window_ms: None,
         late_events: None,
+        ..Default::default()
     });
     Evaluation {
         alert_id: alert_id(pipeline, &r.detector, &r.key, c.end, c.window_ms),
@@ -224,6 +232,8 @@ pub fn evaluation(
             window_start_ms: c.window_ms.map(|w| w.0),
             window_end_ms: c.window_ms.map(|w| w.1),
             late_events: c.late_events,
+            reference_sample: c.reference_sample,
+            current_sample: c.current_sample,
         },
         tests: r.tests.clone(),
         model: model.cloned(),

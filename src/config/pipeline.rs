@@ -618,6 +618,23 @@ pub struct WindowConfig {
     /// key was seen in has passed their end by this much.
     #[serde(default, with = "humantime_serde_opt")]
     pub allowed_lateness: Option<std::time::Duration>,
+    /// Event-time windows only: windows of any size in bounded memory. Each
+    /// window (and a `first`, `file` or `range` reference) keeps for the
+    /// tests of raw values (ks, mmd, distances, out_of_range, cbpe, sql
+    /// detectors reading `_counted IS NULL`) a sample of at most this many
+    /// events, chosen by a seeded hash of the event id (the schema's
+    /// `event_id`, else partition and offset): the same sample in a run,
+    /// its replay and after a restart. The categorical tests (chi2,
+    /// label_shift, error_rate, missing_share, unseen_categories,
+    /// dead_letter_rate) still count every event exactly. Alerts and stats
+    /// give each window's events (`reference_size`, `current_size`) and
+    /// sample (`reference_sample`, `current_sample`). Default: no sampling,
+    /// windows hold every event.
+    #[serde(default)]
+    pub max_sample: Option<Positive>,
+    /// Seed of the sample's hash (default 0): another seed, another sample.
+    #[serde(default)]
+    pub sample_seed: Option<u64>,
 }
 
 /// An optional `humantime` duration (`0s`, `90s`, `15m`) in YAML.
@@ -882,6 +899,9 @@ pub struct DetectorSpec {
 }
 
 /// Names of the columns the model stage appends.
+/// Panes a sampled window may be made of (see `window.max_sample`).
+const MAX_PANES: u64 = 1000;
+
 pub const EMBEDDING_COL: &str = "embedding";
 pub const LOGITS_COL: &str = "logits";
 pub const PREDICTED_CLASS_COL: &str = "predicted_class";
@@ -1088,6 +1108,33 @@ impl Pipeline {
         if !timed && w.allowed_lateness.is_some() {
             let m = "`allowed_lateness` applies to event-time windows (`current: {duration: …}`)";
             return Err(self.err("window.allowed_lateness", m));
+        }
+        self.check_sampling(w)
+    }
+
+    /// `max_sample` and `sample_seed`.
+    fn check_sampling(&self, w: &WindowConfig) -> Result<(), ConfigError> {
+        if w.sample_seed.is_some() && w.max_sample.is_none() {
+            return Err(self.err(
+                "window.sample_seed",
+                "`sample_seed` seeds `max_sample`'s sample; give `max_sample` too",
+            ));
+        }
+        let Some(max) = w.max_sample else { return Ok(()) };
+        let CurrentConfig::Time { duration_ms, slide_ms } = w.current else {
+            let m = "`max_sample` applies to event-time windows (`current: {duration: …}`): a count window holds `size` events, so make `size` smaller instead";
+            return Err(self.err("window.max_sample", m));
+        };
+        if max.get() < 2 {
+            return Err(self.err("window.max_sample", "a sample needs at least 2 events"));
+        }
+        // A window is a union of panes of gcd(duration, slide), each held apart.
+        let panes = duration_ms / crate::window::sample::pane_width(duration_ms as i64, slide_ms as i64) as u64;
+        if panes > MAX_PANES {
+            let m = format!(
+                "with `max_sample`, a window is held as {panes} panes of gcd(duration, slide) (at most {MAX_PANES}): choose a slide that divides the duration (e.g. 1h sliding by 15m)"
+            );
+            return Err(self.err("window.current", &m));
         }
         Ok(())
     }

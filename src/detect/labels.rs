@@ -73,9 +73,13 @@ pub struct ErrorCounts {
 
 impl ErrorCounts {
     pub fn add(&mut self, label: &str, correct: bool) {
+        self.add_n(label, correct, 1);
+    }
+    /// `n` events of class `label`, all right or all wrong.
+    pub fn add_n(&mut self, label: &str, correct: bool, n: u64) {
         let e = self.per_class.entry(label.to_string()).or_default();
-        e.0 += u64::from(correct);
-        e.1 += 1;
+        e.0 += if correct { n } else { 0 };
+        e.1 += n;
     }
     pub fn merge(&mut self, other: &ErrorCounts) {
         for (k, (c, n)) in &other.per_class {

@@ -27,11 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use serde::Serialize;
 
 use crate::sql::SqlStage;
+use crate::window::sample::{COUNTED_COL, WEIGHT_COL};
 use crate::window::{Coords, Due};
 pub use kinds::{Correction, Decision, Detector, DriftType, drift_type_name};
 
@@ -169,14 +170,19 @@ pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Schema of the `windows` table for scored events of `scored`.
+/// Schema of the `windows` table for scored events of `scored`: `key`,
+/// `window`, the scored columns (nullable: a sampled window's count rows
+/// leave the columns they do not count NULL), `_weight` and `_counted`
+/// (see [`crate::window::sample`]; 1 and NULL on every row of a window that
+/// is not sampled).
 pub fn windows_schema(scored: &Schema) -> SchemaRef {
     let mut fields = vec![
         Field::new(KEY_COL, DataType::Utf8, false),
         Field::new(WINDOW_COL, DataType::Utf8, false),
     ];
+    let table = crate::window::sample::table_schema(scored);
     fields.extend(
-        scored
+        table
             .fields()
             .iter()
             .filter(|f| f.name() != KEY_COL && f.name() != WINDOW_COL)
@@ -265,10 +271,14 @@ impl Detectors {
             Arc::new(StringArray::from(vec![window; n])),
         ];
         for f in self.schema.fields().iter().skip(2) {
-            let c = b
-                .column_by_name(f.name())
-                .ok_or_else(|| format!("column `{}` missing from window batch", f.name()))?;
-            cols.push(c.clone());
+            let c = match (b.column_by_name(f.name()), f.name().as_str()) {
+                (Some(c), _) => c.clone(),
+                // A window that is not sampled: every row one event of the sample.
+                (None, WEIGHT_COL) => Arc::new(UInt64Array::from(vec![1u64; n])) as ArrayRef,
+                (None, COUNTED_COL) => datafusion::arrow::array::new_null_array(&DataType::Utf8, n),
+                (None, name) => return Err(format!("column `{name}` missing from window batch")),
+            };
+            cols.push(c);
         }
         RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| e.to_string())
     }

@@ -139,6 +139,27 @@ fn as_f64(values: &ArrayRef, fname: &str) -> Result<Float64Array> {
     }
 }
 
+/// Each row's weight: the events it stands for (the windows table's
+/// `_weight`, see [`crate::window::sample`]); 1 each without the argument.
+pub(crate) fn weights(values: &[ArrayRef], at: usize, fname: &str) -> Result<Option<Vec<u64>>> {
+    let Some(w) = values.get(at) else {
+        return Ok(None);
+    };
+    if !w.data_type().is_integer() {
+        return exec_err!(
+            "{fname}: the weight argument must be an integer column such as _weight, got {}",
+            w.data_type()
+        );
+    }
+    let w = cast(w, &DataType::UInt64)?;
+    let w = w.as_primitive::<UInt64Type>();
+    Ok(Some(
+        (0..w.len())
+            .map(|i| if w.is_valid(i) { w.value(i) } else { 0 })
+            .collect(),
+    ))
+}
+
 fn as_bool<'a>(values: &'a ArrayRef, fname: &str) -> Result<&'a BooleanArray> {
     match values.data_type() {
         DataType::Boolean => Ok(values.as_boolean()),
@@ -159,7 +180,7 @@ pub enum Stat {
     Distance(Metric),
 }
 
-/// `ks_test(value, is_current)`, `chi2_test(value, is_current)`,
+/// `ks_test(value, is_current)`, `chi2_test(value, is_current [, weight])`,
 /// `psi(value, is_current [, bins])`, `kl_divergence(…)`, `js_divergence(…)`,
 /// `wasserstein_distance(value, is_current)`: see [`super::ks`],
 /// [`super::chi2`], [`super::divergence`]. Distances return a NULL `p_value`.
@@ -173,7 +194,12 @@ pub struct TwoSample {
 impl TwoSample {
     pub fn new(name: &'static str, stat: Stat) -> Self {
         let binned = matches!(stat, Stat::Distance(m) if m != Metric::Wasserstein);
-        let arities = if binned { vec![2, 3] } else { vec![2] };
+        // The third argument: a distance's bins, chi2's weight.
+        let arities = if binned || stat == Stat::Chi2 {
+            vec![2, 3]
+        } else {
+            vec![2]
+        };
         Self {
             name,
             stat,
@@ -233,16 +259,18 @@ impl AggregateUDFImpl for TwoSample {
             text("reference_categories"),
             text("current_categories"),
             Arc::new(Field::new(format!("{}[bins]", args.name), DataType::UInt64, true)),
+            list_field(args.name, "reference_counts"),
+            list_field(args.name, "current_counts"),
         ])
     }
 }
 
-/// One more `value` in a window's category counts.
-fn count(counts: &mut BTreeMap<String, u64>, value: &str) {
+/// `n` more `value`s in a window's category counts.
+fn count(counts: &mut BTreeMap<String, u64>, value: &str, n: u64) {
     match counts.get_mut(value) {
-        Some(n) => *n += 1,
+        Some(c) => *c += n,
         None => {
-            counts.insert(value.to_string(), 1);
+            counts.insert(value.to_string(), n);
         }
     }
 }
@@ -271,7 +299,13 @@ impl SampleAcc {
 
 impl Accumulator for SampleAcc {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        if let Some(a) = values.get(2)
+        // chi2_test(value, is_current [, weight]): only chi2 takes a weight.
+        let weights = match self.stat {
+            Stat::Chi2 => weights(values, 2, self.name)?,
+            _ => None,
+        };
+        if self.stat != Stat::Chi2
+            && let Some(a) = values.get(2)
             && let Some(b) = literal_u64(a, self.name, "bins")?
         {
             if b < 2 {
@@ -284,8 +318,9 @@ impl Accumulator for SampleAcc {
             let text = cast(&values[0], &DataType::Utf8)?;
             let text = text.as_string::<i32>();
             for i in 0..text.len() {
-                if text.is_valid(i) && c.is_valid(i) {
-                    count(&mut self.categories[usize::from(c.value(i))], text.value(i));
+                let n = weights.as_ref().map_or(1, |w| w[i]);
+                if text.is_valid(i) && c.is_valid(i) && n > 0 {
+                    count(&mut self.categories[usize::from(c.value(i))], text.value(i), n);
                 }
             }
         } else {
@@ -334,9 +369,9 @@ impl Accumulator for SampleAcc {
                 .sum::<usize>()
     }
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        // Each category as often as it was seen: the state is the window's values.
+        // Each category once, its count beside it (exact as f64 below 2^53).
         let text = |v: &BTreeMap<String, u64>| {
-            let values: Vec<&str> = v.iter().flat_map(|(s, n)| (0..*n).map(move |_| s.as_str())).collect();
+            let values: Vec<&str> = v.keys().map(String::as_str).collect();
             let arr = ListArray::new(
                 Arc::new(Field::new_list_field(DataType::Utf8, true)),
                 OffsetBuffer::from_lengths([values.len()]),
@@ -351,17 +386,22 @@ impl Accumulator for SampleAcc {
             text(&self.categories[0]),
             text(&self.categories[1]),
             ScalarValue::UInt64(self.bins),
+            list_scalar(&self.categories[0].values().map(|n| *n as f64).collect::<Vec<_>>()),
+            list_scalar(&self.categories[1].values().map(|n| *n as f64).collect::<Vec<_>>()),
         ])
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         for side in 0..2 {
             extend_from_list(&mut self.numeric[side], &states[side])?;
-            let list = states[2 + side].as_list::<i32>();
+            let (list, counts) = (states[2 + side].as_list::<i32>(), states[5 + side].as_list::<i32>());
             for i in 0..list.len() {
-                if list.is_valid(i) {
-                    let v = list.value(i);
-                    for s in v.as_string::<i32>().iter().flatten() {
-                        count(&mut self.categories[side], s);
+                if list.is_valid(i) && counts.is_valid(i) {
+                    let (v, n) = (list.value(i), counts.value(i));
+                    let n = n.as_primitive::<Float64Type>();
+                    for (s, n) in v.as_string::<i32>().iter().zip(n.iter()) {
+                        if let (Some(s), Some(n)) = (s, n) {
+                            count(&mut self.categories[side], s, n as u64);
+                        }
                     }
                 }
             }

@@ -39,8 +39,9 @@ pub enum LabelStat {
     LabelShift,
 }
 
-/// `error_rate_test(prediction, label, is_current)` and
-/// `label_shift_test(prediction, label, is_current)`.
+/// `error_rate_test(prediction, label, is_current [, weight])` and
+/// `label_shift_test(prediction, label, is_current [, weight])`; `weight`:
+/// the events each row stands for (the windows table's `_weight`).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct LabelledTest {
     stat: LabelStat,
@@ -51,7 +52,11 @@ impl LabelledTest {
     pub fn new(stat: LabelStat) -> Self {
         Self {
             stat,
-            signature: Signature::new(TypeSignature::Any(3), Volatility::Immutable),
+            // (prediction, label, is_current [, weight])
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(3), TypeSignature::Any(4)],
+                Volatility::Immutable,
+            ),
         }
     }
 }
@@ -146,16 +151,18 @@ impl Accumulator for LabelAcc {
         let Some(cur) = values[2].as_boolean_opt() else {
             return exec_err!("label tests: is_current must be boolean");
         };
+        let weights = super::udaf::weights(values, 3, "label tests")?;
         for i in 0..pred.len() {
-            if pred.is_null(i) || cur.is_null(i) {
+            let n = weights.as_ref().map_or(1, |w| w[i]);
+            if pred.is_null(i) || cur.is_null(i) || n == 0 {
                 continue;
             }
             let side = usize::from(cur.value(i));
             let p = pred.value(i);
-            *self.counts.predicted[side].entry(p.to_string()).or_default() += 1;
+            *self.counts.predicted[side].entry(p.to_string()).or_default() += n;
             if label.is_valid(i) {
                 let y = label.value(i);
-                self.counts.errors[side].add(y, p == y);
+                self.counts.errors[side].add_n(y, p == y, n);
                 if side == 0 {
                     *self
                         .counts
@@ -163,7 +170,7 @@ impl Accumulator for LabelAcc {
                         .entry(p.to_string())
                         .or_default()
                         .entry(y.to_string())
-                        .or_default() += 1;
+                        .or_default() += n;
                 }
             }
         }

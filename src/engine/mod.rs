@@ -206,6 +206,7 @@ impl Engine {
                 evaluation: 1,
                 window_ms: None,
                 late_events: None,
+                ..Default::default()
             },
             reference,
             current,

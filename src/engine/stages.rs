@@ -18,7 +18,7 @@ use crate::model::{Model, ModelError};
 use crate::schema::{EventSchema, column_names};
 use crate::source::{RawRecord, file};
 use crate::transform::Transform;
-use crate::window::{Due, ReferenceMode, TimeReference, TimeShape, TimeWindows, Windows};
+use crate::window::{Due, ReferenceMode, Sampling, TimeReference, TimeShape, TimeWindows, Windows};
 
 /// Built stages of a pipeline.
 pub struct Stages {
@@ -126,6 +126,20 @@ impl Stages {
     /// Decodes and scores a list of records; returns the batches and the rejections.
     pub async fn ingest(&mut self, records: &[RawRecord]) -> Result<(Vec<RecordBatch>, Vec<Rejection>), RuntimeError> {
         let mut dec = self.decoder();
+        let (mut out, rejected) = self.ingest_part(&mut dec, records).await?;
+        if let Some(b) = dec.flush()? {
+            out.push(self.score(b).await?);
+        }
+        Ok((out, rejected))
+    }
+
+    /// [`Self::ingest`] of records that `dec` goes on decoding after: full
+    /// batches are scored, the rest stays in `dec`.
+    async fn ingest_part(
+        &mut self,
+        dec: &mut Decoder,
+        records: &[RawRecord],
+    ) -> Result<(Vec<RecordBatch>, Vec<Rejection>), RuntimeError> {
         let max = self.pipeline.batch.max_events.get();
         let (mut out, mut rejected) = (vec![], vec![]);
         for r in records {
@@ -138,15 +152,13 @@ impl Stages {
                 out.push(self.score(b).await?);
             }
         }
-        if let Some(b) = dec.flush()? {
-            out.push(self.score(b).await?);
-        }
         Ok((out, rejected))
     }
 
     /// Fresh windows as the pipeline describes them (reads a reference file).
     pub async fn windows(&mut self) -> Result<Windows, RuntimeError> {
         let w = self.pipeline.window()?.clone();
+        let sampling = self.sampling(&w);
         let mut first_for = None;
         let reference = match &w.reference {
             ReferenceConfig::Previous => None,
@@ -157,13 +169,19 @@ impl Stages {
             ReferenceConfig::First { size } => Some(ReferenceMode::First(size.get())),
             ReferenceConfig::File { path } => {
                 let p = self.pipeline.resolve(path);
-                let recs = file::read_records(&p)?;
                 let what = p.display().to_string();
-                Some(self.fixed_reference(&recs, &what, "window.reference.path").await?)
+                let records = read_in_chunks(move || file::open(&p).map_err(crate::source::SourceError::from));
+                Some(
+                    self.fixed_reference(records, &what, "window.reference.path", sampling.as_ref())
+                        .await?,
+                )
             }
             ReferenceConfig::Range { topic, from_ms, to_ms } => {
-                let (recs, what) = self.read_reference_range(topic.as_deref(), *from_ms, *to_ms).await?;
-                Some(self.fixed_reference(&recs, &what, "window.reference").await?)
+                let (records, what) = self.reference_range(topic.as_deref(), *from_ms, *to_ms)?;
+                Some(
+                    self.fixed_reference(records, &what, "window.reference", sampling.as_ref())
+                        .await?,
+                )
             }
         };
         let (key, time) = (key_column(&self.pipeline, &self.schema), self.schema.event_time.clone());
@@ -178,6 +196,7 @@ impl Stages {
             CurrentConfig::Time { duration_ms, slide_ms } => {
                 let reference = match (reference, first_for) {
                     (Some(ReferenceMode::First(n)), _) => TimeReference::First(n),
+                    // Sampled, already in table form.
                     (Some(ReferenceMode::Fixed(b)), _) => TimeReference::Fixed(b),
                     (None, Some(ms)) => TimeReference::FirstFor(ms),
                     (None, None) => TimeReference::Previous,
@@ -187,40 +206,100 @@ impl Stages {
                     slide: slide_ms as i64,
                     lateness: w.allowed_lateness.map_or(0, |d| d.as_millis() as i64),
                 };
-                Windows::Time(TimeWindows::new(key, time, reference, shape))
+                let windows = TimeWindows::new(key, time, reference, shape);
+                Windows::Time(match sampling {
+                    Some(s) => windows.sampled(s),
+                    None => windows,
+                })
             }
         })
     }
 
-    /// A reference of fixed events (a file's, a topic range's), scored;
-    /// `what` names them, `key` is the config key blamed when none is valid.
+    /// How windows are sampled (`window.max_sample`), counting exactly what
+    /// the detectors count.
+    fn sampling(&self, w: &crate::config::WindowConfig) -> Option<Sampling> {
+        let max = w.max_sample?.get();
+        let groups = self.kinds.iter().flat_map(|k| k.counted()).collect();
+        let id = self.schema.event_id.clone();
+        Some(Sampling::new(max, w.sample_seed.unwrap_or(0), id, groups))
+    }
+
+    /// A reference of fixed events (a file's, a topic range's), scored as
+    /// its records come; sampled (`sampling`), in table form and bounded
+    /// memory. `what` names them, `key` is the config key blamed when none
+    /// is valid.
     async fn fixed_reference(
         &mut self,
-        recs: &[crate::source::RawRecord],
+        mut records: Chunks,
         what: &str,
         key: &str,
+        sampling: Option<&Sampling>,
     ) -> Result<ReferenceMode, RuntimeError> {
-        let (batches, rejected) = self.ingest(recs).await?;
-        if let Some(r) = rejected.first() {
-            tracing::warn!(reference = %what, rejected = rejected.len(), first = %r.message, "reference events rejected");
+        let (mut batches, mut summary) = (vec![], crate::window::sample::Summary::default());
+        let (mut rows, mut rejected, mut first_rejection) = (0usize, 0usize, None);
+        // One decoder for all chunks: batches (and dead-letter counts) as if read at once.
+        let mut dec = Some(self.decoder());
+        while let Some((scored, bad)) = self.reference_part(&mut records, &mut dec, what).await? {
+            rejected += bad.len();
+            first_rejection = first_rejection.or_else(|| bad.into_iter().next().map(|r| r.message));
+            rows += scored.iter().map(|b| b.num_rows()).sum::<usize>();
+            match sampling {
+                Some(s) => scored
+                    .iter()
+                    .try_for_each(|b| summary.add(s, b, &vec![0; b.num_rows()]))
+                    .map_err(|e| RuntimeError::Other(format!("sampling the reference {what}: {e}")))?,
+                None => batches.extend(scored),
+            }
         }
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if let Some(first) = first_rejection {
+            tracing::warn!(reference = %what, rejected, first = %first, "reference events rejected");
+        }
         if rows == 0 {
             let m = format!("{what} holds no valid event");
             return Err(RuntimeError::Config(ConfigError::invalid(&self.pipeline.path, key, m)));
         }
-        tracing::info!(reference = %what, events = rows, rejected = rejected.len(), "reference read");
+        tracing::info!(reference = %what, events = rows, rejected, "reference read");
+        if let Some(s) = sampling {
+            batches = summary
+                .table(s)
+                .map_err(|e| RuntimeError::Other(format!("sampling the reference {what}: {e}")))?
+                .unwrap_or_default();
+        }
         Ok(ReferenceMode::Fixed(batches))
+    }
+
+    /// The next chunk of a fixed reference, scored (full batches; the rest
+    /// when the records end, and then `dec` is gone); None after that.
+    async fn reference_part(
+        &mut self,
+        records: &mut Chunks,
+        dec: &mut Option<Decoder>,
+        what: &str,
+    ) -> Result<Option<(Vec<RecordBatch>, Vec<Rejection>)>, RuntimeError> {
+        let Some(d) = dec else { return Ok(None) };
+        match records.recv().await {
+            Some(chunk) => {
+                let chunk = chunk.map_err(|e| match e {
+                    crate::source::SourceError::File(f) => RuntimeError::File(f),
+                    e => RuntimeError::Other(format!("window.reference: {what}: {e}")),
+                })?;
+                Ok(Some(self.ingest_part(d, &chunk).await?))
+            }
+            None => {
+                let last = d.flush()?;
+                *dec = None;
+                let scored = match last {
+                    Some(b) => vec![self.score(b).await?],
+                    None => vec![],
+                };
+                Ok(Some((scored, vec![])))
+            }
+        }
     }
 
     /// The records of a `range` reference, read off the async workers, and
     /// what they are (topic and times, for messages).
-    async fn read_reference_range(
-        &self,
-        topic: Option<&str>,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<(Vec<crate::source::RawRecord>, String), RuntimeError> {
+    fn reference_range(&self, topic: Option<&str>, from_ms: i64, to_ms: i64) -> Result<(Chunks, String), RuntimeError> {
         use crate::source::range::{self, TopicRange};
         let src = self.pipeline.kafka_source("a `range` reference")?.clone();
         let topic = topic.unwrap_or(&src.topic).to_string();
@@ -229,18 +308,11 @@ impl Stages {
         };
         let what = format!("topic {topic} from {} to {}", when(from_ms), when(to_ms));
         let name = self.pipeline.name.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let range = TopicRange::Times {
-                from: Some(from_ms),
-                to: Some(to_ms),
-            };
-            range::open(&src, &name, &topic, &range)?.collect::<Result<Vec<_>, _>>()
-        });
-        let recs = read
-            .await
-            .map_err(|e| RuntimeError::Other(format!("reading the reference range: {e}")))?
-            .map_err(|e| RuntimeError::Other(format!("window.reference: {what}: {e}")))?;
-        Ok((recs, what))
+        let range = TopicRange::Times {
+            from: Some(from_ms),
+            to: Some(to_ms),
+        };
+        Ok((read_in_chunks(move || range::open(&src, &name, &topic, &range)), what))
     }
 
     /// The join of late labels, when the pipeline has a labels topic.
@@ -537,4 +609,39 @@ async fn plan_detectors(
         }
     }
     Ok((events, labelled))
+}
+
+/// Records read in chunks off the async workers (the first error ends them).
+type Chunks = tokio::sync::mpsc::Receiver<Result<Vec<RawRecord>, crate::source::SourceError>>;
+
+/// Records per chunk of a fixed reference: what is held at once while it is read.
+const REFERENCE_CHUNK: usize = 20_000;
+
+/// Reads the source `open` gives on a blocking thread, a chunk at a time,
+/// so that a large reference is scored (and sampled) as it is read.
+fn read_in_chunks<S>(open: impl FnOnce() -> Result<S, crate::source::SourceError> + Send + 'static) -> Chunks
+where
+    S: IntoIterator<Item = Result<RawRecord, crate::source::SourceError>>,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(REFERENCE_CHUNK);
+        let source = match open() {
+            Ok(s) => s,
+            Err(e) => return drop(tx.blocking_send(Err(e))),
+        };
+        for r in source {
+            match r {
+                Ok(r) => chunk.push(r),
+                Err(e) => return drop(tx.blocking_send(Err(e))),
+            }
+            if chunk.len() == REFERENCE_CHUNK && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+                return; // the reader is gone
+            }
+        }
+        if !chunk.is_empty() {
+            drop(tx.blocking_send(Ok(chunk)));
+        }
+    });
+    rx
 }

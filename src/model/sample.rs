@@ -47,7 +47,7 @@ impl Sampler {
 
     /// Whether the event with this id is scored.
     pub fn keeps(&self, id: &str) -> bool {
-        self.threshold == u64::MAX || mix(fnv1a(id.as_bytes())) < self.threshold
+        self.threshold == u64::MAX || crate::id_hash::id_hash(id.as_bytes(), 0) < self.threshold
     }
 
     /// Per row of `batch`: scored or not (an event without an id is not).
@@ -61,21 +61,6 @@ impl Sampler {
             .map(|i| Some(ids.is_valid(i) && self.keeps(ids.value(i))))
             .collect())
     }
-}
-
-/// FNV-1a: stable across runs and platforms, unlike the std hasher.
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// splitmix64's finaliser: spreads FNV's clustered bits over the whole
-/// range (ids that differ in their last digit hash far apart).
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// `batch` with the columns the model added to its kept rows (`scored`:

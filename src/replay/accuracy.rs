@@ -170,6 +170,8 @@ mod tests {
                 window_start_ms: None,
                 window_end_ms: None,
                 late_events: None,
+                reference_sample: None,
+                current_sample: None,
             },
             tests: vec![TestResult {
                 column: String::new(),

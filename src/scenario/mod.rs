@@ -803,7 +803,7 @@ impl<'a> Emissions<'a> {
         // One stream per key, so adding a key does not change the others.
         let rngs = keys
             .iter()
-            .map(|(k, _)| ChaCha8Rng::seed_from_u64(l.scenario.seed ^ fnv1a(k.as_bytes())))
+            .map(|(k, _)| ChaCha8Rng::seed_from_u64(l.scenario.seed ^ crate::id_hash::fnv1a(k.as_bytes())))
             .collect();
         let pos = keys.iter().map(|(_, p)| (0, p[0].events())).collect();
         Emissions {
@@ -910,12 +910,6 @@ impl Iterator for Emissions<'_> {
             self.fill();
         }
     }
-}
-
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 /// Next class of a label phase: the one furthest behind its share

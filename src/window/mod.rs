@@ -4,9 +4,11 @@
 //! into batches.
 
 mod count;
+pub mod sample;
 mod time;
 
 pub use count::CountWindows;
+pub use sample::{CountGroup, Sampling};
 pub use time::{TimeReference, TimeShape, TimeWindows};
 
 use std::collections::BTreeMap;
@@ -40,7 +42,7 @@ pub struct Due {
 }
 
 /// Position of a window pair in the stream, for alerts.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Coords {
     pub reference_size: usize,
     pub current_size: usize,
@@ -59,6 +61,12 @@ pub struct Coords {
     /// Event-time windows: late events of the key since its last evaluation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub late_events: Option<u64>,
+    /// Sampled windows (`max_sample`): the events of the reference and the
+    /// current window the raw-value tests read (the sizes above count all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_sample: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_sample: Option<usize>,
 }
 
 /// What a restart needs to rebuild a key's windows from a replay that starts
@@ -269,6 +277,8 @@ fn coords(reference: &[RecordBatch], current: &[RecordBatch], time_col: Option<&
     Coords {
         window_ms: None,
         late_events: None,
+        reference_sample: None,
+        current_sample: None,
         reference_size: reference.iter().map(|b| b.num_rows()).sum(),
         current_size: current.iter().map(|b| b.num_rows()).sum(),
         current_offsets: offsets,

@@ -27,6 +27,7 @@ use datafusion::arrow::compute::{cast, filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::error::ArrowError;
 
+use super::sample::{Panes, Summary, pane_width, table_events};
 use super::*;
 
 /// What an event-time window is compared with.
@@ -92,6 +93,9 @@ struct TimeKey {
     seen_to: BTreeMap<i32, i64>,
     saved: u64,
     ref_saved: bool,
+    /// Sampled windows: the reference and the held events, in bounded memory.
+    ref_summary: Summary,
+    panes: Panes,
 }
 
 impl Default for TimeKey {
@@ -113,6 +117,8 @@ impl Default for TimeKey {
             seen_to: BTreeMap::new(),
             saved: 0,
             ref_saved: false,
+            ref_summary: Summary::default(),
+            panes: Panes::default(),
         }
     }
 }
@@ -131,6 +137,9 @@ pub struct TimeWindows {
     read_to: BTreeMap<i32, i64>,
     /// (next window end, key) of keys holding rows: what may close next.
     queue: BTreeSet<(i64, String)>,
+    /// Windows of any size in bounded memory, and the width of their panes.
+    sampling: Option<Sampling>,
+    pane: i64,
 }
 
 /// One row as the windows see it.
@@ -159,11 +168,23 @@ impl TimeWindows {
             newest: BTreeMap::new(),
             read_to: BTreeMap::new(),
             queue: BTreeSet::new(),
+            sampling: None,
+            pane: pane_width(shape.duration, shape.slide),
         }
     }
 
+    /// Windows sampled as `sampling` says (see [`super::sample`]); a fixed
+    /// reference is then given in table form.
+    pub fn sampled(mut self, sampling: Sampling) -> Self {
+        self.sampling = Some(sampling);
+        self
+    }
+
     pub fn fill(&self) -> (usize, usize) {
-        let held = self.keys.values().map(|k| k.ref_rows + k.held_rows).sum();
+        let held = match self.sampling {
+            Some(_) => self.keys.values().map(|k| k.ref_summary.held() + k.panes.held()).sum(),
+            None => self.keys.values().map(|k| k.ref_rows + k.held_rows).sum(),
+        };
         (self.keys.len(), held)
     }
 
@@ -191,7 +212,14 @@ impl TimeWindows {
             lateness,
         } = self.shape;
         let key = self.key_col.as_deref().unwrap_or("");
-        format!("key={key};reference={reference};duration_ms={duration};slide_ms={slide};lateness_ms={lateness}")
+        let sampled = self
+            .sampling
+            .as_ref()
+            .map(|s| format!(";{}", s.config_id()))
+            .unwrap_or_default();
+        format!(
+            "key={key};reference={reference};duration_ms={duration};slide_ms={slide};lateness_ms={lateness}{sampled}"
+        )
     }
 
     /// Adds a scored batch, row by row in its order; returns the
@@ -320,10 +348,11 @@ impl TimeWindows {
         for (key, rows) in std::mem::take(accepted) {
             let mut part = take_record_batch(batch, &UInt32Array::from(rows))?;
             let Some(st) = self.keys.get_mut(&key) else { continue };
+            let (sampling, time_col) = (self.sampling.as_ref(), self.time_col.as_deref());
             match self.reference {
                 TimeReference::First(n) if st.ref_rows < n => {
                     let take = (n - st.ref_rows).min(part.num_rows());
-                    st.reference.push(part.slice(0, take));
+                    keep_reference(st, sampling, part.slice(0, take), time_col)?;
                     st.ref_rows += take;
                     part = part.slice(take, part.num_rows() - take);
                 }
@@ -334,15 +363,22 @@ impl TimeWindows {
                         |from, to| rows_between(&VecDeque::from([part.clone()]), self.time_col.as_deref(), from, to);
                     let (early, rest) = (split(i64::MIN, until)?, split(until, i64::MAX)?);
                     st.ref_rows += early.iter().map(|b| b.num_rows()).sum::<usize>();
-                    st.reference.extend(early);
+                    for b in early {
+                        keep_reference(st, sampling, b, time_col)?;
+                    }
                     let Some(rest) = rest.into_iter().next() else { continue };
                     part = rest;
                 }
                 _ => {}
             }
             if part.num_rows() > 0 {
-                st.held_rows += part.num_rows();
-                st.held.push_back(part);
+                match sampling {
+                    Some(s) => st.panes.add(s, self.pane, &part, &times(&part, time_col)?)?,
+                    None => {
+                        st.held_rows += part.num_rows();
+                        st.held.push_back(part);
+                    }
+                }
             }
         }
         Ok(())
@@ -384,8 +420,13 @@ impl TimeWindows {
         if let (TimeReference::FirstFor(d), Some(t0)) = (&self.reference, st.ref_start) {
             st.ref_done |= mark >= t0 + d;
         }
+        let sampling = self.sampling.as_ref();
         while let Some(end) = st.next_end.filter(|e| *e <= mark) {
-            if let Some(d) = evaluate(st, &self.reference, shape, time_col, end, at)? {
+            let evaluated = match sampling {
+                Some(s) => evaluate_sampled(st, s, &self.reference, shape, end, at)?,
+                None => evaluate(st, &self.reference, shape, time_col, end, at)?,
+            };
+            if let Some(d) = evaluated {
                 due.push(Due {
                     key: key.to_string(),
                     ..d
@@ -393,7 +434,11 @@ impl TimeWindows {
             }
             st.closed_to = end;
             prune(st, shape, time_col, end + shape.slide, &self.reference)?;
-            st.next_end = min_time(&st.held, time_col)?.map(|t| (end + shape.slide).max(shape.end_after(t)));
+            let oldest = match sampling {
+                Some(_) => st.panes.min_time(),
+                None => min_time(&st.held, time_col)?,
+            };
+            st.next_end = oldest.map(|t| (end + shape.slide).max(shape.end_after(t)));
         }
         if let Some(end) = st.next_end {
             self.queue.insert((end, key.to_string()));
@@ -430,7 +475,7 @@ impl TimeWindows {
             anchor: self.held_from(st),
             reference_rows,
             reference: if reference_rows > 0 && !st.ref_saved {
-                st.reference.clone()
+                self.reference_rows(st)
             } else {
                 vec![]
             },
@@ -443,13 +488,29 @@ impl TimeWindows {
         }
     }
 
+    /// The key's reference as saved: its rows, or sampled its table form.
+    fn reference_rows(&self, st: &TimeKey) -> Vec<RecordBatch> {
+        let Some(s) = &self.sampling else {
+            return st.reference.clone();
+        };
+        match st.ref_summary.table(s) {
+            Ok(t) => t.unwrap_or_default(),
+            Err(e) => {
+                // Not saved: a restart rebuilds it by replay, as before the first save.
+                tracing::warn!(error = %e, "a sampled reference could not be put in table form to be saved");
+                vec![]
+            }
+        }
+    }
+
     /// Per partition, the oldest row `st` holds (its restore anchor while
-    /// it holds none yet).
+    /// it holds none yet); sampled, the oldest event its panes counted.
     fn held_from(&self, st: &TimeKey) -> BTreeMap<i32, i64> {
         let mut out = st.restore_from.clone();
         for b in &st.held {
             lower_to(&mut out, partition_offsets(b));
         }
+        lower_to(&mut out, st.panes.first_offsets());
         out
     }
 
@@ -466,7 +527,25 @@ impl TimeWindows {
     pub fn restore(&mut self, snaps: impl IntoIterator<Item = KeySnapshot>) {
         for s in snaps.into_iter().filter(|s| s.evaluations > 0) {
             let Some(t) = s.time else { continue };
-            let rows: usize = s.reference.iter().map(|b| b.num_rows()).sum();
+            let rows = match self.sampling {
+                Some(_) => table_events(&s.reference).0 as usize,
+                None => s.reference.iter().map(|b| b.num_rows()).sum(),
+            };
+            let ref_summary = match &self.sampling {
+                Some(sm) if rows > 0 => match Summary::from_table(sm, &s.reference) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(key = %s.key, error = %e, "a saved sampled reference could not be read; it is rebuilt");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let rows = if self.sampling.is_some() && ref_summary.is_none() {
+                0
+            } else {
+                rows
+            };
             let with_reference = match self.reference {
                 TimeReference::First(n) => rows == n,
                 TimeReference::FirstFor(_) => rows > 0 && rows == s.reference_rows,
@@ -484,7 +563,12 @@ impl TimeWindows {
                 seen_to: t.seen_to,
                 ref_rows: if with_reference { rows } else { 0 },
                 ref_booked: if with_reference { rows } else { 0 },
-                reference: if with_reference { s.reference } else { vec![] },
+                ref_summary: ref_summary.filter(|_| with_reference).unwrap_or_default(),
+                reference: if with_reference && self.sampling.is_none() {
+                    s.reference
+                } else {
+                    vec![]
+                },
                 ref_saved: with_reference,
                 ..Default::default()
             };
@@ -524,6 +608,7 @@ impl TimeWindows {
                 for b in &st.reference {
                     lower_to(&mut out, partition_offsets(b));
                 }
+                lower_to(&mut out, st.ref_summary.offsets.iter().map(|(p, (a, _))| (*p, *a)));
             }
         }
         out
@@ -567,6 +652,69 @@ fn evaluate(
     }))
 }
 
+/// The evaluation of `st`'s sampled window ending at `end` (see
+/// [`evaluate`]): each side in table form, sizes counting every event.
+fn evaluate_sampled(
+    st: &mut TimeKey,
+    s: &Sampling,
+    reference: &TimeReference,
+    shape: TimeShape,
+    end: i64,
+    at: (i32, i64),
+) -> Result<Option<Due>, ArrowError> {
+    let start = end - shape.duration;
+    let current = st.panes.between(start, end);
+    let reference = match reference {
+        TimeReference::First(n) if st.ref_rows == *n => st.ref_summary.table(s)?,
+        TimeReference::Fixed(b) => Some(b.clone()),
+        TimeReference::Previous => st.panes.between(start - shape.duration, start).table(s)?,
+        TimeReference::FirstFor(_) if st.ref_done => st.ref_summary.table(s)?,
+        TimeReference::First(_) | TimeReference::FirstFor(_) => None,
+    };
+    let (Some(reference), Some(table)) = (reference, current.table(s)?) else {
+        return Ok(None);
+    };
+    let ((ref_events, ref_sample), (cur_events, cur_sample)) = (table_events(&reference), table_events(&table));
+    if ref_events == 0 {
+        return Ok(None);
+    }
+    st.evaluations += 1;
+    let coords = Coords {
+        reference_size: ref_events as usize,
+        current_size: cur_events as usize,
+        reference_sample: Some(ref_sample),
+        current_sample: Some(cur_sample),
+        current_offsets: current.offsets.clone(),
+        current_time_ms: current.times.unwrap_or((0, 0)),
+        end: at,
+        evaluation: st.evaluations,
+        window_ms: Some((start, end)),
+        late_events: Some(std::mem::take(&mut st.late)),
+    };
+    Ok(Some(Due {
+        key: String::new(),
+        reference,
+        current: table,
+        coords,
+    }))
+}
+
+/// Keeps `b` as part of the key's `first` reference.
+fn keep_reference(
+    st: &mut TimeKey,
+    sampling: Option<&Sampling>,
+    b: RecordBatch,
+    time_col: Option<&str>,
+) -> Result<(), ArrowError> {
+    match sampling {
+        Some(s) => st.ref_summary.add(s, &b, &times(&b, time_col)?),
+        None => {
+            st.reference.push(b);
+            Ok(())
+        }
+    }
+}
+
 /// Drops the rows no window from the one ending at `next_end` on needs.
 fn prune(
     st: &mut TimeKey,
@@ -579,6 +727,7 @@ fn prune(
     if matches!(reference, TimeReference::Previous) {
         keep_from -= shape.duration;
     }
+    st.panes.prune(keep_from);
     let kept = rows_between(&st.held, time_col, keep_from, i64::MAX)?;
     st.held_rows = kept.iter().map(|b| b.num_rows()).sum();
     st.held = kept.into();
@@ -707,6 +856,75 @@ mod tests {
 
     /// Key `a` on partition 0 and `b` on partition 1, an event every 3 ms
     /// each (b shifted by 1 ms), with `late` events out of order.
+    /// Offsets of the sample rows of a sampled evaluation's reference and current window.
+    fn samples(d: &Due) -> (Vec<i64>, Vec<i64>) {
+        let rows = |t: &[RecordBatch]| {
+            let mut out = vec![];
+            for b in t {
+                let o = b.column_by_name(OFFSET_COL).unwrap().as_primitive::<Int64Type>();
+                let c = b.column_by_name(super::super::sample::COUNTED_COL).unwrap();
+                out.extend((0..b.num_rows()).filter(|i| c.is_null(*i)).map(|i| o.value(i)));
+            }
+            out
+        };
+        (rows(&d.reference), rows(&d.current))
+    }
+
+    /// An evaluation, and the offsets of its sample rows (reference, current).
+    type SeenSampled = (Seen, (Vec<i64>, Vec<i64>));
+
+    fn feed_sampled(w: &mut TimeWindows, evs: &[Ev], batch_size: usize) -> Vec<SeenSampled> {
+        evs.chunks(batch_size)
+            .flat_map(|c| w.push(&batch(c)).unwrap())
+            .map(|d| (seen(&d), samples(&d)))
+            .collect()
+    }
+
+    #[test]
+    fn sampled_windows_evaluate_as_unsampled_ones_and_keep_their_sample_across_batching_and_restores() {
+        let evs: Vec<Ev> = stream().into_iter().filter(|e| e.1 == 0).collect();
+        let sampling = || Sampling::new(4, 3, None, vec![super::super::CountGroup::values(&["k"])]);
+        let cases = [
+            (TimeReference::First(5), 20),
+            (TimeReference::Previous, 10),
+            (TimeReference::FirstFor(25), 10),
+        ];
+        for (reference, slide) in cases {
+            let fresh = || windows(reference.clone(), 20, slide, 0).sampled(sampling());
+            let plain = feed(&mut windows(reference.clone(), 20, slide, 0), &evs, 3);
+            let all = feed_sampled(&mut fresh(), &evs, 3);
+            // The same evaluations, sizes counting every event; samples of at most 4.
+            assert_eq!(
+                all.iter().map(|a| a.0.clone()).collect::<Vec<_>>(),
+                plain,
+                "slide {slide}"
+            );
+            assert!(
+                all.iter()
+                    .all(|(s, (r, c))| r.len() == s.4.min(4) && c.len() == s.5.min(4)),
+                "{all:?}"
+            );
+            assert_eq!(feed_sampled(&mut fresh(), &evs, 1), all, "slide {slide}: batching");
+            for saved_at in (3..evs.len()).step_by(6) {
+                let mut w = fresh();
+                feed(&mut w, &evs[..saved_at], 3);
+                let states = w.unsaved();
+                w.saved(&states);
+                let from = w.oldest_needed().get(&0).copied().unwrap_or(saved_at as i64);
+                let from = from.min(saved_at as i64) as usize;
+                let mut restored = fresh();
+                restored.restore(states.clone());
+                let last = saved_at as i64 - 1;
+                let replayed: Vec<_> = feed_sampled(&mut restored, &evs[from..], 3)
+                    .into_iter()
+                    .filter(|s| s.0.2.1 > last)
+                    .collect();
+                let want: Vec<_> = all.iter().filter(|s| s.0.2.1 > last).cloned().collect();
+                assert_eq!(replayed, want, "slide {slide}, saved at {saved_at}");
+            }
+        }
+    }
+
     fn stream() -> Vec<Ev> {
         let mut out = vec![];
         for i in 0..60i64 {

@@ -39,7 +39,9 @@ use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
 use serde::{Deserialize, Serialize};
 
-use super::{Decision, Detector, DriftType, Kind, LabelUse, Need, OptionError, Options, check_column, is_current};
+use super::{
+    Decision, Detector, DriftType, Kind, LabelUse, Need, OptionError, Options, Reads, check_column, is_current,
+};
 use crate::config::PROBABILITIES_COL;
 use crate::detect::udaf_labels::{detail_fields, detail_scalar};
 use crate::detect::{KEY_COL, WINDOWS_TABLE, ident};
@@ -134,11 +136,12 @@ impl Detector for Cbpe {
     }
     fn sql(&self) -> String {
         format!(
-            "SELECT {KEY_COL}, cbpe_estimate({}, {}, {}, {}) AS accuracy FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+            "SELECT {KEY_COL}, cbpe_estimate({}, {}, {}, {}){} AS accuracy FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
             ident(&self.probabilities),
             ident(&self.label),
             is_current(),
-            self.softmax
+            self.softmax,
+            Reads::Sample.tail(&[]).1
         )
     }
     fn decision(&self) -> Decision {

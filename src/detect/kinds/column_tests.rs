@@ -5,7 +5,7 @@ use datafusion::arrow::datatypes::Schema;
 use serde::Deserialize;
 
 use super::{
-    Correction, Decision, Detector, Kind, Need, OptionError, Options, check_columns, no_udafs, per_column_sql,
+    Correction, Decision, Detector, Kind, Need, OptionError, Options, Reads, check_columns, no_udafs, per_column_sql,
 };
 use crate::config::Alpha;
 
@@ -31,18 +31,21 @@ struct Test {
     kind: &'static str,
     udaf: &'static str,
     need: Need,
+    reads: Reads,
 }
 
 const KS_TEST: Test = Test {
     kind: "ks",
     udaf: "ks_test",
     need: Need::Number,
+    reads: Reads::Sample,
 };
 
 const CHI2_TEST: Test = Test {
     kind: "chi2",
     udaf: "chi2_test",
     need: Need::Scalar,
+    reads: Reads::Values,
 };
 
 /// Options of `kind: ks` and `kind: chi2`.
@@ -99,7 +102,10 @@ impl Detector for ColumnTests {
         check_columns(scored, &self.columns, self.test.kind, self.test.need)
     }
     fn sql(&self) -> String {
-        per_column_sql(self.test.udaf, &self.columns, "")
+        per_column_sql(self.test.udaf, &self.columns, "", self.test.reads)
+    }
+    fn counted(&self) -> Vec<crate::window::CountGroup> {
+        self.test.reads.groups(&self.columns)
     }
     fn decision(&self) -> Decision {
         Decision::test(self.alpha, self.correction)

@@ -5,7 +5,7 @@
 use datafusion::arrow::datatypes::Schema;
 use serde::Deserialize;
 
-use super::{Decision, Detector, Kind, Need, OptionError, Options, check_columns, no_udafs, per_column_sql};
+use super::{Decision, Detector, Kind, Need, OptionError, Options, Reads, check_columns, no_udafs, per_column_sql};
 use crate::config::Positive;
 use crate::detect::divergence::{DEFAULT_BINS, Metric};
 
@@ -139,10 +139,10 @@ impl Detector for Distance {
     fn sql(&self) -> String {
         let bins = format!(", {}", self.bins);
         match self.metric {
-            Metric::Psi => per_column_sql("psi", &self.columns, &bins),
-            Metric::Kl => per_column_sql("kl_divergence", &self.columns, &bins),
-            Metric::Js => per_column_sql("js_divergence", &self.columns, &bins),
-            Metric::Wasserstein => per_column_sql("wasserstein_distance", &self.columns, ""),
+            Metric::Psi => per_column_sql("psi", &self.columns, &bins, Reads::Sample),
+            Metric::Kl => per_column_sql("kl_divergence", &self.columns, &bins, Reads::Sample),
+            Metric::Js => per_column_sql("js_divergence", &self.columns, &bins, Reads::Sample),
+            Metric::Wasserstein => per_column_sql("wasserstein_distance", &self.columns, "", Reads::Sample),
         }
     }
     fn decision(&self) -> Decision {

@@ -6,8 +6,8 @@ use datafusion::arrow::datatypes::Schema;
 use serde::Deserialize;
 
 use super::{
-    Correction, Decision, Detector, DriftType, Kind, LabelUse, Need, OptionError, Options, check_column, is_current,
-    no_udafs,
+    Correction, Decision, Detector, DriftType, Kind, LabelUse, Need, OptionError, Options, Reads, check_column,
+    is_current, no_udafs,
 };
 use crate::config::{Alpha, PREDICTED_CLASS_COL};
 use crate::detect::{KEY_COL, WINDOWS_TABLE, ident};
@@ -95,13 +95,20 @@ impl Detector for Labelled {
             Test::ErrorRate => ("error_rate_test", "error_rate"),
             Test::LabelShift => ("label_shift_test", self.prediction.as_str()),
         };
+        let (weight, filter) = Reads::Values.tail(&[&self.prediction, &self.label]);
         format!(
-            "SELECT {KEY_COL}, {f}({}, {}, {}) AS {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+            "SELECT {KEY_COL}, {f}({}, {}, {}{weight}){filter} AS {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
             ident(&self.prediction),
             ident(&self.label),
             is_current(),
             ident(alias)
         )
+    }
+    fn counted(&self) -> Vec<crate::window::CountGroup> {
+        Reads::Values
+            .group(&[&self.prediction, &self.label])
+            .into_iter()
+            .collect()
     }
     fn decision(&self) -> Decision {
         Decision::test(self.alpha, Correction::None)

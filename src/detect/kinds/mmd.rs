@@ -5,7 +5,9 @@
 use datafusion::arrow::datatypes::Schema;
 use serde::{Deserialize, Deserializer};
 
-use super::{Correction, Decision, Detector, Kind, Need, OptionError, Options, check_column, is_current, no_udafs};
+use super::{
+    Correction, Decision, Detector, Kind, Need, OptionError, Options, Reads, check_column, is_current, no_udafs,
+};
 use crate::config::{Alpha, Positive};
 use crate::detect::{KEY_COL, WINDOWS_TABLE, ident};
 
@@ -129,15 +131,16 @@ impl Detector for MmdDetector {
     fn sql(&self) -> String {
         let c = ident(&self.column);
         let cur = is_current();
+        let sample = Reads::Sample.tail(&[]).1;
         if self.method == MmdMethod::Linear {
             let sigma = self.sigma.map(|s| format!(", {s:?}")).unwrap_or_default();
             return format!(
-                "SELECT {KEY_COL}, mmd_linear_test({c}, {cur}{sigma}) AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}"
+                "SELECT {KEY_COL}, mmd_linear_test({c}, {cur}{sigma}){sample} AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}"
             );
         }
         // sigma 0 asks for the median heuristic; stop_after 0 for all permutations.
         format!(
-            "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}, {:?}, {}) AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+            "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}, {:?}, {}){sample} AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
             self.permutations.get(),
             self.seed,
             self.sigma.unwrap_or(0.0),

@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Alpha, ConfigError, DetectorSpec, Pipeline};
 use crate::schema::column_names;
+use crate::window::CountGroup;
+use crate::window::sample::{COUNTED_COL, WEIGHT_COL};
 
 use super::{KEY_COL, WINDOW_COL, WINDOWS_TABLE, ident};
 
@@ -109,6 +111,53 @@ pub trait Detector: fmt::Debug + Send + Sync {
     /// The option its query errors belong to ("" for the item itself).
     fn query_key(&self) -> &'static str {
         ""
+    }
+    /// The column groups its query counts exactly over whole sampled
+    /// windows (`window.max_sample`; see [`crate::window::sample`]); none
+    /// for tests of raw values, which read the sample.
+    fn counted(&self) -> Vec<CountGroup> {
+        vec![]
+    }
+}
+
+/// What a query reads of a sampled window (see [`crate::window::sample`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// The sample's rows (raw values: KS, MMD, distances, ranges).
+    Sample,
+    /// Every event, counted by the column's value.
+    Values,
+    /// Every event, counted by whether the column's value is missing.
+    Presence,
+}
+
+impl Reads {
+    /// The count group of a test of `columns`, if it counts.
+    pub fn group(self, columns: &[&str]) -> Option<CountGroup> {
+        match self {
+            Reads::Sample => None,
+            Reads::Values => Some(CountGroup::values(columns)),
+            Reads::Presence => Some(CountGroup::presence(columns[0])),
+        }
+    }
+
+    /// The count groups of one test per column.
+    pub fn groups(self, columns: &[String]) -> Vec<CountGroup> {
+        columns.iter().filter_map(|c| self.group(&[c])).collect()
+    }
+
+    /// `call`'s arguments end (`…, _weight`) and its FILTER, for a test of `columns`.
+    pub fn tail(self, columns: &[&str]) -> (String, String) {
+        match self.group(columns) {
+            None => (String::new(), format!(" FILTER (WHERE {COUNTED_COL} IS NULL)")),
+            Some(g) => (
+                format!(", {WEIGHT_COL}"),
+                format!(
+                    " FILTER (WHERE {COUNTED_COL} IS NULL OR {COUNTED_COL} = '{}')",
+                    g.tag().replace('\'', "''")
+                ),
+            ),
+        }
     }
 }
 
@@ -428,10 +477,18 @@ fn check_columns(scored: &Schema, columns: &[String], kind: &str, need: Need) ->
 }
 
 /// `SELECT key, f(c, window = 'current'<extra>) AS c, … FROM windows GROUP BY key`.
-fn per_column_sql(f: &str, columns: &[String], extra: &str) -> String {
+fn per_column_sql(f: &str, columns: &[String], extra: &str, reads: Reads) -> String {
     let cols: Vec<String> = columns
         .iter()
-        .map(|c| format!("{f}({}, {}{extra}) AS {}", ident(c), is_current(), ident(c)))
+        .map(|c| {
+            let (weight, filter) = reads.tail(&[c]);
+            format!(
+                "{f}({}, {}{extra}{weight}){filter} AS {}",
+                ident(c),
+                is_current(),
+                ident(c)
+            )
+        })
         .collect();
     format!(
         "SELECT {KEY_COL}, {} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",

@@ -42,7 +42,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Correction, Decision, Detector, Kind, Need, OptionError, Options, check_columns, per_column_sql};
+use super::{Correction, Decision, Detector, Kind, Need, OptionError, Options, Reads, check_columns, per_column_sql};
 use crate::config::{Alpha, Positive};
 use crate::detect::labels::{FISHER_MAX_N, chi2_2x2, fisher_exact};
 use crate::detect::special::ln_gamma;
@@ -108,6 +108,15 @@ impl Check {
             Check::Unseen => "unseen_categories_test",
             Check::Range => "out_of_range_test",
             Check::DeadLetters => "dead_letter_test",
+        }
+    }
+
+    /// What its test reads of a sampled window.
+    fn reads(self) -> Reads {
+        match self {
+            Check::Missing => Reads::Presence,
+            Check::Unseen | Check::DeadLetters => Reads::Values,
+            Check::Range => Reads::Sample,
         }
     }
 }
@@ -203,7 +212,10 @@ impl Detector for Quality {
             Check::Range => format!(", {:?}", self.tail),
             Check::DeadLetters => String::new(),
         };
-        per_column_sql(self.check.udaf(), &self.columns, &extra)
+        per_column_sql(self.check.udaf(), &self.columns, &extra, self.check.reads())
+    }
+    fn counted(&self) -> Vec<crate::window::CountGroup> {
+        self.check.reads().groups(&self.columns)
     }
     fn decision(&self) -> Decision {
         Decision::test(self.alpha, self.correction)
@@ -269,7 +281,10 @@ impl Detector for DeadLetters {
         }
     }
     fn sql(&self) -> String {
-        per_column_sql("dead_letter_test", &[DEAD_LETTERS_COL.to_string()], "")
+        per_column_sql("dead_letter_test", &[DEAD_LETTERS_COL.to_string()], "", Reads::Values)
+    }
+    fn counted(&self) -> Vec<crate::window::CountGroup> {
+        Reads::Values.groups(&[DEAD_LETTERS_COL.to_string()])
     }
     fn decision(&self) -> Decision {
         Decision::test(self.alpha, Correction::None)
@@ -362,6 +377,32 @@ fn unseen_test(r: &Side, c: &Side, permutations: usize, seed: u64) -> Option<Out
     // Every permutation's count is ≥ 0: with nothing unseen the p-value is
     // exactly (1 + B)/(B + 1) = 1, no permutation needed (the usual case).
     let permutations = if observed == 0 { 0 } else { permutations };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let at_least = if n + m > SHUFFLE_UP_TO {
+        unseen_split_counts(r, c, n, permutations, observed, &mut rng)
+    } else {
+        unseen_shuffles(r, c, n, permutations, observed, &mut rng)
+    };
+    let p = (1 + at_least) as f64 / (permutations + 1) as f64;
+    let mut examples: Vec<(&String, &u64)> = unseen.clone();
+    examples.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let details = serde_json::json!({
+        "unseen_values": observed,
+        "unseen_categories": unseen.len(),
+        "examples": examples.iter().take(10).map(|(k, v)| serde_json::json!({"category": k, "count": v})).collect::<Vec<_>>(),
+        "reference_categories": r.categories.len(),
+        "permutations": permutations,
+    });
+    Some((observed as f64 / m as f64, p, details))
+}
+
+/// Pooled windows up to this many events are permuted event by event;
+/// larger ones (sampled windows' exact counts) by their category counts.
+const SHUFFLE_UP_TO: u64 = 200_000;
+
+/// Permutations whose unseen count reaches `observed`: each shuffles the
+/// pooled values and splits them at `n`.
+fn unseen_shuffles(r: &Side, c: &Side, n: u64, permutations: usize, observed: u64, rng: &mut ChaCha8Rng) -> usize {
     // The pooled values as category ids; each permutation splits them anew.
     let mut ids: BTreeMap<&String, u32> = BTreeMap::new();
     for k in r.categories.keys().chain(c.categories.keys()) {
@@ -374,28 +415,48 @@ fn unseen_test(r: &Side, c: &Side, permutations: usize, seed: u64) -> Option<Out
             pooled.extend(std::iter::repeat_n(ids[k], *v as usize));
         }
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut seen = vec![false; ids.len()];
     let mut at_least = 0usize;
     for _ in 0..permutations {
-        pooled.shuffle(&mut rng);
+        pooled.shuffle(rng);
         seen.iter_mut().for_each(|s| *s = false);
         let (reference, current) = pooled.split_at(n as usize);
         reference.iter().for_each(|&i| seen[i as usize] = true);
         let x = current.iter().filter(|&&i| !seen[i as usize]).count() as u64;
         at_least += usize::from(x >= observed);
     }
-    let p = (1 + at_least) as f64 / (permutations + 1) as f64;
-    let mut examples: Vec<(&String, &u64)> = unseen.clone();
-    examples.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let details = serde_json::json!({
-        "unseen_values": observed,
-        "unseen_categories": unseen.len(),
-        "examples": examples.iter().take(10).map(|(k, v)| serde_json::json!({"category": k, "count": v})).collect::<Vec<_>>(),
-        "reference_categories": r.categories.len(),
-        "permutations": permutations,
-    });
-    Some((observed as f64 / m as f64, p, details))
+    at_least
+}
+
+/// The same permutation distribution drawn from the category counts: a
+/// uniform split of the pooled events into `n` and the rest gives each
+/// category's share of the reference as successive hypergeometric draws
+/// (the multivariate hypergeometric law, category by category), so a
+/// permutation costs one draw per category, not one step per event.
+fn unseen_split_counts(r: &Side, c: &Side, n: u64, permutations: usize, observed: u64, rng: &mut ChaCha8Rng) -> usize {
+    use rand::distr::Distribution;
+    let mut pooled: BTreeMap<&String, u64> = BTreeMap::new();
+    for (k, v) in r.categories.iter().chain(&c.categories) {
+        *pooled.entry(k).or_default() += v;
+    }
+    let total: u64 = pooled.values().sum();
+    let mut at_least = 0usize;
+    for _ in 0..permutations {
+        let (mut left, mut draws, mut x) = (total, n, 0u64);
+        for count in pooled.values() {
+            let in_reference = match rand_distr::Hypergeometric::new(left, *count, draws) {
+                Ok(h) => h.sample(rng),
+                Err(_) => 0, // unreachable: count ≤ left and draws ≤ left by construction
+            };
+            if in_reference == 0 {
+                x += count;
+            }
+            left -= count;
+            draws -= in_reference;
+        }
+        at_least += usize::from(x >= observed);
+    }
+    at_least
 }
 
 /// Current values outside the reference's [k-th smallest, k-th largest],
@@ -444,16 +505,17 @@ pub fn beta_binomial_sf(x: usize, m: usize, a: f64, b: f64) -> f64 {
 
 /// A check's aggregate function, registered by its kind.
 fn udaf(check: Check) -> Vec<AggregateUDF> {
-    let arities = [2, 3, 4].into_iter().map(TypeSignature::Any).collect();
+    let arities = [2, 3, 4, 5].into_iter().map(TypeSignature::Any).collect();
     vec![AggregateUDF::from(QualityTest {
         check,
         signature: Signature::one_of(arities, Volatility::Immutable),
     })]
 }
 
-/// `missing_share_test(value, is_current)`,
-/// `unseen_categories_test(value, is_current [, permutations [, seed]])`,
-/// `out_of_range_test(value, is_current [, tail])`: a struct
+/// `missing_share_test(value, is_current [, weight])`,
+/// `unseen_categories_test(value, is_current [, permutations [, seed [, weight]]])`,
+/// `out_of_range_test(value, is_current [, tail])`,
+/// `dead_letter_test(_dead_letters, is_current [, weight])`: a struct
 /// `{statistic (the current share), p_value, n_reference, n_current, details}`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct QualityTest {
@@ -547,18 +609,34 @@ impl QualityAcc {
                     self.params.tail = Some(t);
                 }
             }
-            Check::Missing | Check::DeadLetters if values.len() > 2 => {
-                return exec_err!("{name} takes (value, is_current)");
+            Check::Missing | Check::DeadLetters if values.len() > 3 => {
+                return exec_err!("{name} takes (value, is_current [, weight])");
             }
             Check::Missing | Check::DeadLetters => {}
         }
         Ok(())
     }
+
+    /// Each row's weight (the windows table's `_weight`): the last argument
+    /// after the check's literals, if given.
+    fn weights(&self, values: &[ArrayRef]) -> Result<Option<Vec<u64>>> {
+        let at = match self.check {
+            Check::Missing | Check::DeadLetters => 2,
+            Check::Unseen => 4,
+            Check::Range => return Ok(None),
+        };
+        crate::detect::udaf::weights(values, at, self.check.udaf())
+    }
 }
 
 impl QualityAcc {
     /// `dead_letter_test`: per side, the events and the dead letters before them.
-    fn count_dead_letters(&mut self, v: &ArrayRef, cur: &datafusion::arrow::array::BooleanArray) -> Result<()> {
+    fn count_dead_letters(
+        &mut self,
+        v: &ArrayRef,
+        cur: &datafusion::arrow::array::BooleanArray,
+        weights: Option<&[u64]>,
+    ) -> Result<()> {
         if !v.data_type().is_integer() {
             return exec_err!("dead_letter_test: first argument must be the `{DEAD_LETTERS_COL}` count");
         }
@@ -568,9 +646,10 @@ impl QualityAcc {
             if cur.is_null(i) {
                 continue;
             }
+            let n = weights.map_or(1, |w| w[i]);
             let side = &mut self.sides[usize::from(cur.value(i))];
-            side.total += 1;
-            side.missing += if counts.is_valid(i) { counts.value(i) } else { 0 };
+            side.total += n;
+            side.missing += n * if counts.is_valid(i) { counts.value(i) } else { 0 };
         }
         Ok(())
     }
@@ -583,8 +662,9 @@ impl Accumulator for QualityAcc {
             return exec_err!("{}: second argument (is_current) must be boolean", self.check.udaf());
         };
         let v = &values[0];
+        let weights = self.weights(values)?;
         if self.check == Check::DeadLetters {
-            return self.count_dead_letters(v, cur);
+            return self.count_dead_letters(v, cur, weights.as_deref());
         }
         let floats = v
             .data_type()
@@ -604,15 +684,16 @@ impl Accumulator for QualityAcc {
             if cur.is_null(i) {
                 continue;
             }
+            let n = weights.as_ref().map_or(1, |w| w[i]);
             let side = &mut self.sides[usize::from(cur.value(i))];
-            side.total += 1;
+            side.total += n;
             let missing = v.is_null(i) || floats.is_some_and(|f| f.value(i).is_nan());
             if missing {
-                side.missing += 1;
+                side.missing += n;
                 continue;
             }
             if let Some(t) = text {
-                *side.categories.entry(t.value(i).to_string()).or_default() += 1;
+                *side.categories.entry(t.value(i).to_string()).or_default() += n;
             }
             if let Some(n) = numbers
                 && n.value(i).is_finite()
@@ -757,6 +838,87 @@ mod tests {
             })
             .count();
         assert!(rejections <= 20, "{rejections} of 200 at 0.05");
+    }
+
+    /// Drawn from the category counts, the permutation distribution of the
+    /// unseen count is the one of shuffling the events: over many
+    /// permutations the two p-values agree, and calibration holds.
+    #[test]
+    fn unseen_categories_drawn_from_counts_match_the_event_shuffles() {
+        let mut r = side(&[Some("a"); 30]);
+        r.merge(side(&[Some("b"); 10]));
+        r.merge(side(&[Some("q"); 1]));
+        let mut c = side(&[Some("a"); 12]);
+        c.merge(side(&[Some("z"); 2]));
+        c.merge(side(&[Some("y"); 1]));
+        let observed = 3;
+        let n = 41;
+        let b = 20_000;
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let shuffled = unseen_shuffles(&r, &c, n, b, observed, &mut rng) as f64 / b as f64;
+        let drawn = unseen_split_counts(&r, &c, n, b, observed, &mut rng) as f64 / b as f64;
+        // Binomial standard error at p ≈ 0.1 and B = 20,000: about 0.002.
+        assert!((shuffled - drawn).abs() < 0.01, "shuffles {shuffled}, counts {drawn}");
+        assert!(shuffled > 0.0 && shuffled < 1.0, "{shuffled}");
+    }
+
+    /// Rows standing for several events (sampled windows' count rows) give
+    /// what the events one by one give.
+    #[test]
+    fn weighted_rows_count_as_the_events_they_stand_for() {
+        use datafusion::arrow::array::{BooleanArray, Int64Array, StringArray, UInt64Array};
+        let run = |check: Check, values: ArrayRef, cur: Vec<bool>, extra: Vec<ArrayRef>| {
+            let mut acc = QualityAcc {
+                check,
+                sides: Default::default(),
+                params: Params::default(),
+            };
+            let mut args: Vec<ArrayRef> = vec![values, Arc::new(BooleanArray::from(cur))];
+            args.extend(extra);
+            acc.update_batch(&args).unwrap();
+            acc.evaluate().unwrap()
+        };
+        let text = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
+        let weights = |w: Vec<u64>| Arc::new(UInt64Array::from(w)) as ArrayRef;
+        // (value, window) with weights 3, 2, 4 — and the same nine events one by one.
+        let (v, cur, w) = (vec![Some("a"), None, Some("z")], vec![false, true, true], vec![3, 2, 4]);
+        let mut ev = vec![];
+        let mut ec = vec![];
+        for ((v, c), w) in v.iter().zip(&cur).zip(&w) {
+            ev.extend(std::iter::repeat_n(*v, *w as usize));
+            ec.extend(std::iter::repeat_n(*c, *w as usize));
+        }
+        // unseen_categories' literals (permutations, seed), one per row.
+        let lits = |n: usize| -> Vec<ArrayRef> {
+            vec![
+                Arc::new(Int64Array::from(vec![199; n])),
+                Arc::new(Int64Array::from(vec![4; n])),
+            ]
+        };
+        for check in [Check::Missing, Check::Unseen] {
+            let (mut weighted, plain) = match check {
+                Check::Unseen => (lits(3), lits(9)),
+                _ => (vec![], vec![]),
+            };
+            weighted.push(weights(w.clone()));
+            let got = run(check, text(v.clone()), cur.clone(), weighted);
+            let want = run(check, text(ev.clone()), ec.clone(), plain);
+            assert_eq!(got, want, "{check:?}");
+        }
+        let dead = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+        let got = run(
+            Check::DeadLetters,
+            dead(vec![1, 0, 2]),
+            cur.clone(),
+            vec![weights(w.clone())],
+        );
+        let want = run(
+            Check::DeadLetters,
+            dead([vec![1; 3], vec![0; 2], vec![2; 4]].concat()),
+            ec.clone(),
+            vec![],
+        );
+        assert_eq!(got, want);
     }
 
     #[test]
