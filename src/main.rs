@@ -310,6 +310,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 group_id: a.group_id,
                 instance_id: a.instance_id,
                 stall_after: Some(std::time::Duration::from_secs(a.stall_after)),
+                fault: None, // DRIFTWATCH_FAULT, read by the run
             };
             run(&a.pipeline, opts, &a.metrics, a.status_every).await
         }

@@ -116,3 +116,167 @@ async fn a_reader_that_cannot_go_on_is_reported_stalled_then_recovers() {
     shutdown.store(true, Relaxed);
     run.await.unwrap().unwrap();
 }
+
+/// A digits pipeline on `topic` whose model scores `fraction` of the events
+/// (`model.sample`), with a KS test on an event field and a chi-square on
+/// the model's predicted classes.
+fn sampled_model_pipeline(dir: &std::path::Path, topic: &str, brokers: &str, fraction: f64) -> std::path::PathBuf {
+    let root = root().display().to_string();
+    let text = format!(
+        r#"name: {topic}
+schema: {root}/schemas/digits.yaml
+source: {{type: kafka, brokers: "{brokers}", topic: {topic}, start: earliest, checkpoint_topic: null}}
+batch: {{max_events: 50, linger_ms: 20}}
+model:
+  path: {root}/models/digits_cnn.onnx
+  input: pixels
+  outputs: {{embedding: embedding, logits: logits}}
+  threads: 1
+  sample: {{fraction: {fraction}}}
+window: {{reference: {{type: first, size: 200}}, current: {{size: 200, slide: 100}}}}
+detectors:
+  - {{name: features_ks, kind: ks, columns: [mean_intensity]}}
+  - {{name: classes_chi2, kind: chi2, columns: [predicted_class]}}
+output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq}}
+"#
+    );
+    write(dir, &format!("{topic}.yaml"), &text)
+}
+
+/// The largest backlog (events produced but not yet processed) of a run
+/// of `p` while `n` digits events are produced at 500 a second; stops
+/// early once the backlog passes `give_up`. Returns the backlog and each
+/// evaluation's (detector, events its test read) of a run that read all.
+async fn backlog_under_load(
+    broker: &Broker,
+    topic: &str,
+    p: &std::path::Path,
+    n: usize,
+    give_up: u64,
+) -> (u64, Vec<(String, u64)>) {
+    use std::sync::{Arc, Mutex};
+    let pool: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/data/digits_test.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<String> = (0..n)
+        .map(|i| {
+            let mut e = pool[i % pool.len()].clone();
+            e["event_id"] = format!("{topic}-{i}").into();
+            e["ts"] = (1_767_225_600_000i64 + 2 * i as i64).into();
+            e.to_string()
+        })
+        .collect();
+    let seen: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let observer: driftwatch::runtime::Observer = {
+        let seen = seen.clone();
+        Arc::new(move |e: &driftwatch::alert::Evaluation| {
+            let read = e
+                .tests
+                .iter()
+                .filter_map(|t| t.details.as_ref()?["n_current"].as_u64())
+                .sum();
+            seen.lock().unwrap().push((e.detector.clone(), read));
+        })
+    };
+    let opts = driftwatch::runtime::RunOptions {
+        group_id: Some(format!("g-{topic}")),
+        fault: Some("slow-model:4".into()), // 250 scored events a second at most
+        ..Default::default()
+    };
+    let stages = driftwatch::engine::Stages::build(driftwatch::config::Pipeline::load(p).unwrap())
+        .await
+        .unwrap();
+    let stats = Arc::new(driftwatch::runtime::RunStats::default());
+    let shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let run = tokio::spawn(driftwatch::runtime::run(
+        stages,
+        opts,
+        shutdown.clone(),
+        stats.clone(),
+        Some(observer),
+    ));
+    let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let producer = {
+        let (broker_cfg, topic, produced) = (broker.client_config(), topic.to_string(), produced.clone());
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let p: rdkafka::producer::FutureProducer = broker_cfg.create().unwrap();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            // A late tick waits: the pace stays 500 a second, never a burst.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for (i, chunk) in events.chunks(50).enumerate() {
+                // The pace starts once the run consumes (its group joined).
+                while i == 1 && stats.processed.load(Relaxed) == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tick.tick().await;
+                let sent: Vec<_> = chunk
+                    .iter()
+                    .map(|e| {
+                        let r = rdkafka::producer::FutureRecord::<(), _>::to(&topic).payload(e.as_bytes());
+                        p.send_result(r).expect("queued")
+                    })
+                    .collect();
+                for d in sent {
+                    d.await.unwrap().unwrap();
+                }
+                produced.fetch_add(chunk.len() as u64, Relaxed);
+            }
+        })
+    };
+    let mut backlog = 0u64;
+    while stats.processed.load(Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while stats.processed.load(Relaxed) < n as u64 && backlog <= give_up {
+        backlog = backlog.max(produced.load(Relaxed).saturating_sub(stats.processed.load(Relaxed)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    producer.abort();
+    eprintln!(
+        "{topic}: produced {}, processed {}, scored {}",
+        produced.load(Relaxed),
+        stats.processed.load(Relaxed),
+        stats.model_scored.load(Relaxed)
+    );
+    shutdown.store(true, Relaxed);
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    (backlog, seen)
+}
+
+/// A model slower than the topic (a test hook slows it to 4 ms per scored
+/// event: 250 a second) while events come at 500 a second. Scoring every
+/// event, the backlog grows without end; with `model.sample: {fraction:
+/// 0.1}` the run keeps up (the backlog stays within about a second of
+/// events), and the windows hold every event for the test on an event
+/// field but about a tenth of them, the scored ones, for the test on the
+/// model's predicted classes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_model_keeps_up_with_a_topic_faster_than_it_scores() {
+    let broker = Broker::start(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for t in ["all", "all-alerts", "all-dlq", "tenth", "tenth-alerts", "tenth-dlq"] {
+        broker.create_topic(t, 1).unwrap();
+    }
+    let b = broker.bootstrap();
+    let all = sampled_model_pipeline(dir.path(), "all", &b, 1.0);
+    let (backlog, _) = backlog_under_load(&broker, "all", &all, 3000, 1000).await;
+    assert!(backlog > 1000, "scoring every event kept up: backlog at most {backlog}");
+
+    let tenth = sampled_model_pipeline(dir.path(), "tenth", &b, 0.1);
+    let (backlog, seen) = backlog_under_load(&broker, "tenth", &tenth, 4000, 2000).await;
+    eprintln!("sampled model: backlog at most {backlog} events");
+    assert!(backlog <= 500, "the sampled model fell behind: backlog {backlog}");
+    let read = |d: &str| -> Vec<u64> { seen.iter().filter(|(n, _)| n == d).map(|(_, r)| *r).collect() };
+    let (features, classes) = (read("features_ks"), read("classes_chi2"));
+    assert_eq!(features.len(), (4000 - 400) / 100 + 1, "{seen:?}");
+    assert!(features.iter().all(|r| *r == 200), "{features:?}");
+    let share = classes.iter().sum::<u64>() as f64 / (200 * classes.len()) as f64;
+    assert!(
+        (0.07..=0.13).contains(&share),
+        "model outputs of {share} of the events, not 0.1: {classes:?}"
+    );
+}

@@ -2,39 +2,67 @@
 
 use super::*;
 
-/// A fault injected for tests (`DRIFTWATCH_FAULT`, not for production):
-/// `abort-before-mark:N` aborts the process right after the N-th batch (of
-/// events or of labels) with new evaluations is delivered and before its
-/// mark or commit is written, the worst moment for a crash.
+/// A fault injected for tests (`DRIFTWATCH_FAULT`, or `RunOptions::fault`;
+/// not for production):
+/// - `abort-before-mark:N` aborts the process right after the N-th batch
+///   (of events or of labels) with new evaluations is delivered and before
+///   its mark or commit is written, the worst moment for a crash;
+/// - `slow-model:MS` makes the model stage take MS milliseconds more per
+///   event it scores (a model slower than the topic).
 #[derive(Debug, Default)]
 pub(super) struct Fault {
     pub(super) abort_before_mark: Option<u64>,
     pub(super) delivered: u64,
+    slow_model: Option<Duration>,
+    /// Events the model had scored at the last slow-down.
+    scored: u64,
 }
 
 impl Fault {
-    pub(super) fn from_env() -> Result<Self, RuntimeError> {
-        Self::parse(std::env::var("DRIFTWATCH_FAULT").ok().as_deref())
+    /// The fault `given` (a run's option), else `DRIFTWATCH_FAULT`'s.
+    pub(super) fn from_env_or(given: Option<&str>) -> Result<Self, RuntimeError> {
+        match given {
+            Some(v) => Self::parse(Some(v)),
+            None => Self::parse(std::env::var("DRIFTWATCH_FAULT").ok().as_deref()),
+        }
     }
 
     pub(super) fn parse(value: Option<&str>) -> Result<Self, RuntimeError> {
         let Some(v) = value else {
             return Ok(Self::default());
         };
-        let n = v
-            .strip_prefix("abort-before-mark:")
-            .and_then(|n| n.parse::<u64>().ok())
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                RuntimeError::Other(format!(
-                    "DRIFTWATCH_FAULT=`{v}`: expected abort-before-mark:N with N ≥ 1 (a test hook; unset it)"
-                ))
-            })?;
+        let number = |prefix: &str| {
+            v.strip_prefix(prefix)
+                .and_then(|n| n.parse::<u64>().ok())
+                .filter(|n| *n > 0)
+        };
+        if let Some(ms) = number("slow-model:") {
+            tracing::warn!(fault = %v, "fault injection on: the model stage is slowed down");
+            return Ok(Self {
+                slow_model: Some(Duration::from_millis(ms)),
+                ..Self::default()
+            });
+        }
+        let n = number("abort-before-mark:").ok_or_else(|| {
+            RuntimeError::Other(format!(
+                "DRIFTWATCH_FAULT=`{v}`: expected abort-before-mark:N or slow-model:MS with N, MS ≥ 1 (a test hook; unset it)"
+            ))
+        })?;
         tracing::warn!(fault = %v, "fault injection on: this process will abort");
         Ok(Self {
             abort_before_mark: Some(n),
-            delivered: 0,
+            ..Self::default()
         })
+    }
+
+    /// The model has scored `total` events so far: with `slow-model`, waits
+    /// for those it scored since the last call.
+    pub(super) async fn scored(&mut self, total: u64) {
+        let new = total.saturating_sub(self.scored);
+        self.scored = total;
+        if let Some(per_event) = self.slow_model.filter(|_| new > 0) {
+            tokio::time::sleep(per_event * u32::try_from(new).unwrap_or(u32::MAX)).await;
+        }
     }
 
     /// A batch's new evaluations were delivered; its mark comes next.
@@ -76,5 +104,11 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+        let slow = Fault::parse(Some("slow-model:4")).unwrap();
+        assert_eq!(
+            (slow.slow_model, slow.abort_before_mark),
+            (Some(Duration::from_millis(4)), None)
+        );
+        assert!(Fault::parse(Some("slow-model:0")).is_err());
     }
 }

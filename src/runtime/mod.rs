@@ -63,6 +63,8 @@ pub struct RunOptions {
     /// [`crate::metrics::StallWatch`]); `None`: [`DEFAULT_STALL_AFTER`],
     /// zero: never.
     pub stall_after: Option<Duration>,
+    /// A fault to inject, for tests (see `DRIFTWATCH_FAULT`, which this overrides).
+    pub fault: Option<String>,
 }
 
 /// How long a consumer may read nothing while events wait before it counts as stalled.
@@ -129,7 +131,7 @@ pub async fn run(
     observer: Option<Observer>,
 ) -> Result<(), RuntimeError> {
     // Refused before anything connects.
-    let fault = Fault::from_env()?;
+    let fault = Fault::from_env_or(opts.fault.as_deref())?;
     let p = stages.pipeline.clone();
     let Some(SourceConfig::Kafka(src)) = &p.source else {
         return Err(RuntimeError::Other(
@@ -499,6 +501,7 @@ async fn process(
         stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
         if let Some(t) = engine.stages.model_timings() {
             stats.model_scored.store(t.scored, Ordering::Relaxed);
+            fault.scored(t.scored).await;
         }
         let evaluated = engine.push_scored(&scored).await?;
         let (keys, held) = engine.windows.fill();
