@@ -204,8 +204,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
             r = &mut run => { r?; break; }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 let n = stats.received.load(std::sync::atomic::Ordering::Relaxed);
-                if n != seen_n {
-                    (seen_n, since) = (n, std::time::Instant::now());
+                // Progress is reading or processing: a slow model (a
+                // transformer on a busy machine) still works through what
+                // was read after the last event came.
+                let progress = n + stats.processed.load(std::sync::atomic::Ordering::Relaxed);
+                if progress != seen_n {
+                    (seen_n, since) = (progress, std::time::Instant::now());
                 } else if since.elapsed() > STALL {
                     shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
                     return Err(RuntimeError::Other(format!(
