@@ -151,10 +151,13 @@ impl Sampling {
                 let (partition, offset) = (p.value(i), o.value(i));
                 let hash = match ids {
                     Some(ids) if ids.is_valid(i) => id_hash(ids.value(i).as_bytes(), self.seed),
-                    _ => id_hash(
-                        &[&partition.to_le_bytes()[..], &offset.to_le_bytes()].concat(),
-                        self.seed,
-                    ),
+                    _ => {
+                        // On the stack: this runs for every event.
+                        let mut at = [0u8; 12];
+                        at[..4].copy_from_slice(&partition.to_le_bytes());
+                        at[4..].copy_from_slice(&offset.to_le_bytes());
+                        id_hash(&at, self.seed)
+                    }
                 };
                 SampleKey {
                     hash,
@@ -209,9 +212,11 @@ impl Summary {
         }
         let keys = s.keys(batch)?;
         for (k, t) in keys.iter().zip(times) {
-            let e = self.offsets.entry(k.partition).or_insert((k.offset, k.offset));
-            *e = (e.0.min(k.offset), e.1.max(k.offset));
-            self.times = Some(self.times.map_or((*t, *t), |(a, b)| (a.min(*t), b.max(*t))));
+            widen(
+                self.offsets.entry(k.partition).or_insert((k.offset, k.offset)),
+                (k.offset, k.offset),
+            );
+            widen(self.times.get_or_insert((*t, *t)), (*t, *t));
         }
         self.count(s, batch)?;
         self.events += batch.num_rows() as u64;
@@ -276,12 +281,11 @@ impl Summary {
                 self.present[gi] = o.present[gi].clone();
             }
         }
-        for (p, (a, b)) in &o.offsets {
-            let e = self.offsets.entry(*p).or_insert((*a, *b));
-            *e = (e.0.min(*a), e.1.max(*b));
+        for (p, range) in &o.offsets {
+            widen(self.offsets.entry(*p).or_insert(*range), *range);
         }
-        if let Some((a, b)) = o.times {
-            self.times = Some(self.times.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+        if let Some(range) = o.times {
+            widen(self.times.get_or_insert(range), range);
         }
     }
 
@@ -423,6 +427,11 @@ impl Summary {
         *self.counts[gi].entry(key).or_default() += n;
         Ok(())
     }
+}
+
+/// Widens the range `into` to hold `other`.
+fn widen(into: &mut (i64, i64), other: (i64, i64)) {
+    *into = (into.0.min(other.0), into.1.max(other.1));
 }
 
 /// The group's columns of `batch` as counted (presence: a Boolean "present").
@@ -628,8 +637,7 @@ mod tests {
 
     fn seen(table: &[RecordBatch]) -> Seen {
         let (mut rows, mut counts) = (vec![], BTreeMap::new());
-        for b in table {
-            let all = concat_batches(&b.schema(), [b]).unwrap();
+        for all in table {
             let p = all
                 .column_by_name(PARTITION_COL)
                 .unwrap()

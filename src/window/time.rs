@@ -847,6 +847,16 @@ mod tests {
         )
     }
 
+    /// `w` fed the first `saved_at` events and its key states saved: the
+    /// states, and the event a restart replays from (what they still need).
+    fn saved(mut w: TimeWindows, evs: &[Ev], saved_at: usize) -> (Vec<KeySnapshot>, usize) {
+        feed(&mut w, &evs[..saved_at], 3);
+        let states = w.unsaved();
+        w.saved(&states);
+        let from = w.oldest_needed().get(&0).copied().unwrap_or(saved_at as i64);
+        (states, from.min(saved_at as i64) as usize)
+    }
+
     fn feed(w: &mut TimeWindows, evs: &[Ev], batch_size: usize) -> Vec<Seen> {
         evs.chunks(batch_size)
             .flat_map(|c| w.push(&batch(c)).unwrap())
@@ -906,12 +916,7 @@ mod tests {
             );
             assert_eq!(feed_sampled(&mut fresh(), &evs, 1), all, "slide {slide}: batching");
             for saved_at in (3..evs.len()).step_by(6) {
-                let mut w = fresh();
-                feed(&mut w, &evs[..saved_at], 3);
-                let states = w.unsaved();
-                w.saved(&states);
-                let from = w.oldest_needed().get(&0).copied().unwrap_or(saved_at as i64);
-                let from = from.min(saved_at as i64) as usize;
+                let (states, from) = saved(fresh(), &evs, saved_at);
                 let mut restored = fresh();
                 restored.restore(states.clone());
                 let last = saved_at as i64 - 1;
@@ -1043,12 +1048,7 @@ mod tests {
             let fresh = || windows(reference.clone(), 20, slide, 0);
             let all = feed(&mut fresh(), &evs, 3);
             for saved_at in (3..evs.len()).step_by(3) {
-                let mut w = fresh();
-                feed(&mut w, &evs[..saved_at], 3);
-                let states = w.unsaved();
-                w.saved(&states);
-                let from = w.oldest_needed().get(&0).copied().unwrap_or(saved_at as i64);
-                let from = from.min(saved_at as i64) as usize;
+                let (states, from) = saved(fresh(), &evs, saved_at);
                 for read in (saved_at..=evs.len()).step_by(5) {
                     let mut restored = fresh();
                     restored.restore(states.clone());
