@@ -286,6 +286,17 @@ fn events_metrics(w: &mut Prometheus, s: &RunStats) {
         "Events the model scored (with model.sample, the sampled share of driftwatch_events_processed_total).",
         count(&s.model_scored),
     );
+    // The share scored since the start; rate() of the two counters gives it
+    // over any recent span (what `max_rate` makes vary).
+    let processed = s.processed.load(Ordering::Relaxed);
+    if processed > 0 {
+        w.metric(
+            "driftwatch_model_sampled_fraction",
+            "gauge",
+            "Share of the processed events the model scored since the start (1 without model.sample).",
+            vec![(String::new(), s.model_scored.load(Ordering::Relaxed) as f64 / processed as f64)],
+        );
+    }
 }
 
 /// Evaluations, alerts and last p-values per detector.

@@ -117,10 +117,10 @@ async fn a_reader_that_cannot_go_on_is_reported_stalled_then_recovers() {
     run.await.unwrap().unwrap();
 }
 
-/// A digits pipeline on `topic` whose model scores `fraction` of the events
-/// (`model.sample`), with a KS test on an event field and a chi-square on
-/// the model's predicted classes.
-fn sampled_model_pipeline(dir: &std::path::Path, topic: &str, brokers: &str, fraction: f64) -> std::path::PathBuf {
+/// A digits pipeline on `topic` whose model scores the events `sample`
+/// chooses (`model.sample`), with a KS test on an event field and a
+/// chi-square on the model's predicted classes.
+fn sampled_model_pipeline(dir: &std::path::Path, topic: &str, brokers: &str, sample: &str) -> std::path::PathBuf {
     let root = root().display().to_string();
     let text = format!(
         r#"name: {topic}
@@ -132,7 +132,7 @@ model:
   input: pixels
   outputs: {{embedding: embedding, logits: logits}}
   threads: 1
-  sample: {{fraction: {fraction}}}
+  sample: {sample}
 window: {{reference: {{type: first, size: 200}}, current: {{size: 200, slide: 100}}}}
 detectors:
   - {{name: features_ks, kind: ks, columns: [mean_intensity]}}
@@ -143,17 +143,22 @@ output: {{alerts_topic: {topic}-alerts, dead_letter_topic: {topic}-dlq}}
     write(dir, &format!("{topic}.yaml"), &text)
 }
 
+/// An evaluation's detector, the events its test read and the events of
+/// its window the model scored.
+type Seen = (String, u64, Option<u64>);
+
 /// The largest backlog (events produced but not yet processed) of a run
 /// of `p` while `n` digits events are produced at 500 a second; stops
 /// early once the backlog passes `give_up`. Returns the backlog and each
-/// evaluation's (detector, events its test read) of a run that read all.
+/// evaluation's (detector, events its test read, events of its window the
+/// model scored) of a run that read all.
 async fn backlog_under_load(
     broker: &Broker,
     topic: &str,
     p: &std::path::Path,
     n: usize,
     give_up: u64,
-) -> (u64, Vec<(String, u64)>) {
+) -> (u64, Vec<Seen>) {
     use std::sync::{Arc, Mutex};
     let pool: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/data/digits_test.jsonl"))
         .unwrap()
@@ -168,7 +173,7 @@ async fn backlog_under_load(
             e.to_string()
         })
         .collect();
-    let seen: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let observer: driftwatch::runtime::Observer = {
         let seen = seen.clone();
         Arc::new(move |e: &driftwatch::alert::Evaluation| {
@@ -177,7 +182,9 @@ async fn backlog_under_load(
                 .iter()
                 .filter_map(|t| t.details.as_ref()?["n_current"].as_u64())
                 .sum();
-            seen.lock().unwrap().push((e.detector.clone(), read));
+            seen.lock()
+                .unwrap()
+                .push((e.detector.clone(), read, e.window.current_scored));
         })
     };
     let opts = driftwatch::runtime::RunOptions {
@@ -253,30 +260,62 @@ async fn backlog_under_load(
 /// 0.1}` the run keeps up (the backlog stays within about a second of
 /// events), and the windows hold every event for the test on an event
 /// field but about a tenth of them, the scored ones, for the test on the
-/// model's predicted classes.
+/// model's predicted classes. With `{max_rate: 25}` (events a second of
+/// event time, measured over blocks of 100 offsets) the model scores about
+/// a twentieth, after a first block scored whole, and keeps up too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sampled_model_keeps_up_with_a_topic_faster_than_it_scores() {
     let broker = Broker::start(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for t in ["all", "all-alerts", "all-dlq", "tenth", "tenth-alerts", "tenth-dlq"] {
+    for t in [
+        "all",
+        "all-alerts",
+        "all-dlq",
+        "tenth",
+        "tenth-alerts",
+        "tenth-dlq",
+        "rate",
+        "rate-alerts",
+        "rate-dlq",
+    ] {
         broker.create_topic(t, 1).unwrap();
     }
     let b = broker.bootstrap();
-    let all = sampled_model_pipeline(dir.path(), "all", &b, 1.0);
+    let all = sampled_model_pipeline(dir.path(), "all", &b, "{fraction: 1.0}");
     let (backlog, _) = backlog_under_load(&broker, "all", &all, 3000, 1000).await;
     assert!(backlog > 1000, "scoring every event kept up: backlog at most {backlog}");
 
-    let tenth = sampled_model_pipeline(dir.path(), "tenth", &b, 0.1);
+    let tenth = sampled_model_pipeline(dir.path(), "tenth", &b, "{fraction: 0.1}");
     let (backlog, seen) = backlog_under_load(&broker, "tenth", &tenth, 4000, 2000).await;
     eprintln!("sampled model: backlog at most {backlog} events");
     assert!(backlog <= 500, "the sampled model fell behind: backlog {backlog}");
-    let read = |d: &str| -> Vec<u64> { seen.iter().filter(|(n, _)| n == d).map(|(_, r)| *r).collect() };
+    assert_scored_share(&seen, 0.07..=0.13);
+
+    let rate = sampled_model_pipeline(dir.path(), "rate", &b, "{max_rate: 25, rate_block: 100}");
+    let (backlog, seen) = backlog_under_load(&broker, "rate", &rate, 4000, 2000).await;
+    eprintln!("rate-sampled model: backlog at most {backlog} events");
+    assert!(backlog <= 500, "the rate-sampled model fell behind: backlog {backlog}");
+    assert_scored_share(&seen, 0.03..=0.07);
+}
+
+/// Every evaluation of 4000 events (windows of 200 sliding by 100 after a
+/// reference of 200): the KS on an event field read all 200 events of its
+/// window, the chi-square on predicted classes the scored ones, as many as
+/// the window says it scored, `share` of them in all.
+fn assert_scored_share(seen: &[Seen], share: std::ops::RangeInclusive<f64>) {
+    let read = |d: &str| -> Vec<(u64, Option<u64>)> {
+        seen.iter().filter(|(n, ..)| n == d).map(|(_, r, s)| (*r, *s)).collect()
+    };
     let (features, classes) = (read("features_ks"), read("classes_chi2"));
     assert_eq!(features.len(), (4000 - 400) / 100 + 1, "{seen:?}");
-    assert!(features.iter().all(|r| *r == 200), "{features:?}");
-    let share = classes.iter().sum::<u64>() as f64 / (200 * classes.len()) as f64;
+    assert!(features.iter().all(|(r, _)| *r == 200), "{features:?}");
     assert!(
-        (0.07..=0.13).contains(&share),
-        "model outputs of {share} of the events, not 0.1: {classes:?}"
+        classes.iter().all(|(r, s)| Some(*r) == *s),
+        "read what was scored: {classes:?}"
+    );
+    let got = classes.iter().map(|(r, _)| r).sum::<u64>() as f64 / (200 * classes.len()) as f64;
+    assert!(
+        share.contains(&got),
+        "model outputs of {got} of the events, not {share:?}: {classes:?}"
     );
 }

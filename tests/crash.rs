@@ -471,6 +471,15 @@ async fn kill_9_with_event_time_windows_gives_exactly_the_evaluations_of_an_unin
     keys_sharing_a_partition("{duration: 20s, slide: 10s}", true).await;
 }
 
+/// The same with sampled event-time windows (`max_sample: 40`: a's windows
+/// of about 100 events test the 40 with the lowest id hashes, the file
+/// reference 40 of its 300): a restart rebuilds the same samples, so the
+/// statistics and sample sizes are those of an uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_sampled_event_time_windows_gives_exactly_the_evaluations_of_an_uninterrupted_run() {
+    keys_sharing_a_partition("{duration: 20s, slide: 10s}, max_sample: 40", true).await;
+}
+
 /// Three keys in one partition at different rates, `current` windows; with
 /// `timed`, events carry an event time (`ts`, 100 ms apart).
 async fn keys_sharing_a_partition(current: &str, timed: bool) {
@@ -550,7 +559,7 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
         true => e["window"]["window_end_ms"].as_i64().unwrap() / 100,
         false => e["window"]["current_offsets"][0]["last"].as_i64().unwrap(),
     };
-    let evaluations = |topic: &str, n: usize| -> Vec<(String, u64, bool, i64, u64)> {
+    let evaluations = |topic: &str, n: usize| -> Vec<(String, u64, bool, i64, u64, String)> {
         let mut v: Vec<_> = read_topic(&broker, topic, n, Duration::from_secs(30))
             .iter()
             .map(|e| {
@@ -560,6 +569,7 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
                     e["alert"].as_bool().unwrap(),
                     end(e),
                     e["window"]["late_events"].as_u64().unwrap_or(0),
+                    format!("{} {} {}", e["statistic"], e["p_value"], e["window"]["current_sample"]),
                 )
             })
             .collect();
@@ -586,6 +596,12 @@ output: {{alerts_topic: {t}-alerts, dead_letter_topic: {t}-dlq, stats_topic: {t}
         // (one stats record per detector: here one).
         let late: u64 = want.iter().map(|e| e.4).sum();
         assert!(late >= 20, "late events reported: {late}");
+    }
+    if current.contains("max_sample") {
+        assert!(
+            want.iter().any(|e| e.5.ends_with(" 40")),
+            "windows sampled to 40: {want:?}"
+        );
     }
     assert!(want_alerts.len() >= 3, "several alerts: {want_alerts:?}");
     // The policy holds some drifting evaluations back: its memory matters.

@@ -460,12 +460,11 @@ output: {{alerts_topic: smp-alerts, dead_letter_topic: smp-dlq}}
         ),
     );
     let stats = run_pipeline(&p, events.len() as u64, "g-smp").await;
-    let sampler = driftwatch::model::sample::Sampler::new(0.3, "event_id").unwrap();
     let expected = events
         .iter()
         .filter(|e| {
             let v: serde_json::Value = serde_json::from_str(e).unwrap();
-            sampler.keeps(v["event_id"].as_str().unwrap())
+            driftwatch::model::sample::scored_at(0.3, v["event_id"].as_str().unwrap())
         })
         .count();
     use std::sync::atomic::Ordering::Relaxed;
@@ -477,4 +476,96 @@ output: {{alerts_topic: smp-alerts, dead_letter_topic: smp-dlq}}
         m.contains(&format!("driftwatch_model_scored_events_total {expected}")),
         "{m}"
     );
+    let fraction = format!("driftwatch_model_sampled_fraction {}", expected as f64 / 1200.0);
+    assert!(m.contains(&fraction), "{fraction} in {m}");
+}
+
+/// Digits events at 500 a second of event time (`ts` 2 ms apart), ids `{tag}-{i}`.
+fn paced_digits(tag: &str, n: usize) -> Vec<String> {
+    let pool: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/data/digits_test.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let mut e = pool[i % pool.len()].clone();
+            e["event_id"] = format!("{tag}-{i}").into();
+            e["ts"] = (1_767_225_600_000i64 + 2 * i as i64).into();
+            e.to_string()
+        })
+        .collect()
+}
+
+/// `model.sample: {max_rate}` across a restart: a topic at 500 events a
+/// second and a model held to 100 a second scores about a fifth of each
+/// window; the commit sits one rate block before what the windows need,
+/// and the restarted run's evaluations (statistics, p-values, scored
+/// events) are those of an uninterrupted run on the same topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_sampled_model_scores_the_same_events_after_a_restart() {
+    let broker = Broker::start(1).unwrap();
+    for t in ["rate", "rate-alerts", "rate-dlq", "full-stats", "cut-stats"] {
+        broker.create_topic(t, 1).unwrap();
+    }
+    produce(&broker, "rate", &paced_digits("rate", 2400)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |name: &str| {
+        let text = format!(
+            "name: {name}
+schema: {root}/schemas/digits.yaml
+source: {{type: kafka, brokers: \"{b}\", topic: rate, start: committed}}
+batch: {{max_events: 100, linger_ms: 10}}
+model:
+  path: {root}/models/digits_cnn.onnx
+  input: pixels
+  outputs: {{embedding: embedding, logits: logits}}
+  sample: {{max_rate: 100, rate_block: 250}}
+window: {{reference: {{type: first, size: 300}}, current: {{size: 300}}}}
+detectors:
+  - {{name: features_ks, kind: ks, columns: [mean_intensity]}}
+  - {{name: classes_chi2, kind: chi2, columns: [predicted_class]}}
+output: {{alerts_topic: rate-alerts, dead_letter_topic: rate-dlq, stats_topic: {name}-stats}}
+",
+            root = root().display(),
+            b = broker.bootstrap(),
+        );
+        write(dir.path(), &format!("{name}.yaml"), &text)
+    };
+    let (full, cut) = (pipeline("full"), pipeline("cut"));
+    run_pipeline(&full, 2400, "g-full").await;
+    // Stopped in the window 1200–1499: the key's state holds from its last
+    // evaluated window (900–1199) on, the model the rate block before
+    // 900's (500–749).
+    run_pipeline(&cut, 1350, "g-cut").await;
+    let c: rdkafka::consumer::BaseConsumer = broker.client_config().set("group.id", "g-cut").create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition("rate", 0);
+    let committed = rdkafka::consumer::Consumer::committed_offsets(&c, tpl, Duration::from_secs(10)).unwrap();
+    assert_eq!(committed.elements()[0].offset(), rdkafka::Offset::Offset(500));
+    run_pipeline(&cut, 2400 - 500, "g-cut").await;
+
+    let evaluations = |topic: &str| {
+        let mut v: Vec<String> = read_topic(&broker, topic, 14, Duration::from_secs(20))
+            .iter()
+            .map(|e| {
+                assert_eq!(e["model"]["max_rate"], 100.0, "{e}");
+                let w = &e["window"];
+                let scored = w["current_scored"].as_u64().unwrap();
+                assert!((30..=90).contains(&scored), "a fifth of 300 scored, not {scored}: {e}");
+                if e["detector"] == "classes_chi2" {
+                    assert_eq!(e["tests"][0]["details"]["n_current"], scored, "{e}");
+                }
+                format!(
+                    "{} {} {} {} {} {scored}",
+                    e["detector"], e["evaluation"], w["current_offsets"][0]["last"], e["statistic"], e["p_value"]
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let uninterrupted = evaluations("full-stats");
+    assert_eq!(uninterrupted.len(), 14, "{uninterrupted:#?}");
+    assert_eq!(evaluations("cut-stats"), uninterrupted);
 }

@@ -226,13 +226,12 @@ async fn produce_to_kafka_records_where_each_phase_landed() {
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }
 
-/// `model.sample`: with a quarter of the events scored (by a hash of their
-/// id), the detectors on the CNN's embedding see exactly the scored events
-/// of each window and the KS on the images' own features every event; the
-/// evaluations say it is a sample; replays at two batch sizes are
-/// byte-identical (the same events are scored whatever the batches).
-#[test]
-fn a_sampled_model_scores_the_same_share_of_every_window_in_every_replay() {
+/// The demo scenario's events and the stats of their replay through the
+/// digits pipeline with `model.sample: {sample(rate)}` (`rate`: the events'
+/// rate, events a second of event time), checked
+/// byte-identical at two batch sizes: the same events are scored whatever
+/// the batches.
+fn sampled_replay(sample: impl Fn(f64) -> String) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_driftwatch");
     let events = dir.path().join("events.jsonl");
@@ -244,12 +243,20 @@ fn a_sampled_model_scores_the_same_share_of_every_window_in_every_replay() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ts = |l: &serde_json::Value| l["ts"].as_i64().unwrap();
+    let span_s = (lines.iter().map(ts).max().unwrap() - lines.iter().map(ts).min().unwrap()) as f64 / 1000.0;
+    let rate = lines.len() as f64 / span_s;
     let pipeline = std::fs::read_to_string(root().join("pipelines/digits.yaml"))
         .unwrap()
         .replace("../schemas/", &format!("{}/schemas/", root().display()))
         .replace("../models/", &format!("{}/models/", root().display()))
-        .replace("  threads: 1\n", "  threads: 1\n  sample: {fraction: 0.25}\n");
-    assert!(pipeline.contains("fraction: 0.25"));
+        .replace("  threads: 1\n", &format!("  threads: 1\n  sample: {}\n", sample(rate)));
+    assert!(pipeline.contains("sample: {"));
     let p = write(dir.path(), "sampled.yaml", &pipeline);
     let replay = |out: &str, batch: &str| -> String {
         let out = dir.path().join(out);
@@ -264,17 +271,20 @@ fn a_sampled_model_scores_the_same_share_of_every_window_in_every_replay() {
     };
     let stats = replay("a", "64");
     assert_eq!(stats, replay("b", "500"), "the same sample whatever the batches");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let sampler = driftwatch::model::sample::Sampler::new(0.25, "event_id").unwrap();
+    let stats = stats.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (lines, stats)
+}
+
+/// `model.sample`: with a quarter of the events scored (by a hash of their
+/// id), the detectors on the CNN's embedding see exactly the scored events
+/// of each window and the KS on the images' own features every event; the
+/// evaluations say it is a sample; replays at two batch sizes are
+/// byte-identical (the same events are scored whatever the batches).
+#[test]
+fn a_sampled_model_scores_the_same_share_of_every_window_in_every_replay() {
+    let (lines, stats) = sampled_replay(|_| "{fraction: 0.25}".into());
     let (mut mmd, mut ks) = (0, 0);
-    for e in stats
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-    {
+    for e in stats {
         assert_eq!(e["model_sample"], 0.25, "{e}");
         // The window's events: its key's lines between its first and last offset.
         let range = &e["window"]["current_offsets"][0];
@@ -289,8 +299,9 @@ fn a_sampled_model_scores_the_same_share_of_every_window_in_every_replay() {
         assert_eq!(window.len(), 500);
         let scored = window
             .iter()
-            .filter(|l| sampler.keeps(l["event_id"].as_str().unwrap()))
+            .filter(|l| driftwatch::model::sample::scored_at(0.25, l["event_id"].as_str().unwrap()))
             .count();
+        assert_eq!(e["window"]["current_scored"], scored as u64, "{e}");
         let details = e["details"].as_object().unwrap();
         let n_current = |col: &str| details[col]["n_current"].as_u64().unwrap() as usize;
         match e["detector"].as_str().unwrap() {
@@ -307,4 +318,35 @@ fn a_sampled_model_scores_the_same_share_of_every_window_in_every_replay() {
         }
     }
     assert_eq!((mmd, ks), (29, 29));
+}
+
+/// `model.sample: {max_rate}` at 0.3 of the events' rate: after a first
+/// rate block scored whole, each window has about 0.3 of its events scored,
+/// the detectors on the embedding read exactly those, the KS on the
+/// images' own features all; replays at two batch sizes are byte-identical.
+#[test]
+fn a_rate_sampled_model_scores_its_share_of_the_rate_in_every_replay() {
+    let (_, stats) = sampled_replay(|rate| format!("{{max_rate: {:.3}, rate_block: 1000}}", 0.3 * rate));
+    let (mut scored, mut events, mut mmd) = (0, 0, 0);
+    for e in &stats {
+        assert!(e["model_max_rate"].as_f64().unwrap() > 0.0, "{e}");
+        assert_eq!(e["model_sample"], serde_json::Value::Null);
+        let w = &e["window"];
+        let n_current = |col: &str| e["details"][col]["n_current"].as_u64().unwrap();
+        match e["detector"].as_str().unwrap() {
+            "embedding_mmd" => {
+                assert_eq!(n_current("embedding"), w["current_scored"].as_u64().unwrap(), "{e}");
+                if w["current_offsets"][0]["first"].as_u64().unwrap() >= 1000 {
+                    scored += n_current("embedding");
+                    events += w["current_size"].as_u64().unwrap();
+                }
+                mmd += 1;
+            }
+            "image_features_ks" => assert_eq!(n_current("mean_intensity"), 500),
+            _ => {}
+        }
+    }
+    assert_eq!(mmd, 29);
+    let share = scored as f64 / events as f64;
+    assert!((0.2..=0.4).contains(&share), "{scored} of {events} scored");
 }

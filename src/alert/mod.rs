@@ -48,6 +48,10 @@ pub struct WindowInfo {
     pub reference_sample: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_sample: Option<usize>,
+    /// With `model.sample`: events of the current window the model scored
+    /// (the detectors on its outputs read these, or a sample of them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_scored: Option<u64>,
 }
 
 /// One detector evaluation for one key; an alert when `drift` is true.
@@ -234,6 +238,7 @@ pub fn evaluation(
             late_events: c.late_events,
             reference_sample: c.reference_sample,
             current_sample: c.current_sample,
+            current_scored: c.current_scored,
         },
         tests: r.tests.clone(),
         model: model.cloned(),

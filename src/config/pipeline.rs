@@ -428,22 +428,46 @@ pub struct ModelConfig {
     #[serde(default = "default_model_batch")]
     pub batch_size: Positive,
     /// Score only a share of the events, when the model is slower than the
-    /// topic: `{fraction: 0.1}` scores one event in ten, chosen by a hash of
-    /// its event id (the schema must name `event_id`), so every replay and
-    /// restart scores the same ones. The others keep null model outputs:
-    /// detectors on the outputs (embedding, predicted class, probabilities)
-    /// see the scored events only, those on the event's fields see all.
-    /// Alerts carry the fraction (`model.sample`). Default: every event.
+    /// topic: `{fraction: 0.1}` scores one event in ten, `{max_rate: 500}`
+    /// at most about 500 events a second of event time per partition. The
+    /// events are chosen by a hash of their event id (the schema must name
+    /// `event_id`), so every replay and restart scores the same ones. The
+    /// others keep null model outputs: detectors on the outputs (embedding,
+    /// predicted class, probabilities) see the scored events only, those on
+    /// the event's fields see all. Alerts carry the rule (`model.sample` or
+    /// `model.max_rate`) and how many events of the current window were
+    /// scored (`window.current_scored`). Default: every event.
     #[serde(default)]
     pub sample: Option<SampleConfig>,
 }
 
-/// `model.sample`.
+/// `model.sample`: one of `fraction` and `max_rate`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleConfig {
     /// Share of events scored, in (0, 1].
-    pub fraction: f64,
+    #[serde(default)]
+    pub fraction: Option<f64>,
+    /// Events scored per second of event time, at most, in each partition
+    /// of the source (a file is one partition; give the model's rate × the
+    /// instances ÷ the partitions). A partition's offsets are cut into
+    /// blocks of `rate_block`; each block scores the share `max_rate ×
+    /// span ÷ count` of the block before (its events' count and event-time
+    /// span), at most all, and a partition's first block read scores all.
+    /// A restart reads one block more than the windows need, to measure it.
+    #[serde(default)]
+    pub max_rate: Option<f64>,
+    /// Offsets per rate block of `max_rate` (default 10,000): larger is
+    /// steadier, smaller follows a changing rate sooner.
+    #[serde(default)]
+    pub rate_block: Option<Positive>,
+}
+
+impl SampleConfig {
+    /// Offsets per rate block of `max_rate`.
+    pub fn rate_block(&self) -> usize {
+        self.rate_block.map_or(10_000, |b| b.get())
+    }
 }
 
 /// `model.input`: a column name, or a map `{type: KIND, …}` whose kind is
@@ -1139,6 +1163,29 @@ impl Pipeline {
         Ok(())
     }
 
+    /// `model.sample`: one rule, `rate_block` only with `max_rate`.
+    fn check_model_sample(&self, s: &SampleConfig) -> Result<(), ConfigError> {
+        match (s.fraction, s.max_rate) {
+            (Some(_), Some(_)) => Err(self.err("model.sample", "give `fraction` or `max_rate`, not both")),
+            (None, None) => Err(self.err(
+                "model.sample",
+                "give `fraction` (a share of events) or `max_rate` (events a second per partition)",
+            )),
+            (Some(_), None) if s.rate_block.is_some() => Err(self.err(
+                "model.sample.rate_block",
+                "`rate_block` measures the rate of `max_rate`; a `fraction` needs none",
+            )),
+            (None, Some(r)) if !(r > 0.0 && r.is_finite()) => Err(self.err(
+                "model.sample.max_rate",
+                format!("must be a positive number of events a second, got {r}"),
+            )),
+            (None, Some(_)) if s.rate_block() < 2 => {
+                Err(self.err("model.sample.rate_block", "a rate block needs at least 2 offsets"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         if let Some(h) = self.alerting.hysteresis
             && h.k > h.m
@@ -1184,6 +1231,9 @@ impl Pipeline {
         }
         if let Some(w) = &self.window {
             self.check_window(w)?;
+        }
+        if let Some(s) = self.model.as_ref().and_then(|m| m.sample.as_ref()) {
+            self.check_model_sample(s)?;
         }
         if self.detectors.is_empty() {
             return Err(self.err("detectors", "at least one detector is needed"));

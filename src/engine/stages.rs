@@ -18,7 +18,7 @@ use crate::model::{Model, ModelError};
 use crate::schema::{EventSchema, column_names};
 use crate::source::{RawRecord, file};
 use crate::transform::Transform;
-use crate::window::{Due, ReferenceMode, Sampling, TimeReference, TimeShape, TimeWindows, Windows};
+use crate::window::{CountGroup, Due, ReferenceMode, Sampling, TimeReference, TimeShape, TimeWindows, Windows};
 
 /// Built stages of a pipeline.
 pub struct Stages {
@@ -219,7 +219,14 @@ impl Stages {
     /// the detectors count.
     fn sampling(&self, w: &crate::config::WindowConfig) -> Option<Sampling> {
         let max = w.max_sample?.get();
-        let groups = self.kinds.iter().flat_map(|k| k.counted()).collect();
+        let mut groups: Vec<CountGroup> = self.kinds.iter().flat_map(|k| k.counted()).collect();
+        // The scored events of a sampled model are counted exactly (`current_scored`).
+        groups.extend(
+            self.model
+                .as_ref()
+                .and_then(Model::scored_marker)
+                .map(CountGroup::presence),
+        );
         let id = self.schema.event_id.clone();
         Some(Sampling::new(max, w.sample_seed.unwrap_or(0), id, groups))
     }
@@ -336,7 +343,16 @@ impl Stages {
         use sha2::{Digest, Sha256};
         let model = self.model.as_ref().map_or("none", |m| m.identity().sha256.as_str());
         let schema = Sha256::digest(format!("{:?}", self.scored_schema.fields()).as_bytes());
-        format!("model={model};schema={}", hex::encode(&schema[..8]))
+        let sample = self.model.as_ref().and_then(|m| m.sampling_id());
+        let sample = sample.map(|s| format!(";sample={s}")).unwrap_or_default();
+        format!("model={model};schema={}{sample}", hex::encode(&schema[..8]))
+    }
+
+    /// Where a restart reads a partition from so that the model scores the
+    /// events from `offset` on as an uninterrupted run did
+    /// (`model.sample: {max_rate}` measures the block before).
+    pub fn replay_floor(&self, offset: i64) -> i64 {
+        self.model.as_ref().map_or(offset, |m| m.replay_floor(offset))
     }
 
     /// Names of the detectors on the event windows, or (`labelled`) on the
@@ -388,6 +404,14 @@ impl Stages {
         let mut results = vec![];
         for d in groups {
             results.extend(d.evaluate(due).await?);
+        }
+        // With `model.sample`: how many of the current window's events were scored.
+        if let Some(marker) = self.model.as_ref().and_then(Model::scored_marker) {
+            let scored = crate::window::sample::present_events(&due.current, marker)
+                .map_err(|e| RuntimeError::Other(format!("counting the scored events: {e}")))?;
+            for c in results.iter_mut().filter_map(|r| r.coords.as_mut()) {
+                c.current_scored = Some(scored);
+            }
         }
         Ok(self.evaluations(results))
     }
@@ -523,8 +547,16 @@ fn load_model(
             let m = "sampling chooses events by a hash of their id: the schema must name its `event_id`";
             cfg_err(pipeline, "model.sample", m)
         })?;
-        let sampler = crate::model::sample::Sampler::new(sample.fraction, id)
-            .map_err(|e| cfg_err(pipeline, "model.sample.fraction", e))?;
+        use crate::model::sample::{Rule, Sampler};
+        let (rule, key) = match (sample.fraction, sample.max_rate) {
+            (Some(f), _) => (Rule::Fraction(f), "model.sample.fraction"),
+            (None, Some(per_second)) => {
+                let block = sample.rate_block() as i64;
+                (Rule::MaxRate { per_second, block }, "model.sample.max_rate")
+            }
+            (None, None) => return Err(cfg_err(pipeline, "model.sample", "give `fraction` or `max_rate`")),
+        };
+        let sampler = Sampler::new(rule, id, schema.event_time.as_deref()).map_err(|e| cfg_err(pipeline, key, e))?;
         model.sample_by(sampler);
     }
     Ok(model)

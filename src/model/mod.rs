@@ -59,10 +59,15 @@ pub struct ModelIdentity {
     pub sha256: String,
     /// ONNX metadata: producer, graph name, and custom metadata properties.
     pub metadata: BTreeMap<String, String>,
-    /// With `model.sample`: the share of events the model scores; the
-    /// statistics on its outputs are then over that sample.
+    /// With `model.sample: {fraction}`: the share of events the model
+    /// scores; the statistics on its outputs are then over that sample.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample: Option<f64>,
+    /// With `model.sample: {max_rate}`: the events a second of event time
+    /// per partition it scores at most (the window's `current_scored` says
+    /// how many it scored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<f64>,
 }
 
 static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
@@ -423,20 +428,46 @@ impl Model {
     /// Scores a batch: appends the output columns. Null input rows get null outputs.
     /// Scores only the events `sampler` keeps (see [`sample`]).
     pub fn sample_by(&mut self, sampler: sample::Sampler) {
-        self.identity.sample = Some(sampler.fraction());
+        match sampler.rule() {
+            sample::Rule::Fraction(f) => self.identity.sample = Some(f),
+            sample::Rule::MaxRate { per_second, .. } => self.identity.max_rate = Some(per_second),
+        }
         self.sampler = Some(sampler);
+    }
+
+    /// What the scored events depend on beside the file: the sampling rule.
+    pub fn sampling_id(&self) -> Option<String> {
+        self.sampler.as_ref().map(|s| format!("{:?}", s.rule()))
+    }
+
+    /// Where a restart reads a partition from so that the events from
+    /// `offset` on are scored as in an uninterrupted run (see [`sample`]).
+    pub fn replay_floor(&self, offset: i64) -> i64 {
+        self.sampler.as_ref().map_or(offset, |s| s.replay_floor(offset))
+    }
+
+    /// The column that is null exactly where an event was not scored (its
+    /// first output), when the model scores a sample.
+    pub fn scored_marker(&self) -> Option<&str> {
+        self.sampler.as_ref()?;
+        self.outputs
+            .first()
+            .map(|o| o.column)
+            .or(self.head.as_ref().map(|_| LOGITS_COL))
+            .or(self.predicts().then_some(PREDICTED_CLASS_COL))
     }
 
     /// The batch with the model's output columns (null where an event is
     /// not scored: no input, or left out of `model.sample`).
     pub fn score(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ModelError> {
         self.timings.events += batch.num_rows() as u64;
-        let Some(sampler) = &self.sampler else {
+        let Some(sampler) = self.sampler.as_mut() else {
             self.timings.scored += batch.num_rows() as u64;
             return self.score_all(batch);
         };
+        let mask = sampler.mask(batch);
         let failed = |e: datafusion::arrow::error::ArrowError| self.failed(e.to_string());
-        let mask = sampler.mask(batch).map_err(failed)?;
+        let mask = mask.map_err(failed)?;
         let kept = datafusion::arrow::compute::filter_record_batch(batch, &mask).map_err(failed)?;
         self.timings.scored += kept.num_rows() as u64;
         let scored = self.score_all(&kept)?;
@@ -646,5 +677,6 @@ fn identity(session: &Session, path: &Path, bytes: &[u8]) -> ModelIdentity {
         sha256: hex::encode(Sha256::digest(bytes)),
         metadata,
         sample: None,
+        max_rate: None,
     }
 }

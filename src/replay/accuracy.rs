@@ -172,6 +172,7 @@ mod tests {
                 late_events: None,
                 reference_sample: None,
                 current_sample: None,
+                current_scored: None,
             },
             tests: vec![TestResult {
                 column: String::new(),

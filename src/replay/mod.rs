@@ -79,6 +79,10 @@ pub struct StatsRecord<'a> {
     /// statistics on its outputs are over that sample).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_sample: Option<f64>,
+    /// With `model.sample: {max_rate}`: the events a second per partition
+    /// the model scores at most (`window.current_scored` says how many it did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_max_rate: Option<f64>,
 }
 
 impl<'a> From<&'a Evaluation> for StatsRecord<'a> {
@@ -101,6 +105,7 @@ impl<'a> From<&'a Evaluation> for StatsRecord<'a> {
                 .filter_map(|t| Some((t.column.as_str(), t.details.as_ref()?)))
                 .collect(),
             model_sample: e.model.as_ref().and_then(|m| m.sample),
+            model_max_rate: e.model.as_ref().and_then(|m| m.max_rate),
         }
     }
 }

@@ -528,7 +528,15 @@ async fn process(
             .await?;
     }
     let labelled = engine.labelled.as_ref().map(|l| (l, &*hw));
-    commit(consumer, &engine.windows, labelled, last, CommitMode::Async, &touched)
-        .await
-        .map(|_| ())
+    let floor = |o| engine.stages.replay_floor(o);
+    commit(
+        consumer,
+        &engine.windows,
+        labelled,
+        last,
+        (CommitMode::Async, &floor),
+        &touched,
+    )
+    .await
+    .map(|_| ())
 }

@@ -22,7 +22,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, load_yaml};
@@ -310,6 +313,27 @@ impl EventSchema {
         fields.push(Field::new(DEAD_LETTERS_COL, DataType::UInt32, false));
         Arc::new(Schema::new(fields))
     }
+}
+
+/// Each row's event time (ms): `time_col`, else (or where null) the message timestamp.
+pub fn event_times(b: &RecordBatch, time_col: Option<&str>) -> Result<Vec<i64>, ArrowError> {
+    let col = |name: &str| {
+        b.column_by_name(name)
+            .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}` for event times")))
+    };
+    let stamp = cast(col(TIMESTAMP_COL)?, &DataType::Int64)?;
+    let stamp = stamp.as_primitive::<Int64Type>();
+    let time = match time_col {
+        Some(c) => Some(cast(col(c)?, &DataType::Int64)?),
+        None => None,
+    };
+    let time = time.as_ref().map(|t| t.as_primitive::<Int64Type>());
+    Ok((0..b.num_rows())
+        .map(|i| match time {
+            Some(t) if t.is_valid(i) => t.value(i),
+            _ => stamp.value(i),
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -62,47 +62,25 @@ fn read_jsonl(path: &Path) -> Result<Vec<RawRecord>, FileError> {
 }
 
 fn read_parquet(path: &Path) -> Result<Vec<RawRecord>, FileError> {
-    let f = std::fs::File::open(path).map_err(|e| FileError::new(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| FileError::new(path, e))?
-        .build()
-        .map_err(|e| FileError::new(path, e))?;
-    let mut out = vec![];
-    for batch in reader {
-        let batch = batch.map_err(|e| FileError::new(path, e))?;
-        let mut w = WriterBuilder::new()
-            .with_explicit_nulls(false)
-            .build::<_, JsonArray>(Vec::new());
-        w.write(&batch).map_err(|e| FileError::new(path, e))?;
-        w.finish().map_err(|e| FileError::new(path, e))?;
-        let rows: Vec<serde_json::Value> =
-            serde_json::from_slice(&w.into_inner()).map_err(|e| FileError::new(path, e))?;
-        for r in rows {
-            let offset = out.len() as i64;
-            out.push(RawRecord {
-                payload: Some(serde_json::to_vec(&r).unwrap_or_default()),
-                partition: 0,
-                offset,
-                timestamp_ms: None,
-            });
-        }
-    }
-    Ok(out)
+    ParquetRows::open(path)?
+        .map(|r| {
+            r.map_err(|e| match e {
+                SourceError::File(f) => f,
+                other => FileError::new(path, other),
+            })
+        })
+        .collect()
 }
 
-/// A file as a [`Source`]: Parquet (`.parquet`, `.pq`) read whole, so its
-/// row count is known; anything else streamed as JSONL, line by line.
+/// A file as a [`Source`]: Parquet (`.parquet`, `.pq`) streamed a row group
+/// batch at a time (its row count is in its footer); anything else
+/// streamed as JSONL, line by line.
 pub fn open(path: &Path) -> Result<Box<dyn Source>, FileError> {
     let is_parquet = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("parquet") || e.eq_ignore_ascii_case("pq"));
     if is_parquet {
-        let records = read_parquet(path)?;
-        return Ok(Box::new(Loaded {
-            total: records.len() as u64,
-            records: records.into_iter(),
-            path: path.to_path_buf(),
-        }));
+        return Ok(Box::new(ParquetRows::open(path)?));
     }
     // A file that cannot be opened is bad input, like a bad pipeline.
     let f = std::fs::File::open(path).map_err(|e| FileError::new(path, e))?;
@@ -110,6 +88,82 @@ pub fn open(path: &Path) -> Result<Box<dyn Source>, FileError> {
         lines: std::io::BufReader::new(f).split(b'\n').enumerate(),
         path: path.to_path_buf(),
     }))
+}
+
+/// A Parquet file streamed: each Arrow batch read becomes JSON events (as
+/// a JSONL line would be), offsets are row numbers from 0.
+struct ParquetRows {
+    reader: datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    rows: std::vec::IntoIter<RawRecord>,
+    next_offset: i64,
+    total: u64,
+    path: PathBuf,
+}
+
+impl ParquetRows {
+    fn open(path: &Path) -> Result<Self, FileError> {
+        let f = std::fs::File::open(path).map_err(|e| FileError::new(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| FileError::new(path, e))?;
+        let total = builder.metadata().file_metadata().num_rows().max(0) as u64;
+        Ok(Self {
+            reader: builder.build().map_err(|e| FileError::new(path, e))?,
+            rows: Vec::new().into_iter(),
+            next_offset: 0,
+            total,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The next batch's rows as JSON events.
+    fn events_of(&mut self, batch: &datafusion::arrow::array::RecordBatch) -> Result<Vec<RawRecord>, FileError> {
+        let err = |e: &dyn std::fmt::Display| FileError::new(&self.path, e);
+        let mut w = WriterBuilder::new()
+            .with_explicit_nulls(false)
+            .build::<_, JsonArray>(Vec::new());
+        w.write(batch).map_err(|e| err(&e))?;
+        w.finish().map_err(|e| err(&e))?;
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&w.into_inner()).map_err(|e| err(&e))?;
+        let first = self.next_offset;
+        self.next_offset += rows.len() as i64;
+        Ok(rows
+            .into_iter()
+            .zip(first..)
+            .map(|(r, offset)| RawRecord {
+                payload: Some(serde_json::to_vec(&r).unwrap_or_default()),
+                partition: 0,
+                offset,
+                timestamp_ms: None,
+            })
+            .collect())
+    }
+}
+
+impl Iterator for ParquetRows {
+    type Item = Result<RawRecord, SourceError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.rows.next() {
+                return Some(Ok(r));
+            }
+            let batch = match self.reader.next()? {
+                Ok(b) => b,
+                Err(e) => return Some(Err(FileError::new(&self.path, e).into())),
+            };
+            match self.events_of(&batch) {
+                Ok(rows) => self.rows = rows.into_iter(),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+}
+
+impl Source for ParquetRows {
+    fn total(&self) -> Option<u64> {
+        Some(self.total)
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
 }
 
 /// A JSONL file streamed: offsets are line numbers from 0, blank lines skipped.
@@ -142,29 +196,6 @@ impl Iterator for Jsonl {
 impl Source for Jsonl {
     fn total(&self) -> Option<u64> {
         None
-    }
-    fn describe(&self) -> String {
-        self.path.display().to_string()
-    }
-}
-
-/// A file read whole (Parquet).
-struct Loaded {
-    records: std::vec::IntoIter<RawRecord>,
-    total: u64,
-    path: PathBuf,
-}
-
-impl Iterator for Loaded {
-    type Item = Result<RawRecord, SourceError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        self.records.next().map(Ok)
-    }
-}
-
-impl Source for Loaded {
-    fn total(&self) -> Option<u64> {
-        Some(self.total)
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
@@ -216,6 +247,11 @@ mod tests {
         assert_eq!(json(2), serde_json::json!({"x": 3.25, "v": [5.0, 6.0]}));
         assert_eq!(json(3), json(0));
         assert_eq!(recs.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        // As a source it streams the same events, its row count from the footer.
+        let source = open(&path).unwrap();
+        assert_eq!(source.total(), Some(4));
+        let streamed: Vec<RawRecord> = source.map(Result::unwrap).collect();
+        assert_eq!(streamed, recs);
         // Not a Parquet file: a clear error naming the file.
         std::fs::write(dir.path().join("bad.parquet"), b"not parquet").unwrap();
         let e = read_records(&dir.path().join("bad.parquet")).unwrap_err().to_string();

@@ -67,6 +67,9 @@ pub struct Coords {
     pub reference_sample: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_sample: Option<usize>,
+    /// With `model.sample`: events of the current window the model scored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_scored: Option<u64>,
 }
 
 /// What a restart needs to rebuild a key's windows from a replay that starts
@@ -279,6 +282,7 @@ fn coords(reference: &[RecordBatch], current: &[RecordBatch], time_col: Option<&
         late_events: None,
         reference_sample: None,
         current_sample: None,
+        current_scored: None,
         reference_size: reference.iter().map(|b| b.num_rows()).sum(),
         current_size: current.iter().map(|b| b.num_rows()).sum(),
         current_offsets: offsets,

@@ -516,6 +516,34 @@ pub fn table_events(table: &[RecordBatch]) -> (u64, usize) {
     (events, sample)
 }
 
+/// Events of a window (in table form, or plain rows) whose `column` is
+/// present: counted on its sample rows and, when the sampling counts the
+/// column's presence, on the count rows of that group.
+pub fn present_events(table: &[RecordBatch], column: &str) -> Result<u64, ArrowError> {
+    let group = CountGroup::presence(column);
+    let tag = group.tag();
+    let mut events = 0u64;
+    for b in table {
+        let present = &group_columns(&group, b)?[0];
+        let present = present.as_boolean();
+        let counted = b.column_by_name(COUNTED_COL).map(|c| c.as_string::<i32>());
+        let weight = b.column_by_name(WEIGHT_COL).map(|w| w.as_primitive::<UInt64Type>());
+        for i in (0..b.num_rows()).filter(|i| present.value(*i)) {
+            events += match (counted, weight) {
+                (Some(c), Some(w)) if c.is_valid(i) => {
+                    if c.value(i) == tag {
+                        w.value(i)
+                    } else {
+                        0
+                    }
+                }
+                _ => 1,
+            };
+        }
+    }
+    Ok(events)
+}
+
 /// A key's held events by pane: stretches of event time `[start, start +
 /// width)`, `width` dividing both the windows' duration and slide, so that
 /// every window is a union of whole panes.
@@ -753,6 +781,22 @@ mod tests {
         let small = summary(&s, &evs[..20], 64).table(&s).unwrap().unwrap();
         assert_eq!(table_events(&small), (20, 20));
         assert_eq!(small.iter().map(|b| b.num_rows()).sum::<usize>(), 20);
+    }
+
+    /// The events with a present `v` (not NaN), counted on the sample rows
+    /// and the presence group's count rows, are those of the whole window;
+    /// plain rows (no sampling) count one each.
+    #[test]
+    fn present_events_count_the_whole_window() {
+        let evs = events(500);
+        let want = evs.iter().filter(|e| !e.3.is_nan()).count() as u64;
+        let s = sampling(40);
+        let table = summary(&s, &evs, 64).table(&s).unwrap().unwrap();
+        assert!(table_events(&table).1 <= 40);
+        assert_eq!(present_events(&table, "v").unwrap(), want);
+        // Plain rows (NaN is missing, as for `missing_share`) count one each.
+        let plain = batch(&evs);
+        assert_eq!(present_events(&[plain], "v").unwrap(), want);
     }
 
     #[test]

@@ -22,13 +22,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, filter_record_batch, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::error::ArrowError;
 
 use super::sample::{Panes, Summary, pane_width, table_events};
 use super::*;
+use crate::schema::event_times;
 
 /// What an event-time window is compared with.
 #[derive(Debug, Clone)]
@@ -265,7 +265,7 @@ impl TimeWindows {
 
     /// Partition, offset and event time of each row.
     fn rows(&self, batch: &RecordBatch) -> Result<Vec<Row>, ArrowError> {
-        let time = times(batch, self.time_col.as_deref())?;
+        let time = event_times(batch, self.time_col.as_deref())?;
         let at = partition_offsets(batch);
         if at.len() != batch.num_rows() {
             let m = format!("no `{PARTITION_COL}`/`{OFFSET_COL}` columns for event-time windows");
@@ -373,7 +373,7 @@ impl TimeWindows {
             }
             if part.num_rows() > 0 {
                 match sampling {
-                    Some(s) => st.panes.add(s, self.pane, &part, &times(&part, time_col)?)?,
+                    Some(s) => st.panes.add(s, self.pane, &part, &event_times(&part, time_col)?)?,
                     None => {
                         st.held_rows += part.num_rows();
                         st.held.push_back(part);
@@ -690,6 +690,7 @@ fn evaluate_sampled(
         evaluation: st.evaluations,
         window_ms: Some((start, end)),
         late_events: Some(std::mem::take(&mut st.late)),
+        current_scored: None,
     };
     Ok(Some(Due {
         key: String::new(),
@@ -707,7 +708,7 @@ fn keep_reference(
     time_col: Option<&str>,
 ) -> Result<(), ArrowError> {
     match sampling {
-        Some(s) => st.ref_summary.add(s, &b, &times(&b, time_col)?),
+        Some(s) => st.ref_summary.add(s, &b, &event_times(&b, time_col)?),
         None => {
             st.reference.push(b);
             Ok(())
@@ -743,7 +744,7 @@ fn rows_between(
 ) -> Result<Vec<RecordBatch>, ArrowError> {
     let mut out = vec![];
     for b in held {
-        let t = times(b, time_col)?;
+        let t = event_times(b, time_col)?;
         let keep: BooleanArray = t.iter().map(|t| Some(from <= *t && *t < to)).collect();
         match keep.true_count() {
             0 => {}
@@ -758,32 +759,11 @@ fn rows_between(
 fn min_time(held: &VecDeque<RecordBatch>, time_col: Option<&str>) -> Result<Option<i64>, ArrowError> {
     let mut min = None;
     for b in held {
-        for t in times(b, time_col)? {
+        for t in event_times(b, time_col)? {
             min = Some(min.map_or(t, |m: i64| m.min(t)));
         }
     }
     Ok(min)
-}
-
-/// Each row's event time: `time_col`, else (or where null) the message timestamp.
-fn times(b: &RecordBatch, time_col: Option<&str>) -> Result<Vec<i64>, ArrowError> {
-    let col = |name: &str| {
-        b.column_by_name(name)
-            .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}` for event-time windows")))
-    };
-    let stamp = cast(col(TIMESTAMP_COL)?, &DataType::Int64)?;
-    let stamp = stamp.as_primitive::<Int64Type>();
-    let time = match time_col {
-        Some(c) => Some(cast(col(c)?, &DataType::Int64)?),
-        None => None,
-    };
-    let time = time.as_ref().map(|t| t.as_primitive::<Int64Type>());
-    Ok((0..b.num_rows())
-        .map(|i| match time {
-            Some(t) if t.is_valid(i) => t.value(i),
-            _ => stamp.value(i),
-        })
-        .collect())
 }
 
 #[cfg(test)]
@@ -791,7 +771,7 @@ mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{Float64Array, Int32Array, Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
 
