@@ -294,7 +294,10 @@ fn events_metrics(w: &mut Prometheus, s: &RunStats) {
             "driftwatch_model_sampled_fraction",
             "gauge",
             "Share of the processed events the model scored since the start (1 without model.sample).",
-            vec![(String::new(), s.model_scored.load(Ordering::Relaxed) as f64 / processed as f64)],
+            vec![(
+                String::new(),
+                s.model_scored.load(Ordering::Relaxed) as f64 / processed as f64,
+            )],
         );
     }
 }
