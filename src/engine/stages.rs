@@ -266,6 +266,10 @@ impl Stages {
             return Err(RuntimeError::Config(ConfigError::invalid(&self.pipeline.path, key, m)));
         }
         tracing::info!(reference = %what, events = rows, rejected, "reference read");
+        // Its offsets are not the stream's: `max_rate` measures the stream afresh.
+        if let Some(m) = self.model.as_mut() {
+            m.restart_sampling();
+        }
         if let Some(s) = sampling {
             batches = summary
                 .table(s)

@@ -440,6 +440,14 @@ impl Model {
         self.sampler.as_ref().map(|s| format!("{:?}", s.rule()))
     }
 
+    /// Forgets the rate measures of `model.sample: {max_rate}`: the events
+    /// scored next are of another source (a stream after its reference file).
+    pub fn restart_sampling(&mut self) {
+        if let Some(s) = self.sampler.as_mut() {
+            s.forget_rates();
+        }
+    }
+
     /// Where a restart reads a partition from so that the events from
     /// `offset` on are scored as in an uninterrupted run (see [`sample`]).
     pub fn replay_floor(&self, offset: i64) -> i64 {

@@ -136,6 +136,12 @@ impl Sampler {
         self.rule
     }
 
+    /// Forgets every partition's rate measure: the next events come from
+    /// another source, whose offsets do not follow those seen.
+    pub fn forget_rates(&mut self) {
+        self.rates.clear();
+    }
+
     /// Where a restart must read partition offsets from so that the events
     /// from `offset` on are scored as in an uninterrupted run: the start of
     /// the block before `offset`'s (`max_rate`), else `offset` itself.
@@ -333,6 +339,11 @@ mod tests {
         let rewound = scored(&mut whole, &events(0, from..10_000, 1));
         assert_eq!(rewound, again);
         assert_eq!(Sampler::fraction(0.5, "id").unwrap().replay_floor(6543), 6543);
+        // Another source after a forget: measured from scratch, whatever came before.
+        let mut other = Sampler::new(rule, "id", None).unwrap();
+        scored(&mut other, &events(0, 0..5000, 1));
+        other.forget_rates();
+        assert_eq!(scored(&mut other, &events(0, 5000..10_000, 1)), again);
         assert_eq!(restarted.replay_floor(500), 0);
     }
 
