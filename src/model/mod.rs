@@ -425,7 +425,6 @@ impl Model {
         Ok((res, labels))
     }
 
-    /// Scores a batch: appends the output columns. Null input rows get null outputs.
     /// Scores only the events `sampler` keeps (see [`sample`]).
     pub fn sample_by(&mut self, sampler: sample::Sampler) {
         match sampler.rule() {
