@@ -15,7 +15,10 @@
 //! most 1) over the events of block b − 1, `span` their event-time spread
 //! in seconds. It depends only on the partition's offsets and event times,
 //! so a replay of the same range and a restart that reads block b − 1
-//! again ([`Sampler::replay_floor`]) score the same events.
+//! again ([`Sampler::replay_floor`]) score the same events. One exception:
+//! a run that first started (with no commit) inside block b − 1 measured
+//! only its tail; a restart soon after measures all of it, so blocks b − 1
+//! and b may score other events than the uninterrupted run did.
 
 use std::collections::HashMap;
 
