@@ -160,19 +160,7 @@ async fn backlog_under_load(
     give_up: u64,
 ) -> (u64, Vec<Seen>) {
     use std::sync::{Arc, Mutex};
-    let pool: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/data/digits_test.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let events: Vec<String> = (0..n)
-        .map(|i| {
-            let mut e = pool[i % pool.len()].clone();
-            e["event_id"] = format!("{topic}-{i}").into();
-            e["ts"] = (1_767_225_600_000i64 + 2 * i as i64).into();
-            e.to_string()
-        })
-        .collect();
+    let events = paced_digits(topic, n);
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let observer: driftwatch::runtime::Observer = {
         let seen = seen.clone();

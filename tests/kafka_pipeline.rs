@@ -480,23 +480,6 @@ output: {{alerts_topic: smp-alerts, dead_letter_topic: smp-dlq}}
     assert!(m.contains(&fraction), "{fraction} in {m}");
 }
 
-/// Digits events at 500 a second of event time (`ts` 2 ms apart), ids `{tag}-{i}`.
-fn paced_digits(tag: &str, n: usize) -> Vec<String> {
-    let pool: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/data/digits_test.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (0..n)
-        .map(|i| {
-            let mut e = pool[i % pool.len()].clone();
-            e["event_id"] = format!("{tag}-{i}").into();
-            e["ts"] = (1_767_225_600_000i64 + 2 * i as i64).into();
-            e.to_string()
-        })
-        .collect()
-}
-
 /// `model.sample: {max_rate}` across a restart: a topic at 500 events a
 /// second and a model held to 100 a second scores about a fifth of each
 /// window; the commit sits one rate block before what the windows need,

@@ -24,10 +24,10 @@ use std::collections::HashMap;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 
-use crate::schema::{OFFSET_COL, PARTITION_COL, event_times};
+use crate::schema::{event_times, positions};
 
 /// How the share of events scored is set.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -184,13 +184,7 @@ impl Sampler {
     /// Per row, the hash threshold its partition's rate sets, the rate
     /// measure moved on by the row.
     fn rate_thresholds(&mut self, batch: &RecordBatch, per_second: f64, block: i64) -> Result<Vec<u64>, ArrowError> {
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}` to measure the rate")))
-        };
-        let partitions = col(PARTITION_COL)?.as_primitive::<Int32Type>().clone();
-        let offsets = col(OFFSET_COL)?.as_primitive::<Int64Type>().clone();
+        let (partitions, offsets) = positions(batch, "to measure the rate")?;
         let times = event_times(batch, self.time_col.as_deref())?;
         let mut out = Vec::with_capacity(batch.num_rows());
         for (i, t) in times.into_iter().enumerate() {
@@ -269,6 +263,8 @@ mod tests {
         assert!(rate(f64::INFINITY, 10).unwrap_err().contains("max_rate"));
         assert!(rate(5.0, 1).unwrap_err().contains("rate_block"));
     }
+
+    use crate::schema::{OFFSET_COL, PARTITION_COL};
 
     /// Events of `partition` at `offsets`, one every `gap_ms` of event time.
     fn events(partition: i32, offsets: std::ops::Range<i64>, gap_ms: i64) -> RecordBatch {

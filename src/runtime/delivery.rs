@@ -25,13 +25,12 @@ pub(super) async fn save_and_commit(
         labelled_states.save(consumer, &mut l.windows, &engine.policy).await?;
     }
     let labelled = engine.labelled.as_ref().map(|l| (l, hw));
-    let floor = |o| engine.stages.replay_floor(o);
     commit(
         consumer,
         &engine.windows,
         labelled,
         last,
-        (CommitMode::Sync, &floor),
+        (CommitMode::Sync, &engine.stages),
         &[],
     )
     .await?;
@@ -155,15 +154,15 @@ pub(super) fn resume_at(needed: &BTreeMap<i32, i64>, p: i32, last: i64) -> i64 {
 /// Commits what the windows (and the label join) still need and what was
 /// delivered; first records the delivery of the `checkpoint` partitions
 /// (those with new evaluations) in the checkpoint topic, if there is one.
-/// `floor` lowers the offset a restart reads from to what the model stage
-/// needs to score as before ([`crate::engine::Stages::replay_floor`]).
+/// The offset a restart reads from is lowered to what the model stage of
+/// `stages` needs to score as before ([`Stages::replay_floor`]).
 /// `false`: the group refused the commit (see [`KafkaConsumer::commit`]).
 pub(super) async fn commit(
     consumer: &KafkaConsumer,
     windows: &crate::window::Windows,
     labelled: Option<(&Labelled, &LabelledHw)>,
     last: &BTreeMap<i32, i64>,
-    (mode, floor): (CommitMode, &(dyn Fn(i64) -> i64 + Sync)),
+    (mode, stages): (CommitMode, &Stages),
     checkpoint: &[i32],
 ) -> Result<bool, RuntimeError> {
     let mut needed = windows.oldest_needed();
@@ -176,7 +175,7 @@ pub(super) async fn commit(
     let positions: BTreeMap<i32, Position> = last
         .iter()
         .map(|(p, l)| {
-            let next = floor(resume_at(&needed, *p, *l));
+            let next = stages.replay_floor(resume_at(&needed, *p, *l));
             // Never lower what an earlier run recorded as delivered.
             let mark = consumer.mark(*p);
             let delivered = mark.map_or(*l, |d| d.offset.max(*l));

@@ -90,13 +90,12 @@ pub(super) async fn process_labels(
     // synchronous, so that labels are never committed past events a restart
     // would replay.
     let touched: Vec<i32> = if made > 0 { hw.keys().copied().collect() } else { vec![] };
-    let floor = |o| engine.stages.replay_floor(o);
     let events_committed = commit(
         &out.consumer,
         &engine.windows,
         Some((ls, &*hw)),
         last_events,
-        (CommitMode::Sync, &floor),
+        (CommitMode::Sync, &engine.stages),
         &touched,
     )
     .await?;

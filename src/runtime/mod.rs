@@ -528,13 +528,12 @@ async fn process(
             .await?;
     }
     let labelled = engine.labelled.as_ref().map(|l| (l, &*hw));
-    let floor = |o| engine.stages.replay_floor(o);
     commit(
         consumer,
         &engine.windows,
         labelled,
         last,
-        (CommitMode::Async, &floor),
+        (CommitMode::Async, &engine.stages),
         &touched,
     )
     .await

@@ -22,9 +22,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, Int32Array, Int64Array, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use serde::Deserialize;
 
@@ -313,6 +313,19 @@ impl EventSchema {
         fields.push(Field::new(DEAD_LETTERS_COL, DataType::UInt32, false));
         Arc::new(Schema::new(fields))
     }
+}
+
+/// The partition and offset columns of `b`; missing ones are an error
+/// saying what needed them (`purpose`, e.g. "to sample windows by").
+pub fn positions(b: &RecordBatch, purpose: &str) -> Result<(Int32Array, Int64Array), ArrowError> {
+    let col = |name: &str| {
+        b.column_by_name(name)
+            .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}` {purpose}")))
+    };
+    Ok((
+        col(PARTITION_COL)?.as_primitive::<Int32Type>().clone(),
+        col(OFFSET_COL)?.as_primitive::<Int64Type>().clone(),
+    ))
 }
 
 /// Each row's event time (ms): `time_col`, else (or where null) the message timestamp.

@@ -28,12 +28,11 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array, new_null_array,
 };
 use datafusion::arrow::compute::{cast, concat_batches, is_not_null, take};
-use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, SortField};
 
 use crate::id_hash::id_hash;
-use crate::schema::{OFFSET_COL, PARTITION_COL};
 
 /// Column of the windows table: how many events a row stands for.
 pub const WEIGHT_COL: &str = "_weight";
@@ -134,15 +133,13 @@ impl Sampling {
 
     /// Each row's sample key: seeded hash of its id, partition, offset.
     fn keys(&self, batch: &RecordBatch) -> Result<Vec<SampleKey>, ArrowError> {
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}` to sample windows by")))
-        };
-        let p = col(PARTITION_COL)?.as_primitive::<Int32Type>().clone();
-        let o = col(OFFSET_COL)?.as_primitive::<Int64Type>().clone();
+        let (p, o) = crate::schema::positions(batch, "to sample windows by")?;
         let ids = match &self.id_col {
-            Some(c) => Some(cast(col(c)?, &DataType::Utf8)?),
+            Some(c) => {
+                let id = batch.column_by_name(c);
+                let id = id.ok_or_else(|| ArrowError::SchemaError(format!("no column `{c}` to sample windows by")))?;
+                Some(cast(id, &DataType::Utf8)?)
+            }
             None => None,
         };
         let ids = ids.as_ref().map(|a| a.as_string::<i32>());
@@ -616,6 +613,8 @@ mod tests {
     use datafusion::arrow::array::{Float64Array, Int32Array, Int64Array};
 
     use super::*;
+    use crate::schema::{OFFSET_COL, PARTITION_COL};
+    use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 
     /// Events: (partition, offset, category, value); value NaN when missing.
     fn batch(evs: &[(i32, i64, &str, f64)]) -> RecordBatch {

@@ -578,3 +578,20 @@ pub fn wait_for(broker: &impl Kafka, topic: &str, n: usize) -> usize {
     }
     seen
 }
+
+/// Digits events at 500 a second of event time (`ts` 2 ms apart), ids `{tag}-{i}`.
+pub fn paced_digits(tag: &str, n: usize) -> Vec<String> {
+    let pool: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/data/digits_test.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let mut e = pool[i % pool.len()].clone();
+            e["event_id"] = format!("{tag}-{i}").into();
+            e["ts"] = (1_767_225_600_000i64 + 2 * i as i64).into();
+            e.to_string()
+        })
+        .collect()
+}
