@@ -272,7 +272,8 @@ async fn validate_names_the_tokenizer_or_model_that_does_not_fit() {
 
 /// The text scenario end to end on two seeds: no alert on clean phases;
 /// corrupted text and an unseen topic caught on the embeddings (and the
-/// accuracy corruption costs, estimated before labels), the topic
+/// accuracy corruption costs, estimated before labels), a topic mix
+/// dominated by a few stories on the embeddings alone, the topic
 /// priors by the predicted-topic chi-square, the relabelling by the error
 /// rate alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +287,7 @@ async fn the_text_demo_flags_each_drift_in_its_phase_and_nothing_on_clean_text()
             live: false,
         };
         let s = driftwatch::demo::run(opts).await.expect("text demo runs");
-        assert_eq!((s.received, s.dead_lettered), (2_400, 0));
+        assert_eq!((s.received, s.dead_lettered), (3_000, 0));
         assert!(s.false_alarms().is_empty(), "seed {seed}: {:?}", s.false_alarms());
         let detected = |name: &str| {
             let phase = s.truth.phases.iter().find(|p| p.name == name).unwrap();
@@ -317,8 +318,8 @@ async fn the_text_demo_flags_each_drift_in_its_phase_and_nothing_on_clean_text()
                 .collect()
         };
         let clean = gaps("clean again");
-        assert_eq!(clean.len(), 6, "seed {seed}");
-        let mean = clean.iter().sum::<f64>() / 6.0;
+        assert_eq!(clean.len(), 8, "seed {seed}");
+        let mean = clean.iter().sum::<f64>() / 8.0;
         assert!(
             mean <= 0.035,
             "seed {seed}: |estimated − realised| on clean windows {clean:?}"
@@ -329,6 +330,13 @@ async fn the_text_demo_flags_each_drift_in_its_phase_and_nothing_on_clean_text()
             detected("tech arrives").contains(&"embedding_mmd".into()),
             "seed {seed}"
         );
+        // A few stories dominate each topic: the embeddings move; neither
+        // the predicted topics nor the labelling do.
+        let stories = detected("few stories");
+        assert!(stories.contains(&"embedding_mmd".into()), "seed {seed}: {stories:?}");
+        for other in ["predicted_topic_chi2", "error_rate"] {
+            assert!(!stories.contains(&other.into()), "seed {seed}: {stories:?}");
+        }
         assert!(
             detected("mostly sport").contains(&"predicted_topic_chi2".into()),
             "seed {seed}"

@@ -25,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -230,6 +231,35 @@ pub enum PhaseConfig {
         class: i64,
         share: f64,
     },
+    /// Text only, a covariate shift in the topic mix within texts: with
+    /// probability `share` (0..1) a paragraph is followed by one of another
+    /// topic, as in digests and round-ups. Each event keeps its own
+    /// paragraph's topic as its label, so the topic priors and the labelling
+    /// are unchanged.
+    Mix {
+        events: Positive,
+        #[serde(default)]
+        name: Option<String>,
+        share: f64,
+        /// Topics the joined paragraph is drawn from, uniformly (never the
+        /// paragraph's own: those of that topic stay as they are). Default:
+        /// every topic the scenario draws — which moves the texts towards
+        /// the middle of the topics and leaves their mean embedding where
+        /// it was; a few topics move it towards those.
+        #[serde(default)]
+        topics: Vec<i64>,
+    },
+    /// Text only, a covariate shift in the mix of stories within each
+    /// topic: a few stories dominate the feed. Each topic's paragraphs come
+    /// from only `articles` of its articles (drawn per key and phase from the
+    /// scenario's seed), while the topics keep their priors and every
+    /// paragraph its topic's label.
+    Stories {
+        events: Positive,
+        #[serde(default)]
+        name: Option<String>,
+        articles: Positive,
+    },
 }
 
 fn one() -> f32 {
@@ -245,7 +275,9 @@ impl PhaseConfig {
             | PhaseConfig::Label { events, .. }
             | PhaseConfig::Concept { events, .. }
             | PhaseConfig::Corruption { events, .. }
-            | PhaseConfig::Unseen { events, .. } => events.get(),
+            | PhaseConfig::Unseen { events, .. }
+            | PhaseConfig::Mix { events, .. }
+            | PhaseConfig::Stories { events, .. } => events.get(),
         }
     }
 
@@ -255,7 +287,11 @@ impl PhaseConfig {
         match self {
             PhaseConfig::Clean { .. } => "clean",
             PhaseConfig::Real { .. } => "real",
-            PhaseConfig::Covariate { .. } | PhaseConfig::Corruption { .. } | PhaseConfig::Unseen { .. } => "covariate",
+            PhaseConfig::Covariate { .. }
+            | PhaseConfig::Corruption { .. }
+            | PhaseConfig::Unseen { .. }
+            | PhaseConfig::Mix { .. }
+            | PhaseConfig::Stories { .. } => "covariate",
             PhaseConfig::Label { .. } => "label",
             PhaseConfig::Concept { .. } => "concept",
         }
@@ -265,6 +301,8 @@ impl PhaseConfig {
         let default = match self {
             PhaseConfig::Corruption { .. } => "corruption",
             PhaseConfig::Unseen { .. } => "unseen",
+            PhaseConfig::Mix { .. } => "mix",
+            PhaseConfig::Stories { .. } => "stories",
             _ => self.kind(),
         };
         match self {
@@ -274,7 +312,9 @@ impl PhaseConfig {
             | PhaseConfig::Label { name, .. }
             | PhaseConfig::Concept { name, .. }
             | PhaseConfig::Corruption { name, .. }
-            | PhaseConfig::Unseen { name, .. } => name.clone().unwrap_or_else(|| default.to_string()),
+            | PhaseConfig::Unseen { name, .. }
+            | PhaseConfig::Mix { name, .. }
+            | PhaseConfig::Stories { name, .. } => name.clone().unwrap_or_else(|| default.to_string()),
         }
     }
 }
@@ -291,6 +331,8 @@ pub struct PoolImage {
 pub struct PoolText {
     pub text: String,
     pub label: i64,
+    /// The article it comes from (its number within the topic).
+    pub article: u32,
 }
 
 /// The image or text pool, also grouped by class.
@@ -348,6 +390,7 @@ impl Pool {
             .map(|p| PoolText {
                 text: p.text,
                 label: p.topic as i64,
+                article: p.article,
             })
             .collect();
         let by_class = group(texts.iter().map(|t| t.label));
@@ -440,6 +483,9 @@ pub struct Loaded {
     pub priors: Vec<Vec<BTreeMap<i64, f64>>>,
     /// A table scenario: the row of each event, in order (one key).
     pub table_order: Vec<usize>,
+    /// Per key and phase: the paragraphs a `stories` phase draws each topic
+    /// from (empty for other phases).
+    pub stories: Vec<Vec<BTreeMap<i64, Vec<usize>>>>,
 }
 
 impl Loaded {
@@ -499,12 +545,22 @@ impl Loaded {
             Some(t) => plan_table(&scenario, t, &priors).map_err(|(key, m)| bad(key, m))?,
             None => vec![],
         };
+        let stories = scenario
+            .keys
+            .iter()
+            .map(|(key, phases)| {
+                (0..phases.len())
+                    .map(|i| story_members(&scenario, &pool, key, i))
+                    .collect()
+            })
+            .collect();
         Ok(Loaded {
             scenario,
             pool,
             start_ms,
             priors,
             table_order,
+            stories,
         })
     }
 
@@ -549,19 +605,40 @@ fn phase_priors(
     };
     let table = pool.table.is_some();
     match ph {
-        PhaseConfig::Covariate { .. } | PhaseConfig::Corruption { .. } | PhaseConfig::Unseen { .. } if table => Err((
-            "kind",
-            format!(
-                "`{}` does not apply to a table: its phases are `clean`, `label` and `concept`",
-                ph.name()
-            ),
-        )),
+        PhaseConfig::Covariate { .. }
+        | PhaseConfig::Corruption { .. }
+        | PhaseConfig::Unseen { .. }
+        | PhaseConfig::Mix { .. }
+        | PhaseConfig::Stories { .. }
+            if table =>
+        {
+            Err((
+                "kind",
+                format!(
+                    "`{}` does not apply to a table: its phases are `clean`, `label` and `concept`",
+                    ph.name()
+                ),
+            ))
+        }
         PhaseConfig::Covariate { .. } if pool.is_text() => Err((
             "kind",
-            "`covariate` transforms images; a text scenario uses `corruption` or `unseen`".into(),
+            "`covariate` transforms images; a text scenario uses `corruption`, `unseen` or `mix`".into(),
         )),
-        PhaseConfig::Corruption { .. } if !pool.is_text() => {
-            Err(("kind", "`corruption` applies to text (a `corpus`)".into()))
+        PhaseConfig::Corruption { .. } | PhaseConfig::Mix { .. } | PhaseConfig::Stories { .. } if !pool.is_text() => {
+            Err(("kind", format!("`{}` applies to text (a `corpus`)", ph.name())))
+        }
+        PhaseConfig::Mix { share, topics, .. } => {
+            probability("share", *share)?;
+            if let Some(t) = topics
+                .iter()
+                .find(|t| !pool.by_class.contains_key(t) || exclude.contains(t))
+            {
+                return Err(("topics", format!("{t} is not a topic the scenario draws")));
+            }
+            match pool.by_class.keys().filter(|c| !exclude.contains(c)).count() {
+                2.. => Ok(base.clone()),
+                _ => Err(("kind", "`mix` needs two topics the scenario draws".into())),
+            }
         }
         PhaseConfig::Corruption {
             typos,
@@ -617,8 +694,32 @@ fn phase_priors(
             Ok(base.clone())
         }
         PhaseConfig::Real { .. } if !table => Err(("kind", "`real` streams the rows of a `table`".into())),
-        PhaseConfig::Clean { .. } | PhaseConfig::Real { .. } => Ok(base.clone()),
+        PhaseConfig::Clean { .. } | PhaseConfig::Real { .. } | PhaseConfig::Stories { .. } => Ok(base.clone()),
     }
+}
+
+/// The paragraphs phase `i` of `key` draws each topic from, if it is a
+/// `stories` phase: those of `articles` of the topic's articles, drawn with
+/// a generator seeded by the scenario's seed, the key and the phase.
+fn story_members(scenario: &Scenario, pool: &Pool, key: &str, i: usize) -> BTreeMap<i64, Vec<usize>> {
+    let PhaseConfig::Stories { articles, .. } = &scenario.keys[key][i] else {
+        return BTreeMap::new();
+    };
+    let id = format!("{key}/{i}");
+    let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ crate::id_hash::fnv1a(id.as_bytes()));
+    let mut out = BTreeMap::new();
+    for (class, members) in &pool.by_class {
+        let mut ids: Vec<u32> = members.iter().map(|&m| pool.texts[m].article).collect();
+        ids.dedup();
+        let chosen: Vec<u32> = ids.choose_multiple(&mut rng, articles.get()).copied().collect();
+        let kept = members
+            .iter()
+            .copied()
+            .filter(|&m| chosen.contains(&pool.texts[m].article))
+            .collect();
+        out.insert(*class, kept);
+    }
+    out
 }
 
 /// The row of every event of a table scenario (its one key); errors name
@@ -943,14 +1044,17 @@ fn generate(
     let ph = &l.scenario.keys[key][phase];
     let pool = &l.pool;
     // Phases that change the class mix (or exclude classes) draw class first.
-    let by_class = matches!(ph, PhaseConfig::Label { .. } | PhaseConfig::Unseen { .. })
-        || !l.scenario.exclude.is_empty()
+    let by_class = matches!(
+        ph,
+        PhaseConfig::Label { .. } | PhaseConfig::Unseen { .. } | PhaseConfig::Stories { .. }
+    ) || !l.scenario.exclude.is_empty()
         || l.scenario.priors.is_some();
     if let Some(t) = &pool.table {
         return table_event(l, t, ph, key, k, phase, step, ts);
     }
     let item = if by_class {
-        let members = &pool.by_class[&next_class(&l.priors[k][phase], drawn)];
+        let class = next_class(&l.priors[k][phase], drawn);
+        let members = l.stories[k][phase].get(&class).unwrap_or(&pool.by_class[&class]);
         members[rng.random_range(0..members.len())]
     } else {
         rng.random_range(0..pool.len())
@@ -973,6 +1077,9 @@ fn generate(
                 rng,
                 [*truncation, *typos, *casing, *boilerplate],
             ),
+            PhaseConfig::Mix { share, topics, .. } if rng.random_bool(*share) => {
+                mixed(pool, &l.scenario.exclude, topics, item, rng)
+            }
             _ => pool.texts[item].text.clone(),
         };
         serde_json::json!({"event_id": event_id, "ts": ts, "feed": key, "text": text})
@@ -1053,6 +1160,27 @@ fn corrupt(text: &str, rng: &mut ChaCha8Rng, [truncation, typos, casing, boilerp
         out.push_str(BOILERPLATE);
     }
     out
+}
+
+/// Paragraph `item` followed by one of another topic, the topic drawn
+/// uniformly among `topics` (all if empty) not in `exclude` (see
+/// [`PhaseConfig::Mix`]).
+fn mixed(pool: &Pool, exclude: &[i64], topics: &[i64], item: usize, rng: &mut ChaCha8Rng) -> String {
+    let own = &pool.texts[item];
+    let others: Vec<&Vec<usize>> = pool
+        .by_class
+        .iter()
+        .filter(|(c, _)| **c != own.label && !exclude.contains(c))
+        .filter(|(c, _)| topics.is_empty() || topics.contains(c))
+        .map(|(_, members)| members)
+        .collect();
+    // A paragraph of the only listed topic has no other to join.
+    if others.is_empty() {
+        return own.text.clone();
+    }
+    let members = others[rng.random_range(0..others.len())];
+    let other = &pool.texts[members[rng.random_range(0..members.len())]];
+    format!("{} {}", own.text, other.text)
 }
 
 /// The JSON of an image event: the pool image with noise and the phase's transform.
@@ -1583,6 +1711,118 @@ mod tests {
         let zeros = labels.iter().filter(|(p, c)| *p == 1 && *c == 0).count();
         assert_eq!(zeros, 100, "systematic draws give the share exactly");
         assert_eq!(l.scenario.keys["a"][1].kind(), "covariate");
+    }
+
+    /// A corpus of three topics (a, b, c), ten one-paragraph articles
+    /// each, whose words name their topic.
+    fn text_scenario(dir: &Path, body: &str) -> PathBuf {
+        for topic in ["a", "b", "c"] {
+            std::fs::create_dir_all(dir.join("bbc").join(topic)).unwrap();
+            for i in 0..10 {
+                let words = format!("{topic}{i} ").repeat(8);
+                std::fs::write(
+                    dir.join(format!("bbc/{topic}/{i:03}.txt")),
+                    format!("T\n\n{}\n", words.trim()),
+                )
+                .unwrap();
+            }
+        }
+        let p = dir.join("s.yaml");
+        std::fs::write(&p, format!("name: t\ncorpus: bbc\n{body}")).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_mix_phase_joins_paragraphs_of_two_drawn_topics_and_keeps_the_label() {
+        let d = tempfile::tempdir().unwrap();
+        let p = text_scenario(
+            d.path(),
+            "exclude: [2]\nkeys:\n  a:\n    - {kind: clean, events: 200}\n    - {kind: mix, events: 400, share: 0.5}\n",
+        );
+        let l = Loaded::load(&p).unwrap();
+        let mut joined = 0;
+        for e in l.emissions().filter_map(|e| match e {
+            Emission::Event(e) => Some(e),
+            Emission::Label { .. } => None,
+        }) {
+            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+            let text = v["text"].as_str().unwrap();
+            let own = ["a", "b"][e.label as usize];
+            let words: Vec<&str> = text.split_whitespace().collect();
+            assert!(words[..8].iter().all(|w| w.starts_with(own)), "{text}");
+            assert!(!text.contains('c'), "an excluded topic is never mixed in: {text}");
+            match words.len() {
+                8 => {}
+                16 => {
+                    assert_eq!(e.phase, 1, "only the mix phase joins: {text}");
+                    assert!(words[8..].iter().all(|w| !w.starts_with(own)), "{text}");
+                    joined += 1;
+                }
+                n => panic!("{n} words: {text}"),
+            }
+        }
+        assert!((160..=240).contains(&joined), "about half of 400: {joined}");
+        assert_eq!(l.scenario.keys["a"][1].kind(), "covariate");
+        assert_eq!(l.scenario.keys["a"][1].name(), "mix");
+        for (body, at) in [
+            (
+                "exclude: [1, 2]\nkeys:\n  a:\n    - {kind: mix, events: 5, share: 0.5}\n",
+                "keys.a[0].kind",
+            ),
+            (
+                "keys:\n  a:\n    - {kind: mix, events: 5, share: 1.5}\n",
+                "keys.a[0].share",
+            ),
+        ] {
+            let e = Loaded::load(&text_scenario(d.path(), body)).unwrap_err().to_string();
+            assert!(e.contains(at), "{e}");
+        }
+        let images = scenario(d.path(), "keys:\n  a:\n    - {kind: mix, events: 5, share: 0.5}\n");
+        let e = Loaded::load(&images).unwrap_err().to_string();
+        assert!(e.contains("applies to text"), "{e}");
+    }
+
+    #[test]
+    fn a_stories_phase_draws_each_topic_from_its_few_articles_at_its_prior() {
+        let d = tempfile::tempdir().unwrap();
+        let p = text_scenario(
+            d.path(),
+            "seed: 5\nkeys:\n  a:\n    - {kind: clean, events: 300}\n    - {kind: stories, events: 300, articles: 2}\n  b:\n    - {kind: stories, events: 300, articles: 2}\n",
+        );
+        let l = Loaded::load(&p).unwrap();
+        let mut seen: BTreeMap<(String, usize), BTreeMap<i64, std::collections::BTreeSet<String>>> = BTreeMap::new();
+        for e in l.emissions().filter_map(|e| match e {
+            Emission::Event(e) => Some(e),
+            Emission::Label { .. } => None,
+        }) {
+            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+            // One-paragraph articles: the first word names the article.
+            let first = v["text"].as_str().unwrap().split(' ').next().unwrap().to_string();
+            seen.entry((e.key.clone(), e.phase))
+                .or_default()
+                .entry(e.label)
+                .or_default()
+                .insert(first);
+        }
+        for ((key, phase), by_topic) in &seen {
+            assert_eq!(by_topic.len(), 3, "{key}/{phase}: every topic keeps appearing");
+            let articles: Vec<usize> = by_topic.values().map(|a| a.len()).collect();
+            match (key.as_str(), phase) {
+                ("a", 0) => assert!(articles.iter().all(|n| *n >= 8), "{articles:?}"),
+                _ => assert_eq!(articles, [2, 2, 2], "{key}/{phase}"),
+            }
+        }
+        // Keys draw their own articles, the same ones for the same seed.
+        assert_ne!(seen[&("a".into(), 1)], seen[&("b".into(), 0)]);
+        assert_eq!(l.stories, Loaded::load(&p).unwrap().stories);
+        assert_eq!(l.scenario.keys["a"][1].kind(), "covariate");
+        let e = Loaded::load(&text_scenario(
+            d.path(),
+            "keys:\n  a:\n    - {kind: stories, events: 5, articles: 0}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("keys.a[0]: expected a positive integer"), "{e}");
     }
 
     /// A table of 40 rows of 2015 then 40 of 2016: `g` alternates a, b;
