@@ -222,6 +222,34 @@ async fn bad_text_input_is_dead_lettered_or_truncated_never_a_panic() {
     );
 }
 
+/// `input: {type: text, column: text}` is what `input: text` with a
+/// tokenizer means: the same embeddings and predictions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_input_kind_scores_as_the_column_shorthand_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let news = std::fs::read_to_string(root().join("pipelines/news.yaml")).unwrap();
+    let tagged = news
+        .replace("input: text", "input: {type: text, column: text}")
+        .replace("../", &format!("{}/", root().display()));
+    let p = write(dir.path(), "tagged.yaml", &tagged);
+    let mut shorthand = news_stages().await;
+    let mut kind = driftwatch::runtime::validate(&p)
+        .await
+        .expect("tagged text input validates");
+    let records = news_records(&["Shares fell sharply on Monday.", "", "The striker scored twice."]);
+    let (a, _) = shorthand.ingest(&records).await.unwrap();
+    let (b, _) = kind.ingest(&records).await.unwrap();
+    for column in ["embedding", "predicted_class"] {
+        let data = |batches: &[RecordBatch]| -> Vec<_> {
+            batches
+                .iter()
+                .map(|x| x.column_by_name(column).unwrap().to_data())
+                .collect()
+        };
+        assert_eq!(data(&a), data(&b), "{column}");
+    }
+}
+
 /// `validate` names the file and the key at fault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_names_the_tokenizer_or_model_that_does_not_fit() {
@@ -245,6 +273,14 @@ async fn validate_names_the_tokenizer_or_model_that_does_not_fit() {
         (
             news.replace("input: text", "input: label"),
             "column `label` is Int64, not text",
+        ),
+        (
+            news.replace("input: text", "input: {type: text, column: label}"),
+            "column `label` is Int64, not text",
+        ),
+        (
+            news.replace("input: text", "input: {type: text, columns: [text]}"),
+            "unknown field `columns`",
         ),
         (
             format!(

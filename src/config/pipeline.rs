@@ -386,7 +386,8 @@ pub struct ModelConfig {
     pub path: PathBuf,
     /// What the model is fed: a column name — a float tensor column (a
     /// `type: tensor` field or a derived column), or, with `tokenizer`, a
-    /// text column — or a kind of input with its options, such as table
+    /// text column (short for `{type: text, column: NAME}`) — or a kind of
+    /// input with its options, such as table
     /// columns as a scikit-learn model exported by skl2onnx takes them:
     /// `{type: columns, columns: [a, b, …]}` (one ONNX input per column,
     /// named like it, `[batch, 1]`) or `{type: matrix, columns: [a, b, …]}`

@@ -1,14 +1,14 @@
 //! Model inputs: how the columns of a scored batch become the model's input
-//! tensors. One file per kind; [`build`] is where each kind registers.
+//! tensors. One file per kind; [`KINDS`] is where each kind registers.
 //!
 //! - [`FloatTensor`]: one fixed-shape float tensor column fed as `[batch, ...shape]`.
-//! - [`TextTokens`]: a text column through a Hugging Face tokenizer, fed as
+//! - [`TextTokens`] (`text`): a text column through a Hugging Face tokenizer, fed as
 //!   token ids and attention mask (and token types) to a transformer.
 //! - [`TableColumns`]: table columns, one ONNX input each (as skl2onnx
 //!   exports a scikit-learn pipeline) or one float matrix.
 //!
 //! An image input (bytes → decode → resize) is one more file implementing
-//! [`ModelInput`], plus its line in [`build`].
+//! [`ModelInput`], plus its line in [`KINDS`].
 
 mod columns;
 mod float_tensor;
@@ -91,7 +91,7 @@ pub type Options = serde_json::Map<String, serde_json::Value>;
 /// The tagged kinds of `model.input`. A new kind (an image decoder, say) is
 /// one file implementing [`ModelInput`] with its `InputKind`, plus its line
 /// here.
-pub const KINDS: &[InputKind] = &[columns::COLUMNS, columns::MATRIX];
+pub const KINDS: &[InputKind] = &[columns::COLUMNS, columns::MATRIX, text::TEXT];
 
 /// What building an input sees: the `model` section, the event schema, the
 /// columns the model stage gets (after the transform), and `model.tokenizer`
@@ -115,41 +115,35 @@ pub fn options<T: serde::de::DeserializeOwned>(options: &Options) -> Result<T, I
 /// The input a pipeline's `model` section describes, checked against the
 /// columns the model stage will get (`schema_columns`, after the transform).
 /// A column name is a float tensor, or with `model.tokenizer` a text
-/// column; a map is a registered kind ([`KINDS`]).
+/// column (the `text` kind); a map is a registered kind ([`KINDS`]).
 pub fn build(
     cfg: &ModelConfig,
     schema: &EventSchema,
     schema_columns: &Schema,
     tokenizer: Option<Arc<TextTokenizer>>,
 ) -> Result<Box<dyn ModelInput>, InputError> {
-    match (&cfg.input, &cfg.tokenizer) {
-        (ModelInputConfig::Column(c), Some(t)) => {
-            let tokenizer = tokenizer.ok_or_else(|| InputError {
-                key: "model.tokenizer.path".into(),
-                message: format!("tokenizer {} was not loaded", t.path.display()),
-            })?;
-            Ok(Box::new(TextTokens::new(c, t, schema_columns, tokenizer)?))
+    // `input: NAME` with a tokenizer is short for `{type: text, column: NAME}`.
+    let shorthand;
+    let (kind, options) = match (&cfg.input, &cfg.tokenizer) {
+        (ModelInputConfig::Column(c), None) => return Ok(Box::new(FloatTensor::new(cfg, c, schema, schema_columns)?)),
+        (ModelInputConfig::Column(c), Some(_)) => {
+            shorthand = Options::from_iter([("column".to_string(), serde_json::Value::from(c.as_str()))]);
+            ("text", &shorthand)
         }
-        (ModelInputConfig::Column(c), None) => Ok(Box::new(FloatTensor::new(cfg, c, schema, schema_columns)?)),
-        (ModelInputConfig::Tagged { .. }, Some(_)) => Err(InputError {
-            key: "model.tokenizer".into(),
-            message: "a tokenizer reads a text column: set `model.input` to its name".into(),
-        }),
-        (ModelInputConfig::Tagged { kind, options }, None) => {
-            let Some(k) = KINDS.iter().find(|k| k.name == kind) else {
-                let known: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-                return Err(InputError {
-                    key: "model.input.type".into(),
-                    message: format!("unknown input kind `{kind}`: known kinds are {}", known.join(", ")),
-                });
-            };
-            let cx = BuildContext {
-                cfg,
-                schema,
-                columns: schema_columns,
-                tokenizer,
-            };
-            (k.build)(options, &cx)
-        }
-    }
+        (ModelInputConfig::Tagged { kind, options }, _) => (kind.as_str(), options),
+    };
+    let Some(k) = KINDS.iter().find(|k| k.name == kind) else {
+        let known: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        return Err(InputError {
+            key: "model.input.type".into(),
+            message: format!("unknown input kind `{kind}`: known kinds are {}", known.join(", ")),
+        });
+    };
+    let cx = BuildContext {
+        cfg,
+        schema,
+        columns: schema_columns,
+        tokenizer,
+    };
+    (k.build)(options, &cx)
 }

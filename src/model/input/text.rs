@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType};
 
-use super::{Chunk, InputError, ModelInput, TokenMask};
+use super::{BuildContext, Chunk, InputError, InputKind, ModelInput, Options, TokenMask};
 use crate::config::TokenizerConfig;
 use crate::model::tokenizer::TextTokenizer;
 use crate::schema::column_names;
@@ -44,6 +44,39 @@ fn err(key: &str, message: String) -> InputError {
         key: key.into(),
         message,
     }
+}
+
+/// `model.input: {type: text, column: NAME}`, with `model.tokenizer`:
+/// the text column fed through the tokenizer. `input: NAME` with a
+/// `model.tokenizer` is short for it.
+pub(super) const TEXT: InputKind = InputKind {
+    name: "text",
+    build: build_text,
+};
+
+/// The options of `{type: text}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextOptions {
+    /// The text column (a `type: text` field or a derived text column).
+    column: String,
+}
+
+fn build_text(o: &Options, cx: &BuildContext) -> Result<Box<dyn ModelInput>, InputError> {
+    let TextOptions { column } = super::options(o)?;
+    let Some(cfg) = &cx.cfg.tokenizer else {
+        return Err(err(
+            "model.tokenizer",
+            "a text input needs `model.tokenizer: {path: …/tokenizer.json}`".into(),
+        ));
+    };
+    let Some(tokenizer) = cx.tokenizer.clone() else {
+        return Err(err(
+            "model.tokenizer.path",
+            format!("tokenizer {} was not loaded", cfg.path.display()),
+        ));
+    };
+    Ok(Box::new(TextTokens::new(&column, cfg, cx.columns, tokenizer)?))
 }
 
 impl TextTokens {
