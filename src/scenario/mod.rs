@@ -573,6 +573,14 @@ impl Loaded {
     pub fn emissions(&self) -> Emissions<'_> {
         Emissions::new(self)
     }
+
+    /// The events in emission order, without the late label records.
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.emissions().filter_map(|e| match e {
+            Emission::Event(e) => Some(e),
+            Emission::Label { .. } => None,
+        })
+    }
 }
 
 /// Epoch ms of a scenario's `start_time` (RFC 3339, or `now`).
@@ -622,7 +630,7 @@ fn phase_priors(
         }
         PhaseConfig::Covariate { .. } if pool.is_text() => Err((
             "kind",
-            "`covariate` transforms images; a text scenario uses `corruption`, `unseen` or `mix`".into(),
+            "`covariate` transforms images; a text scenario uses `corruption`, `unseen`, `stories` or `mix`".into(),
         )),
         PhaseConfig::Corruption { .. } | PhaseConfig::Mix { .. } | PhaseConfig::Stories { .. } if !pool.is_text() => {
             Err(("kind", format!("`{}` applies to text (a `corpus`)", ph.name())))
@@ -709,6 +717,7 @@ fn story_members(scenario: &Scenario, pool: &Pool, key: &str, i: usize) -> BTree
     let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ crate::id_hash::fnv1a(id.as_bytes()));
     let mut out = BTreeMap::new();
     for (class, members) in &pool.by_class {
+        // A topic's paragraphs come in article order: one id per article.
         let mut ids: Vec<u32> = members.iter().map(|&m| pool.texts[m].article).collect();
         ids.dedup();
         let chosen: Vec<u32> = ids.choose_multiple(&mut rng, articles.get()).copied().collect();
@@ -788,12 +797,7 @@ pub fn clean_events(pool_path: &Path, key: &str, n: usize, seed: u64) -> Result<
         .into(),
     };
     let l = Loaded::new(scenario, pool, pool_path)?;
-    Ok(l.emissions()
-        .filter_map(|e| match e {
-            Emission::Event(e) => Some(e.json),
-            Emission::Label { .. } => None,
-        })
-        .collect())
+    Ok(l.events().map(|e| e.json).collect())
 }
 
 /// The pool's class frequencies with the `exclude`d classes at 0 and the
@@ -1700,13 +1704,7 @@ mod tests {
             "exclude: [0]\nkeys:\n  a:\n    - {kind: clean, events: 200}\n    - {kind: unseen, events: 200, class: 0, share: 0.5}\n",
         );
         let l = Loaded::load(&p).unwrap();
-        let labels: Vec<(usize, i64)> = l
-            .emissions()
-            .filter_map(|e| match e {
-                Emission::Event(e) => Some((e.phase, e.label)),
-                Emission::Label { .. } => None,
-            })
-            .collect();
+        let labels: Vec<(usize, i64)> = l.events().map(|e| (e.phase, e.label)).collect();
         assert!(labels.iter().filter(|(p, _)| *p == 0).all(|(_, c)| *c != 0));
         let zeros = labels.iter().filter(|(p, c)| *p == 1 && *c == 0).count();
         assert_eq!(zeros, 100, "systematic draws give the share exactly");
@@ -1741,10 +1739,7 @@ mod tests {
         );
         let l = Loaded::load(&p).unwrap();
         let mut joined = 0;
-        for e in l.emissions().filter_map(|e| match e {
-            Emission::Event(e) => Some(e),
-            Emission::Label { .. } => None,
-        }) {
+        for e in l.events() {
             let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
             let text = v["text"].as_str().unwrap();
             let own = ["a", "b"][e.label as usize];
@@ -1791,10 +1786,7 @@ mod tests {
         );
         let l = Loaded::load(&p).unwrap();
         let mut seen: BTreeMap<(String, usize), BTreeMap<i64, std::collections::BTreeSet<String>>> = BTreeMap::new();
-        for e in l.emissions().filter_map(|e| match e {
-            Emission::Event(e) => Some(e),
-            Emission::Label { .. } => None,
-        }) {
+        for e in l.events() {
             let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
             // One-paragraph articles: the first word names the article.
             let first = v["text"].as_str().unwrap().split(' ').next().unwrap().to_string();
