@@ -1768,6 +1768,10 @@ mod tests {
                 "keys:\n  a:\n    - {kind: mix, events: 5, share: 1.5}\n",
                 "keys.a[0].share",
             ),
+            (
+                "exclude: [2]\nkeys:\n  a:\n    - {kind: mix, events: 5, share: 0.5, topics: [2]}\n",
+                "keys.a[0].topics: 2 is not a topic the scenario draws",
+            ),
         ] {
             let e = Loaded::load(&text_scenario(d.path(), body)).unwrap_err().to_string();
             assert!(e.contains(at), "{e}");
