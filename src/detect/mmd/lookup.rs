@@ -18,40 +18,36 @@
 
 use std::arch::x86_64::*;
 
-/// Which sets hold which rows, laid out for the lookups. For a block of
-/// [`GROUPS_PER_WORD`] column groups (group g: columns 3g, 3g+1, 3g+2) and
-/// an octet of sets (8o … 8o+7), eight u32 lanes: lane l holds set 8o+l's
-/// three membership bits of each group of the block, group k at bits
-/// 3k … 3k+2. `vpermd` reads only the low three bits of an index lane, so a
-/// shift by 3 moves the lanes on to the next group: one load feeds ten
-/// lookups, and the shift runs beside the permute, not on its port.
+/// Which sets hold which of the pooled columns `lo..total`, laid out for
+/// the lookups. For a block of [`GROUPS_PER_WORD`] column groups (group g:
+/// columns lo + 3g, +1, +2) and an octet of sets (8o … 8o+7), eight u32
+/// lanes: lane l holds set 8o+l's three membership bits of each group of
+/// the block, group k at bits 3k … 3k+2. `vpermd` reads only the low three
+/// bits of an index lane, so a shift by 3 moves the lanes on to the next
+/// group: one load feeds ten lookups, and the shift runs beside the
+/// permute, not on its port.
 pub(super) struct LookupIndex {
     octets: usize,
     words: Vec<[u32; 8]>,
-    holders: super::Holders,
 }
 
 /// Column groups whose patterns share a u32 lane (3 bits each).
 const GROUPS_PER_WORD: usize = 10;
 
 impl LookupIndex {
-    pub(super) fn new(members: &[Vec<u32>], total: usize) -> Self {
+    pub(super) fn new(members: &[Vec<u32>], total: usize, lo: usize) -> Self {
         let sets = members.len();
         let octets = sets.div_ceil(8);
-        let blocks = total.div_ceil(3).div_ceil(GROUPS_PER_WORD);
+        let blocks = (total - lo).div_ceil(3).div_ceil(GROUPS_PER_WORD);
         let mut words = vec![[0u32; 8]; blocks * octets];
         for (b, mem) in members.iter().enumerate() {
-            for &i in mem {
-                let (g, c) = (i as usize / 3, i % 3);
+            for i in mem.iter().filter_map(|&i| (i as usize).checked_sub(lo)) {
+                let (g, c) = (i / 3, i % 3);
                 let k = g % GROUPS_PER_WORD;
-                words[g / GROUPS_PER_WORD * octets + b / 8][b % 8] |= 1 << (3 * k as u32 + c);
+                words[g / GROUPS_PER_WORD * octets + b / 8][b % 8] |= 1 << (3 * k + c);
             }
         }
-        Self {
-            octets,
-            words,
-            holders: super::Holders::new(members, total),
-        }
+        Self { octets, words }
     }
 }
 
@@ -71,31 +67,40 @@ const FLUSH_GROUPS: usize = 51 * GROUPS_PER_WORD;
 /// index words stay in registers.
 const OCTETS_PER_PASS: usize = 4;
 
-/// Adds to `q[b]`, for every set b holding row `i`, the sum of `row` (its
-/// values at pooled columns 0, 1, …) over the columns b holds.
+/// Adds to `q[b]`, for every set b of `holders`, the sum of a row over the
+/// columns b holds; the row comes in parts, each over its own column space
+/// (its values at the space's columns 0, 1, …).
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn add_row(index: &LookupIndex, i: usize, row: &[i32], scratch: &mut Scratch, q: &mut [i64]) {
-    subset_tables(row, &mut scratch.tables);
+pub(super) unsafe fn add_row(
+    parts: [(&LookupIndex, &[i32]); 2],
+    holders: &[u32],
+    scratch: &mut Scratch,
+    q: &mut [i64],
+) {
+    let octets = parts[0].0.octets;
     scratch.sums.clear();
-    scratch.sums.resize(index.octets * 8, 0);
-    let mut o = 0;
-    while o < index.octets {
-        let sums = &mut scratch.sums[o * 8..];
-        // SAFETY: AVX2 (this function's feature); each pass reads octets o.. of every block.
-        unsafe {
-            match index.octets - o {
-                1 => pass::<1>(index, o, &scratch.tables, sums),
-                2 => pass::<2>(index, o, &scratch.tables, sums),
-                3 => pass::<3>(index, o, &scratch.tables, sums),
-                _ => pass::<OCTETS_PER_PASS>(index, o, &scratch.tables, sums),
+    scratch.sums.resize(octets * 8, 0);
+    for (index, row) in parts {
+        subset_tables(row, &mut scratch.tables);
+        let mut o = 0;
+        while o < octets {
+            let sums = &mut scratch.sums[o * 8..];
+            // SAFETY: AVX2 (this function's feature); each pass reads octets o.. of every block.
+            unsafe {
+                match octets - o {
+                    1 => pass::<1>(index, o, &scratch.tables, sums),
+                    2 => pass::<2>(index, o, &scratch.tables, sums),
+                    3 => pass::<3>(index, o, &scratch.tables, sums),
+                    _ => pass::<OCTETS_PER_PASS>(index, o, &scratch.tables, sums),
+                }
             }
+            o += OCTETS_PER_PASS;
         }
-        o += OCTETS_PER_PASS;
     }
-    for &b in index.holders.of(i) {
+    for &b in holders {
         q[b as usize] += scratch.sums[b as usize];
     }
 }
@@ -171,8 +176,8 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Every set's sum of every row is the direct Σ_{j<i, i∈b, j∈b} row_i[j],
-    /// for set counts around the octet and pass sizes and rows longer than
-    /// a flush.
+    /// for set counts around the octet and pass sizes, rows longer than a
+    /// flush, and rows in two parts over two column spaces.
     #[test]
     fn lookups_give_the_direct_sums() {
         if !is_x86_feature_detected!("avx2") {
@@ -183,7 +188,13 @@ mod tests {
             let members: Vec<Vec<u32>> = (0..sets)
                 .map(|_| (0..total as u32).filter(|_| rng.random::<bool>()).collect())
                 .collect();
-            let index = LookupIndex::new(&members, total);
+            // Rows in two parts, the second over the columns from `split` on.
+            let split = total / 3;
+            let (index, upper) = (
+                LookupIndex::new(&members, total, 0),
+                LookupIndex::new(&members, total, split),
+            );
+            let holders = crate::detect::mmd::Holders::new(&members, total);
             let rows: Vec<Vec<i32>> = (0..total)
                 .map(|i| (0..i).map(|_| rng.random_range(0..=1 << 20)).collect())
                 .collect();
@@ -191,7 +202,8 @@ mod tests {
             let mut scratch = Scratch::default();
             for (i, row) in rows.iter().enumerate() {
                 // SAFETY: AVX2 checked above.
-                unsafe { add_row(&index, i, row, &mut scratch, &mut q) };
+                let (a, b) = row.split_at(row.len().min(split));
+                unsafe { add_row([(&index, a), (&upper, b)], holders.of(i), &mut scratch, &mut q) };
             }
             let want: Vec<i64> = members
                 .iter()

@@ -39,8 +39,7 @@
 //! For windows too large for the quadratic statistic, [`mmd_linear`] gives
 //! the linear-time statistic with its normal null (Gretton et al. 2012, §6).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -53,7 +52,9 @@ use super::special::normal_sf;
 #[cfg(target_arch = "x86_64")]
 mod lookup;
 mod tiled;
+mod window;
 pub use tiled::{TILED_ABOVE, mmd_test_tiled};
+pub use window::clear_kernel_cache;
 
 /// Options of one MMD test.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,50 +101,46 @@ pub struct MmdResult {
     pub sigma_fallback: bool,
 }
 
-/// Kernel blocks of one evaluation. The pooled matrix is symmetric, so only
-/// what lies left of its diagonal is used: K_XX through [`XxPart`], K_YX
-/// (m × n, rows: current events) and K_YY (m × m, valid below its diagonal
-/// only: entry [j·m + l], l < j; the rest is unspecified). There is no
-/// n × m block: every sum here reads K_YX by rows.
-struct Gram {
-    kyx: Arc<Block>,
-    kyy: Arc<Block>,
-    /// What K_XX gives every evaluation against this reference.
-    xx: Arc<XxPart>,
-}
-
 /// The reference's own part of the sums, the same for every current window
-/// tested against it (kept in the cache with K_XX): K_XX left of its
-/// diagonal in fixed point (row i: its i values from offset i(i−1)/2), its
-/// row sums and twice its sum below the diagonal. Computed in the order
-/// `mmd_test` adds the rest in, so the sums are bit for bit those of one
-/// pass over the whole matrix.
+/// tested against it (kept in the cache): K_XX left of its diagonal in
+/// fixed point (row i: its i values from offset i(i−1)/2), the fixed-point
+/// sums of its full rows, and twice its f64 sum below the diagonal (added
+/// in the order a pass over the pooled matrix would add it).
 struct XxPart {
     fixed: Vec<i32>,
-    row_sums: Vec<f64>,
+    fixed_sums: Vec<i64>,
     sxx: f64,
 }
 
 impl XxPart {
     fn new(kxx: &[f64], n: usize) -> Self {
         let mut fixed = Vec::with_capacity(n * n.saturating_sub(1) / 2);
-        let mut row_sums = vec![0.0; n];
         let mut sxx = 0.0;
         for i in 0..n {
             let row = &kxx[i * n..i * n + i];
-            let s = simd::sum(row);
-            sxx += 2.0 * s;
-            row_sums[i] += s;
-            add_to(&mut row_sums[..i], row);
+            sxx += 2.0 * simd::sum(row);
             simd::to_fixed(row, &mut fixed);
         }
-        Self { fixed, row_sums, sxx }
+        let mut fixed_sums = vec![0; n];
+        for i in 0..n {
+            let row = &fixed[i * i.saturating_sub(1) / 2..i * (i + 1) / 2];
+            let own = add_row_to(&mut fixed_sums[..i], row);
+            fixed_sums[i] += own;
+        }
+        Self { fixed, fixed_sums, sxx }
     }
 }
 
-/// acc += row, element by element (a stored row mirrored onto column sums).
-fn add_to(acc: &mut [f64], row: &[f64]) {
-    acc.iter_mut().zip(row).for_each(|(c, v)| *c += v);
+/// Adds `row` (a stored row, left of the diagonal) to the sums of the rows
+/// it mirrors onto (`acc`, one per column) and returns its own sum: exact
+/// integers, so in any order.
+fn add_row_to(acc: &mut [i64], row: &[i32]) -> i64 {
+    let mut own = 0;
+    for (c, &v) in acc.iter_mut().zip(row) {
+        *c += i64::from(v);
+        own += i64::from(v);
+    }
+    own
 }
 
 /// A kernel-sized buffer whose storage goes back to [`SPARE`] when its last
@@ -206,159 +203,8 @@ impl Drop for Block {
     }
 }
 
-/// What is kept between evaluations against the same reference.
-struct CacheEntry {
-    key: (u64, usize, u64),
-    sigma: f64,
-    sigma_fallback: bool,
-    xx: Arc<XxPart>,
-    /// Previous current window: rows, and its kernel blocks.
-    current: Vec<f64>,
-    kyx: Arc<Block>,
-    kyy: Arc<Block>,
-}
-
-/// A few references at once (several keys, detectors); oldest dropped first.
-const CACHE_ENTRIES: usize = 8;
-static CACHE: Mutex<Vec<CacheEntry>> = Mutex::new(Vec::new());
-
-/// Empties the kernel cache (benchmarks measure the cold path with it).
-pub fn clear_kernel_cache() {
-    CACHE.lock().unwrap_or_else(|e| e.into_inner()).clear();
-}
-
-fn hash_rows(x: &[f64]) -> u64 {
-    // FNV-1a over the bit patterns: cheap, and equal rows hash equal.
-    x.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
-        (h ^ v.to_bits()).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 fn kernel(a: &[f64], b: &[f64], gamma: f64) -> f64 {
     (-gamma * sq_dist(a, b)).exp()
-}
-
-/// Builds the kernel blocks, reusing what the cache holds for this reference.
-fn gram(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) -> (Gram, f64, bool) {
-    let (n, m) = (reference.len() / dim, current.len() / dim);
-    let key = (hash_rows(reference), dim, sigma_opt.map_or(0, f64::to_bits));
-    // Distances are translation-invariant: centring on the reference mean
-    // keeps the norms small, so ‖x‖² + ‖y‖² − 2x·y loses nothing to cancellation.
-    let centre = column_means(reference, dim);
-    let cached = {
-        let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        c.iter().position(|e| e.key == key).map(|i| c.remove(i))
-    };
-    let (sigma, sigma_fallback, xx, prev) = match cached {
-        Some(e) => (e.sigma, e.sigma_fallback, e.xx, Some((e.current, e.kyx, e.kyy))),
-        None => {
-            let xs = Points::new(reference, dim, &centre);
-            let mut k = xs.sq_dists_lower();
-            let (sigma, fallback) = match sigma_opt {
-                Some(s) => (s, false),
-                None => or_fallback(sigma_from_median(&k, n)),
-            };
-            gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
-            (sigma, fallback, Arc::new(XxPart::new(&k, n)), None)
-        }
-    };
-    let gamma = 1.0 / (2.0 * sigma * sigma);
-    // Where each current row was in the previous current window, if it was.
-    let old_pos: Vec<Option<usize>> = match &prev {
-        Some((old, _, _)) => {
-            let pm = old.len() / dim;
-            let mut by_hash: HashMap<u64, usize> = HashMap::with_capacity(pm);
-            for j in 0..pm {
-                by_hash.insert(hash_rows(&old[j * dim..(j + 1) * dim]), j);
-            }
-            (0..m)
-                .map(|j| {
-                    let row = &current[j * dim..(j + 1) * dim];
-                    by_hash
-                        .get(&hash_rows(row))
-                        .copied()
-                        .filter(|&o| &old[o * dim..(o + 1) * dim] == row)
-                })
-                .collect()
-        }
-        None => vec![None; m],
-    };
-    // Kernel rows of the events new to the window, against the reference
-    // and against the whole current window, in two block computations.
-    let fresh: Vec<usize> = (0..m).filter(|&j| old_pos[j].is_none()).collect();
-    let ys = Points::new(current, dim, &centre);
-    let new_rows = ys.select(&fresh);
-    let mut new_yx = new_rows.sq_dists(&Points::new(reference, dim, &centre));
-    simd::gaussian_in_place(&mut new_yx, gamma);
-    let (kyx, kyy) = match &prev {
-        None => {
-            // Every row is new and in order: the blocks are the kernel
-            // matrices, K_YY below its diagonal only.
-            let mut kyy = ys.sq_dists_lower();
-            gaussian_lower(&mut kyy, m, gamma);
-            (new_yx, kyy)
-        }
-        Some((old, pkyx, pkyy)) => {
-            let mut new_yy = new_rows.sq_dists(&ys);
-            simd::gaussian_in_place(&mut new_yy, gamma);
-            let (mut kyx, mut kyy) = (Block::new(m * n), Block::new(m * m));
-            // Entry (j, l) of K_YY, kept below the diagonal.
-            let at = |j: usize, l: usize| j.max(l) * m + j.min(l);
-            for (r, &j) in fresh.iter().enumerate() {
-                kyx[j * n..(j + 1) * n].copy_from_slice(&new_yx[r * n..(r + 1) * n]);
-                // Row and column j: the pairs with every event of the window.
-                for (l, v) in new_yy[r * m..(r + 1) * m].iter().enumerate() {
-                    if l != j {
-                        kyy[at(j, l)] = *v;
-                    }
-                }
-            }
-            let pm = old.len() / dim;
-            for j in 0..m {
-                let Some(a) = old_pos[j] else { continue };
-                kyx[j * n..(j + 1) * n].copy_from_slice(&pkyx[a * n..(a + 1) * n]);
-                let mut l = 0;
-                while l < j {
-                    let Some(b) = old_pos[l] else {
-                        l += 1;
-                        continue;
-                    };
-                    // A run of kept events in their old order, all left of old
-                    // row a (a sliding window keeps its order): one copy.
-                    let mut len = 1;
-                    while b + len < a && l + len < j && old_pos[l + len] == Some(b + len) {
-                        len += 1;
-                    }
-                    if b < a {
-                        kyy[j * m + l..j * m + l + len].copy_from_slice(&pkyy[a * pm + b..a * pm + b + len]);
-                    } else {
-                        // Equal rows map to one old row; k(y, y) = 1.
-                        kyy[j * m + l] = if a == b { 1.0 } else { pkyy[b * pm + a] };
-                    }
-                    l += len;
-                }
-            }
-            (kyx, kyy)
-        }
-    };
-    // Shared with the cache, not copied: the next slide reads them.
-    let (kyx, kyy) = (Arc::new(kyx), Arc::new(kyy));
-    {
-        let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        if c.len() >= CACHE_ENTRIES {
-            c.remove(0);
-        }
-        c.push(CacheEntry {
-            key,
-            sigma,
-            sigma_fallback,
-            xx: xx.clone(),
-            current: current.to_vec(),
-            kyx: kyx.clone(),
-            kyy: kyy.clone(),
-        });
-    }
-    (Gram { kyx, kyy, xx }, sigma, sigma_fallback)
 }
 
 /// Test `reference` (n rows) against `current` (m rows), both row-major with
@@ -376,41 +222,26 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         return mmd_test_tiled(reference, current, dim, opts);
     }
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
-    let (g, sigma, sigma_fallback) = gram(reference, current, dim, sigma_opt);
-    let total = n + m;
-    // The reference's part is cached; one pass over the current rows adds
-    // theirs: row sums r = K₀·1, the block sums, and the rows in fixed point
-    // for the permutations. An entry below a diagonal counts for its row and,
-    // mirrored, for its column; the X rows' parts against Y are the column
-    // sums of K_YX.
-    let mut row_sums = g.xx.row_sums.clone();
-    row_sums.resize(total, 0.0);
-    let (sxx, mut syx, mut syy) = (g.xx.sxx, 0.0, 0.0);
-    let mut fixed_y = Vec::with_capacity(m * n + m * m.saturating_sub(1) / 2);
-    for j in 0..m {
-        let (yx, yy) = (&g.kyx[j * n..(j + 1) * n], &g.kyy[j * m..j * m + j]);
-        let (a, b) = (simd::sum(yx), simd::sum(yy));
-        syx += a;
-        syy += 2.0 * b;
-        row_sums[n + j] += a + b;
-        add_to(&mut row_sums[..n], yx);
-        add_to(&mut row_sums[n..n + j], yy);
-        simd::to_fixed(yx, &mut fixed_y);
-        simd::to_fixed(yy, &mut fixed_y);
-    }
-    let sxy = syx;
-    let grand = sxx + sxy + syx + syy;
-    let t = mmd_from_sums(sxx, sxy, syy, n, m);
-
+    let w = window::window(reference, current, dim, sigma_opt);
+    // The statistic from the f64 kernel, summed row by row in window order
+    // (what a pass over the whole matrix adds, in its order).
+    let syx: f64 = w.rows.iter().map(|r| r.yx_sum).sum();
+    let syy: f64 = w.rows.iter().map(|r| 2.0 * simd::sum(r.yy())).sum();
+    let t = mmd_from_sums(w.xx.sxx, syx, syy, n, m);
+    // The permutations' statistics from the fixed-point kernel: exact
+    // integer sums, so every one (the observed split's too) is the same
+    // whatever the order or the path, slide or scratch.
+    let fixed = FixedRows {
+        n,
+        xx: &w.xx.fixed,
+        y: &w.rows,
+    };
+    let (row_sums, grand) = fixed.row_sums(&w.xx.fixed_sums);
     let split = Split::new(n, m, &row_sums, grand);
+    let total = n + m;
     let mut draws = Draws::new(n, m, opts.seed);
     let mut seq = Sequential::new(opts.permutations, opts.stop_after);
     let mut t_cmp = None;
-    let fixed = FixedRows {
-        n,
-        xx: &g.xx.fixed,
-        y: &fixed_y,
-    };
     while seq.next_round() > 0 {
         let mut members = draws.next(seq.next_round());
         let first_round = t_cmp.is_none();
@@ -430,8 +261,8 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         statistic: t,
         p_value: p,
         permutations: seq.drawn(),
-        sigma,
-        sigma_fallback,
+        sigma: w.sigma,
+        sigma_fallback: w.sigma_fallback,
     })
 }
 
@@ -551,30 +382,28 @@ impl Holders {
     }
 }
 
-/// For each pooled row, the sets holding it, and each set as a bitset over
-/// the pooled rows; set `sets` (past the real ones) is empty, to pad the
+/// Each set as a bitset over the pooled columns `lo..total` (bit c for
+/// column lo + c); set `sets` (past the real ones) is empty, to pad the
 /// last group of four.
 struct SetIndex {
     words: usize,
     masks: Vec<u64>,
-    holders: Holders,
     empty: u32,
 }
 
 impl SetIndex {
-    fn new(members: &[Vec<u32>], total: usize) -> Self {
+    fn new(members: &[Vec<u32>], total: usize, lo: usize) -> Self {
         let sets = members.len();
-        let words = total.div_ceil(64);
+        let words = (total - lo).div_ceil(64);
         let mut masks = vec![0u64; (sets + 1) * words];
         for (b, mem) in members.iter().enumerate() {
-            for &i in mem {
-                masks[b * words + (i as usize >> 6)] |= 1 << (i & 63);
+            for i in mem.iter().filter_map(|&i| (i as usize).checked_sub(lo)) {
+                masks[b * words + (i >> 6)] |= 1 << (i & 63);
             }
         }
         Self {
             words,
             masks,
-            holders: Holders::new(members, total),
             empty: sets as u32,
         }
     }
@@ -583,11 +412,11 @@ impl SetIndex {
         &self.masks[b as usize * self.words..(b as usize + 1) * self.words]
     }
 
-    /// Adds to `q[b]`, for every set b holding row `i`, the sum of `row`
-    /// under its bitset from pooled column `col0` (a multiple of 64) on.
-    fn add_row(&self, i: usize, row: &[i32], col0: usize, q: &mut [i64]) {
+    /// Adds to `q[b]`, for every set b of `holders`, the sum of `row` under
+    /// its bitset from column `col0` (a multiple of 64) of this space on.
+    fn add_row(&self, holders: &[u32], row: &[i32], col0: usize, q: &mut [i64]) {
         let w = col0 / 64;
-        for f in self.holders.of(i).chunks(4) {
+        for f in holders.chunks(4) {
             let b = |l: usize| f.get(l).copied().unwrap_or(self.empty);
             let bits = [0, 1, 2, 3].map(|l| &self.mask(b(l))[w..]);
             let s4 = simd::masked_sums4_fixed(row, bits);
@@ -602,28 +431,46 @@ impl SetIndex {
 const CHUNKS: usize = 32;
 
 /// The pooled K₀ left of its diagonal in fixed point (see [`quad_forms`]):
-/// the reference's rows (cached, [`XxPart`]) and the current window's, each
-/// current row its K_YX row then its K_YY values left of the diagonal.
+/// the reference's rows (cached, [`XxPart`]) and the current window's. A
+/// current row comes in two parts, its K_YX row over the reference's
+/// columns and its K_YY values over the current window's (columns n…).
 struct FixedRows<'a> {
     n: usize,
     xx: &'a [i32],
-    y: &'a [i32],
+    y: &'a [window::CurrentRow],
 }
 
 impl FixedRows<'_> {
-    /// Pooled row i, columns 0..i.
-    fn row(&self, i: usize) -> &[i32] {
-        if i < self.n {
-            return &self.xx[i * i.saturating_sub(1) / 2..i * (i + 1) / 2];
+    /// Pooled row i left of the diagonal: its part over columns 0.. and its
+    /// part over columns n.. (empty for a reference row).
+    fn row(&self, i: usize) -> [&[i32]; 2] {
+        match i.checked_sub(self.n) {
+            None => [&self.xx[i * i.saturating_sub(1) / 2..i * (i + 1) / 2], &[]],
+            Some(j) => [self.y[j].yx_fixed(self.n), self.y[j].yy_fixed(self.n)],
         }
-        let j = i - self.n;
-        let at = j * self.n + j * j.saturating_sub(1) / 2;
-        &self.y[at..at + self.n + j]
+    }
+
+    /// r = K₀·1 and 1ᵀK₀1, in units of the kernel (exact: sums of
+    /// multiples of 2⁻²⁰ far below 2⁵³), from the reference rows' sums
+    /// `xx_sums` and one pass over the current rows.
+    fn row_sums(&self, xx_sums: &[i64]) -> (Vec<f64>, f64) {
+        let n = self.n;
+        let mut sums = xx_sums.to_vec();
+        sums.resize(n + self.y.len(), 0);
+        for j in 0..self.y.len() {
+            let [yx, yy] = self.row(n + j);
+            let (head, tail) = sums.split_at_mut(n);
+            let own = add_row_to(head, yx) + add_row_to(&mut tail[..j], yy);
+            tail[j] += own;
+        }
+        let grand: i64 = sums.iter().sum();
+        let scale = simd::FIXED_SCALE;
+        (sums.iter().map(|&v| v as f64 / scale).collect(), grand as f64 / scale)
     }
 }
 
 /// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j<i} K₀[i,j] (`fixed`: the
-/// rows of [`fixed_lower`]): for each row i, one masked sum of its half row
+/// pooled rows, [`FixedRows`]): for each row i, one masked sum of its half row
 /// under the bitset of every set holding i.
 /// The bitsets (B·N bits: 25 KB for B = 100, N = 2000) stay in L1 while each
 /// row is read once from memory and then from cache for all its sets.
@@ -650,24 +497,30 @@ fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: us
     if *bounds.last().unwrap_or(&0) != total {
         bounds.push(total);
     }
+    let holders = Holders::new(members, total);
+    // Two column spaces: the reference's columns (0..) and the current
+    // window's (n..), where a current row's K_YY part starts.
+    let n = fixed.n;
     #[cfg(target_arch = "x86_64")]
-    let lookups = simd::lookup_sums().then(|| lookup::LookupIndex::new(members, total));
-    let index = (!simd::lookup_sums()).then(|| SetIndex::new(members, total));
+    let lookups = simd::lookup_sums().then(|| [0, n].map(|lo| lookup::LookupIndex::new(members, total, lo)));
+    let index = (!simd::lookup_sums()).then(|| [0, n].map(|lo| SetIndex::new(members, total, lo)));
     let chunk = |c: usize| -> Vec<i64> {
         let mut q = vec![0i64; sets + 1];
-        let row = |i: usize| fixed.row(i);
         #[cfg(target_arch = "x86_64")]
-        if let Some(lookups) = &lookups {
+        if let Some([lx, ly]) = &lookups {
             let mut scratch = lookup::Scratch::default();
             for i in bounds[c]..bounds[c + 1] {
+                let [a, b] = fixed.row(i);
                 // SAFETY: `lookup_sums` is true only with AVX2.
-                unsafe { lookup::add_row(lookups, i, row(i), &mut scratch, &mut q) };
+                unsafe { lookup::add_row([(lx, a), (ly, b)], holders.of(i), &mut scratch, &mut q) };
             }
             return q;
         }
-        if let Some(index) = &index {
+        if let Some(spaces) = &index {
             for i in bounds[c]..bounds[c + 1] {
-                index.add_row(i, row(i), 0, &mut q);
+                for (space, part) in spaces.iter().zip(fixed.row(i)) {
+                    space.add_row(holders.of(i), part, 0, &mut q);
+                }
             }
         }
         q
@@ -1043,10 +896,16 @@ mod tests {
             threads: 1,
             stop_after: None,
         };
+        // What a restarted run computes: the window from scratch.
+        let scratch = |y: &[f64]| {
+            clear_kernel_cache();
+            mmd_test(&x, y, 2, &o)
+        };
         for start in [0usize, 4, 8, 12] {
             let y = &stream[start * 2..(start + 20) * 2];
             let r = mmd_test(&x, y, 2, &o).unwrap();
             let want = naive(&x, y, 2, 1.1);
+            assert_eq!(Some(r), scratch(y), "start {start}: a slide gives what a restart gives");
             assert!(
                 (r.statistic - want).abs() <= 1e-12 * want.abs().max(1e-9),
                 "start {start}: {} vs {want}",
@@ -1062,6 +921,7 @@ mod tests {
         ] {
             let y: Vec<f64> = order.concat();
             let r = mmd_test(&x, &y, 2, &o).unwrap();
+            assert_eq!(Some(r), scratch(&y), "reordered: as from scratch");
             let want = naive(&x, &y, 2, 1.1);
             assert!(
                 (r.statistic - want).abs() <= 1e-12 * want.abs().max(1e-9),

@@ -1,0 +1,229 @@
+//! The current window's kernel rows, kept between evaluations against the
+//! same reference, so that a slide computes and converts only the rows of
+//! the events that entered the window.
+//!
+//! Each current event keeps its row of the pooled kernel left of the
+//! diagonal: its K_YX row (against the reference) and its K_YY values
+//! against the current events before it, in f64 (for the statistic) and in
+//! fixed point (for the permutation sums). When the window slides, an event
+//! that stays keeps its row: its K_YX part is unchanged, and its K_YY part
+//! loses the values of the events that left before it. In a sliding window
+//! those are the first ones of the row, so the kept row is the old one with
+//! a larger `skip`; nothing is copied or converted again. An event whose
+//! earlier neighbours changed otherwise (a reordered window) gets its row
+//! gathered from the old rows; a new event gets a row computed in full.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{Points, XxPart, column_means, gaussian_lower, or_fallback, sigma_from_median};
+use crate::detect::simd;
+
+/// One current event's part of the pooled kernel left of the diagonal.
+#[derive(Clone)]
+pub(super) struct CurrentRow {
+    /// Its K_YX row (n values), then its stored K_YY values, in fixed point.
+    fixed: Arc<Vec<i32>>,
+    /// Its stored K_YY values: against the events before it in the window
+    /// it entered (or was last gathered in).
+    yy: Arc<Vec<f64>>,
+    /// Stored K_YY values of events that have left the window since.
+    skip: usize,
+    /// Σ of its f64 K_YX row.
+    pub(super) yx_sum: f64,
+}
+
+impl CurrentRow {
+    fn new(yx: &[f64], yy: Vec<f64>) -> Self {
+        let mut fixed = Vec::with_capacity(yx.len() + yy.len());
+        simd::to_fixed(yx, &mut fixed);
+        simd::to_fixed(&yy, &mut fixed);
+        Self {
+            fixed: Arc::new(fixed),
+            yy: Arc::new(yy),
+            skip: 0,
+            yx_sum: simd::sum(yx),
+        }
+    }
+
+    /// The same K_YX row with other K_YY values.
+    fn regathered(&self, n: usize, yy: Vec<f64>) -> Self {
+        let mut fixed = Vec::with_capacity(n + yy.len());
+        fixed.extend_from_slice(&self.fixed[..n]);
+        simd::to_fixed(&yy, &mut fixed);
+        Self {
+            fixed: Arc::new(fixed),
+            yy: Arc::new(yy),
+            skip: 0,
+            yx_sum: self.yx_sum,
+        }
+    }
+
+    /// K_YY against the window's events before this one (f64).
+    pub(super) fn yy(&self) -> &[f64] {
+        &self.yy[self.skip..]
+    }
+
+    /// K_YX in fixed point (`n`: the reference's size).
+    pub(super) fn yx_fixed(&self, n: usize) -> &[i32] {
+        &self.fixed[..n]
+    }
+
+    /// [`Self::yy`] in fixed point.
+    pub(super) fn yy_fixed(&self, n: usize) -> &[i32] {
+        &self.fixed[n + self.skip..]
+    }
+}
+
+/// The kernel of one evaluation: the reference's part and the current rows.
+pub(super) struct Window {
+    pub(super) xx: Arc<XxPart>,
+    pub(super) rows: Vec<CurrentRow>,
+    pub(super) sigma: f64,
+    pub(super) sigma_fallback: bool,
+}
+
+/// What is kept between evaluations against the same reference.
+struct CacheEntry {
+    key: (u64, usize, u64),
+    sigma: f64,
+    sigma_fallback: bool,
+    xx: Arc<XxPart>,
+    /// The previous current window's events (matched by content) and rows.
+    current: Vec<f64>,
+    rows: Vec<CurrentRow>,
+}
+
+/// A few references at once (several keys, detectors); oldest dropped first.
+const CACHE_ENTRIES: usize = 8;
+static CACHE: Mutex<Vec<CacheEntry>> = Mutex::new(Vec::new());
+
+/// Empties the kernel cache (benchmarks measure the cold path with it).
+pub fn clear_kernel_cache() {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+fn hash_rows(x: &[f64]) -> u64 {
+    // FNV-1a over the bit patterns: cheap, and equal rows hash equal.
+    x.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ v.to_bits()).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The kernel rows of `current` against `reference` (row-major, `dim`
+/// columns), reusing what the cache holds for this reference.
+pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) -> Window {
+    let (n, m) = (reference.len() / dim, current.len() / dim);
+    let key = (hash_rows(reference), dim, sigma_opt.map_or(0, f64::to_bits));
+    // Distances are translation-invariant: centring on the reference mean
+    // keeps the norms small, so ‖x‖² + ‖y‖² − 2x·y loses nothing to cancellation.
+    let centre = column_means(reference, dim);
+    let cached = {
+        let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        c.iter().position(|e| e.key == key).map(|i| c.remove(i))
+    };
+    let (sigma, sigma_fallback, xx, old) = match cached {
+        Some(e) => (e.sigma, e.sigma_fallback, e.xx, Some((e.current, e.rows))),
+        None => {
+            let xs = Points::new(reference, dim, &centre);
+            let mut k = xs.sq_dists_lower();
+            let (sigma, fallback) = match sigma_opt {
+                Some(s) => (s, false),
+                None => or_fallback(sigma_from_median(&k, n)),
+            };
+            gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
+            (sigma, fallback, Arc::new(XxPart::new(&k, n)), None)
+        }
+    };
+    let gamma = 1.0 / (2.0 * sigma * sigma);
+    let old_pos = match &old {
+        Some((old, _)) => positions(old, current, dim),
+        None => vec![None; m],
+    };
+    let fresh: Vec<usize> = (0..m).filter(|&j| old_pos[j].is_none()).collect();
+    let ys = Points::new(current, dim, &centre);
+    let new_rows = ys.select(&fresh);
+    let mut new_yx = new_rows.sq_dists(&Points::new(reference, dim, &centre));
+    simd::gaussian_in_place(&mut new_yx, gamma);
+    // The fresh rows' K_YY: when every row is fresh, below the diagonal
+    // only (row j at offset j·m either way); else against every event.
+    let new_yy = if fresh.len() == m {
+        let mut k = ys.sq_dists_lower();
+        gaussian_lower(&mut k, m, gamma);
+        k
+    } else {
+        let mut k = new_rows.sq_dists(&ys);
+        simd::gaussian_in_place(&mut k, gamma);
+        k
+    };
+    let old_rows = old.as_ref().map_or(&[][..], |(_, rows)| &rows[..]);
+    let mut fresh_at = vec![usize::MAX; m];
+    fresh.iter().enumerate().for_each(|(r, &j)| fresh_at[j] = r);
+    // Kept events 0..j that are old events a0.. in order: row j's K_YY is a
+    // suffix of its old one.
+    let a0 = old_pos.first().copied().flatten();
+    let mut in_run = true;
+    let rows: Vec<CurrentRow> = (0..m)
+        .map(|j| {
+            in_run &= a0.is_some_and(|a0| old_pos[j] == Some(a0 + j));
+            let r = fresh_at[j];
+            match old_pos[j] {
+                None => CurrentRow::new(&new_yx[r * n..(r + 1) * n], new_yy[r * m..r * m + j].to_vec()),
+                Some(a) if in_run => {
+                    let mut row = old_rows[a].clone();
+                    row.skip += a - j;
+                    row
+                }
+                Some(a) => {
+                    let yy = (0..j)
+                        .map(|l| match old_pos[l] {
+                            Some(b) if b < a => old_rows[a].yy()[b],
+                            Some(b) if b > a => old_rows[b].yy()[a],
+                            // Equal events map to one old event; k(y, y) = 1.
+                            Some(_) => 1.0,
+                            None => new_yy[fresh_at[l] * m + j],
+                        })
+                        .collect();
+                    old_rows[a].regathered(n, yy)
+                }
+            }
+        })
+        .collect();
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= CACHE_ENTRIES {
+        c.remove(0);
+    }
+    c.push(CacheEntry {
+        key,
+        sigma,
+        sigma_fallback,
+        xx: xx.clone(),
+        current: current.to_vec(),
+        rows: rows.clone(),
+    });
+    Window {
+        xx,
+        rows,
+        sigma,
+        sigma_fallback,
+    }
+}
+
+/// Where each current row was in the previous current window `old`, if it
+/// was (equal rows: the last of them).
+fn positions(old: &[f64], current: &[f64], dim: usize) -> Vec<Option<usize>> {
+    let pm = old.len() / dim;
+    let mut by_hash: HashMap<u64, usize> = HashMap::with_capacity(pm);
+    for j in 0..pm {
+        by_hash.insert(hash_rows(&old[j * dim..(j + 1) * dim]), j);
+    }
+    current
+        .chunks_exact(dim)
+        .map(|row| {
+            by_hash
+                .get(&hash_rows(row))
+                .copied()
+                .filter(|&o| &old[o * dim..(o + 1) * dim] == row)
+        })
+        .collect()
+}
