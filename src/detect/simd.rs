@@ -90,222 +90,113 @@ pub fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Scale of the fixed-point kernel values the permutation sums work on:
-/// k ∈ [0, 1] becomes round(k·2²⁰), an i32.
-pub const FIXED_SCALE: f64 = (1u32 << 20) as f64;
+/// k ∈ [0, 1] becomes round(k·2¹⁴), an i16, so that one multiply-add
+/// instruction takes 16 (AVX2) or 32 (AVX-512) of them.
+pub const FIXED_SCALE: f64 = (1u32 << 14) as f64;
 
-/// Appends round(x·2²⁰) (ties to even) for each x of `src` (kernel values
+/// Appends round(x·2¹⁴) (ties to even) for each x of `src` (kernel values
 /// in [0, 1]) to `dst`.
-pub fn to_fixed(src: &[f64], dst: &mut Vec<i32>) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: AVX-512F present.
-        return unsafe { to_fixed_avx512(src, dst) };
-    }
+pub fn to_fixed(src: &[f64], dst: &mut Vec<i16>) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 present.
         return unsafe { to_fixed_avx2(src, dst) };
     }
-    dst.extend(src.iter().map(|x| (x * FIXED_SCALE).round_ties_even() as i32));
+    dst.extend(src.iter().map(|x| fixed_one(*x)));
+}
+
+fn fixed_one(x: f64) -> i16 {
+    (x * FIXED_SCALE).round_ties_even() as i16
 }
 
 /// The conversion rounds in the default mode, to nearest with ties to even,
-/// as `round_ties_even` does for the tail.
+/// as `round_ties_even` does for the tail; values ≤ 2¹⁴ pack to i16 unchanged.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn to_fixed_avx512(src: &[f64], dst: &mut Vec<i32>) {
+#[target_feature(enable = "avx2")]
+unsafe fn to_fixed_avx2(src: &[f64], dst: &mut Vec<i16>) {
     let (n, at) = (src.len(), dst.len());
     dst.reserve(n);
-    let scale = _mm512_set1_pd(FIXED_SCALE);
+    let scale = _mm256_set1_pd(FIXED_SCALE);
     let mut i = 0;
     // SAFETY: i + 8 ≤ n reads inside `src`; writes go to the `n` reserved slots
     // after `at`, all of which are written before `set_len`.
     unsafe {
         let out = dst.as_mut_ptr().add(at);
         while i + 8 <= n {
-            let v = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_loadu_pd(src.as_ptr().add(i)), scale));
-            _mm256_storeu_si256(out.add(i) as *mut __m256i, v);
+            let [lo, hi] =
+                [0, 4].map(|o| _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_loadu_pd(src.as_ptr().add(i + o)), scale)));
+            _mm_storeu_si128(out.add(i) as *mut __m128i, _mm_packs_epi32(lo, hi));
             i += 8;
         }
         for (k, x) in src.iter().enumerate().skip(i) {
-            out.add(k).write((x * FIXED_SCALE).round_ties_even() as i32);
+            out.add(k).write(fixed_one(*x));
         }
         dst.set_len(at + n);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn to_fixed_avx2(src: &[f64], dst: &mut Vec<i32>) {
-    let (n, at) = (src.len(), dst.len());
-    dst.reserve(n);
-    let scale = _mm256_set1_pd(FIXED_SCALE);
-    let mut i = 0;
-    // SAFETY: as in `to_fixed_avx512`, four at a time.
-    unsafe {
-        let out = dst.as_mut_ptr().add(at);
-        while i + 4 <= n {
-            let v = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_loadu_pd(src.as_ptr().add(i)), scale));
-            _mm_storeu_si128(out.add(i) as *mut __m128i, v);
-            i += 4;
-        }
-        for (k, x) in src.iter().enumerate().skip(i) {
-            out.add(k).write((x * FIXED_SCALE).round_ties_even() as i32);
-        }
-        dst.set_len(at + n);
-    }
-}
+/// Values multiplied and added per i32 lane before the lanes are widened
+/// to i64: 2¹⁶ values ≤ 2¹⁴ stay below 2³¹ even in one lane.
+const FIXED_FLUSH: usize = 1 << 16;
 
-/// Values summed per lane before the lanes are widened to i64: 1024 values
-/// ≤ 2²⁰ over 16 lanes stay below 2³⁰ in total, far from i32 overflow.
-const FIXED_FLUSH: usize = 1024;
-
-/// Σ_t row[t] over the t whose bit t is set, for each of four bitsets.
-/// Integer sums are exact, so the result does not depend on the order or
-/// grouping of the additions: a permutation that equals another in law
-/// gives the same sum bit for bit, and more lanes fit a register than with
-/// doubles (16 per AVX-512 add).
-pub fn masked_sums4_fixed(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
+/// Σ_t row[t]·set[t] for each of `H` sets given as columns of 0 and 1 (at
+/// least as long as `row`): the sums of the row over the columns each set
+/// holds. Integer sums are exact, so the result does not depend on the
+/// order or grouping of the additions: a permutation that equals another
+/// in law gives the same sum bit for bit, on every path.
+pub fn set_sums<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64; H] {
+    debug_assert!(sets.iter().all(|s| s.len() >= row.len()));
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: AVX-512F present.
-        return unsafe { masked_sums4_fixed_avx512(row, bits) };
+    if has_avx512bw() {
+        // SAFETY: AVX-512F and BW present.
+        return unsafe { set_sums_avx512(row, sets) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 present.
-        return unsafe { masked_sums4_fixed_avx2(row, bits) };
+        return unsafe { set_sums_avx2(row, sets) };
     }
-    masked_sums4_fixed_scalar(row, bits)
+    set_sums_portable(row, sets)
 }
 
-/// Lane masks of a byte: entry b has lane l all ones when bit l of b is set.
-static BYTE_LANES: [[i32; 8]; 256] = {
-    let mut t = [[0i32; 8]; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut l = 0;
-        while l < 8 {
-            t[b][l] = if b >> l & 1 == 1 { -1 } else { 0 };
-            l += 1;
-        }
-        b += 1;
-    }
-    t
-};
-
-/// The mask byte of values t..t+8 (t a multiple of 8) of a bitset.
-#[inline(always)]
-fn mask_byte(bits: &[u64], t: usize) -> usize {
-    bits_from(bits, t, 8) as usize
-}
-
-/// Eight values at a time in plain arrays that the compiler turns into
-/// vector code of whatever width the target has (NEON on aarch64): each
-/// mask byte picks its lane masks from [`BYTE_LANES`].
-fn masked_sums4_fixed_scalar(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
-    let mut tot = [0i64; 4];
-    let whole = row.len() - row.len() % 8;
-    for (c, block) in row[..whole].chunks(FIXED_FLUSH).enumerate() {
-        let mut acc = [[0i32; 8]; 4];
-        for (k, x) in block.chunks_exact(8).enumerate() {
-            let t = c * FIXED_FLUSH + 8 * k;
-            for (a, b) in acc.iter_mut().zip(&bits) {
-                let m = &BYTE_LANES[mask_byte(b, t)];
-                for l in 0..8 {
-                    a[l] += x[l] & m[l];
-                }
-            }
-        }
-        for (s, a) in tot.iter_mut().zip(&acc) {
-            *s += a.iter().map(|&v| i64::from(v)).sum::<i64>();
-        }
-    }
-    add_masked_tail(row, whole, bits, &mut tot);
-    tot
-}
-
-/// Adds row[from..] under each bitset, value by value: the tail shorter
-/// than a vector of the paths above.
-fn add_masked_tail(row: &[i32], from: usize, bits: [&[u64]; 4], tot: &mut [i64; 4]) {
-    for (k, v) in row.iter().enumerate().skip(from) {
-        for (s, b) in tot.iter_mut().zip(&bits) {
-            if bits_from(b, k, 1) == 1 {
-                *s += i64::from(*v);
-            }
-        }
-    }
-}
-
-/// The bits t..t+width of `bits` (t a multiple of `width`, a power of two ≤ 64).
-#[inline(always)]
-fn bits_from(bits: &[u64], t: usize, width: u32) -> u64 {
-    bits.get(t >> 6)
-        .map_or(0, |w| (w >> (t & 63)) & (u64::MAX >> (64 - width)))
-}
-
-/// The mask bits drive the lanes directly: one masked add per 16 values and
-/// set, 64 values (one mask word per set) per step.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn masked_sums4_fixed_avx512(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
-    let n = row.len();
-    let p = row.as_ptr();
-    let mut tot = [0i64; 4];
-    let mut t = 0;
-    while t < n {
-        let end = (t + FIXED_FLUSH).min(n);
-        let mut acc = [_mm512_setzero_si512(); 4];
-        // SAFETY (loads): t + 64 ≤ end ≤ n here, and under `valid` below.
-        unsafe {
-            while t + 64 <= end {
-                let x = [0, 16, 32, 48].map(|o| _mm512_loadu_si512(p.add(t + o) as *const __m512i));
-                for (a, b) in acc.iter_mut().zip(&bits) {
-                    let w = b.get(t >> 6).copied().unwrap_or(0);
-                    for (q, v) in x.iter().enumerate() {
-                        *a = _mm512_mask_add_epi32(*a, (w >> (16 * q)) as u16, *a, *v);
-                    }
-                }
-                t += 64;
-            }
-            while t < end {
-                let left = end - t;
-                let valid: __mmask16 = if left >= 16 { 0xFFFF } else { (1u16 << left) - 1 };
-                let x = _mm512_maskz_loadu_epi32(valid, p.add(t));
-                for (a, b) in acc.iter_mut().zip(&bits) {
-                    *a = _mm512_mask_add_epi32(*a, bits_from(b, t, 16) as u16, *a, x);
-                }
-                t += 16;
-            }
-        }
-        for (s, a) in tot.iter_mut().zip(&acc) {
-            *s += i64::from(_mm512_reduce_add_epi32(*a));
+/// Plain loops of i16 products summed in i32, which the compiler turns
+/// into multiply-adds of whatever width the target has (NEON on aarch64).
+fn set_sums_portable<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64; H] {
+    let mut tot = [0i64; H];
+    for (c, chunk) in row.chunks(FIXED_FLUSH).enumerate() {
+        for (t, set) in tot.iter_mut().zip(&sets) {
+            let on = &set[c * FIXED_FLUSH..c * FIXED_FLUSH + chunk.len()];
+            let s: i32 = chunk.iter().zip(on).map(|(&v, &b)| i32::from(v) * i32::from(b)).sum();
+            *t += i64::from(s);
         }
     }
     tot
 }
 
-/// Eight lanes; each mask byte's lane masks come from [`BYTE_LANES`] (one
-/// load, where testing the bits took four operations).
+/// 16 values per multiply-add: `vpmaddwd` multiplies a row's i16 values by
+/// a set's 0/1 and adds neighbouring pairs into eight i32 lanes; one load
+/// of the row serves every set.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn masked_sums4_fixed_avx2(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
-    let n = row.len();
-    let mut tot = [0i64; 4];
+unsafe fn set_sums_avx2<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64; H] {
+    let mut tot = [0i64; H];
     let mut t = 0;
-    while t + 8 <= n {
-        let end = (t + FIXED_FLUSH).min(n - n % 8);
-        let mut acc = [_mm256_setzero_si256(); 4];
+    while t + 16 <= row.len() {
+        let end = (t + FIXED_FLUSH).min(row.len() - row.len() % 16);
+        let mut acc = [_mm256_setzero_si256(); H];
+        // `lddqu`, an unaligned load like `loadu`, whose std version is a
+        // `copy_nonoverlapping` that debug builds check on every call.
+        let at = |p: *const i16, t: usize| p.wrapping_add(t) as *const __m256i;
         while t < end {
-            // SAFETY: t + 8 ≤ n; a BYTE_LANES entry holds 8 i32.
+            // SAFETY: t + 16 ≤ row.len() ≤ every set's length.
             unsafe {
-                let x = _mm256_loadu_si256(row.as_ptr().add(t) as *const __m256i);
-                for (a, b) in acc.iter_mut().zip(&bits) {
-                    let on = _mm256_loadu_si256(BYTE_LANES[mask_byte(b, t)].as_ptr() as *const __m256i);
-                    *a = _mm256_add_epi32(*a, _mm256_and_si256(x, on));
+                let x = _mm256_lddqu_si256(at(row.as_ptr(), t));
+                for h in 0..H {
+                    let on = _mm256_lddqu_si256(at(sets[h].as_ptr(), t));
+                    acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(x, on));
                 }
             }
-            t += 8;
+            t += 16;
         }
         for (s, a) in tot.iter_mut().zip(&acc) {
             let mut lanes = [0i32; 8];
@@ -314,8 +205,51 @@ unsafe fn masked_sums4_fixed_avx2(row: &[i32], bits: [&[u64]; 4]) -> [i64; 4] {
             *s += lanes.iter().map(|&v| i64::from(v)).sum::<i64>();
         }
     }
-    add_masked_tail(row, t, bits, &mut tot);
+    add_tail(row, t, sets, &mut tot);
     tot
+}
+
+/// As [`set_sums_avx2`], 32 values per multiply-add; the last ones under a
+/// load mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn set_sums_avx512<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64; H] {
+    let n = row.len();
+    let mut tot = [0i64; H];
+    let mut t = 0;
+    while t < n {
+        let end = (t + FIXED_FLUSH).min(n);
+        let mut acc = [_mm512_setzero_si512(); H];
+        while t < end {
+            let left = end - t;
+            let valid: __mmask32 = if left >= 32 { u32::MAX } else { (1u32 << left) - 1 };
+            // SAFETY: the masked loads read only the `left` values inside the row and sets.
+            unsafe {
+                let x = _mm512_maskz_loadu_epi16(valid, row.as_ptr().add(t));
+                for (a, set) in acc.iter_mut().zip(&sets) {
+                    let on = _mm512_maskz_loadu_epi16(valid, set.as_ptr().add(t));
+                    *a = _mm512_add_epi32(*a, _mm512_madd_epi16(x, on));
+                }
+            }
+            t += 32;
+        }
+        for (s, a) in tot.iter_mut().zip(&acc) {
+            *s += i64::from(_mm512_reduce_add_epi32(*a));
+        }
+    }
+    tot
+}
+
+/// Adds row[from..] times each set, value by value: the tail shorter than
+/// a vector.
+fn add_tail<const H: usize>(row: &[i16], from: usize, sets: [&[i16]; H], tot: &mut [i64; H]) {
+    for (t, set) in tot.iter_mut().zip(&sets) {
+        *t += row[from..]
+            .iter()
+            .zip(&set[from..])
+            .map(|(&v, &b)| i64::from(v) * i64::from(b))
+            .sum::<i64>();
+    }
 }
 
 /// Σ x_i with four (AVX-512: eight-lane) partial sums.
@@ -439,24 +373,17 @@ fn sq_dists_block_gemm(
     }
 }
 
-/// Whether the permutation sums take table lookups (AVX2 without
-/// AVX-512: `mmd::lookup`) rather than masked adds.
-pub fn lookup_sums() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        has_avx2() && !has_avx512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| allowed() >= 2 && is_x86_feature_detected!("avx512f"))
+}
+
+/// AVX-512 with its 16-bit integer instructions (the permutation sums).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512bw() -> bool {
+    has_avx512() && is_x86_feature_detected!("avx512bw")
 }
 
 /// Rows per register tile of [`sq_dists_block_avx512`]; each tile is
@@ -721,71 +648,67 @@ unsafe fn gaussian_avx512(x: &mut [f64], gamma: f64) {
 mod tests {
     use super::*;
 
-    /// Every path of the fixed-point masked sums against the plain
-    /// definition: sets of different shapes, lengths around the lane widths
-    /// and the flush interval, and values at the top of the range.
+    /// Every path of the fixed-point set sums against the plain definition:
+    /// sets of different shapes, lengths around the lane widths, and values
+    /// at the top of the range.
     #[test]
-    fn fixed_masked_sums() {
-        let row: Vec<i32> = (0..2100)
-            .map(|i| if i % 7 == 0 { 1 << 20 } else { (i * 7919) % (1 << 20) })
+    fn fixed_set_sums() {
+        let row: Vec<i16> = (0..2100)
+            .map(|i| {
+                if i % 7 == 0 {
+                    1 << 14
+                } else {
+                    ((i * 7919) % (1 << 14)) as i16
+                }
+            })
             .collect();
-        let words = row.len().div_ceil(64);
-        let every = vec![u64::MAX; words];
-        let none = vec![0u64; words];
-        let sparse: Vec<u64> = (0..words as u64)
-            .map(|w| 0x8000_0001_0010_0101u64.rotate_left(w as u32))
-            .collect();
-        let short = vec![u64::MAX; 3]; // shorter than the row: bits past it are unset
-        let sets: [&[u64]; 4] = [&every, &none, &sparse, &short];
-        for len in [0usize, 1, 7, 8, 15, 16, 17, 64, 100, 1023, 1024, 1025, 2100] {
+        let every = vec![1i16; row.len()];
+        let none = vec![0i16; row.len()];
+        let sparse: Vec<i16> = (0..row.len()).map(|t| i16::from(t % 3 == 0 || t % 64 == 17)).collect();
+        let sets: [&[i16]; 3] = [&every, &none, &sparse];
+        for len in [0usize, 1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 1025, 2100] {
             let r = &row[..len];
-            // The definition, bit by bit.
-            let want = sets.map(|b| {
-                (0..len)
-                    .filter(|&t| b.get(t / 64).is_some_and(|w| w >> (t % 64) & 1 == 1))
-                    .map(|t| i64::from(r[t]))
-                    .sum::<i64>()
-            });
+            let want = sets.map(|b| (0..len).map(|t| i64::from(r[t]) * i64::from(b[t])).sum::<i64>());
             assert_eq!(want[0], r.iter().map(|&v| i64::from(v)).sum::<i64>());
-            assert_eq!(masked_sums4_fixed_scalar(r, sets), want, "portable, len {len}");
-            assert_eq!(masked_sums4_fixed(r, sets), want, "len {len}");
+            assert_eq!(set_sums_portable(r, sets), want, "portable, len {len}");
+            assert_eq!(set_sums(r, sets), want, "len {len}");
+            assert_eq!(set_sums(r, [sets[2]]), [want[2]], "one set, len {len}");
             #[cfg(target_arch = "x86_64")]
             {
-                if has_avx512() {
-                    // SAFETY: feature checked.
-                    assert_eq!(unsafe { masked_sums4_fixed_avx512(r, sets) }, want, "avx512, len {len}");
+                if has_avx512bw() {
+                    // SAFETY: features checked.
+                    assert_eq!(unsafe { set_sums_avx512(r, sets) }, want, "avx512, len {len}");
                 }
                 if has_avx2() {
                     // SAFETY: feature checked.
-                    assert_eq!(unsafe { masked_sums4_fixed_avx2(r, sets) }, want, "avx2, len {len}");
+                    assert_eq!(unsafe { set_sums_avx2(r, sets) }, want, "avx2, len {len}");
                 }
             }
         }
+        // Past the flush interval, at the largest values.
+        let long = vec![1i16 << 14; FIXED_FLUSH + 40];
+        let ones = vec![1i16; long.len()];
+        assert_eq!(set_sums(&long, [&ones]), [(long.len() as i64) << 14]);
+        assert_eq!(set_sums_portable(&long, [&ones]), [(long.len() as i64) << 14]);
         // Rounding to nearest, ties to even, on every path and in the tail.
         let xs: Vec<f64> = (0..21)
             .map(|i| [0.0, 1.0, 0.5, 1.0 / 3.0, 2.5 / FIXED_SCALE, 3.5 / FIXED_SCALE, 0.7][i % 7])
             .collect();
-        let want: Vec<i32> = (0..21)
-            .map(|i| [0, 1 << 20, 1 << 19, 349_525, 2, 4, 734_003][i % 7])
+        let want: Vec<i16> = (0..21)
+            .map(|i| [0, 1 << 14, 1 << 13, 5461, 2, 4, 11469][i % 7])
             .collect();
         for len in [0, 3, 8, 21] {
             let mut fixed = vec![-1];
             to_fixed(&xs[..len], &mut fixed);
             assert_eq!(fixed[1..], want[..len], "len {len}");
+            let portable: Vec<i16> = xs[..len].iter().map(|x| fixed_one(*x)).collect();
+            assert_eq!(portable, want[..len]);
             #[cfg(target_arch = "x86_64")]
-            {
+            if has_avx2() {
                 let mut fixed = vec![];
-                if has_avx512() {
-                    // SAFETY: feature checked.
-                    unsafe { to_fixed_avx512(&xs[..len], &mut fixed) };
-                    assert_eq!(fixed, want[..len]);
-                }
-                fixed.clear();
-                if has_avx2() {
-                    // SAFETY: feature checked.
-                    unsafe { to_fixed_avx2(&xs[..len], &mut fixed) };
-                    assert_eq!(fixed, want[..len]);
-                }
+                // SAFETY: feature checked.
+                unsafe { to_fixed_avx2(&xs[..len], &mut fixed) };
+                assert_eq!(fixed, want[..len]);
             }
         }
     }

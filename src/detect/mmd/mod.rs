@@ -49,8 +49,6 @@ use super::sequential::Sequential;
 use super::simd;
 use super::special::normal_sf;
 
-#[cfg(target_arch = "x86_64")]
-mod lookup;
 mod tiled;
 mod window;
 pub use tiled::{TILED_ABOVE, mmd_test_tiled};
@@ -107,7 +105,7 @@ pub struct MmdResult {
 /// sums of its full rows, and twice its f64 sum below the diagonal (added
 /// in the order a pass over the pooled matrix would add it).
 struct XxPart {
-    fixed: Vec<i32>,
+    fixed: Vec<i16>,
     fixed_sums: Vec<i64>,
     sxx: f64,
 }
@@ -134,7 +132,7 @@ impl XxPart {
 /// Adds `row` (a stored row, left of the diagonal) to the sums of the rows
 /// it mirrors onto (`acc`, one per column) and returns its own sum: exact
 /// integers, so in any order.
-fn add_row_to(acc: &mut [i64], row: &[i32]) -> i64 {
+fn add_row_to(acc: &mut [i64], row: &[i16]) -> i64 {
     let mut own = 0;
     for (c, &v) in acc.iter_mut().zip(row) {
         *c += i64::from(v);
@@ -382,47 +380,57 @@ impl Holders {
     }
 }
 
-/// Each set as a bitset over the pooled columns `lo..total` (bit c for
-/// column lo + c); set `sets` (past the real ones) is empty, to pad the
-/// last group of four.
-struct SetIndex {
-    words: usize,
-    masks: Vec<u64>,
-    empty: u32,
+/// Each set as a column of 0 and 1 over the pooled rows (entry b·total + i
+/// is 1 when set b holds row i), in i16 for [`simd::set_sums`]: B·N values,
+/// 400 KB for B = 100 and N = 2000, which stay in L2 while the rows stream
+/// through once.
+struct SetColumns {
+    total: usize,
+    on: Vec<i16>,
 }
 
-impl SetIndex {
-    fn new(members: &[Vec<u32>], total: usize, lo: usize) -> Self {
-        let sets = members.len();
-        let words = (total - lo).div_ceil(64);
-        let mut masks = vec![0u64; (sets + 1) * words];
+impl SetColumns {
+    fn new(members: &[Vec<u32>], total: usize) -> Self {
+        let mut on = vec![0i16; members.len() * total];
         for (b, mem) in members.iter().enumerate() {
-            for i in mem.iter().filter_map(|&i| (i as usize).checked_sub(lo)) {
-                masks[b * words + (i >> 6)] |= 1 << (i & 63);
+            for &i in mem {
+                on[b * total + i as usize] = 1;
             }
         }
-        Self {
-            words,
-            masks,
-            empty: sets as u32,
+        Self { total, on }
+    }
+
+    /// Set b's column from pooled column `col0` on.
+    fn column(&self, b: u32, col0: usize) -> &[i16] {
+        &self.on[b as usize * self.total + col0..(b as usize + 1) * self.total]
+    }
+
+    /// Adds to `q[b]`, for every set b of `holders`, the sum of `row` (the
+    /// values at pooled columns `col0..`) over the columns b holds: eight
+    /// sets per pass over the row, then what is left in one pass.
+    fn add_row(&self, holders: &[u32], row: &[i16], col0: usize, q: &mut [i64]) {
+        let mut rest = holders;
+        while rest.len() >= 8 {
+            self.add_sets::<8>(&rest[..8], row, col0, q);
+            rest = &rest[8..];
+        }
+        match rest.len() {
+            0 => {}
+            1 => self.add_sets::<1>(rest, row, col0, q),
+            2 => self.add_sets::<2>(rest, row, col0, q),
+            3 => self.add_sets::<3>(rest, row, col0, q),
+            4 => self.add_sets::<4>(rest, row, col0, q),
+            5 => self.add_sets::<5>(rest, row, col0, q),
+            6 => self.add_sets::<6>(rest, row, col0, q),
+            _ => self.add_sets::<7>(rest, row, col0, q),
         }
     }
 
-    fn mask(&self, b: u32) -> &[u64] {
-        &self.masks[b as usize * self.words..(b as usize + 1) * self.words]
-    }
-
-    /// Adds to `q[b]`, for every set b of `holders`, the sum of `row` under
-    /// its bitset from column `col0` (a multiple of 64) of this space on.
-    fn add_row(&self, holders: &[u32], row: &[i32], col0: usize, q: &mut [i64]) {
-        let w = col0 / 64;
-        for f in holders.chunks(4) {
-            let b = |l: usize| f.get(l).copied().unwrap_or(self.empty);
-            let bits = [0, 1, 2, 3].map(|l| &self.mask(b(l))[w..]);
-            let s4 = simd::masked_sums4_fixed(row, bits);
-            for (l, v) in s4.into_iter().enumerate() {
-                q[b(l) as usize] += v;
-            }
+    /// [`Self::add_row`] for exactly `H` sets.
+    fn add_sets<const H: usize>(&self, sets: &[u32], row: &[i16], col0: usize, q: &mut [i64]) {
+        let sums = simd::set_sums(row, std::array::from_fn::<_, H, _>(|l| self.column(sets[l], col0)));
+        for (&b, v) in sets.iter().zip(sums) {
+            q[b as usize] += v;
         }
     }
 }
@@ -436,14 +444,14 @@ const CHUNKS: usize = 32;
 /// columns and its K_YY values over the current window's (columns n…).
 struct FixedRows<'a> {
     n: usize,
-    xx: &'a [i32],
+    xx: &'a [i16],
     y: &'a [window::CurrentRow],
 }
 
 impl FixedRows<'_> {
     /// Pooled row i left of the diagonal: its part over columns 0.. and its
     /// part over columns n.. (empty for a reference row).
-    fn row(&self, i: usize) -> [&[i32]; 2] {
+    fn row(&self, i: usize) -> [&[i16]; 2] {
         match i.checked_sub(self.n) {
             None => [&self.xx[i * i.saturating_sub(1) / 2..i * (i + 1) / 2], &[]],
             Some(j) => [self.y[j].yx_fixed(self.n), self.y[j].yy_fixed(self.n)],
@@ -498,30 +506,13 @@ fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: us
         bounds.push(total);
     }
     let holders = Holders::new(members, total);
-    // Two column spaces: the reference's columns (0..) and the current
-    // window's (n..), where a current row's K_YY part starts.
-    let n = fixed.n;
-    #[cfg(target_arch = "x86_64")]
-    let lookups = simd::lookup_sums().then(|| [0, n].map(|lo| lookup::LookupIndex::new(members, total, lo)));
-    let index = (!simd::lookup_sums()).then(|| [0, n].map(|lo| SetIndex::new(members, total, lo)));
+    let columns = SetColumns::new(members, total);
     let chunk = |c: usize| -> Vec<i64> {
-        let mut q = vec![0i64; sets + 1];
-        #[cfg(target_arch = "x86_64")]
-        if let Some([lx, ly]) = &lookups {
-            let mut scratch = lookup::Scratch::default();
-            for i in bounds[c]..bounds[c + 1] {
-                let [a, b] = fixed.row(i);
-                // SAFETY: `lookup_sums` is true only with AVX2.
-                unsafe { lookup::add_row([(lx, a), (ly, b)], holders.of(i), &mut scratch, &mut q) };
-            }
-            return q;
-        }
-        if let Some(spaces) = &index {
-            for i in bounds[c]..bounds[c + 1] {
-                for (space, part) in spaces.iter().zip(fixed.row(i)) {
-                    space.add_row(holders.of(i), part, 0, &mut q);
-                }
-            }
+        let mut q = vec![0i64; sets];
+        for i in bounds[c]..bounds[c + 1] {
+            let [x_part, y_part] = fixed.row(i);
+            columns.add_row(holders.of(i), x_part, 0, &mut q);
+            columns.add_row(holders.of(i), y_part, fixed.n, &mut q);
         }
         q
     };

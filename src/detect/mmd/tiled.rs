@@ -19,7 +19,9 @@
 //! (it would draw the same permutations in the same order) without a pass
 //! over the kernel per round.
 
-use super::{Draws, Holders, MmdOptions, MmdResult, Points, SetIndex, Split, column_means, median_sigma, or_fallback};
+use super::{
+    Draws, Holders, MmdOptions, MmdResult, Points, SetColumns, Split, column_means, median_sigma, or_fallback,
+};
 use crate::detect::sequential::Sequential;
 use crate::detect::simd;
 
@@ -73,7 +75,7 @@ impl Sums {
 
     /// Row `i`'s entries at pooled columns `col0..col0 + row.len()` (all
     /// left of the diagonal), `n` the reference's size.
-    fn add(&mut self, (index, holders): &(SetIndex, Holders), i: usize, row: &[i32], col0: usize, n: usize) {
+    fn add(&mut self, (index, holders): &(SetColumns, Holders), i: usize, row: &[i16], col0: usize, n: usize) {
         let total: i64 = row.iter().map(|&v| i64::from(v)).sum();
         self.row[i] += total;
         for (c, &v) in self.col[col0..col0 + row.len()].iter_mut().zip(row) {
@@ -97,7 +99,7 @@ fn tile_sums(
     tiles: &[Points],
     gamma: f64,
     n: usize,
-    index: &(SetIndex, Holders),
+    index: &(SetColumns, Holders),
     sets: usize,
     part: usize,
     threads: usize,
@@ -160,7 +162,7 @@ pub fn mmd_test_tiled(reference: &[f64], current: &[f64], dim: usize, opts: &Mmd
     let mut draws = Draws::new(n, m, opts.seed);
     let mut members = draws.next(opts.permutations);
     members.push(draws.observed());
-    let index = (SetIndex::new(&members, total, 0), Holders::new(&members, total));
+    let index = (SetColumns::new(&members, total), Holders::new(&members, total));
     let threads = opts.threads.clamp(1, tiles.len());
     let run = |part: usize| tile_sums(&tiles, gamma, n, &index, members.len(), part, threads);
     let mut sums = Sums::new(tiles.len() * TILE, members.len());

@@ -23,7 +23,7 @@ use crate::detect::simd;
 #[derive(Clone)]
 pub(super) struct CurrentRow {
     /// Its K_YX row (n values), then its stored K_YY values, in fixed point.
-    fixed: Arc<Vec<i32>>,
+    fixed: Arc<Vec<i16>>,
     /// Its stored K_YY values: against the events before it in the window
     /// it entered (or was last gathered in).
     yy: Arc<Vec<f64>>,
@@ -65,12 +65,12 @@ impl CurrentRow {
     }
 
     /// K_YX in fixed point (`n`: the reference's size).
-    pub(super) fn yx_fixed(&self, n: usize) -> &[i32] {
+    pub(super) fn yx_fixed(&self, n: usize) -> &[i16] {
         &self.fixed[..n]
     }
 
     /// [`Self::yy`] in fixed point.
-    pub(super) fn yy_fixed(&self, n: usize) -> &[i32] {
+    pub(super) fn yy_fixed(&self, n: usize) -> &[i16] {
         &self.fixed[n + self.skip..]
     }
 }
