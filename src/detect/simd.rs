@@ -135,6 +135,34 @@ unsafe fn to_fixed_avx2(src: &[f64], dst: &mut Vec<i16>) {
     }
 }
 
+/// Adds `row` to `acc`, value by value, and returns the sum of `row`:
+/// exact integer sums (the caller keeps them below 2³¹; wrapping adds keep
+/// overflow checks, and with them scalar code, out of debug builds).
+pub fn add_fixed_to(acc: &mut [i32], row: &[i16]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 present.
+        return unsafe { add_fixed_to_avx2(acc, row) };
+    }
+    add_fixed_to_any(acc, row)
+}
+
+/// [`add_fixed_to_any`] compiled for AVX2 (eight lanes, where the x86-64
+/// baseline the crate is built for has four).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_fixed_to_avx2(acc: &mut [i32], row: &[i16]) -> i32 {
+    add_fixed_to_any(acc, row)
+}
+
+#[inline(always)]
+fn add_fixed_to_any(acc: &mut [i32], row: &[i16]) -> i32 {
+    for (c, &v) in acc.iter_mut().zip(row) {
+        *c = c.wrapping_add(i32::from(v));
+    }
+    row.iter().fold(0i32, |s, &v| s.wrapping_add(i32::from(v)))
+}
+
 /// Values multiplied and added per i32 lane before the lanes are widened
 /// to i64: 2¹⁶ values ≤ 2¹⁴ stay below 2³¹ even in one lane.
 const FIXED_FLUSH: usize = 1 << 16;
@@ -184,8 +212,7 @@ unsafe fn set_sums_avx2<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64;
     while t + 16 <= row.len() {
         let end = (t + FIXED_FLUSH).min(row.len() - row.len() % 16);
         let mut acc = [_mm256_setzero_si256(); H];
-        // `lddqu`, an unaligned load like `loadu`, whose std version is a
-        // `copy_nonoverlapping` that debug builds check on every call.
+        // `lddqu`: see [`load_pd`].
         let at = |p: *const i16, t: usize| p.wrapping_add(t) as *const __m256i;
         while t < end {
             // SAFETY: t + 16 ≤ row.len() ≤ every set's length.
@@ -259,6 +286,24 @@ pub fn sum(x: &[f64]) -> f64 {
         // SAFETY: AVX-512F present.
         return unsafe { sum_avx512(x) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 present.
+        return unsafe { sum_avx2(x) };
+    }
+    sum4(x)
+}
+
+/// [`sum4`] compiled for AVX2: one register for the four partial sums, the
+/// same additions in the same order, so the same result.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_avx2(x: &[f64]) -> f64 {
+    sum4(x)
+}
+
+#[inline(always)]
+fn sum4(x: &[f64]) -> f64 {
     let mut s = [0.0; 4];
     let chunks = x.chunks_exact(4);
     let tail: f64 = chunks.remainder().iter().sum();
@@ -325,9 +370,143 @@ pub fn sq_dists_block(
         unsafe { sq_dists_block_avx512(rows, row_norms, cols_t, col_norms, dim, lower, out) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA present; bounds asserted above.
+        unsafe { sq_dists_block_avx2(rows, row_norms, cols_t, col_norms, dim, lower, out) };
+        return;
+    }
     // The GEMM computes every entry, so `lower` changes nothing there.
     let _ = lower;
     sq_dists_block_gemm(rows, row_norms, cols_t, col_norms, dim, out);
+}
+
+/// Rows per register tile of [`sq_dists_block_avx2`]: 4 rows × 8 columns,
+/// 8 accumulators; per coordinate 2 column loads and 4 broadcasts feed 8
+/// FMAs, so the FMA ports, not the loads, set the pace.
+#[cfg(target_arch = "x86_64")]
+const TILE_ROWS_AVX2: usize = 4;
+
+/// [`sq_dists_block`] on AVX2 + FMA: register tiles as on AVX-512, four
+/// lanes wide. `matrixmultiply`'s GEMM took 2.5× the FMA bound here: with
+/// 32 coordinates its packing and tile stores weigh as much as the
+/// products, and it cannot skip the upper triangle.
+/// The last columns of a row (fewer than 8) take the same FMAs one lane at
+/// a time, so an entry's value does not depend on where in a block it falls.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sq_dists_block_avx2(
+    rows: &[f64],
+    row_norms: &[f64],
+    cols_t: &[f64],
+    col_norms: &[f64],
+    dim: usize,
+    lower: bool,
+    out: &mut [f64],
+) {
+    let (nr, nc) = (row_norms.len(), col_norms.len());
+    // Columns in panels of about 128 KB of coordinates, which stay in L2
+    // while every row passes them (without panels, wide points streamed
+    // all columns from memory once per row tile).
+    let full = nc - nc % 8;
+    let width = (16384 / dim.max(1) / 8 * 8).max(8);
+    for panel in (0..full).step_by(width) {
+        let panel_end = (panel + width).min(full);
+        let mut r0 = 0;
+        while r0 < nr {
+            let tile = (nr - r0).min(TILE_ROWS_AVX2);
+            let end = if lower { (r0 + tile).min(panel_end) } else { panel_end };
+            let mut c0 = panel;
+            while c0 < end {
+                // SAFETY: rows r0..r0 + tile < nr, columns c0..c0 + 8 ≤ nc.
+                unsafe {
+                    if tile == TILE_ROWS_AVX2 {
+                        tile_avx2::<TILE_ROWS_AVX2>(rows, row_norms, cols_t, col_norms, dim, r0, c0, out);
+                    } else {
+                        for r in r0..r0 + tile {
+                            tile_avx2::<1>(rows, row_norms, cols_t, col_norms, dim, r, c0, out);
+                        }
+                    }
+                }
+                c0 += 8;
+            }
+            r0 += tile;
+        }
+    }
+    for r in 0..nr {
+        let end = if lower { r.min(nc) } else { nc };
+        for c in full..end {
+            let mut acc = 0.0f64;
+            for k in 0..dim {
+                acc = rows[r * dim + k].mul_add(cols_t[k * nc + c], acc);
+            }
+            out[r * nc + c] = (-2.0f64).mul_add(acc, col_norms[c] + row_norms[r]).max(0.0);
+        }
+    }
+}
+
+/// Four doubles from `p` by `lddqu`: the std `loadu` is a
+/// `copy_nonoverlapping` that debug builds (the tests', the demo's) check
+/// on every call, which tripled the time of this loop there.
+///
+/// # Safety
+/// AVX2; p..p + 4 readable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load_pd(p: *const f64) -> __m256d {
+    // SAFETY: the caller's.
+    unsafe { _mm256_castsi256_pd(_mm256_lddqu_si256(p as *const __m256i)) }
+}
+
+/// Rows r0..r0 + R × columns c0..c0 + 8 of [`sq_dists_block_avx2`].
+///
+/// # Safety
+/// AVX2 and FMA; r0 + R ≤ rows, c0 + 8 ≤ columns of the block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2<const R: usize>(
+    rows: &[f64],
+    row_norms: &[f64],
+    cols_t: &[f64],
+    col_norms: &[f64],
+    dim: usize,
+    r0: usize,
+    c0: usize,
+    out: &mut [f64],
+) {
+    let nc = col_norms.len();
+    let x: [*const f64; R] = std::array::from_fn(|r| rows.as_ptr().wrapping_add((r0 + r) * dim));
+    let mut col = cols_t.as_ptr().wrapping_add(c0);
+    let mut acc = [[_mm256_setzero_pd(); 2]; R];
+    // SAFETY (loads): k < dim, rows r0..r0 + R and columns c0..c0 + 8 exist.
+    // Pointers step by wrapping adds: index arithmetic would carry overflow
+    // checks into this loop in debug builds.
+    unsafe {
+        for k in 0..dim {
+            let t = [load_pd(col), load_pd(col.wrapping_add(4))];
+            col = col.wrapping_add(nc);
+            for (xr, a) in x.iter().zip(acc.iter_mut()) {
+                let b = _mm256_broadcast_sd(&*xr.wrapping_add(k));
+                a[0] = _mm256_fmadd_pd(b, t[0], a[0]);
+                a[1] = _mm256_fmadd_pd(b, t[1], a[1]);
+            }
+        }
+        let two = _mm256_set1_pd(2.0);
+        for (r, a) in acc.iter().enumerate() {
+            let row = r0 + r;
+            for (h, v) in a.iter().enumerate() {
+                let c = c0 + 4 * h;
+                let base = _mm256_add_pd(
+                    load_pd(col_norms.as_ptr().wrapping_add(c)),
+                    _mm256_set1_pd(row_norms[row]),
+                );
+                let d = _mm256_max_pd(_mm256_fnmadd_pd(two, *v, base), _mm256_setzero_pd());
+                _mm256_storeu_pd(out.as_mut_ptr().wrapping_add(row * nc + c), d);
+            }
+        }
+    }
 }
 
 /// [`sq_dists_block`] by one GEMM, `out = −2·rows·cols_t`, then the norms
@@ -748,9 +927,17 @@ mod tests {
             }
             let mut out = vec![-1.0; nr * nc];
             sq_dists_block(&rows, &rn, &t, &cn, dim, false, &mut out);
-            // The GEMM path on its own (the dispatch above may take AVX-512).
+            // The GEMM and AVX2 paths on their own (the dispatch above may take AVX-512).
             let mut by_gemm = vec![-1.0; nr * nc];
             sq_dists_block_gemm(&rows, &rn, &t, &cn, dim, &mut by_gemm);
+            let mut by_avx2 = None;
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                let mut o = vec![-1.0; nr * nc];
+                // SAFETY: features checked; sizes as above.
+                unsafe { sq_dists_block_avx2(&rows, &rn, &t, &cn, dim, false, &mut o) };
+                by_avx2 = Some(o);
+            }
             for r in 0..nr {
                 for c in 0..nc {
                     let want = sq_dist(&rows[r * dim..(r + 1) * dim], &cols[c * dim..(c + 1) * dim]);
@@ -758,6 +945,23 @@ mod tests {
                     assert!(
                         (by_gemm[r * nc + c] - want).abs() < 1e-12,
                         "gemm ({r},{c}) of {nr}×{nc}"
+                    );
+                    if let Some(o) = &by_avx2 {
+                        assert!((o[r * nc + c] - want).abs() < 1e-12, "avx2 ({r},{c}) of {nr}×{nc}");
+                    }
+                }
+            }
+            // An entry is the same bit for bit wherever its column falls in
+            // a block (a slide recomputes pairs at other positions).
+            if nc > 3 {
+                let shifted: Vec<f64> = (0..dim).flat_map(|k| t[k * nc + 3..(k + 1) * nc].to_vec()).collect();
+                let mut o = vec![-1.0; nr * (nc - 3)];
+                sq_dists_block(&rows, &rn, &shifted, &cn[3..], dim, false, &mut o);
+                for r in 0..nr {
+                    assert_eq!(
+                        o[r * (nc - 3)..(r + 1) * (nc - 3)],
+                        out[r * nc + 3..(r + 1) * nc],
+                        "row {r}"
                     );
                 }
             }

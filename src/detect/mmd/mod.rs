@@ -106,7 +106,7 @@ pub struct MmdResult {
 /// in the order a pass over the pooled matrix would add it).
 struct XxPart {
     fixed: Vec<i16>,
-    fixed_sums: Vec<i64>,
+    fixed_sums: Vec<i32>,
     sxx: f64,
 }
 
@@ -122,24 +122,16 @@ impl XxPart {
         let mut fixed_sums = vec![0; n];
         for i in 0..n {
             let row = &fixed[i * i.saturating_sub(1) / 2..i * (i + 1) / 2];
-            let own = add_row_to(&mut fixed_sums[..i], row);
-            fixed_sums[i] += own;
+            let own = simd::add_fixed_to(&mut fixed_sums[..i], row);
+            fixed_sums[i] = fixed_sums[i].wrapping_add(own);
         }
         Self { fixed, fixed_sums, sxx }
     }
 }
 
-/// Adds `row` (a stored row, left of the diagonal) to the sums of the rows
-/// it mirrors onto (`acc`, one per column) and returns its own sum: exact
-/// integers, so in any order.
-fn add_row_to(acc: &mut [i64], row: &[i16]) -> i64 {
-    let mut own = 0;
-    for (c, &v) in acc.iter_mut().zip(row) {
-        *c += i64::from(v);
-        own += i64::from(v);
-    }
-    own
-}
+// The row sums of the stored kernel fit i32: a pooled row has fewer than
+// TILED_ABOVE values ≤ 2¹⁴.
+const _: () = assert!(TILED_ABOVE << 14 < i32::MAX as usize);
 
 /// A kernel-sized buffer whose storage goes back to [`SPARE`] when its last
 /// user drops it: the next evaluation reuses warm pages instead of faulting
@@ -459,21 +451,24 @@ impl FixedRows<'_> {
     }
 
     /// r = K₀·1 and 1ᵀK₀1, in units of the kernel (exact: sums of
-    /// multiples of 2⁻²⁰ far below 2⁵³), from the reference rows' sums
+    /// multiples of 2⁻¹⁴ far below 2⁵³), from the reference rows' sums
     /// `xx_sums` and one pass over the current rows.
-    fn row_sums(&self, xx_sums: &[i64]) -> (Vec<f64>, f64) {
+    fn row_sums(&self, xx_sums: &[i32]) -> (Vec<f64>, f64) {
         let n = self.n;
         let mut sums = xx_sums.to_vec();
         sums.resize(n + self.y.len(), 0);
         for j in 0..self.y.len() {
             let [yx, yy] = self.row(n + j);
             let (head, tail) = sums.split_at_mut(n);
-            let own = add_row_to(head, yx) + add_row_to(&mut tail[..j], yy);
-            tail[j] += own;
+            let own = simd::add_fixed_to(head, yx).wrapping_add(simd::add_fixed_to(&mut tail[..j], yy));
+            tail[j] = tail[j].wrapping_add(own);
         }
-        let grand: i64 = sums.iter().sum();
+        let grand: i64 = sums.iter().map(|&v| i64::from(v)).sum();
         let scale = simd::FIXED_SCALE;
-        (sums.iter().map(|&v| v as f64 / scale).collect(), grand as f64 / scale)
+        (
+            sums.iter().map(|&v| f64::from(v) / scale).collect(),
+            grand as f64 / scale,
+        )
     }
 }
 
