@@ -269,6 +269,7 @@ unsafe fn set_sums_avx512<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i6
 
 /// Adds row[from..] times each set, value by value: the tail shorter than
 /// a vector.
+#[cfg(target_arch = "x86_64")]
 fn add_tail<const H: usize>(row: &[i16], from: usize, sets: [&[i16]; H], tot: &mut [i64; H]) {
     for (t, set) in tot.iter_mut().zip(&sets) {
         *t += row[from..]
@@ -930,14 +931,15 @@ mod tests {
             // The GEMM and AVX2 paths on their own (the dispatch above may take AVX-512).
             let mut by_gemm = vec![-1.0; nr * nc];
             sq_dists_block_gemm(&rows, &rn, &t, &cn, dim, &mut by_gemm);
-            let mut by_avx2 = None;
             #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
+            let by_avx2 = has_avx2().then(|| {
                 let mut o = vec![-1.0; nr * nc];
                 // SAFETY: features checked; sizes as above.
                 unsafe { sq_dists_block_avx2(&rows, &rn, &t, &cn, dim, false, &mut o) };
-                by_avx2 = Some(o);
-            }
+                o
+            });
+            #[cfg(not(target_arch = "x86_64"))]
+            let by_avx2: Option<Vec<f64>> = None;
             for r in 0..nr {
                 for c in 0..nc {
                     let want = sq_dist(&rows[r * dim..(r + 1) * dim], &cols[c * dim..(c + 1) * dim]);
