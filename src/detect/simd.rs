@@ -123,8 +123,10 @@ unsafe fn to_fixed_avx2(src: &[f64], dst: &mut Vec<i16>) {
     unsafe {
         let out = dst.as_mut_ptr().add(at);
         while i + 8 <= n {
-            let [lo, hi] =
-                [0, 4].map(|o| _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_loadu_pd(src.as_ptr().add(i + o)), scale)));
+            // Not an array `map`: closures do not inherit the target
+            // feature, and their intrinsics would become calls.
+            let lo = _mm256_cvtpd_epi32(_mm256_mul_pd(load_pd(src.as_ptr().wrapping_add(i)), scale));
+            let hi = _mm256_cvtpd_epi32(_mm256_mul_pd(load_pd(src.as_ptr().wrapping_add(i + 4)), scale));
             _mm_storeu_si128(out.add(i) as *mut __m128i, _mm_packs_epi32(lo, hi));
             i += 8;
         }
@@ -295,12 +297,21 @@ pub fn sum(x: &[f64]) -> f64 {
     sum4(x)
 }
 
-/// [`sum4`] compiled for AVX2: one register for the four partial sums, the
-/// same additions in the same order, so the same result.
+/// Sixteen partial sums in four registers: one register's chain of adds
+/// waits on the add latency (four cycles) at every step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn sum_avx2(x: &[f64]) -> f64 {
-    sum4(x)
+    let mut s = [0.0; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = sum4(chunks.remainder());
+    for c in chunks {
+        for l in 0..16 {
+            s[l] += c[l];
+        }
+    }
+    let quads: [f64; 4] = std::array::from_fn(|q| (s[q] + s[q + 4]) + (s[q + 8] + s[q + 12]));
+    (quads[0] + quads[1]) + (quads[2] + quads[3]) + tail
 }
 
 #[inline(always)]
