@@ -427,6 +427,10 @@ impl SetColumns {
     }
 }
 
+/// Sets per pass over the rows: their 0/1 columns take 2·N bytes each,
+/// 512 KB for 128 sets and N = 2000.
+const SETS_PER_PASS: usize = 128;
+
 /// Row ranges the permutation work is cut into and shared among threads.
 const CHUNKS: usize = 32;
 
@@ -486,6 +490,14 @@ impl FixedRows<'_> {
 /// permutation spread of T; observed and permuted splits go through the
 /// same computation, so the permutation p-value stays exact for it.
 fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
+    // One pass per group of sets, whose 0/1 columns stay in L2: with more
+    // sets the rows are read again, which costs less than columns from L3.
+    if members.len() > SETS_PER_PASS {
+        return members
+            .chunks(SETS_PER_PASS)
+            .flat_map(|group| quad_forms(fixed, total, group, threads))
+            .collect();
+    }
     let sets = members.len();
     // Chunk bounds with about equal areas of the triangle (row i has i entries).
     let area = total * (total - 1) / 2;
