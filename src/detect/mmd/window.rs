@@ -89,8 +89,10 @@ struct CacheEntry {
     sigma: f64,
     sigma_fallback: bool,
     xx: Arc<XxPart>,
-    /// The previous current window's events (matched by content) and rows.
+    /// The previous current window's events (matched by content), where
+    /// each is by its hash (the last of equal ones), and their rows.
     current: Vec<f64>,
+    index: HashMap<u64, usize>,
     rows: Vec<CurrentRow>,
 }
 
@@ -118,12 +120,10 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
     // Distances are translation-invariant: centring on the reference mean
     // keeps the norms small, so ‖x‖² + ‖y‖² − 2x·y loses nothing to cancellation.
     let centre = column_means(reference, dim);
-    let cached = {
-        let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        c.iter().position(|e| e.key == key).map(|i| c.remove(i))
-    };
+    let cached = cached(key, current, dim);
     let (sigma, sigma_fallback, xx, old) = match cached {
-        Some(e) => (e.sigma, e.sigma_fallback, e.xx, Some((e.current, e.rows))),
+        Some(Reuse::Slide(e)) => (e.sigma, e.sigma_fallback, e.xx, Some((e.current, e.index, e.rows))),
+        Some(Reuse::Reference(sigma, fallback, xx)) => (sigma, fallback, xx, None),
         None => {
             let xs = Points::new(reference, dim, &centre);
             let mut k = xs.sq_dists_lower();
@@ -137,7 +137,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
     };
     let gamma = 1.0 / (2.0 * sigma * sigma);
     let old_pos = match &old {
-        Some((old, _)) => positions(old, current, dim),
+        Some((old, index, _)) => positions(old, index, current, dim),
         None => vec![None; m],
     };
     let fresh: Vec<usize> = (0..m).filter(|&j| old_pos[j].is_none()).collect();
@@ -156,7 +156,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         simd::gaussian_in_place(&mut k, gamma);
         k
     };
-    let old_rows = old.as_ref().map_or(&[][..], |(_, rows)| &rows[..]);
+    let old_rows = old.as_ref().map_or(&[][..], |(_, _, rows)| &rows[..]);
     let mut fresh_at = vec![usize::MAX; m];
     fresh.iter().enumerate().for_each(|(r, &j)| fresh_at[j] = r);
     // Kept events 0..j that are old events a0.. in order: row j's K_YY is a
@@ -199,6 +199,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         sigma_fallback,
         xx: xx.clone(),
         current: current.to_vec(),
+        index: row_index(current, dim),
         rows: rows.clone(),
     });
     Window {
@@ -209,18 +210,70 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
     }
 }
 
-/// Where each current row was in the previous current window `old`, if it
-/// was (equal rows: the last of them).
-fn positions(old: &[f64], current: &[f64], dim: usize) -> Vec<Option<usize>> {
-    let pm = old.len() / dim;
-    let mut by_hash: HashMap<u64, usize> = HashMap::with_capacity(pm);
-    for j in 0..pm {
-        by_hash.insert(hash_rows(&old[j * dim..(j + 1) * dim]), j);
+/// What the cache has for an evaluation.
+enum Reuse {
+    /// The previous evaluation of the same stream: its reference part and
+    /// current rows.
+    Slide(CacheEntry),
+    /// Another stream's evaluation against the same reference (keys with
+    /// equal references): σ and the reference's part.
+    Reference(f64, bool, Arc<XxPart>),
+}
+
+/// Rows of a current window probed to find its stream's previous window.
+const PROBES: usize = 8;
+
+/// The cache's entry for this reference (`key`) whose current window holds
+/// most of [`PROBES`] events spread through `current` (taken out: it is
+/// replaced), as a window that slid; else the reference's part from any
+/// entry for it. Several streams (keys) may be tested against equal
+/// references, each with its own entry, and equal events may occur in
+/// several streams: hence several probes, not one.
+fn cached(key: (u64, usize, u64), current: &[f64], dim: usize) -> Option<Reuse> {
+    let m = current.len() / dim;
+    let probes: Vec<(u64, &[f64])> = (0..PROBES.min(m))
+        .map(|p| {
+            let j = p * m / PROBES.min(m);
+            let row = &current[j * dim..(j + 1) * dim];
+            (hash_rows(row), row)
+        })
+        .collect();
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let hits = |e: &CacheEntry| {
+        let found = |(h, row): &(u64, &[f64])| {
+            e.index
+                .get(h)
+                .is_some_and(|&o| &e.current[o * dim..(o + 1) * dim] == *row)
+        };
+        probes.iter().filter(|p| found(p)).count()
+    };
+    let best = (0..c.len())
+        .filter(|&i| c[i].key == key)
+        .map(|i| (hits(&c[i]), i))
+        .max();
+    match best {
+        Some((h, i)) if h > 0 => Some(Reuse::Slide(c.remove(i))),
+        Some((_, i)) => Some(Reuse::Reference(c[i].sigma, c[i].sigma_fallback, c[i].xx.clone())),
+        None => None,
     }
+}
+
+/// Each row's position by its hash (the last of equal rows).
+fn row_index(rows: &[f64], dim: usize) -> HashMap<u64, usize> {
+    let mut index = HashMap::with_capacity(rows.len() / dim);
+    for (j, row) in rows.chunks_exact(dim).enumerate() {
+        index.insert(hash_rows(row), j);
+    }
+    index
+}
+
+/// Where each current row was in the previous current window `old` (its
+/// rows by hash: `index`), if it was (equal rows: the last of them).
+fn positions(old: &[f64], index: &HashMap<u64, usize>, current: &[f64], dim: usize) -> Vec<Option<usize>> {
     current
         .chunks_exact(dim)
         .map(|row| {
-            by_hash
+            index
                 .get(&hash_rows(row))
                 .copied()
                 .filter(|&o| &old[o * dim..(o + 1) * dim] == row)
