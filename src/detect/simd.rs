@@ -1,7 +1,9 @@
 //! The MMD kernel's inner loops — squared distances, exp of a row, sums and
-//! masked row sums — with AVX-512 or AVX2/FMA paths chosen at run time and a
-//! portable fallback. Squared distances without AVX-512 go through
-//! `matrixmultiply`'s GEMM, which has its own AVX2/FMA and NEON kernels.
+//! the permutations' fixed-point set sums — with AVX-512 or AVX2/FMA paths
+//! chosen at run time and a portable fallback. Squared distances without
+//! AVX2 go through `matrixmultiply`'s GEMM, which has its own NEON kernels
+//! (on x86 it took 2.5× the FMA bound at d = 32, hence the register tiles
+//! here).
 //!
 //! `DRIFTWATCH_SIMD=avx2` (no AVX-512) or `=portable` (neither) caps the
 //! paths taken, so that one machine can measure and test what a smaller CPU

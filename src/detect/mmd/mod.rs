@@ -20,18 +20,20 @@
 //!   Σ_XX = sᵀK₀s,  Σ_XY = sᵀr − sᵀK₀s,  Σ_YY = S − 2sᵀr + sᵀK₀s,
 //! so each permutation costs one quadratic form over the smaller set. The B
 //! quadratic forms are computed together, row by row: each kernel row is read
-//! from memory once and summed under the bitsets of all the permutations that
-//! hold it (masked integer adds on the kernel in fixed point, four sets per
-//! pass), so the matrix streams through the cache once for all permutations,
-//! not once per permutation. Kernel entries come from ‖x‖² + ‖y‖² − 2x·y on
-//! centred points (one FMA per coordinate and pair, in 8×16 register tiles),
-//! below the diagonal only: the matrix is symmetric.
+//! from memory once and multiplied with the 0/1 column of every set that
+//! holds it (the kernel in fixed point, i16, 16 or 32 values per
+//! multiply-add instruction, eight sets per pass), so the matrix streams
+//! through the cache once for up to 128 permutations, not once per
+//! permutation. Kernel entries come from ‖x‖² + ‖y‖² − 2x·y on centred
+//! points (one FMA per coordinate and pair, in register tiles), below the
+//! diagonal only: the matrix is symmetric.
 //!
-//! Sliding windows: the reference block K_XX (and σ) is computed once per
-//! reference and kept in a small process-wide cache keyed by the reference's
-//! content; the current block's rows are matched by content against the
-//! previous evaluation of the same reference, so a slide computes only the
-//! kernel rows of the events that entered the window.
+//! Sliding windows: the reference's part (σ, K_XX's sums and fixed-point
+//! rows) is computed once per reference and kept in a small process-wide
+//! cache keyed by the reference's content; the current window's rows are
+//! matched by content against the previous evaluation of the same stream
+//! ([`window`]), so a slide computes only the kernel rows of the events that
+//! entered the window, and a kept event's row is reused as it is.
 //!
 //! Pooled windows of more than [`TILED_ABOVE`] events go to the tiled path
 //! ([`tiled`]): the same statistic and p-value, with kernel tiles computed,
@@ -477,18 +479,21 @@ impl FixedRows<'_> {
 }
 
 /// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j<i} K₀[i,j] (`fixed`: the
-/// pooled rows, [`FixedRows`]): for each row i, one masked sum of its half row
-/// under the bitset of every set holding i.
-/// The bitsets (B·N bits: 25 KB for B = 100, N = 2000) stay in L1 while each
-/// row is read once from memory and then from cache for all its sets.
+/// pooled rows, [`FixedRows`]): for each row i, the dot product of its half
+/// row with the 0/1 column of every set holding i ([`SetColumns`]).
+/// The columns (2·N bytes a set: 400 KB for B = 100, N = 2000) stay in L2
+/// while each row is read once from memory and then from cache for all its
+/// sets.
 ///
-/// The sums run on the kernel values in fixed point (round(k·2²⁰), exact
-/// integer adds, 16 lanes per AVX-512 add): integer sums do not depend on
-/// their order, so the result is the same for any thread count and chunking,
-/// and two splits that are equal in law (equal rows swapped) tie exactly.
-/// Rounding k to 2⁻²¹ moves each quadratic form by far less than the
-/// permutation spread of T; observed and permuted splits go through the
-/// same computation, so the permutation p-value stays exact for it.
+/// The sums run on the kernel values in fixed point (round(k·2¹⁴), exact
+/// integer multiply-adds): integer sums do not depend on their order, so
+/// the result is the same for any thread count, chunking and instruction
+/// set, and two splits that are equal in law (equal rows swapped) tie
+/// exactly. Rounding k to 2⁻¹⁵ moves each quadratic form by far less than
+/// the permutation spread of T (a mean over ~10⁶ pairs of errors ≤ 3·10⁻⁵);
+/// observed and permuted splits go through the same computation, so the
+/// permutation p-value stays exact for it. The reported statistic T is
+/// computed from the f64 kernel.
 fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     // One pass per group of sets, whose 0/1 columns stay in L2: with more
     // sets the rows are read again, which costs less than columns from L3.

@@ -7,11 +7,11 @@
 //! but the pooled K₀ is never stored: it is computed in tiles of
 //! [`TILE`] × [`TILE`] below its diagonal, and each tile, once in fixed
 //! point, feeds everything at once — its rows' and columns' sums, the three
-//! block sums, and the masked sums of every permutation's set over its rows
-//! — then is dropped. Memory is the points, the B bitsets and the row sums:
-//! O((n + m)·(d + B)), not O((n + m)²). Every sum is an integer sum of the
-//! kernel in fixed point (round(k·2²⁰)), so the result is the same whatever
-//! the tiling and the thread count.
+//! block sums, and the sums of every permutation's set over its rows — then
+//! is dropped. Memory is the points, the B sets' 0/1 columns (i16) and the
+//! row sums: O((n + m)·(d + B)), not O((n + m)²). Every sum is an integer
+//! sum of the kernel in fixed point (round(k·2¹⁴)), so the result is the
+//! same whatever the tiling and the thread count.
 //!
 //! All B permutations are drawn up front and go through each tile together:
 //! with `stop_after` (sequential p-value), the stop is applied to them in
@@ -29,13 +29,12 @@ use crate::detect::simd;
 /// kernel, at most ~100 MB, is reused across slides of the current window).
 pub const TILED_ABOVE: usize = 4096;
 
-/// Rows and columns of a kernel tile: a multiple of 64, so a tile's first
-/// column starts a word of the sets' bitsets.
+/// Rows and columns of a kernel tile.
 const TILE: usize = 256;
 
 /// Integer sums over one share of the tiles.
 struct Sums {
-    /// Per set (and the padding set): the masked sum over its rows, left of the diagonal.
+    /// Per set: the sum over its rows, left of the diagonal.
     q: Vec<i64>,
     /// Per pooled row: the sum of its entries left of the diagonal, and of
     /// the entries below it in its column.
@@ -54,7 +53,7 @@ struct Sums {
 impl Sums {
     fn new(total: usize, sets: usize) -> Self {
         Self {
-            q: vec![0; sets + 1],
+            q: vec![0; sets],
             row: vec![0; total],
             col: vec![0; total],
             xx: 0,
