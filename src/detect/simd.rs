@@ -236,8 +236,9 @@ unsafe fn set_sums_avx2<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64;
             *s += lanes.iter().map(|&v| i64::from(v)).sum::<i64>();
         }
     }
-    add_tail(row, t, sets, &mut tot);
-    tot
+    // The tail shorter than a vector: the portable sums.
+    let tail = set_sums_portable(&row[t..], sets.map(|s| &s[t..]));
+    std::array::from_fn(|h| tot[h] + tail[h])
 }
 
 /// As [`set_sums_avx2`], 32 values per multiply-add; the last ones under a
@@ -269,19 +270,6 @@ unsafe fn set_sums_avx512<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i6
         }
     }
     tot
-}
-
-/// Adds row[from..] times each set, value by value: the tail shorter than
-/// a vector.
-#[cfg(target_arch = "x86_64")]
-fn add_tail<const H: usize>(row: &[i16], from: usize, sets: [&[i16]; H], tot: &mut [i64; H]) {
-    for (t, set) in tot.iter_mut().zip(&sets) {
-        *t += row[from..]
-            .iter()
-            .zip(&set[from..])
-            .map(|(&v, &b)| i64::from(v) * i64::from(b))
-            .sum::<i64>();
-    }
 }
 
 /// Σ x_i with four (AVX-512: eight-lane) partial sums.

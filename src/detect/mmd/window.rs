@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Points, XxPart, column_means, gaussian_lower, or_fallback, sigma_from_median};
+use super::{Block, Points, XxPart, column_means, gaussian_lower, or_fallback, sigma_from_median};
 use crate::detect::simd;
 
 /// One current event's part of the pooled kernel left of the diagonal.
@@ -115,60 +115,120 @@ fn hash_rows(x: &[f64]) -> u64 {
 /// The kernel rows of `current` against `reference` (row-major, `dim`
 /// columns), reusing what the cache holds for this reference.
 pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) -> Window {
-    let (n, m) = (reference.len() / dim, current.len() / dim);
+    let m = current.len() / dim;
     let key = (hash_rows(reference), dim, sigma_opt.map_or(0, f64::to_bits));
     // Distances are translation-invariant: centring on the reference mean
     // keeps the norms small, so ‖x‖² + ‖y‖² − 2x·y loses nothing to cancellation.
     let centre = column_means(reference, dim);
-    let cached = cached(key, current, dim);
-    let (sigma, sigma_fallback, xx, old) = match cached {
-        Some(Reuse::Slide(e)) => (e.sigma, e.sigma_fallback, e.xx, Some((e.current, e.index, e.rows))),
+    let hashes: Vec<u64> = current.chunks_exact(dim).map(hash_rows).collect();
+    let (sigma, sigma_fallback, xx, old) = match cached(key, current, &hashes, dim) {
+        Some(Reuse::Slide(e)) => (e.sigma, e.sigma_fallback, e.xx.clone(), Some(e)),
         Some(Reuse::Reference(sigma, fallback, xx)) => (sigma, fallback, xx, None),
         None => {
-            let xs = Points::new(reference, dim, &centre);
-            let mut k = xs.sq_dists_lower();
-            let (sigma, fallback) = match sigma_opt {
-                Some(s) => (s, false),
-                None => or_fallback(sigma_from_median(&k, n)),
-            };
-            gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
-            (sigma, fallback, Arc::new(XxPart::new(&k, n)), None)
+            let (sigma, fallback, xx) = reference_part(reference, dim, &centre, sigma_opt);
+            (sigma, fallback, xx, None)
         }
     };
-    let gamma = 1.0 / (2.0 * sigma * sigma);
-    let old_pos = match &old {
-        Some((old, index, _)) => positions(old, index, current, dim),
+    let old_pos: Vec<Option<usize>> = match &old {
+        Some(e) => (0..m)
+            .map(|j| e.position(hashes[j], &current[j * dim..(j + 1) * dim], dim))
+            .collect(),
         None => vec![None; m],
     };
-    let fresh: Vec<usize> = (0..m).filter(|&j| old_pos[j].is_none()).collect();
-    let ys = Points::new(current, dim, &centre);
-    let new_rows = ys.select(&fresh);
-    let mut new_yx = new_rows.sq_dists(&Points::new(reference, dim, &centre));
-    simd::gaussian_in_place(&mut new_yx, gamma);
-    // The fresh rows' K_YY: when every row is fresh, below the diagonal
-    // only (row j at offset j·m either way); else against every event.
-    let new_yy = if fresh.len() == m {
-        let mut k = ys.sq_dists_lower();
-        gaussian_lower(&mut k, m, gamma);
-        k
-    } else {
-        let mut k = new_rows.sq_dists(&ys);
-        simd::gaussian_in_place(&mut k, gamma);
-        k
+    let old_rows = old.as_ref().map_or(&[][..], |e| &e.rows[..]);
+    let fresh = FreshRows::new(reference, current, dim, &centre, 1.0 / (2.0 * sigma * sigma), &old_pos);
+    let rows = current_rows(reference.len() / dim, &old_pos, old_rows, &fresh);
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= CACHE_ENTRIES {
+        c.remove(0);
+    }
+    c.push(CacheEntry {
+        key,
+        sigma,
+        sigma_fallback,
+        xx: xx.clone(),
+        current: current.to_vec(),
+        // The last of equal rows, as `insert` in order keeps it.
+        index: hashes.iter().enumerate().map(|(j, &h)| (h, j)).collect(),
+        rows: rows.clone(),
+    });
+    Window {
+        xx,
+        rows,
+        sigma,
+        sigma_fallback,
+    }
+}
+
+/// σ (given, or the median heuristic's) and the reference's part.
+fn reference_part(reference: &[f64], dim: usize, centre: &[f64], sigma_opt: Option<f64>) -> (f64, bool, Arc<XxPart>) {
+    let n = reference.len() / dim;
+    let mut k = Points::new(reference, dim, centre).sq_dists_lower();
+    let (sigma, fallback) = match sigma_opt {
+        Some(s) => (s, false),
+        None => or_fallback(sigma_from_median(&k, n)),
     };
-    let old_rows = old.as_ref().map_or(&[][..], |(_, _, rows)| &rows[..]);
-    let mut fresh_at = vec![usize::MAX; m];
-    fresh.iter().enumerate().for_each(|(r, &j)| fresh_at[j] = r);
-    // Kept events 0..j that are old events a0.. in order: row j's K_YY is a
-    // suffix of its old one.
+    gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
+    (sigma, fallback, Arc::new(XxPart::new(&k, n)))
+}
+
+/// The kernel values of the events new to the window (`fresh`, in window
+/// order): against the reference, and against the window's events.
+struct FreshRows {
+    m: usize,
+    /// Row r: fresh event r against the reference (n values).
+    yx: Block,
+    /// Row r at offset r·m: fresh event r against every event of the
+    /// window; when every event is fresh, below the diagonal only.
+    yy: Block,
+    /// Window position → row in `yx` and `yy` (fresh events only).
+    at: Vec<usize>,
+}
+
+impl FreshRows {
+    fn new(
+        reference: &[f64],
+        current: &[f64],
+        dim: usize,
+        centre: &[f64],
+        gamma: f64,
+        old_pos: &[Option<usize>],
+    ) -> Self {
+        let m = current.len() / dim;
+        let fresh: Vec<usize> = (0..m).filter(|&j| old_pos[j].is_none()).collect();
+        let ys = Points::new(current, dim, centre);
+        let new_rows = ys.select(&fresh);
+        let mut yx = new_rows.sq_dists(&Points::new(reference, dim, centre));
+        simd::gaussian_in_place(&mut yx, gamma);
+        let yy = if fresh.len() == m {
+            let mut k = ys.sq_dists_lower();
+            gaussian_lower(&mut k, m, gamma);
+            k
+        } else {
+            let mut k = new_rows.sq_dists(&ys);
+            simd::gaussian_in_place(&mut k, gamma);
+            k
+        };
+        let mut at = vec![usize::MAX; m];
+        fresh.iter().enumerate().for_each(|(r, &j)| at[j] = r);
+        Self { m, yx, yy, at }
+    }
+}
+
+/// The window's rows: a fresh event's computed in full; a kept event's,
+/// when the kept events before it are the old events a0.. in order, its
+/// old row, whose K_YY part is then a suffix of the old one; else gathered
+/// from the old rows (`old_pos`: each event's old position, if kept).
+fn current_rows(n: usize, old_pos: &[Option<usize>], old_rows: &[CurrentRow], fresh: &FreshRows) -> Vec<CurrentRow> {
+    let m = fresh.m;
     let a0 = old_pos.first().copied().flatten();
     let mut in_run = true;
-    let rows: Vec<CurrentRow> = (0..m)
+    (0..m)
         .map(|j| {
             in_run &= a0.is_some_and(|a0| old_pos[j] == Some(a0 + j));
-            let r = fresh_at[j];
+            let r = fresh.at[j];
             match old_pos[j] {
-                None => CurrentRow::new(&new_yx[r * n..(r + 1) * n], new_yy[r * m..r * m + j].to_vec()),
+                None => CurrentRow::new(&fresh.yx[r * n..(r + 1) * n], fresh.yy[r * m..r * m + j].to_vec()),
                 Some(a) if in_run => {
                     let mut row = old_rows[a].clone();
                     row.skip += a - j;
@@ -181,33 +241,14 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
                             Some(b) if b > a => old_rows[b].yy()[a],
                             // Equal events map to one old event; k(y, y) = 1.
                             Some(_) => 1.0,
-                            None => new_yy[fresh_at[l] * m + j],
+                            None => fresh.yy[fresh.at[l] * m + j],
                         })
                         .collect();
                     old_rows[a].regathered(n, yy)
                 }
             }
         })
-        .collect();
-    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if c.len() >= CACHE_ENTRIES {
-        c.remove(0);
-    }
-    c.push(CacheEntry {
-        key,
-        sigma,
-        sigma_fallback,
-        xx: xx.clone(),
-        current: current.to_vec(),
-        index: row_index(current, dim),
-        rows: rows.clone(),
-    });
-    Window {
-        xx,
-        rows,
-        sigma,
-        sigma_fallback,
-    }
+        .collect()
 }
 
 /// What the cache has for an evaluation.
@@ -228,24 +269,17 @@ const PROBES: usize = 8;
 /// replaced), as a window that slid; else the reference's part from any
 /// entry for it. Several streams (keys) may be tested against equal
 /// references, each with its own entry, and equal events may occur in
-/// several streams: hence several probes, not one.
-fn cached(key: (u64, usize, u64), current: &[f64], dim: usize) -> Option<Reuse> {
-    let m = current.len() / dim;
-    let probes: Vec<(u64, &[f64])> = (0..PROBES.min(m))
-        .map(|p| {
-            let j = p * m / PROBES.min(m);
-            let row = &current[j * dim..(j + 1) * dim];
-            (hash_rows(row), row)
-        })
-        .collect();
+/// several streams: hence several probes, not one. `hashes`: the current
+/// rows' [`hash_rows`].
+fn cached(key: (u64, usize, u64), current: &[f64], hashes: &[u64], dim: usize) -> Option<Reuse> {
+    let m = hashes.len();
+    let probes: Vec<usize> = (0..PROBES.min(m)).map(|p| p * m / PROBES.min(m)).collect();
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let hits = |e: &CacheEntry| {
-        let found = |(h, row): &(u64, &[f64])| {
-            e.index
-                .get(h)
-                .is_some_and(|&o| &e.current[o * dim..(o + 1) * dim] == *row)
-        };
-        probes.iter().filter(|p| found(p)).count()
+        probes
+            .iter()
+            .filter(|&&j| e.position(hashes[j], &current[j * dim..(j + 1) * dim], dim).is_some())
+            .count()
     };
     let best = (0..c.len())
         .filter(|&i| c[i].key == key)
@@ -258,25 +292,13 @@ fn cached(key: (u64, usize, u64), current: &[f64], dim: usize) -> Option<Reuse> 
     }
 }
 
-/// Each row's position by its hash (the last of equal rows).
-fn row_index(rows: &[f64], dim: usize) -> HashMap<u64, usize> {
-    let mut index = HashMap::with_capacity(rows.len() / dim);
-    for (j, row) in rows.chunks_exact(dim).enumerate() {
-        index.insert(hash_rows(row), j);
+impl CacheEntry {
+    /// Where the event `row` (whose hash is `hash`) was in this entry's
+    /// window, if it was (equal events: the last of them).
+    fn position(&self, hash: u64, row: &[f64], dim: usize) -> Option<usize> {
+        self.index
+            .get(&hash)
+            .copied()
+            .filter(|&o| &self.current[o * dim..(o + 1) * dim] == row)
     }
-    index
-}
-
-/// Where each current row was in the previous current window `old` (its
-/// rows by hash: `index`), if it was (equal rows: the last of them).
-fn positions(old: &[f64], index: &HashMap<u64, usize>, current: &[f64], dim: usize) -> Vec<Option<usize>> {
-    current
-        .chunks_exact(dim)
-        .map(|row| {
-            index
-                .get(&hash_rows(row))
-                .copied()
-                .filter(|&o| &old[o * dim..(o + 1) * dim] == row)
-        })
-        .collect()
 }
