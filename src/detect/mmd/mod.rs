@@ -135,61 +135,97 @@ impl XxPart {
 // TILED_ABOVE values ≤ 2¹⁴.
 const _: () = assert!(TILED_ABOVE << 14 < i32::MAX as usize);
 
-/// A kernel-sized buffer whose storage goes back to [`SPARE`] when its last
-/// user drops it: the next evaluation reuses warm pages instead of faulting
-/// in fresh ones (page faults were a fifth of a cold test's time).
-struct Block(Vec<f64>);
+/// A kernel-sized buffer whose storage goes back to its type's pool of
+/// spares ([`Spare`]) when its last user drops it: the next evaluation
+/// reuses warm pages instead of faulting in fresh ones (page faults were a
+/// fifth of a cold test's time, and a tenth of a slide's).
+struct Block<T: Spare = f64>(Vec<T>);
 
-/// Buffers kept for reuse: at most [`SPARE_MAX`] of them and [`SPARE_BYTES`]
-/// in all, each of at least [`SPARE_MIN`] values (smaller ones are cheap).
-static SPARE: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
+/// Element types of [`Block`]s, each with its pool of spare buffers: at
+/// most [`SPARE_MAX`] of them and [`SPARE_BYTES`] in all, each of at least
+/// [`SPARE_MIN_BYTES`] (smaller ones are cheap).
+trait Spare: Copy + Default + 'static {
+    fn spare() -> &'static Mutex<Vec<Vec<Self>>>;
+}
+
+impl Spare for f64 {
+    fn spare() -> &'static Mutex<Vec<Vec<f64>>> {
+        static SPARE: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
+        &SPARE
+    }
+}
+
+impl Spare for i16 {
+    fn spare() -> &'static Mutex<Vec<Vec<i16>>> {
+        static SPARE: Mutex<Vec<Vec<i16>>> = Mutex::new(Vec::new());
+        &SPARE
+    }
+}
+
 const SPARE_MAX: usize = 8;
 const SPARE_BYTES: usize = 256 << 20;
-const SPARE_MIN: usize = 1 << 16;
+const SPARE_MIN_BYTES: usize = 512 << 10;
 
-impl Block {
+impl<T: Spare> Block<T> {
     /// `len` values; their contents are unspecified (a reused buffer keeps
     /// old values), so callers write before they read.
     fn new(len: usize) -> Self {
-        let reused = {
-            let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
-            // The smallest that fits, so small windows do not hold big buffers.
-            let best = (0..spare.len())
-                .filter(|&i| spare[i].capacity() >= len)
-                .min_by_key(|&i| spare[i].capacity());
-            best.map(|i| spare.swap_remove(i))
-        };
-        let mut v = reused.unwrap_or_default();
+        let mut v = Self::reused(len);
         if v.len() >= len {
             v.truncate(len);
         } else {
-            v.resize(len, 0.0);
+            v.resize(len, T::default());
         }
         Block(v)
     }
-}
 
-impl std::ops::Deref for Block {
-    type Target = [f64];
-    fn deref(&self) -> &[f64] {
-        &self.0
+    /// No values, and room for `capacity` of them (appended through
+    /// [`Self::values`]).
+    fn with_capacity(capacity: usize) -> Self {
+        let mut v = Self::reused(capacity);
+        v.clear();
+        v.reserve(capacity);
+        Block(v)
     }
-}
 
-impl std::ops::DerefMut for Block {
-    fn deref_mut(&mut self) -> &mut [f64] {
+    /// The smallest spare buffer that holds `len` values, so that small
+    /// windows do not hold big buffers; else a new one.
+    fn reused(len: usize) -> Vec<T> {
+        let mut spare = T::spare().lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..spare.len())
+            .filter(|&i| spare[i].capacity() >= len)
+            .min_by_key(|&i| spare[i].capacity());
+        best.map(|i| spare.swap_remove(i)).unwrap_or_default()
+    }
+
+    /// The values, to append to.
+    fn values(&mut self) -> &mut Vec<T> {
         &mut self.0
     }
 }
 
-impl Drop for Block {
+impl<T: Spare> std::ops::Deref for Block<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<T: Spare> std::ops::DerefMut for Block<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.0
+    }
+}
+
+impl<T: Spare> Drop for Block<T> {
     fn drop(&mut self) {
-        if self.0.capacity() < SPARE_MIN {
+        let bytes = |v: &Vec<T>| v.capacity() * size_of::<T>();
+        if bytes(&self.0) < SPARE_MIN_BYTES {
             return;
         }
-        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
-        let held: usize = spare.iter().map(Vec::capacity).sum();
-        if spare.len() < SPARE_MAX && (held + self.0.capacity()) * size_of::<f64>() <= SPARE_BYTES {
+        let mut spare = T::spare().lock().unwrap_or_else(|e| e.into_inner());
+        let held: usize = spare.iter().map(bytes).sum();
+        if spare.len() < SPARE_MAX && held + bytes(&self.0) <= SPARE_BYTES {
             spare.push(std::mem::take(&mut self.0));
         }
     }
@@ -215,10 +251,11 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     }
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
     let w = window::window(reference, current, dim, sigma_opt);
-    // The statistic from the f64 kernel, summed row by row in window order
-    // (what a pass over the whole matrix adds, in its order).
-    let syx: f64 = w.rows.iter().map(|r| r.yx_sum).sum();
-    let syy: f64 = w.rows.iter().map(|r| 2.0 * simd::sum(r.yy())).sum();
+    // The statistic from the f64 kernel, summed row by row in window order;
+    // each row's sum depends only on its values (see CurrentRow::yy_sum), so
+    // a slide and a restart give the same bits.
+    let syx: f64 = w.rows.iter().map(|r| r.yx_sum()).sum();
+    let syy: f64 = w.rows.iter().map(|r| 2.0 * r.yy_sum()).sum();
     let t = mmd_from_sums(w.xx.sxx, syx, syy, n, m);
     // The permutations' statistics from the fixed-point kernel: exact
     // integer sums, so every one (the observed split's too) is the same
@@ -931,6 +968,43 @@ mod tests {
                 "reordered: {} vs {want}",
                 r.statistic
             );
+        }
+    }
+
+    /// Windows whose rows are several [`window::YY_CHUNK`]s long, sliding by
+    /// steps that are and are not multiples of it: each slide gives what a
+    /// restart gives, and the definition.
+    #[test]
+    fn long_windows_slide_as_from_scratch() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let x = gauss(&mut rng, 120, 2, 0.0);
+        let stream = gauss(&mut rng, 600, 2, 0.1);
+        let o = MmdOptions {
+            permutations: 5,
+            seed: 2,
+            sigma: Some(0.9),
+            threads: 1,
+            stop_after: None,
+        };
+        clear_kernel_cache();
+        for start in [0usize, 64, 101, 165, 230, 390] {
+            let y = &stream[start * 2..(start + 210) * 2];
+            let r = mmd_test(&x, y, 2, &o).unwrap();
+            let want = naive(&x, y, 2, 0.9);
+            // T is a difference of means of ~10⁴ kernel values ≤ 1, each
+            // summed in its own order: both sides round at ~10⁻¹⁵.
+            assert!(
+                (r.statistic - want).abs() <= 1e-13,
+                "start {start}: {} vs {want}",
+                r.statistic
+            );
+            clear_kernel_cache();
+            assert_eq!(
+                Some(r),
+                mmd_test(&x, y, 2, &o),
+                "start {start}: a slide gives what a restart gives"
+            );
+            // The restart is cached again: the next slide starts from it.
         }
     }
 

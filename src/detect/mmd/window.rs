@@ -19,59 +19,120 @@ use std::sync::{Arc, Mutex};
 use super::{Block, Points, XxPart, column_means, gaussian_lower, or_fallback, sigma_from_median};
 use crate::detect::simd;
 
+/// Values per partial sum of a row's K_YY part, counted from its end (see
+/// [`CurrentRow::yy_sum`]).
+pub(super) const YY_CHUNK: usize = 64;
+
+/// The rows one evaluation computed or gathered, in one buffer of each
+/// kind that they share: it goes back to the pool ([`Block`]) when the
+/// last of them has left the window, so a slide neither allocates per row
+/// nor faults in fresh pages.
+struct RowStore {
+    /// Per row: its K_YX row (n values), then its K_YY values, in fixed point.
+    fixed: Block<i16>,
+    /// Per row: its K_YY values, then their sums by [`YY_CHUNK`] from the end.
+    yy: Block<f64>,
+}
+
+/// Where a row's values are in its [`RowStore`].
+#[derive(Clone, Copy)]
+struct Placed {
+    fixed_at: usize,
+    yy_at: usize,
+    yy_len: usize,
+    yx_sum: f64,
+}
+
+impl RowStore {
+    /// Room for rows with `yy_lens` K_YY values each and `n` K_YX ones.
+    fn with_room(n: usize, yy_lens: impl Iterator<Item = usize> + Clone) -> Self {
+        let fixed: usize = yy_lens.clone().map(|l| n + l).sum();
+        let yy: usize = yy_lens.map(|l| l + l / YY_CHUNK).sum();
+        Self {
+            fixed: Block::with_capacity(fixed),
+            yy: Block::with_capacity(yy),
+        }
+    }
+
+    /// Appends a row: its K_YX row and its K_YY values.
+    fn push(&mut self, yx: Yx, yy: &[f64]) -> Placed {
+        let fixed_at = self.fixed.len();
+        let yx_sum = match yx {
+            Yx::Values(yx) => {
+                simd::to_fixed(yx, self.fixed.values());
+                simd::sum(yx)
+            }
+            Yx::Fixed(yx_fixed, sum) => {
+                self.fixed.values().extend_from_slice(yx_fixed);
+                sum
+            }
+        };
+        simd::to_fixed(yy, self.fixed.values());
+        let yy_at = self.yy.len();
+        let values = self.yy.values();
+        values.extend_from_slice(yy);
+        values.extend(yy.rchunks_exact(YY_CHUNK).map(simd::sum));
+        Placed {
+            fixed_at,
+            yy_at,
+            yy_len: yy.len(),
+            yx_sum,
+        }
+    }
+}
+
+/// A row's K_YX part, as [`RowStore::push`] takes it.
+enum Yx<'a> {
+    /// Computed: the f64 values.
+    Values(&'a [f64]),
+    /// Kept from an old row: in fixed point, with the f64 values' sum.
+    Fixed(&'a [i16], f64),
+}
+
 /// One current event's part of the pooled kernel left of the diagonal.
 #[derive(Clone)]
 pub(super) struct CurrentRow {
-    /// Its K_YX row (n values), then its stored K_YY values, in fixed point.
-    fixed: Arc<Vec<i16>>,
-    /// Its stored K_YY values: against the events before it in the window
-    /// it entered (or was last gathered in).
-    yy: Arc<Vec<f64>>,
+    store: Arc<RowStore>,
+    at: Placed,
     /// Stored K_YY values of events that have left the window since.
     skip: usize,
-    /// Σ of its f64 K_YX row.
-    pub(super) yx_sum: f64,
 }
 
 impl CurrentRow {
-    fn new(yx: &[f64], yy: Vec<f64>) -> Self {
-        let mut fixed = Vec::with_capacity(yx.len() + yy.len());
-        simd::to_fixed(yx, &mut fixed);
-        simd::to_fixed(&yy, &mut fixed);
-        Self {
-            fixed: Arc::new(fixed),
-            yy: Arc::new(yy),
-            skip: 0,
-            yx_sum: simd::sum(yx),
-        }
-    }
-
-    /// The same K_YX row with other K_YY values.
-    fn regathered(&self, n: usize, yy: Vec<f64>) -> Self {
-        let mut fixed = Vec::with_capacity(n + yy.len());
-        fixed.extend_from_slice(&self.fixed[..n]);
-        simd::to_fixed(&yy, &mut fixed);
-        Self {
-            fixed: Arc::new(fixed),
-            yy: Arc::new(yy),
-            skip: 0,
-            yx_sum: self.yx_sum,
-        }
+    /// Σ of its f64 K_YX row.
+    pub(super) fn yx_sum(&self) -> f64 {
+        self.at.yx_sum
     }
 
     /// K_YY against the window's events before this one (f64).
-    pub(super) fn yy(&self) -> &[f64] {
-        &self.yy[self.skip..]
+    fn yy(&self) -> &[f64] {
+        &self.store.yy[self.at.yy_at + self.skip..self.at.yy_at + self.at.yy_len]
+    }
+
+    /// Σ of [`Self::yy`]: the values short of a whole [`YY_CHUNK`] from the
+    /// end, then the stored sums of the chunks, left to right. What is
+    /// added depends only on the values, so a kept row whose first values
+    /// left gives the bits a restart's row gives, and a slide sums a few
+    /// values a row instead of all.
+    pub(super) fn yy_sum(&self) -> f64 {
+        let len = self.at.yy_len - self.skip;
+        let whole = len / YY_CHUNK;
+        let chunks = &self.store.yy[self.at.yy_at + self.at.yy_len..][..whole];
+        chunks
+            .iter()
+            .rev()
+            .fold(simd::sum(&self.yy()[..len - whole * YY_CHUNK]), |s, c| s + c)
     }
 
     /// K_YX in fixed point (`n`: the reference's size).
     pub(super) fn yx_fixed(&self, n: usize) -> &[i16] {
-        &self.fixed[..n]
+        &self.store.fixed[self.at.fixed_at..self.at.fixed_at + n]
     }
 
     /// [`Self::yy`] in fixed point.
     pub(super) fn yy_fixed(&self, n: usize) -> &[i16] {
-        &self.fixed[n + self.skip..]
+        let start = self.at.fixed_at + n;
+        &self.store.fixed[start + self.skip..start + self.at.yy_len]
     }
 }
 
@@ -218,37 +279,54 @@ impl FreshRows {
 /// The window's rows: a fresh event's computed in full; a kept event's,
 /// when the kept events before it are the old events a0.. in order, its
 /// old row, whose K_YY part is then a suffix of the old one; else gathered
-/// from the old rows (`old_pos`: each event's old position, if kept).
+/// from the old rows (`old_pos`: each event's old position, if kept). The
+/// rows not kept as they are go into one new [`RowStore`].
 fn current_rows(n: usize, old_pos: &[Option<usize>], old_rows: &[CurrentRow], fresh: &FreshRows) -> Vec<CurrentRow> {
     let m = fresh.m;
     let a0 = old_pos.first().copied().flatten();
     let mut in_run = true;
-    (0..m)
+    let mut kept: Vec<Option<CurrentRow>> = (0..m)
         .map(|j| {
             in_run &= a0.is_some_and(|a0| old_pos[j] == Some(a0 + j));
-            let r = fresh.at[j];
-            match old_pos[j] {
-                None => CurrentRow::new(&fresh.yx[r * n..(r + 1) * n], fresh.yy[r * m..r * m + j].to_vec()),
-                Some(a) if in_run => {
-                    let mut row = old_rows[a].clone();
-                    row.skip += a - j;
-                    row
-                }
-                Some(a) => {
-                    let yy = (0..j)
-                        .map(|l| match old_pos[l] {
-                            Some(b) if b < a => old_rows[a].yy()[b],
-                            Some(b) if b > a => old_rows[b].yy()[a],
-                            // Equal events map to one old event; k(y, y) = 1.
-                            Some(_) => 1.0,
-                            None => fresh.yy[fresh.at[l] * m + j],
-                        })
-                        .collect();
-                    old_rows[a].regathered(n, yy)
-                }
+            let a = old_pos[j].filter(|_| in_run)?;
+            let mut row = old_rows[a].clone();
+            row.skip += a - j;
+            Some(row)
+        })
+        .collect();
+    let new: Vec<usize> = (0..m).filter(|&j| kept[j].is_none()).collect();
+    let mut store = RowStore::with_room(n, new.iter().copied());
+    let mut gathered = vec![];
+    let placed: Vec<Placed> = new
+        .iter()
+        .map(|&j| match old_pos[j] {
+            None => {
+                let r = fresh.at[j];
+                store.push(Yx::Values(&fresh.yx[r * n..(r + 1) * n]), &fresh.yy[r * m..r * m + j])
+            }
+            Some(a) => {
+                gathered.clear();
+                gathered.extend((0..j).map(|l| match old_pos[l] {
+                    Some(b) if b < a => old_rows[a].yy()[b],
+                    Some(b) if b > a => old_rows[b].yy()[a],
+                    // Equal events map to one old event; k(y, y) = 1.
+                    Some(_) => 1.0,
+                    None => fresh.yy[fresh.at[l] * m + j],
+                }));
+                let old = &old_rows[a];
+                store.push(Yx::Fixed(old.yx_fixed(n), old.yx_sum()), &gathered)
             }
         })
-        .collect()
+        .collect();
+    let store = Arc::new(store);
+    for (&j, at) in new.iter().zip(placed) {
+        kept[j] = Some(CurrentRow {
+            store: store.clone(),
+            at,
+            skip: 0,
+        });
+    }
+    kept.into_iter().flatten().collect()
 }
 
 /// What the cache has for an evaluation.
