@@ -104,16 +104,18 @@ pub struct MmdResult {
 /// The reference's own part of the sums, the same for every current window
 /// tested against it (kept in the cache): K_XX left of its diagonal in
 /// fixed point (row i: its i values from offset i(i−1)/2), the fixed-point
-/// sums of its full rows, and twice its f64 sum below the diagonal (added
-/// in the order a pass over the pooled matrix would add it).
+/// sums of its full rows, twice its f64 sum below the diagonal (added in
+/// the order a pass over the pooled matrix would add it), and its points.
 struct XxPart {
     fixed: Vec<i16>,
     fixed_sums: Vec<i32>,
     sxx: f64,
+    points: Points,
 }
 
 impl XxPart {
-    fn new(kxx: &[f64], n: usize) -> Self {
+    fn new(kxx: &[f64], points: Points) -> Self {
+        let n = points.norms.len();
         let mut fixed = Vec::with_capacity(n * n.saturating_sub(1) / 2);
         let mut sxx = 0.0;
         for i in 0..n {
@@ -127,7 +129,12 @@ impl XxPart {
             let own = simd::add_fixed_to(&mut fixed_sums[..i], row);
             fixed_sums[i] = fixed_sums[i].wrapping_add(own);
         }
-        Self { fixed, fixed_sums, sxx }
+        Self {
+            fixed,
+            fixed_sums,
+            sxx,
+            points,
+        }
     }
 }
 
@@ -162,9 +169,11 @@ impl Spare for i16 {
     }
 }
 
-const SPARE_MAX: usize = 8;
+const SPARE_MAX: usize = 16;
 const SPARE_BYTES: usize = 256 << 20;
-const SPARE_MIN_BYTES: usize = 512 << 10;
+/// glibc's first threshold for serving an allocation by its own mapping,
+/// whose pages are faulted in afresh each time.
+const SPARE_MIN_BYTES: usize = 128 << 10;
 
 impl<T: Spare> Block<T> {
     /// `len` values; their contents are unspecified (a reused buffer keeps
@@ -657,26 +666,27 @@ fn column_means(data: &[f64], dim: usize) -> Vec<f64> {
 
 /// Rows prepared for [`simd::sq_dists_block`]: centred, with their squared
 /// norms, and transposed.
+/// (In recycled [`Block`]s: a window's points are made at every evaluation.)
 struct Points {
     dim: usize,
-    rows: Vec<f64>,
+    rows: Block,
     norms: Vec<f64>,
-    cols: Vec<f64>,
+    cols: Block,
 }
 
 impl Points {
     fn new(data: &[f64], dim: usize, centre: &[f64]) -> Self {
-        let rows: Vec<f64> = data
-            .chunks_exact(dim)
-            .flat_map(|r| r.iter().zip(centre).map(|(v, c)| v - c))
-            .collect();
+        let mut rows = Block::with_capacity(data.len());
+        for r in data.chunks_exact(dim) {
+            rows.values().extend(r.iter().zip(centre).map(|(v, c)| v - c));
+        }
         Self::from_centred(rows, dim)
     }
 
-    fn from_centred(rows: Vec<f64>, dim: usize) -> Self {
+    fn from_centred(rows: Block, dim: usize) -> Self {
         let count = rows.len() / dim;
         let norms = rows.chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
-        let mut cols = vec![0.0; rows.len()];
+        let mut cols = Block::new(rows.len());
         for (i, r) in rows.chunks_exact(dim).enumerate() {
             for (k, v) in r.iter().enumerate() {
                 cols[k * count + i] = *v;
@@ -688,12 +698,11 @@ impl Points {
     /// The rows at `idx`, in that order.
     fn select(&self, idx: &[usize]) -> Self {
         let d = self.dim;
-        Self::from_centred(
-            idx.iter()
-                .flat_map(|&i| self.rows[i * d..(i + 1) * d].iter().copied())
-                .collect(),
-            d,
-        )
+        let mut rows = Block::with_capacity(idx.len() * d);
+        for &i in idx {
+            rows.values().extend_from_slice(&self.rows[i * d..(i + 1) * d]);
+        }
+        Self::from_centred(rows, d)
     }
 
     /// Squared distances, self's rows × other's rows, row-major.

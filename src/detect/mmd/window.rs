@@ -197,7 +197,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         None => vec![None; m],
     };
     let old_rows = old.as_ref().map_or(&[][..], |e| &e.rows[..]);
-    let fresh = FreshRows::new(reference, current, dim, &centre, 1.0 / (2.0 * sigma * sigma), &old_pos);
+    let fresh = FreshRows::new(&xx.points, current, &centre, 1.0 / (2.0 * sigma * sigma), &old_pos);
     let rows = current_rows(reference.len() / dim, &old_pos, old_rows, &fresh);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if c.len() >= CACHE_ENTRIES {
@@ -224,13 +224,14 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
 /// σ (given, or the median heuristic's) and the reference's part.
 fn reference_part(reference: &[f64], dim: usize, centre: &[f64], sigma_opt: Option<f64>) -> (f64, bool, Arc<XxPart>) {
     let n = reference.len() / dim;
-    let mut k = Points::new(reference, dim, centre).sq_dists_lower();
+    let points = Points::new(reference, dim, centre);
+    let mut k = points.sq_dists_lower();
     let (sigma, fallback) = match sigma_opt {
         Some(s) => (s, false),
         None => or_fallback(sigma_from_median(&k, n)),
     };
     gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
-    (sigma, fallback, Arc::new(XxPart::new(&k, n)))
+    (sigma, fallback, Arc::new(XxPart::new(&k, points)))
 }
 
 /// The kernel values of the events new to the window (`fresh`, in window
@@ -247,19 +248,14 @@ struct FreshRows {
 }
 
 impl FreshRows {
-    fn new(
-        reference: &[f64],
-        current: &[f64],
-        dim: usize,
-        centre: &[f64],
-        gamma: f64,
-        old_pos: &[Option<usize>],
-    ) -> Self {
+    /// `xs`: the reference's points.
+    fn new(xs: &Points, current: &[f64], centre: &[f64], gamma: f64, old_pos: &[Option<usize>]) -> Self {
+        let dim = xs.dim;
         let m = current.len() / dim;
         let fresh: Vec<usize> = (0..m).filter(|&j| old_pos[j].is_none()).collect();
         let ys = Points::new(current, dim, centre);
         let new_rows = ys.select(&fresh);
-        let mut yx = new_rows.sq_dists(&Points::new(reference, dim, centre));
+        let mut yx = new_rows.sq_dists(xs);
         simd::gaussian_in_place(&mut yx, gamma);
         let yy = if fresh.len() == m {
             let mut k = ys.sq_dists_lower();
