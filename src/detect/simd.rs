@@ -92,13 +92,13 @@ pub fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Scale of the fixed-point kernel values the permutation sums work on:
-/// k ∈ [0, 1] becomes round(k·2¹⁴), an i16, so that one multiply-add
-/// instruction takes 16 (AVX2) or 32 (AVX-512) of them.
-pub const FIXED_SCALE: f64 = (1u32 << 14) as f64;
+/// k ∈ [0, 1] becomes round(k·255), a byte, so that one multiply-add
+/// instruction (`vpmaddubsw`) takes 32 (AVX2) or 64 (AVX-512) of them.
+pub const FIXED_SCALE: f64 = 255.0;
 
-/// Appends round(x·2¹⁴) (ties to even) for each x of `src` (kernel values
+/// Appends round(x·255) (ties to even) for each x of `src` (kernel values
 /// in [0, 1]) to `dst`.
-pub fn to_fixed(src: &[f64], dst: &mut Vec<i16>) {
+pub fn to_fixed(src: &[f64], dst: &mut Vec<u8>) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 present.
@@ -107,15 +107,16 @@ pub fn to_fixed(src: &[f64], dst: &mut Vec<i16>) {
     dst.extend(src.iter().map(|x| fixed_one(*x)));
 }
 
-fn fixed_one(x: f64) -> i16 {
-    (x * FIXED_SCALE).round_ties_even() as i16
+fn fixed_one(x: f64) -> u8 {
+    (x * FIXED_SCALE).round_ties_even() as u8
 }
 
 /// The conversion rounds in the default mode, to nearest with ties to even,
-/// as `round_ties_even` does for the tail; values ≤ 2¹⁴ pack to i16 unchanged.
+/// as `round_ties_even` does for the tail; values ≤ 255 pack to bytes
+/// unchanged.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn to_fixed_avx2(src: &[f64], dst: &mut Vec<i16>) {
+unsafe fn to_fixed_avx2(src: &[f64], dst: &mut Vec<u8>) {
     let (n, at) = (src.len(), dst.len());
     dst.reserve(n);
     let scale = _mm256_set1_pd(FIXED_SCALE);
@@ -129,7 +130,8 @@ unsafe fn to_fixed_avx2(src: &[f64], dst: &mut Vec<i16>) {
             // feature, and their intrinsics would become calls.
             let lo = _mm256_cvtpd_epi32(_mm256_mul_pd(load_pd(src.as_ptr().wrapping_add(i)), scale));
             let hi = _mm256_cvtpd_epi32(_mm256_mul_pd(load_pd(src.as_ptr().wrapping_add(i + 4)), scale));
-            _mm_storeu_si128(out.add(i) as *mut __m128i, _mm_packs_epi32(lo, hi));
+            let words = _mm_packs_epi32(lo, hi);
+            _mm_storel_epi64(out.add(i) as *mut __m128i, _mm_packus_epi16(words, words));
             i += 8;
         }
         for (k, x) in src.iter().enumerate().skip(i) {
@@ -142,7 +144,7 @@ unsafe fn to_fixed_avx2(src: &[f64], dst: &mut Vec<i16>) {
 /// Adds `row` to `acc`, value by value, and returns the sum of `row`:
 /// exact integer sums (the caller keeps them below 2³¹; wrapping adds keep
 /// overflow checks, and with them scalar code, out of debug builds).
-pub fn add_fixed_to(acc: &mut [i32], row: &[i16]) -> i32 {
+pub fn add_fixed_to(acc: &mut [i32], row: &[u8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 present.
@@ -155,118 +157,149 @@ pub fn add_fixed_to(acc: &mut [i32], row: &[i16]) -> i32 {
 /// baseline the crate is built for has four).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn add_fixed_to_avx2(acc: &mut [i32], row: &[i16]) -> i32 {
+unsafe fn add_fixed_to_avx2(acc: &mut [i32], row: &[u8]) -> i32 {
     add_fixed_to_any(acc, row)
 }
 
 #[inline(always)]
-fn add_fixed_to_any(acc: &mut [i32], row: &[i16]) -> i32 {
+fn add_fixed_to_any(acc: &mut [i32], row: &[u8]) -> i32 {
     for (c, &v) in acc.iter_mut().zip(row) {
         *c = c.wrapping_add(i32::from(v));
     }
     row.iter().fold(0i32, |s, &v| s.wrapping_add(i32::from(v)))
 }
 
-/// Values multiplied and added per i32 lane before the lanes are widened
-/// to i64: 2¹⁶ values ≤ 2¹⁴ stay below 2³¹ even in one lane.
-const FIXED_FLUSH: usize = 1 << 16;
+/// Values summed in i32 before the sum is widened to i64: 2²² values ≤ 255
+/// stay below 2³¹.
+const FIXED_FLUSH: usize = 1 << 22;
+
+/// Vector iterations whose byte products (pairs ≤ 2·255) are summed in i16
+/// lanes before they are widened to i32: 64 · 510 < 2¹⁵.
+const PAIRS_FLUSH: usize = 64;
 
 /// Σ_t row[t]·set[t] for each of `H` sets given as columns of 0 and 1 (at
 /// least as long as `row`): the sums of the row over the columns each set
 /// holds. Integer sums are exact, so the result does not depend on the
 /// order or grouping of the additions: a permutation that equals another
 /// in law gives the same sum bit for bit, on every path.
-pub fn set_sums<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64; H] {
-    debug_assert!(sets.iter().all(|s| s.len() >= row.len()));
+pub fn set_sums<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64; H] {
+    assert!(
+        sets.iter().all(|s| s.len() >= row.len()),
+        "a set's column is shorter than the row"
+    );
     #[cfg(target_arch = "x86_64")]
     if has_avx512bw() {
-        // SAFETY: AVX-512F and BW present.
+        // SAFETY: AVX-512F and BW present; columns as long as the row.
         return unsafe { set_sums_avx512(row, sets) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: AVX2 present.
+        // SAFETY: AVX2 present; columns as long as the row.
         return unsafe { set_sums_avx2(row, sets) };
     }
     set_sums_portable(row, sets)
 }
 
-/// Plain loops of i16 products summed in i32, which the compiler turns
+/// Plain loops of byte products summed in i32, which the compiler turns
 /// into multiply-adds of whatever width the target has (NEON on aarch64).
-fn set_sums_portable<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64; H] {
+fn set_sums_portable<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64; H] {
     let mut tot = [0i64; H];
     for (c, chunk) in row.chunks(FIXED_FLUSH).enumerate() {
         for (t, set) in tot.iter_mut().zip(&sets) {
             let on = &set[c * FIXED_FLUSH..c * FIXED_FLUSH + chunk.len()];
-            let s: i32 = chunk.iter().zip(on).map(|(&v, &b)| i32::from(v) * i32::from(b)).sum();
+            let s = chunk.iter().zip(on).fold(0i32, |s, (&v, &b)| {
+                s.wrapping_add(i32::from(v).wrapping_mul(i32::from(b)))
+            });
             *t += i64::from(s);
         }
     }
     tot
 }
 
-/// 16 values per multiply-add: `vpmaddwd` multiplies a row's i16 values by
-/// a set's 0/1 and adds neighbouring pairs into eight i32 lanes; one load
+/// 32 values per multiply-add: `vpmaddubsw` multiplies a row's bytes by a
+/// set's 0/1 and adds neighbouring pairs into sixteen i16 lanes, which are
+/// widened into eight i32 lanes every [`PAIRS_FLUSH`] iterations; one load
 /// of the row serves every set.
+///
+/// # Safety
+/// AVX2 present; every set's column at least as long as `row`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn set_sums_avx2<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64; H] {
+unsafe fn set_sums_avx2<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64; H] {
+    let ones = _mm256_set1_epi16(1);
+    let body = row.len() - row.len() % 32;
     let mut tot = [0i64; H];
     let mut t = 0;
-    while t + 16 <= row.len() {
-        let end = (t + FIXED_FLUSH).min(row.len() - row.len() % 16);
-        let mut acc = [_mm256_setzero_si256(); H];
-        // `lddqu`: see [`load_pd`].
-        let at = |p: *const i16, t: usize| p.wrapping_add(t) as *const __m256i;
+    while t < body {
+        let end = (t + FIXED_FLUSH).min(body);
+        let mut wide = [_mm256_setzero_si256(); H];
         while t < end {
-            // SAFETY: t + 16 ≤ row.len() ≤ every set's length.
-            unsafe {
-                let x = _mm256_lddqu_si256(at(row.as_ptr(), t));
-                for h in 0..H {
-                    let on = _mm256_lddqu_si256(at(sets[h].as_ptr(), t));
-                    acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(x, on));
+            let stop = (t + 32 * PAIRS_FLUSH).min(end);
+            let mut pairs = [_mm256_setzero_si256(); H];
+            while t < stop {
+                // SAFETY: t + 32 ≤ row.len() ≤ every column's length; `lddqu`: see [`load_pd`].
+                unsafe {
+                    let x = _mm256_lddqu_si256(row.as_ptr().add(t) as *const __m256i);
+                    for h in 0..H {
+                        let on = _mm256_lddqu_si256(sets[h].as_ptr().add(t) as *const __m256i);
+                        pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(x, on));
+                    }
                 }
+                t += 32;
             }
-            t += 16;
+            for h in 0..H {
+                wide[h] = _mm256_add_epi32(wide[h], _mm256_madd_epi16(pairs[h], ones));
+            }
         }
-        for (s, a) in tot.iter_mut().zip(&acc) {
+        for h in 0..H {
             let mut lanes = [0i32; 8];
             // SAFETY: 8 i32 lanes into an 8-element array.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, *a) };
-            *s += lanes.iter().map(|&v| i64::from(v)).sum::<i64>();
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, wide[h]) };
+            tot[h] += lanes.iter().map(|&v| i64::from(v)).sum::<i64>();
         }
     }
     // The tail shorter than a vector: the portable sums.
-    let tail = set_sums_portable(&row[t..], sets.map(|s| &s[t..]));
+    let tail = set_sums_portable(&row[body..], sets.map(|s| &s[body..]));
     std::array::from_fn(|h| tot[h] + tail[h])
 }
 
-/// As [`set_sums_avx2`], 32 values per multiply-add; the last ones under a
+/// As [`set_sums_avx2`], 64 values per multiply-add; the last ones under a
 /// load mask.
+///
+/// # Safety
+/// AVX-512F and BW present; every set's column at least as long as `row`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn set_sums_avx512<const H: usize>(row: &[i16], sets: [&[i16]; H]) -> [i64; H] {
+unsafe fn set_sums_avx512<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64; H] {
+    let ones = _mm512_set1_epi16(1);
     let n = row.len();
     let mut tot = [0i64; H];
     let mut t = 0;
     while t < n {
         let end = (t + FIXED_FLUSH).min(n);
-        let mut acc = [_mm512_setzero_si512(); H];
+        let mut wide = [_mm512_setzero_si512(); H];
         while t < end {
-            let left = end - t;
-            let valid: __mmask32 = if left >= 32 { u32::MAX } else { (1u32 << left) - 1 };
-            // SAFETY: the masked loads read only the `left` values inside the row and sets.
-            unsafe {
-                let x = _mm512_maskz_loadu_epi16(valid, row.as_ptr().add(t));
-                for (a, set) in acc.iter_mut().zip(&sets) {
-                    let on = _mm512_maskz_loadu_epi16(valid, set.as_ptr().add(t));
-                    *a = _mm512_add_epi32(*a, _mm512_madd_epi16(x, on));
+            let stop = (t + 64 * PAIRS_FLUSH).min(end);
+            let mut pairs = [_mm512_setzero_si512(); H];
+            while t < stop {
+                let left = stop - t;
+                let valid: __mmask64 = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+                // SAFETY: the masked loads read only the `left` values inside the row and columns.
+                unsafe {
+                    let x = _mm512_maskz_loadu_epi8(valid, row.as_ptr().add(t) as *const i8);
+                    for h in 0..H {
+                        let on = _mm512_maskz_loadu_epi8(valid, sets[h].as_ptr().add(t));
+                        pairs[h] = _mm512_add_epi16(pairs[h], _mm512_maddubs_epi16(x, on));
+                    }
                 }
+                t += 64;
             }
-            t += 32;
+            for h in 0..H {
+                wide[h] = _mm512_add_epi32(wide[h], _mm512_madd_epi16(pairs[h], ones));
+            }
         }
-        for (s, a) in tot.iter_mut().zip(&acc) {
-            *s += i64::from(_mm512_reduce_add_epi32(*a));
+        for h in 0..H {
+            tot[h] += i64::from(_mm512_reduce_add_epi32(wide[h]));
         }
     }
     tot
@@ -834,20 +867,14 @@ mod tests {
     /// at the top of the range.
     #[test]
     fn fixed_set_sums() {
-        let row: Vec<i16> = (0..2100)
-            .map(|i| {
-                if i % 7 == 0 {
-                    1 << 14
-                } else {
-                    ((i * 7919) % (1 << 14)) as i16
-                }
-            })
+        let row: Vec<u8> = (0..2100)
+            .map(|i| if i % 7 == 0 { 255 } else { ((i * 7919) % 256) as u8 })
             .collect();
-        let every = vec![1i16; row.len()];
-        let none = vec![0i16; row.len()];
-        let sparse: Vec<i16> = (0..row.len()).map(|t| i16::from(t % 3 == 0 || t % 64 == 17)).collect();
-        let sets: [&[i16]; 3] = [&every, &none, &sparse];
-        for len in [0usize, 1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 1025, 2100] {
+        let every = vec![1i8; row.len()];
+        let none = vec![0i8; row.len()];
+        let sparse: Vec<i8> = (0..row.len()).map(|t| i8::from(t % 3 == 0 || t % 64 == 17)).collect();
+        let sets: [&[i8]; 3] = [&every, &none, &sparse];
+        for len in [0usize, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 1025, 2100] {
             let r = &row[..len];
             let want = sets.map(|b| (0..len).map(|t| i64::from(r[t]) * i64::from(b[t])).sum::<i64>());
             assert_eq!(want[0], r.iter().map(|&v| i64::from(v)).sum::<i64>());
@@ -866,23 +893,28 @@ mod tests {
                 }
             }
         }
-        // Past the flush interval, at the largest values.
-        let long = vec![1i16 << 14; FIXED_FLUSH + 40];
-        let ones = vec![1i16; long.len()];
-        assert_eq!(set_sums(&long, [&ones]), [(long.len() as i64) << 14]);
-        assert_eq!(set_sums_portable(&long, [&ones]), [(long.len() as i64) << 14]);
-        // Rounding to nearest, ties to even, on every path and in the tail.
+        // Past the i16 and i32 flush intervals, at the largest values.
+        let long = vec![255u8; FIXED_FLUSH + 40];
+        let ones = vec![1i8; long.len()];
+        let want = [long.len() as i64 * 255];
+        assert_eq!(set_sums(&long, [&ones]), want);
+        assert_eq!(set_sums_portable(&long, [&ones]), want);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: feature checked.
+            assert_eq!(unsafe { set_sums_avx2(&long, [&ones]) }, want);
+        }
+        // Rounding to nearest, ties to even (0.5 and 0.7 scale to 127.5 and
+        // 178.5 exactly), on every path and in the tail.
         let xs: Vec<f64> = (0..21)
-            .map(|i| [0.0, 1.0, 0.5, 1.0 / 3.0, 2.5 / FIXED_SCALE, 3.5 / FIXED_SCALE, 0.7][i % 7])
+            .map(|i| [0.0, 1.0, 0.5, 1.0 / 3.0, 0.25, 0.75, 0.7][i % 7])
             .collect();
-        let want: Vec<i16> = (0..21)
-            .map(|i| [0, 1 << 14, 1 << 13, 5461, 2, 4, 11469][i % 7])
-            .collect();
+        let want: Vec<u8> = (0..21).map(|i| [0, 255, 128, 85, 64, 191, 178][i % 7]).collect();
         for len in [0, 3, 8, 21] {
-            let mut fixed = vec![-1];
+            let mut fixed = vec![7];
             to_fixed(&xs[..len], &mut fixed);
             assert_eq!(fixed[1..], want[..len], "len {len}");
-            let portable: Vec<i16> = xs[..len].iter().map(|x| fixed_one(*x)).collect();
+            let portable: Vec<u8> = xs[..len].iter().map(|x| fixed_one(*x)).collect();
             assert_eq!(portable, want[..len]);
             #[cfg(target_arch = "x86_64")]
             if has_avx2() {

@@ -21,8 +21,8 @@
 //! so each permutation costs one quadratic form over the smaller set. The B
 //! quadratic forms are computed together, row by row: each kernel row is read
 //! from memory once and multiplied with the 0/1 column of every set that
-//! holds it (the kernel in fixed point, i16, 16 or 32 values per
-//! multiply-add instruction, eight sets per pass), so the matrix streams
+//! holds it (the kernel in fixed point, one byte a value, 32 or 64 values
+//! per multiply-add instruction, eight sets per pass), so the matrix streams
 //! through the cache once for up to 128 permutations, not once per
 //! permutation. Kernel entries come from ‖x‖² + ‖y‖² − 2x·y on centred
 //! points (one FMA per coordinate and pair, in register tiles), below the
@@ -107,7 +107,7 @@ pub struct MmdResult {
 /// sums of its full rows, twice its f64 sum below the diagonal (added in
 /// the order a pass over the pooled matrix would add it), and its points.
 struct XxPart {
-    fixed: Vec<i16>,
+    fixed: Vec<u8>,
     fixed_sums: Vec<i32>,
     sxx: f64,
     points: Points,
@@ -139,8 +139,8 @@ impl XxPart {
 }
 
 // The row sums of the stored kernel fit i32: a pooled row has fewer than
-// TILED_ABOVE values ≤ 2¹⁴.
-const _: () = assert!(TILED_ABOVE << 14 < i32::MAX as usize);
+// TILED_ABOVE values ≤ 255.
+const _: () = assert!(TILED_ABOVE * 255 < i32::MAX as usize);
 
 /// A kernel-sized buffer whose storage goes back to its type's pool of
 /// spares ([`Spare`]) when its last user drops it: the next evaluation
@@ -162,9 +162,9 @@ impl Spare for f64 {
     }
 }
 
-impl Spare for i16 {
-    fn spare() -> &'static Mutex<Vec<Vec<i16>>> {
-        static SPARE: Mutex<Vec<Vec<i16>>> = Mutex::new(Vec::new());
+impl Spare for u8 {
+    fn spare() -> &'static Mutex<Vec<Vec<u8>>> {
+        static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
         &SPARE
     }
 }
@@ -421,17 +421,17 @@ impl Holders {
 }
 
 /// Each set as a column of 0 and 1 over the pooled rows (entry b·total + i
-/// is 1 when set b holds row i), in i16 for [`simd::set_sums`]: B·N values,
+/// is 1 when set b holds row i), in bytes for [`simd::set_sums`]: B·N values,
 /// 400 KB for B = 100 and N = 2000, which stay in L2 while the rows stream
 /// through once.
 struct SetColumns {
     total: usize,
-    on: Vec<i16>,
+    on: Vec<i8>,
 }
 
 impl SetColumns {
     fn new(members: &[Vec<u32>], total: usize) -> Self {
-        let mut on = vec![0i16; members.len() * total];
+        let mut on = vec![0i8; members.len() * total];
         for (b, mem) in members.iter().enumerate() {
             for &i in mem {
                 on[b * total + i as usize] = 1;
@@ -441,14 +441,14 @@ impl SetColumns {
     }
 
     /// Set b's column from pooled column `col0` on.
-    fn column(&self, b: u32, col0: usize) -> &[i16] {
+    fn column(&self, b: u32, col0: usize) -> &[i8] {
         &self.on[b as usize * self.total + col0..(b as usize + 1) * self.total]
     }
 
     /// Adds to `q[b]`, for every set b of `holders`, the sum of `row` (the
     /// values at pooled columns `col0..`) over the columns b holds: eight
     /// sets per pass over the row, then what is left in one pass.
-    fn add_row(&self, holders: &[u32], row: &[i16], col0: usize, q: &mut [i64]) {
+    fn add_row(&self, holders: &[u32], row: &[u8], col0: usize, q: &mut [i64]) {
         let mut rest = holders;
         while rest.len() >= 8 {
             self.add_sets::<8>(&rest[..8], row, col0, q);
@@ -467,7 +467,7 @@ impl SetColumns {
     }
 
     /// [`Self::add_row`] for exactly `H` sets.
-    fn add_sets<const H: usize>(&self, sets: &[u32], row: &[i16], col0: usize, q: &mut [i64]) {
+    fn add_sets<const H: usize>(&self, sets: &[u32], row: &[u8], col0: usize, q: &mut [i64]) {
         let sums = simd::set_sums(row, std::array::from_fn::<_, H, _>(|l| self.column(sets[l], col0)));
         for (&b, v) in sets.iter().zip(sums) {
             q[b as usize] += v;
@@ -475,8 +475,8 @@ impl SetColumns {
     }
 }
 
-/// Sets per pass over the rows: their 0/1 columns take 2·N bytes each,
-/// 512 KB for 128 sets and N = 2000.
+/// Sets per pass over the rows: their 0/1 columns take N bytes each,
+/// 256 KB for 128 sets and N = 2000.
 const SETS_PER_PASS: usize = 128;
 
 /// Row ranges the permutation work is cut into and shared among threads.
@@ -488,14 +488,14 @@ const CHUNKS: usize = 32;
 /// columns and its K_YY values over the current window's (columns n…).
 struct FixedRows<'a> {
     n: usize,
-    xx: &'a [i16],
+    xx: &'a [u8],
     y: &'a [window::CurrentRow],
 }
 
 impl FixedRows<'_> {
     /// Pooled row i left of the diagonal: its part over columns 0.. and its
     /// part over columns n.. (empty for a reference row).
-    fn row(&self, i: usize) -> [&[i16]; 2] {
+    fn row(&self, i: usize) -> [&[u8]; 2] {
         match i.checked_sub(self.n) {
             None => [&self.xx[i * i.saturating_sub(1) / 2..i * (i + 1) / 2], &[]],
             Some(j) => [self.y[j].yx_fixed(self.n), self.y[j].yy_fixed(self.n)],
@@ -503,7 +503,7 @@ impl FixedRows<'_> {
     }
 
     /// r = K₀·1 and 1ᵀK₀1, in units of the kernel (exact: sums of
-    /// multiples of 2⁻¹⁴ far below 2⁵³), from the reference rows' sums
+    /// multiples of 1/255 far below 2⁵³), from the reference rows' sums
     /// `xx_sums` and one pass over the current rows.
     fn row_sums(&self, xx_sums: &[i32]) -> (Vec<f64>, f64) {
         let n = self.n;
@@ -527,19 +527,23 @@ impl FixedRows<'_> {
 /// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j<i} K₀[i,j] (`fixed`: the
 /// pooled rows, [`FixedRows`]): for each row i, the dot product of its half
 /// row with the 0/1 column of every set holding i ([`SetColumns`]).
-/// The columns (2·N bytes a set: 400 KB for B = 100, N = 2000) stay in L2
+/// The columns (N bytes a set: 200 KB for B = 100, N = 2000) stay in L2
 /// while each row is read once from memory and then from cache for all its
 /// sets.
 ///
-/// The sums run on the kernel values in fixed point (round(k·2¹⁴), exact
-/// integer multiply-adds): integer sums do not depend on their order, so
-/// the result is the same for any thread count, chunking and instruction
-/// set, and two splits that are equal in law (equal rows swapped) tie
-/// exactly. Rounding k to 2⁻¹⁵ moves each quadratic form by far less than
-/// the permutation spread of T (a mean over ~10⁶ pairs of errors ≤ 3·10⁻⁵);
-/// observed and permuted splits go through the same computation, so the
-/// permutation p-value stays exact for it. The reported statistic T is
-/// computed from the f64 kernel.
+/// The sums run on the kernel values in fixed point (round(k·255), one
+/// byte, exact integer multiply-adds): integer sums do not depend on their
+/// order, so the result is the same for any thread count, chunking and
+/// instruction set, and two splits that are equal in law (equal rows
+/// swapped) tie exactly. The permutation p-value is exact for the statistic
+/// of the rounded kernel k' = round(255·k)/255, itself a symmetric kernel:
+/// observed and permuted splits go through the same computation. Its T'
+/// differs from T by a mean over ~10⁶ pairs of rounding errors ≤ 1/510 of
+/// varying sign, ~10⁻⁶, against a permutation spread of T of ~10⁻⁴–10⁻³
+/// at n = 1000; kernel values below 1/510 (σ far below the distances) do
+/// round to 0. The reported statistic T is computed from the f64 kernel.
+/// (Bytes, not the i16 of 2⁻¹⁴ used before: half the data and half the
+/// instructions per value.)
 fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
     // One pass per group of sets, whose 0/1 columns stay in L2: with more
     // sets the rows are read again, which costs less than columns from L3.

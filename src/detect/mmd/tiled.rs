@@ -8,9 +8,9 @@
 //! [`TILE`] × [`TILE`] below its diagonal, and each tile, once in fixed
 //! point, feeds everything at once — its rows' and columns' sums, the three
 //! block sums, and the sums of every permutation's set over its rows — then
-//! is dropped. Memory is the points, the B sets' 0/1 columns (i16) and the
+//! is dropped. Memory is the points, the B sets' 0/1 columns (bytes) and the
 //! row sums: O((n + m)·(d + B)), not O((n + m)²). Every sum is an integer
-//! sum of the kernel in fixed point (round(k·2¹⁴)), so the result is the
+//! sum of the kernel in fixed point (round(k·255)), so the result is the
 //! same whatever the tiling and the thread count.
 //!
 //! All B permutations are drawn up front and go through each tile together:
@@ -74,7 +74,7 @@ impl Sums {
 
     /// Row `i`'s entries at pooled columns `col0..col0 + row.len()` (all
     /// left of the diagonal), `n` the reference's size.
-    fn add(&mut self, (index, holders): &(SetColumns, Holders), i: usize, row: &[i16], col0: usize, n: usize) {
+    fn add(&mut self, (index, holders): &(SetColumns, Holders), i: usize, row: &[u8], col0: usize, n: usize) {
         let total: i64 = row.iter().map(|&v| i64::from(v)).sum();
         self.row[i] += total;
         for (c, &v) in self.col[col0..col0 + row.len()].iter_mut().zip(row) {

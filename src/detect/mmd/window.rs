@@ -29,7 +29,7 @@ pub(super) const YY_CHUNK: usize = 64;
 /// nor faults in fresh pages.
 struct RowStore {
     /// Per row: its K_YX row (n values), then its K_YY values, in fixed point.
-    fixed: Block<i16>,
+    fixed: Block<u8>,
     /// Per row: its K_YY values, then their sums by [`YY_CHUNK`] from the end.
     yy: Block<f64>,
 }
@@ -86,7 +86,7 @@ enum Yx<'a> {
     /// Computed: the f64 values.
     Values(&'a [f64]),
     /// Kept from an old row: in fixed point, with the f64 values' sum.
-    Fixed(&'a [i16], f64),
+    Fixed(&'a [u8], f64),
 }
 
 /// One current event's part of the pooled kernel left of the diagonal.
@@ -125,12 +125,12 @@ impl CurrentRow {
     }
 
     /// K_YX in fixed point (`n`: the reference's size).
-    pub(super) fn yx_fixed(&self, n: usize) -> &[i16] {
+    pub(super) fn yx_fixed(&self, n: usize) -> &[u8] {
         &self.store.fixed[self.at.fixed_at..self.at.fixed_at + n]
     }
 
     /// [`Self::yy`] in fixed point.
-    pub(super) fn yy_fixed(&self, n: usize) -> &[i16] {
+    pub(super) fn yy_fixed(&self, n: usize) -> &[u8] {
         let start = self.at.fixed_at + n;
         &self.store.fixed[start + self.skip..start + self.at.yy_len]
     }
