@@ -175,6 +175,7 @@ const FIXED_FLUSH: usize = 1 << 22;
 
 /// Vector iterations whose byte products (pairs ≤ 2·255) are summed in i16
 /// lanes before they are widened to i32: 64 · 510 < 2¹⁵.
+#[cfg(target_arch = "x86_64")]
 const PAIRS_FLUSH: usize = 64;
 
 /// Σ_t row[t]·set[t] for each of `H` sets given as columns of 0 and 1 (at
