@@ -260,6 +260,9 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
     }
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
     let w = window::window(reference, current, dim, sigma_opt);
+    // How much of the window a slide kept: a low share on a sliding window
+    // means its events were not matched (see window::CacheEntry::positions).
+    tracing::trace!(current = m, kept = w.reused, "mmd kernel rows");
     // The statistic from the f64 kernel, summed row by row in window order;
     // each row's sum depends only on its values (see CurrentRow::yy_sum), so
     // a slide and a restart give the same bits.
@@ -1019,6 +1022,34 @@ mod tests {
             );
             // The restart is cached again: the next slide starts from it.
         }
+    }
+
+    /// A pool of inputs that repeat: the window's first event also occurs
+    /// later in the old window, and a new event equals a kept one. The
+    /// slide still keeps the rows of the events that stayed, and gives what
+    /// a restart gives.
+    #[test]
+    fn repeated_events_keep_their_rows_on_a_slide() {
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let x = gauss(&mut rng, 30, 2, 0.0);
+        let mut stream = gauss(&mut rng, 24, 2, 0.3);
+        stream.copy_within(4 * 2..5 * 2, 15 * 2); // event 4 again at 15
+        stream.copy_within(9 * 2..10 * 2, 22 * 2); // event 9 again at 22 (new)
+        let o = MmdOptions {
+            permutations: 9,
+            seed: 4,
+            sigma: Some(1.3),
+            threads: 1,
+            stop_after: None,
+        };
+        clear_kernel_cache();
+        let first = window::window(&x, &stream[..20 * 2], 2, o.sigma);
+        assert_eq!(first.reused, 0);
+        let slid = window::window(&x, &stream[4 * 2..24 * 2], 2, o.sigma);
+        assert_eq!(slid.reused, 16, "events 4..20 stay as they were");
+        let r = mmd_test(&x, &stream[4 * 2..24 * 2], 2, &o);
+        clear_kernel_cache();
+        assert_eq!(r, mmd_test(&x, &stream[4 * 2..24 * 2], 2, &o), "as a restart");
     }
 
     /// Two streams tested against equal references, evaluated in turn, each

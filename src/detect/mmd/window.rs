@@ -142,6 +142,8 @@ pub(super) struct Window {
     pub(super) rows: Vec<CurrentRow>,
     pub(super) sigma: f64,
     pub(super) sigma_fallback: bool,
+    /// Rows of the previous window kept as they were (a slide's kept events).
+    pub(super) reused: usize,
 }
 
 /// What is kept between evaluations against the same reference.
@@ -150,9 +152,11 @@ struct CacheEntry {
     sigma: f64,
     sigma_fallback: bool,
     xx: Arc<XxPart>,
-    /// The previous current window's events (matched by content), where
-    /// each is by its hash (the last of equal ones), and their rows.
+    /// The previous current window's events (matched by content), their
+    /// hashes, where each is by its hash (the last of equal ones), and
+    /// their rows.
     current: Vec<f64>,
+    hashes: Vec<u64>,
     index: HashMap<u64, usize>,
     rows: Vec<CurrentRow>,
 }
@@ -191,14 +195,12 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         }
     };
     let old_pos: Vec<Option<usize>> = match &old {
-        Some(e) => (0..m)
-            .map(|j| e.position(hashes[j], &current[j * dim..(j + 1) * dim], dim))
-            .collect(),
+        Some(e) => e.positions(&hashes, current, dim),
         None => vec![None; m],
     };
     let old_rows = old.as_ref().map_or(&[][..], |e| &e.rows[..]);
     let fresh = FreshRows::new(&xx.points, current, &centre, 1.0 / (2.0 * sigma * sigma), &old_pos);
-    let rows = current_rows(reference.len() / dim, &old_pos, old_rows, &fresh);
+    let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, &fresh);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if c.len() >= CACHE_ENTRIES {
         c.remove(0);
@@ -211,6 +213,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         current: current.to_vec(),
         // The last of equal rows, as `insert` in order keeps it.
         index: hashes.iter().enumerate().map(|(j, &h)| (h, j)).collect(),
+        hashes,
         rows: rows.clone(),
     });
     Window {
@@ -218,6 +221,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         rows,
         sigma,
         sigma_fallback,
+        reused,
     }
 }
 
@@ -276,8 +280,14 @@ impl FreshRows {
 /// when the kept events before it are the old events a0.. in order, its
 /// old row, whose K_YY part is then a suffix of the old one; else gathered
 /// from the old rows (`old_pos`: each event's old position, if kept). The
-/// rows not kept as they are go into one new [`RowStore`].
-fn current_rows(n: usize, old_pos: &[Option<usize>], old_rows: &[CurrentRow], fresh: &FreshRows) -> Vec<CurrentRow> {
+/// rows not kept as they are go into one new [`RowStore`]. Also returns
+/// how many were kept as they are.
+fn current_rows(
+    n: usize,
+    old_pos: &[Option<usize>],
+    old_rows: &[CurrentRow],
+    fresh: &FreshRows,
+) -> (Vec<CurrentRow>, usize) {
     let m = fresh.m;
     let a0 = old_pos.first().copied().flatten();
     let mut in_run = true;
@@ -291,6 +301,7 @@ fn current_rows(n: usize, old_pos: &[Option<usize>], old_rows: &[CurrentRow], fr
         })
         .collect();
     let new: Vec<usize> = (0..m).filter(|&j| kept[j].is_none()).collect();
+    let reused = m - new.len();
     let mut store = RowStore::with_room(n, new.iter().copied());
     let mut gathered = vec![];
     let placed: Vec<Placed> = new
@@ -322,7 +333,7 @@ fn current_rows(n: usize, old_pos: &[Option<usize>], old_rows: &[CurrentRow], fr
             skip: 0,
         });
     }
-    kept.into_iter().flatten().collect()
+    (kept.into_iter().flatten().collect(), reused)
 }
 
 /// What the cache has for an evaluation.
@@ -367,6 +378,43 @@ fn cached(key: (u64, usize, u64), current: &[f64], hashes: &[u64], dim: usize) -
 }
 
 impl CacheEntry {
+    /// Where each event of `current` was in this entry's window, if it was.
+    /// The longest run of events from the first on that continues the old
+    /// window from some position (a slide) gets that run's positions, even
+    /// where equal events occur elsewhere in either window (a pool of
+    /// inputs that repeat): a kept event's row is then reused as it is. The
+    /// others get the last of equal old events. `hashes`: the events'
+    /// [`hash_rows`].
+    fn positions<'a>(&'a self, hashes: &[u64], current: &'a [f64], dim: usize) -> Vec<Option<usize>> {
+        let m = hashes.len();
+        let row = |x: &'a [f64], j: usize| -> &'a [f64] { &x[j * dim..(j + 1) * dim] };
+        let mut pos: Vec<Option<usize>> = (0..m).map(|j| self.position(hashes[j], row(current, j), dim)).collect();
+        // Where the run may start in the old window: from a few events'
+        // positions, as the run would hold them.
+        let run_from = |a0: usize| {
+            (0..m)
+                .take_while(|&j| {
+                    self.hashes.get(a0 + j) == Some(&hashes[j]) && row(&self.current, a0 + j) == row(current, j)
+                })
+                .count()
+        };
+        let probes = PROBES.min(m);
+        let mut starts: Vec<usize> = (0..probes)
+            .filter_map(|p| {
+                let j = p * m / probes;
+                pos[j]?.checked_sub(j)
+            })
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        if let Some((len, a0)) = starts.into_iter().map(|a0| (run_from(a0), a0)).max() {
+            for (j, p) in pos.iter_mut().enumerate().take(len) {
+                *p = Some(a0 + j);
+            }
+        }
+        pos
+    }
+
     /// Where the event `row` (whose hash is `hash`) was in this entry's
     /// window, if it was (equal events: the last of them).
     fn position(&self, hash: u64, row: &[f64], dim: usize) -> Option<usize> {
