@@ -198,13 +198,20 @@ impl<T: Spare> Block<T> {
     }
 
     /// The smallest spare buffer that holds `len` values, so that small
-    /// windows do not hold big buffers; else a new one.
+    /// windows do not hold big buffers; else a new one, with room up to the
+    /// next power of two: the sizes a stream asks for vary from one
+    /// evaluation to the next (the events that entered), and a buffer that
+    /// fits only the one it was made for would rarely be reused.
     fn reused(len: usize) -> Vec<T> {
         let mut spare = T::spare().lock().unwrap_or_else(|e| e.into_inner());
         let best = (0..spare.len())
             .filter(|&i| spare[i].capacity() >= len)
             .min_by_key(|&i| spare[i].capacity());
-        best.map(|i| spare.swap_remove(i)).unwrap_or_default()
+        match best {
+            Some(i) => spare.swap_remove(i),
+            None if len * size_of::<T>() >= SPARE_MIN_BYTES => Vec::with_capacity(len.next_power_of_two()),
+            None => Vec::with_capacity(len),
+        }
     }
 
     /// The values, to append to.

@@ -187,7 +187,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
     let centre = column_means(reference, dim);
     let hashes: Vec<u64> = current.chunks_exact(dim).map(hash_rows).collect();
     let (sigma, sigma_fallback, xx, old) = match cached(key, current, &hashes, dim) {
-        Some(Reuse::Slide(e)) => (e.sigma, e.sigma_fallback, e.xx.clone(), Some(e)),
+        Some(Reuse::Slide(e, run)) => (e.sigma, e.sigma_fallback, e.xx.clone(), Some((e, run))),
         Some(Reuse::Reference(sigma, fallback, xx)) => (sigma, fallback, xx, None),
         None => {
             let (sigma, fallback, xx) = reference_part(reference, dim, &centre, sigma_opt);
@@ -195,10 +195,10 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         }
     };
     let old_pos: Vec<Option<usize>> = match &old {
-        Some(e) => e.positions(&hashes, current, dim),
+        Some((e, run)) => e.positions(&hashes, current, dim, *run),
         None => vec![None; m],
     };
-    let old_rows = old.as_ref().map_or(&[][..], |e| &e.rows[..]);
+    let old_rows = old.as_ref().map_or(&[][..], |(e, _)| &e.rows[..]);
     let fresh = FreshRows::new(&xx.points, current, &centre, 1.0 / (2.0 * sigma * sigma), &old_pos);
     let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, &fresh);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
@@ -339,62 +339,58 @@ fn current_rows(
 /// What the cache has for an evaluation.
 enum Reuse {
     /// The previous evaluation of the same stream: its reference part and
-    /// current rows.
-    Slide(CacheEntry),
+    /// current rows, and the run of events the window kept ([`Run`]).
+    Slide(CacheEntry, Run),
     /// Another stream's evaluation against the same reference (keys with
     /// equal references): σ and the reference's part.
     Reference(f64, bool, Arc<XxPart>),
 }
 
-/// Rows of a current window probed to find its stream's previous window.
+/// Events of a current window whose positions are probed to find where it
+/// continues an old one.
 const PROBES: usize = 8;
 
-/// The cache's entry for this reference (`key`) whose current window holds
-/// most of [`PROBES`] events spread through `current` (taken out: it is
-/// replaced), as a window that slid; else the reference's part from any
-/// entry for it. Several streams (keys) may be tested against equal
-/// references, each with its own entry, and equal events may occur in
-/// several streams: hence several probes, not one. `hashes`: the current
-/// rows' [`hash_rows`].
+/// The current window's first `len` events are the old window's from `a0`
+/// on, in order (a slide).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Run {
+    len: usize,
+    a0: usize,
+}
+
+/// The cache's entry for this reference (`key`) whose window the current
+/// one continues furthest, when it continues it for at least an eighth of
+/// its events (taken out: it is replaced): that is this stream's previous
+/// window, which slid. Else the reference's part from any entry for it.
+/// Several streams (keys) may be tested against equal references, each
+/// with its own entry, and equal events occur in several streams (a pool of
+/// inputs that repeat): a window shares many events with another stream's,
+/// but not a run of them. `hashes`: the current rows' [`hash_rows`].
 fn cached(key: (u64, usize, u64), current: &[f64], hashes: &[u64], dim: usize) -> Option<Reuse> {
-    let m = hashes.len();
-    let probes: Vec<usize> = (0..PROBES.min(m)).map(|p| p * m / PROBES.min(m)).collect();
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    let hits = |e: &CacheEntry| {
-        probes
-            .iter()
-            .filter(|&&j| e.position(hashes[j], &current[j * dim..(j + 1) * dim], dim).is_some())
-            .count()
-    };
     let best = (0..c.len())
         .filter(|&i| c[i].key == key)
-        .map(|i| (hits(&c[i]), i))
+        .map(|i| (c[i].run(hashes, current, dim), i))
         .max();
     match best {
-        Some((h, i)) if h > 0 => Some(Reuse::Slide(c.remove(i))),
+        Some((run, i)) if run.len * 8 >= hashes.len() && run.len > 0 => Some(Reuse::Slide(c.remove(i), run)),
         Some((_, i)) => Some(Reuse::Reference(c[i].sigma, c[i].sigma_fallback, c[i].xx.clone())),
         None => None,
     }
 }
 
 impl CacheEntry {
-    /// Where each event of `current` was in this entry's window, if it was.
-    /// The longest run of events from the first on that continues the old
-    /// window from some position (a slide) gets that run's positions, even
-    /// where equal events occur elsewhere in either window (a pool of
-    /// inputs that repeat): a kept event's row is then reused as it is. The
-    /// others get the last of equal old events. `hashes`: the events'
-    /// [`hash_rows`].
-    fn positions<'a>(&'a self, hashes: &[u64], current: &'a [f64], dim: usize) -> Vec<Option<usize>> {
+    /// The longest run of `current`'s events from the first on that
+    /// continues this entry's window from some position, found from the
+    /// old positions of a few events ([`PROBES`]), as the run would hold
+    /// them. `hashes`: the events' [`hash_rows`].
+    fn run(&self, hashes: &[u64], current: &[f64], dim: usize) -> Run {
         let m = hashes.len();
-        let row = |x: &'a [f64], j: usize| -> &'a [f64] { &x[j * dim..(j + 1) * dim] };
-        let mut pos: Vec<Option<usize>> = (0..m).map(|j| self.position(hashes[j], row(current, j), dim)).collect();
-        // Where the run may start in the old window: from a few events'
-        // positions, as the run would hold them.
+        let row = |j: usize| j * dim..(j + 1) * dim;
         let run_from = |a0: usize| {
             (0..m)
                 .take_while(|&j| {
-                    self.hashes.get(a0 + j) == Some(&hashes[j]) && row(&self.current, a0 + j) == row(current, j)
+                    self.hashes.get(a0 + j) == Some(&hashes[j]) && self.current[row(a0 + j)] == current[row(j)]
                 })
                 .count()
         };
@@ -402,17 +398,29 @@ impl CacheEntry {
         let mut starts: Vec<usize> = (0..probes)
             .filter_map(|p| {
                 let j = p * m / probes;
-                pos[j]?.checked_sub(j)
+                self.position(hashes[j], &current[row(j)], dim)?.checked_sub(j)
             })
             .collect();
         starts.sort_unstable();
         starts.dedup();
-        if let Some((len, a0)) = starts.into_iter().map(|a0| (run_from(a0), a0)).max() {
-            for (j, p) in pos.iter_mut().enumerate().take(len) {
-                *p = Some(a0 + j);
-            }
-        }
-        pos
+        starts
+            .into_iter()
+            .map(|a0| Run { len: run_from(a0), a0 })
+            .max()
+            .unwrap_or(Run { len: 0, a0: 0 })
+    }
+
+    /// Where each event of `current` was in this entry's window, if it was:
+    /// the events of `run` at the run's positions (even where equal events
+    /// occur elsewhere in either window), the others at the last of equal
+    /// old events.
+    fn positions(&self, hashes: &[u64], current: &[f64], dim: usize, run: Run) -> Vec<Option<usize>> {
+        (0..hashes.len())
+            .map(|j| match j < run.len {
+                true => Some(run.a0 + j),
+                false => self.position(hashes[j], &current[j * dim..(j + 1) * dim], dim),
+            })
+            .collect()
     }
 
     /// Where the event `row` (whose hash is `hash`) was in this entry's
