@@ -200,7 +200,8 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
     };
     let old_rows = old.as_ref().map_or(&[][..], |(e, _)| &e.rows[..]);
     let fresh = FreshRows::new(&xx.points, current, &centre, 1.0 / (2.0 * sigma * sigma), &old_pos);
-    let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, &fresh);
+    let run = old.as_ref().map(|(_, run)| *run);
+    let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, run, &fresh);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if c.len() >= CACHE_ENTRIES {
         c.remove(0);
@@ -276,28 +277,28 @@ impl FreshRows {
     }
 }
 
-/// The window's rows: a fresh event's computed in full; a kept event's,
-/// when the kept events before it are the old events a0.. in order, its
-/// old row, whose K_YY part is then a suffix of the old one; else gathered
-/// from the old rows (`old_pos`: each event's old position, if kept). The
-/// rows not kept as they are go into one new [`RowStore`]. Also returns
-/// how many were kept as they are.
+/// The window's rows: a fresh event's computed in full; the events of the
+/// `run` that continues the old window (old events a0.. in order) keep
+/// their old rows, whose K_YY part is then a suffix of the old one; other
+/// kept events' rows are gathered from the old rows (`old_pos`: each
+/// event's old position, if kept). The rows not kept as they are go into
+/// one new [`RowStore`]. Also returns how many were kept as they are.
 fn current_rows(
     n: usize,
     old_pos: &[Option<usize>],
     old_rows: &[CurrentRow],
+    run: Option<Run>,
     fresh: &FreshRows,
 ) -> (Vec<CurrentRow>, usize) {
     let m = fresh.m;
-    let a0 = old_pos.first().copied().flatten();
-    let mut in_run = true;
+    let run = run.unwrap_or(Run { len: 0, a0: 0 });
     let mut kept: Vec<Option<CurrentRow>> = (0..m)
         .map(|j| {
-            in_run &= a0.is_some_and(|a0| old_pos[j] == Some(a0 + j));
-            let a = old_pos[j].filter(|_| in_run)?;
-            let mut row = old_rows[a].clone();
-            row.skip += a - j;
-            Some(row)
+            (j < run.len).then(|| {
+                let mut row = old_rows[run.a0 + j].clone();
+                row.skip += run.a0;
+                row
+            })
         })
         .collect();
     let new: Vec<usize> = (0..m).filter(|&j| kept[j].is_none()).collect();
