@@ -169,49 +169,60 @@ fn add_fixed_to_any(acc: &mut [i32], row: &[u8]) -> i32 {
     row.iter().fold(0i32, |s, &v| s.wrapping_add(i32::from(v)))
 }
 
-/// Values summed in i32 before the sum is widened to i64: 2²² values ≤ 255
-/// stay below 2³¹.
+/// Values the portable set sums add in i32 before widening the sum to
+/// i64: 2²² values ≤ 255 stay below 2³¹.
 const FIXED_FLUSH: usize = 1 << 22;
 
 /// Vector iterations whose byte products (pairs ≤ 2·255) are summed in i16
-/// lanes before they are widened to i32: 64 · 510 < 2¹⁵.
+/// lanes before they are widened: 64 · 510 < 2¹⁵.
 #[cfg(target_arch = "x86_64")]
 const PAIRS_FLUSH: usize = 64;
 
-/// Σ_t row[t]·set[t] for each of `H` sets given as columns of 0 and 1 (at
-/// least as long as `row`): the sums of the row over the columns each set
-/// holds. Integer sums are exact, so the result does not depend on the
-/// order or grouping of the additions: a permutation that equals another
-/// in law gives the same sum bit for bit, on every path.
-pub fn set_sums<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64; H] {
+/// Part of a row of values at consecutive columns: (its first column, its values).
+pub type Piece<'a> = (usize, &'a [u8]);
+
+/// Σ_t row[t]·set[t] for each of `H` sets given as columns of 0 and 1,
+/// over the columns of a row given in pieces ([`Piece`]; every set's
+/// column at least as long as each piece's last column): the sums of the
+/// row over the columns each set holds. Integer sums are exact, so the
+/// result does not depend on the order or grouping of the additions: a
+/// permutation that equals another in law gives the same sum bit for bit,
+/// on every path. A set whose column goes on past a piece's last column
+/// (its bytes there are not added) lets the AVX2 path load the piece's
+/// last few values as one vector instead of one by one.
+pub fn set_sums<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64; H] {
     assert!(
-        sets.iter().all(|s| s.len() >= row.len()),
+        pieces
+            .iter()
+            .all(|(col0, row)| sets.iter().all(|s| s.len() >= col0 + row.len())),
         "a set's column is shorter than the row"
     );
     #[cfg(target_arch = "x86_64")]
     if has_avx512bw() {
         // SAFETY: AVX-512F and BW present; columns as long as the row.
-        return unsafe { set_sums_avx512(row, sets) };
+        return unsafe { set_sums_avx512(pieces, sets) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 present; columns as long as the row.
-        return unsafe { set_sums_avx2(row, sets) };
+        return unsafe { set_sums_avx2(pieces, sets) };
     }
-    set_sums_portable(row, sets)
+    set_sums_portable(pieces, sets)
 }
 
 /// Plain loops of byte products summed in i32, which the compiler turns
 /// into multiply-adds of whatever width the target has (NEON on aarch64).
-fn set_sums_portable<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64; H] {
+fn set_sums_portable<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64; H] {
     let mut tot = [0i64; H];
-    for (c, chunk) in row.chunks(FIXED_FLUSH).enumerate() {
-        for (t, set) in tot.iter_mut().zip(&sets) {
-            let on = &set[c * FIXED_FLUSH..c * FIXED_FLUSH + chunk.len()];
-            let s = chunk.iter().zip(on).fold(0i32, |s, (&v, &b)| {
-                s.wrapping_add(i32::from(v).wrapping_mul(i32::from(b)))
-            });
-            *t += i64::from(s);
+    for &(col0, row) in pieces {
+        for (c, chunk) in row.chunks(FIXED_FLUSH).enumerate() {
+            let at = col0 + c * FIXED_FLUSH;
+            for (t, set) in tot.iter_mut().zip(&sets) {
+                let s = chunk.iter().zip(&set[at..at + chunk.len()]).fold(0i32, |s, (&v, &b)| {
+                    s.wrapping_add(i32::from(v).wrapping_mul(i32::from(b)))
+                });
+                *t += i64::from(s);
+            }
         }
     }
     tot
@@ -219,68 +230,87 @@ fn set_sums_portable<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64; H] {
 
 /// 32 values per multiply-add: `vpmaddubsw` multiplies a row's bytes by a
 /// set's 0/1 and adds neighbouring pairs into sixteen i16 lanes, which are
-/// widened into eight i32 lanes every [`PAIRS_FLUSH`] iterations; one load
-/// of the row serves every set.
+/// widened into four i64 lanes every [`PAIRS_FLUSH`] iterations; one load
+/// of the row serves every set. A piece's last values (fewer than 32) are
+/// one more iteration on a zero-padded copy, against the sets' columns read
+/// on past them where they go on (else copied too).
 ///
 /// # Safety
-/// AVX2 present; every set's column at least as long as `row`.
+/// AVX2 present; every set's column at least as long as each piece's last
+/// column.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn set_sums_avx2<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64; H] {
+unsafe fn set_sums_avx2<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64; H] {
     let ones = _mm256_set1_epi16(1);
-    let body = row.len() - row.len() % 32;
-    let mut tot = [0i64; H];
-    let mut t = 0;
-    while t < body {
-        let end = (t + FIXED_FLUSH).min(body);
-        let mut wide = [_mm256_setzero_si256(); H];
-        while t < end {
-            let stop = (t + 32 * PAIRS_FLUSH).min(end);
+    let mut wide = [_mm256_setzero_si256(); H];
+    for &(col0, row) in pieces {
+        let mut t = 0;
+        while t < row.len() {
+            let stop = (t + 32 * PAIRS_FLUSH).min(row.len());
             let mut pairs = [_mm256_setzero_si256(); H];
-            while t < stop {
-                // SAFETY: t + 32 ≤ row.len() ≤ every column's length; `lddqu`: see [`load_pd`].
+            while t + 32 <= stop {
+                // SAFETY: t + 32 ≤ row.len(), and col0 + t + 32 ≤ every column's length; `lddqu`: see [`load_pd`].
                 unsafe {
                     let x = _mm256_lddqu_si256(row.as_ptr().add(t) as *const __m256i);
                     for h in 0..H {
-                        let on = _mm256_lddqu_si256(sets[h].as_ptr().add(t) as *const __m256i);
+                        let on = _mm256_lddqu_si256(sets[h].as_ptr().add(col0 + t) as *const __m256i);
                         pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(x, on));
                     }
                 }
                 t += 32;
             }
+            if t < stop {
+                let (at, left) = (col0 + t, stop - t);
+                let mut padded = [0u8; 32];
+                padded[..left].copy_from_slice(&row[t..stop]);
+                // SAFETY: `padded` holds 32 bytes.
+                let x = unsafe { _mm256_loadu_si256(padded.as_ptr() as *const __m256i) };
+                for h in 0..H {
+                    let on = if sets[h].len() >= at + 32 {
+                        // SAFETY: at + 32 ≤ the column's length.
+                        unsafe { _mm256_lddqu_si256(sets[h].as_ptr().add(at) as *const __m256i) }
+                    } else {
+                        let mut copy = [0i8; 32];
+                        copy[..left].copy_from_slice(&sets[h][at..at + left]);
+                        // SAFETY: `copy` holds 32 bytes.
+                        unsafe { _mm256_loadu_si256(copy.as_ptr() as *const __m256i) }
+                    };
+                    pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(x, on));
+                }
+                t = stop;
+            }
             for h in 0..H {
-                wide[h] = _mm256_add_epi32(wide[h], _mm256_madd_epi16(pairs[h], ones));
+                let quads = _mm256_madd_epi16(pairs[h], ones);
+                let lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(quads));
+                let hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(quads));
+                wide[h] = _mm256_add_epi64(wide[h], _mm256_add_epi64(lo, hi));
             }
         }
-        for h in 0..H {
-            let mut lanes = [0i32; 8];
-            // SAFETY: 8 i32 lanes into an 8-element array.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, wide[h]) };
-            tot[h] += lanes.iter().map(|&v| i64::from(v)).sum::<i64>();
-        }
     }
-    // The tail shorter than a vector: the portable sums.
-    let tail = set_sums_portable(&row[body..], sets.map(|s| &s[body..]));
-    std::array::from_fn(|h| tot[h] + tail[h])
+    wide.map(|w| {
+        let mut lanes = [0i64; 4];
+        // SAFETY: 4 i64 lanes into a 4-element array.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, w) };
+        lanes.iter().sum()
+    })
 }
 
-/// As [`set_sums_avx2`], 64 values per multiply-add; the last ones under a
-/// load mask.
+/// As [`set_sums_avx2`], 64 values per multiply-add; a piece's last ones
+/// under a load mask.
 ///
 /// # Safety
-/// AVX-512F and BW present; every set's column at least as long as `row`.
+/// AVX-512F and BW present; every set's column at least as long as each
+/// piece's last column.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn set_sums_avx512<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64; H] {
+unsafe fn set_sums_avx512<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64; H] {
     let ones = _mm512_set1_epi16(1);
-    let n = row.len();
-    let mut tot = [0i64; H];
-    let mut t = 0;
-    while t < n {
-        let end = (t + FIXED_FLUSH).min(n);
-        let mut wide = [_mm512_setzero_si512(); H];
-        while t < end {
-            let stop = (t + 64 * PAIRS_FLUSH).min(end);
+    let mut wide = [_mm512_setzero_si512(); H];
+    for &(col0, row) in pieces {
+        let n = row.len();
+        let mut t = 0;
+        while t < n {
+            let stop = (t + 64 * PAIRS_FLUSH).min(n);
             let mut pairs = [_mm512_setzero_si512(); H];
             while t < stop {
                 let left = stop - t;
@@ -289,21 +319,21 @@ unsafe fn set_sums_avx512<const H: usize>(row: &[u8], sets: [&[i8]; H]) -> [i64;
                 unsafe {
                     let x = _mm512_maskz_loadu_epi8(valid, row.as_ptr().add(t) as *const i8);
                     for h in 0..H {
-                        let on = _mm512_maskz_loadu_epi8(valid, sets[h].as_ptr().add(t));
+                        let on = _mm512_maskz_loadu_epi8(valid, sets[h].as_ptr().add(col0 + t));
                         pairs[h] = _mm512_add_epi16(pairs[h], _mm512_maddubs_epi16(x, on));
                     }
                 }
                 t += 64;
             }
             for h in 0..H {
-                wide[h] = _mm512_add_epi32(wide[h], _mm512_madd_epi16(pairs[h], ones));
+                let quads = _mm512_madd_epi16(pairs[h], ones);
+                let lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(quads));
+                let hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(quads));
+                wide[h] = _mm512_add_epi64(wide[h], _mm512_add_epi64(lo, hi));
             }
         }
-        for h in 0..H {
-            tot[h] += i64::from(_mm512_reduce_add_epi32(wide[h]));
-        }
     }
-    tot
+    wide.map(|w| _mm512_reduce_add_epi64(w))
 }
 
 /// Σ x_i with four (AVX-512: eight-lane) partial sums.
@@ -879,31 +909,62 @@ mod tests {
             let r = &row[..len];
             let want = sets.map(|b| (0..len).map(|t| i64::from(r[t]) * i64::from(b[t])).sum::<i64>());
             assert_eq!(want[0], r.iter().map(|&v| i64::from(v)).sum::<i64>());
-            assert_eq!(set_sums_portable(r, sets), want, "portable, len {len}");
-            assert_eq!(set_sums(r, sets), want, "len {len}");
-            assert_eq!(set_sums(r, [sets[2]]), [want[2]], "one set, len {len}");
-            #[cfg(target_arch = "x86_64")]
-            {
-                if has_avx512bw() {
-                    // SAFETY: features checked.
-                    assert_eq!(unsafe { set_sums_avx512(r, sets) }, want, "avx512, len {len}");
+            // One piece at column 0, and the row cut in two pieces at
+            // columns that are not multiples of the lane widths.
+            let cut = len / 3;
+            let in_two = [(0, &r[..cut]), (cut, &r[cut..])];
+            for pieces in [&[(0, r)][..], &in_two] {
+                assert_eq!(set_sums_portable(pieces, sets), want, "portable, len {len}");
+                assert_eq!(set_sums(pieces, sets), want, "len {len}");
+                assert_eq!(set_sums(pieces, [sets[2]]), [want[2]], "one set, len {len}");
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if has_avx512bw() {
+                        // SAFETY: features checked.
+                        assert_eq!(unsafe { set_sums_avx512(pieces, sets) }, want, "avx512, len {len}");
+                    }
+                    if has_avx2() {
+                        // SAFETY: feature checked.
+                        assert_eq!(unsafe { set_sums_avx2(pieces, sets) }, want, "avx2, len {len}");
+                    }
                 }
+            }
+            // Columns that end with the row (the AVX2 path copies the last
+            // values of each), and columns that go on past it with values
+            // that must not be added.
+            let exact = sets.map(|b| &b[..len]);
+            let past: Vec<i8> = (0..len + 40).map(|t| if t < len { sparse[t] } else { 1 }).collect();
+            for (cols, what) in [
+                ([exact[0], exact[1], exact[2]], "exact"),
+                ([&every[..], &none, &past], "past"),
+            ] {
+                assert_eq!(set_sums(&[(0, r)], cols), want, "{what} columns, len {len}");
+                #[cfg(target_arch = "x86_64")]
                 if has_avx2() {
                     // SAFETY: feature checked.
-                    assert_eq!(unsafe { set_sums_avx2(r, sets) }, want, "avx2, len {len}");
+                    assert_eq!(
+                        unsafe { set_sums_avx2(&[(0, r)], cols) },
+                        want,
+                        "avx2, {what} columns, len {len}"
+                    );
                 }
+            }
+            // A piece that starts at a later column reads the sets from there.
+            if len > 0 {
+                let shifted: Vec<i8> = [vec![1i8; 5], sparse[..len].to_vec()].concat();
+                assert_eq!(set_sums(&[(5, r)], [&shifted[..]]), [want[2]], "shifted, len {len}");
             }
         }
         // Past the i16 and i32 flush intervals, at the largest values.
         let long = vec![255u8; FIXED_FLUSH + 40];
         let ones = vec![1i8; long.len()];
         let want = [long.len() as i64 * 255];
-        assert_eq!(set_sums(&long, [&ones]), want);
-        assert_eq!(set_sums_portable(&long, [&ones]), want);
+        assert_eq!(set_sums(&[(0, &long)], [&ones]), want);
+        assert_eq!(set_sums_portable(&[(0, &long)], [&ones]), want);
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: feature checked.
-            assert_eq!(unsafe { set_sums_avx2(&long, [&ones]) }, want);
+            assert_eq!(unsafe { set_sums_avx2(&[(0, &long)], [&ones]) }, want);
         }
         // Rounding to nearest, ties to even (0.5 and 0.7 scale to 127.5 and
         // 178.5 exactly), on every path and in the tail.

@@ -432,16 +432,20 @@ impl Holders {
 
 /// Each set as a column of 0 and 1 over the pooled rows (entry b·total + i
 /// is 1 when set b holds row i), in bytes for [`simd::set_sums`]: B·N values,
-/// 400 KB for B = 100 and N = 2000, which stay in L2 while the rows stream
-/// through once.
+/// 200 KB for B = 100 and N = 2000, which stay in L2 while the rows stream
+/// through once. [`COLUMN_PAD`] zero bytes follow the last column.
 struct SetColumns {
     total: usize,
     on: Vec<i8>,
 }
 
+/// Bytes after the sets' last column, so that a vector load at any of its
+/// columns stays inside the buffer.
+const COLUMN_PAD: usize = 64;
+
 impl SetColumns {
     fn new(members: &[Vec<u32>], total: usize) -> Self {
-        let mut on = vec![0i8; members.len() * total];
+        let mut on = vec![0i8; members.len() * total + COLUMN_PAD];
         for (b, mem) in members.iter().enumerate() {
             for &i in mem {
                 on[b * total + i as usize] = 1;
@@ -450,35 +454,37 @@ impl SetColumns {
         Self { total, on }
     }
 
-    /// Set b's column from pooled column `col0` on.
-    fn column(&self, b: u32, col0: usize) -> &[i8] {
-        &self.on[b as usize * self.total + col0..(b as usize + 1) * self.total]
+    /// Set b's column, with the later sets' columns and the padding after
+    /// it: [`simd::set_sums`] adds only the row's columns, and loads the
+    /// last few as one vector where the column goes on.
+    fn column(&self, b: u32) -> &[i8] {
+        &self.on[b as usize * self.total..]
     }
 
-    /// Adds to `q[b]`, for every set b of `holders`, the sum of `row` (the
-    /// values at pooled columns `col0..`) over the columns b holds: eight
-    /// sets per pass over the row, then what is left in one pass.
-    fn add_row(&self, holders: &[u32], row: &[u8], col0: usize, q: &mut [i64]) {
+    /// Adds to `q[b]`, for every set b of `holders`, the sum of the row
+    /// (its `pieces`) over the columns b holds: eight sets per pass over
+    /// the row, then what is left in one pass.
+    fn add_row(&self, holders: &[u32], pieces: &[simd::Piece], q: &mut [i64]) {
         let mut rest = holders;
         while rest.len() >= 8 {
-            self.add_sets::<8>(&rest[..8], row, col0, q);
+            self.add_sets::<8>(&rest[..8], pieces, q);
             rest = &rest[8..];
         }
         match rest.len() {
             0 => {}
-            1 => self.add_sets::<1>(rest, row, col0, q),
-            2 => self.add_sets::<2>(rest, row, col0, q),
-            3 => self.add_sets::<3>(rest, row, col0, q),
-            4 => self.add_sets::<4>(rest, row, col0, q),
-            5 => self.add_sets::<5>(rest, row, col0, q),
-            6 => self.add_sets::<6>(rest, row, col0, q),
-            _ => self.add_sets::<7>(rest, row, col0, q),
+            1 => self.add_sets::<1>(rest, pieces, q),
+            2 => self.add_sets::<2>(rest, pieces, q),
+            3 => self.add_sets::<3>(rest, pieces, q),
+            4 => self.add_sets::<4>(rest, pieces, q),
+            5 => self.add_sets::<5>(rest, pieces, q),
+            6 => self.add_sets::<6>(rest, pieces, q),
+            _ => self.add_sets::<7>(rest, pieces, q),
         }
     }
 
     /// [`Self::add_row`] for exactly `H` sets.
-    fn add_sets<const H: usize>(&self, sets: &[u32], row: &[u8], col0: usize, q: &mut [i64]) {
-        let sums = simd::set_sums(row, std::array::from_fn::<_, H, _>(|l| self.column(sets[l], col0)));
+    fn add_sets<const H: usize>(&self, sets: &[u32], pieces: &[simd::Piece], q: &mut [i64]) {
+        let sums = simd::set_sums(pieces, std::array::from_fn::<_, H, _>(|l| self.column(sets[l])));
         for (&b, v) in sets.iter().zip(sums) {
             q[b as usize] += v;
         }
@@ -583,8 +589,10 @@ fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: us
         let mut q = vec![0i64; sets];
         for i in bounds[c]..bounds[c + 1] {
             let [x_part, y_part] = fixed.row(i);
-            columns.add_row(holders.of(i), x_part, 0, &mut q);
-            columns.add_row(holders.of(i), y_part, fixed.n, &mut q);
+            // A reference row has no part over the current window's columns.
+            let pieces = [(0, x_part), (fixed.n, y_part)];
+            let used = if y_part.is_empty() { 1 } else { 2 };
+            columns.add_row(holders.of(i), &pieces[..used], &mut q);
         }
         q
     };

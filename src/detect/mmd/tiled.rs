@@ -89,7 +89,7 @@ impl Sums {
             self.yx += against_x;
             self.yy += total - against_x;
         }
-        index.add_row(holders.of(i), row, col0, &mut self.q);
+        index.add_row(holders.of(i), &[(col0, row)], &mut self.q);
     }
 }
 
