@@ -187,9 +187,7 @@ pub type Piece<'a> = (usize, &'a [u8]);
 /// row over the columns each set holds. Integer sums are exact, so the
 /// result does not depend on the order or grouping of the additions: a
 /// permutation that equals another in law gives the same sum bit for bit,
-/// on every path. A set whose column goes on past a piece's last column
-/// (its bytes there are not added) lets the AVX2 path load the piece's
-/// last few values as one vector instead of one by one.
+/// on every path.
 pub fn set_sums<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64; H] {
     assert!(
         pieces
@@ -232,8 +230,9 @@ fn set_sums_portable<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64
 /// set's 0/1 and adds neighbouring pairs into sixteen i16 lanes, which are
 /// widened into four i64 lanes every [`PAIRS_FLUSH`] iterations; one load
 /// of the row serves every set. A piece's last values (fewer than 32) are
-/// one more iteration on a zero-padded copy, against the sets' columns read
-/// on past them where they go on (else copied too).
+/// one more iteration on the piece's last 32 values with those already
+/// added masked to 0; a piece shorter than 32 (the first rows of a
+/// triangle) takes the portable loops.
 ///
 /// # Safety
 /// AVX2 present; every set's column at least as long as each piece's last
@@ -241,12 +240,30 @@ fn set_sums_portable<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn set_sums_avx2<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64; H] {
+    /// 32 zero bytes then 32 bytes of ones: from offset `left`, a mask that
+    /// keeps a vector's last `left` bytes.
+    static LAST: [u8; 64] = {
+        let mut m = [0u8; 64];
+        let mut i = 32;
+        while i < 64 {
+            m[i] = 0xFF;
+            i += 1;
+        }
+        m
+    };
     let ones = _mm256_set1_epi16(1);
     let mut wide = [_mm256_setzero_si256(); H];
+    let mut short = [0i64; H];
     for &(col0, row) in pieces {
+        let n = row.len();
+        if n < 32 {
+            let part = set_sums_portable(&[(col0, row)], sets);
+            short.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+            continue;
+        }
         let mut t = 0;
-        while t < row.len() {
-            let stop = (t + 32 * PAIRS_FLUSH).min(row.len());
+        while t < n {
+            let stop = (t + 32 * PAIRS_FLUSH).min(n);
             let mut pairs = [_mm256_setzero_si256(); H];
             while t + 32 <= stop {
                 // SAFETY: t + 32 ≤ row.len(), and col0 + t + 32 ≤ every column's length; `lddqu`: see [`load_pd`].
@@ -260,22 +277,18 @@ unsafe fn set_sums_avx2<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [
                 t += 32;
             }
             if t < stop {
-                let (at, left) = (col0 + t, stop - t);
-                let mut padded = [0u8; 32];
-                padded[..left].copy_from_slice(&row[t..stop]);
-                // SAFETY: `padded` holds 32 bytes.
-                let x = unsafe { _mm256_loadu_si256(padded.as_ptr() as *const __m256i) };
-                for h in 0..H {
-                    let on = if sets[h].len() >= at + 32 {
-                        // SAFETY: at + 32 ≤ the column's length.
-                        unsafe { _mm256_lddqu_si256(sets[h].as_ptr().add(at) as *const __m256i) }
-                    } else {
-                        let mut copy = [0i8; 32];
-                        copy[..left].copy_from_slice(&sets[h][at..at + left]);
-                        // SAFETY: `copy` holds 32 bytes.
-                        unsafe { _mm256_loadu_si256(copy.as_ptr() as *const __m256i) }
-                    };
-                    pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(x, on));
+                // Only at the piece's end (stop = n): its last 32 values,
+                // those before t masked to 0.
+                let at = n - 32;
+                // SAFETY: LAST[stop − t..][..32] is inside LAST (stop − t < 32);
+                // at + 32 = n, and col0 + n ≤ every column's length.
+                unsafe {
+                    let keep = _mm256_lddqu_si256(LAST.as_ptr().add(stop - t) as *const __m256i);
+                    let x = _mm256_and_si256(keep, _mm256_lddqu_si256(row.as_ptr().add(at) as *const __m256i));
+                    for h in 0..H {
+                        let on = _mm256_lddqu_si256(sets[h].as_ptr().add(col0 + at) as *const __m256i);
+                        pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(x, on));
+                    }
                 }
                 t = stop;
             }
@@ -287,11 +300,11 @@ unsafe fn set_sums_avx2<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [
             }
         }
     }
-    wide.map(|w| {
+    std::array::from_fn(|h| {
         let mut lanes = [0i64; 4];
         // SAFETY: 4 i64 lanes into a 4-element array.
-        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, w) };
-        lanes.iter().sum()
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, wide[h]) };
+        short[h] + lanes.iter().sum::<i64>()
     })
 }
 
@@ -929,9 +942,9 @@ mod tests {
                     }
                 }
             }
-            // Columns that end with the row (the AVX2 path copies the last
-            // values of each), and columns that go on past it with values
-            // that must not be added.
+            // Columns that end with the row (the AVX2 path reads its last
+            // vector back from there), and columns that go on past it with
+            // values that must not be added.
             let exact = sets.map(|b| &b[..len]);
             let past: Vec<i8> = (0..len + 40).map(|t| if t < len { sparse[t] } else { 1 }).collect();
             for (cols, what) in [

@@ -433,19 +433,15 @@ impl Holders {
 /// Each set as a column of 0 and 1 over the pooled rows (entry b·total + i
 /// is 1 when set b holds row i), in bytes for [`simd::set_sums`]: B·N values,
 /// 200 KB for B = 100 and N = 2000, which stay in L2 while the rows stream
-/// through once. [`COLUMN_PAD`] zero bytes follow the last column.
+/// through once.
 struct SetColumns {
     total: usize,
     on: Vec<i8>,
 }
 
-/// Bytes after the sets' last column, so that a vector load at any of its
-/// columns stays inside the buffer.
-const COLUMN_PAD: usize = 64;
-
 impl SetColumns {
     fn new(members: &[Vec<u32>], total: usize) -> Self {
-        let mut on = vec![0i8; members.len() * total + COLUMN_PAD];
+        let mut on = vec![0i8; members.len() * total];
         for (b, mem) in members.iter().enumerate() {
             for &i in mem {
                 on[b * total + i as usize] = 1;
@@ -454,11 +450,9 @@ impl SetColumns {
         Self { total, on }
     }
 
-    /// Set b's column, with the later sets' columns and the padding after
-    /// it: [`simd::set_sums`] adds only the row's columns, and loads the
-    /// last few as one vector where the column goes on.
+    /// Set b's column.
     fn column(&self, b: u32) -> &[i8] {
-        &self.on[b as usize * self.total..]
+        &self.on[b as usize * self.total..(b as usize + 1) * self.total]
     }
 
     /// Adds to `q[b]`, for every set b of `holders`, the sum of the row
