@@ -429,35 +429,43 @@ unsafe fn sum_avx512(x: &[f64]) -> f64 {
 /// `ncols`), by ‖x‖² + ‖y‖² − 2x·y (clamped at 0) so the work is one FMA per
 /// coordinate and pair. Callers centre the points first: the cancellation
 /// error is then ε·(‖x‖² + ‖y‖²) on a squared distance of the same order.
-/// `out` is rows × ncols, row-major. With `lower` (rows and columns are the
-/// same points) only the entries left of the diagonal, c < r, are computed;
-/// the rest of `out` is left unspecified.
+/// `out` is rows × ncols, row-major. With `ends`, row r needs only the
+/// columns c < ends[r] (the same points on both sides and ends[r] = r: the
+/// entries left of the diagonal); the rest of its row in `out` is left
+/// unspecified.
 pub fn sq_dists_block(
     rows: &[f64],
     row_norms: &[f64],
     cols_t: &[f64],
     col_norms: &[f64],
     dim: usize,
-    lower: bool,
+    ends: Option<&[usize]>,
     out: &mut [f64],
 ) {
     let (nr, nc) = (row_norms.len(), col_norms.len());
     assert!(rows.len() >= nr * dim && cols_t.len() >= nc * dim && out.len() >= nr * nc);
+    assert!(ends.is_none_or(|e| e.len() >= nr), "fewer column ends than rows");
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: AVX-512F present; bounds asserted above.
-        unsafe { sq_dists_block_avx512(rows, row_norms, cols_t, col_norms, dim, lower, out) };
+        unsafe { sq_dists_block_avx512(rows, row_norms, cols_t, col_norms, dim, ends, out) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA present; bounds asserted above.
-        unsafe { sq_dists_block_avx2(rows, row_norms, cols_t, col_norms, dim, lower, out) };
+        unsafe { sq_dists_block_avx2(rows, row_norms, cols_t, col_norms, dim, ends, out) };
         return;
     }
-    // The GEMM computes every entry, so `lower` changes nothing there.
-    let _ = lower;
+    // The GEMM computes every entry, so `ends` changes nothing there.
+    let _ = ends;
     sq_dists_block_gemm(rows, row_norms, cols_t, col_norms, dim, out);
+}
+
+/// The columns a tile of rows needs: up to the largest of their ends.
+#[cfg(target_arch = "x86_64")]
+fn tile_end(ends: &[usize]) -> usize {
+    ends.iter().copied().max().unwrap_or(0)
 }
 
 /// Rows per register tile of [`sq_dists_block_avx2`]: 4 rows × 8 columns,
@@ -480,7 +488,7 @@ unsafe fn sq_dists_block_avx2(
     cols_t: &[f64],
     col_norms: &[f64],
     dim: usize,
-    lower: bool,
+    ends: Option<&[usize]>,
     out: &mut [f64],
 ) {
     let (nr, nc) = (row_norms.len(), col_norms.len());
@@ -494,7 +502,7 @@ unsafe fn sq_dists_block_avx2(
         let mut r0 = 0;
         while r0 < nr {
             let tile = (nr - r0).min(TILE_ROWS_AVX2);
-            let end = if lower { (r0 + tile).min(panel_end) } else { panel_end };
+            let end = ends.map_or(panel_end, |e| tile_end(&e[r0..r0 + tile]).min(panel_end));
             let mut c0 = panel;
             while c0 < end {
                 // SAFETY: rows r0..r0 + tile < nr, columns c0..c0 + 8 ≤ nc.
@@ -513,7 +521,7 @@ unsafe fn sq_dists_block_avx2(
         }
     }
     for r in 0..nr {
-        let end = if lower { r.min(nc) } else { nc };
+        let end = ends.map_or(nc, |e| e[r].min(nc));
         for c in full..end {
             let mut acc = 0.0f64;
             for k in 0..dim {
@@ -659,7 +667,7 @@ unsafe fn sq_dists_block_avx512(
     cols_t: &[f64],
     col_norms: &[f64],
     dim: usize,
-    lower: bool,
+    ends: Option<&[usize]>,
     out: &mut [f64],
 ) {
     let (nr, nc) = (row_norms.len(), col_norms.len());
@@ -693,7 +701,7 @@ unsafe fn sq_dists_block_avx512(
     // under the masks (< nc), inside the lengths the caller asserted.
     unsafe {
         while r0 + TILE_ROWS <= nr {
-            let end = if lower { (r0 + TILE_ROWS).min(nc) } else { nc };
+            let end = ends.map_or(nc, |e| tile_end(&e[r0..r0 + TILE_ROWS]).min(nc));
             let x: [*const f64; TILE_ROWS] = std::array::from_fn(|r| pr.add((r0 + r) * dim));
             let mut c0 = 0;
             while c0 < end {
@@ -718,7 +726,7 @@ unsafe fn sq_dists_block_avx512(
         }
         while r0 < nr {
             let x = pr.add(r0 * dim);
-            let end = if lower { r0.min(nc) } else { nc };
+            let end = ends.map_or(nc, |e| e[r0].min(nc));
             let mut c0 = 0;
             while c0 < end {
                 let k8 = lanes(c0);
@@ -825,39 +833,62 @@ fn hsum(v: __m256d) -> f64 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gaussian_avx2(x: &mut [f64], gamma: f64) {
     let n = x.len();
-    let neg_gamma = _mm256_set1_pd(-gamma);
-    let log2e = _mm256_set1_pd(std::f64::consts::LOG2_E);
-    let (hi, lo) = (_mm256_set1_pd(LN2_HI), _mm256_set1_pd(LN2_LO));
-    let floor = _mm256_set1_pd(EXP_FLOOR);
     let mut i = 0;
     while i + 4 <= n {
         // SAFETY: i + 4 ≤ n.
-        let v = unsafe { _mm256_loadu_pd(x.as_ptr().add(i)) };
-        let arg = _mm256_max_pd(_mm256_mul_pd(neg_gamma, v), floor);
-        let k = _mm256_round_pd(_mm256_mul_pd(arg, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        let r = _mm256_fnmadd_pd(k, lo, _mm256_fnmadd_pd(k, hi, arg));
-        // Horner, from 1/12! down to 1/0!.
-        let mut p = _mm256_set1_pd(INV_FACT[12]);
-        for c in INV_FACT[..12].iter().rev() {
-            p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(*c));
+        unsafe {
+            let v = _mm256_loadu_pd(x.as_ptr().add(i));
+            _mm256_storeu_pd(x.as_mut_ptr().add(i), gaussian4_avx2(v, gamma));
         }
-        // 2^k: k in [−1022, 0] after the floor, so the biased exponent is valid.
-        let ki = _mm256_cvtpd_epi32(k);
-        let bits = _mm256_slli_epi64(
-            _mm256_add_epi64(_mm256_cvtepi32_epi64(ki), _mm256_set1_epi64x(1023)),
-            52,
-        );
-        let y = _mm256_mul_pd(p, _mm256_castsi256_pd(bits));
-        // Arguments below the floor underflow to 0, as exp would.
-        let under = _mm256_cmp_pd(_mm256_mul_pd(neg_gamma, v), floor, _CMP_LT_OQ);
-        let y = _mm256_andnot_pd(under, y);
-        // SAFETY: i + 4 ≤ n.
-        unsafe { _mm256_storeu_pd(x.as_mut_ptr().add(i), y) };
         i += 4;
     }
-    for v in &mut x[i..] {
-        *v = (-gamma * *v).exp();
+    if i < n {
+        // The last values in a padded vector: the same operations, so a
+        // value's bits do not depend on where in the slice it falls.
+        let mut last = [0.0f64; 4];
+        last[..n - i].copy_from_slice(&x[i..]);
+        // SAFETY: `last` holds 4 f64.
+        unsafe {
+            let y = gaussian4_avx2(_mm256_loadu_pd(last.as_ptr()), gamma);
+            _mm256_storeu_pd(last.as_mut_ptr(), y);
+        }
+        x[i..].copy_from_slice(&last[..n - i]);
     }
+}
+
+/// e^{−γ·v} in four lanes (see the module's note on exp).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn gaussian4_avx2(v: __m256d, gamma: f64) -> __m256d {
+    let neg_gamma = _mm256_set1_pd(-gamma);
+    let floor = _mm256_set1_pd(EXP_FLOOR);
+    let raw = _mm256_mul_pd(neg_gamma, v);
+    let arg = _mm256_max_pd(raw, floor);
+    let k = _mm256_round_pd(
+        _mm256_mul_pd(arg, _mm256_set1_pd(std::f64::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let r = _mm256_fnmadd_pd(
+        k,
+        _mm256_set1_pd(LN2_LO),
+        _mm256_fnmadd_pd(k, _mm256_set1_pd(LN2_HI), arg),
+    );
+    // Horner, from 1/12! down to 1/0!.
+    let mut p = _mm256_set1_pd(INV_FACT[12]);
+    for c in INV_FACT[..12].iter().rev() {
+        p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(*c));
+    }
+    // 2^k: k in [−1022, 0] after the floor, so the biased exponent is valid.
+    let ki = _mm256_cvtpd_epi32(k);
+    let bits = _mm256_slli_epi64(
+        _mm256_add_epi64(_mm256_cvtepi32_epi64(ki), _mm256_set1_epi64x(1023)),
+        52,
+    );
+    let y = _mm256_mul_pd(p, _mm256_castsi256_pd(bits));
+    // Arguments below the floor underflow to 0, as exp would.
+    let under = _mm256_cmp_pd(raw, floor, _CMP_LT_OQ);
+    _mm256_andnot_pd(under, y)
 }
 
 /// As `gaussian_avx2`, eight lanes, with 2ᵏ applied by `scalef`.
@@ -1035,7 +1066,7 @@ mod tests {
                 }
             }
             let mut out = vec![-1.0; nr * nc];
-            sq_dists_block(&rows, &rn, &t, &cn, dim, false, &mut out);
+            sq_dists_block(&rows, &rn, &t, &cn, dim, None, &mut out);
             // The GEMM and AVX2 paths on their own (the dispatch above may take AVX-512).
             let mut by_gemm = vec![-1.0; nr * nc];
             sq_dists_block_gemm(&rows, &rn, &t, &cn, dim, &mut by_gemm);
@@ -1043,7 +1074,7 @@ mod tests {
             let by_avx2 = has_avx2().then(|| {
                 let mut o = vec![-1.0; nr * nc];
                 // SAFETY: features checked; sizes as above.
-                unsafe { sq_dists_block_avx2(&rows, &rn, &t, &cn, dim, false, &mut o) };
+                unsafe { sq_dists_block_avx2(&rows, &rn, &t, &cn, dim, None, &mut o) };
                 o
             });
             #[cfg(not(target_arch = "x86_64"))]
@@ -1066,7 +1097,7 @@ mod tests {
             if nc > 3 {
                 let shifted: Vec<f64> = (0..dim).flat_map(|k| t[k * nc + 3..(k + 1) * nc].to_vec()).collect();
                 let mut o = vec![-1.0; nr * (nc - 3)];
-                sq_dists_block(&rows, &rn, &shifted, &cn[3..], dim, false, &mut o);
+                sq_dists_block(&rows, &rn, &shifted, &cn[3..], dim, None, &mut o);
                 for r in 0..nr {
                     assert_eq!(
                         o[r * (nc - 3)..(r + 1) * (nc - 3)],
@@ -1084,13 +1115,27 @@ mod tests {
                     }
                 }
                 let mut low = vec![-1.0; nr * nr];
-                sq_dists_block(&rows, &rn, &t, &rn, dim, true, &mut low);
+                let diagonal: Vec<usize> = (0..nr).collect();
+                sq_dists_block(&rows, &rn, &t, &rn, dim, Some(&diagonal), &mut low);
                 for r in 0..nr {
                     for c in 0..r {
                         let want = sq_dist(&rows[r * dim..(r + 1) * dim], &rows[c * dim..(c + 1) * dim]);
                         assert!((low[r * nr + c] - want).abs() < 1e-12, "lower ({r},{c}) of {nr}");
                     }
                 }
+            }
+            // Ends in no order (a window's new events at any positions):
+            // each row's entries before its end, bit for bit the full block's.
+            let ends: Vec<usize> = (0..nr).map(|r| (r * 7 + 3) % (nc + 2)).collect();
+            let mut part = vec![-1.0; nr * nc];
+            sq_dists_block(&rows, &rn, &t, &cn, dim, Some(&ends), &mut part);
+            for r in 0..nr {
+                let end = ends[r].min(nc);
+                assert_eq!(
+                    part[r * nc..r * nc + end],
+                    out[r * nc..r * nc + end],
+                    "row {r} to {end}"
+                );
             }
         }
     }
@@ -1130,6 +1175,23 @@ mod tests {
             // SAFETY: feature checked.
             unsafe { gaussian_avx2(&mut y, 1.3) };
             assert!(y.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+        // A value's bits do not depend on where in a slice it falls (the
+        // last values of a slice, fewer than a vector, included): a slide
+        // computes kernel rows in other slices than a restart.
+        let moderate: Vec<f64> = (0..23).map(|i| 0.37 * i as f64 + 0.011).collect();
+        let mut whole = moderate.clone();
+        gaussian_in_place(&mut whole, 0.7);
+        for start in 0..5 {
+            for end in [moderate.len(), moderate.len() - 1, moderate.len() - 2, start + 5] {
+                let mut part = moderate[start..end].to_vec();
+                gaussian_in_place(&mut part, 0.7);
+                let same = part
+                    .iter()
+                    .zip(&whole[start..end])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "values {start}..{end}");
+            }
         }
         gaussian_in_place(&mut x, 1.3);
         for (o, y) in orig.iter().cycle().zip(x.iter().chain(&portable)) {

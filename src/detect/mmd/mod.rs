@@ -721,8 +721,9 @@ impl Points {
         Self::from_centred(rows, d)
     }
 
-    /// Squared distances, self's rows × other's rows, row-major.
-    fn sq_dists(&self, other: &Points) -> Block {
+    /// Squared distances, self's rows × other's rows, row-major; with
+    /// `ends`, row r only up to column ends[r] (the rest unspecified).
+    fn sq_dists(&self, other: &Points, ends: Option<&[usize]>) -> Block {
         let mut out = Block::new(self.norms.len() * other.norms.len());
         simd::sq_dists_block(
             &self.rows,
@@ -730,7 +731,7 @@ impl Points {
             &other.cols,
             &other.norms,
             self.dim,
-            false,
+            ends,
             &mut out,
         );
         out
@@ -739,17 +740,8 @@ impl Points {
     /// Squared distances among self's rows, below the diagonal only (entry
     /// [i·count + j] for j < i; the rest unspecified).
     fn sq_dists_lower(&self) -> Block {
-        let mut out = Block::new(self.norms.len() * self.norms.len());
-        simd::sq_dists_block(
-            &self.rows,
-            &self.norms,
-            &self.cols,
-            &self.norms,
-            self.dim,
-            true,
-            &mut out,
-        );
-        out
+        let diagonal: Vec<usize> = (0..self.norms.len()).collect();
+        self.sq_dists(self, Some(&diagonal))
     }
 }
 
@@ -978,11 +970,16 @@ mod tests {
             );
         }
         // The same events in another order (rows reversed, then rotated):
-        // kept events whose old order is not the new one.
+        // kept events whose old order is not the new one. Then new events
+        // before kept ones whose rows are gathered (they read the new
+        // events' rows past their own positions), after a run kept as it is.
         let last: Vec<&[f64]> = stream[12 * 2..32 * 2].chunks(2).collect();
+        let new: Vec<&[f64]> = stream[32 * 2..40 * 2].chunks(2).collect();
         for order in [
             last.iter().rev().copied().collect::<Vec<_>>(),
             [&last[7..], &last[..7]].concat(),
+            [&new[..4], &last[..16]].concat(),
+            [&last[..9], &new[4..], &last[12..], &last[9..12]].concat(),
         ] {
             let y: Vec<f64> = order.concat();
             let r = mmd_test(&x, &y, 2, &o).unwrap();

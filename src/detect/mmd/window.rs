@@ -199,8 +199,16 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         None => vec![None; m],
     };
     let old_rows = old.as_ref().map_or(&[][..], |(e, _)| &e.rows[..]);
-    let fresh = FreshRows::new(&xx.points, current, &centre, 1.0 / (2.0 * sigma * sigma), &old_pos);
     let run = old.as_ref().map(|(_, run)| *run);
+    let kept = run.map_or(0, |r| r.len);
+    let fresh = FreshRows::new(
+        &xx.points,
+        current,
+        &centre,
+        1.0 / (2.0 * sigma * sigma),
+        &old_pos,
+        kept,
+    );
     let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, run, &fresh);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if c.len() >= CACHE_ENTRIES {
@@ -245,30 +253,41 @@ struct FreshRows {
     m: usize,
     /// Row r: fresh event r against the reference (n values).
     yx: Block,
-    /// Row r at offset r·m: fresh event r against every event of the
-    /// window; when every event is fresh, below the diagonal only.
+    /// Row r at offset r·m: fresh event r against the window's events
+    /// before it, and after it up to the last gathered row (see
+    /// [`current_rows`]); when every event is fresh, below the diagonal.
     yy: Block,
     /// Window position → row in `yx` and `yy` (fresh events only).
     at: Vec<usize>,
 }
 
 impl FreshRows {
-    /// `xs`: the reference's points.
-    fn new(xs: &Points, current: &[f64], centre: &[f64], gamma: f64, old_pos: &[Option<usize>]) -> Self {
+    /// `xs`: the reference's points; `kept`: the events before it keep
+    /// their rows as they are (the run a slide continues).
+    fn new(xs: &Points, current: &[f64], centre: &[f64], gamma: f64, old_pos: &[Option<usize>], kept: usize) -> Self {
         let dim = xs.dim;
         let m = current.len() / dim;
         let fresh: Vec<usize> = (0..m).filter(|&j| old_pos[j].is_none()).collect();
         let ys = Points::new(current, dim, centre);
         let new_rows = ys.select(&fresh);
-        let mut yx = new_rows.sq_dists(xs);
+        let mut yx = new_rows.sq_dists(xs, None);
         simd::gaussian_in_place(&mut yx, gamma);
         let yy = if fresh.len() == m {
             let mut k = ys.sq_dists_lower();
             gaussian_lower(&mut k, m, gamma);
             k
         } else {
-            let mut k = new_rows.sq_dists(&ys);
-            simd::gaussian_in_place(&mut k, gamma);
+            // Each fresh event against the window's events before it, and
+            // against those after it whose rows are gathered (they read it).
+            let gathered = (kept..m).rev().find(|&j| old_pos[j].is_some());
+            let ends: Vec<usize> = fresh
+                .iter()
+                .map(|&j| gathered.filter(|&g| g > j).map_or(j, |g| g + 1))
+                .collect();
+            let mut k = new_rows.sq_dists(&ys, Some(&ends));
+            for (r, &end) in ends.iter().enumerate() {
+                simd::gaussian_in_place(&mut k[r * m..r * m + end], gamma);
+            }
             k
         };
         let mut at = vec![usize::MAX; m];
