@@ -462,6 +462,14 @@ pub fn sq_dists_block(
     sq_dists_block_gemm(rows, row_norms, cols_t, col_norms, dim, out);
 }
 
+/// Columns per panel of the distance blocks: about 128 KB of coordinates
+/// (16,384 values), which stay in L2 while every row tile passes them; a
+/// multiple of the `tile_columns` a register tile covers.
+#[cfg(target_arch = "x86_64")]
+fn panel_columns(dim: usize, tile_columns: usize) -> usize {
+    (16384 / dim.max(1) / tile_columns * tile_columns).max(tile_columns)
+}
+
 /// The columns a tile of rows needs: up to the largest of their ends.
 #[cfg(target_arch = "x86_64")]
 fn tile_end(ends: &[usize]) -> usize {
@@ -495,11 +503,10 @@ unsafe fn sq_dists_block_avx2(
     out: &mut [f64],
 ) {
     let (nr, nc) = (row_norms.len(), col_norms.len());
-    // Columns in panels of about 128 KB of coordinates, which stay in L2
-    // while every row passes them (without panels, wide points streamed
-    // all columns from memory once per row tile).
+    // Columns in panels (without them, wide points streamed all columns
+    // from memory once per row tile).
     let full = nc - nc % 8;
-    let width = (16384 / dim.max(1) / 8 * 8).max(8);
+    let width = panel_columns(dim, 8);
     for panel in (0..full).step_by(width) {
         let panel_end = (panel + width).min(full);
         let mut r0 = 0;
@@ -699,10 +706,10 @@ unsafe fn sq_dists_block_avx512(
             _mm512_mask_storeu_pd(po.wrapping_add(r * nc + c0), k8, d);
         }
     };
-    // Columns in panels of about 128 KB of coordinates, as on AVX2: without
-    // them, wide points (d = 384: 3 MB of columns) streamed every column
-    // from memory once per row tile, and this path was slower than AVX2's.
-    let width = (16384 / dim.max(1) / 16 * 16).max(16);
+    // Column panels as on AVX2: without them, wide points (d = 384: 3 MB of
+    // columns) streamed every column from memory once per row tile, and
+    // this path was slower than AVX2's.
+    let width = panel_columns(dim, 16);
     let full_rows = nr - nr % TILE_ROWS;
     // SAFETY (all loads below): rows r < nr and k < dim, and only columns
     // under the masks (< nc), inside the lengths the caller asserted.
