@@ -199,8 +199,7 @@ impl CountWindows {
             };
             self.push_key(key, part, &mut due)?;
         }
-        // Stream order, whatever the keys' order inside the batch was.
-        due.sort_by_key(|d| (d.coords.end.1, d.coords.end.0));
+        arrival_order(batch, &mut due);
         Ok(due)
     }
 
@@ -312,6 +311,24 @@ impl CountWindows {
 }
 
 /// Drops rows from the front until at most `size` remain.
+/// Puts the evaluations of a batch in the order their last events arrived
+/// in it, as time windows give theirs. `due` holds each key's evaluations in
+/// order, key after key; offsets of different partitions say nothing of
+/// arrival, so they cannot order them (sorting by offset put a key's
+/// evaluations out of order when a batch held several partitions).
+fn arrival_order(batch: &RecordBatch, due: &mut [Due]) {
+    if due.windows(2).all(|w| w[0].key == w[1].key) {
+        return;
+    }
+    let (Some(p), Some(o)) = (batch.column_by_name(PARTITION_COL), batch.column_by_name(OFFSET_COL)) else {
+        return;
+    };
+    let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
+    let row: HashMap<(i32, i64), usize> = (0..batch.num_rows()).map(|i| ((p.value(i), o.value(i)), i)).collect();
+    // Stable: a key's evaluations end at rows in arrival order already.
+    due.sort_by_key(|d| row.get(&d.coords.end).copied().unwrap_or(usize::MAX));
+}
+
 fn trim_front(q: &mut VecDeque<RecordBatch>, rows: &mut usize, size: usize) {
     while *rows > size {
         let excess = *rows - size;
@@ -367,6 +384,34 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Evaluations in the order their last events arrived, each key's in
+    /// its own order, when a batch interleaves partitions whose offsets say
+    /// nothing of arrival (partition 0 is far ahead of partition 1).
+    #[test]
+    fn a_batch_of_several_partitions_gives_evaluations_in_arrival_order() {
+        for keys in [vec!["a"; 40], (0..40).map(|i| if i % 3 == 0 { "a" } else { "b" }).collect()] {
+            let b = batch(&keys, 0);
+            let parts: Vec<i32> = (0..40).map(|i| i % 2).collect();
+            let offs: Vec<i64> = (0..40).map(|i| if i % 2 == 0 { 1000 + i } else { i }).collect();
+            let mut cols = b.columns().to_vec();
+            cols[2] = Arc::new(Int32Array::from(parts.clone()));
+            cols[3] = Arc::new(Int64Array::from(offs.clone()));
+            let b = RecordBatch::try_new(b.schema(), cols).unwrap();
+            let mut w = CountWindows::new(Some("k".into()), None, ReferenceMode::First(2), 3, 1);
+            let due = w.push(&b).unwrap();
+            let rows: Vec<usize> = due
+                .iter()
+                .map(|d| (0..40).find(|&i| (parts[i], offs[i]) == d.coords.end).unwrap())
+                .collect();
+            assert!(rows.windows(2).all(|r| r[0] < r[1]), "{rows:?}");
+            for key in ["a", "b"] {
+                let numbers: Vec<u64> = due.iter().filter(|d| d.key == key).map(|d| d.coords.evaluation).collect();
+                assert!(numbers.iter().copied().eq(1..=numbers.len() as u64), "{key}: {numbers:?}");
+            }
+            assert_eq!(due.len(), if keys[1] == "a" { 36 } else { 10 + 22 });
+        }
     }
 
     #[test]
