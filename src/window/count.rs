@@ -391,7 +391,10 @@ mod tests {
     /// nothing of arrival (partition 0 is far ahead of partition 1).
     #[test]
     fn a_batch_of_several_partitions_gives_evaluations_in_arrival_order() {
-        for keys in [vec!["a"; 40], (0..40).map(|i| if i % 3 == 0 { "a" } else { "b" }).collect()] {
+        for keys in [
+            vec!["a"; 40],
+            (0..40).map(|i| if i % 3 == 0 { "a" } else { "b" }).collect(),
+        ] {
             let b = batch(&keys, 0);
             let parts: Vec<i32> = (0..40).map(|i| i % 2).collect();
             let offs: Vec<i64> = (0..40).map(|i| if i % 2 == 0 { 1000 + i } else { i }).collect();
@@ -407,8 +410,15 @@ mod tests {
                 .collect();
             assert!(rows.windows(2).all(|r| r[0] < r[1]), "{rows:?}");
             for key in ["a", "b"] {
-                let numbers: Vec<u64> = due.iter().filter(|d| d.key == key).map(|d| d.coords.evaluation).collect();
-                assert!(numbers.iter().copied().eq(1..=numbers.len() as u64), "{key}: {numbers:?}");
+                let numbers: Vec<u64> = due
+                    .iter()
+                    .filter(|d| d.key == key)
+                    .map(|d| d.coords.evaluation)
+                    .collect();
+                assert!(
+                    numbers.iter().copied().eq(1..=numbers.len() as u64),
+                    "{key}: {numbers:?}"
+                );
             }
             assert_eq!(due.len(), if keys[1] == "a" { 36 } else { 10 + 22 });
         }

@@ -114,12 +114,16 @@ struct XxPart {
 }
 
 impl XxPart {
-    fn new(kxx: &[f64], points: Points) -> Self {
+    /// From the reference's squared distances below the diagonal (`d`,
+    /// n × n), turned into kernel values e^{−γ·d} a row at a time, each
+    /// summed and converted while it is in cache.
+    fn new(mut d: Block, gamma: f64, points: Points) -> Self {
         let n = points.norms.len();
         let mut fixed = Vec::with_capacity(n * n.saturating_sub(1) / 2);
         let mut sxx = 0.0;
         for i in 0..n {
-            let row = &kxx[i * n..i * n + i];
+            let row = &mut d[i * n..i * n + i];
+            simd::gaussian_in_place(row, gamma);
             sxx += 2.0 * simd::sum(row);
             simd::to_fixed(row, &mut fixed);
         }
@@ -725,16 +729,13 @@ impl Points {
     /// `ends`, row r only up to column ends[r] (the rest unspecified).
     fn sq_dists(&self, other: &Points, ends: Option<&[usize]>) -> Block {
         let mut out = Block::new(self.norms.len() * other.norms.len());
-        simd::sq_dists_block(
-            &self.rows,
-            &self.norms,
-            &other.cols,
-            &other.norms,
-            self.dim,
-            ends,
-            &mut out,
-        );
+        self.sq_dists_into(other, ends, &mut out);
         out
+    }
+
+    /// [`Self::sq_dists`] into `out` (at least self's × other's rows long).
+    fn sq_dists_into(&self, other: &Points, ends: Option<&[usize]>, out: &mut [f64]) {
+        simd::sq_dists_block(&self.rows, &self.norms, &other.cols, &other.norms, self.dim, ends, out);
     }
 
     /// Squared distances among self's rows, below the diagonal only (entry
@@ -742,14 +743,6 @@ impl Points {
     fn sq_dists_lower(&self) -> Block {
         let diagonal: Vec<usize> = (0..self.norms.len()).collect();
         self.sq_dists(self, Some(&diagonal))
-    }
-}
-
-/// exp(−γ·d) in place on the entries of the `count` × `count` matrix `d`
-/// below its diagonal.
-fn gaussian_lower(d: &mut [f64], count: usize, gamma: f64) {
-    for i in 1..count {
-        simd::gaussian_in_place(&mut d[i * count..i * count + i], gamma);
     }
 }
 
@@ -995,7 +988,9 @@ mod tests {
 
     /// Windows whose rows are several [`window::YY_CHUNK`]s long, sliding by
     /// steps that are and are not multiples of it: each slide gives what a
-    /// restart gives, and the definition.
+    /// restart gives, and the definition. Fresh rows are computed 120 at a
+    /// time here (n + m = 330), so the first window and the slide of 160
+    /// cross a chunk's end.
     #[test]
     fn long_windows_slide_as_from_scratch() {
         let mut rng = ChaCha8Rng::seed_from_u64(9);

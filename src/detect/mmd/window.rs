@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Block, Points, XxPart, column_means, gaussian_lower, or_fallback, sigma_from_median};
+use super::{Block, Points, XxPart, column_means, or_fallback, sigma_from_median};
 use crate::detect::simd;
 
 /// Values per partial sum of a row's K_YY part, counted from its end (see
@@ -201,7 +201,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
     let old_rows = old.as_ref().map_or(&[][..], |(e, _)| &e.rows[..]);
     let run = old.as_ref().map(|(_, run)| *run);
     let kept = run.map_or(0, |r| r.len);
-    let fresh = FreshRows::new(
+    let mut fresh = FreshRows::new(
         &xx.points,
         current,
         &centre,
@@ -209,7 +209,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         &old_pos,
         kept,
     );
-    let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, run, &fresh);
+    let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, run, &mut fresh);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if c.len() >= CACHE_ENTRIES {
         c.remove(0);
@@ -238,61 +238,126 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
 fn reference_part(reference: &[f64], dim: usize, centre: &[f64], sigma_opt: Option<f64>) -> (f64, bool, Arc<XxPart>) {
     let n = reference.len() / dim;
     let points = Points::new(reference, dim, centre);
-    let mut k = points.sq_dists_lower();
+    let d = points.sq_dists_lower();
     let (sigma, fallback) = match sigma_opt {
         Some(s) => (s, false),
-        None => or_fallback(sigma_from_median(&k, n)),
+        None => or_fallback(sigma_from_median(&d, n)),
     };
-    gaussian_lower(&mut k, n, 1.0 / (2.0 * sigma * sigma));
-    (sigma, fallback, Arc::new(XxPart::new(&k, points)))
+    (
+        sigma,
+        fallback,
+        Arc::new(XxPart::new(d, 1.0 / (2.0 * sigma * sigma), points)),
+    )
 }
 
-/// The kernel values of the events new to the window (`fresh`, in window
-/// order): against the reference, and against the window's events.
-struct FreshRows {
+/// Fresh rows per computed chunk: about 256 KB of kernel values, so that
+/// a chunk's distances, exponentials and conversions stay in L2 instead of
+/// streaming megabytes through memory three times (at n = m = 1000, 24 rows).
+fn chunk_rows(n: usize, m: usize) -> usize {
+    const TILES: usize = 24; // a multiple of the AVX2 (6) and AVX-512 (8) row tiles
+    (32768 / (n + m).max(1)).div_ceil(TILES).max(1) * TILES
+}
+
+/// The kernel values of the events new to the window (in window order):
+/// against the reference, and against the window's events; computed a
+/// chunk of rows at a time, as [`current_rows`] takes them.
+struct FreshRows<'a> {
+    xs: &'a Points,
+    ys: Points,
+    gamma: f64,
     m: usize,
-    /// Row r: fresh event r against the reference (n values).
-    yx: Block,
-    /// Row r at offset r·m: fresh event r against the window's events
+    /// Window positions of the fresh events.
+    fresh: Vec<usize>,
+    /// Per fresh event: the K_YY columns it needs, the window's events
     /// before it, and after it up to the last gathered row (see
     /// [`current_rows`]); when every event is fresh, below the diagonal.
-    yy: Block,
-    /// Window position → row in `yx` and `yy` (fresh events only).
+    ends: Vec<usize>,
+    /// Window position → index in `fresh` (fresh events only).
     at: Vec<usize>,
+    per_chunk: usize,
+    /// The fresh events whose rows `yx` and `yy` hold.
+    chunk: std::ops::Range<usize>,
+    /// Row r − chunk.start: against the reference (n values).
+    yx: Block,
+    /// Row r − chunk.start at offset (r − chunk.start)·m: against the window.
+    yy: Block,
 }
 
-impl FreshRows {
+impl<'a> FreshRows<'a> {
     /// `xs`: the reference's points; `kept`: the events before it keep
     /// their rows as they are (the run a slide continues).
-    fn new(xs: &Points, current: &[f64], centre: &[f64], gamma: f64, old_pos: &[Option<usize>], kept: usize) -> Self {
-        let dim = xs.dim;
-        let m = current.len() / dim;
+    fn new(
+        xs: &'a Points,
+        current: &[f64],
+        centre: &[f64],
+        gamma: f64,
+        old_pos: &[Option<usize>],
+        kept: usize,
+    ) -> Self {
+        let (n, m) = (xs.norms.len(), current.len() / xs.dim);
         let fresh: Vec<usize> = (0..m).filter(|&j| old_pos[j].is_none()).collect();
-        let ys = Points::new(current, dim, centre);
-        let new_rows = ys.select(&fresh);
-        let mut yx = new_rows.sq_dists(xs, None);
-        simd::gaussian_in_place(&mut yx, gamma);
-        let yy = if fresh.len() == m {
-            let mut k = ys.sq_dists_lower();
-            gaussian_lower(&mut k, m, gamma);
-            k
-        } else {
-            // Each fresh event against the window's events before it, and
-            // against those after it whose rows are gathered (they read it).
-            let gathered = (kept..m).rev().find(|&j| old_pos[j].is_some());
-            let ends: Vec<usize> = fresh
-                .iter()
-                .map(|&j| gathered.filter(|&g| g > j).map_or(j, |g| g + 1))
-                .collect();
-            let mut k = new_rows.sq_dists(&ys, Some(&ends));
-            for (r, &end) in ends.iter().enumerate() {
-                simd::gaussian_in_place(&mut k[r * m..r * m + end], gamma);
-            }
-            k
-        };
+        // A gathered row after a fresh one reads the fresh one's value past
+        // its position.
+        let gathered = (kept..m).rev().find(|&j| old_pos[j].is_some());
+        let ends: Vec<usize> = fresh
+            .iter()
+            .map(|&j| gathered.filter(|&g| g > j).map_or(j, |g| g + 1))
+            .collect();
         let mut at = vec![usize::MAX; m];
         fresh.iter().enumerate().for_each(|(r, &j)| at[j] = r);
-        Self { m, yx, yy, at }
+        // Then every gathered row reads fresh rows: all in one chunk.
+        let reads_fresh = gathered.is_some_and(|g| fresh.first().is_some_and(|&f| f < g));
+        let per_chunk = match reads_fresh {
+            true => fresh.len(),
+            false => chunk_rows(n, m).min(fresh.len()),
+        }
+        .max(1);
+        Self {
+            xs,
+            ys: Points::new(current, xs.dim, centre),
+            gamma,
+            m,
+            fresh,
+            ends,
+            at,
+            per_chunk,
+            chunk: 0..0,
+            yx: Block::new(per_chunk * n),
+            yy: Block::new(per_chunk * m),
+        }
+    }
+
+    /// Computes the chunk holding fresh event `r`'s row, unless it is there.
+    fn load(&mut self, r: usize) {
+        if self.chunk.contains(&r) {
+            return;
+        }
+        let first = r - r % self.per_chunk;
+        self.chunk = first..(first + self.per_chunk).min(self.fresh.len());
+        let rows = self.ys.select(&self.fresh[self.chunk.clone()]);
+        let (n, m) = (self.xs.norms.len(), self.m);
+        let count = self.chunk.len();
+        rows.sq_dists_into(self.xs, None, &mut self.yx[..count * n]);
+        simd::gaussian_in_place(&mut self.yx[..count * n], self.gamma);
+        let ends = &self.ends[self.chunk.clone()];
+        rows.sq_dists_into(&self.ys, Some(ends), &mut self.yy[..count * m]);
+        for (i, &end) in ends.iter().enumerate() {
+            simd::gaussian_in_place(&mut self.yy[i * m..i * m + end], self.gamma);
+        }
+    }
+
+    /// Fresh event `r`'s row against the reference (after [`Self::load`]).
+    fn yx(&self, r: usize) -> &[f64] {
+        let n = self.xs.norms.len();
+        let i = r - self.chunk.start;
+        &self.yx[i * n..(i + 1) * n]
+    }
+
+    /// Fresh event `r`'s values against the window's first `len` events
+    /// (after [`Self::load`]).
+    fn yy(&self, r: usize, len: usize) -> &[f64] {
+        let i = r - self.chunk.start;
+        &self.yy[i * self.m..i * self.m + len]
     }
 }
 
@@ -307,7 +372,7 @@ fn current_rows(
     old_pos: &[Option<usize>],
     old_rows: &[CurrentRow],
     run: Option<Run>,
-    fresh: &FreshRows,
+    fresh: &mut FreshRows,
 ) -> (Vec<CurrentRow>, usize) {
     let m = fresh.m;
     let run = run.unwrap_or(Run { len: 0, a0: 0 });
@@ -329,17 +394,23 @@ fn current_rows(
         .map(|&j| match old_pos[j] {
             None => {
                 let r = fresh.at[j];
-                store.push(Yx::Values(&fresh.yx[r * n..(r + 1) * n]), &fresh.yy[r * m..r * m + j])
+                fresh.load(r);
+                store.push(Yx::Values(fresh.yx(r)), fresh.yy(r, j))
             }
             Some(a) => {
                 gathered.clear();
-                gathered.extend((0..j).map(|l| match old_pos[l] {
-                    Some(b) if b < a => old_rows[a].yy()[b],
-                    Some(b) if b > a => old_rows[b].yy()[a],
-                    // Equal events map to one old event; k(y, y) = 1.
-                    Some(_) => 1.0,
-                    None => fresh.yy[fresh.at[l] * m + j],
-                }));
+                for (l, pos) in old_pos[..j].iter().enumerate() {
+                    gathered.push(match *pos {
+                        Some(b) if b < a => old_rows[a].yy()[b],
+                        Some(b) if b > a => old_rows[b].yy()[a],
+                        // Equal events map to one old event; k(y, y) = 1.
+                        Some(_) => 1.0,
+                        None => {
+                            fresh.load(fresh.at[l]);
+                            fresh.yy(fresh.at[l], j + 1)[j]
+                        }
+                    });
+                }
                 let old = &old_rows[a];
                 store.push(Yx::Fixed(old.yx_fixed(n), old.yx_sum()), &gathered)
             }
