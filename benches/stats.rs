@@ -6,6 +6,8 @@
 //! - MMD slide: reference 1000, current 1000, slide 250, per evaluation (cache
 //!   warm), with all permutations and with early stopping, on null windows;
 //! - MMD on the same null windows again (the permutation pass alone);
+//! - the kernel's parts alone, on one chunk of a slide's new rows (24 × 1000
+//!   points, d = 32): the squared distances, and their exponentials;
 //! - KS on 32 features, n = m = 1000;
 //! - big windows (`tiled`): MMD n = m = 2k, 10k, 20k, 50k, d = 32, B = 100,
 //!   two threads, through the tiled path, each run once (a few seconds
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use driftwatch::detect::ks::ks_2samp;
 use driftwatch::detect::mmd::{MmdOptions, clear_kernel_cache, mmd_test, mmd_test_tiled};
+use driftwatch::detect::simd;
 
 fn normals(seed: u64, n: usize, shift: f64) -> Vec<f64> {
     let mut x = seed;
@@ -107,6 +110,46 @@ fn mmd_big(on: &dyn Fn(&str) -> bool) {
     }
 }
 
+/// The kernel's two dense parts apart, on a chunk of a slide's new rows (24,
+/// as `mmd` computes them) against 1000 points: what a change to either one
+/// does, without the noise of a whole test.
+fn kernel_parts(on: &dyn Fn(&str) -> bool, x: &[f64], y: &[f64], d: usize) {
+    let rows = &y[..24 * d];
+    let norms = |p: &[f64]| {
+        p.chunks_exact(d)
+            .map(|r| r.iter().map(|v| v * v).sum())
+            .collect::<Vec<f64>>()
+    };
+    let (row_norms, col_norms) = (norms(rows), norms(x));
+    let cols_t: Vec<f64> = (0..d * 1000).map(|i| x[(i % 1000) * d + i / 1000]).collect();
+    let mut out = vec![0.0; 24 * 1000];
+    let name = "kernel: squared distances 24 x 1000, d=32";
+    if on(name) {
+        bench(
+            name,
+            || (),
+            || {
+                simd::sq_dists_block(rows, &row_norms, &cols_t, &col_norms, d, None, &mut out);
+                black_box(&out);
+            },
+        );
+    }
+    let name = "kernel: exp of 24 x 1000 values";
+    if on(name) {
+        simd::sq_dists_block(rows, &row_norms, &cols_t, &col_norms, d, None, &mut out);
+        // Branch-free: the time does not depend on the values (after the
+        // first run, kernel values of kernel values).
+        bench(
+            name,
+            || (),
+            || {
+                simd::gaussian_in_place(&mut out, 0.02);
+                black_box(&out);
+            },
+        );
+    }
+}
+
 fn mmd_options(stop_after: Option<usize>) -> MmdOptions {
     MmdOptions {
         permutations: 100,
@@ -156,6 +199,7 @@ fn main() {
             });
         }
     }
+    kernel_parts(&on, &x, &y, d);
     // Sentence embeddings (all-MiniLM-L6-v2): 384 dimensions, the news pipeline's B.
     let name = "mmd n=m=1000 d=384 B=400 threads=1";
     if on(name) {
