@@ -904,6 +904,32 @@ mod tests {
         mmd_from_sums(xx, xy, yy, n, m)
     }
 
+    /// The kernel cache is one per process: tests that clear it or count
+    /// what it kept take turns.
+    pub(super) fn cache_lock() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// More streams than the cache used to hold (8), evaluated in turn, as
+    /// keys are: each one's second window still slides from its first.
+    #[test]
+    fn a_dozen_streams_in_turn_each_keep_their_slide() {
+        let _cache = cache_lock();
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let streams: Vec<(Vec<f64>, Vec<f64>)> = (0..12)
+            .map(|_| (gauss(&mut rng, 30, 2, 0.0), gauss(&mut rng, 24, 2, 0.2)))
+            .collect();
+        clear_kernel_cache();
+        for (x, y) in &streams {
+            assert_eq!(window::window(x, &y[..20 * 2], 2, Some(1.0)).reused, 0);
+        }
+        for (i, (x, y)) in streams.iter().enumerate() {
+            let slid = window::window(x, &y[4 * 2..24 * 2], 2, Some(1.0));
+            assert_eq!(slid.reused, 16, "stream {i}: events 4..20 stay as they were");
+        }
+    }
+
     #[test]
     fn statistic_matches_definition() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -935,6 +961,7 @@ mod tests {
     /// cached partner is themselves (k(y, y) = 1, not the zero diagonal).
     #[test]
     fn cached_slides_match_the_definition() {
+        let _cache = cache_lock();
         let mut rng = ChaCha8Rng::seed_from_u64(8);
         let x = gauss(&mut rng, 25, 2, 0.0);
         let mut stream = gauss(&mut rng, 40, 2, 0.2);
@@ -993,6 +1020,7 @@ mod tests {
     /// cross a chunk's end.
     #[test]
     fn long_windows_slide_as_from_scratch() {
+        let _cache = cache_lock();
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let x = gauss(&mut rng, 120, 2, 0.0);
         let stream = gauss(&mut rng, 600, 2, 0.1);
@@ -1031,6 +1059,7 @@ mod tests {
     /// a restart gives.
     #[test]
     fn repeated_events_keep_their_rows_on_a_slide() {
+        let _cache = cache_lock();
         let mut rng = ChaCha8Rng::seed_from_u64(10);
         let x = gauss(&mut rng, 30, 2, 0.0);
         let mut stream = gauss(&mut rng, 24, 2, 0.3);
@@ -1058,6 +1087,7 @@ mod tests {
     /// restart gives.
     #[test]
     fn interleaved_streams_against_one_reference_slide_as_from_scratch() {
+        let _cache = cache_lock();
         let mut rng = ChaCha8Rng::seed_from_u64(12);
         let x = gauss(&mut rng, 30, 2, 0.0);
         let mut a = gauss(&mut rng, 60, 2, 0.1);
@@ -1138,6 +1168,7 @@ mod tests {
 
     #[test]
     fn seeded_runs_are_reproducible() {
+        let _cache = cache_lock();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let x = gauss(&mut rng, 50, 2, 0.0);
         let y = gauss(&mut rng, 50, 2, 0.1);

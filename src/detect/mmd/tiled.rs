@@ -217,6 +217,7 @@ mod tests {
     /// threads.
     #[test]
     fn the_tiled_test_equals_the_stored_kernel_test() {
+        let _cache = super::super::tests::cache_lock();
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let d = 8;
         let x = gauss(&mut rng, 2000, d, 0.0);
@@ -249,6 +250,7 @@ mod tests {
     /// Uneven sides and sizes off the tile grid, the current side smaller.
     #[test]
     fn uneven_windows_off_the_tile_grid() {
+        let _cache = super::super::tests::cache_lock();
         let mut rng = ChaCha8Rng::seed_from_u64(6);
         let d = 3;
         let x = gauss(&mut rng, 700, d, 0.0);

@@ -149,6 +149,8 @@ pub(super) struct Window {
 /// What is kept between evaluations against the same reference.
 struct CacheEntry {
     key: (u64, usize, u64),
+    /// Memory it keeps alive ([`held_bytes`]).
+    bytes: usize,
     sigma: f64,
     sigma_fallback: bool,
     xx: Arc<XxPart>,
@@ -161,8 +163,14 @@ struct CacheEntry {
     rows: Vec<CurrentRow>,
 }
 
-/// A few references at once (several keys, detectors); oldest dropped first.
-const CACHE_ENTRIES: usize = 8;
+/// Streams (keys, detectors) whose windows are kept at once, and the bytes
+/// their rows may hold in all (a key at n = m = 1000 holds ~10 MB: its
+/// rows' f64 K_YY parts, four slides of them); oldest dropped first. A
+/// stream whose entry was dropped pays a full test at its next evaluation,
+/// so the count is well above the keys a pipeline usually has (it was 8:
+/// a ninth key made every evaluation of every key start from scratch).
+const CACHE_ENTRIES: usize = 64;
+const CACHE_BYTES: usize = 512 << 20;
 static CACHE: Mutex<Vec<CacheEntry>> = Mutex::new(Vec::new());
 
 /// Empties the kernel cache (benchmarks measure the cold path with it).
@@ -211,10 +219,8 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
     );
     let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, run, &mut fresh);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if c.len() >= CACHE_ENTRIES {
-        c.remove(0);
-    }
     c.push(CacheEntry {
+        bytes: held_bytes(&rows, &xx, current.len()),
         key,
         sigma,
         sigma_fallback,
@@ -225,6 +231,11 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         hashes,
         rows: rows.clone(),
     });
+    let mut total: usize = c.iter().map(|e| e.bytes).sum();
+    while c.len() > 1 && (c.len() > CACHE_ENTRIES || total > CACHE_BYTES) {
+        total -= c.remove(0).bytes;
+    }
+    drop(c);
     Window {
         xx,
         rows,
@@ -232,6 +243,24 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         sigma_fallback,
         reused,
     }
+}
+
+/// What an entry keeps alive: its rows' stores (each once), its reference
+/// part and its copy of the window (`current` values).
+fn held_bytes(rows: &[CurrentRow], xx: &XxPart, current: usize) -> usize {
+    let mut stores: Vec<(*const RowStore, usize)> = rows
+        .iter()
+        .map(|r| {
+            (
+                Arc::as_ptr(&r.store),
+                r.store.fixed.0.capacity() + 8 * r.store.yy.0.capacity(),
+            )
+        })
+        .collect();
+    stores.sort_unstable();
+    stores.dedup();
+    let xx_bytes = xx.fixed.capacity() + 8 * (xx.points.rows.0.capacity() + xx.points.cols.0.capacity());
+    stores.iter().map(|s| s.1).sum::<usize>() + xx_bytes + 8 * current
 }
 
 /// σ (given, or the median heuristic's) and the reference's part.
