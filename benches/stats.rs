@@ -4,7 +4,8 @@
 //! - MMD test, n = m = 1000, d = 32, B = 100, from scratch (cache cleared), one and two threads;
 //! - MMD test, n = m = 1000, d = 384 (sentence embeddings), B = 400, from scratch;
 //! - MMD slide: reference 1000, current 1000, slide 250, per evaluation (cache
-//!   warm), with all permutations and with early stopping, on null windows;
+//!   warm), with all permutations and with early stopping, on null windows,
+//!   on one and two threads;
 //! - MMD on the same null windows again (the permutation pass alone);
 //! - the kernel's parts alone, on one chunk of a slide's new rows (24 × 1000
 //!   points, d = 32): the squared distances, and their exponentials;
@@ -150,20 +151,20 @@ fn kernel_parts(on: &dyn Fn(&str) -> bool, x: &[f64], y: &[f64], d: usize) {
     }
 }
 
-fn mmd_options(stop_after: Option<usize>) -> MmdOptions {
+fn mmd_options(stop_after: Option<usize>, threads: usize) -> MmdOptions {
     MmdOptions {
         permutations: 100,
         seed: 1,
         sigma: None,
-        threads: 1,
+        threads,
         stop_after,
     }
 }
 
 /// Per evaluation of a window of 1000 sliding by 250 against `x`.
-fn mmd_slide(name: &str, x: &[f64], d: usize, stop_after: Option<usize>) {
+fn mmd_slide(name: &str, x: &[f64], d: usize, stop_after: Option<usize>, threads: usize) {
     let stream = normals(3, 20_000 * d, 0.0);
-    let o = mmd_options(stop_after);
+    let o = mmd_options(stop_after, threads);
     clear_kernel_cache();
     let mut start = 0usize;
     bench(
@@ -218,10 +219,11 @@ fn main() {
     // The cadence users run: a current window of 1000 sliding by 250 over a
     // stream with no drift, with all permutations and with early stopping
     // (h = 10, a pipeline's default at alpha 0.01).
-    for stop_after in [None, Some(10)] {
-        let name = format!("mmd slide ref=1000 cur=1000 slide=250 B=100 stop={stop_after:?}");
+    // Two threads: what `threads: 2` gives a pipeline on a 2-core machine.
+    for (stop_after, threads) in [(None, 1), (Some(10), 1), (None, 2), (Some(10), 2)] {
+        let name = format!("mmd slide ref=1000 cur=1000 slide=250 B=100 stop={stop_after:?} threads={threads}");
         if on(&name) {
-            mmd_slide(&name, &x, d, stop_after);
+            mmd_slide(&name, &x, d, stop_after, threads);
         }
     }
     // The permutation pass alone: the same null windows again (kernel cached).
@@ -229,7 +231,7 @@ fn main() {
         let name = format!("mmd same windows (kernel cached) B=100 stop={stop_after:?}");
         if on(&name) {
             let y0 = normals(6, 1000 * d, 0.0);
-            let o = mmd_options(stop_after);
+            let o = mmd_options(stop_after, 1);
             bench(
                 &name,
                 || {},

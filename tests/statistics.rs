@@ -330,6 +330,7 @@ detectors:
   - {name: wasserstein, kind: wasserstein, columns: [x], threshold: 0.2}
   - {name: mmd, kind: mmd, column: x, permutations: 100, seed: 3}
   - {name: mmd_linear, kind: mmd, column: x, method: linear}
+  - {name: mmd_threads, kind: mmd, column: x, permutations: 100, seed: 3, threads: 2}
   - name: own
     kind: sql
     threshold: 0.1
@@ -367,12 +368,12 @@ detectors:
     let drifted = run(shifted).await;
     let quiet = run(same).await;
     let dets = drifted["detectors"].as_array().unwrap();
-    assert_eq!(dets.len(), 9, "{drifted:#}");
+    assert_eq!(dets.len(), 10, "{drifted:#}");
     for d in dets {
         assert_eq!(d["drift"], true, "{d:#}");
-        // Everything drifted: each detector names the eight others.
+        // Everything drifted: each detector names the nine others.
         let others = d["also_drifted"].as_array().unwrap();
-        assert_eq!(others.len(), 8, "{d:#}");
+        assert_eq!(others.len(), 9, "{d:#}");
         assert!(!others.contains(&d["name"]));
         for t in d["tests"].as_array().unwrap() {
             assert_eq!(t["drift"], true, "{} {t:#}", d["name"]);
@@ -380,6 +381,20 @@ detectors:
     }
     for d in quiet["detectors"].as_array().unwrap() {
         assert_eq!(d["drift"], false, "{d:#}");
+    }
+    // MMD on two threads: the same statistic and p-value, to the bit.
+    for r in [&drifted, &quiet] {
+        let by_name = |n: &str| {
+            r["detectors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["name"] == n)
+                .unwrap()["tests"]
+                .clone()
+        };
+        assert_eq!(by_name("mmd"), by_name("mmd_threads"), "{r:#}");
+        assert!(by_name("mmd")[0]["p_value"].is_number());
     }
     // Distances have no p-value and compare their statistic to the threshold.
     let psi = &dets[2];

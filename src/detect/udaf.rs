@@ -11,11 +11,13 @@
 //! (`ks_test`, `chi2_test`, `mmd_test`) give a p-value; distances (`psi`,
 //! `kl_divergence`, `js_divergence`, `wasserstein_distance`) a NULL one and
 //! are compared to a threshold on the statistic.
-//! `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after]]]])`:
+//! `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after [, threads]]]]])`:
 //! the optional arguments are literals; sigma ≤ 0 means the median
 //! heuristic; stop_after = h > 0 stops the permutations once h statistics
 //! reach the observed one (Besag–Clifford sequential p-value; 0 or absent:
-//! all permutations). Its result adds `permutations`, the number drawn.
+//! all permutations); threads (default 1) compute the kernel rows and the
+//! permutations (the result does not depend on it). Its result adds
+//! `permutations`, the number drawn.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Sign
 use super::chi2::{chi2_homogeneity, count_table};
 use super::divergence::{self, DEFAULT_BINS, Metric};
 use super::ks::ks_2samp;
-use super::mmd::{MmdOptions, mmd_linear, mmd_test};
+use super::mmd::{MAX_THREADS, MmdOptions, mmd_linear, mmd_test};
 use super::udaf_labels::{LabelStat, LabelledTest};
 
 /// Default number of permutations of `mmd_test` when the query gives none.
@@ -415,7 +417,7 @@ impl Accumulator for SampleAcc {
 
 // ---------------------------------------------------------------- mmd_test
 
-/// `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after]]]])`:
+/// `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after [, threads]]]]])`:
 /// MMD² with a permutation p-value (sequential when stop_after > 0); `mmd_linear_test(vector, is_current [, sigma])`:
 /// the linear-time statistic with its normal p-value. See [`super::mmd`].
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -427,7 +429,7 @@ pub struct MmdTest {
 impl MmdTest {
     pub fn new(linear: bool) -> Self {
         let sig = TypeSignature::Any;
-        let arities = if linear { vec![2, 3] } else { vec![2, 3, 4, 5, 6] };
+        let arities = if linear { vec![2, 3] } else { vec![2, 3, 4, 5, 6, 7] };
         Self {
             linear,
             signature: Signature::one_of(arities.into_iter().map(sig).collect(), Volatility::Immutable),
@@ -461,6 +463,7 @@ impl AggregateUDFImpl for MmdTest {
             f("seed", DataType::UInt64),
             f("sigma", DataType::Float64),
             f("stop_after", DataType::UInt64),
+            f("threads", DataType::UInt64),
         ])
     }
 }
@@ -498,6 +501,14 @@ impl Default for MmdAcc {
                 stop_after: None,
             },
         }
+    }
+}
+
+/// `mmd_test`'s threads: 1 to [`MAX_THREADS`].
+fn threads_arg(t: u64) -> Result<usize> {
+    match usize::try_from(t) {
+        Ok(t @ 1..=MAX_THREADS) => Ok(t),
+        _ => exec_err!("mmd_test: threads must be 1 to {MAX_THREADS}, got {t}"),
     }
 }
 
@@ -544,6 +555,12 @@ impl Accumulator for MmdAcc {
             && let Some(h) = literal_u64(a, "mmd_test", "stop_after")?
         {
             self.opts.stop_after = (h > 0).then_some(h as usize);
+        }
+        if !self.linear
+            && let Some(a) = values.get(6)
+            && let Some(t) = literal_u64(a, "mmd_test", "threads")?
+        {
+            self.opts.threads = threads_arg(t)?;
         }
         if let Some(a) = values.get(sigma_at) {
             let s = as_f64(a, "mmd_test")?;
@@ -625,6 +642,7 @@ impl Accumulator for MmdAcc {
             ScalarValue::UInt64(Some(self.opts.seed)),
             ScalarValue::Float64(self.opts.sigma),
             ScalarValue::UInt64(self.opts.stop_after.map(|h| h as u64)),
+            ScalarValue::UInt64(Some(self.opts.threads as u64)),
         ])
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
@@ -645,6 +663,9 @@ impl Accumulator for MmdAcc {
         }
         if let Some(h) = u(6) {
             self.opts.stop_after = Some(h as usize);
+        }
+        if let Some(t) = u(7) {
+            self.opts.threads = threads_arg(t)?;
         }
         Ok(())
     }

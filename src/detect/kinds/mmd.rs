@@ -9,6 +9,7 @@ use super::{
     Correction, Decision, Detector, Kind, Need, OptionError, Options, Reads, check_column, is_current, no_udafs,
 };
 use crate::config::{Alpha, Positive};
+use crate::detect::mmd::MAX_THREADS;
 use crate::detect::{KEY_COL, WINDOWS_TABLE, ident};
 
 pub const KIND: Kind = Kind {
@@ -44,6 +45,13 @@ struct MmdOptions {
     /// decision; `false`: all permutations, every time.
     #[serde(default)]
     early_stop: Option<EarlyStop>,
+    /// Threads for one evaluation (default 1): the new events' kernel rows,
+    /// the reference's distances and the permutations are shared among
+    /// them, and the result is the same bits whatever the number. On a
+    /// machine with a core to spare, 2 takes about a fifth off an
+    /// evaluation (the pipeline evaluates one window at a time).
+    #[serde(default)]
+    threads: Option<Positive>,
     /// Kernel bandwidth σ; default the median heuristic on the reference.
     #[serde(default)]
     sigma: Option<f64>,
@@ -64,6 +72,7 @@ pub struct MmdDetector {
     pub sigma: Option<f64>,
     pub method: MmdMethod,
     pub early_stop: EarlyStop,
+    pub threads: Positive,
 }
 
 fn build(name: String, o: Options) -> Result<Box<dyn Detector>, OptionError> {
@@ -77,6 +86,7 @@ fn build(name: String, o: Options) -> Result<Box<dyn Detector>, OptionError> {
             ("permutations", o.permutations.is_some()),
             ("seed", o.seed.is_some()),
             ("early_stop", o.early_stop.is_some()),
+            ("threads", o.threads.is_some()),
         ];
         if let Some((k, _)) = given.iter().find(|(_, g)| *g) {
             return Err(OptionError::item(format!(
@@ -93,6 +103,12 @@ fn build(name: String, o: Options) -> Result<Box<dyn Detector>, OptionError> {
         sigma: o.sigma,
         method,
         early_stop: o.early_stop.unwrap_or_default(),
+        threads: match o.threads {
+            Some(t) if t.get() > MAX_THREADS => {
+                return Err(OptionError::item(format!("`threads` must be at most {MAX_THREADS}")));
+            }
+            t => t.unwrap_or(Positive(1)),
+        },
     }))
 }
 
@@ -140,11 +156,12 @@ impl Detector for MmdDetector {
         }
         // sigma 0 asks for the median heuristic; stop_after 0 for all permutations.
         format!(
-            "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}, {:?}, {}){sample} AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+            "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}, {:?}, {}, {}){sample} AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
             self.permutations.get(),
             self.seed,
             self.sigma.unwrap_or(0.0),
             self.stop_after().unwrap_or(0),
+            self.threads.get(),
         )
     }
     fn decision(&self) -> Decision {
@@ -237,4 +254,23 @@ pub enum MmdMethod {
     Quadratic,
     /// Linear-time statistic over disjoint pairs, O(n), normal p-value.
     Linear,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DetectorSpec, build_one};
+
+    fn sql(yaml: &str) -> String {
+        let spec: DetectorSpec = serde_norway::from_str(yaml).unwrap();
+        build_one(&spec).unwrap().sql()
+    }
+
+    /// `threads` reaches the aggregate as its last argument (default 1).
+    #[test]
+    fn threads_go_to_the_test() {
+        let q = sql("{name: d, kind: mmd, permutations: 100, seed: 3, threads: 2}");
+        assert!(q.contains("mmd_test(\"embedding\", window = 'current', 100, 3, 0.0, 10, 2)"), "{q}");
+        let q = sql("{name: d, kind: mmd}");
+        assert!(q.contains(", 1)"), "{q}");
+    }
 }

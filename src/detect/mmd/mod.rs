@@ -56,6 +56,9 @@ mod window;
 pub use tiled::{TILED_ABOVE, mmd_test_tiled};
 pub use window::clear_kernel_cache;
 
+/// Most threads one test takes: more would only queue for the cores.
+pub const MAX_THREADS: usize = 64;
+
 /// Options of one MMD test.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MmdOptions {
@@ -65,7 +68,8 @@ pub struct MmdOptions {
     pub seed: u64,
     /// Kernel bandwidth σ; `None` = median heuristic on the reference.
     pub sigma: Option<f64>,
-    /// Threads for the permutations (the p-value does not depend on it).
+    /// Threads for the kernel rows and the permutations (1 to
+    /// [`MAX_THREADS`]; the result does not depend on it).
     pub threads: usize,
     /// Stop after this many permutation statistics reach the observed one
     /// (sequential p-value); `None`: all `permutations`.
@@ -251,6 +255,12 @@ impl<T: Spare> Drop for Block<T> {
     }
 }
 
+/// A scoped thread's result; its panic, if it panicked, goes on in the
+/// caller (a missing share of the sums must not pass for a result).
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 fn kernel(a: &[f64], b: &[f64], gamma: f64) -> f64 {
     (-gamma * sq_dist(a, b)).exp()
 }
@@ -270,7 +280,7 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         return mmd_test_tiled(reference, current, dim, opts);
     }
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
-    let w = window::window(reference, current, dim, sigma_opt);
+    let w = window::window(reference, current, dim, sigma_opt, opts.threads.clamp(1, MAX_THREADS));
     // How much of the window a slide kept: a low share on a sliding window
     // means its events were not matched (see window::CacheEntry::positions).
     tracing::trace!(current = m, kept = w.reused, "mmd kernel rows");
@@ -606,7 +616,7 @@ fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: us
                     s.spawn(move || (t..n_chunks).step_by(threads).map(chunk).collect::<Vec<_>>())
                 })
                 .collect();
-            hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+            hs.into_iter().flat_map(joined).collect()
         })
     };
     let mut q = vec![0i64; sets];
@@ -739,10 +749,35 @@ impl Points {
     }
 
     /// Squared distances among self's rows, below the diagonal only (entry
-    /// [i·count + j] for j < i; the rest unspecified).
-    fn sq_dists_lower(&self) -> Block {
-        let diagonal: Vec<usize> = (0..self.norms.len()).collect();
-        self.sq_dists(self, Some(&diagonal))
+    /// [i·count + j] for j < i; the rest unspecified), by `threads` threads
+    /// on bands of rows of equal work (row i has i entries).
+    fn sq_dists_lower(&self, threads: usize) -> Block {
+        let count = self.norms.len();
+        let diagonal: Vec<usize> = (0..count).collect();
+        let mut out = Block::new(count * count);
+        let threads = threads.clamp(1, count.max(1));
+        let bounds: Vec<usize> = (0..=threads)
+            .map(|t| (count as f64 * (t as f64 / threads as f64).sqrt()).round() as usize)
+            .collect();
+        let d = self.dim;
+        let band = |r: std::ops::Range<usize>, out: &mut [f64]| {
+            let (rows, norms) = (&self.rows[r.start * d..r.end * d], &self.norms[r.clone()]);
+            simd::sq_dists_block(rows, norms, &self.cols, &self.norms, d, Some(&diagonal[r]), out);
+        };
+        std::thread::scope(|s| {
+            let mut rest: &mut [f64] = &mut out;
+            let mut bands = vec![];
+            for w in bounds.windows(2) {
+                let (mine, after) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * count);
+                rest = after;
+                bands.push((w[0]..w[1], mine));
+            }
+            let first = bands.remove(0);
+            let others: Vec<_> = bands.into_iter().map(|(r, o)| s.spawn(|| band(r, o))).collect();
+            band(first.0, first.1);
+            others.into_iter().for_each(joined);
+        });
+        out
     }
 }
 
@@ -855,7 +890,7 @@ fn median_sigma(reference: &[f64], dim: usize) -> Option<f64> {
         reference
     };
     let xs = Points::new(rows, dim, &column_means(rows, dim));
-    sigma_from_median(&xs.sq_dists_lower(), rows.len() / dim)
+    sigma_from_median(&xs.sq_dists_lower(1), rows.len() / dim)
 }
 
 #[cfg(test)]
@@ -922,10 +957,10 @@ mod tests {
             .collect();
         clear_kernel_cache();
         for (x, y) in &streams {
-            assert_eq!(window::window(x, &y[..20 * 2], 2, Some(1.0)).reused, 0);
+            assert_eq!(window::window(x, &y[..20 * 2], 2, Some(1.0), 1).reused, 0);
         }
         for (i, (x, y)) in streams.iter().enumerate() {
-            let slid = window::window(x, &y[4 * 2..24 * 2], 2, Some(1.0));
+            let slid = window::window(x, &y[4 * 2..24 * 2], 2, Some(1.0), 1);
             assert_eq!(slid.reused, 16, "stream {i}: events 4..20 stay as they were");
         }
     }
@@ -1031,25 +1066,30 @@ mod tests {
             threads: 1,
             stop_after: None,
         };
-        clear_kernel_cache();
-        for start in [0usize, 64, 101, 165, 230, 390] {
-            let y = &stream[start * 2..(start + 210) * 2];
-            let r = mmd_test(&x, y, 2, &o).unwrap();
-            let want = naive(&x, y, 2, 0.9);
-            // T is a difference of means of ~10⁴ kernel values ≤ 1, each
-            // summed in its own order: both sides round at ~10⁻¹⁵.
-            assert!(
-                (r.statistic - want).abs() <= 1e-13,
-                "start {start}: {} vs {want}",
-                r.statistic
-            );
+        // On several threads, the new rows are shared out in runs of whole
+        // chunks (the first window's 210 and the slide of 160 in two).
+        for threads in [1, 2, 3] {
+            let slid = MmdOptions { threads, ..o };
             clear_kernel_cache();
-            assert_eq!(
-                Some(r),
-                mmd_test(&x, y, 2, &o),
-                "start {start}: a slide gives what a restart gives"
-            );
-            // The restart is cached again: the next slide starts from it.
+            for start in [0usize, 64, 101, 165, 230, 390] {
+                let y = &stream[start * 2..(start + 210) * 2];
+                let r = mmd_test(&x, y, 2, &slid).unwrap();
+                let want = naive(&x, y, 2, 0.9);
+                // T is a difference of means of ~10⁴ kernel values ≤ 1, each
+                // summed in its own order: both sides round at ~10⁻¹⁵.
+                assert!(
+                    (r.statistic - want).abs() <= 1e-13,
+                    "threads {threads}, start {start}: {} vs {want}",
+                    r.statistic
+                );
+                clear_kernel_cache();
+                assert_eq!(
+                    Some(r),
+                    mmd_test(&x, y, 2, &o),
+                    "threads {threads}, start {start}: a slide gives what a restart on one thread gives"
+                );
+                // The restart is cached again: the next slide starts from it.
+            }
         }
     }
 
@@ -1073,9 +1113,9 @@ mod tests {
             stop_after: None,
         };
         clear_kernel_cache();
-        let first = window::window(&x, &stream[..20 * 2], 2, o.sigma);
+        let first = window::window(&x, &stream[..20 * 2], 2, o.sigma, 1);
         assert_eq!(first.reused, 0);
-        let slid = window::window(&x, &stream[4 * 2..24 * 2], 2, o.sigma);
+        let slid = window::window(&x, &stream[4 * 2..24 * 2], 2, o.sigma, 1);
         assert_eq!(slid.reused, 16, "events 4..20 stay as they were");
         let r = mmd_test(&x, &stream[4 * 2..24 * 2], 2, &o);
         clear_kernel_cache();

@@ -170,7 +170,7 @@ pub fn mmd_test_tiled(reference: &[f64], current: &[f64], dim: usize, opts: &Mmd
     } else {
         let parts: Vec<Sums> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads).map(|p| s.spawn(move || run(p))).collect();
-            hs.into_iter().filter_map(|h| h.join().ok()).collect()
+            hs.into_iter().map(super::joined).collect()
         });
         parts.into_iter().for_each(|p| sums.merge(p));
     }

@@ -187,7 +187,8 @@ fn hash_rows(x: &[f64]) -> u64 {
 
 /// The kernel rows of `current` against `reference` (row-major, `dim`
 /// columns), reusing what the cache holds for this reference.
-pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>) -> Window {
+/// `threads`: how many compute the reference's distances and the new rows.
+pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>, threads: usize) -> Window {
     let m = current.len() / dim;
     let key = (hash_rows(reference), dim, sigma_opt.map_or(0, f64::to_bits));
     // Distances are translation-invariant: centring on the reference mean
@@ -198,7 +199,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         Some(Reuse::Slide(e, run)) => (e.sigma, e.sigma_fallback, e.xx.clone(), Some((e, run))),
         Some(Reuse::Reference(sigma, fallback, xx)) => (sigma, fallback, xx, None),
         None => {
-            let (sigma, fallback, xx) = reference_part(reference, dim, &centre, sigma_opt);
+            let (sigma, fallback, xx) = reference_part(reference, dim, &centre, sigma_opt, threads);
             (sigma, fallback, xx, None)
         }
     };
@@ -209,7 +210,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
     let old_rows = old.as_ref().map_or(&[][..], |(e, _)| &e.rows[..]);
     let run = old.as_ref().map(|(_, run)| *run);
     let kept = run.map_or(0, |r| r.len);
-    let mut fresh = FreshRows::new(
+    let fresh = FreshRows::new(
         &xx.points,
         current,
         &centre,
@@ -217,7 +218,7 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
         &old_pos,
         kept,
     );
-    let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, run, &mut fresh);
+    let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, run, &fresh, threads);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     c.push(CacheEntry {
         bytes: held_bytes(&rows, &xx, current.len()),
@@ -264,10 +265,16 @@ fn held_bytes(rows: &[CurrentRow], xx: &XxPart, current: usize) -> usize {
 }
 
 /// σ (given, or the median heuristic's) and the reference's part.
-fn reference_part(reference: &[f64], dim: usize, centre: &[f64], sigma_opt: Option<f64>) -> (f64, bool, Arc<XxPart>) {
+fn reference_part(
+    reference: &[f64],
+    dim: usize,
+    centre: &[f64],
+    sigma_opt: Option<f64>,
+    threads: usize,
+) -> (f64, bool, Arc<XxPart>) {
     let n = reference.len() / dim;
     let points = Points::new(reference, dim, centre);
-    let d = points.sq_dists_lower();
+    let d = points.sq_dists_lower(threads);
     let (sigma, fallback) = match sigma_opt {
         Some(s) => (s, false),
         None => or_fallback(sigma_from_median(&d, n)),
@@ -304,12 +311,33 @@ struct FreshRows<'a> {
     /// Window position → index in `fresh` (fresh events only).
     at: Vec<usize>,
     per_chunk: usize,
+}
+
+/// One chunk of fresh rows, as [`FreshRows::load`] computed it (each thread
+/// that stores rows has its own).
+struct Chunk {
+    n: usize,
+    m: usize,
     /// The fresh events whose rows `yx` and `yy` hold.
-    chunk: std::ops::Range<usize>,
-    /// Row r − chunk.start: against the reference (n values).
+    rows: std::ops::Range<usize>,
+    /// Row r − rows.start: against the reference (n values).
     yx: Block,
-    /// Row r − chunk.start at offset (r − chunk.start)·m: against the window.
+    /// Row r − rows.start at offset (r − rows.start)·m: against the window.
     yy: Block,
+}
+
+impl Chunk {
+    /// Fresh event `r`'s row against the reference.
+    fn yx(&self, r: usize) -> &[f64] {
+        let i = r - self.rows.start;
+        &self.yx[i * self.n..(i + 1) * self.n]
+    }
+
+    /// Fresh event `r`'s values against the window's first `len` events.
+    fn yy(&self, r: usize, len: usize) -> &[f64] {
+        let i = r - self.rows.start;
+        &self.yy[i * self.m..i * self.m + len]
+    }
 }
 
 impl<'a> FreshRows<'a> {
@@ -350,43 +378,38 @@ impl<'a> FreshRows<'a> {
             ends,
             at,
             per_chunk,
-            chunk: 0..0,
-            yx: Block::new(per_chunk * n),
-            yy: Block::new(per_chunk * m),
         }
     }
 
-    /// Computes the chunk holding fresh event `r`'s row, unless it is there.
-    fn load(&mut self, r: usize) {
-        if self.chunk.contains(&r) {
+    /// Empty buffers for [`Self::load`].
+    fn chunk(&self) -> Chunk {
+        let (n, m) = (self.xs.norms.len(), self.m);
+        Chunk {
+            n,
+            m,
+            rows: 0..0,
+            yx: Block::new(self.per_chunk * n),
+            yy: Block::new(self.per_chunk * m),
+        }
+    }
+
+    /// Computes into `c` the chunk that starts with fresh event `r`, unless
+    /// `c` holds `r`'s row.
+    fn load(&self, c: &mut Chunk, r: usize) {
+        if c.rows.contains(&r) {
             return;
         }
-        let first = r - r % self.per_chunk;
-        self.chunk = first..(first + self.per_chunk).min(self.fresh.len());
-        let rows = self.ys.select(&self.fresh[self.chunk.clone()]);
-        let (n, m) = (self.xs.norms.len(), self.m);
-        let count = self.chunk.len();
-        rows.sq_dists_into(self.xs, None, &mut self.yx[..count * n]);
-        simd::gaussian_in_place(&mut self.yx[..count * n], self.gamma);
-        let ends = &self.ends[self.chunk.clone()];
-        rows.sq_dists_into(&self.ys, Some(ends), &mut self.yy[..count * m]);
+        c.rows = r..(r + self.per_chunk).min(self.fresh.len());
+        let rows = self.ys.select(&self.fresh[c.rows.clone()]);
+        let (n, m) = (c.n, c.m);
+        let count = c.rows.len();
+        rows.sq_dists_into(self.xs, None, &mut c.yx[..count * n]);
+        simd::gaussian_in_place(&mut c.yx[..count * n], self.gamma);
+        let ends = &self.ends[c.rows.clone()];
+        rows.sq_dists_into(&self.ys, Some(ends), &mut c.yy[..count * m]);
         for (i, &end) in ends.iter().enumerate() {
-            simd::gaussian_in_place(&mut self.yy[i * m..i * m + end], self.gamma);
+            simd::gaussian_in_place(&mut c.yy[i * m..i * m + end], self.gamma);
         }
-    }
-
-    /// Fresh event `r`'s row against the reference (after [`Self::load`]).
-    fn yx(&self, r: usize) -> &[f64] {
-        let n = self.xs.norms.len();
-        let i = r - self.chunk.start;
-        &self.yx[i * n..(i + 1) * n]
-    }
-
-    /// Fresh event `r`'s values against the window's first `len` events
-    /// (after [`Self::load`]).
-    fn yy(&self, r: usize, len: usize) -> &[f64] {
-        let i = r - self.chunk.start;
-        &self.yy[i * self.m..i * self.m + len]
     }
 }
 
@@ -395,13 +418,16 @@ impl<'a> FreshRows<'a> {
 /// their old rows, whose K_YY part is then a suffix of the old one; other
 /// kept events' rows are gathered from the old rows (`old_pos`: each
 /// event's old position, if kept). The rows not kept as they are go into
-/// one new [`RowStore`]. Also returns how many were kept as they are.
+/// new [`RowStore`]s: one, or with `threads` > 1 and only fresh rows (a
+/// slide), one per thread, each computing a share of them. Also returns how
+/// many were kept as they are.
 fn current_rows(
     n: usize,
     old_pos: &[Option<usize>],
     old_rows: &[CurrentRow],
     run: Option<Run>,
-    fresh: &mut FreshRows,
+    fresh: &FreshRows,
+    threads: usize,
 ) -> (Vec<CurrentRow>, usize) {
     let m = fresh.m;
     let run = run.unwrap_or(Run { len: 0, a0: 0 });
@@ -416,15 +442,56 @@ fn current_rows(
         .collect();
     let new: Vec<usize> = (0..m).filter(|&j| kept[j].is_none()).collect();
     let reused = m - new.len();
-    let mut store = RowStore::with_room(n, new.iter().copied());
+    let all_fresh = new.iter().all(|&j| old_pos[j].is_none());
+    let share = match all_fresh && threads > 1 {
+        true => new.len().div_ceil(threads).max(fresh.per_chunk.min(new.len())),
+        false => new.len(),
+    };
+    let store = |part: &[usize]| store_rows(n, part, old_pos, old_rows, fresh);
+    let parts: Vec<&[usize]> = new.chunks(share.max(1)).collect();
+    let stored: Vec<(RowStore, Vec<Placed>)> = match parts.len() {
+        0 | 1 => parts.iter().map(|p| store(p)).collect(),
+        _ => std::thread::scope(|s| {
+            let others: Vec<_> = parts[1..].iter().map(|p| s.spawn(move || store(p))).collect();
+            let first = store(parts[0]);
+            std::iter::once(first)
+                .chain(others.into_iter().map(super::joined))
+                .collect()
+        }),
+    };
+    for (part, (store, placed)) in parts.iter().zip(stored) {
+        let store = Arc::new(store);
+        for (&j, at) in part.iter().zip(placed) {
+            kept[j] = Some(CurrentRow {
+                store: store.clone(),
+                at,
+                skip: 0,
+            });
+        }
+    }
+    (kept.into_iter().flatten().collect(), reused)
+}
+
+/// The rows of the window's events `part` (in window order, none kept as
+/// they are) in a new [`RowStore`]: a fresh event's computed, a kept one's
+/// gathered from the old rows.
+fn store_rows(
+    n: usize,
+    part: &[usize],
+    old_pos: &[Option<usize>],
+    old_rows: &[CurrentRow],
+    fresh: &FreshRows,
+) -> (RowStore, Vec<Placed>) {
+    let mut store = RowStore::with_room(n, part.iter().copied());
+    let mut chunk = fresh.chunk();
     let mut gathered = vec![];
-    let placed: Vec<Placed> = new
+    let placed = part
         .iter()
         .map(|&j| match old_pos[j] {
             None => {
                 let r = fresh.at[j];
-                fresh.load(r);
-                store.push(Yx::Values(fresh.yx(r)), fresh.yy(r, j))
+                fresh.load(&mut chunk, r);
+                store.push(Yx::Values(chunk.yx(r)), chunk.yy(r, j))
             }
             Some(a) => {
                 gathered.clear();
@@ -435,8 +502,8 @@ fn current_rows(
                         // Equal events map to one old event; k(y, y) = 1.
                         Some(_) => 1.0,
                         None => {
-                            fresh.load(fresh.at[l]);
-                            fresh.yy(fresh.at[l], j + 1)[j]
+                            fresh.load(&mut chunk, fresh.at[l]);
+                            chunk.yy(fresh.at[l], j + 1)[j]
                         }
                     });
                 }
@@ -445,15 +512,7 @@ fn current_rows(
             }
         })
         .collect();
-    let store = Arc::new(store);
-    for (&j, at) in new.iter().zip(placed) {
-        kept[j] = Some(CurrentRow {
-            store: store.clone(),
-            at,
-            skip: 0,
-        });
-    }
-    (kept.into_iter().flatten().collect(), reused)
+    (store, placed)
 }
 
 /// What the cache has for an evaluation.
