@@ -47,9 +47,10 @@ struct MmdOptions {
     early_stop: Option<EarlyStop>,
     /// Threads for one evaluation (default 1): the new events' kernel rows,
     /// the reference's distances and the permutations are shared among
-    /// them, and the result is the same bits whatever the number. On a
-    /// machine with a core to spare, 2 takes about a fifth off an
-    /// evaluation (the pipeline evaluates one window at a time).
+    /// them, and the result is the same bits whatever the number. With a
+    /// core to spare, 2 takes about a fifth off an evaluation; in `run` on
+    /// a 2-core machine the consumer and decoder hold the other core, and
+    /// it gained nothing there (README, Throughput).
     #[serde(default)]
     threads: Option<Positive>,
     /// Kernel bandwidth σ; default the median heuristic on the reference.
@@ -269,7 +270,10 @@ mod tests {
     #[test]
     fn threads_go_to_the_test() {
         let q = sql("{name: d, kind: mmd, permutations: 100, seed: 3, threads: 2}");
-        assert!(q.contains("mmd_test(\"embedding\", window = 'current', 100, 3, 0.0, 10, 2)"), "{q}");
+        assert!(
+            q.contains("mmd_test(\"embedding\", window = 'current', 100, 3, 0.0, 10, 2)"),
+            "{q}"
+        );
         let q = sql("{name: d, kind: mmd}");
         assert!(q.contains(", 1)"), "{q}");
     }

@@ -288,10 +288,17 @@ fn reference_part(
 
 /// Fresh rows per computed chunk: about 256 KB of kernel values, so that
 /// a chunk's distances, exponentials and conversions stay in L2 instead of
-/// streaming megabytes through memory three times (at n = m = 1000, 24 rows).
-fn chunk_rows(n: usize, m: usize) -> usize {
+/// streaming megabytes through memory three times (at n = m = 1000, d = 32:
+/// 24 rows). Each chunk reads all the points' coordinates again: when they
+/// are more than 1 MB (wide points, `dim`), all rows go in one chunk, as
+/// the distance kernels then read each column panel once (at d = 384,
+/// chunks of 24 rows made a test 15 % slower).
+fn chunk_rows(n: usize, m: usize, dim: usize) -> usize {
     const TILES: usize = 24; // a multiple of the AVX2 (6) and AVX-512 (8) row tiles
-    (32768 / (n + m).max(1)).div_ceil(TILES).max(1) * TILES
+    match (n + m) * dim * size_of::<f64>() {
+        0..=0x10_0000 => (32768 / (n + m).max(1)).div_ceil(TILES).max(1) * TILES,
+        _ => m,
+    }
 }
 
 /// The kernel values of the events new to the window (in window order):
@@ -366,7 +373,7 @@ impl<'a> FreshRows<'a> {
         let reads_fresh = gathered.is_some_and(|g| fresh.first().is_some_and(|&f| f < g));
         let per_chunk = match reads_fresh {
             true => fresh.len(),
-            false => chunk_rows(n, m).min(fresh.len()),
+            false => chunk_rows(n, m, xs.dim).min(fresh.len()),
         }
         .max(1);
         Self {
