@@ -23,10 +23,10 @@ use crate::detect::simd;
 /// [`CurrentRow::yy_sum`]).
 pub(super) const YY_CHUNK: usize = 64;
 
-/// The rows one evaluation computed or gathered, in one buffer of each
-/// kind that they share: it goes back to the pool ([`Block`]) when the
-/// last of them has left the window, so a slide neither allocates per row
-/// nor faults in fresh pages.
+/// The rows one evaluation computed or gathered (or one thread's share of
+/// them), in one buffer of each kind that they share: it goes back to the
+/// pool ([`Block`]) when the last of them has left the window, so a slide
+/// neither allocates per row nor faults in fresh pages.
 struct RowStore {
     /// Per row: its K_YX row (n values), then its K_YY values, in fixed point.
     fixed: Block<u8>,
