@@ -310,7 +310,6 @@ impl CountWindows {
     }
 }
 
-/// Drops rows from the front until at most `size` remain.
 /// Puts the evaluations of a batch in the order their last events arrived
 /// in it, as time windows give theirs. `due` holds each key's evaluations in
 /// order, key after key; offsets of different partitions say nothing of
@@ -329,6 +328,7 @@ fn arrival_order(batch: &RecordBatch, due: &mut [Due]) {
     due.sort_by_key(|d| row.get(&d.coords.end).copied().unwrap_or(usize::MAX));
 }
 
+/// Drops rows from the front until at most `size` remain.
 fn trim_front(q: &mut VecDeque<RecordBatch>, rows: &mut usize, size: usize) {
     while *rows > size {
         let excess = *rows - size;

@@ -81,6 +81,9 @@ fn build(name: String, o: Options) -> Result<Box<dyn Detector>, OptionError> {
     if o.sigma.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
         return Err(OptionError::item("`sigma` must be a positive number"));
     }
+    if o.threads.is_some_and(|t| t.get() > MAX_THREADS) {
+        return Err(OptionError::item(format!("`threads` must be at most {MAX_THREADS}")));
+    }
     let method = o.method.unwrap_or_default();
     if method == MmdMethod::Linear {
         let given = [
@@ -104,12 +107,7 @@ fn build(name: String, o: Options) -> Result<Box<dyn Detector>, OptionError> {
         sigma: o.sigma,
         method,
         early_stop: o.early_stop.unwrap_or_default(),
-        threads: match o.threads {
-            Some(t) if t.get() > MAX_THREADS => {
-                return Err(OptionError::item(format!("`threads` must be at most {MAX_THREADS}")));
-            }
-            t => t.unwrap_or(Positive(1)),
-        },
+        threads: o.threads.unwrap_or(Positive(1)),
     }))
 }
 

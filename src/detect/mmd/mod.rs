@@ -226,6 +226,11 @@ impl<T: Spare> Block<T> {
     fn values(&mut self) -> &mut Vec<T> {
         &mut self.0
     }
+
+    /// The memory it holds (its capacity, not only its values).
+    fn held_bytes(&self) -> usize {
+        self.0.capacity() * size_of::<T>()
+    }
 }
 
 impl<T: Spare> std::ops::Deref for Block<T> {
@@ -243,13 +248,13 @@ impl<T: Spare> std::ops::DerefMut for Block<T> {
 
 impl<T: Spare> Drop for Block<T> {
     fn drop(&mut self) {
-        let bytes = |v: &Vec<T>| v.capacity() * size_of::<T>();
-        if bytes(&self.0) < SPARE_MIN_BYTES {
+        let bytes = self.held_bytes();
+        if bytes < SPARE_MIN_BYTES {
             return;
         }
         let mut spare = T::spare().lock().unwrap_or_else(|e| e.into_inner());
-        let held: usize = spare.iter().map(bytes).sum();
-        if spare.len() < SPARE_MAX && held + bytes(&self.0) <= SPARE_BYTES {
+        let held: usize = spare.iter().map(|v| v.capacity() * size_of::<T>()).sum();
+        if spare.len() < SPARE_MAX && held + bytes <= SPARE_BYTES {
             spare.push(std::mem::take(&mut self.0));
         }
     }
@@ -735,15 +740,15 @@ impl Points {
         Self::from_centred(rows, d)
     }
 
-    /// Squared distances, self's rows × other's rows, row-major; with
-    /// `ends`, row r only up to column ends[r] (the rest unspecified).
-    fn sq_dists(&self, other: &Points, ends: Option<&[usize]>) -> Block {
+    /// Squared distances, self's rows × other's rows, row-major.
+    fn sq_dists(&self, other: &Points) -> Block {
         let mut out = Block::new(self.norms.len() * other.norms.len());
-        self.sq_dists_into(other, ends, &mut out);
+        self.sq_dists_into(other, None, &mut out);
         out
     }
 
-    /// [`Self::sq_dists`] into `out` (at least self's × other's rows long).
+    /// [`Self::sq_dists`] into `out` (at least self's × other's rows long);
+    /// with `ends`, row r only up to column ends[r] (the rest unspecified).
     fn sq_dists_into(&self, other: &Points, ends: Option<&[usize]>, out: &mut [f64]) {
         simd::sq_dists_block(&self.rows, &self.norms, &other.cols, &other.norms, self.dim, ends, out);
     }

@@ -109,7 +109,7 @@ fn tile_sums(
     for a in (part..tiles.len()).step_by(threads) {
         let mut exact = [0.0; 3];
         for c in 0..=a {
-            let mut k = tiles[a].sq_dists(&tiles[c], None);
+            let mut k = tiles[a].sq_dists(&tiles[c]);
             simd::gaussian_in_place(&mut k, gamma);
             let cols = tiles[c].norms.len();
             for r in 0..tiles[a].norms.len() {

@@ -266,14 +266,15 @@ fn held_bytes(rows: &[CurrentRow], xx: &XxPart, current: usize) -> usize {
         .map(|r| {
             (
                 Arc::as_ptr(&r.store),
-                r.store.fixed.0.capacity() + 8 * r.store.yy.0.capacity(),
+                r.store.fixed.held_bytes() + r.store.yy.held_bytes(),
             )
         })
         .collect();
     stores.sort_unstable();
     stores.dedup();
-    let xx_bytes = xx.fixed.capacity() + 8 * (xx.points.rows.0.capacity() + xx.points.cols.0.capacity());
-    stores.iter().map(|s| s.1).sum::<usize>() + xx_bytes + 8 * current
+    let points = xx.points.rows.held_bytes() + xx.points.cols.held_bytes();
+    let xx_bytes = xx.fixed.capacity() + points;
+    stores.iter().map(|s| s.1).sum::<usize>() + xx_bytes + size_of::<f64>() * current
 }
 
 /// σ (given, or the median heuristic's) and the reference's part.
