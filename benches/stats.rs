@@ -163,7 +163,10 @@ fn mmd_options(stop_after: Option<usize>, threads: usize) -> MmdOptions {
 
 /// Per evaluation of a window of 1000 sliding by 250 against `x`.
 fn mmd_slide(name: &str, x: &[f64], d: usize, stop_after: Option<usize>, threads: usize) {
-    let stream = normals(3, 20_000 * d, 0.0);
+    // Long enough that the timed slides never wrap round to a window that
+    // starts from scratch.
+    const EVENTS: usize = 60_000;
+    let stream = normals(3, EVENTS * d, 0.0);
     let o = mmd_options(stop_after, threads);
     clear_kernel_cache();
     let mut start = 0usize;
@@ -171,7 +174,7 @@ fn mmd_slide(name: &str, x: &[f64], d: usize, stop_after: Option<usize>, threads
         name,
         || {},
         || {
-            start = (start + 250) % 19_000;
+            start = (start + 250) % (EVENTS - 1000);
             black_box(mmd_test(x, &stream[start * d..(start + 1000) * d], d, &o));
         },
     );

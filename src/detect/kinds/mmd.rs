@@ -46,8 +46,9 @@ struct MmdOptions {
     #[serde(default)]
     early_stop: Option<EarlyStop>,
     /// Threads for one evaluation (default 1): the new events' kernel rows,
-    /// the reference's distances and the permutations are shared among
-    /// them, and the result is the same bits whatever the number. With a
+    /// the reference's distances, the kernel's row sums and the
+    /// permutations are shared among them (on a pool of worker threads),
+    /// and the result is the same bits whatever the number. With a
     /// core to spare, 2 takes about a fifth off an evaluation; in `run` on
     /// a 2-core machine the consumer and decoder hold the other core, and
     /// it gained nothing there (README, Throughput).

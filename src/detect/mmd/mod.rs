@@ -260,10 +260,18 @@ impl<T: Spare> Drop for Block<T> {
     }
 }
 
-/// A scoped thread's result; its panic, if it panicked, goes on in the
-/// caller (a missing share of the sums must not pass for a result).
-fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
-    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+/// `task` on each of `items`, results in their order: on the calling
+/// thread when there is one item, else side by side on rayon's pool (the
+/// caller waits). A pool, not threads spawned per call: a spawn and join
+/// cost ~50 µs on a VM, and a slide asked for several (a fifth of what a
+/// second thread saved). A task's panic goes on in the caller, so a
+/// missing share of the sums cannot pass for a result.
+fn parallel<I: Send, T: Send>(items: Vec<I>, task: impl Fn(I) -> T + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    match items.len() {
+        0 | 1 => items.into_iter().map(task).collect(),
+        _ => items.into_par_iter().map(&task).collect(),
+    }
 }
 
 fn kernel(a: &[f64], b: &[f64], gamma: f64) -> f64 {
@@ -303,7 +311,7 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         xx: &w.xx.fixed,
         y: &w.rows,
     };
-    let (row_sums, grand) = fixed.row_sums(&w.xx.fixed_sums);
+    let (row_sums, grand) = fixed.row_sums(&w.xx.fixed_sums, opts.threads);
     let split = Split::new(n, m, &row_sums, grand);
     let total = n + m;
     let mut draws = Draws::new(n, m, opts.seed);
@@ -533,16 +541,29 @@ impl FixedRows<'_> {
 
     /// r = K₀·1 and 1ᵀK₀1, in units of the kernel (exact: sums of
     /// multiples of 1/255 far below 2⁵³), from the reference rows' sums
-    /// `xx_sums` and one pass over the current rows.
-    fn row_sums(&self, xx_sums: &[i32]) -> (Vec<f64>, f64) {
-        let n = self.n;
+    /// `xx_sums` and one pass over the current rows, shared among `threads`
+    /// (integer sums: the same whatever the share).
+    fn row_sums(&self, xx_sums: &[i32], threads: usize) -> (Vec<f64>, f64) {
+        let (n, m) = (self.n, self.y.len());
+        // Bands of current rows of about equal work (row j has n + j values).
+        let work = |j: usize| (n * j + j * j / 2) as f64;
+        let threads = threads.clamp(1, m.max(1));
+        let mut bounds: Vec<usize> = (0..threads)
+            .map(|t| {
+                (0..m)
+                    .find(|&j| work(j) * threads as f64 >= work(m) * t as f64)
+                    .unwrap_or(m)
+            })
+            .collect();
+        bounds.push(m);
+        let bands: Vec<std::ops::Range<usize>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
+        let parts = parallel(bands, |band| self.band_sums(band));
         let mut sums = xx_sums.to_vec();
-        sums.resize(n + self.y.len(), 0);
-        for j in 0..self.y.len() {
-            let [yx, yy] = self.row(n + j);
-            let (head, tail) = sums.split_at_mut(n);
-            let own = simd::add_fixed_to(head, yx).wrapping_add(simd::add_fixed_to(&mut tail[..j], yy));
-            tail[j] = tail[j].wrapping_add(own);
+        sums.resize(n + m, 0);
+        for part in parts {
+            for (s, v) in sums.iter_mut().zip(part) {
+                *s = s.wrapping_add(v);
+            }
         }
         let grand: i64 = sums.iter().map(|&v| i64::from(v)).sum();
         let scale = simd::FIXED_SCALE;
@@ -550,6 +571,20 @@ impl FixedRows<'_> {
             sums.iter().map(|&v| f64::from(v) / scale).collect(),
             grand as f64 / scale,
         )
+    }
+
+    /// The current rows `band`'s part of r (n + m values): each row's
+    /// values go to its own sum and to the sums of the columns they are in.
+    fn band_sums(&self, band: std::ops::Range<usize>) -> Vec<i32> {
+        let n = self.n;
+        let mut sums = vec![0i32; n + self.y.len()];
+        for j in band {
+            let [yx, yy] = self.row(n + j);
+            let (head, tail) = sums.split_at_mut(n);
+            let own = simd::add_fixed_to(head, yx).wrapping_add(simd::add_fixed_to(&mut tail[..j], yy));
+            tail[j] = tail[j].wrapping_add(own);
+        }
+        sums
     }
 }
 
@@ -611,21 +646,11 @@ fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: us
     };
     let n_chunks = bounds.len() - 1;
     let threads = threads.clamp(1, n_chunks.max(1));
-    let parts: Vec<Vec<i64>> = if threads == 1 {
-        (0..n_chunks).map(chunk).collect()
-    } else {
-        std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads)
-                .map(|t| {
-                    let chunk = &chunk;
-                    s.spawn(move || (t..n_chunks).step_by(threads).map(chunk).collect::<Vec<_>>())
-                })
-                .collect();
-            hs.into_iter().flat_map(joined).collect()
-        })
-    };
+    let parts = parallel((0..threads).collect(), |t| {
+        (t..n_chunks).step_by(threads).map(chunk).collect::<Vec<_>>()
+    });
     let mut q = vec![0i64; sets];
-    for part in parts {
+    for part in parts.into_iter().flatten() {
         for (a, v) in q.iter_mut().zip(part) {
             *a += v;
         }
@@ -769,19 +794,14 @@ impl Points {
             let (rows, norms) = (&self.rows[r.start * d..r.end * d], &self.norms[r.clone()]);
             simd::sq_dists_block(rows, norms, &self.cols, &self.norms, d, Some(&diagonal[r]), out);
         };
-        std::thread::scope(|s| {
-            let mut rest: &mut [f64] = &mut out;
-            let mut bands = vec![];
-            for w in bounds.windows(2) {
-                let (mine, after) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * count);
-                rest = after;
-                bands.push((w[0]..w[1], mine));
-            }
-            let first = bands.remove(0);
-            let others: Vec<_> = bands.into_iter().map(|(r, o)| s.spawn(|| band(r, o))).collect();
-            band(first.0, first.1);
-            others.into_iter().for_each(joined);
-        });
+        let mut rest: &mut [f64] = &mut out;
+        let mut bands = vec![];
+        for w in bounds.windows(2) {
+            let (mine, after) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * count);
+            rest = after;
+            bands.push((w[0]..w[1], mine));
+        }
+        parallel(bands, |(r, o)| band(r, o));
         out
     }
 }
@@ -968,6 +988,38 @@ mod tests {
             let slid = window::window(x, &y[4 * 2..24 * 2], 2, Some(1.0), 1);
             assert_eq!(slid.reused, 16, "stream {i}: events 4..20 stay as they were");
         }
+    }
+
+    /// r = K₀·1 is the same integers whatever the number of threads that
+    /// share the current rows, and within the fixed point's rounding
+    /// (≤ 1/510 a value) of the definition's.
+    #[test]
+    fn row_sums_are_the_same_on_any_number_of_threads() {
+        let _cache = cache_lock();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (x, y) = (gauss(&mut rng, 90, 3, 0.0), gauss(&mut rng, 70, 3, 0.2));
+        let sigma = 1.1;
+        let w = window::window(&x, &y, 3, Some(sigma), 1);
+        let fixed = FixedRows {
+            n: 90,
+            xx: &w.xx.fixed,
+            y: &w.rows,
+        };
+        let one = fixed.row_sums(&w.xx.fixed_sums, 1);
+        for threads in [2, 3, 7, 70, 200] {
+            assert_eq!(fixed.row_sums(&w.xx.fixed_sums, threads), one, "threads {threads}");
+        }
+        let pooled: Vec<&[f64]> = x.chunks(3).chain(y.chunks(3)).collect();
+        let gamma = 1.0 / (2.0 * sigma * sigma);
+        for (i, a) in pooled.iter().enumerate() {
+            let want: f64 = (0..pooled.len())
+                .filter(|&j| j != i)
+                .map(|j| kernel(a, pooled[j], gamma))
+                .sum();
+            let tolerance = pooled.len() as f64 / 510.0;
+            assert!((one.0[i] - want).abs() <= tolerance, "row {i}: {} vs {want}", one.0[i]);
+        }
+        assert!((one.1 - one.0.iter().sum::<f64>()).abs() <= 1e-9 * one.1);
     }
 
     #[test]

@@ -165,15 +165,9 @@ pub fn mmd_test_tiled(reference: &[f64], current: &[f64], dim: usize, opts: &Mmd
     let threads = opts.threads.clamp(1, tiles.len());
     let run = |part: usize| tile_sums(&tiles, gamma, n, &index, members.len(), part, threads);
     let mut sums = Sums::new(tiles.len() * TILE, members.len());
-    if threads == 1 {
-        sums.merge(run(0));
-    } else {
-        let parts: Vec<Sums> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads).map(|p| s.spawn(move || run(p))).collect();
-            hs.into_iter().map(super::joined).collect()
-        });
-        parts.into_iter().for_each(|p| sums.merge(p));
-    }
+    super::parallel((0..threads).collect(), run)
+        .into_iter()
+        .for_each(|p| sums.merge(p));
     let scale = simd::FIXED_SCALE;
     let row_sums: Vec<f64> = (0..total).map(|i| (sums.row[i] + sums.col[i]) as f64 / scale).collect();
     let (sxx, sxy, syy) = (

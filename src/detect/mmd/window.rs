@@ -470,16 +470,7 @@ fn current_rows(
     };
     let store = |part: &[usize]| store_rows(n, part, old_pos, old_rows, fresh);
     let parts: Vec<&[usize]> = new.chunks(share.max(1)).collect();
-    let stored: Vec<(RowStore, Vec<Placed>)> = match parts.len() {
-        0 | 1 => parts.iter().map(|p| store(p)).collect(),
-        _ => std::thread::scope(|s| {
-            let others: Vec<_> = parts[1..].iter().map(|p| s.spawn(move || store(p))).collect();
-            let first = store(parts[0]);
-            std::iter::once(first)
-                .chain(others.into_iter().map(super::joined))
-                .collect()
-        }),
-    };
+    let stored: Vec<(RowStore, Vec<Placed>)> = super::parallel(parts.clone(), store);
     for (part, (store, placed)) in parts.iter().zip(stored) {
         let store = Arc::new(store);
         for (&j, at) in part.iter().zip(placed) {
