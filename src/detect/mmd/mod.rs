@@ -293,7 +293,23 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         return mmd_test_tiled(reference, current, dim, opts);
     }
     let sigma_opt = opts.sigma.filter(|s| *s > 0.0 && s.is_finite());
-    let w = window::window(reference, current, dim, sigma_opt, opts.threads.clamp(1, MAX_THREADS));
+    let threads = opts.threads.clamp(1, MAX_THREADS);
+    let mut draws = Draws::new(n, m, opts.seed);
+    let seq = Sequential::new(opts.permutations, opts.stop_after);
+    // The first round's sets do not depend on the kernel: with a thread to
+    // spare they are drawn and indexed while the kernel rows are computed.
+    let first = |draws: &mut Draws| {
+        (seq.next_round() > 0).then(|| {
+            let mut members = draws.next(seq.next_round());
+            members.push(draws.observed());
+            Round::new(members, n + m)
+        })
+    };
+    let kernel = || window::window(reference, current, dim, sigma_opt, threads);
+    let (w, first) = match threads {
+        1 => (kernel(), first(&mut draws)),
+        _ => rayon::join(kernel, || first(&mut draws)),
+    };
     // How much of the window a slide kept: a low share on a sliding window
     // means its events were not matched (see window::CacheEntry::positions).
     tracing::trace!(current = m, kept = w.reused, "mmd kernel rows");
@@ -311,34 +327,50 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
         xx: &w.xx.fixed,
         y: &w.rows,
     };
-    let (row_sums, grand) = fixed.row_sums(&w.xx.fixed_sums, opts.threads);
+    let (row_sums, grand) = fixed.row_sums(&w.xx.fixed_sums, threads);
     let split = Split::new(n, m, &row_sums, grand);
-    let total = n + m;
-    let mut draws = Draws::new(n, m, opts.seed);
-    let mut seq = Sequential::new(opts.permutations, opts.stop_after);
+    let seq = permutations(&fixed, &split, t, first, draws, seq, threads);
+    Some(MmdResult {
+        statistic: t,
+        p_value: seq.p_value(),
+        permutations: seq.drawn(),
+        sigma: w.sigma,
+        sigma_fallback: w.sigma_fallback,
+    })
+}
+
+/// Draws and evaluates permutations round by round until `seq` has its
+/// p-value, starting with `first` (the first round: its last set is the
+/// observed split, whose statistic through the same sums each T_b is
+/// compared with; T itself when there is none).
+fn permutations(
+    fixed: &FixedRows,
+    split: &Split,
+    t: f64,
+    mut first: Option<Round>,
+    mut draws: Draws,
+    mut seq: Sequential,
+    threads: usize,
+) -> Sequential {
+    let total = fixed.n + fixed.y.len();
     let mut t_cmp = None;
     while seq.next_round() > 0 {
-        let mut members = draws.next(seq.next_round());
-        let first_round = t_cmp.is_none();
-        if first_round {
-            members.push(draws.observed());
-        }
-        let quads = quad_forms(&fixed, total, &members, opts.threads);
-        let mut stats: Vec<f64> = quads.iter().zip(&members).map(|(q, mem)| split.stat(*q, mem)).collect();
-        if first_round {
+        let round = first
+            .take()
+            .unwrap_or_else(|| Round::new(draws.next(seq.next_round()), total));
+        let quads = quad_forms(fixed, &round, threads);
+        let mut stats: Vec<f64> = quads
+            .iter()
+            .zip(&round.members)
+            .map(|(q, mem)| split.stat(*q, mem))
+            .collect();
+        if t_cmp.is_none() {
             t_cmp = stats.pop();
         }
         let t_obs = t_cmp.unwrap_or(t);
         seq.record(stats.iter().map(|tb| *tb >= t_obs - split.slack()));
     }
-    let p = seq.p_value();
-    Some(MmdResult {
-        statistic: t,
-        p_value: p,
-        permutations: seq.drawn(),
-        sigma: w.sigma,
-        sigma_fallback: w.sigma_fallback,
-    })
+    seq
 }
 
 /// The permutations' sets: each a uniformly random subset of the pooled
@@ -516,6 +548,26 @@ impl SetColumns {
 /// 256 KB for 128 sets and N = 2000.
 const SETS_PER_PASS: usize = 128;
 
+/// One round's sets (each the smaller side of a split), indexed for the
+/// permutation pass: per group of at most [`SETS_PER_PASS`] sets, the sets
+/// holding each row and their 0/1 columns.
+struct Round {
+    members: Vec<Vec<u32>>,
+    groups: Vec<(Holders, SetColumns)>,
+}
+
+impl Round {
+    fn new(members: Vec<Vec<u32>>, total: usize) -> Self {
+        // One pass per group of sets, whose 0/1 columns stay in L2: with more
+        // sets the rows are read again, which costs less than columns from L3.
+        let groups = members
+            .chunks(SETS_PER_PASS)
+            .map(|g| (Holders::new(g, total), SetColumns::new(g, total)))
+            .collect();
+        Self { members, groups }
+    }
+}
+
 /// Row ranges the permutation work is cut into and shared among threads.
 const CHUNKS: usize = 32;
 
@@ -608,16 +660,17 @@ impl FixedRows<'_> {
 /// round to 0. The reported statistic T is computed from the f64 kernel.
 /// (Bytes, not the i16 of 2⁻¹⁴ used before: half the data and half the
 /// instructions per value.)
-fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: usize) -> Vec<f64> {
-    // One pass per group of sets, whose 0/1 columns stay in L2: with more
-    // sets the rows are read again, which costs less than columns from L3.
-    if members.len() > SETS_PER_PASS {
-        return members
-            .chunks(SETS_PER_PASS)
-            .flat_map(|group| quad_forms(fixed, total, group, threads))
-            .collect();
-    }
-    let sets = members.len();
+fn quad_forms(fixed: &FixedRows, round: &Round, threads: usize) -> Vec<f64> {
+    round
+        .groups
+        .iter()
+        .flat_map(|(holders, columns)| group_quad_forms(fixed, holders, columns, threads))
+        .collect()
+}
+
+/// [`quad_forms`] of one group of sets, in one pass over the rows.
+fn group_quad_forms(fixed: &FixedRows, holders: &Holders, columns: &SetColumns, threads: usize) -> Vec<f64> {
+    let (total, sets) = (columns.total, columns.on.len() / columns.total.max(1));
     // Chunk bounds with about equal areas of the triangle (row i has i entries).
     let area = total * (total - 1) / 2;
     let mut bounds = vec![0usize];
@@ -631,8 +684,6 @@ fn quad_forms(fixed: &FixedRows, total: usize, members: &[Vec<u32>], threads: us
     if *bounds.last().unwrap_or(&0) != total {
         bounds.push(total);
     }
-    let holders = Holders::new(members, total);
-    let columns = SetColumns::new(members, total);
     let chunk = |c: usize| -> Vec<i64> {
         let mut q = vec![0i64; sets];
         for i in bounds[c]..bounds[c + 1] {
