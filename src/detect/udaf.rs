@@ -11,12 +11,14 @@
 //! (`ks_test`, `chi2_test`, `mmd_test`) give a p-value; distances (`psi`,
 //! `kl_divergence`, `js_divergence`, `wasserstein_distance`) a NULL one and
 //! are compared to a threshold on the statistic.
-//! `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after [, threads]]]]])`:
-//! the optional arguments are literals; sigma ≤ 0 means the median
-//! heuristic; stop_after = h > 0 stops the permutations once h statistics
-//! reach the observed one (Besag–Clifford sequential p-value; 0 or absent:
-//! all permutations); threads (default 1) compute the kernel rows and the
-//! permutations (the result does not depend on it). Its result adds
+//! `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after [, threads [, stream]]]]]])`:
+//! the optional arguments are literals but `stream`; sigma ≤ 0 means the
+//! median heuristic; stop_after = h > 0 stops the permutations once h
+//! statistics reach the observed one (Besag–Clifford sequential p-value; 0
+//! or absent: all permutations); threads (default 1) compute the kernel rows
+//! and the permutations (the result does not depend on it); stream (any
+//! expression, its first value counts) names whose evaluations these are,
+//! so that the kernel cache keeps one window per stream. Its result adds
 //! `permutations`, the number drawn.
 
 use std::collections::BTreeMap;
@@ -35,7 +37,7 @@ use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Sign
 use super::chi2::{chi2_homogeneity, count_table};
 use super::divergence::{self, DEFAULT_BINS, Metric};
 use super::ks::ks_2samp;
-use super::mmd::{MAX_THREADS, MmdOptions, mmd_linear, mmd_test};
+use super::mmd::{MAX_THREADS, MmdOptions, mmd_linear, mmd_test_of};
 use super::udaf_labels::{LabelStat, LabelledTest};
 
 /// Default number of permutations of `mmd_test` when the query gives none.
@@ -417,8 +419,10 @@ impl Accumulator for SampleAcc {
 
 // ---------------------------------------------------------------- mmd_test
 
-/// `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after [, threads]]]]])`:
-/// MMD² with a permutation p-value (sequential when stop_after > 0); `mmd_linear_test(vector, is_current [, sigma])`:
+/// `mmd_test(vector, is_current [, permutations [, seed [, sigma [, stop_after [, threads [, stream]]]]]])`:
+/// MMD² with a permutation p-value (sequential when stop_after > 0); `stream`
+/// names whose evaluations these are (any value, e.g. the detector and the
+/// key: [`super::mmd::mmd_test_of`]); `mmd_linear_test(vector, is_current [, sigma])`:
 /// the linear-time statistic with its normal p-value. See [`super::mmd`].
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct MmdTest {
@@ -429,7 +433,7 @@ pub struct MmdTest {
 impl MmdTest {
     pub fn new(linear: bool) -> Self {
         let sig = TypeSignature::Any;
-        let arities = if linear { vec![2, 3] } else { vec![2, 3, 4, 5, 6, 7] };
+        let arities = if linear { vec![2, 3] } else { vec![2, 3, 4, 5, 6, 7, 8] };
         Self {
             linear,
             signature: Signature::one_of(arities.into_iter().map(sig).collect(), Volatility::Immutable),
@@ -464,6 +468,7 @@ impl AggregateUDFImpl for MmdTest {
             f("sigma", DataType::Float64),
             f("stop_after", DataType::UInt64),
             f("threads", DataType::UInt64),
+            f("stream", DataType::UInt64),
         ])
     }
 }
@@ -484,6 +489,8 @@ struct MmdAcc {
     current: Vec<f64>,
     dim: Option<usize>,
     opts: MmdOptions,
+    /// A hash of the `stream` argument's first value.
+    stream: Option<u64>,
 }
 
 impl Default for MmdAcc {
@@ -493,6 +500,7 @@ impl Default for MmdAcc {
             reference: vec![],
             current: vec![],
             dim: None,
+            stream: None,
             opts: MmdOptions {
                 permutations: DEFAULT_PERMUTATIONS,
                 seed: 0,
@@ -502,6 +510,15 @@ impl Default for MmdAcc {
             },
         }
     }
+}
+
+/// A value of `mmd_test`'s `stream` argument as the kernel cache's stream
+/// id (the same in every run: std's SipHash with its fixed keys).
+fn stream_hash(v: &ScalarValue) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
 }
 
 /// `mmd_test`'s threads: 1 to [`MAX_THREADS`].
@@ -562,6 +579,9 @@ impl Accumulator for MmdAcc {
         {
             self.opts.threads = threads_arg(t)?;
         }
+        if let Some(a) = values.get(7).filter(|a| !a.is_empty()) {
+            self.stream = Some(stream_hash(&ScalarValue::try_from_array(a, 0)?));
+        }
         if let Some(a) = values.get(sigma_at) {
             let s = as_f64(a, "mmd_test")?;
             self.opts.sigma = s.iter().flatten().next().filter(|s| *s > 0.0);
@@ -613,7 +633,7 @@ impl Accumulator for MmdAcc {
                 if self.linear {
                     mmd_linear(&self.reference, &self.current, d, self.opts.sigma)
                 } else {
-                    mmd_test(&self.reference, &self.current, d, &self.opts)
+                    mmd_test_of(self.stream, &self.reference, &self.current, d, &self.opts)
                 }
             })
             .map(|r| {
@@ -643,6 +663,7 @@ impl Accumulator for MmdAcc {
             ScalarValue::Float64(self.opts.sigma),
             ScalarValue::UInt64(self.opts.stop_after.map(|h| h as u64)),
             ScalarValue::UInt64(Some(self.opts.threads as u64)),
+            ScalarValue::UInt64(self.stream),
         ])
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
@@ -666,6 +687,9 @@ impl Accumulator for MmdAcc {
         }
         if let Some(t) = u(7) {
             self.opts.threads = threads_arg(t)?;
+        }
+        if let Some(s) = u(8) {
+            self.stream = Some(s);
         }
         Ok(())
     }

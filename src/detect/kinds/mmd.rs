@@ -154,9 +154,13 @@ impl Detector for MmdDetector {
                 "SELECT {KEY_COL}, mmd_linear_test({c}, {cur}{sigma}){sample} AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}"
             );
         }
-        // sigma 0 asks for the median heuristic; stop_after 0 for all permutations.
+        // sigma 0 asks for the median heuristic; stop_after 0 for all
+        // permutations. The stream, this detector on this key, lets the
+        // kernel cache keep one window per stream (tumbling windows would
+        // otherwise fill it with windows no evaluation continues).
+        let stream = format!("concat('{}', '/', {KEY_COL})", self.name.replace('\'', "''"));
         format!(
-            "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}, {:?}, {}, {}){sample} AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
+            "SELECT {KEY_COL}, mmd_test({c}, {cur}, {}, {}, {:?}, {}, {}, {stream}){sample} AS {c} FROM {WINDOWS_TABLE} GROUP BY {KEY_COL}",
             self.permutations.get(),
             self.seed,
             self.sigma.unwrap_or(0.0),
@@ -270,10 +274,10 @@ mod tests {
     fn threads_go_to_the_test() {
         let q = sql("{name: d, kind: mmd, permutations: 100, seed: 3, threads: 2}");
         assert!(
-            q.contains("mmd_test(\"embedding\", window = 'current', 100, 3, 0.0, 10, 2)"),
+            q.contains("mmd_test(\"embedding\", window = 'current', 100, 3, 0.0, 10, 2, concat('d', '/', key))"),
             "{q}"
         );
-        let q = sql("{name: d, kind: mmd}");
-        assert!(q.contains(", 1)"), "{q}");
+        let q = sql("{name: \"it's\", kind: mmd}");
+        assert!(q.contains(", 1, concat('it''s', '/', key))"), "{q}");
     }
 }

@@ -282,6 +282,21 @@ fn kernel(a: &[f64], b: &[f64], gamma: f64) -> f64 {
 /// `dim` columns. Returns `None` when either side has fewer than two rows
 /// (the U-statistic is undefined) or `dim` is 0.
 pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOptions) -> Option<MmdResult> {
+    mmd_test_of(None, reference, current, dim, opts)
+}
+
+/// [`mmd_test`] for one stream of evaluations (`stream`: e.g. a hash of the
+/// detector and the window's key): the kernel cache keeps at most one entry
+/// per stream and reference, its latest window, so the windows of a stream
+/// that never slides (tumbling windows) replace one another instead of
+/// filling the cache with windows no evaluation will continue.
+pub fn mmd_test_of(
+    stream: Option<u64>,
+    reference: &[f64],
+    current: &[f64],
+    dim: usize,
+    opts: &MmdOptions,
+) -> Option<MmdResult> {
     if dim == 0 || !reference.len().is_multiple_of(dim) || !current.len().is_multiple_of(dim) {
         return None;
     }
@@ -305,7 +320,7 @@ pub fn mmd_test(reference: &[f64], current: &[f64], dim: usize, opts: &MmdOption
             Round::new(members, n + m)
         })
     };
-    let kernel = || window::window(reference, current, dim, sigma_opt, threads);
+    let kernel = || window::window(stream, reference, current, dim, sigma_opt, threads);
     let (w, first) = match threads {
         1 => (kernel(), first(&mut draws)),
         _ => rayon::join(kernel, || first(&mut draws)),
@@ -1033,12 +1048,46 @@ mod tests {
             .collect();
         clear_kernel_cache();
         for (x, y) in &streams {
-            assert_eq!(window::window(x, &y[..20 * 2], 2, Some(1.0), 1).reused, 0);
+            assert_eq!(window::window(None, x, &y[..20 * 2], 2, Some(1.0), 1).reused, 0);
         }
         for (i, (x, y)) in streams.iter().enumerate() {
-            let slid = window::window(x, &y[4 * 2..24 * 2], 2, Some(1.0), 1);
+            let slid = window::window(None, x, &y[4 * 2..24 * 2], 2, Some(1.0), 1);
             assert_eq!(slid.reused, 16, "stream {i}: events 4..20 stay as they were");
         }
+    }
+
+    /// Tumbling windows (no event in common with the last) of two streams
+    /// against one reference: with the stream known, each keeps only its
+    /// latest window; without, every window stays (up to the cache's
+    /// limits). A known stream's slide still slides.
+    #[test]
+    fn a_stream_keeps_only_its_latest_window() {
+        let _cache = cache_lock();
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let x = gauss(&mut rng, 30, 2, 0.0);
+        let y = gauss(&mut rng, 200, 2, 0.1);
+        let window_of = |k: usize| &y[k * 20 * 2..(k + 1) * 20 * 2];
+        for (stream, kept) in [(None, 10), (Some(7), 2)] {
+            clear_kernel_cache();
+            for k in 0..5 {
+                for s in [0u64, 1] {
+                    let w = window::window(
+                        stream.map(|v| v + s),
+                        &x,
+                        window_of(2 * k + s as usize),
+                        2,
+                        Some(1.0),
+                        1,
+                    );
+                    assert_eq!(w.reused, 0);
+                }
+            }
+            assert_eq!(window::cached_windows(), kept, "stream {stream:?}");
+        }
+        clear_kernel_cache();
+        window::window(Some(3), &x, &y[..20 * 2], 2, Some(1.0), 1);
+        let slid = window::window(Some(3), &x, &y[4 * 2..24 * 2], 2, Some(1.0), 1);
+        assert_eq!((slid.reused, window::cached_windows()), (16, 1));
     }
 
     /// r = K₀·1 is the same integers whatever the number of threads that
@@ -1050,7 +1099,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let (x, y) = (gauss(&mut rng, 90, 3, 0.0), gauss(&mut rng, 70, 3, 0.2));
         let sigma = 1.1;
-        let w = window::window(&x, &y, 3, Some(sigma), 1);
+        let w = window::window(None, &x, &y, 3, Some(sigma), 1);
         let fixed = FixedRows {
             n: 90,
             xx: &w.xx.fixed,
@@ -1221,9 +1270,9 @@ mod tests {
             stop_after: None,
         };
         clear_kernel_cache();
-        let first = window::window(&x, &stream[..20 * 2], 2, o.sigma, 1);
+        let first = window::window(None, &x, &stream[..20 * 2], 2, o.sigma, 1);
         assert_eq!(first.reused, 0);
-        let slid = window::window(&x, &stream[4 * 2..24 * 2], 2, o.sigma, 1);
+        let slid = window::window(None, &x, &stream[4 * 2..24 * 2], 2, o.sigma, 1);
         assert_eq!(slid.reused, 16, "events 4..20 stay as they were");
         let r = mmd_test(&x, &stream[4 * 2..24 * 2], 2, &o);
         clear_kernel_cache();

@@ -148,6 +148,8 @@ pub(super) struct Window {
 /// What is kept between evaluations against the same reference.
 struct CacheEntry {
     key: (u64, usize, u64),
+    /// Whose evaluation it was, if known ([`super::mmd_test_of`]).
+    stream: Option<u64>,
     /// Memory it keeps alive ([`held_bytes`]).
     bytes: usize,
     sigma: f64,
@@ -171,6 +173,12 @@ struct CacheEntry {
 const CACHE_ENTRIES: usize = 64;
 const CACHE_BYTES: usize = 512 << 20;
 static CACHE: Mutex<Vec<CacheEntry>> = Mutex::new(Vec::new());
+
+/// Windows the kernel cache holds.
+#[cfg(test)]
+pub(super) fn cached_windows() -> usize {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
 
 /// Empties the kernel cache (benchmarks measure the cold path with it).
 pub fn clear_kernel_cache() {
@@ -199,8 +207,17 @@ fn hash_rows(x: &[f64]) -> u64 {
 
 /// The kernel rows of `current` against `reference` (row-major, `dim`
 /// columns), reusing what the cache holds for this reference.
-/// `threads`: how many compute the reference's distances and the new rows.
-pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: Option<f64>, threads: usize) -> Window {
+/// `threads`: how many compute the reference's distances and the new rows;
+/// `stream`: whose evaluation it is, if known (its older entries for this
+/// reference are dropped).
+pub(super) fn window(
+    stream: Option<u64>,
+    reference: &[f64],
+    current: &[f64],
+    dim: usize,
+    sigma_opt: Option<f64>,
+    threads: usize,
+) -> Window {
     let m = current.len() / dim;
     let key = (hash_rows(reference), dim, sigma_opt.map_or(0, f64::to_bits));
     // Distances are translation-invariant: centring on the reference mean
@@ -232,9 +249,13 @@ pub(super) fn window(reference: &[f64], current: &[f64], dim: usize, sigma_opt: 
     );
     let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, run, &fresh, threads);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if stream.is_some() {
+        c.retain(|e| e.key != key || e.stream != stream);
+    }
     c.push(CacheEntry {
         bytes: held_bytes(&rows, &xx, current.len()),
         key,
+        stream,
         sigma,
         sigma_fallback,
         xx: xx.clone(),
@@ -531,7 +552,7 @@ fn store_rows(
 enum Reuse {
     /// The previous evaluation of the same stream: its reference part and
     /// current rows, and the run of events the window kept ([`Run`]).
-    Slide(CacheEntry, Run),
+    Slide(Box<CacheEntry>, Run),
     /// Another stream's evaluation against the same reference (keys with
     /// equal references): σ and the reference's part.
     Reference(f64, bool, Arc<XxPart>),
@@ -564,7 +585,7 @@ fn cached(key: (u64, usize, u64), current: &[f64], hashes: &[u64], dim: usize) -
         .map(|i| (c[i].run(hashes, current, dim), i))
         .max();
     match best {
-        Some((run, i)) if run.len * 8 >= hashes.len() && run.len > 0 => Some(Reuse::Slide(c.remove(i), run)),
+        Some((run, i)) if run.len * 8 >= hashes.len() && run.len > 0 => Some(Reuse::Slide(Box::new(c.remove(i)), run)),
         Some((_, i)) => Some(Reuse::Reference(c[i].sigma, c[i].sigma_fallback, c[i].xx.clone())),
         None => None,
     }
