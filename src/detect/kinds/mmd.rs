@@ -49,7 +49,7 @@ struct MmdOptions {
     /// the reference's distances, the kernel's row sums and the
     /// permutations are shared among them (on a pool of worker threads),
     /// and the result is the same bits whatever the number. With a
-    /// core to spare, 2 takes about a fifth off an evaluation; in `run` on
+    /// core to spare, 2 takes about a quarter off an evaluation; in `run` on
     /// a 2-core machine the consumer and decoder hold the other core, and
     /// it gained nothing there (README, Throughput).
     #[serde(default)]
