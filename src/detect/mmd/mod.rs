@@ -274,6 +274,25 @@ fn parallel<I: Send, T: Send>(items: Vec<I>, task: impl Fn(I) -> T + Sync) -> Ve
     }
 }
 
+/// Bounds of `parts` bands of rows 0..`rows` with about equal work
+/// (`work(i)`: row i's), to share rows among threads or cut them into
+/// chunks: `parts` + 1 ascending bounds from 0 to `rows` (a band may be
+/// empty).
+fn equal_work_bounds(rows: usize, parts: usize, work: impl Fn(usize) -> usize) -> Vec<usize> {
+    let parts = parts.max(1);
+    let total: usize = (0..rows).map(&work).sum();
+    let mut bounds = vec![0];
+    let mut done = 0;
+    for i in 0..rows {
+        done += work(i);
+        while bounds.len() < parts && done * parts >= total * bounds.len() {
+            bounds.push(i + 1);
+        }
+    }
+    bounds.resize(parts + 1, rows);
+    bounds
+}
+
 fn kernel(a: &[f64], b: &[f64], gamma: f64) -> f64 {
     (-gamma * sq_dist(a, b)).exp()
 }
@@ -612,17 +631,8 @@ impl FixedRows<'_> {
     /// (integer sums: the same whatever the share).
     fn row_sums(&self, xx_sums: &[i32], threads: usize) -> (Vec<f64>, f64) {
         let (n, m) = (self.n, self.y.len());
-        // Bands of current rows of about equal work (row j has n + j values).
-        let work = |j: usize| (n * j + j * j / 2) as f64;
-        let threads = threads.clamp(1, m.max(1));
-        let mut bounds: Vec<usize> = (0..threads)
-            .map(|t| {
-                (0..m)
-                    .find(|&j| work(j) * threads as f64 >= work(m) * t as f64)
-                    .unwrap_or(m)
-            })
-            .collect();
-        bounds.push(m);
+        // Row j has n + j values.
+        let bounds = equal_work_bounds(m, threads.clamp(1, m.max(1)), |j| n + j);
         let bands: Vec<std::ops::Range<usize>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
         let parts = parallel(bands, |band| self.band_sums(band));
         let mut sums = xx_sums.to_vec();
@@ -686,19 +696,8 @@ fn quad_forms(fixed: &FixedRows, round: &Round, threads: usize) -> Vec<f64> {
 /// [`quad_forms`] of one group of sets, in one pass over the rows.
 fn group_quad_forms(fixed: &FixedRows, holders: &Holders, columns: &SetColumns, threads: usize) -> Vec<f64> {
     let (total, sets) = (columns.total, columns.on.len() / columns.total.max(1));
-    // Chunk bounds with about equal areas of the triangle (row i has i entries).
-    let area = total * (total - 1) / 2;
-    let mut bounds = vec![0usize];
-    let mut acc = 0;
-    for i in 0..total {
-        acc += i;
-        if acc * CHUNKS >= area * bounds.len() && bounds.len() < CHUNKS {
-            bounds.push(i + 1);
-        }
-    }
-    if *bounds.last().unwrap_or(&0) != total {
-        bounds.push(total);
-    }
+    // Row i has i entries left of the diagonal.
+    let bounds = equal_work_bounds(total, CHUNKS, |i| i);
     let chunk = |c: usize| -> Vec<i64> {
         let mut q = vec![0i64; sets];
         for i in bounds[c]..bounds[c + 1] {
@@ -851,10 +850,7 @@ impl Points {
         let count = self.norms.len();
         let diagonal: Vec<usize> = (0..count).collect();
         let mut out = Block::new(count * count);
-        let threads = threads.clamp(1, count.max(1));
-        let bounds: Vec<usize> = (0..=threads)
-            .map(|t| (count as f64 * (t as f64 / threads as f64).sqrt()).round() as usize)
-            .collect();
+        let bounds = equal_work_bounds(count, threads.clamp(1, count.max(1)), |i| i);
         let d = self.dim;
         let band = |r: std::ops::Range<usize>, out: &mut [f64]| {
             let (rows, norms) = (&self.rows[r.start * d..r.end * d], &self.norms[r.clone()]);
@@ -1088,6 +1084,29 @@ mod tests {
         window::window(Some(3), &x, &y[..20 * 2], 2, Some(1.0), 1);
         let slid = window::window(Some(3), &x, &y[4 * 2..24 * 2], 2, Some(1.0), 1);
         assert_eq!((slid.reused, window::cached_windows()), (16, 1));
+    }
+
+    /// Bands cover the rows in order, and none holds much more than its
+    /// share of the work (at most one row's more).
+    #[test]
+    fn equal_work_bounds_share_the_rows_evenly() {
+        for (rows, parts) in [(0, 3), (1, 1), (3, 3), (3, 8), (2000, 32), (1000, 2), (1000, 7)] {
+            for offset in [0, 1000] {
+                let work = |i: usize| offset + i;
+                let b = equal_work_bounds(rows, parts, work);
+                assert_eq!((b.len(), b[0], b[parts]), (parts + 1, 0, rows));
+                assert!(b.windows(2).all(|w| w[0] <= w[1]), "{b:?}");
+                let total: usize = (0..rows).map(work).sum();
+                let most = (0..rows).map(work).max().unwrap_or(0);
+                for w in b.windows(2) {
+                    let band: usize = (w[0]..w[1]).map(work).sum();
+                    assert!(
+                        band <= total.div_ceil(parts) + most,
+                        "{rows} rows, {parts} parts: {b:?}"
+                    );
+                }
+            }
+        }
     }
 
     /// r = K₀·1 is the same integers whatever the number of threads that
