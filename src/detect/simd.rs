@@ -769,6 +769,13 @@ const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
 const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
 /// Below this argument e^x underflows to 0 (and 2^k would leave the normal range).
 const EXP_FLOOR: f64 = -708.0;
+/// 1.5·2⁵²: x + SHIFT rounds x to an integer k (ties to even) and leaves
+/// k in the low bits of the sum's mantissa (k + 2⁵¹ there, for |k| < 2⁵¹),
+/// so one multiply-add gives k and the bits of 2ᵏ, without a rounding
+/// instruction or a float-to-integer conversion.
+const EXP_SHIFT: f64 = 6_755_399_441_055_744.0;
+/// 1023 (the exponent bias) in a double's exponent field.
+const EXP_BIAS_BITS: u64 = 1023 << 52;
 /// 1/k! for k = 0..=12, the Taylor coefficients of e^r.
 const INV_FACT: [f64; 13] = {
     let mut t = [1.0f64; 13];
@@ -804,14 +811,17 @@ fn gaussian_portable(x: &mut [f64], gamma: f64) {
     for v in x {
         let raw = -gamma * *v;
         let arg = raw.max(EXP_FLOOR);
-        let k = (arg * std::f64::consts::LOG2_E).round_ties_even();
+        let shifted = arg.mul_add(std::f64::consts::LOG2_E, EXP_SHIFT);
+        let k = shifted - EXP_SHIFT;
         let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, arg));
         let mut p = INV_FACT[12];
         for c in INV_FACT[..12].iter().rev() {
             p = p.mul_add(r, *c);
         }
-        // 2^k: k in [−1022, 0] after the floor, so the biased exponent is valid.
-        let two_k = f64::from_bits(((k as i64 + 1023) << 52) as u64);
+        // 2^k: k in [−1022, 0] after the floor, so the biased exponent is
+        // valid; k's low 12 bits shifted into the exponent field, plus the
+        // bias, wrap to (k + 1023)·2⁵².
+        let two_k = f64::from_bits((shifted.to_bits() << 52).wrapping_add(EXP_BIAS_BITS));
         *v = if raw < EXP_FLOOR { 0.0 } else { p * two_k };
     }
 }
@@ -882,10 +892,9 @@ fn gaussian4_avx2(v: __m256d, gamma: f64) -> __m256d {
     let floor = _mm256_set1_pd(EXP_FLOOR);
     let raw = _mm256_mul_pd(neg_gamma, v);
     let arg = _mm256_max_pd(raw, floor);
-    let k = _mm256_round_pd(
-        _mm256_mul_pd(arg, _mm256_set1_pd(std::f64::consts::LOG2_E)),
-        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-    );
+    let shift = _mm256_set1_pd(EXP_SHIFT);
+    let shifted = _mm256_fmadd_pd(arg, _mm256_set1_pd(std::f64::consts::LOG2_E), shift);
+    let k = _mm256_sub_pd(shifted, shift);
     let r = _mm256_fnmadd_pd(
         k,
         _mm256_set1_pd(LN2_LO),
@@ -896,11 +905,10 @@ fn gaussian4_avx2(v: __m256d, gamma: f64) -> __m256d {
     for c in INV_FACT[..12].iter().rev() {
         p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(*c));
     }
-    // 2^k: k in [−1022, 0] after the floor, so the biased exponent is valid.
-    let ki = _mm256_cvtpd_epi32(k);
-    let bits = _mm256_slli_epi64(
-        _mm256_add_epi64(_mm256_cvtepi32_epi64(ki), _mm256_set1_epi64x(1023)),
-        52,
+    // 2^k, as in `gaussian_portable`.
+    let bits = _mm256_add_epi64(
+        _mm256_slli_epi64::<52>(_mm256_castpd_si256(shifted)),
+        _mm256_set1_epi64x(EXP_BIAS_BITS as i64),
     );
     let y = _mm256_mul_pd(p, _mm256_castsi256_pd(bits));
     // Arguments below the floor underflow to 0, as exp would.
@@ -915,6 +923,7 @@ unsafe fn gaussian_avx512(x: &mut [f64], gamma: f64) {
     let n = x.len();
     let neg_gamma = _mm512_set1_pd(-gamma);
     let log2e = _mm512_set1_pd(std::f64::consts::LOG2_E);
+    let shift = _mm512_set1_pd(EXP_SHIFT);
     let (hi, lo) = (_mm512_set1_pd(LN2_HI), _mm512_set1_pd(LN2_LO));
     let c: [__m512d; 13] = INV_FACT.map(|v| _mm512_set1_pd(v));
     let floor = _mm512_set1_pd(EXP_FLOOR);
@@ -926,7 +935,7 @@ unsafe fn gaussian_avx512(x: &mut [f64], gamma: f64) {
         let v = unsafe { _mm512_maskz_loadu_pd(k8, x.as_ptr().add(i)) };
         let raw = _mm512_mul_pd(neg_gamma, v);
         let arg = _mm512_max_pd(raw, floor);
-        let k = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(arg, log2e));
+        let k = _mm512_sub_pd(_mm512_fmadd_pd(arg, log2e, shift), shift);
         let r = _mm512_fnmadd_pd(k, lo, _mm512_fnmadd_pd(k, hi, arg));
         let mut p = c[12];
         p = _mm512_fmadd_pd(p, r, c[11]);
@@ -1172,8 +1181,10 @@ mod tests {
         let b: Vec<f64> = (0..37).map(|i| (i as f64 * 0.3).cos()).collect();
         let want: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
         assert!((sq_dist(&a, &b) - want).abs() < 1e-13);
+        // Arguments from 0 to near the floor (−708 at 544.6), then below it.
         let mut x: Vec<f64> = (0..1003)
             .map(|i| i as f64 * 0.05)
+            .chain((0..200).map(|i| 540.0 + i as f64 * 0.0231))
             .chain([0.0, 1e-300, 800.0, 1e6])
             .collect();
         let orig = x.clone();
@@ -1201,6 +1212,13 @@ mod tests {
             // SAFETY: feature checked.
             unsafe { gaussian_avx2(&mut y, 1.3) };
             assert!(y.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            let mut z = orig.clone();
+            // SAFETY: feature checked.
+            unsafe { gaussian_avx512(&mut z, 1.3) };
+            assert!(z.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()));
         }
         // A value's bits do not depend on where in a slice it falls (the
         // last values of a slice, fewer than a vector, included): a slide
