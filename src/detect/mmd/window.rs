@@ -29,7 +29,8 @@ pub(super) const YY_CHUNK: usize = 64;
 struct RowStore {
     /// Per row: its K_YX row (n values), then its K_YY values, in fixed point.
     fixed: Block<u8>,
-    /// Per row: its K_YY values, then their sums by [`YY_CHUNK`] from the end.
+    /// Per row: its K_YY values, then the sums of their last 1, 2, …
+    /// whole [`YY_CHUNK`]s (see [`CurrentRow::yy_sum`]).
     yy: Block<f64>,
 }
 
@@ -70,7 +71,11 @@ impl RowStore {
         let yy_at = self.yy.len();
         let values = self.yy.values();
         values.extend_from_slice(yy);
-        values.extend(yy.rchunks_exact(YY_CHUNK).map(simd::sum));
+        let mut tail = 0.0;
+        values.extend(yy.rchunks_exact(YY_CHUNK).map(|c| {
+            tail += simd::sum(c);
+            tail
+        }));
         Placed {
             fixed_at,
             yy_at,
@@ -109,18 +114,19 @@ impl CurrentRow {
     }
 
     /// Σ of [`Self::yy`]: the values short of a whole [`YY_CHUNK`] from the
-    /// end, then the stored sums of the chunks, left to right. What is
-    /// added depends only on the values, so a kept row whose first values
-    /// left gives the bits a restart's row gives, and a slide sums a few
-    /// values a row instead of all.
+    /// end, plus the stored sum of the whole chunks after them (the chunks'
+    /// sums added from the row's end). What is added depends only on the
+    /// values, so a kept row whose first values left gives the bits a
+    /// restart's row gives, and a slide sums a few values a row instead of
+    /// all.
     pub(super) fn yy_sum(&self) -> f64 {
         let len = self.at.yy_len - self.skip;
         let whole = len / YY_CHUNK;
-        let chunks = &self.store.yy[self.at.yy_at + self.at.yy_len..][..whole];
-        chunks
-            .iter()
-            .rev()
-            .fold(simd::sum(&self.yy()[..len - whole * YY_CHUNK]), |s, c| s + c)
+        let head = simd::sum(&self.yy()[..len - whole * YY_CHUNK]);
+        match whole.checked_sub(1) {
+            None => head,
+            Some(w) => head + self.store.yy[self.at.yy_at + self.at.yy_len + w],
+        }
     }
 
     /// K_YX in fixed point (`n`: the reference's size).
