@@ -163,10 +163,14 @@ unsafe fn add_fixed_to_avx2(acc: &mut [i32], row: &[u8]) -> i32 {
 
 #[inline(always)]
 fn add_fixed_to_any(acc: &mut [i32], row: &[u8]) -> i32 {
+    // One pass: each value widened once, to the column's sum and the row's.
+    let mut own = 0i32;
     for (c, &v) in acc.iter_mut().zip(row) {
-        *c = c.wrapping_add(i32::from(v));
+        let v = i32::from(v);
+        *c = c.wrapping_add(v);
+        own = own.wrapping_add(v);
     }
-    row.iter().fold(0i32, |s, &v| s.wrapping_add(i32::from(v)))
+    own
 }
 
 /// Values the portable set sums add in i32 before widening the sum to
