@@ -332,13 +332,7 @@ pub fn mmd_test_of(
     let seq = Sequential::new(opts.permutations, opts.stop_after);
     // The first round's sets do not depend on the kernel: with a thread to
     // spare they are drawn and indexed while the kernel rows are computed.
-    let first = |draws: &mut Draws| {
-        (seq.next_round() > 0).then(|| {
-            let mut members = draws.next(seq.next_round());
-            members.push(draws.observed());
-            Round::new(members, n + m)
-        })
-    };
+    let first = |draws: &mut Draws| (seq.next_round() > 0).then(|| Round::new(draws.next(seq.next_round()), n + m));
     let kernel = || window::window(stream, reference, current, dim, sigma_opt, threads);
     let (w, first) = match threads {
         1 => (kernel(), first(&mut draws)),
@@ -361,9 +355,15 @@ pub fn mmd_test_of(
         xx: &w.xx.fixed,
         y: &w.rows,
     };
-    let (row_sums, grand) = fixed.row_sums(&w.xx.fixed_sums, threads);
-    let split = Split::new(n, m, &row_sums, grand);
-    let seq = permutations(&fixed, &split, t, first, draws, seq, threads);
+    let sums = fixed.row_sums(&w.xx.fixed_sums, threads);
+    let split = Split::new(n, m, &sums.r, sums.grand);
+    // The observed split's statistic through the same sums as each T_b's
+    // (an exact integer quadratic form, the one the permutation pass would
+    // give it), which each T_b is compared with: summation order cannot
+    // turn an exact tie (identical samples: every T_b = T) into a small
+    // p-value.
+    let t_obs = split.stat(sums.observed_quad, &draws.observed());
+    let seq = permutations(&fixed, &split, t_obs, first, draws, seq, threads);
     Some(MmdResult {
         statistic: t,
         p_value: seq.p_value(),
@@ -374,35 +374,25 @@ pub fn mmd_test_of(
 }
 
 /// Draws and evaluates permutations round by round until `seq` has its
-/// p-value, starting with `first` (the first round: its last set is the
-/// observed split, whose statistic through the same sums each T_b is
-/// compared with; T itself when there is none).
+/// p-value, starting with `first` (the first round), each T_b compared with
+/// `t_obs` (the observed split's statistic through the same sums).
 fn permutations(
     fixed: &FixedRows,
     split: &Split,
-    t: f64,
+    t_obs: f64,
     mut first: Option<Round>,
     mut draws: Draws,
     mut seq: Sequential,
     threads: usize,
 ) -> Sequential {
     let total = fixed.n + fixed.y.len();
-    let mut t_cmp = None;
     while seq.next_round() > 0 {
         let round = first
             .take()
             .unwrap_or_else(|| Round::new(draws.next(seq.next_round()), total));
         let quads = quad_forms(fixed, &round, threads);
-        let mut stats: Vec<f64> = quads
-            .iter()
-            .zip(&round.members)
-            .map(|(q, mem)| split.stat(*q, mem))
-            .collect();
-        if t_cmp.is_none() {
-            t_cmp = stats.pop();
-        }
-        let t_obs = t_cmp.unwrap_or(t);
-        seq.record(stats.iter().map(|tb| *tb >= t_obs - split.slack()));
+        let stats = quads.iter().zip(&round.members).map(|(q, mem)| split.stat(*q, mem));
+        seq.record(stats.map(|tb| tb >= t_obs - split.slack()));
     }
     seq
 }
@@ -421,10 +411,9 @@ struct Draws {
 impl Draws {
     fn new(n: usize, m: usize, seed: u64) -> Self {
         let total = n + m;
-        // The observed split goes through the same sums as the permutations
-        // (the last set of the first round), and each T_b is compared with
-        // that: summation order cannot turn an exact tie (identical samples:
-        // every T_b = T) into a small p-value.
+        // The observed split's set: its statistic goes through the same sums
+        // as the permutations' (see `mmd_test_of`, and the tiled path, where
+        // it is the last set).
         let observed = if n <= m {
             (0..n as u32).collect()
         } else {
@@ -625,11 +614,11 @@ impl FixedRows<'_> {
         }
     }
 
-    /// r = K₀·1 and 1ᵀK₀1, in units of the kernel (exact: sums of
-    /// multiples of 1/255 far below 2⁵³), from the reference rows' sums
-    /// `xx_sums` and one pass over the current rows, shared among `threads`
-    /// (integer sums: the same whatever the share).
-    fn row_sums(&self, xx_sums: &[i32], threads: usize) -> (Vec<f64>, f64) {
+    /// r = K₀·1, 1ᵀK₀1 and the observed split's sᵀK₀s, in units of the
+    /// kernel (exact: sums of multiples of 1/255 far below 2⁵³), from the
+    /// reference rows' sums `xx_sums` and one pass over the current rows,
+    /// shared among `threads` (integer sums: the same whatever the share).
+    fn row_sums(&self, xx_sums: &[i32], threads: usize) -> RowSums {
         let (n, m) = (self.n, self.y.len());
         // Row j has n + j values.
         let bounds = equal_work_bounds(m, threads.clamp(1, m.max(1)), |j| n + j);
@@ -637,32 +626,57 @@ impl FixedRows<'_> {
         let parts = parallel(bands, |band| self.band_sums(band));
         let mut sums = xx_sums.to_vec();
         sums.resize(n + m, 0);
-        for part in parts {
+        let mut yy_total = 0i64;
+        for (part, yy) in parts {
             for (s, v) in sums.iter_mut().zip(part) {
                 *s = s.wrapping_add(v);
             }
+            yy_total += yy;
         }
         let grand: i64 = sums.iter().map(|&v| i64::from(v)).sum();
+        // The observed set is the smaller side: Σ over its pairs, twice, as
+        // `group_quad_forms` gives it (the reference rows' sums count each
+        // K_XX pair twice already).
+        let observed: i64 = match n <= m {
+            true => xx_sums.iter().map(|&v| i64::from(v)).sum(),
+            false => 2 * yy_total,
+        };
         let scale = simd::FIXED_SCALE;
-        (
-            sums.iter().map(|&v| f64::from(v) / scale).collect(),
-            grand as f64 / scale,
-        )
+        RowSums {
+            r: sums.iter().map(|&v| f64::from(v) / scale).collect(),
+            grand: grand as f64 / scale,
+            observed_quad: observed as f64 / scale,
+        }
     }
 
     /// The current rows `band`'s part of r (n + m values): each row's
-    /// values go to its own sum and to the sums of the columns they are in.
-    fn band_sums(&self, band: std::ops::Range<usize>) -> Vec<i32> {
+    /// values go to its own sum and to the sums of the columns they are in;
+    /// and the sum of the band's K_YY values.
+    fn band_sums(&self, band: std::ops::Range<usize>) -> (Vec<i32>, i64) {
         let n = self.n;
         let mut sums = vec![0i32; n + self.y.len()];
+        let mut yy_total = 0i64;
         for j in band {
             let [yx, yy] = self.row(n + j);
             let (head, tail) = sums.split_at_mut(n);
-            let own = simd::add_fixed_to(head, yx).wrapping_add(simd::add_fixed_to(&mut tail[..j], yy));
+            let own_yy = simd::add_fixed_to(&mut tail[..j], yy);
+            yy_total += i64::from(own_yy);
+            let own = simd::add_fixed_to(head, yx).wrapping_add(own_yy);
             tail[j] = tail[j].wrapping_add(own);
         }
-        sums
+        (sums, yy_total)
     }
+}
+
+/// [`FixedRows::row_sums`]: in units of the kernel.
+#[derive(Debug, PartialEq)]
+struct RowSums {
+    /// r = K₀·1.
+    r: Vec<f64>,
+    /// 1ᵀK₀1.
+    grand: f64,
+    /// sᵀK₀s of the observed split's set (see [`Draws::observed`]).
+    observed_quad: f64,
 }
 
 /// sᵀK₀s for each member set s = 2 Σ_{i∈s} Σ_{j∈s, j<i} K₀[i,j] (`fixed`: the
@@ -1136,9 +1150,37 @@ mod tests {
                 .map(|j| kernel(a, pooled[j], gamma))
                 .sum();
             let tolerance = pooled.len() as f64 / 510.0;
-            assert!((one.0[i] - want).abs() <= tolerance, "row {i}: {} vs {want}", one.0[i]);
+            assert!((one.r[i] - want).abs() <= tolerance, "row {i}: {} vs {want}", one.r[i]);
         }
-        assert!((one.1 - one.0.iter().sum::<f64>()).abs() <= 1e-9 * one.1);
+        assert!((one.grand - one.r.iter().sum::<f64>()).abs() <= 1e-9 * one.grand);
+    }
+
+    /// The observed split's quadratic form, taken from the row sums, is the
+    /// one the permutation pass gives its set, to the bit: either side the
+    /// smaller, from scratch and after a slide.
+    #[test]
+    fn the_observed_quad_form_is_the_permutation_pass_s() {
+        let _cache = cache_lock();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let x = gauss(&mut rng, 80, 3, 0.0);
+        let stream = gauss(&mut rng, 200, 3, 0.3);
+        for (n, m, start) in [(80, 60, 0), (80, 60, 20), (50, 100, 0), (50, 100, 40)] {
+            let (x, y) = (&x[..n * 3], &stream[start * 3..(start + m) * 3]);
+            let w = window::window(Some(9), x, y, 3, Some(1.2), 1);
+            let fixed = FixedRows {
+                n,
+                xx: &w.xx.fixed,
+                y: &w.rows,
+            };
+            let sums = fixed.row_sums(&w.xx.fixed_sums, 1);
+            let observed = Draws::new(n, m, 0).observed();
+            let pass = quad_forms(&fixed, &Round::new(vec![observed], n + m), 1);
+            assert_eq!(
+                pass[0].to_bits(),
+                sums.observed_quad.to_bits(),
+                "n {n} m {m} start {start}"
+            );
+        }
     }
 
     #[test]
