@@ -46,12 +46,21 @@ pub async fn compare(
 /// `compare`'s sink: every detector's result, or why it has none, in one
 /// report; the first rejected records of each file logged.
 struct ReportSink {
-    /// Per detector: its kind and drift type, for those with no result.
-    detectors: Vec<(String, String, crate::alert::DriftType, bool)>,
+    /// Every detector, to report those with no result.
+    detectors: Vec<DetectorEntry>,
     /// The file being read.
     file: PathBuf,
     logged: usize,
     report: CompareReport,
+}
+
+/// A detector as the report names one that has no result.
+struct DetectorEntry {
+    name: String,
+    kind: String,
+    drift_type: crate::alert::DriftType,
+    /// Evaluated on labelled events (late labels), not on every event.
+    labelled: bool,
 }
 
 impl ReportSink {
@@ -70,8 +79,13 @@ impl ReportSink {
                     .iter()
                     .find(|d| d.name() == name)
                     .map_or_else(String::new, |d| d.kind().to_string());
-                let drift = stages.drift_type(&name);
-                (name, kind, drift, labelled)
+                let drift_type = stages.drift_type(&name);
+                DetectorEntry {
+                    name,
+                    kind,
+                    drift_type,
+                    labelled,
+                }
             })
             .collect();
         Self {
@@ -93,14 +107,14 @@ impl Sink for ReportSink {
         let mut made = 0;
         for e in &evaluated {
             made += e.evaluations.len();
-            for (name, kind, drift_type, _) in self.detectors.iter().filter(|d| d.3 == e.labelled) {
-                let found = e.evaluations.iter().filter(|ev| &ev.detector == name);
+            for d in self.detectors.iter().filter(|d| d.labelled == e.labelled) {
+                let found = e.evaluations.iter().filter(|ev| ev.detector == d.name);
                 let before = self.report.detectors.len();
                 self.report
                     .detectors
                     .extend(found.map(|ev| CompareDetector::from(ev.clone())));
                 if self.report.detectors.len() == before {
-                    let d = CompareDetector::not_computed(name, kind, *drift_type, e);
+                    let d = CompareDetector::not_computed(&d.name, &d.kind, d.drift_type, e);
                     self.report.detectors.push(d);
                 }
             }
