@@ -31,11 +31,7 @@ struct KeyState {
     /// was made and delivered before the snapshot), skipping this key's
     /// rows before the anchor, which other keys of the partition need.
     refilling: bool,
-    /// Evaluations covered by the last snapshot saved.
-    saved: u64,
-    /// The `first` reference is saved: a restart reads it back instead of
-    /// replaying it, so `oldest_needed` lets its rows go.
-    ref_saved: bool,
+    saved: SavedMark,
 }
 
 /// Count windows of a pipeline, all keys.
@@ -104,7 +100,7 @@ impl CountWindows {
         let mut out: Vec<KeySnapshot> = self
             .keys
             .iter()
-            .filter(|(_, st)| st.evaluations > st.saved)
+            .filter(|(_, st)| st.evaluations > st.saved.evaluations)
             .map(|(k, st)| {
                 let reference_rows = match self.reference {
                     ReferenceMode::First(n) if st.ref_rows == n => n,
@@ -116,7 +112,7 @@ impl CountWindows {
                     evaluations: st.evaluations,
                     anchor: st.anchor.clone(),
                     reference_rows,
-                    reference: if reference_rows > 0 && !st.ref_saved {
+                    reference: if reference_rows > 0 && !st.saved.reference {
                         st.reference.clone()
                     } else {
                         vec![]
@@ -132,8 +128,7 @@ impl CountWindows {
     pub fn saved(&mut self, snaps: &[KeySnapshot]) {
         for s in snaps {
             if let Some(st) = self.keys.get_mut(&s.key) {
-                st.saved = st.saved.max(s.evaluations);
-                st.ref_saved |= s.reference_rows > 0;
+                st.saved.record(s);
             }
         }
     }
@@ -149,12 +144,14 @@ impl CountWindows {
                 s.key,
                 KeyState {
                     evaluations: s.evaluations,
-                    saved: s.evaluations,
+                    saved: SavedMark {
+                        evaluations: s.evaluations,
+                        reference: with_reference,
+                    },
                     anchor: s.anchor,
                     refilling: true,
                     ref_rows: if with_reference { rows } else { 0 },
                     reference: if with_reference { s.reference } else { vec![] },
-                    ref_saved: with_reference,
                     ..Default::default()
                 },
             );
@@ -301,7 +298,7 @@ impl CountWindows {
         let mut out: BTreeMap<i32, i64> = BTreeMap::new();
         for st in self.keys.values() {
             lower_to(&mut out, st.anchor.iter().map(|(p, o)| (*p, *o)));
-            let reference = if st.ref_saved { &[][..] } else { &st.reference[..] };
+            let reference = if st.saved.reference { &[][..] } else { &st.reference[..] };
             for b in reference.iter().chain(st.current.iter()) {
                 lower_to(&mut out, partition_offsets(b));
             }

@@ -77,6 +77,25 @@ pub struct Coords {
 /// keys of the partition need older rows): the evaluation count and where
 /// the last evaluated current window started.
 ///
+/// What a key's last saved snapshot covers; each window kind keeps one per
+/// key, to snapshot only the keys evaluated since and a reference once.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SavedMark {
+    /// Evaluations covered by the last snapshot saved.
+    evaluations: u64,
+    /// The key's `first` reference is saved: a restart reads it back
+    /// instead of replaying it, so `oldest_needed` lets its rows go.
+    reference: bool,
+}
+
+impl SavedMark {
+    /// `snap`, a snapshot of the key, is stored.
+    fn record(&mut self, snap: &KeySnapshot) {
+        self.evaluations = self.evaluations.max(snap.evaluations);
+        self.reference |= snap.reference_rows > 0;
+    }
+}
+
 /// A `first` reference is part of it: saved once, with the key's first
 /// snapshot, so the committed offset need not stay at the key's first event
 /// (replaying the topic from its start, or from rows retention deleted).

@@ -91,8 +91,7 @@ struct TimeKey {
     /// they are added again (if held then) but not counted again.
     restore_from: BTreeMap<i32, i64>,
     seen_to: BTreeMap<i32, i64>,
-    saved: u64,
-    ref_saved: bool,
+    saved: SavedMark,
     /// Sampled windows: the reference and the held events, in bounded memory.
     ref_summary: Summary,
     panes: Panes,
@@ -115,8 +114,7 @@ impl Default for TimeKey {
             partitions: BTreeSet::new(),
             restore_from: BTreeMap::new(),
             seen_to: BTreeMap::new(),
-            saved: 0,
-            ref_saved: false,
+            saved: SavedMark::default(),
             ref_summary: Summary::default(),
             panes: Panes::default(),
         }
@@ -451,7 +449,7 @@ impl TimeWindows {
         let mut out: Vec<KeySnapshot> = self
             .keys
             .iter()
-            .filter(|(_, st)| st.evaluations > st.saved)
+            .filter(|(_, st)| st.evaluations > st.saved.evaluations)
             .map(|(k, st)| self.snapshot(k, st))
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -474,7 +472,7 @@ impl TimeWindows {
             evaluations: st.evaluations,
             anchor: self.held_from(st),
             reference_rows,
-            reference: if reference_rows > 0 && !st.ref_saved {
+            reference: if reference_rows > 0 && !st.saved.reference {
                 self.reference_rows(st)
             } else {
                 vec![]
@@ -517,8 +515,7 @@ impl TimeWindows {
     pub fn saved(&mut self, snaps: &[KeySnapshot]) {
         for s in snaps {
             if let Some(st) = self.keys.get_mut(&s.key) {
-                st.saved = st.saved.max(s.evaluations);
-                st.ref_saved |= s.reference_rows > 0;
+                st.saved.record(s);
             }
         }
     }
@@ -555,7 +552,10 @@ impl TimeWindows {
                 ref_start: if with_reference { t.ref_start } else { None },
                 ref_done: with_reference,
                 evaluations: s.evaluations,
-                saved: s.evaluations,
+                saved: SavedMark {
+                    evaluations: s.evaluations,
+                    reference: with_reference,
+                },
                 closed_to: t.closed_to,
                 late: t.late,
                 partitions: s.anchor.keys().chain(t.seen_to.keys()).copied().collect(),
@@ -569,7 +569,6 @@ impl TimeWindows {
                 } else {
                     vec![]
                 },
-                ref_saved: with_reference,
                 ..Default::default()
             };
             self.keys.insert(s.key, st);
@@ -604,7 +603,7 @@ impl TimeWindows {
         let mut out: BTreeMap<i32, i64> = BTreeMap::new();
         for st in self.keys.values() {
             lower_to(&mut out, self.held_from(st));
-            if !st.ref_saved {
+            if !st.saved.reference {
                 for b in &st.reference {
                     lower_to(&mut out, partition_offsets(b));
                 }
