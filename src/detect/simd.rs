@@ -11,10 +11,14 @@
 //! Explicit intrinsics, so the speed does not depend on the optimisation
 //! level the crate is built at.
 //!
-//! exp: x = n·ln2 + r with |r| ≤ ln2/2 (Cody–Waite split of ln2), e^r by its
-//! Taylor polynomial to degree 12 (truncation below 2e-16), times 2ⁿ built
-//! in the exponent bits. Accurate to a few ulp, which the MMD tests need
-//! (the statistic is a difference of large sums).
+//! exp (Tang's table-driven method with a table of four): x = k·ln2/4 + r
+//! with |r| ≤ ln2/8 (Cody–Waite split of ln2), e^x = 2^⌊k/4⌋ · 2^((k mod 4)/4)
+//! · e^r, e^r by its Taylor polynomial to degree 9 (truncation below 1e-17),
+//! the table's entry picked by a permute across lanes and 2^⌊k/4⌋ added to
+//! its exponent bits. Accurate to a few ulp, which the MMD tests need (the
+//! statistic is a difference of large sums). The table took three of the
+//! twelve multiply-adds a value of degree 12 on |r| ≤ ln2/2 needed, on the
+//! ports they saturate; the permute runs on another.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -775,16 +779,34 @@ const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
 const EXP_FLOOR: f64 = -708.0;
 /// 1.5·2⁵²: x + SHIFT rounds x to an integer k (ties to even) and leaves
 /// k in the low bits of the sum's mantissa (k + 2⁵¹ there, for |k| < 2⁵¹),
-/// so one multiply-add gives k and the bits of 2ᵏ, without a rounding
-/// instruction or a float-to-integer conversion.
+/// so one multiply-add gives k and the bits of the scale, without a
+/// rounding instruction or a float-to-integer conversion.
 const EXP_SHIFT: f64 = 6_755_399_441_055_744.0;
-/// 1023 (the exponent bias) in a double's exponent field.
-const EXP_BIAS_BITS: u64 = 1023 << 52;
-/// 1/k! for k = 0..=12, the Taylor coefficients of e^r.
-const INV_FACT: [f64; 13] = {
-    let mut t = [1.0f64; 13];
+/// 4/ln 2: k = round(x·4/ln 2).
+const EXP_K_PER_UNIT: f64 = 4.0 * std::f64::consts::LOG2_E;
+/// ln2/4 = LN2_HI/4 + LN2_LO/4 (exact scalings: k·LN2_HI/4 stays exact).
+const LN2_4_HI: f64 = LN2_HI / 4.0;
+const LN2_4_LO: f64 = LN2_LO / 4.0;
+/// 2^(j/4) for j = 0..4, correctly rounded (the shortest decimals that give
+/// those doubles; checked by a test), twice: the AVX-512 permute
+/// takes an index's low three bits, k's low two then select the same entry.
+const EXP_TABLE: [f64; 8] = {
+    let t = [
+        1.0,
+        1.189_207_115_002_721,
+        std::f64::consts::SQRT_2,
+        1.681_792_830_507_429,
+    ];
+    [t[0], t[1], t[2], t[3], t[0], t[1], t[2], t[3]]
+};
+/// Degree of the polynomial for e^r on |r| ≤ ln2/8: the next term,
+/// (ln2/8)¹⁰/10!, is below 1e-17.
+const EXP_DEGREE: usize = 9;
+/// 1/k! for k = 0..=EXP_DEGREE, the Taylor coefficients of e^r.
+const INV_FACT: [f64; EXP_DEGREE + 1] = {
+    let mut t = [1.0f64; EXP_DEGREE + 1];
     let mut k = 1;
-    while k < 13 {
+    while k <= EXP_DEGREE {
         t[k] = t[k - 1] / k as f64;
         k += 1;
     }
@@ -815,18 +837,22 @@ fn gaussian_portable(x: &mut [f64], gamma: f64) {
     for v in x {
         let raw = -gamma * *v;
         let arg = raw.max(EXP_FLOOR);
-        let shifted = arg.mul_add(std::f64::consts::LOG2_E, EXP_SHIFT);
+        let shifted = arg.mul_add(EXP_K_PER_UNIT, EXP_SHIFT);
         let k = shifted - EXP_SHIFT;
-        let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, arg));
-        let mut p = INV_FACT[12];
-        for c in INV_FACT[..12].iter().rev() {
+        let r = (-k).mul_add(LN2_4_LO, (-k).mul_add(LN2_4_HI, arg));
+        let mut p = INV_FACT[EXP_DEGREE];
+        for c in INV_FACT[..EXP_DEGREE].iter().rev() {
             p = p.mul_add(r, *c);
         }
-        // 2^k: k in [−1022, 0] after the floor, so the biased exponent is
-        // valid; k's low 12 bits shifted into the exponent field, plus the
-        // bias, wrap to (k + 1023)·2⁵².
-        let two_k = f64::from_bits((shifted.to_bits() << 52).wrapping_add(EXP_BIAS_BITS));
-        *v = if raw < EXP_FLOOR { 0.0 } else { p * two_k };
+        // 2^(k/4) = 2^((k mod 4)/4)·2^⌊k/4⌋: the table's entry (in [1, 2))
+        // with ⌊k/4⌋ added to its exponent. k ≥ −4086 after the floor, so
+        // the exponent stays normal. The mantissa's low bits are 2⁵¹ + k:
+        // its two lowest are k mod 4, and the others shifted by 50 wrap to
+        // ⌊k/4⌋·2⁵².
+        let bits = shifted.to_bits();
+        let entry = EXP_TABLE[(bits & 3) as usize].to_bits();
+        let scale = f64::from_bits(entry.wrapping_add((bits & !3) << 50));
+        *v = if raw < EXP_FLOOR { 0.0 } else { p * scale };
     }
 }
 
@@ -897,39 +923,56 @@ fn gaussian4_avx2(v: __m256d, gamma: f64) -> __m256d {
     let raw = _mm256_mul_pd(neg_gamma, v);
     let arg = _mm256_max_pd(raw, floor);
     let shift = _mm256_set1_pd(EXP_SHIFT);
-    let shifted = _mm256_fmadd_pd(arg, _mm256_set1_pd(std::f64::consts::LOG2_E), shift);
+    let shifted = _mm256_fmadd_pd(arg, _mm256_set1_pd(EXP_K_PER_UNIT), shift);
     let k = _mm256_sub_pd(shifted, shift);
     let r = _mm256_fnmadd_pd(
         k,
-        _mm256_set1_pd(LN2_LO),
-        _mm256_fnmadd_pd(k, _mm256_set1_pd(LN2_HI), arg),
+        _mm256_set1_pd(LN2_4_LO),
+        _mm256_fnmadd_pd(k, _mm256_set1_pd(LN2_4_HI), arg),
     );
-    // Horner, from 1/12! down to 1/0!.
-    let mut p = _mm256_set1_pd(INV_FACT[12]);
-    for c in INV_FACT[..12].iter().rev() {
+    // Horner, from 1/9! down to 1/0!.
+    let mut p = _mm256_set1_pd(INV_FACT[EXP_DEGREE]);
+    for c in INV_FACT[..EXP_DEGREE].iter().rev() {
         p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(*c));
     }
-    // 2^k, as in `gaussian_portable`.
-    let bits = _mm256_add_epi64(
-        _mm256_slli_epi64::<52>(_mm256_castpd_si256(shifted)),
-        _mm256_set1_epi64x(EXP_BIAS_BITS as i64),
+    // The scale, as in `gaussian_portable`. The entry by `vpermps`, whose
+    // index takes a 32-bit half a lane: 2·(k mod 4) in the low half (from
+    // the low bits of 2·bits), then copied to the high one and made odd.
+    let bits = _mm256_castpd_si256(shifted);
+    let twice = _mm256_add_epi64(bits, bits);
+    let pair = _mm256_shuffle_epi8(
+        twice,
+        _mm256_setr_epi8(
+            0, 1, 2, 3, 0, 1, 2, 3, 8, 9, 10, 11, 8, 9, 10, 11, 0, 1, 2, 3, 0, 1, 2, 3, 8, 9, 10, 11, 8, 9, 10, 11,
+        ),
     );
-    let y = _mm256_mul_pd(p, _mm256_castsi256_pd(bits));
+    let index = _mm256_or_si256(pair, _mm256_set1_epi64x(1 << 32));
+    // SAFETY: EXP_TABLE holds 8 f64; its first 4 are read.
+    let table = _mm256_castpd_ps(unsafe { _mm256_loadu_pd(EXP_TABLE.as_ptr()) });
+    let entry = _mm256_castps_si256(_mm256_permutevar8x32_ps(table, index));
+    let scale = _mm256_add_epi64(
+        entry,
+        _mm256_slli_epi64::<50>(_mm256_and_si256(bits, _mm256_set1_epi64x(!3))),
+    );
+    let y = _mm256_mul_pd(p, _mm256_castsi256_pd(scale));
     // Arguments below the floor underflow to 0, as exp would.
     let under = _mm256_cmp_pd(raw, floor, _CMP_LT_OQ);
     _mm256_andnot_pd(under, y)
 }
 
-/// As `gaussian_avx2`, eight lanes, with 2ᵏ applied by `scalef`.
+/// As `gaussian_avx2`, eight lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gaussian_avx512(x: &mut [f64], gamma: f64) {
     let n = x.len();
     let neg_gamma = _mm512_set1_pd(-gamma);
-    let log2e = _mm512_set1_pd(std::f64::consts::LOG2_E);
+    let per_unit = _mm512_set1_pd(EXP_K_PER_UNIT);
     let shift = _mm512_set1_pd(EXP_SHIFT);
-    let (hi, lo) = (_mm512_set1_pd(LN2_HI), _mm512_set1_pd(LN2_LO));
-    let c: [__m512d; 13] = INV_FACT.map(|v| _mm512_set1_pd(v));
+    let (hi, lo) = (_mm512_set1_pd(LN2_4_HI), _mm512_set1_pd(LN2_4_LO));
+    let c: [__m512d; EXP_DEGREE + 1] = INV_FACT.map(|v| _mm512_set1_pd(v));
+    // SAFETY: EXP_TABLE holds 8 f64.
+    let table = unsafe { _mm512_loadu_pd(EXP_TABLE.as_ptr()) };
+    let high_bits = _mm512_set1_epi64(!3);
     let floor = _mm512_set1_pd(EXP_FLOOR);
     let mut i = 0;
     while i < n {
@@ -939,12 +982,10 @@ unsafe fn gaussian_avx512(x: &mut [f64], gamma: f64) {
         let v = unsafe { _mm512_maskz_loadu_pd(k8, x.as_ptr().add(i)) };
         let raw = _mm512_mul_pd(neg_gamma, v);
         let arg = _mm512_max_pd(raw, floor);
-        let k = _mm512_sub_pd(_mm512_fmadd_pd(arg, log2e, shift), shift);
+        let shifted = _mm512_fmadd_pd(arg, per_unit, shift);
+        let k = _mm512_sub_pd(shifted, shift);
         let r = _mm512_fnmadd_pd(k, lo, _mm512_fnmadd_pd(k, hi, arg));
-        let mut p = c[12];
-        p = _mm512_fmadd_pd(p, r, c[11]);
-        p = _mm512_fmadd_pd(p, r, c[10]);
-        p = _mm512_fmadd_pd(p, r, c[9]);
+        let mut p = c[9];
         p = _mm512_fmadd_pd(p, r, c[8]);
         p = _mm512_fmadd_pd(p, r, c[7]);
         p = _mm512_fmadd_pd(p, r, c[6]);
@@ -954,7 +995,12 @@ unsafe fn gaussian_avx512(x: &mut [f64], gamma: f64) {
         p = _mm512_fmadd_pd(p, r, c[2]);
         p = _mm512_fmadd_pd(p, r, c[1]);
         p = _mm512_fmadd_pd(p, r, c[0]);
-        let y = _mm512_scalef_pd(p, k);
+        // The scale, as in `gaussian_portable` (the permute takes the low
+        // three bits of each lane: k mod 4 in the doubled table).
+        let bits = _mm512_castpd_si512(shifted);
+        let entry = _mm512_castpd_si512(_mm512_permutexvar_pd(bits, table));
+        let scale = _mm512_add_epi64(entry, _mm512_slli_epi64::<50>(_mm512_and_si512(bits, high_bits)));
+        let y = _mm512_mul_pd(p, _mm512_castsi512_pd(scale));
         // Arguments below the floor underflow to 0, as exp would.
         let keep = _mm512_cmp_pd_mask::<_CMP_GE_OQ>(raw, floor);
         // SAFETY: lanes under k8 are < n.
@@ -1180,14 +1226,24 @@ mod tests {
     }
 
     #[test]
+    fn exp_table_is_two_to_the_quarters() {
+        for (j, entry) in EXP_TABLE.iter().enumerate() {
+            let want = 2f64.powf((j % 4) as f64 / 4.0);
+            // An ulp: the table's error and powf's together.
+            assert!((entry - want).abs() <= f64::EPSILON, "entry {j}");
+        }
+    }
+
+    #[test]
     fn agrees_with_scalar() {
         let a: Vec<f64> = (0..37).map(|i| (i as f64 * 0.7).sin()).collect();
         let b: Vec<f64> = (0..37).map(|i| (i as f64 * 0.3).cos()).collect();
         let want: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
         assert!((sq_dist(&a, &b) - want).abs() < 1e-13);
-        // Arguments from 0 to near the floor (−708 at 544.6), then below it.
-        let mut x: Vec<f64> = (0..1003)
-            .map(|i| i as f64 * 0.05)
+        // Arguments from 0 to near the floor (−708 at 544.6), densely, then
+        // below it.
+        let mut x: Vec<f64> = (0..20_011)
+            .map(|i| i as f64 * 0.0272)
             .chain((0..200).map(|i| 540.0 + i as f64 * 0.0231))
             .chain([0.0, 1e-300, 800.0, 1e6])
             .collect();
