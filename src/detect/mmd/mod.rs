@@ -41,7 +41,7 @@
 //! For windows too large for the quadratic statistic, [`mmd_linear`] gives
 //! the linear-time statistic with its normal null (Gretton et al. 2012, §6).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -332,7 +332,7 @@ pub fn mmd_test_of(
     let seq = Sequential::new(opts.permutations, opts.stop_after);
     // The first round's sets do not depend on the kernel: with a thread to
     // spare they are drawn and indexed while the kernel rows are computed.
-    let first = |draws: &mut Draws| (seq.next_round() > 0).then(|| Round::new(draws.next(seq.next_round()), n + m));
+    let first = |draws: &mut Draws| (seq.next_round() > 0).then(|| draws.first_round(seq.next_round()));
     let kernel = || window::window(stream, reference, current, dim, sigma_opt, threads);
     let (w, first) = match threads {
         1 => (kernel(), first(&mut draws)),
@@ -380,7 +380,7 @@ fn permutations(
     fixed: &FixedRows,
     split: &Split,
     t_obs: f64,
-    mut first: Option<Round>,
+    mut first: Option<Arc<Round>>,
     mut draws: Draws,
     mut seq: Sequential,
     threads: usize,
@@ -389,7 +389,7 @@ fn permutations(
     while seq.next_round() > 0 {
         let round = first
             .take()
-            .unwrap_or_else(|| Round::new(draws.next(seq.next_round()), total));
+            .unwrap_or_else(|| Arc::new(Round::new(draws.next(seq.next_round()), total)));
         let quads = quad_forms(fixed, &round, threads);
         let stats = quads.iter().zip(&round.members).map(|(q, mem)| split.stat(*q, mem));
         seq.record(stats.map(|tb| tb >= t_obs - split.slack()));
@@ -401,12 +401,30 @@ fn permutations(
 /// indices of the smaller side's size (a partial Fisher–Yates shuffle draws
 /// only those positions), from one seeded stream, so drawing them in rounds
 /// or at once gives the same sets in the same order.
+#[derive(Clone)]
 struct Draws {
+    /// The sides' sizes and the seed: what the sets depend on.
+    sizes: (usize, usize),
+    seed: u64,
     rng: ChaCha8Rng,
     idx: Vec<u32>,
     small: usize,
     observed: Vec<u32>,
 }
+
+/// First rounds kept for reuse ([`Draws::first_round`]).
+const FIRST_ROUNDS_KEPT: usize = 4;
+
+/// A first round kept: what it was drawn for (sizes, seed, sets), the
+/// draws' state after it, and the round.
+struct FirstRound {
+    key: ((usize, usize), u64, usize),
+    after: Draws,
+    round: Arc<Round>,
+}
+
+/// The first rounds of the latest tests, most recent first.
+static FIRST_ROUNDS: Mutex<Vec<FirstRound>> = Mutex::new(Vec::new());
 
 impl Draws {
     fn new(n: usize, m: usize, seed: u64) -> Self {
@@ -420,11 +438,46 @@ impl Draws {
             (n as u32..total as u32).collect()
         };
         Self {
+            sizes: (n, m),
+            seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
             idx: (0..total as u32).collect(),
             small: n.min(m),
             observed,
         }
+    }
+
+    /// The first round of `count` sets (`self` fresh from [`Self::new`]),
+    /// indexed. Every test with the same sizes and seed draws the same
+    /// sets, so a round drawn for an earlier test is taken, with the draws'
+    /// state after it, instead of drawing and indexing it again (with early
+    /// stopping on a window without drift, often the only round: its
+    /// shuffles, holders and 0/1 columns were a tenth of a slide).
+    fn first_round(&mut self, count: usize) -> Arc<Round> {
+        let key = (self.sizes, self.seed, count);
+        let lock = || FIRST_ROUNDS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = lock();
+        if let Some(at) = kept.iter().position(|f| f.key == key) {
+            let hit = kept.remove(at);
+            *self = hit.after.clone();
+            let round = hit.round.clone();
+            kept.insert(0, hit);
+            return round;
+        }
+        drop(kept);
+        let round = Arc::new(Round::new(self.next(count), self.idx.len()));
+        let after = self.clone();
+        let mut kept = lock();
+        kept.insert(
+            0,
+            FirstRound {
+                key,
+                after,
+                round: round.clone(),
+            },
+        );
+        kept.truncate(FIRST_ROUNDS_KEPT);
+        round
     }
 
     /// The next `count` permutations' sets.
@@ -1092,12 +1145,12 @@ mod tests {
                     assert_eq!(w.reused, 0);
                 }
             }
-            assert_eq!(window::cached_windows(), kept, "stream {stream:?}");
+            assert_eq!(window::cached_windows(&x), kept, "stream {stream:?}");
         }
         clear_kernel_cache();
         window::window(Some(3), &x, &y[..20 * 2], 2, Some(1.0), 1);
         let slid = window::window(Some(3), &x, &y[4 * 2..24 * 2], 2, Some(1.0), 1);
-        assert_eq!((slid.reused, window::cached_windows()), (16, 1));
+        assert_eq!((slid.reused, window::cached_windows(&x)), (16, 1));
     }
 
     /// Bands cover the rows in order, and none holds much more than its
@@ -1153,6 +1206,24 @@ mod tests {
             assert!((one.r[i] - want).abs() <= tolerance, "row {i}: {} vs {want}", one.r[i]);
         }
         assert!((one.grand - one.r.iter().sum::<f64>()).abs() <= 1e-9 * one.grand);
+    }
+
+    /// A first round taken from those kept is the one drawing it gives, and
+    /// the draws go on from where drawing it left them.
+    #[test]
+    fn a_kept_first_round_is_the_one_drawn() {
+        let mut plain = Draws::new(30, 40, 9);
+        let (want, want_next) = (plain.next(12), plain.next(5));
+        // Drawn (or taken from another test's, equal by construction), then kept.
+        for _ in 0..2 {
+            let mut draws = Draws::new(30, 40, 9);
+            let round = draws.first_round(12);
+            assert_eq!(round.members, want);
+            assert_eq!(draws.next(5), want_next);
+        }
+        // Other sizes, seeds or counts are other rounds.
+        assert_ne!(Draws::new(30, 40, 8).first_round(12).members, want);
+        assert_eq!(Draws::new(30, 40, 9).first_round(11).members, want[..11]);
     }
 
     /// The observed split's quadratic form, taken from the row sums, is the

@@ -180,10 +180,13 @@ const CACHE_ENTRIES: usize = 64;
 const CACHE_BYTES: usize = 512 << 20;
 static CACHE: Mutex<Vec<CacheEntry>> = Mutex::new(Vec::new());
 
-/// Windows the kernel cache holds.
+/// Windows the kernel cache holds against `reference` (other tests, run
+/// at the same time, add their own).
 #[cfg(test)]
-pub(super) fn cached_windows() -> usize {
-    CACHE.lock().unwrap_or_else(|e| e.into_inner()).len()
+pub(super) fn cached_windows(reference: &[f64]) -> usize {
+    let hash = hash_rows(reference);
+    let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache.iter().filter(|e| e.key.0 == hash).count()
 }
 
 /// Empties the kernel cache (benchmarks measure the cold path with it).
