@@ -332,7 +332,7 @@ pub fn mmd_test_of(
     let seq = Sequential::new(opts.permutations, opts.stop_after);
     // The first round's sets do not depend on the kernel: with a thread to
     // spare they are drawn and indexed while the kernel rows are computed.
-    let first = |draws: &mut Draws| (seq.next_round() > 0).then(|| draws.first_round(seq.next_round()));
+    let first = |draws: &mut Draws| (seq.next_round() > 0).then(|| draws.round(seq.next_round()));
     let kernel = || window::window(stream, reference, current, dim, sigma_opt, threads);
     let (w, first) = match threads {
         1 => (kernel(), first(&mut draws)),
@@ -385,11 +385,8 @@ fn permutations(
     mut seq: Sequential,
     threads: usize,
 ) -> Sequential {
-    let total = fixed.n + fixed.y.len();
     while seq.next_round() > 0 {
-        let round = first
-            .take()
-            .unwrap_or_else(|| Arc::new(Round::new(draws.next(seq.next_round()), total)));
+        let round = first.take().unwrap_or_else(|| draws.round(seq.next_round()));
         let quads = quad_forms(fixed, &round, threads);
         let stats = quads.iter().zip(&round.members).map(|(q, mem)| split.stat(*q, mem));
         seq.record(stats.map(|tb| tb >= t_obs - split.slack()));
@@ -403,28 +400,33 @@ fn permutations(
 /// or at once gives the same sets in the same order.
 #[derive(Clone)]
 struct Draws {
-    /// The sides' sizes and the seed: what the sets depend on.
+    /// The sides' sizes, the seed and the sets drawn so far: what the next
+    /// sets depend on.
     sizes: (usize, usize),
     seed: u64,
+    drawn: usize,
     rng: ChaCha8Rng,
     idx: Vec<u32>,
     small: usize,
     observed: Vec<u32>,
 }
 
-/// First rounds kept for reuse ([`Draws::first_round`]).
-const FIRST_ROUNDS_KEPT: usize = 4;
+/// Rounds kept for reuse ([`Draws::round`]), and the memory they may take
+/// in all (a round of 100 sets of 1000 at N = 2000 takes ~1 MB; a
+/// detector's rounds at B = 100 and h = 10 are four).
+const ROUNDS_KEPT: usize = 16;
+const ROUNDS_KEPT_BYTES: usize = 64 << 20;
 
-/// A first round kept: what it was drawn for (sizes, seed, sets), the
-/// draws' state after it, and the round.
-struct FirstRound {
-    key: ((usize, usize), u64, usize),
+/// A round kept: what it was drawn for (sizes, seed, sets drawn before it,
+/// its sets), the draws' state after it, and the round.
+struct KeptRound {
+    key: ((usize, usize), u64, usize, usize),
     after: Draws,
     round: Arc<Round>,
 }
 
-/// The first rounds of the latest tests, most recent first.
-static FIRST_ROUNDS: Mutex<Vec<FirstRound>> = Mutex::new(Vec::new());
+/// The rounds of the latest tests, most recent first.
+static KEPT_ROUNDS: Mutex<Vec<KeptRound>> = Mutex::new(Vec::new());
 
 impl Draws {
     fn new(n: usize, m: usize, seed: u64) -> Self {
@@ -440,6 +442,7 @@ impl Draws {
         Self {
             sizes: (n, m),
             seed,
+            drawn: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
             idx: (0..total as u32).collect(),
             small: n.min(m),
@@ -447,15 +450,16 @@ impl Draws {
         }
     }
 
-    /// The first round of `count` sets (`self` fresh from [`Self::new`]),
-    /// indexed. Every test with the same sizes and seed draws the same
-    /// sets, so a round drawn for an earlier test is taken, with the draws'
-    /// state after it, instead of drawing and indexing it again (with early
-    /// stopping on a window without drift, often the only round: its
-    /// shuffles, holders and 0/1 columns were a tenth of a slide).
-    fn first_round(&mut self, count: usize) -> Arc<Round> {
-        let key = (self.sizes, self.seed, count);
-        let lock = || FIRST_ROUNDS.lock().unwrap_or_else(|e| e.into_inner());
+    /// The next round of `count` sets, indexed. Every test with the same
+    /// sizes and seed draws the same sets in the same rounds (their sizes
+    /// depend only on B and h), so a round drawn for an earlier test is
+    /// taken, with the draws' state after it, instead of drawing and
+    /// indexing it again (with early stopping on a window without drift,
+    /// often the only round: its shuffles, holders and 0/1 columns were a
+    /// tenth of a slide).
+    fn round(&mut self, count: usize) -> Arc<Round> {
+        let key = (self.sizes, self.seed, self.drawn, count);
+        let lock = || KEPT_ROUNDS.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = lock();
         if let Some(at) = kept.iter().position(|f| f.key == key) {
             let hit = kept.remove(at);
@@ -470,18 +474,27 @@ impl Draws {
         let mut kept = lock();
         kept.insert(
             0,
-            FirstRound {
+            KeptRound {
                 key,
                 after,
                 round: round.clone(),
             },
         );
-        kept.truncate(FIRST_ROUNDS_KEPT);
+        let mut bytes = 0;
+        let within = kept
+            .iter()
+            .take_while(|k| {
+                bytes += k.round.bytes();
+                bytes <= ROUNDS_KEPT_BYTES
+            })
+            .count();
+        kept.truncate(within.min(ROUNDS_KEPT));
         round
     }
 
     /// The next `count` permutations' sets.
     fn next(&mut self, count: usize) -> Vec<Vec<u32>> {
+        self.drawn += count;
         (0..count)
             .map(|_| self.idx.partial_shuffle(&mut self.rng, self.small).0.to_vec())
             .collect()
@@ -641,6 +654,17 @@ impl Round {
             .map(|g| (Holders::new(g, total), SetColumns::new(g, total)))
             .collect();
         Self { members, groups }
+    }
+
+    /// Memory it holds.
+    fn bytes(&self) -> usize {
+        let members: usize = self.members.iter().map(|m| m.len() * 4).sum();
+        let groups: usize = self
+            .groups
+            .iter()
+            .map(|(h, c)| h.holders.len() * 4 + h.start.len() * 8 + c.on.len())
+            .sum();
+        members + groups
     }
 }
 
@@ -1208,22 +1232,25 @@ mod tests {
         assert!((one.grand - one.r.iter().sum::<f64>()).abs() <= 1e-9 * one.grand);
     }
 
-    /// A first round taken from those kept is the one drawing it gives, and
-    /// the draws go on from where drawing it left them.
+    /// A round taken from those kept is the one drawing it gives, and the
+    /// draws go on from where drawing it left them.
     #[test]
-    fn a_kept_first_round_is_the_one_drawn() {
+    fn a_kept_round_is_the_one_drawn() {
         let mut plain = Draws::new(30, 40, 9);
-        let (want, want_next) = (plain.next(12), plain.next(5));
+        let (want, want_second, want_next) = (plain.next(12), plain.next(7), plain.next(5));
         // Drawn (or taken from another test's, equal by construction), then kept.
         for _ in 0..2 {
             let mut draws = Draws::new(30, 40, 9);
-            let round = draws.first_round(12);
-            assert_eq!(round.members, want);
+            assert_eq!(draws.round(12).members, want);
+            assert_eq!(draws.round(7).members, want_second);
             assert_eq!(draws.next(5), want_next);
         }
         // Other sizes, seeds or counts are other rounds.
-        assert_ne!(Draws::new(30, 40, 8).first_round(12).members, want);
-        assert_eq!(Draws::new(30, 40, 9).first_round(11).members, want[..11]);
+        assert_ne!(Draws::new(30, 40, 8).round(12).members, want);
+        assert_eq!(Draws::new(30, 40, 9).round(11).members, want[..11]);
+        let mut other = Draws::new(30, 40, 9);
+        other.round(11);
+        assert_ne!(other.round(7).members, want_second);
     }
 
     /// The observed split's quadratic form, taken from the row sums, is the
