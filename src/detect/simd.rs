@@ -849,8 +849,13 @@ fn gaussian_portable(x: &mut [f64], gamma: f64) {
         // the exponent stays normal. The mantissa's low bits are 2⁵¹ + k:
         // its two lowest are k mod 4, and the others shifted by 50 wrap to
         // ⌊k/4⌋·2⁵².
+        // The entry by selects, not by an index: an indexed load from the
+        // table kept the loop scalar on aarch64 (checked in its assembly).
         let bits = shifted.to_bits();
-        let entry = EXP_TABLE[(bits & 3) as usize].to_bits();
+        let odd = bits & 1 != 0;
+        let low = if odd { EXP_TABLE[1] } else { EXP_TABLE[0] };
+        let high = if odd { EXP_TABLE[3] } else { EXP_TABLE[2] };
+        let entry = if bits & 2 != 0 { high } else { low }.to_bits();
         let scale = f64::from_bits(entry.wrapping_add((bits & !3) << 50));
         *v = if raw < EXP_FLOOR { 0.0 } else { p * scale };
     }
