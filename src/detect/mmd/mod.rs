@@ -350,11 +350,7 @@ pub fn mmd_test_of(
     // The permutations' statistics from the fixed-point kernel: exact
     // integer sums, so every one (the observed split's too) is the same
     // whatever the order or the path, slide or scratch.
-    let fixed = FixedRows {
-        n,
-        xx: &w.xx.fixed,
-        y: &w.rows,
-    };
+    let fixed = FixedRows::of(n, &w);
     let sums = fixed.row_sums(&w.xx.fixed_sums, threads);
     let split = Split::new(n, m, &sums.r, sums.grand);
     // The observed split's statistic through the same sums as each T_b's
@@ -407,8 +403,6 @@ struct Draws {
     drawn: usize,
     rng: ChaCha8Rng,
     idx: Vec<u32>,
-    small: usize,
-    observed: Vec<u32>,
 }
 
 /// Rounds kept for reuse ([`Draws::round`]), and the memory they may take
@@ -430,23 +424,12 @@ static KEPT_ROUNDS: Mutex<Vec<KeptRound>> = Mutex::new(Vec::new());
 
 impl Draws {
     fn new(n: usize, m: usize, seed: u64) -> Self {
-        let total = n + m;
-        // The observed split's set: its statistic goes through the same sums
-        // as the permutations' (see `mmd_test_of`, and the tiled path, where
-        // it is the last set).
-        let observed = if n <= m {
-            (0..n as u32).collect()
-        } else {
-            (n as u32..total as u32).collect()
-        };
         Self {
             sizes: (n, m),
             seed,
             drawn: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
-            idx: (0..total as u32).collect(),
-            small: n.min(m),
-            observed,
+            idx: (0..(n + m) as u32).collect(),
         }
     }
 
@@ -472,6 +455,8 @@ impl Draws {
         let round = Arc::new(Round::new(self.next(count), self.idx.len()));
         let after = self.clone();
         let mut kept = lock();
+        // Another test may have kept the same round meanwhile.
+        kept.retain(|k| k.key != key);
         kept.insert(
             0,
             KeptRound {
@@ -494,15 +479,22 @@ impl Draws {
 
     /// The next `count` permutations' sets.
     fn next(&mut self, count: usize) -> Vec<Vec<u32>> {
+        let (n, m) = self.sizes;
         self.drawn += count;
         (0..count)
-            .map(|_| self.idx.partial_shuffle(&mut self.rng, self.small).0.to_vec())
+            .map(|_| self.idx.partial_shuffle(&mut self.rng, n.min(m)).0.to_vec())
             .collect()
     }
 
-    /// The observed split's set (the smaller side).
+    /// The observed split's set (the smaller side): its statistic goes
+    /// through the same sums as the permutations' (see `mmd_test_of`, and
+    /// the tiled path, where it is the last set).
     fn observed(&self) -> Vec<u32> {
-        self.observed.clone()
+        let (n, m) = self.sizes;
+        match n <= m {
+            true => (0..n as u32).collect(),
+            false => (n as u32..(n + m) as u32).collect(),
+        }
     }
 }
 
@@ -681,7 +673,16 @@ struct FixedRows<'a> {
     y: &'a [window::CurrentRow],
 }
 
-impl FixedRows<'_> {
+impl<'a> FixedRows<'a> {
+    /// The rows of an evaluation's kernel (`n`: the reference's size).
+    fn of(n: usize, w: &'a window::Window) -> Self {
+        Self {
+            n,
+            xx: &w.xx.fixed,
+            y: &w.rows,
+        }
+    }
+
     /// Pooled row i left of the diagonal: its part over columns 0.. and its
     /// part over columns n.. (empty for a reference row).
     fn row(&self, i: usize) -> [&[u8]; 2] {
@@ -1210,11 +1211,7 @@ mod tests {
         let (x, y) = (gauss(&mut rng, 90, 3, 0.0), gauss(&mut rng, 70, 3, 0.2));
         let sigma = 1.1;
         let w = window::window(None, &x, &y, 3, Some(sigma), 1);
-        let fixed = FixedRows {
-            n: 90,
-            xx: &w.xx.fixed,
-            y: &w.rows,
-        };
+        let fixed = FixedRows::of(90, &w);
         let one = fixed.row_sums(&w.xx.fixed_sums, 1);
         for threads in [2, 3, 7, 70, 200] {
             assert_eq!(fixed.row_sums(&w.xx.fixed_sums, threads), one, "threads {threads}");
@@ -1265,11 +1262,7 @@ mod tests {
         for (n, m, start) in [(80, 60, 0), (80, 60, 20), (50, 100, 0), (50, 100, 40)] {
             let (x, y) = (&x[..n * 3], &stream[start * 3..(start + m) * 3]);
             let w = window::window(Some(9), x, y, 3, Some(1.2), 1);
-            let fixed = FixedRows {
-                n,
-                xx: &w.xx.fixed,
-                y: &w.rows,
-            };
+            let fixed = FixedRows::of(n, &w);
             let sums = fixed.row_sums(&w.xx.fixed_sums, 1);
             let observed = Draws::new(n, m, 0).observed();
             let pass = quad_forms(&fixed, &Round::new(vec![observed], n + m), 1);
