@@ -320,6 +320,30 @@ pub fn inspect(path: &Path) -> Result<Inspection, ModelError> {
 
 /// Parses ONNX bytes.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Inspection, String> {
+    let (mut out, graph) = model(path, bytes)?;
+    let Graph {
+        nodes,
+        inits,
+        mut shapes,
+        inputs,
+        outputs,
+    } = Graph::read(graph)?;
+    // Initializers listed as inputs (older exporters) are not inputs to feed.
+    out.inputs = inputs.into_iter().filter(|v| !inits.contains_key(&v.name)).collect();
+    out.outputs = outputs;
+    // An initializer shared by several nodes counts once.
+    let mut counted = std::collections::HashSet::new();
+    for n in &nodes {
+        let layer = layer(n, &mut shapes, &inits, &mut counted);
+        out.total_parameters += layer.parameters;
+        out.layers.push(layer);
+    }
+    Ok(out)
+}
+
+/// The ModelProto's own fields (its graph's bytes apart), with no inputs,
+/// outputs or layers yet.
+fn model<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Inspection, &'a [u8]), String> {
     let mut out = Inspection {
         path: path.into(),
         ir_version: 0,
@@ -343,26 +367,19 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Inspection, String> {
                 }
             }
             (7, Wire::Bytes(g)) => graph = Some(g),
+            // OperatorSetIdProto: domain (1), version (2).
             (8, Wire::Bytes(o)) => {
-                let (mut d, mut v) = (String::new(), 0);
-                for f in fields(o) {
-                    match f? {
-                        (1, w) => d = text(&w),
-                        (2, Wire::Varint(x)) => v = x as i64,
-                        _ => {}
-                    }
-                }
-                out.opsets.push((if d.is_empty() { "ai.onnx".into() } else { d }, v));
+                let [domain, version] = first_two(o)?;
+                let domain = domain.map(|w| text(&w)).filter(|d| !d.is_empty());
+                let version = match version {
+                    Some(Wire::Varint(v)) => v as i64,
+                    _ => 0,
+                };
+                out.opsets.push((domain.unwrap_or_else(|| "ai.onnx".into()), version));
             }
+            // StringStringEntryProto: key (1), value (2).
             (14, Wire::Bytes(kv)) => {
-                let (mut k, mut v) = (String::new(), String::new());
-                for f in fields(kv) {
-                    match f? {
-                        (1, w) => k = text(&w),
-                        (2, w) => v = text(&w),
-                        _ => {}
-                    }
-                }
+                let [k, v] = first_two(kv)?.map(|w| w.map(|w| text(&w)).unwrap_or_default());
                 out.metadata.insert(k, v);
             }
             _ => {}
@@ -372,86 +389,114 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Inspection, String> {
     if out.ir_version == 0 {
         return Err("no ir_version: not an ONNX model".into());
     }
-    let (mut nodes, mut inits) = (vec![], HashMap::new());
-    let mut shapes: HashMap<String, Shape> = HashMap::new();
-    let (mut ins, mut outs) = (vec![], vec![]);
-    for f in fields(graph) {
+    Ok((out, graph))
+}
+/// Fields 1 and 2 of a small message (the last of each, as protobuf reads
+/// a repeated scalar field).
+fn first_two(buf: &[u8]) -> Result<[Option<Wire<'_>>; 2], String> {
+    let mut two = [None, None];
+    for f in fields(buf) {
         match f? {
-            (1, Wire::Bytes(b)) => nodes.push(node(b)?),
-            (5, Wire::Bytes(b)) => {
-                let t = tensor(b)?;
-                shapes.insert(t.name.clone(), t.dims.iter().map(|d| Some(*d)).collect());
-                inits.insert(t.name.clone(), t);
-            }
-            (11, Wire::Bytes(b)) => ins.push(value_info(b)?),
-            (12, Wire::Bytes(b)) => outs.push(value_info(b)?),
-            (13, Wire::Bytes(b)) => {
-                let (v, s) = value_info(b)?;
-                shapes.insert(v.name, s);
-            }
+            (1, w) => two[0] = Some(w),
+            (2, w) => two[1] = Some(w),
             _ => {}
         }
     }
-    for (v, s) in &ins {
-        shapes.entry(v.name.clone()).or_insert_with(|| s.clone());
-    }
-    out.inputs = ins
-        .into_iter()
-        .filter(|(v, _)| !inits.contains_key(&v.name))
-        .map(|(v, _)| v)
-        .collect();
-    out.outputs = outs.into_iter().map(|(v, _)| v).collect();
-    let mut counted = std::collections::HashSet::new();
-    for n in &nodes {
-        let input = n.inputs.first().and_then(|i| shapes.get(i)).cloned();
-        let out_shape = infer(n, &shapes, &inits);
-        if let (Some(o), Some(name)) = (&out_shape, n.outputs.first()) {
-            shapes.entry(name.clone()).or_insert_with(|| o.clone());
+    Ok(two)
+}
+
+/// A GraphProto's parts that `parse` reads.
+struct Graph {
+    nodes: Vec<Node>,
+    /// Initializers (weights, constants) by name.
+    inits: HashMap<String, Tensor>,
+    /// Known shapes by value name: initializers', declared values' and
+    /// the graph inputs'.
+    shapes: HashMap<String, Shape>,
+    inputs: Vec<ValueInfo>,
+    outputs: Vec<ValueInfo>,
+}
+
+impl Graph {
+    fn read(graph: &[u8]) -> Result<Self, String> {
+        let (mut nodes, mut inits) = (vec![], HashMap::new());
+        let mut shapes: HashMap<String, Shape> = HashMap::new();
+        let (mut ins, mut outs) = (vec![], vec![]);
+        for f in fields(graph) {
+            match f? {
+                (1, Wire::Bytes(b)) => nodes.push(node(b)?),
+                (5, Wire::Bytes(b)) => {
+                    let t = tensor(b)?;
+                    shapes.insert(t.name.clone(), t.dims.iter().map(|d| Some(*d)).collect());
+                    inits.insert(t.name.clone(), t);
+                }
+                (11, Wire::Bytes(b)) => ins.push(value_info(b)?),
+                (12, Wire::Bytes(b)) => outs.push(value_info(b)?),
+                (13, Wire::Bytes(b)) => {
+                    let (v, s) = value_info(b)?;
+                    shapes.insert(v.name, s);
+                }
+                _ => {}
+            }
         }
-        let out_shape = n.outputs.first().and_then(|o| shapes.get(o)).cloned();
-        let tensors: Vec<(String, Vec<i64>)> = n
-            .inputs
-            .iter()
-            .filter_map(|i| inits.get(i).map(|t| (i.clone(), t.dims.clone())))
-            .collect();
-        let parameters = n
-            .inputs
-            .iter()
-            .filter_map(|i| inits.get(i))
-            .filter(|t| counted.insert(t.name.clone()))
-            .map(Tensor::elements)
-            .sum();
-        out.total_parameters += parameters;
-        let known = |s: &Option<Shape>| {
-            s.as_ref()
-                .map(|s| s.iter().map(|d| d.unwrap_or(-1)).collect::<Vec<_>>())
-        };
-        // Per example: every dimension but the batch one.
-        let per_example = |s: &Option<Shape>| -> Option<u64> {
-            let s = s.as_ref()?;
-            s.iter()
-                .skip(1)
-                .map(|d| d.filter(|d| *d > 0).map(|d| d as u64))
-                .product()
-        };
-        let dense = (n.op == "Conv")
-            .then(|| Some(per_example(&input)? * per_example(&out_shape)?))
-            .flatten();
-        out.layers.push(Layer {
-            name: if n.name.is_empty() {
-                n.outputs.first().cloned().unwrap_or_default()
-            } else {
-                n.name.clone()
-            },
-            op_type: n.op.clone(),
-            tensors,
-            parameters,
-            input_shape: known(&input),
-            output_shape: known(&out_shape),
-            dense_equivalent_weights: dense,
-        });
+        for (v, s) in &ins {
+            shapes.entry(v.name.clone()).or_insert_with(|| s.clone());
+        }
+        Ok(Self {
+            nodes,
+            inits,
+            shapes,
+            inputs: ins.into_iter().map(|(v, _)| v).collect(),
+            outputs: outs.into_iter().map(|(v, _)| v).collect(),
+        })
     }
-    Ok(out)
+}
+
+/// Node `n` as a layer: its output shape (inferred where the graph does not
+/// declare it, and then added to `shapes` for the nodes after it) and its
+/// parameters (initializers not in `counted` yet, which it adds).
+fn layer(
+    n: &Node,
+    shapes: &mut HashMap<String, Shape>,
+    inits: &HashMap<String, Tensor>,
+    counted: &mut std::collections::HashSet<String>,
+) -> Layer {
+    let input = n.inputs.first().and_then(|i| shapes.get(i)).cloned();
+    let inferred = infer(n, shapes, inits);
+    if let (Some(o), Some(name)) = (&inferred, n.outputs.first()) {
+        shapes.entry(name.clone()).or_insert_with(|| o.clone());
+    }
+    let out_shape = n.outputs.first().and_then(|o| shapes.get(o)).cloned();
+    let held = || n.inputs.iter().filter_map(|i| inits.get(i));
+    let tensors = held().map(|t| (t.name.clone(), t.dims.clone())).collect();
+    let parameters = held()
+        .filter(|t| counted.insert(t.name.clone()))
+        .map(Tensor::elements)
+        .sum();
+    let known = |s: &Option<Shape>| s.as_ref().map(|s| s.iter().map(|d| d.unwrap_or(-1)).collect());
+    // Per example: every dimension but the batch one.
+    let per_example = |s: &Option<Shape>| -> Option<u64> {
+        let s = s.as_ref()?;
+        s.iter()
+            .skip(1)
+            .map(|d| d.filter(|d| *d > 0).map(|d| d as u64))
+            .product()
+    };
+    let dense = (n.op == "Conv")
+        .then(|| Some(per_example(&input)? * per_example(&out_shape)?))
+        .flatten();
+    Layer {
+        name: match n.name.is_empty() {
+            true => n.outputs.first().cloned().unwrap_or_default(),
+            false => n.name.clone(),
+        },
+        op_type: n.op.clone(),
+        tensors,
+        parameters,
+        input_shape: known(&input),
+        output_shape: known(&out_shape),
+        dense_equivalent_weights: dense,
+    }
 }
 
 /// Output shape of common operators; `None` when not known.
@@ -461,62 +506,8 @@ fn infer(n: &Node, shapes: &HashMap<String, Shape>, inits: &HashMap<String, Tens
     match n.op.as_str() {
         "Relu" | "Sigmoid" | "Tanh" | "LeakyRelu" | "Elu" | "Softmax" | "LogSoftmax" | "BatchNormalization"
         | "Dropout" | "Identity" | "Clip" | "Cast" => s(0),
-        "Add" | "Sub" | "Mul" | "Div" => {
-            let (a, b) = (s(0)?, s(1)?);
-            let r = a.len().max(b.len());
-            let pad = |x: &Shape| {
-                let mut v = vec![Some(1); r - x.len()];
-                v.extend(x.iter().copied());
-                v
-            };
-            let (a, b) = (pad(&a), pad(&b));
-            Some(
-                a.iter()
-                    .zip(&b)
-                    .map(|(x, y)| match (x, y) {
-                        (Some(1), y) => *y,
-                        (x, Some(1)) => *x,
-                        (x, _) => *x,
-                    })
-                    .collect(),
-            )
-        }
-        "Conv" | "MaxPool" | "AveragePool" => {
-            let x = s(0)?;
-            if x.len() < 3 {
-                return None;
-            }
-            let spatial = x.len() - 2;
-            let (channels, kernel) = if n.op == "Conv" {
-                let w = s(1)?;
-                (w.first().copied().flatten(), w[2..].to_vec())
-            } else {
-                (x[1], attr("kernel_shape")?.into_iter().map(Some).collect())
-            };
-            let kernel: Vec<i64> = match attr("kernel_shape") {
-                Some(k) if !k.is_empty() => k,
-                _ => kernel.into_iter().collect::<Option<Vec<_>>>()?,
-            };
-            let strides = attr("strides").filter(|v| !v.is_empty()).unwrap_or(vec![1; spatial]);
-            let dil = attr("dilations").filter(|v| !v.is_empty()).unwrap_or(vec![1; spatial]);
-            let pads = attr("pads").filter(|v| !v.is_empty()).unwrap_or(vec![0; 2 * spatial]);
-            let same = n.strings.get("auto_pad").is_some_and(|p| p.starts_with("SAME"));
-            let mut out = vec![x[0], channels];
-            for i in 0..spatial {
-                let (k, st, d) = (*kernel.get(i)?, *strides.get(i)?, *dil.get(i)?);
-                out.push(x[2 + i].and_then(|h| {
-                    if st <= 0 {
-                        None
-                    } else if same {
-                        Some((h + st - 1) / st)
-                    } else {
-                        let p = pads.get(i)? + pads.get(i + spatial)?;
-                        Some((h + p - d * (k - 1) - 1) / st + 1)
-                    }
-                }));
-            }
-            Some(out)
-        }
+        "Add" | "Sub" | "Mul" | "Div" => Some(broadcast(&s(0)?, &s(1)?)),
+        "Conv" | "MaxPool" | "AveragePool" => windowed(n, &s(0)?, s(1)),
         "GlobalAveragePool" | "GlobalMaxPool" => {
             let x = s(0)?;
             Some(
@@ -549,31 +540,90 @@ fn infer(n: &Node, shapes: &HashMap<String, Shape>, inits: &HashMap<String, Tens
             *a.last_mut()? = last;
             Some(a)
         }
-        "Reshape" => {
-            let x = s(0)?;
-            let target = inits.get(n.inputs.get(1)?)?.ints();
-            let total: Option<i64> = x.iter().try_fold(1i64, |a, b| b.map(|b| a * b));
-            let mut out: Shape = target
-                .iter()
-                .enumerate()
-                .map(|(i, d)| match d {
-                    0 => x.get(i).copied().flatten(),
-                    -1 => None,
-                    d => Some(*d),
-                })
-                .collect();
-            if let (Some(total), Some(pos)) = (total, target.iter().position(|d| *d == -1)) {
-                let rest: Option<i64> = out
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != pos)
-                    .try_fold(1i64, |a, (_, b)| b.map(|b| a * b));
-                out[pos] = rest.filter(|r| *r > 0).map(|r| total / r);
-            }
-            Some(out)
-        }
+        "Reshape" => reshaped(&s(0)?, inits.get(n.inputs.get(1)?)?.ints()),
         _ => None,
     }
+}
+
+/// Numpy broadcasting of two shapes (an unknown dimension against 1 stays
+/// unknown; against another, the first's).
+fn broadcast(a: &Shape, b: &Shape) -> Shape {
+    let r = a.len().max(b.len());
+    let pad = |x: &Shape| {
+        let mut v = vec![Some(1); r - x.len()];
+        v.extend(x.iter().copied());
+        v
+    };
+    let (a, b) = (pad(a), pad(b));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| match (x, y) {
+            (Some(1), y) => *y,
+            (x, _) => *x,
+        })
+        .collect()
+}
+
+/// Output shape of a convolution or pooling of `x` (N, C, spatial…);
+/// `w`: a convolution's weight shape (M, C/group, kernel…).
+fn windowed(n: &Node, x: &Shape, w: Option<Shape>) -> Option<Shape> {
+    let attr = |k: &str| n.ints.get(k).filter(|v| !v.is_empty()).cloned();
+    if x.len() < 3 {
+        return None;
+    }
+    let spatial = x.len() - 2;
+    let (channels, kernel) = if n.op == "Conv" {
+        let w = w?;
+        (w.first().copied().flatten(), w.get(2..)?.to_vec())
+    } else {
+        (x[1], attr("kernel_shape")?.into_iter().map(Some).collect())
+    };
+    let kernel: Vec<i64> = match attr("kernel_shape") {
+        Some(k) => k,
+        None => kernel.into_iter().collect::<Option<Vec<_>>>()?,
+    };
+    let strides = attr("strides").unwrap_or(vec![1; spatial]);
+    let dil = attr("dilations").unwrap_or(vec![1; spatial]);
+    let pads = attr("pads").unwrap_or(vec![0; 2 * spatial]);
+    let same = n.strings.get("auto_pad").is_some_and(|p| p.starts_with("SAME"));
+    let mut out = vec![x[0], channels];
+    for i in 0..spatial {
+        let (k, st, d) = (*kernel.get(i)?, *strides.get(i)?, *dil.get(i)?);
+        out.push(x[2 + i].and_then(|h| {
+            if st <= 0 {
+                None
+            } else if same {
+                Some((h + st - 1) / st)
+            } else {
+                let p = pads.get(i)? + pads.get(i + spatial)?;
+                Some((h + p - d * (k - 1) - 1) / st + 1)
+            }
+        }));
+    }
+    Some(out)
+}
+
+/// `x` reshaped to `target` (0: keep that dimension; −1: what is left).
+fn reshaped(x: &Shape, target: Vec<i64>) -> Option<Shape> {
+    let total: Option<i64> = x.iter().try_fold(1i64, |a, b| b.map(|b| a * b));
+    let mut out: Shape = target
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            0 => x.get(i).copied().flatten(),
+            -1 => None,
+            d => Some(*d),
+        })
+        .collect();
+    if let (Some(total), Some(pos)) = (total, target.iter().position(|d| *d == -1)) {
+        let rest: Option<i64> = out
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != pos)
+            .try_fold(1i64, |a, (_, b)| b.map(|b| a * b));
+        out[pos] = rest.filter(|r| *r > 0).map(|r| total / r);
+    }
+    Some(out)
 }
 
 fn group(n: u64) -> String {
