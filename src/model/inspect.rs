@@ -768,4 +768,40 @@ mod tests {
         let e = parse(Path::new("x"), b"name: not a model\n").unwrap_err();
         assert!(e.contains("not an ONNX"), "{e}");
     }
+
+    /// A protobuf field of bytes (wire type 2).
+    fn bytes_field(number: u8, value: &[u8]) -> Vec<u8> {
+        let mut out = vec![number << 3 | 2, value.len() as u8];
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// A TensorProto with `dims` (each one byte) and `name`.
+    fn initializer(name: &str, dims: &[u8]) -> Vec<u8> {
+        let mut t: Vec<u8> = dims.iter().flat_map(|&d| [1 << 3, d]).collect();
+        t.extend(bytes_field(8, name.as_bytes()));
+        bytes_field(5, &t)
+    }
+
+    #[test]
+    fn a_conv_with_a_one_dimensional_weight_has_no_output_shape() {
+        // Conv(x: 1×1×4×4, w: [3]): a weight no convolution has, which
+        // shape inference once sliced from its third dimension on.
+        let mut node = vec![];
+        for (field, v) in [(1, "x"), (1, "w"), (2, "y"), (3, "conv"), (4, "Conv")] {
+            node.extend(bytes_field(field, v.as_bytes()));
+        }
+        let mut graph = bytes_field(1, &node);
+        graph.extend(initializer("x", &[1, 1, 4, 4]));
+        graph.extend(initializer("w", &[3]));
+        let mut model = vec![1 << 3, 8]; // ir_version 8
+        model.extend(bytes_field(7, &graph));
+        let m = parse(Path::new("x"), &model).unwrap();
+        let conv = &m.layers[0];
+        assert_eq!(
+            (conv.op_type.as_str(), conv.input_shape.clone()),
+            ("Conv", Some(vec![1, 1, 4, 4]))
+        );
+        assert_eq!((conv.output_shape.clone(), conv.parameters), (None, 16 + 3));
+    }
 }
