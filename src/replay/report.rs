@@ -42,31 +42,43 @@ fn fmt_time(ms: i64) -> String {
         .to_string()
 }
 
+/// Where a plot puts a time (x) and a value (y): times t0…t0 + span
+/// across, values lo…hi (after the log transform, if any) up.
+struct Frame {
+    t0: i64,
+    span: f64,
+    lo: f64,
+    hi: f64,
+    log: bool,
+}
+
+impl Frame {
+    /// The value as plotted: its log10 on a log plot.
+    fn tf(&self, y: f64) -> f64 {
+        if self.log { y.max(1e-300).log10() } else { y }
+    }
+
+    fn x(&self, t: i64) -> f64 {
+        PAD_L + (t - self.t0) as f64 / self.span * (W - PAD_L - PAD_R)
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        PAD_T + (self.hi - self.tf(v)) / (self.hi - self.lo) * (H - PAD_T - PAD_B)
+    }
+
+    /// An axis label for a transformed value.
+    fn label(&self, v: f64) -> String {
+        if self.log {
+            format!("1e{v:.0}")
+        } else {
+            format!("{v:.3}")
+        }
+    }
+}
+
 impl Plot<'_> {
     fn svg(&self, t0: i64, t1: i64) -> String {
-        let tf = |y: f64| if self.log { y.max(1e-300).log10() } else { y };
-        let ys: Vec<f64> = self
-            .points
-            .iter()
-            .map(|p| tf(p.1))
-            .chain(self.threshold.map(tf))
-            .filter(|y| y.is_finite())
-            .collect();
-        let (mut lo, mut hi) = ys
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(*y), b.max(*y)));
-        if !lo.is_finite() {
-            (lo, hi) = (0.0, 1.0);
-        }
-        if self.log {
-            hi = hi.max(0.0);
-        }
-        if hi - lo < 1e-12 {
-            (lo, hi) = (lo - 0.5, hi + 0.5);
-        }
-        let span = (t1 - t0).max(1) as f64;
-        let x = |t: i64| PAD_L + (t - t0) as f64 / span * (W - PAD_L - PAD_R);
-        let y = |v: f64| PAD_T + (hi - tf(v)) / (hi - lo) * (H - PAD_T - PAD_B);
+        let f = self.frame(t0, t1);
         let mut s = String::new();
         let _ = write!(
             s,
@@ -74,7 +86,7 @@ impl Plot<'_> {
             esc(&self.title)
         );
         for (a, b, label) in &self.shade {
-            let (xa, xb) = (x(*a).max(PAD_L), x(*b).min(W - PAD_R));
+            let (xa, xb) = (f.x(*a).max(PAD_L), f.x(*b).min(W - PAD_R));
             if xb > xa {
                 let _ = write!(
                     s,
@@ -85,48 +97,53 @@ impl Plot<'_> {
                 );
             }
         }
-        let _ = write!(
-            s,
-            r##"<line x1="{PAD_L}" y1="{0}" x2="{1}" y2="{0}" stroke="#999"/><line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{0}" stroke="#999"/>"##,
-            H - PAD_B,
-            W - PAD_R
-        );
-        let label = |v: f64| {
-            if self.log {
-                format!("1e{v:.0}")
-            } else {
-                format!("{v:.3}")
-            }
-        };
-        for (v, yy) in [(hi, PAD_T + 4.0), (lo, H - PAD_B)] {
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{yy:.1}" font-size="10" text-anchor="end">{}</text>"#,
-                PAD_L - 4.0,
-                label(v)
-            );
-        }
-        let _ = write!(
-            s,
-            r#"<text x="{PAD_L}" y="{}" font-size="10">{}</text><text x="{}" y="{}" font-size="10" text-anchor="end">{}</text>"#,
-            H - 8.0,
-            fmt_time(t0),
-            W - PAD_R,
-            H - 8.0,
-            fmt_time(t1)
-        );
+        axes(&f, t1, &mut s);
         if let Some(th) = self.threshold {
-            let yy = y(th);
+            let yy = f.y(th);
             let _ = write!(
                 s,
                 r##"<line class="threshold" x1="{PAD_L}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#c00" stroke-dasharray="4 3"><title>threshold {th:e}</title></line>"##,
                 W - PAD_R
             );
         }
+        self.points_svg(&f, &mut s);
+        s.push_str("</svg>");
+        s
+    }
+
+    /// The frame that holds every point and the threshold, times t0…t1.
+    fn frame(&self, t0: i64, t1: i64) -> Frame {
+        let mut f = Frame {
+            t0,
+            span: (t1 - t0).max(1) as f64,
+            lo: 0.0,
+            hi: 1.0,
+            log: self.log,
+        };
+        let ys = self.points.iter().map(|p| p.1).chain(self.threshold);
+        let ys: Vec<f64> = ys.map(|y| f.tf(y)).filter(|y| y.is_finite()).collect();
+        let (lo, hi) = ys
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(*y), b.max(*y)));
+        if lo.is_finite() {
+            (f.lo, f.hi) = (lo, hi);
+        }
+        if self.log {
+            f.hi = f.hi.max(0.0);
+        }
+        if f.hi - f.lo < 1e-12 {
+            (f.lo, f.hi) = (f.lo - 0.5, f.hi + 0.5);
+        }
+        f
+    }
+
+    /// The points: a line through them, and a dot each (alerts and held
+    /// back drifts marked) with its evaluation.
+    fn points_svg(&self, f: &Frame, s: &mut String) {
         let path: Vec<String> = self
             .points
             .iter()
-            .map(|(t, v, _)| format!("{:.1},{:.1}", x(*t), y(*v)))
+            .map(|(t, v, _)| format!("{:.1},{:.1}", f.x(*t), f.y(*v)))
             .collect();
         let _ = write!(
             s,
@@ -145,17 +162,42 @@ impl Plot<'_> {
                 s,
                 r#"<circle class="{}" cx="{:.1}" cy="{:.1}" r="{r}" fill="{fill}" data-evaluation="{}" data-value="{v:e}"><title>eval {} at {}: {v:e}{}</title></circle>"#,
                 if e.alert { "alert" } else { "point" },
-                x(*t),
-                y(*v),
+                f.x(*t),
+                f.y(*v),
                 e.evaluation,
                 e.evaluation,
                 fmt_time(*t),
                 if e.alert { " (alert)" } else { "" }
             );
         }
-        s.push_str("</svg>");
-        s
     }
+}
+
+/// A plot's axes, with its value range and its times (`t1`: the last).
+fn axes(f: &Frame, t1: i64, s: &mut String) {
+    let _ = write!(
+        s,
+        r##"<line x1="{PAD_L}" y1="{0}" x2="{1}" y2="{0}" stroke="#999"/><line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{0}" stroke="#999"/>"##,
+        H - PAD_B,
+        W - PAD_R
+    );
+    for (v, yy) in [(f.hi, PAD_T + 4.0), (f.lo, H - PAD_B)] {
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{yy:.1}" font-size="10" text-anchor="end">{}</text>"#,
+            PAD_L - 4.0,
+            f.label(v)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{PAD_L}" y="{}" font-size="10">{}</text><text x="{}" y="{}" font-size="10" text-anchor="end">{}</text>"#,
+        H - 8.0,
+        fmt_time(f.t0),
+        W - PAD_R,
+        H - 8.0,
+        fmt_time(t1)
+    );
 }
 
 /// Per phase of the truth, each detector's drifting windows.
@@ -238,7 +280,20 @@ pub fn render(summary: &Summary, evals: &[Evaluation], truth: Option<&Truth>, es
     let (t0, t1) = evals.iter().fold((i64::MAX, i64::MIN), |(a, b), e| {
         (a.min(e.window.current_start_ms), b.max(e.window.current_end_ms))
     });
-    let (t0, t1) = if t0 > t1 { (0, 1) } else { (t0, t1) };
+    let span = if t0 > t1 { (0, 1) } else { (t0, t1) };
+    let mut h = page_head(summary);
+    h.push_str(&detectors_table(summary));
+    h.push_str(&phases_table(summary));
+    h.push_str(&accuracy_table(summary, estimates));
+    for ((detector, key), es) in &groups {
+        h.push_str(&detector_section(detector, key, es, truth, span));
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+/// The page's head, title, counts and legend.
+fn page_head(summary: &Summary) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -256,6 +311,13 @@ td:first-child,th:first-child{{text-align:left}}.legend span{{margin-right:14px}
         n = summary.evaluations,
         al = summary.alerts
     );
+    h
+}
+
+/// Per detector: evaluations, drifts and alerts, and against the truth
+/// (when the replay has one) what it caught and missed.
+fn detectors_table(summary: &Summary) -> String {
+    let mut h = String::new();
     h.push_str("<table><tr><th>detector</th><th>evaluations</th><th>drifts</th><th>alerts</th>");
     if summary.truth.is_some() {
         h.push_str(
@@ -293,57 +355,60 @@ td:first-child,th:first-child{{text-align:left}}.legend span{{margin-right:14px}
         h.push_str("</tr>");
     }
     h.push_str("</table>");
-    h.push_str(&phases_table(summary));
-    h.push_str(&accuracy_table(summary, estimates));
-    for ((detector, key), es) in &groups {
-        let shade: Vec<(i64, i64, String)> = truth
-            .map(|t| {
-                t.phases
-                    .iter()
-                    .filter(|p| p.drift && p.key == *key)
-                    .map(|p| (p.start_ms, p.end_ms, format!("{} ({})", p.name, p.kind)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let has_p = es.iter().any(|e| e.p_value.is_some());
-        let main = Plot {
-            title: format!("{detector} {key}: {}", if has_p { "p-value" } else { "statistic" }),
-            points: es
+    h
+}
+
+/// One detector's plots on one key, over the replay's time `span`: its
+/// p-values (or statistics) and its statistics, true drift shaded.
+fn detector_section(detector: &str, key: &str, es: &[&Evaluation], truth: Option<&Truth>, span: (i64, i64)) -> String {
+    let (t0, t1) = span;
+    let mut h = String::new();
+    let shade: Vec<(i64, i64, String)> = truth
+        .map(|t| {
+            t.phases
                 .iter()
-                .map(|e| {
-                    (
-                        e.window.current_end_ms,
-                        if has_p { e.p_value.unwrap_or(1.0) } else { e.statistic },
-                        *e,
-                    )
-                })
-                .collect(),
-            log: has_p,
-            threshold: es.iter().find_map(|e| e.threshold),
-            shade: shade.clone(),
-        };
-        let stat = Plot {
-            title: format!("{detector} {key}: statistic"),
-            points: es.iter().map(|e| (e.window.current_end_ms, e.statistic, *e)).collect(),
-            log: false,
-            threshold: if has_p {
-                None
-            } else {
-                es.iter().find_map(|e| e.threshold)
-            },
-            shade,
-        };
-        let _ = write!(
-            h,
-            r#"<section class="detector" data-detector="{d}" data-key="{k}"><h2>{d} · key {kk} · {kind}</h2><div>{}</div><div>{}</div></section>"#,
-            main.svg(t0, t1),
-            stat.svg(t0, t1),
-            d = esc(detector),
-            k = esc(key),
-            kk = if key.is_empty() { "(none)".into() } else { esc(key) },
-            kind = esc(&es[0].kind),
-        );
-    }
-    h.push_str("</body></html>\n");
+                .filter(|p| p.drift && p.key == *key)
+                .map(|p| (p.start_ms, p.end_ms, format!("{} ({})", p.name, p.kind)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let has_p = es.iter().any(|e| e.p_value.is_some());
+    let main = Plot {
+        title: format!("{detector} {key}: {}", if has_p { "p-value" } else { "statistic" }),
+        points: es
+            .iter()
+            .map(|e| {
+                (
+                    e.window.current_end_ms,
+                    if has_p { e.p_value.unwrap_or(1.0) } else { e.statistic },
+                    *e,
+                )
+            })
+            .collect(),
+        log: has_p,
+        threshold: es.iter().find_map(|e| e.threshold),
+        shade: shade.clone(),
+    };
+    let stat = Plot {
+        title: format!("{detector} {key}: statistic"),
+        points: es.iter().map(|e| (e.window.current_end_ms, e.statistic, *e)).collect(),
+        log: false,
+        threshold: if has_p {
+            None
+        } else {
+            es.iter().find_map(|e| e.threshold)
+        },
+        shade,
+    };
+    let _ = write!(
+        h,
+        r#"<section class="detector" data-detector="{d}" data-key="{k}"><h2>{d} · key {kk} · {kind}</h2><div>{}</div><div>{}</div></section>"#,
+        main.svg(t0, t1),
+        stat.svg(t0, t1),
+        d = esc(detector),
+        k = esc(key),
+        kk = if key.is_empty() { "(none)".into() } else { esc(key) },
+        kind = esc(&es[0].kind),
+    );
     h
 }
