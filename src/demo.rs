@@ -118,7 +118,6 @@ impl DemoSummary {
 
 /// Runs the demo end to end on an embedded broker.
 pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
-    let other = |e: &dyn std::fmt::Display| RuntimeError::Other(e.to_string());
     let mut scenario = Loaded::load(&opts.scenario).map_err(|e| other(&e))?;
     if let Some(seed) = opts.seed {
         scenario.scenario.seed = seed;
@@ -129,27 +128,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
     // SAFETY of set_var: called before any thread of ours reads the environment.
     unsafe { std::env::set_var("KAFKA_BROKERS", &bootstrap) };
     let pipeline = Pipeline::load(&opts.pipeline)?;
-    let src = pipeline.kafka_source("the demo")?;
-    let WindowConfig { current, .. } = pipeline.window()?;
-    let crate::config::CurrentConfig::Count { size, .. } = current else {
-        return Err(other(
-            &"the demo's live scoring counts events: give its pipeline count windows",
-        ));
-    };
-    let window = size.get();
+    let window = count_window(&pipeline)?;
+    let topic = pipeline.kafka_source("the demo")?.topic.clone();
     let partitions = scenario.scenario.keys.len() as i32;
-    let mut topics = vec![
-        (src.topic.clone(), partitions),
-        (pipeline.output.alerts_topic.clone(), 1),
-        (pipeline.output.dead_letter_topic.clone(), 1),
-    ];
-    topics.extend(pipeline.output.stats_topic.clone().map(|t| (t, 1)));
-    if let LabelsMode::Topic { topic, .. } = &scenario.scenario.labels {
-        topics.push((topic.clone(), partitions));
-    }
-    for (t, parts) in &topics {
-        broker.create_topic(t, *parts).map_err(|e| other(&e))?;
-    }
+    create_topics(&broker, &pipeline, &scenario, partitions)?;
     let total = scenario.total_events() as u64;
     if opts.live {
         eprintln!(
@@ -168,13 +150,64 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
             what: "demo producer".into(),
             source: e,
         })?;
-    let truth = crate::scenario::produce_kafka(&scenario, &producer, &src.topic, partitions)
+    let truth = crate::scenario::produce_kafka(&scenario, &producer, &topic, partitions)
         .await
         .map_err(|e| other(&e))?;
     let stages = Stages::build(pipeline).await?;
+    let stats = Arc::new(RunStats::default());
+    let evaluations = score(stages, total, opts.live, stats.clone()).await?;
+    drop(producer);
+    drop(broker);
+    Ok(DemoSummary {
+        truth,
+        evaluations,
+        received: stats.received.load(std::sync::atomic::Ordering::Relaxed),
+        dead_lettered: stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
+        window,
+    })
+}
+
+fn other(e: &dyn std::fmt::Display) -> RuntimeError {
+    RuntimeError::Other(e.to_string())
+}
+
+/// The current window's size in events: the demo's live scoring (settling
+/// windows after a phase starts) counts events.
+fn count_window(pipeline: &Pipeline) -> Result<usize, RuntimeError> {
+    let WindowConfig { current, .. } = pipeline.window()?;
+    match current {
+        crate::config::CurrentConfig::Count { size, .. } => Ok(size.get()),
+        _ => Err(other(
+            &"the demo's live scoring counts events: give its pipeline count windows",
+        )),
+    }
+}
+
+/// The pipeline's topics on the embedded broker: events (and labels, if the
+/// scenario sends them apart) with a partition per key, outputs with one.
+fn create_topics(broker: &Broker, pipeline: &Pipeline, scenario: &Loaded, partitions: i32) -> Result<(), RuntimeError> {
+    let mut topics = vec![
+        (pipeline.kafka_source("the demo")?.topic.clone(), partitions),
+        (pipeline.output.alerts_topic.clone(), 1),
+        (pipeline.output.dead_letter_topic.clone(), 1),
+    ];
+    topics.extend(pipeline.output.stats_topic.clone().map(|t| (t, 1)));
+    if let LabelsMode::Topic { topic, .. } = &scenario.scenario.labels {
+        topics.push((topic.clone(), partitions));
+    }
+    for (t, parts) in &topics {
+        broker.create_topic(t, *parts).map_err(|e| other(&e))?;
+    }
+    Ok(())
+}
+
+/// Runs the pipeline over the `total` events produced and returns its
+/// evaluations (each printed as it comes when `live`). A pipeline that
+/// stops receiving (messages lost by the broker) fails with a message
+/// instead of hanging.
+async fn score(stages: Stages, total: u64, live: bool, stats: Arc<RunStats>) -> Result<Vec<Evaluation>, RuntimeError> {
     let seen = Arc::new(Mutex::new(vec![]));
     let seen2 = seen.clone();
-    let live = opts.live;
     let color = std::io::stdout().is_terminal();
     let observer: runtime::Observer = Arc::new(move |e: &Evaluation| {
         if live {
@@ -182,22 +215,14 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
         }
         seen2.lock().unwrap_or_else(|p| p.into_inner()).push(e.clone());
     });
-    let stats = Arc::new(RunStats::default());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let run = runtime::run(
-        stages,
-        RunOptions {
-            max_events: Some(total),
-            group_id: None,
-            ..Default::default()
-        },
-        shutdown.clone(),
-        stats.clone(),
-        Some(observer),
-    );
+    let options = RunOptions {
+        max_events: Some(total),
+        group_id: None,
+        ..Default::default()
+    };
+    let run = runtime::run(stages, options, shutdown.clone(), stats.clone(), Some(observer));
     tokio::pin!(run);
-    // A pipeline that stops receiving (messages lost by the broker) fails
-    // with a message instead of hanging.
     let (mut seen_n, mut since) = (0, std::time::Instant::now());
     loop {
         tokio::select! {
@@ -220,16 +245,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
             }
         }
     }
-    let evaluations = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
-    drop(producer);
-    drop(broker);
-    Ok(DemoSummary {
-        truth,
-        evaluations,
-        received: stats.received.load(std::sync::atomic::Ordering::Relaxed),
-        dead_lettered: stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
-        window,
-    })
+    Ok(std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner())))
 }
 
 /// One line of the live view.

@@ -236,105 +236,129 @@ impl ConsumerContext for Ctx {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let _in_flight = self.gate.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 self.gate.generation.fetch_add(1, Ordering::SeqCst);
-                // What was delivered before: the group's commit metadata and
-                // the checkpoint topic, the higher of the two (both are
-                // written only after delivery). Checkpoints count even where
-                // the group has no commit: a group that is rebalancing
-                // refuses commits, not checkpoints.
-                let marks = match &self.checkpoints {
-                    Some(c) => {
-                        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                        c.keep_references_of(&partitions);
-                        c.delivered(CHECKPOINT_READ).unwrap_or_else(|e| {
-                            tracing::warn!(error = %e, "evaluations replayed on this assignment may be sent again");
-                            BTreeMap::new()
-                        })
-                    }
-                    None => BTreeMap::new(),
-                };
-                let committed = base
-                    .committed_offsets(tpl.clone(), Duration::from_secs(10))
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot read the committed offsets' metadata");
-                        tpl.clone()
-                    });
-                for e in committed.elements() {
-                    let meta = parse_meta(e.metadata());
-                    // The highest mark, and of equal ones the latest.
-                    match meta.max(marks.get(&e.partition()).copied()) {
-                        Some(hw) => {
-                            shared.delivered.insert(e.partition(), hw);
-                        }
-                        // Committed by something else, or by a broker that
-                        // drops commit metadata (tansu 0.6 does).
-                        None if matches!(e.offset(), Offset::Offset(_)) => {
-                            tracing::warn!(topic = %self.topic, partition = e.partition(), offset = ?e.offset(),
-                            "committed offset without driftwatch's commit metadata (set source.checkpoint_topic for brokers that drop it): evaluations replayed from it are sent again")
-                        }
-                        None => {}
-                    }
-                }
-                let set = |tpl: &mut TopicPartitionList, o: Offset| {
-                    let _ = tpl.set_all_offsets(o);
-                };
-                match self.start {
-                    Start::Committed => {}
-                    Start::Earliest => set(tpl, Offset::Beginning),
-                    Start::Latest => set(tpl, Offset::End),
-                    Start::Timestamp(ts) => {
-                        let mut q = tpl.clone();
-                        let _ = q.set_all_offsets(Offset::Offset(ts));
-                        match base.offsets_for_times(q, Duration::from_secs(10)) {
-                            Ok(r) => {
-                                for e in r.elements() {
-                                    let _ = tpl.set_partition_offset(&self.topic, e.partition(), e.offset());
-                                }
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, ts, "cannot resolve the start timestamp to offsets");
-                                shared.errors.push(format!("offsets for start timestamp {ts}: {e}"))
-                            }
-                        }
-                    }
-                }
-                for e in tpl.elements() {
-                    // `Invalid`: from the committed offset (shown), else per auto.offset.reset.
-                    let commit = committed
-                        .find_partition(&self.topic, e.partition())
-                        .map(|c| c.offset())
-                        .unwrap_or(Offset::Invalid);
-                    tracing::info!(topic = %self.topic, partition = e.partition(), start = ?e.offset(), committed = ?commit, "partition assigned");
-                    shared.assigned.insert(e.partition());
-                }
-                if let Err(e) = base.assign(tpl) {
-                    shared.errors.push(format!("assign: {e}"));
-                }
+                self.assign(base, tpl, &mut shared);
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // The next owner resumes from what is committed now.
-                let mut last = TopicPartitionList::new();
-                for e in tpl.elements() {
-                    let p = e.partition();
-                    if let Some((next, delivered)) = shared.positions.remove(&p) {
-                        let mut x = last.add_partition(&self.topic, p);
-                        let _ = x.set_offset(Offset::Offset(next));
-                        x.set_metadata(meta(delivered));
-                    }
-                    shared.delivered.remove(&p);
-                    shared.marked.remove(&p);
-                    shared.assigned.remove(&p);
-                    tracing::info!(topic = %self.topic, partition = p, "partition revoked");
-                }
-                if last.count() > 0
-                    && let Err(e) = base.commit(&last, CommitMode::Sync)
-                {
-                    tracing::warn!(error = %e, "commit on revoke");
-                }
-                if let Err(e) = base.unassign() {
-                    shared.errors.push(format!("unassign: {e}"));
-                }
-            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base, tpl, &mut shared),
             other => shared.errors.push(format!("rebalance error: {other:?}")),
+        }
+    }
+}
+
+impl Ctx {
+    /// Takes the partitions `tpl`: what was delivered from each before,
+    /// where to start, then the assignment itself.
+    fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList, shared: &mut Shared) {
+        let marks = self.checkpoint_marks(tpl);
+        let committed = base
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the committed offsets' metadata");
+                tpl.clone()
+            });
+        self.read_delivered(&marks, &committed, shared);
+        self.set_start(base, tpl, shared);
+        for e in tpl.elements() {
+            // `Invalid`: from the committed offset (shown), else per auto.offset.reset.
+            let commit = committed
+                .find_partition(&self.topic, e.partition())
+                .map(|c| c.offset())
+                .unwrap_or(Offset::Invalid);
+            tracing::info!(topic = %self.topic, partition = e.partition(), start = ?e.offset(), committed = ?commit, "partition assigned");
+            shared.assigned.insert(e.partition());
+        }
+        if let Err(e) = base.assign(tpl) {
+            shared.errors.push(format!("assign: {e}"));
+        }
+    }
+
+    /// The checkpoint topic's marks (none without one), its references kept
+    /// for the partitions `tpl` only.
+    fn checkpoint_marks(&self, tpl: &TopicPartitionList) -> BTreeMap<i32, Delivered> {
+        let Some(c) = &self.checkpoints else {
+            return BTreeMap::new();
+        };
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        c.keep_references_of(&partitions);
+        c.delivered(CHECKPOINT_READ).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "evaluations replayed on this assignment may be sent again");
+            BTreeMap::new()
+        })
+    }
+
+    /// What was delivered before from each partition: the group's commit
+    /// metadata (`committed`) and the checkpoint topic's `marks`, the higher
+    /// of the two (both are written only after delivery). Checkpoints count
+    /// even where the group has no commit: a group that is rebalancing
+    /// refuses commits, not checkpoints.
+    fn read_delivered(&self, marks: &BTreeMap<i32, Delivered>, committed: &TopicPartitionList, shared: &mut Shared) {
+        for e in committed.elements() {
+            let meta = parse_meta(e.metadata());
+            // The highest mark, and of equal ones the latest.
+            match meta.max(marks.get(&e.partition()).copied()) {
+                Some(hw) => {
+                    shared.delivered.insert(e.partition(), hw);
+                }
+                // Committed by something else, or by a broker that
+                // drops commit metadata (tansu 0.6 does).
+                None if matches!(e.offset(), Offset::Offset(_)) => {
+                    tracing::warn!(topic = %self.topic, partition = e.partition(), offset = ?e.offset(),
+                    "committed offset without driftwatch's commit metadata (set source.checkpoint_topic for brokers that drop it): evaluations replayed from it are sent again")
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Sets where each partition of `tpl` starts, per `source.start`.
+    fn set_start(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList, shared: &mut Shared) {
+        let set = |tpl: &mut TopicPartitionList, o: Offset| {
+            let _ = tpl.set_all_offsets(o);
+        };
+        match self.start {
+            Start::Committed => {}
+            Start::Earliest => set(tpl, Offset::Beginning),
+            Start::Latest => set(tpl, Offset::End),
+            Start::Timestamp(ts) => {
+                let mut q = tpl.clone();
+                let _ = q.set_all_offsets(Offset::Offset(ts));
+                match base.offsets_for_times(q, Duration::from_secs(10)) {
+                    Ok(r) => {
+                        for e in r.elements() {
+                            let _ = tpl.set_partition_offset(&self.topic, e.partition(), e.offset());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, ts, "cannot resolve the start timestamp to offsets");
+                        shared.errors.push(format!("offsets for start timestamp {ts}: {e}"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives up the partitions `tpl`, committing where this instance got to
+    /// in each: the next owner resumes from there.
+    fn revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList, shared: &mut Shared) {
+        let mut last = TopicPartitionList::new();
+        for e in tpl.elements() {
+            let p = e.partition();
+            if let Some((next, delivered)) = shared.positions.remove(&p) {
+                let mut x = last.add_partition(&self.topic, p);
+                let _ = x.set_offset(Offset::Offset(next));
+                x.set_metadata(meta(delivered));
+            }
+            shared.delivered.remove(&p);
+            shared.marked.remove(&p);
+            shared.assigned.remove(&p);
+            tracing::info!(topic = %self.topic, partition = p, "partition revoked");
+        }
+        if last.count() > 0
+            && let Err(e) = base.commit(&last, CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "commit on revoke");
+        }
+        if let Err(e) = base.unassign() {
+            shared.errors.push(format!("unassign: {e}"));
         }
     }
 }
