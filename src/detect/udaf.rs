@@ -551,41 +551,42 @@ impl MmdAcc {
     }
 }
 
-impl Accumulator for MmdAcc {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        // mmd_linear_test has only sigma after the two columns.
-        let sigma_at = if self.linear { 2 } else { 4 };
-        if !self.linear
-            && let Some(a) = values.get(2)
-            && let Some(b) = literal_u64(a, "mmd_test", "permutations")?
-        {
+impl MmdAcc {
+    /// The literal arguments after the two columns: `mmd_test(x, is_current,
+    /// permutations, seed, sigma, stop_after, threads, stream)`,
+    /// `mmd_linear_test(x, is_current, sigma)`.
+    fn read_options(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let arg = |i: usize, what: &str| match values.get(i) {
+            Some(a) if !self.linear => literal_u64(a, "mmd_test", what),
+            _ => Ok(None),
+        };
+        if let Some(b) = arg(2, "permutations")? {
             self.opts.permutations = b as usize;
         }
-        if !self.linear
-            && let Some(a) = values.get(3)
-            && let Some(s) = literal_u64(a, "mmd_test", "seed")?
-        {
+        if let Some(s) = arg(3, "seed")? {
             self.opts.seed = s;
         }
-        if !self.linear
-            && let Some(a) = values.get(5)
-            && let Some(h) = literal_u64(a, "mmd_test", "stop_after")?
-        {
+        if let Some(h) = arg(5, "stop_after")? {
             self.opts.stop_after = (h > 0).then_some(h as usize);
         }
-        if !self.linear
-            && let Some(a) = values.get(6)
-            && let Some(t) = literal_u64(a, "mmd_test", "threads")?
-        {
+        if let Some(t) = arg(6, "threads")? {
             self.opts.threads = threads_arg(t)?;
         }
         if let Some(a) = values.get(7).filter(|a| !a.is_empty()) {
             self.stream = Some(stream_hash(&ScalarValue::try_from_array(a, 0)?));
         }
+        let sigma_at = if self.linear { 2 } else { 4 };
         if let Some(a) = values.get(sigma_at) {
             let s = as_f64(a, "mmd_test")?;
             self.opts.sigma = s.iter().flatten().next().filter(|s| *s > 0.0);
         }
+        Ok(())
+    }
+}
+
+impl Accumulator for MmdAcc {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.read_options(values)?;
         let c = as_bool(&values[1], "mmd_test")?;
         if values[0].is_empty() {
             return Ok(());
