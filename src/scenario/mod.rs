@@ -597,6 +597,9 @@ fn start_ms(start_time: &str) -> Result<i64, String> {
         .unwrap_or(0))
 }
 
+/// A phase's error: the field at fault and what is wrong with it.
+type PhaseError = (&'static str, String);
+
 /// Checks a phase against the pool; the class priors its events follow.
 /// Errors name the phase's field at fault.
 fn phase_priors(
@@ -604,37 +607,9 @@ fn phase_priors(
     pool: &Pool,
     exclude: &[i64],
     base: &BTreeMap<i64, f64>,
-) -> Result<BTreeMap<i64, f64>, (&'static str, String)> {
-    let probability = |field: &'static str, v: f64| -> Result<(), (&'static str, String)> {
-        match v.is_finite() && (0.0..=1.0).contains(&v) {
-            true => Ok(()),
-            false => Err((field, format!("expected a probability 0..1, got {v}"))),
-        }
-    };
-    let table = pool.table.is_some();
+) -> Result<BTreeMap<i64, f64>, PhaseError> {
+    kind_fits_pool(ph, pool)?;
     match ph {
-        PhaseConfig::Covariate { .. }
-        | PhaseConfig::Corruption { .. }
-        | PhaseConfig::Unseen { .. }
-        | PhaseConfig::Mix { .. }
-        | PhaseConfig::Stories { .. }
-            if table =>
-        {
-            Err((
-                "kind",
-                format!(
-                    "`{}` does not apply to a table: its phases are `clean`, `label` and `concept`",
-                    ph.name()
-                ),
-            ))
-        }
-        PhaseConfig::Covariate { .. } if pool.is_text() => Err((
-            "kind",
-            "`covariate` transforms images; a text scenario uses `corruption`, `unseen`, `stories` or `mix`".into(),
-        )),
-        PhaseConfig::Corruption { .. } | PhaseConfig::Mix { .. } | PhaseConfig::Stories { .. } if !pool.is_text() => {
-            Err(("kind", format!("`{}` applies to text (a `corpus`)", ph.name())))
-        }
         PhaseConfig::Mix { share, topics, .. } => {
             probability("share", *share)?;
             if let Some(t) = topics
@@ -676,34 +651,88 @@ fn phase_priors(
             blur,
             ..
         } => {
-            if !(contrast.is_finite() && *contrast > 0.0) {
-                return Err(("contrast", format!("expected a positive number, got {contrast}")));
-            }
-            if !(background.is_finite() && background.abs() <= MAX_INTENSITY) {
-                return Err(("background", format!("expected -16..16, got {background}")));
-            }
-            probability("blur", f64::from(*blur)).map_err(|(f, _)| (f, format!("expected 0..1, got {blur}")))?;
+            check_covariate(*contrast, *background, *blur)?;
             Ok(base.clone())
         }
         PhaseConfig::Label { priors: p, .. } => shifted_priors(base, p).map_err(|m| ("priors", m)),
         PhaseConfig::Concept { remap, subgroup, .. } => {
-            if let Some((from, to)) = remap
-                .iter()
-                .find(|(f, t)| !base.contains_key(f) || !base.contains_key(t))
-            {
-                return Err(("remap", format!("{from} → {to}: both must be classes of the pool")));
-            }
-            if !subgroup.is_empty() && !table {
-                return Err(("subgroup", "a subgroup selects rows of a `table`".into()));
-            }
-            if let Some((c, v)) = subgroup.iter().find(|(_, v)| table::scalar_text(v).is_none()) {
-                return Err(("subgroup", format!("{c}: expected a string or a number, got {v}")));
-            }
+            check_concept(remap, subgroup, pool, base)?;
             Ok(base.clone())
         }
-        PhaseConfig::Real { .. } if !table => Err(("kind", "`real` streams the rows of a `table`".into())),
         PhaseConfig::Clean { .. } | PhaseConfig::Real { .. } | PhaseConfig::Stories { .. } => Ok(base.clone()),
     }
+}
+
+fn probability(field: &'static str, v: f64) -> Result<(), PhaseError> {
+    match v.is_finite() && (0.0..=1.0).contains(&v) {
+        true => Ok(()),
+        false => Err((field, format!("expected a probability 0..1, got {v}"))),
+    }
+}
+
+/// Whether a phase's kind applies to the pool: images, text or a table.
+fn kind_fits_pool(ph: &PhaseConfig, pool: &Pool) -> Result<(), PhaseError> {
+    let table = pool.table.is_some();
+    match ph {
+        PhaseConfig::Covariate { .. }
+        | PhaseConfig::Corruption { .. }
+        | PhaseConfig::Unseen { .. }
+        | PhaseConfig::Mix { .. }
+        | PhaseConfig::Stories { .. }
+            if table =>
+        {
+            Err((
+                "kind",
+                format!(
+                    "`{}` does not apply to a table: its phases are `clean`, `label` and `concept`",
+                    ph.name()
+                ),
+            ))
+        }
+        PhaseConfig::Covariate { .. } if pool.is_text() => Err((
+            "kind",
+            "`covariate` transforms images; a text scenario uses `corruption`, `unseen`, `stories` or `mix`".into(),
+        )),
+        PhaseConfig::Corruption { .. } | PhaseConfig::Mix { .. } | PhaseConfig::Stories { .. } if !pool.is_text() => {
+            Err(("kind", format!("`{}` applies to text (a `corpus`)", ph.name())))
+        }
+        PhaseConfig::Real { .. } if !table => Err(("kind", "`real` streams the rows of a `table`".into())),
+        _ => Ok(()),
+    }
+}
+
+/// A `covariate` phase's transform: x' = contrast·((1−blur)·x + blur·box(x)) + background.
+fn check_covariate(contrast: f32, background: f32, blur: f32) -> Result<(), PhaseError> {
+    if !(contrast.is_finite() && contrast > 0.0) {
+        return Err(("contrast", format!("expected a positive number, got {contrast}")));
+    }
+    if !(background.is_finite() && background.abs() <= MAX_INTENSITY) {
+        return Err(("background", format!("expected -16..16, got {background}")));
+    }
+    probability("blur", f64::from(blur)).map_err(|(f, _)| (f, format!("expected 0..1, got {blur}")))
+}
+
+/// A `concept` phase's remapped classes (both of the pool) and subgroup
+/// (columns of a table, each equal to a string or a number).
+fn check_concept(
+    remap: &BTreeMap<i64, i64>,
+    subgroup: &BTreeMap<String, serde_json::Value>,
+    pool: &Pool,
+    base: &BTreeMap<i64, f64>,
+) -> Result<(), PhaseError> {
+    if let Some((from, to)) = remap
+        .iter()
+        .find(|(f, t)| !base.contains_key(f) || !base.contains_key(t))
+    {
+        return Err(("remap", format!("{from} → {to}: both must be classes of the pool")));
+    }
+    if !subgroup.is_empty() && pool.table.is_none() {
+        return Err(("subgroup", "a subgroup selects rows of a `table`".into()));
+    }
+    if let Some((c, v)) = subgroup.iter().find(|(_, v)| table::scalar_text(v).is_none()) {
+        return Err(("subgroup", format!("{c}: expected a string or a number, got {v}")));
+    }
+    Ok(())
 }
 
 /// The paragraphs phase `i` of `key` draws each topic from, if it is a
@@ -1779,6 +1808,82 @@ mod tests {
         let images = scenario(d.path(), "keys:\n  a:\n    - {kind: mix, events: 5, share: 0.5}\n");
         let e = Loaded::load(&images).unwrap_err().to_string();
         assert!(e.contains("applies to text"), "{e}");
+    }
+
+    #[test]
+    fn each_phase_check_names_the_field_at_fault() {
+        let d = tempfile::tempdir().unwrap();
+        let image = |body: &str| scenario(d.path(), body);
+        let text = |body: &str| text_scenario(d.path(), body);
+        let table = |body: &str| table_scenario(d.path(), body);
+        let phase = |p: &str| format!("keys:\n  a:\n    - {{{p}}}\n");
+        type WritePool<'a> = &'a dyn Fn(&str) -> PathBuf;
+        let cases: [(WritePool, &str, &str); 12] = [
+            (
+                &table,
+                "kind: covariate, events: 5",
+                "keys.a[0].kind: `covariate` does not apply to a table",
+            ),
+            (
+                &text,
+                "kind: covariate, events: 5",
+                "keys.a[0].kind: `covariate` transforms images",
+            ),
+            (
+                &image,
+                "kind: corruption, events: 5",
+                "keys.a[0].kind: `corruption` applies to text",
+            ),
+            (
+                &image,
+                "kind: real, events: 5",
+                "keys.a[0].kind: `real` streams the rows of a `table`",
+            ),
+            (
+                &text,
+                "kind: corruption, events: 5, casing: 2",
+                "keys.a[0].casing: expected a probability",
+            ),
+            (
+                &text,
+                "kind: unseen, events: 5, class: 1, share: 0.5",
+                "keys.a[0].class: class 1 must be listed",
+            ),
+            (
+                &image,
+                "kind: covariate, events: 5, contrast: 0",
+                "keys.a[0].contrast: expected a positive",
+            ),
+            (
+                &image,
+                "kind: covariate, events: 5, background: 20",
+                "keys.a[0].background: expected -16..16",
+            ),
+            (
+                &image,
+                "kind: covariate, events: 5, blur: 1.5",
+                "keys.a[0].blur: expected 0..1, got 1.5",
+            ),
+            (
+                &image,
+                "kind: concept, events: 5, remap: {3: 11}",
+                "keys.a[0].remap: 3 → 11: both must be classes",
+            ),
+            (
+                &image,
+                "kind: concept, events: 5, remap: {}, subgroup: {g: a}",
+                "keys.a[0].subgroup: a subgroup selects rows",
+            ),
+            (
+                &table,
+                "kind: concept, events: 5, remap: {}, subgroup: {g: [a]}",
+                "keys.a[0].subgroup: g: expected a string",
+            ),
+        ];
+        for (pool, p, at) in cases {
+            let e = Loaded::load(&pool(&phase(p))).unwrap_err().to_string();
+            assert!(e.contains(at), "{p}: {e}");
+        }
     }
 
     #[test]
