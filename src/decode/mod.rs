@@ -254,6 +254,10 @@ pub struct Decoder {
 
 type FieldErr = (Reason, String);
 
+/// Why an event is rejected: the reason, what is wrong, and the field at
+/// fault if one is.
+type Fault = (Reason, String, Option<String>);
+
 impl Decoder {
     /// A decoder of JSON events for `schema`, rejecting events over `max_event_bytes`.
     pub fn new(schema: Arc<EventSchema>, max_event_bytes: usize) -> Self {
@@ -319,29 +323,42 @@ impl Decoder {
     }
 
     fn decode_event(&mut self, rec: &RawRecord) -> Result<(), Box<Rejection>> {
-        let reject =
-            |reason: Reason, message: String, field: Option<String>| Rejection::of(rec, reason, message, field);
+        let reject = |(reason, message, field): Fault| Rejection::of(rec, reason, message, field);
+        let payload = self.admit(rec).map_err(reject)?;
+        self.parse(payload).map_err(reject)?;
+        self.check_fields().map_err(reject)?;
+        self.check_version().map_err(reject)?;
+        let st = &self.pending;
+        for (col, cell) in self.cols.iter_mut().zip(&st.cells) {
+            push(col, cell.as_ref().unwrap_or(&Cell::Null), &st.text, &st.scratch);
+        }
+        self.partition.push(rec.partition);
+        self.offset.push(rec.offset);
+        self.timestamp.push(rec.timestamp_ms.unwrap_or(0));
+        Ok(())
+    }
+
+    /// The record's payload, unless it has none or is too big to decode.
+    fn admit<'r>(&self, rec: &'r RawRecord) -> Result<&'r [u8], Fault> {
         let Some(payload) = rec.payload.as_deref() else {
-            return Err(reject(
-                Reason::EmptyPayload,
-                "null message value (tombstone)".into(),
-                None,
-            ));
+            return Err((Reason::EmptyPayload, "null message value (tombstone)".into(), None));
         };
         if payload.len() > self.max_bytes {
-            return Err(reject(
-                Reason::Oversized,
-                format!(
-                    "event of {} bytes exceeds batch.max_event_bytes = {}",
-                    payload.len(),
-                    self.max_bytes
-                ),
-                None,
-            ));
+            let message = format!(
+                "event of {} bytes exceeds batch.max_event_bytes = {}",
+                payload.len(),
+                self.max_bytes
+            );
+            return Err((Reason::Oversized, message, None));
         }
-        // One pass over the bytes straight into typed cells (no JSON tree):
-        // field errors are recorded and parsing goes on, so malformed JSON
-        // anywhere wins over a field error, as a parse-then-check would give.
+        Ok(payload)
+    }
+
+    /// Parses `payload` into the pending row's cells. One pass over the
+    /// bytes straight into typed cells (no JSON tree): field errors are
+    /// recorded and parsing goes on, so malformed JSON anywhere wins over a
+    /// field error, as a parse-then-check would give.
+    fn parse(&mut self, payload: &[u8]) -> Result<(), Fault> {
         let fields = &self.schema.fields;
         let st = &mut self.pending;
         st.cells.clear();
@@ -353,56 +370,57 @@ impl Decoder {
         let row = Row {
             fields,
             index: &self.index,
-            st: &mut *st,
+            st,
         };
-        if let Err((reason, message)) = self.format.parse(payload, row) {
-            return Err(reject(reason, message, None));
-        }
-        for (i, f) in fields.iter().enumerate() {
-            if let Some((reason, msg)) = st.errs[i].take() {
-                return Err(reject(reason, msg, Some(f.name.clone())));
+        self.format
+            .parse(payload, row)
+            .map_err(|(reason, message)| (reason, message, None))
+    }
+
+    /// The first field error the parse recorded, or a required field that
+    /// is missing or null (the label column is never required).
+    fn check_fields(&self) -> Result<(), Fault> {
+        let st = &self.pending;
+        for (i, f) in self.schema.fields.iter().enumerate() {
+            if let Some((reason, msg)) = st.errs[i].clone() {
+                return Err((reason, msg, Some(f.name.clone())));
             }
             let nullable = f.nullable || Some(&f.name) == self.schema.label.as_ref();
             if !nullable && matches!(st.cells[i], None | Some(Cell::Null)) {
-                return Err(reject(
-                    Reason::MissingField,
-                    format!("required field `{}` is missing or null", f.name),
-                    Some(f.name.clone()),
-                ));
+                let message = format!("required field `{}` is missing or null", f.name);
+                return Err((Reason::MissingField, message, Some(f.name.clone())));
             }
         }
-        if let Some((i, accept, ints)) = &self.version {
-            let cell = &st.cells[*i];
-            let known = match cell {
-                Some(Cell::I(v)) => ints.contains(v),
-                Some(Cell::S(a, b)) => accept.iter().any(|x| *x == st.text[*a..*b]),
-                _ => true, // absent: the field's `nullable` decided above
-            };
-            if !known {
-                let name = &fields[*i].name;
-                let v = match cell {
-                    Some(Cell::S(a, b)) => format!("\"{}\"", &st.text[*a..*b]),
-                    Some(Cell::I(v)) => v.to_string(),
-                    _ => String::new(),
-                };
-                return Err(reject(
-                    Reason::UnknownSchemaVersion,
-                    format!(
-                        "`{name}` = {v}: schema `{}` decodes versions {}",
-                        self.schema.name,
-                        accept.join(", ")
-                    ),
-                    Some(name.clone()),
-                ));
-            }
-        }
-        for (col, cell) in self.cols.iter_mut().zip(&st.cells) {
-            push(col, cell.as_ref().unwrap_or(&Cell::Null), &st.text, &st.scratch);
-        }
-        self.partition.push(rec.partition);
-        self.offset.push(rec.offset);
-        self.timestamp.push(rec.timestamp_ms.unwrap_or(0));
         Ok(())
+    }
+
+    /// The schema version field's value, if the schema has one: one it decodes.
+    fn check_version(&self) -> Result<(), Fault> {
+        let Some((i, accept, ints)) = &self.version else {
+            return Ok(());
+        };
+        let st = &self.pending;
+        let cell = &st.cells[*i];
+        let known = match cell {
+            Some(Cell::I(v)) => ints.contains(v),
+            Some(Cell::S(a, b)) => accept.iter().any(|x| *x == st.text[*a..*b]),
+            _ => true, // absent: the field's `nullable` decided above
+        };
+        if known {
+            return Ok(());
+        }
+        let name = &self.schema.fields[*i].name;
+        let v = match cell {
+            Some(Cell::S(a, b)) => format!("\"{}\"", &st.text[*a..*b]),
+            Some(Cell::I(v)) => v.to_string(),
+            _ => String::new(),
+        };
+        let message = format!(
+            "`{name}` = {v}: schema `{}` decodes versions {}",
+            self.schema.name,
+            accept.join(", ")
+        );
+        Err((Reason::UnknownSchemaVersion, message, Some(name.clone())))
     }
 
     /// Takes the pending events as a batch (`None` when there are none).
