@@ -194,6 +194,46 @@ pub fn tensor_type(len: usize) -> DataType {
     DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, false)), len as i32)
 }
 
+/// Field `i`: its name (new to `seen`, the names before it), its shape
+/// (tensors only) and `strict` (categories only).
+fn check_field<'a>(
+    i: usize,
+    f: &'a FieldSpec,
+    seen: &mut std::collections::HashSet<&'a str>,
+) -> Result<(), (String, String)> {
+    if f.name.is_empty() || f.name.starts_with('_') {
+        return Err((
+            format!("fields[{i}].name"),
+            "must be non-empty and not start with '_' (reserved)".into(),
+        ));
+    }
+    if !seen.insert(f.name.as_str()) {
+        return Err((format!("fields[{i}].name"), format!("duplicate field `{}`", f.name)));
+    }
+    match (f.kind, &f.shape) {
+        (FieldKind::Tensor, None) => {
+            return Err((
+                format!("fields[{i}].shape"),
+                "a tensor field needs a shape, e.g. [1, 8, 8]".into(),
+            ));
+        }
+        (FieldKind::Tensor, Some(s)) if s.is_empty() || s.contains(&0) => {
+            return Err((format!("fields[{i}].shape"), "dimensions must be positive".into()));
+        }
+        (k, Some(_)) if k != FieldKind::Tensor => {
+            return Err((format!("fields[{i}].shape"), "only tensor fields have a shape".into()));
+        }
+        _ => {}
+    }
+    if f.strict && f.kind != FieldKind::Category {
+        return Err((
+            format!("fields[{i}].strict"),
+            format!("only category fields take `strict` (`{}` is {:?})", f.name, f.kind),
+        ));
+    }
+    Ok(())
+}
+
 impl EventSchema {
     /// Loads and checks a schema file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -206,37 +246,18 @@ impl EventSchema {
     fn check(&self) -> Result<(), (String, String)> {
         let mut seen = std::collections::HashSet::new();
         for (i, f) in self.fields.iter().enumerate() {
-            if f.name.is_empty() || f.name.starts_with('_') {
-                return Err((
-                    format!("fields[{i}].name"),
-                    "must be non-empty and not start with '_' (reserved)".into(),
-                ));
-            }
-            if !seen.insert(f.name.as_str()) {
-                return Err((format!("fields[{i}].name"), format!("duplicate field `{}`", f.name)));
-            }
-            match (f.kind, &f.shape) {
-                (FieldKind::Tensor, None) => {
-                    return Err((
-                        format!("fields[{i}].shape"),
-                        "a tensor field needs a shape, e.g. [1, 8, 8]".into(),
-                    ));
-                }
-                (FieldKind::Tensor, Some(s)) if s.is_empty() || s.contains(&0) => {
-                    return Err((format!("fields[{i}].shape"), "dimensions must be positive".into()));
-                }
-                (k, Some(_)) if k != FieldKind::Tensor => {
-                    return Err((format!("fields[{i}].shape"), "only tensor fields have a shape".into()));
-                }
-                _ => {}
-            }
-            if f.strict && f.kind != FieldKind::Category {
-                return Err((
-                    format!("fields[{i}].strict"),
-                    format!("only category fields take `strict` (`{}` is {:?})", f.name, f.kind),
-                ));
-            }
+            check_field(i, f, &mut seen)?;
         }
+        self.check_roles()?;
+        match &self.version {
+            Some(v) => self.check_version(v),
+            None => Ok(()),
+        }
+    }
+
+    /// The fields named as key, event id, event time and label exist and
+    /// have a type usable as such.
+    fn check_roles(&self) -> Result<(), (String, String)> {
         for (role, name) in [
             ("key", &self.key),
             ("event_id", &self.event_id),
@@ -263,28 +284,32 @@ impl EventSchema {
                 }
             }
         }
-        if let Some(v) = &self.version {
-            match self.field(&v.field) {
-                None => {
-                    return Err((
-                        "version.field".into(),
-                        format!("no field named `{}` in `fields`", v.field),
-                    ));
-                }
-                Some(f) if !matches!(f.kind, FieldKind::Int | FieldKind::Category | FieldKind::String) => {
-                    return Err((
-                        "version.field".into(),
-                        format!(
-                            "field `{}` has type {:?}; a version is an int, category or string",
-                            v.field, f.kind
-                        ),
-                    ));
-                }
-                Some(_) => {}
+        Ok(())
+    }
+
+    /// The version field exists, is an int, category or string, and some
+    /// version is accepted.
+    fn check_version(&self, v: &VersionSpec) -> Result<(), (String, String)> {
+        match self.field(&v.field) {
+            None => {
+                return Err((
+                    "version.field".into(),
+                    format!("no field named `{}` in `fields`", v.field),
+                ));
             }
-            if v.accept.is_empty() {
-                return Err(("version.accept".into(), "list at least one version".into()));
+            Some(f) if !matches!(f.kind, FieldKind::Int | FieldKind::Category | FieldKind::String) => {
+                return Err((
+                    "version.field".into(),
+                    format!(
+                        "field `{}` has type {:?}; a version is an int, category or string",
+                        v.field, f.kind
+                    ),
+                ));
             }
+            Some(_) => {}
+        }
+        if v.accept.is_empty() {
+            return Err(("version.accept".into(), "list at least one version".into()));
         }
         Ok(())
     }
@@ -370,6 +395,63 @@ mod tests {
     fn key_must_exist() {
         let e = parse("name: x\nkey: site\nfields:\n  - {name: a, type: float}\n").unwrap_err();
         assert!(e.contains("key") && e.contains("no field named `site`"), "{e}");
+    }
+
+    #[test]
+    fn each_check_names_the_key_at_fault() {
+        let a = "  - {name: a, type: float}\n";
+        for (body, at, says) in [
+            (
+                "  - {name: _a, type: float}\n".to_string(),
+                "fields[0].name",
+                "reserved",
+            ),
+            (format!("{a}{a}"), "fields[1].name", "duplicate field `a`"),
+            (
+                "  - {name: p, type: tensor, shape: [2, 0]}\n".into(),
+                "fields[0].shape",
+                "positive",
+            ),
+            (
+                "  - {name: p, type: float, shape: [2]}\n".into(),
+                "fields[0].shape",
+                "only tensor fields",
+            ),
+            (
+                "  - {name: p, type: float, strict: true}\n".into(),
+                "fields[0].strict",
+                "only category",
+            ),
+            (
+                format!("event_time: a\nfields:\n{a}"),
+                "event_time",
+                "not usable as event_time",
+            ),
+            (format!("label: a\nfields:\n{a}"), "label", "not usable as label"),
+            (
+                format!("version: {{field: v, accept: [1]}}\nfields:\n{a}"),
+                "version.field",
+                "no field named `v`",
+            ),
+            (
+                format!("version: {{field: a, accept: [1]}}\nfields:\n{a}"),
+                "version.field",
+                "a version is an int",
+            ),
+            (
+                "version: {field: v, accept: []}\nfields:\n  - {name: v, type: int}\n".into(),
+                "version.accept",
+                "at least one",
+            ),
+        ] {
+            let body = if body.starts_with("  -") {
+                format!("fields:\n{body}")
+            } else {
+                body
+            };
+            let e = parse(&format!("name: x\n{body}")).unwrap_err();
+            assert!(e.contains(at) && e.contains(says), "{body}: {e}");
+        }
     }
 
     #[test]
