@@ -23,87 +23,128 @@ pub struct InterpolateError {
 pub fn interpolate(src: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Interpolated, InterpolateError> {
     let mut out = String::with_capacity(src.len());
     let mut secrets = Vec::new();
-    let (mut line, mut col) = (1usize, 1usize);
-    // YAML comments are left alone: a commented-out `${SECRET}` must not be required.
-    let (mut in_comment, mut quote, mut prev) = (false, None::<char>, '\n');
+    let mut at = Cursor::default();
     let mut chars = src.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
-        if !in_comment {
-            match (c, quote) {
-                ('#', None) if prev.is_whitespace() => in_comment = true,
-                ('"' | '\'', None) => quote = Some(c),
-                (q, Some(open)) if q == open => quote = None,
-                _ => {}
-            }
-        }
-        prev = c;
-        if c == '$' && !in_comment {
+        at.see(c);
+        if c == '$' && !at.in_comment {
             match chars.peek().map(|&(_, c)| c) {
                 Some('$') => {
                     chars.next();
                     out.push('$');
-                    col += 2;
+                    at.col += 2;
                     continue;
                 }
                 Some('{') => {
                     let rest = &src[i + 2..];
                     let Some(end) = rest.find('}') else {
-                        return Err(InterpolateError {
-                            line,
-                            column: col,
-                            message: "unterminated `${`".into(),
-                        });
+                        return Err(at.error("unterminated `${`".into()));
                     };
                     let inner = &rest[..end];
-                    let (name, default) = match inner.split_once(":-") {
-                        Some((n, d)) => (n, Some(d)),
-                        None => (inner, None),
-                    };
-                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(InterpolateError {
-                            line,
-                            column: col,
-                            message: format!("invalid variable name `{name}` in `${{{inner}}}`"),
-                        });
-                    }
-                    match (lookup(name).filter(|v| !v.is_empty()), default) {
-                        (Some(v), _) => {
+                    match resolve(inner, &lookup).map_err(|m| at.error(m))? {
+                        Resolved::Env(v) => {
                             out.push_str(&v);
                             secrets.push(v);
                         }
-                        (None, Some(d)) => out.push_str(d),
-                        (None, None) => {
-                            return Err(InterpolateError {
-                                line,
-                                column: col,
-                                message: format!(
-                                    "environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"
-                                ),
-                            });
-                        }
+                        Resolved::Default(d) => out.push_str(d),
                     }
                     // Skip past the closing brace.
                     let consumed = 2 + end + 1;
                     while chars.peek().is_some_and(|&(j, _)| j < i + consumed) {
                         chars.next();
                     }
-                    col += inner.chars().count() + 3;
+                    at.col += inner.chars().count() + 3;
                     continue;
                 }
                 _ => {}
             }
         }
         out.push(c);
-        if c == '\n' {
-            line += 1;
-            col = 1;
-            in_comment = false;
-            quote = None;
-        } else {
-            col += 1;
-        }
+        at.advance(c);
     }
     Ok(Interpolated { text: out, secrets })
+}
+
+/// Where the scan is in the source: 1-based line and column, and whether
+/// in a YAML comment (left alone: a commented-out `${SECRET}` must not be
+/// required) or a quoted string.
+struct Cursor {
+    line: usize,
+    col: usize,
+    in_comment: bool,
+    quote: Option<char>,
+    prev: char,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Self {
+            line: 1,
+            col: 1,
+            in_comment: false,
+            quote: None,
+            prev: '\n',
+        }
+    }
+}
+
+impl Cursor {
+    /// Takes note of `c` before it is handled: a comment starts at a `#`
+    /// after white space, outside quotes.
+    fn see(&mut self, c: char) {
+        if !self.in_comment {
+            match (c, self.quote) {
+                ('#', None) if self.prev.is_whitespace() => self.in_comment = true,
+                ('"' | '\'', None) => self.quote = Some(c),
+                (q, Some(open)) if q == open => self.quote = None,
+                _ => {}
+            }
+        }
+        self.prev = c;
+    }
+
+    /// Moves past `c`, copied as it is.
+    fn advance(&mut self, c: char) {
+        if c == '\n' {
+            (self.line, self.col, self.in_comment, self.quote) = (self.line + 1, 1, false, None);
+        } else {
+            self.col += 1;
+        }
+    }
+
+    fn error(&self, message: String) -> InterpolateError {
+        InterpolateError {
+            line: self.line,
+            column: self.col,
+            message,
+        }
+    }
+}
+
+/// What a reference `${inner}` stands for.
+enum Resolved<'a> {
+    /// A non-empty value from the environment (a possible secret).
+    Env(String),
+    /// The reference's default.
+    Default(&'a str),
+}
+
+/// Resolves the body of one reference: `VAR` or `VAR:-default`.
+fn resolve<'a>(inner: &'a str, lookup: impl Fn(&str) -> Option<String>) -> Result<Resolved<'a>, String> {
+    let (name, default) = match inner.split_once(":-") {
+        Some((n, d)) => (n, Some(d)),
+        None => (inner, None),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("invalid variable name `{name}` in `${{{inner}}}`"));
+    }
+    match (lookup(name).filter(|v| !v.is_empty()), default) {
+        (Some(v), _) => Ok(Resolved::Env(v)),
+        (None, Some(d)) => Ok(Resolved::Default(d)),
+        (None, None) => Err(format!(
+            "environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"
+        )),
+    }
 }
 
 /// Replaces every secret occurring in `msg` by `***`.
