@@ -201,36 +201,10 @@ pub fn bbse(confusion: &BTreeMap<(String, String), u64>, current: &BTreeMap<Stri
     let mut classes: Vec<String> = confusion.keys().map(|(_, y)| y.clone()).collect();
     sort_classes(&mut classes);
     classes.dedup();
-    let k = classes.len();
     let idx: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-    let total: u64 = confusion.values().sum();
-    if k == 0 || total == 0 {
-        return None;
-    }
-    // C_ij = P(ŷ = i, y = j); predictions of classes never seen as labels fall out.
-    let mut c = vec![vec![0.0; k]; k];
-    let mut p = vec![0.0; k];
-    for ((yhat, y), n) in confusion {
-        let j = idx[y.as_str()];
-        p[j] += *n as f64 / total as f64;
-        if let Some(&i) = idx.get(yhat.as_str()) {
-            c[i][j] += *n as f64 / total as f64;
-        }
-    }
-    let in_set: u64 = current
-        .iter()
-        .filter(|(y, _)| idx.contains_key(y.as_str()))
-        .map(|(_, n)| n)
-        .sum();
-    if in_set == 0 {
-        return None;
-    }
-    let mut mu = vec![0.0; k];
-    for (y, n) in current {
-        if let Some(&i) = idx.get(y.as_str()) {
-            mu[i] = *n as f64 / in_set as f64;
-        }
-    }
+    let (c, p) = joint(confusion, &idx)?;
+    let mu = predicted_shares(current, &idx)?;
+    let k = classes.len();
     let inv = invert(&c);
     let norm1 = |m: &[Vec<f64>]| {
         (0..k)
@@ -246,23 +220,13 @@ pub fn bbse(confusion: &BTreeMap<(String, String), u64>, current: &BTreeMap<Stri
         ),
         None => (f64::INFINITY, vec![1.0; k]),
     };
-    let mut q: Vec<f64> = w.iter().zip(&p).map(|(w, p)| w.max(0.0) * p).collect();
-    let s: f64 = q.iter().sum();
-    let mut warning = None;
-    if inv.is_none() {
-        warning = Some("the confusion matrix is singular: priors cannot be estimated (reference priors shown)".into());
-        q = p.clone();
-    } else if s <= 0.0 {
-        warning = Some("every estimated weight was negative: priors cannot be estimated".into());
-        q = p.clone();
-    } else {
-        q.iter_mut().for_each(|x| *x /= s);
-        if condition_number > ILL_CONDITIONED {
-            warning = Some(format!(
-                "the confusion matrix is ill-conditioned (κ₁ = {condition_number:.3e}): the estimated priors are unreliable"
-            ));
-        }
-    }
+    let (q, warning) = match inv {
+        None => (
+            p.clone(),
+            Some("the confusion matrix is singular: priors cannot be estimated (reference priors shown)".into()),
+        ),
+        Some(_) => target_priors(&w, &p, condition_number),
+    };
     let weights = q
         .iter()
         .zip(&p)
@@ -276,6 +240,68 @@ pub fn bbse(confusion: &BTreeMap<(String, String), u64>, current: &BTreeMap<Stri
         condition_number,
         warning,
     })
+}
+
+/// From the reference's `confusion` counts: C_ij = P(ŷ = i, y = j) and
+/// p(y), over the label classes `idx` (predictions of classes never seen as
+/// labels fall out of C). `None` without classes or counts.
+fn joint(
+    confusion: &BTreeMap<(String, String), u64>,
+    idx: &BTreeMap<&str, usize>,
+) -> Option<(Vec<Vec<f64>>, Vec<f64>)> {
+    let k = idx.len();
+    let total: u64 = confusion.values().sum();
+    if k == 0 || total == 0 {
+        return None;
+    }
+    let mut c = vec![vec![0.0; k]; k];
+    let mut p = vec![0.0; k];
+    for ((yhat, y), n) in confusion {
+        let j = idx[y.as_str()];
+        p[j] += *n as f64 / total as f64;
+        if let Some(&i) = idx.get(yhat.as_str()) {
+            c[i][j] += *n as f64 / total as f64;
+        }
+    }
+    Some((c, p))
+}
+
+/// μ̂(ŷ = i): the current window's predicted classes among `idx`, as
+/// shares. `None` when none of them is one of `idx`.
+fn predicted_shares(current: &BTreeMap<String, u64>, idx: &BTreeMap<&str, usize>) -> Option<Vec<f64>> {
+    let in_set: u64 = current
+        .iter()
+        .filter(|(y, _)| idx.contains_key(y.as_str()))
+        .map(|(_, n)| n)
+        .sum();
+    if in_set == 0 {
+        return None;
+    }
+    let mut mu = vec![0.0; idx.len()];
+    for (y, n) in current {
+        if let Some(&i) = idx.get(y.as_str()) {
+            mu[i] = *n as f64 / in_set as f64;
+        }
+    }
+    Some(mu)
+}
+
+/// q(y) = max(w, 0)·p(y), renormalised, with a warning when it cannot be
+/// trusted (every weight negative: p instead; C ill-conditioned).
+fn target_priors(w: &[f64], p: &[f64], condition_number: f64) -> (Vec<f64>, Option<String>) {
+    let mut q: Vec<f64> = w.iter().zip(p).map(|(w, p)| w.max(0.0) * p).collect();
+    let s: f64 = q.iter().sum();
+    if s <= 0.0 {
+        let warning = "every estimated weight was negative: priors cannot be estimated";
+        return (p.to_vec(), Some(warning.into()));
+    }
+    q.iter_mut().for_each(|x| *x /= s);
+    let warning = (condition_number > ILL_CONDITIONED).then(|| {
+        format!(
+            "the confusion matrix is ill-conditioned (κ₁ = {condition_number:.3e}): the estimated priors are unreliable"
+        )
+    });
+    (q, warning)
 }
 
 /// Gauss–Jordan inverse with partial pivoting; `None` when singular.

@@ -105,8 +105,17 @@ pub(super) async fn process_labels(
         // wait for labels nobody reads again.
         return Ok(());
     }
-    // Labels still needed to rebuild the join and the labelled windows are
-    // read again after a restart.
+    commit_labels(labels_consumer, ls, &last)
+}
+
+/// Commits the labels consumer where each partition's labels are no longer
+/// needed (`last`: the last offsets read): labels still needed to rebuild
+/// the join and the labelled windows are read again after a restart.
+fn commit_labels(
+    labels_consumer: &KafkaConsumer,
+    ls: &mut crate::engine::Labelled,
+    last: &BTreeMap<i32, i64>,
+) -> Result<(), RuntimeError> {
     let needed = ls.join.labels_needed(&ls.windows.oldest_needed());
     let positions = last
         .iter()
