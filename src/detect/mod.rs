@@ -353,7 +353,6 @@ fn with_result_fields(
 }
 
 fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) -> Vec<DetectorResult> {
-    let schema = b.schema();
     let key_col = b.column_by_name(KEY_COL).map(|c| c.as_string::<i32>().clone());
     let mut out = vec![];
     for row in 0..b.num_rows() {
@@ -362,70 +361,84 @@ fn read_results(p: &Planned, b: &RecordBatch, due_key: &str, coords: &Coords) ->
             .filter(|k| k.is_valid(row))
             .map(|k| k.value(row).to_string())
             .unwrap_or_else(|| due_key.to_string());
-        let mut tests = vec![];
-        for (i, f) in schema.fields().iter().enumerate() {
-            if f.name() == KEY_COL {
-                continue;
-            }
-            let s = b.column(i).as_struct();
-            if s.is_null(row) {
-                continue; // too few rows on a side: no test
-            }
-            let get = |n: &str| {
-                s.column_by_name(n)
-                    .map(|c| c.as_primitive::<Float64Type>())
-                    .filter(|c| c.is_valid(row))
-                    .map(|c| c.value(row))
-            };
-            if let Some(stat) = get("statistic") {
-                let details = s
-                    .column_by_name("details")
-                    .and_then(|c| c.as_string_opt::<i32>())
-                    .filter(|c| c.is_valid(row))
-                    .and_then(|c| serde_json::from_str(c.value(row)).ok());
-                tests.push(TestResult {
-                    column: f.name().clone(),
-                    statistic: stat,
-                    p_value: get("p_value"),
-                    drift: false,
-                    details: with_result_fields(details, s, row),
-                });
-            }
+        let tests = row_tests(b, row);
+        if !tests.is_empty() {
+            out.push(decide(p, key, tests, coords));
         }
-        if tests.is_empty() {
-            continue;
-        }
-        let p_values: Vec<f64> = tests.iter().filter_map(|t| t.p_value).collect();
-        let cutoff = p_cutoff(&p_values, p.decision.alpha, p.decision.correction);
-        for t in &mut tests {
-            t.drift = match t.p_value {
-                Some(pv) => pv <= cutoff,
-                None => p.decision.threshold.is_some_and(|th| t.statistic > th),
-            };
-        }
-        let best = tests
-            .iter()
-            .filter(|t| t.p_value.is_some())
-            .min_by(|a, b| a.p_value.unwrap_or(1.0).total_cmp(&b.p_value.unwrap_or(1.0)))
-            .or_else(|| tests.iter().max_by(|a, b| a.statistic.total_cmp(&b.statistic)))
-            .expect("non-empty");
-        out.push(DetectorResult {
-            detector: p.name.clone(),
-            kind: p.kind.to_string(),
-            key,
-            drift: tests.iter().any(|t| t.drift),
-            statistic: best.statistic,
-            p_value: best.p_value,
-            threshold: if best.p_value.is_some() {
-                Some(cutoff)
-            } else {
-                p.decision.threshold
-            },
-            tests: tests.clone(),
-            coords: Some(coords.clone()),
-        });
     }
     out
+}
+
+/// The tests of one result row: one per result column (a struct of
+/// statistic, p-value, details), not yet decided; none where a column is
+/// null (too few rows on a side).
+fn row_tests(b: &RecordBatch, row: usize) -> Vec<TestResult> {
+    let mut tests = vec![];
+    for (i, f) in b.schema().fields().iter().enumerate() {
+        if f.name() == KEY_COL {
+            continue;
+        }
+        let s = b.column(i).as_struct();
+        if s.is_null(row) {
+            continue;
+        }
+        let get = |n: &str| {
+            s.column_by_name(n)
+                .map(|c| c.as_primitive::<Float64Type>())
+                .filter(|c| c.is_valid(row))
+                .map(|c| c.value(row))
+        };
+        if let Some(stat) = get("statistic") {
+            let details = s
+                .column_by_name("details")
+                .and_then(|c| c.as_string_opt::<i32>())
+                .filter(|c| c.is_valid(row))
+                .and_then(|c| serde_json::from_str(c.value(row)).ok());
+            tests.push(TestResult {
+                column: f.name().clone(),
+                statistic: stat,
+                p_value: get("p_value"),
+                drift: false,
+                details: with_result_fields(details, s, row),
+            });
+        }
+    }
+    tests
+}
+
+/// A detector's result on one key from its (non-empty) `tests`: each
+/// decided at the corrected cutoff (or against the threshold, without a
+/// p-value), and the result reported through the most significant one.
+fn decide(p: &Planned, key: String, mut tests: Vec<TestResult>, coords: &Coords) -> DetectorResult {
+    let p_values: Vec<f64> = tests.iter().filter_map(|t| t.p_value).collect();
+    let cutoff = p_cutoff(&p_values, p.decision.alpha, p.decision.correction);
+    for t in &mut tests {
+        t.drift = match t.p_value {
+            Some(pv) => pv <= cutoff,
+            None => p.decision.threshold.is_some_and(|th| t.statistic > th),
+        };
+    }
+    let best = tests
+        .iter()
+        .filter(|t| t.p_value.is_some())
+        .min_by(|a, b| a.p_value.unwrap_or(1.0).total_cmp(&b.p_value.unwrap_or(1.0)))
+        .or_else(|| tests.iter().max_by(|a, b| a.statistic.total_cmp(&b.statistic)));
+    let (statistic, p_value) = best.map_or((f64::NAN, None), |t| (t.statistic, t.p_value));
+    DetectorResult {
+        detector: p.name.clone(),
+        kind: p.kind.to_string(),
+        key,
+        drift: tests.iter().any(|t| t.drift),
+        statistic,
+        p_value,
+        threshold: if p_value.is_some() {
+            Some(cutoff)
+        } else {
+            p.decision.threshold
+        },
+        tests,
+        coords: Some(coords.clone()),
+    }
 }
 
 /// The p-value at or below which a test drifts, for `m` tests at level alpha.
