@@ -133,20 +133,7 @@ pub async fn run(
     // Refused before anything connects.
     let fault = Fault::from_env_or(opts.fault.as_deref())?;
     let p = stages.pipeline.clone();
-    let Some(SourceConfig::Kafka(src)) = &p.source else {
-        return Err(RuntimeError::Other(
-            "`run` needs a kafka source; use `compare` or `replay --input` for files".into(),
-        ));
-    };
-    let group = opts
-        .group_id
-        .clone()
-        .or_else(|| src.group_id.clone())
-        .unwrap_or_else(|| format!("driftwatch-{}", p.name));
-    let src = &match &opts.instance_id {
-        Some(id) => kafka::static_member(src, id).map_err(RuntimeError::Other)?,
-        None => src.clone(),
-    };
+    let (src, group) = &source_and_group(&p, &opts)?;
     let (consumer, output, producer) = connect(&p, src, &group).await?;
     let engine = Engine::new(stages).await?;
     tracing::info!(pipeline = %p.name, topic = %src.topic, group = %group, brokers = %src.brokers, "consuming");
@@ -195,6 +182,27 @@ pub async fn run(
     result?;
     read?;
     processing.finish().await
+}
+
+/// The pipeline's Kafka source (as a static member with `--instance-id`)
+/// and its consumer group: `--group-id`, else the source's `group_id`, else
+/// `driftwatch-<pipeline>`.
+fn source_and_group(p: &Pipeline, opts: &RunOptions) -> Result<(crate::config::KafkaSource, String), RuntimeError> {
+    let Some(SourceConfig::Kafka(src)) = &p.source else {
+        return Err(RuntimeError::Other(
+            "`run` needs a kafka source; use `compare` or `replay --input` for files".into(),
+        ));
+    };
+    let group = opts
+        .group_id
+        .clone()
+        .or_else(|| src.group_id.clone())
+        .unwrap_or_else(|| format!("driftwatch-{}", p.name));
+    let src = match &opts.instance_id {
+        Some(id) => kafka::static_member(src, id).map_err(RuntimeError::Other)?,
+        None => src.clone(),
+    };
+    Ok((src, group))
 }
 
 /// The group consumer (with its checkpoint store), where evaluations go,
