@@ -1187,6 +1187,37 @@ impl Pipeline {
         }
     }
 
+    /// A Kafka source's brokers, topic, start and checkpoint topic (one of
+    /// its own).
+    fn check_kafka_source(&self, k: &KafkaSource) -> Result<(), ConfigError> {
+        if k.brokers.trim().is_empty() {
+            return Err(self.err("source.brokers", "must not be empty"));
+        }
+        if k.topic.trim().is_empty() {
+            return Err(self.err("source.topic", "must not be empty"));
+        }
+        if let Err(e) = k.start.timestamp_ms() {
+            return Err(self.err("source.start", e));
+        }
+        if let Some(c) = &k.checkpoint_topic {
+            let outputs = [
+                Some(&self.output.alerts_topic),
+                self.output.stats_topic.as_ref(),
+                Some(&self.output.dead_letter_topic),
+            ];
+            if c.trim().is_empty() {
+                return Err(self.err("source.checkpoint_topic", "must not be empty"));
+            }
+            if *c == k.topic || outputs.contains(&Some(c)) {
+                return Err(self.err(
+                    "source.checkpoint_topic",
+                    format!("`{c}` is already the source or an output topic; checkpoints need a topic of their own"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         if let Some(h) = self.alerting.hysteresis
             && h.k > h.m
@@ -1202,33 +1233,7 @@ impl Pipeline {
             return Err(self.err("name", "must be non-empty and use only letters, digits, '-', '_', '.'"));
         }
         if let Some(SourceConfig::Kafka(k)) = &self.source {
-            if k.brokers.trim().is_empty() {
-                return Err(self.err("source.brokers", "must not be empty"));
-            }
-            if k.topic.trim().is_empty() {
-                return Err(self.err("source.topic", "must not be empty"));
-            }
-            if let Err(e) = k.start.timestamp_ms() {
-                return Err(self.err("source.start", e));
-            }
-            if let Some(c) = &k.checkpoint_topic {
-                let outputs = [
-                    Some(&self.output.alerts_topic),
-                    self.output.stats_topic.as_ref(),
-                    Some(&self.output.dead_letter_topic),
-                ];
-                if c.trim().is_empty() {
-                    return Err(self.err("source.checkpoint_topic", "must not be empty"));
-                }
-                if *c == k.topic || outputs.contains(&Some(c)) {
-                    return Err(self.err(
-                        "source.checkpoint_topic",
-                        format!(
-                            "`{c}` is already the source or an output topic; checkpoints need a topic of their own"
-                        ),
-                    ));
-                }
-            }
+            self.check_kafka_source(k)?;
         }
         if let Some(w) = &self.window {
             self.check_window(w)?;

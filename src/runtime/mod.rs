@@ -133,15 +133,15 @@ pub async fn run(
     // Refused before anything connects.
     let fault = Fault::from_env_or(opts.fault.as_deref())?;
     let p = stages.pipeline.clone();
-    let (src, group) = &source_and_group(&p, &opts)?;
-    let (consumer, output, producer) = connect(&p, src, &group).await?;
+    let (src, group) = source_and_group(&p, &opts)?;
+    let (consumer, output, producer) = connect(&p, &src, &group).await?;
     let engine = Engine::new(stages).await?;
     tracing::info!(pipeline = %p.name, topic = %src.topic, group = %group, brokers = %src.brokers, "consuming");
 
     let (tx, rx) = mpsc::channel::<Msg>(4);
     let events_done = Arc::new(AtomicBool::new(false));
     let mut labels_reader = match &p.labels {
-        Some(l) => Some(LabelsReader::spawn(l, src, &group, &tx, &shutdown, &events_done)?),
+        Some(l) => Some(LabelsReader::spawn(l, &src, &group, &tx, &shutdown, &events_done)?),
         None => None,
     };
     let reader = EventsReader {
