@@ -440,46 +440,15 @@ impl Checkpoints {
             references,
             wanted,
         } = &mut *r;
+        let mut seen = Seen {
+            marks,
+            states,
+            references,
+            wanted,
+        };
         super::kafka::read_range(consumer, &self.topic, next, end, deadline, |m| {
-            let Some(body) = m.payload() else { return };
-            if let Some((header, ipc)) = body.iter().position(|b| *b == b'\n').and_then(|i| {
-                Some((
-                    serde_json::from_slice::<ReferenceHeader>(&body[..i]).ok()?,
-                    &body[i + 1..],
-                ))
-            }) {
-                let kept = wanted
-                    .as_ref()
-                    .is_none_or(|w| header.partitions.iter().all(|p| w.contains(p)));
-                if header.group == self.group && header.topic == self.source_topic && kept {
-                    let e = references.entry((header.windows, header.key)).or_default();
-                    // A newer save (another configuration) replaces what was read.
-                    if e.config != header.config || e.chunks != header.chunks {
-                        *e = ReferenceChunks {
-                            config: header.config,
-                            chunks: header.chunks,
-                            partitions: header.partitions,
-                            parts: BTreeMap::new(),
-                        };
-                    }
-                    e.parts.insert(header.chunk, ipc.to_vec());
-                }
-            } else if let Ok(rec) = serde_json::from_slice::<StateRecord>(body) {
-                if rec.group == self.group && rec.topic == self.source_topic {
-                    let k = (rec.state.windows.clone(), rec.state.key.clone());
-                    match states.get(&k) {
-                        Some(s) if s.evaluations > rec.state.evaluations => {}
-                        _ => {
-                            states.insert(k, rec.state);
-                        }
-                    }
-                }
-            } else if let Some(mark) = serde_json::from_slice::<Mark>(body)
-                .ok()
-                .filter(|k| k.group == self.group && k.topic == self.source_topic)
-            {
-                let e = marks.entry(mark.partition).or_insert(mark.mark);
-                *e = (*e).max(mark.mark);
+            if let Some(body) = m.payload() {
+                self.read_record(body, &mut seen);
             }
         })
         .map_err(|e| match e {
@@ -489,8 +458,64 @@ impl Checkpoints {
             ),
             e => what(e),
         })?;
-        Ok(marks.clone())
+        Ok(seen.marks.clone())
     }
+
+    /// One record of the checkpoint topic, if of this group and source
+    /// topic: a chunk of a saved reference (a JSON header line, then Arrow
+    /// IPC), a key's window state (the one with the most evaluations is
+    /// kept), or a delivery mark (the highest is kept).
+    fn read_record(&self, body: &[u8], seen: &mut Seen<'_>) {
+        let ours = |group: &str, topic: &str| group == self.group && topic == self.source_topic;
+        if let Some((header, ipc)) = body.iter().position(|b| *b == b'\n').and_then(|i| {
+            Some((
+                serde_json::from_slice::<ReferenceHeader>(&body[..i]).ok()?,
+                &body[i + 1..],
+            ))
+        }) {
+            let kept = seen
+                .wanted
+                .as_ref()
+                .is_none_or(|w| header.partitions.iter().all(|p| w.contains(p)));
+            if ours(&header.group, &header.topic) && kept {
+                let e = seen.references.entry((header.windows, header.key)).or_default();
+                // A newer save (another configuration) replaces what was read.
+                if e.config != header.config || e.chunks != header.chunks {
+                    *e = ReferenceChunks {
+                        config: header.config,
+                        chunks: header.chunks,
+                        partitions: header.partitions,
+                        parts: BTreeMap::new(),
+                    };
+                }
+                e.parts.insert(header.chunk, ipc.to_vec());
+            }
+        } else if let Ok(rec) = serde_json::from_slice::<StateRecord>(body) {
+            if ours(&rec.group, &rec.topic) {
+                let k = (rec.state.windows.clone(), rec.state.key.clone());
+                match seen.states.get(&k) {
+                    Some(s) if s.evaluations > rec.state.evaluations => {}
+                    _ => {
+                        seen.states.insert(k, rec.state);
+                    }
+                }
+            }
+        } else if let Some(mark) = serde_json::from_slice::<Mark>(body)
+            .ok()
+            .filter(|k| ours(&k.group, &k.topic))
+        {
+            let e = seen.marks.entry(mark.partition).or_insert(mark.mark);
+            *e = (*e).max(mark.mark);
+        }
+    }
+}
+
+/// What [`Checkpoints::delivered`] reads into (the [`Reader`]'s parts).
+struct Seen<'a> {
+    marks: &'a mut BTreeMap<i32, Delivered>,
+    states: &'a mut BTreeMap<(String, String), KeyState>,
+    references: &'a mut BTreeMap<(String, String), ReferenceChunks>,
+    wanted: &'a Option<BTreeSet<i32>>,
 }
 
 /// Waits for every send; the first failure is returned.
