@@ -2,7 +2,8 @@
 # The whole test suite: formatting, lints, unit and integration tests
 # (integration tests run against the embedded Kafka-protocol broker, and the
 # crash, outage and rebalance tests also against tansu, installed if missing),
-# a check that the library compiles for aarch64, then a short fuzz run of the
+# a check that the library compiles for aarch64 (and the statistics kernels'
+# tests there, under QEMU), then a short fuzz run of the
 # decoder and the config loader.
 set -euo pipefail
 cd "$(dirname "$0")/.."
