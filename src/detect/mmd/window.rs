@@ -257,11 +257,7 @@ pub(super) fn window(
         kept,
     );
     let (rows, reused) = current_rows(reference.len() / dim, &old_pos, old_rows, run, &fresh, threads);
-    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if stream.is_some() {
-        c.retain(|e| e.key != key || e.stream != stream);
-    }
-    c.push(CacheEntry {
+    remember(CacheEntry {
         bytes: held_bytes(&rows, &xx, current.len()),
         key,
         stream,
@@ -274,17 +270,27 @@ pub(super) fn window(
         hashes,
         rows: rows.clone(),
     });
-    let mut total: usize = c.iter().map(|e| e.bytes).sum();
-    while c.len() > 1 && (c.len() > CACHE_ENTRIES || total > CACHE_BYTES) {
-        total -= c.remove(0).bytes;
-    }
-    drop(c);
     Window {
         xx,
         rows,
         sigma,
         sigma_fallback,
         reused,
+    }
+}
+
+/// Puts an evaluation's entry in the cache: it replaces its stream's
+/// entries for the same reference, and the oldest entries go past the
+/// cache's limits.
+fn remember(entry: CacheEntry) {
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if entry.stream.is_some() {
+        c.retain(|e| e.key != entry.key || e.stream != entry.stream);
+    }
+    c.push(entry);
+    let mut total: usize = c.iter().map(|e| e.bytes).sum();
+    while c.len() > 1 && (c.len() > CACHE_ENTRIES || total > CACHE_BYTES) {
+        total -= c.remove(0).bytes;
     }
 }
 
