@@ -66,23 +66,10 @@ pub(super) fn emit(
     let mut made = 0;
     for ev in evals {
         made += 1;
-        let mut topics = vec![];
-        if ev.alert {
-            topics.push(p.output.alerts_topic.as_str());
-        }
-        if let Some(t) = &p.output.stats_topic {
-            topics.push(t.as_str());
-        }
-        let before = topics.len();
-        topics.retain(|t| !out.published.contains(t, &ev.alert_id));
-        if topics.len() < before {
-            tracing::info!(alert_id = %ev.alert_id, detector = %ev.detector, key = ev.key.as_deref().unwrap_or(""),
-                "evaluation already published by a run that stopped before marking it: not sent again");
-            if topics.is_empty() {
-                stats.suppressed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        }
+        let Some(topics) = topics_for(&ev, out) else {
+            stats.suppressed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         stats.evaluations.fetch_add(1, Ordering::Relaxed);
         {
             let mut d = stats.detectors.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,6 +104,30 @@ pub(super) fn emit(
         }
     }
     Ok(made)
+}
+
+/// The output topics an evaluation goes to (alerts, if it is one, and
+/// statistics, if configured; maybe none), less those a run that stopped
+/// before marking it already published it on: `None` when that left none.
+fn topics_for<'a>(ev: &Evaluation, out: &'a Out) -> Option<Vec<&'a str>> {
+    let p = &out.p;
+    let mut topics = vec![];
+    if ev.alert {
+        topics.push(p.output.alerts_topic.as_str());
+    }
+    if let Some(t) = &p.output.stats_topic {
+        topics.push(t.as_str());
+    }
+    let before = topics.len();
+    topics.retain(|t| !out.published.contains(t, &ev.alert_id));
+    if topics.len() < before {
+        tracing::info!(alert_id = %ev.alert_id, detector = %ev.detector, key = ev.key.as_deref().unwrap_or(""),
+            "evaluation already published by a run that stopped before marking it: not sent again");
+        if topics.is_empty() {
+            return None;
+        }
+    }
+    Some(topics)
 }
 
 /// Dead-letter record: the rejection plus where it came from.
