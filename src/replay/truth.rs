@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::alert::Evaluation;
-use crate::scenario::Truth;
+use crate::alert::{DriftType, Evaluation};
+use crate::scenario::{Truth, TruthPhase};
 
 /// One true drift interval, for one detector.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -185,34 +185,14 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<
     }
     for (name, s) in &mut detectors {
         let alerts: Vec<&Evaluation> = evals.iter().filter(|e| &e.detector == name && e.alert).collect();
-        let watches = |kind: &str| s.drift_type.is_some_and(|t| crate::alert::drift_type_name(t) == kind);
         let mut explained = vec![false; alerts.len()];
-        let mut intervals = vec![];
-        for ph in truth.phases.iter().filter(|p| p.drift) {
-            let (before, _, until) = shape.span(truth, ph);
-            let mut hit = None;
-            for (i, a) in alerts.iter().enumerate() {
-                let at = shape.at(a);
-                if a.key.as_deref().unwrap_or("") == ph.key && at > before && at <= until {
-                    explained[i] = true;
-                    hit.get_or_insert((at, a.window.window_end_ms.unwrap_or(a.window.current_end_ms)));
-                }
-            }
-            intervals.push(IntervalScore {
-                key: ph.key.clone(),
-                phase: ph.name.clone(),
-                kind: ph.kind.clone(),
-                watched: watches(&ph.kind),
-                start_ms: ph.start_ms,
-                end_ms: ph.end_ms,
-                detected: hit.is_some(),
-                delay_events: hit
-                    .filter(|_| matches!(shape, WindowShape::Count { .. }))
-                    .map(|(n, _)| n - before),
-                delay_ms: hit.map(|(_, t)| t - ph.start_ms),
-            });
-        }
-        for i in &intervals {
+        s.intervals = truth
+            .phases
+            .iter()
+            .filter(|p| p.drift)
+            .map(|ph| interval_score(truth, ph, &alerts, &mut explained, shape, s.drift_type))
+            .collect();
+        for i in &s.intervals {
             match (i.watched, i.detected) {
                 (true, true) => s.detected += 1,
                 (true, false) => s.missed += 1,
@@ -220,7 +200,6 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<
                 (false, false) => {}
             }
         }
-        s.intervals = intervals;
         for ph in truth.phases.iter().filter(|p| p.kind == "real") {
             let (before, end, _) = shape.span(truth, ph);
             for (i, a) in alerts.iter().enumerate() {
@@ -242,6 +221,42 @@ pub fn score(truth: &Truth, evals: &[Evaluation], shape: WindowShape) -> Result<
         scenario: truth.scenario.clone(),
         detectors,
     })
+}
+
+/// A detector's score on one true drift interval `ph`: whether one of its
+/// `alerts` fell inside it (marking those in `explained`), how late the
+/// first did, and whether the detector watches the interval's kind
+/// (`drift_type`: the detector's).
+fn interval_score(
+    truth: &Truth,
+    ph: &TruthPhase,
+    alerts: &[&Evaluation],
+    explained: &mut [bool],
+    shape: WindowShape,
+    drift_type: Option<DriftType>,
+) -> IntervalScore {
+    let (before, _, until) = shape.span(truth, ph);
+    let mut hit = None;
+    for (i, a) in alerts.iter().enumerate() {
+        let at = shape.at(a);
+        if a.key.as_deref().unwrap_or("") == ph.key && at > before && at <= until {
+            explained[i] = true;
+            hit.get_or_insert((at, a.window.window_end_ms.unwrap_or(a.window.current_end_ms)));
+        }
+    }
+    IntervalScore {
+        key: ph.key.clone(),
+        phase: ph.name.clone(),
+        kind: ph.kind.clone(),
+        watched: drift_type.is_some_and(|t| crate::alert::drift_type_name(t) == ph.kind),
+        start_ms: ph.start_ms,
+        end_ms: ph.end_ms,
+        detected: hit.is_some(),
+        delay_events: hit
+            .filter(|_| matches!(shape, WindowShape::Count { .. }))
+            .map(|(n, _)| n - before),
+        delay_ms: hit.map(|(_, t)| t - ph.start_ms),
+    }
 }
 
 #[cfg(test)]
