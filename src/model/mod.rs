@@ -243,6 +243,37 @@ fn output_names(session: &Session) -> String {
         .join(", ")
 }
 
+/// The model's float outputs the config names (embedding, logits,
+/// probabilities; logits come from the head when there is one), each
+/// checked to be there and of float type, their sizes not yet known; and
+/// the label output, if named, checked to be int64.
+fn output_specs(session: &Session, cfg: &ModelConfig, with_head: bool) -> Result<Vec<OutputSpec>, String> {
+    let logits = if with_head { &None } else { &cfg.outputs.logits };
+    if let Some(n) = &cfg.outputs.label {
+        check_output(session, n, TensorElementType::Int64)?;
+    }
+    let mut outputs = vec![];
+    let wanted = [
+        (&cfg.outputs.embedding, EMBEDDING_COL),
+        (logits, LOGITS_COL),
+        (&cfg.outputs.probabilities, PROBABILITIES_COL),
+    ];
+    for (want, column) in wanted {
+        if let Some(n) = want {
+            check_output(session, n, TensorElementType::Float32)?;
+            outputs.push(OutputSpec {
+                onnx_name: n.clone(),
+                column,
+                dim: 0,
+            });
+        }
+    }
+    if with_head && outputs.is_empty() {
+        return Err("model.head needs the embedding output (model.outputs.embedding)".into());
+    }
+    Ok(outputs)
+}
+
 impl Model {
     /// Loads the model at `path` (already resolved), checks its inputs
     /// against what `input` feeds and its outputs against the config, and
@@ -260,32 +291,7 @@ impl Model {
             detail: d,
         };
         input.check(&session).map_err(mismatch)?;
-        // With a head, `logits` come from the head, not from this model.
-        let logits = if head.is_some() { &None } else { &cfg.outputs.logits };
-        let mut outputs = vec![];
-        let wanted = [
-            (&cfg.outputs.embedding, EMBEDDING_COL),
-            (logits, LOGITS_COL),
-            (&cfg.outputs.probabilities, PROBABILITIES_COL),
-        ];
-        if let Some(n) = &cfg.outputs.label {
-            check_output(&session, n, TensorElementType::Int64).map_err(mismatch)?;
-        }
-        for (want, column) in wanted {
-            if let Some(n) = want {
-                check_output(&session, n, TensorElementType::Float32).map_err(mismatch)?;
-                outputs.push(OutputSpec {
-                    onnx_name: n.clone(),
-                    column,
-                    dim: 0,
-                });
-            }
-        }
-        if head.is_some() && outputs.is_empty() {
-            return Err(mismatch(
-                "model.head needs the embedding output (model.outputs.embedding)".into(),
-            ));
-        }
+        let outputs = output_specs(&session, cfg, head.is_some()).map_err(mismatch)?;
         let identity = identity(&session, path, &bytes);
         let probe = input.probe().map_err(mismatch)?;
         let described = input.probe_description();
