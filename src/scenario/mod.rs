@@ -1098,23 +1098,7 @@ fn generate(
         _ => pool.label(item),
     };
     let mut ev = if pool.is_text() {
-        let text = match ph {
-            PhaseConfig::Corruption {
-                typos,
-                truncation,
-                casing,
-                boilerplate,
-                ..
-            } => corrupt(
-                &pool.texts[item].text,
-                rng,
-                [*truncation, *typos, *casing, *boilerplate],
-            ),
-            PhaseConfig::Mix { share, topics, .. } if rng.random_bool(*share) => {
-                mixed(pool, &l.scenario.exclude, topics, item, rng)
-            }
-            _ => pool.texts[item].text.clone(),
-        };
+        let text = paragraph(l, ph, item, rng);
         serde_json::json!({"event_id": event_id, "ts": ts, "feed": key, "text": text})
     } else {
         image_event(l, rng, ph, &pool.images[item], key, &event_id, ts)
@@ -1130,6 +1114,29 @@ fn generate(
         ts,
         label,
         json: ev.to_string(),
+    }
+}
+
+/// The text of a text scenario's event drawn as paragraph `item`, as phase
+/// `ph` changes it: corrupted, or mixed with another topic's.
+fn paragraph(l: &Loaded, ph: &PhaseConfig, item: usize, rng: &mut ChaCha8Rng) -> String {
+    let pool = &l.pool;
+    match ph {
+        PhaseConfig::Corruption {
+            typos,
+            truncation,
+            casing,
+            boilerplate,
+            ..
+        } => corrupt(
+            &pool.texts[item].text,
+            rng,
+            [*truncation, *typos, *casing, *boilerplate],
+        ),
+        PhaseConfig::Mix { share, topics, .. } if rng.random_bool(*share) => {
+            mixed(pool, &l.scenario.exclude, topics, item, rng)
+        }
+        _ => pool.texts[item].text.clone(),
     }
 }
 
