@@ -131,7 +131,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, RuntimeError> {
     let window = count_window(&pipeline)?;
     let topic = pipeline.kafka_source("the demo")?.topic.clone();
     let partitions = scenario.scenario.keys.len() as i32;
-    create_topics(&broker, &pipeline, &scenario, partitions)?;
+    create_topics(&broker, &pipeline, &topic, &scenario, partitions)?;
     let total = scenario.total_events() as u64;
     if opts.live {
         eprintln!(
@@ -183,11 +183,18 @@ fn count_window(pipeline: &Pipeline) -> Result<usize, RuntimeError> {
     }
 }
 
-/// The pipeline's topics on the embedded broker: events (and labels, if the
-/// scenario sends them apart) with a partition per key, outputs with one.
-fn create_topics(broker: &Broker, pipeline: &Pipeline, scenario: &Loaded, partitions: i32) -> Result<(), RuntimeError> {
+/// The pipeline's topics on the embedded broker: events (`topic`, and
+/// labels if the scenario sends them apart) with a partition per key,
+/// outputs with one.
+fn create_topics(
+    broker: &Broker,
+    pipeline: &Pipeline,
+    topic: &str,
+    scenario: &Loaded,
+    partitions: i32,
+) -> Result<(), RuntimeError> {
     let mut topics = vec![
-        (pipeline.kafka_source("the demo")?.topic.clone(), partitions),
+        (topic.to_string(), partitions),
         (pipeline.output.alerts_topic.clone(), 1),
         (pipeline.output.dead_letter_topic.clone(), 1),
     ];

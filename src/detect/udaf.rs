@@ -549,9 +549,7 @@ impl MmdAcc {
             }
         }
     }
-}
 
-impl MmdAcc {
     /// The literal arguments after the two columns: `mmd_test(x, is_current,
     /// permutations, seed, sigma, stop_after, threads, stream)`,
     /// `mmd_linear_test(x, is_current, sigma)`.

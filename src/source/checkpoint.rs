@@ -172,6 +172,14 @@ struct Reader {
     consumer: BaseConsumer,
     /// Next offset to read, per partition of the checkpoint topic.
     next: BTreeMap<i32, i64>,
+    /// What the records read so far say.
+    seen: Seen,
+}
+
+/// What the checkpoint topic's records read so far say
+/// ([`Checkpoints::read_record`]).
+#[derive(Default)]
+struct Seen {
     /// Highest mark seen per source partition (this group and topic only).
     marks: BTreeMap<i32, Delivered>,
     /// Key states with the most evaluations, per windows and key (this group and topic only).
@@ -265,10 +273,7 @@ impl Checkpoints {
             reader: Mutex::new(Reader {
                 consumer,
                 next: BTreeMap::new(),
-                marks: BTreeMap::new(),
-                states: BTreeMap::new(),
-                references: BTreeMap::new(),
-                wanted: None,
+                seen: Seen::default(),
             }),
         };
         let reader = c.reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -373,10 +378,11 @@ impl Checkpoints {
     pub fn states(&self, windows: &str, keep: impl Fn(&KeyState) -> bool) -> Vec<KeyState> {
         let r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = vec![];
-        for (k, st) in r.states.iter().filter(|(k, st)| k.0 == windows && keep(st)) {
+        for (k, st) in r.seen.states.iter().filter(|(k, st)| k.0 == windows && keep(st)) {
             let mut st = st.clone();
             if st.reference_rows > 0 {
                 let found = r
+                    .seen
                     .references
                     .get(k)
                     .filter(|c| c.config == st.config && c.parts.len() == c.chunks)
@@ -409,13 +415,15 @@ impl Checkpoints {
     pub fn keep_references_of(&self, partitions: &[i32]) {
         let mut r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let now: BTreeSet<i32> = partitions.iter().copied().collect();
-        if r.wanted.as_ref().is_some_and(|w| !now.is_subset(w)) {
+        if r.seen.wanted.as_ref().is_some_and(|w| !now.is_subset(w)) {
             // Some were skipped: read them all again.
             r.next.clear();
-            r.references.clear();
+            r.seen.references.clear();
         }
-        r.references.retain(|_, c| c.partitions.iter().all(|p| now.contains(p)));
-        r.wanted = Some(now);
+        r.seen
+            .references
+            .retain(|_, c| c.partitions.iter().all(|p| now.contains(p)));
+        r.seen.wanted = Some(now);
     }
 
     /// The highest mark per source partition (of equal ones the latest),
@@ -432,23 +440,10 @@ impl Checkpoints {
             r.next.insert(p, next);
             end.insert(p, high);
         }
-        let Reader {
-            consumer,
-            next,
-            marks,
-            states,
-            references,
-            wanted,
-        } = &mut *r;
-        let mut seen = Seen {
-            marks,
-            states,
-            references,
-            wanted,
-        };
+        let Reader { consumer, next, seen } = &mut *r;
         super::kafka::read_range(consumer, &self.topic, next, end, deadline, |m| {
             if let Some(body) = m.payload() {
-                self.read_record(body, &mut seen);
+                self.read_record(body, seen);
             }
         })
         .map_err(|e| match e {
@@ -465,7 +460,7 @@ impl Checkpoints {
     /// topic: a chunk of a saved reference (a JSON header line, then Arrow
     /// IPC), a key's window state (the one with the most evaluations is
     /// kept), or a delivery mark (the highest is kept).
-    fn read_record(&self, body: &[u8], seen: &mut Seen<'_>) {
+    fn read_record(&self, body: &[u8], seen: &mut Seen) {
         let ours = |group: &str, topic: &str| group == self.group && topic == self.source_topic;
         if let Some((header, ipc)) = body.iter().position(|b| *b == b'\n').and_then(|i| {
             Some((
@@ -508,14 +503,6 @@ impl Checkpoints {
             *e = (*e).max(mark.mark);
         }
     }
-}
-
-/// What [`Checkpoints::delivered`] reads into (the [`Reader`]'s parts).
-struct Seen<'a> {
-    marks: &'a mut BTreeMap<i32, Delivered>,
-    states: &'a mut BTreeMap<(String, String), KeyState>,
-    references: &'a mut BTreeMap<(String, String), ReferenceChunks>,
-    wanted: &'a Option<BTreeSet<i32>>,
 }
 
 /// Waits for every send; the first failure is returned.
