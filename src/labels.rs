@@ -226,29 +226,36 @@ impl LabelJoin {
                 self.queue.insert(pos, Slot::Joined(row));
                 continue;
             }
-            let id = ids.value(i).to_string();
-            if let Some(l) = self.labels.remove(&id) {
-                self.labels_order.remove(&(l.ts_ms, id.clone()));
-                if l.ts_ms.saturating_sub(ts) <= self.horizon_ms {
-                    self.stats.joined += 1;
-                    self.label_of.insert(pos, (l.partition, l.offset));
-                    self.queue.insert(pos, Slot::Joined(self.with_label(&row, &l.label)?));
-                } else {
-                    self.stats.late += 1;
-                }
-                continue;
-            }
-            if let Some((old_pos, old_ts)) = self.events.insert(id.clone(), (pos, ts)) {
-                // A repeated id: the newest event waits, the older one stays unlabelled.
-                self.events_order.remove(&(old_ts, id.clone()));
-                self.queue.remove(&old_pos);
-                self.stats.unlabelled += 1;
-            }
-            self.queue.insert(pos, Slot::Waiting(row));
-            self.events_order.insert((ts, id));
+            self.join_event(ids.value(i).to_string(), pos, ts, row)?;
         }
         self.expire();
         Ok(self.release())
+    }
+
+    /// An event without a label inline (`row`, at stream position `pos`,
+    /// of time `ts`): joined with its label if that came first, else it
+    /// waits for it.
+    fn join_event(&mut self, id: String, pos: Pos, ts: i64, row: RecordBatch) -> Result<(), ArrowError> {
+        if let Some(l) = self.labels.remove(&id) {
+            self.labels_order.remove(&(l.ts_ms, id));
+            if l.ts_ms.saturating_sub(ts) <= self.horizon_ms {
+                self.stats.joined += 1;
+                self.label_of.insert(pos, (l.partition, l.offset));
+                self.queue.insert(pos, Slot::Joined(self.with_label(&row, &l.label)?));
+            } else {
+                self.stats.late += 1;
+            }
+            return Ok(());
+        }
+        if let Some((old_pos, old_ts)) = self.events.insert(id.clone(), (pos, ts)) {
+            // A repeated id: the newest event waits, the older one stays unlabelled.
+            self.events_order.remove(&(old_ts, id.clone()));
+            self.queue.remove(&old_pos);
+            self.stats.unlabelled += 1;
+        }
+        self.queue.insert(pos, Slot::Waiting(row));
+        self.events_order.insert((ts, id));
+        Ok(())
     }
 
     /// Labels in; returns the joined events released now, in stream order.
@@ -755,12 +762,16 @@ mod tests {
     /// interleaving of the two streams and their batch sizes: 200 seeded
     /// interleavings of two partitions' events (one label missing, one
     /// after the horizon) give the same sequence.
-    #[test]
-    fn release_order_does_not_depend_on_interleaving() {
-        use rand::{Rng, SeedableRng};
-        // Partition p, offset o: event time 10·o + p, label 1–90 ms later
-        // (so labels come in another order than their events); e0-13 has no
-        // label, e1-21's comes after the horizon (100).
+    /// An event: its id, time, partition and offset (as [`positioned`] takes it).
+    type Event = (String, i64, i32, i64);
+
+    /// A released event: its id, its label and its offset in its partition.
+    type Released = (String, i64, i64);
+
+    /// Partition p, offset o: event time 10·o + p, label 1–90 ms later (so
+    /// labels come in another order than their events); e0-13 has no label,
+    /// e1-21's comes after the horizon (100). Each stream in time order.
+    fn two_partitions_of_events_and_labels() -> (Vec<Event>, Vec<LabelRecord>) {
         let mut evs = vec![];
         let mut labs = vec![];
         for o in 0..40i64 {
@@ -775,39 +786,55 @@ mod tests {
                 }
             }
         }
-        labs.sort_by_key(|l| l.ts_ms); // each stream's times rise
-        let ids = |rows: Vec<RecordBatch>| -> Vec<(String, i64, i64)> {
-            rows.iter()
-                .map(|r| {
-                    (
-                        r.column(0).as_string::<i32>().value(0).to_string(),
-                        r.column(2).as_primitive::<Int64Type>().value(0),
-                        r.column(4).as_primitive::<Int64Type>().value(0),
-                    )
-                })
-                .collect()
-        };
-        let mut reference: Option<Vec<(String, i64, i64)>> = None;
-        for seed in 0..200u64 {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            let mut j = LabelJoin::new(positioned_schema(), "event_id", Some("ts"), "label", 100, 1000).unwrap();
-            let (mut e, mut l) = (0, 0);
-            let mut out = vec![];
-            while e < evs.len() || l < labs.len() {
-                let take_events = l == labs.len() || (e < evs.len() && rng.random_bool(0.5));
-                if take_events {
-                    let n = rng.random_range(1..=7).min(evs.len() - e);
-                    out.extend(ids(j.add_events(&positioned(&evs[e..e + n])).unwrap()));
-                    e += n;
-                } else {
-                    let n = rng.random_range(1..=7).min(labs.len() - l);
-                    out.extend(ids(j.add_labels(labs[l..l + n].to_vec()).unwrap()));
-                    l += n;
-                }
+        labs.sort_by_key(|l| l.ts_ms);
+        (evs, labs)
+    }
+
+    fn released(rows: Vec<RecordBatch>) -> Vec<Released> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r.column(0).as_string::<i32>().value(0).to_string(),
+                    r.column(2).as_primitive::<Int64Type>().value(0),
+                    r.column(4).as_primitive::<Int64Type>().value(0),
+                )
+            })
+            .collect()
+    }
+
+    /// The events and labels fed to a join in batches of 1–7, the two
+    /// streams interleaved at random (`seed`): what it released, once the
+    /// labels stream moved past them all (nothing left waiting).
+    fn released_interleaved(seed: u64, evs: &[Event], labs: &[LabelRecord]) -> Vec<Released> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut j = LabelJoin::new(positioned_schema(), "event_id", Some("ts"), "label", 100, 1000).unwrap();
+        let (mut e, mut l) = (0, 0);
+        let mut out = vec![];
+        while e < evs.len() || l < labs.len() {
+            let take_events = l == labs.len() || (e < evs.len() && rng.random_bool(0.5));
+            if take_events {
+                let n = rng.random_range(1..=7).min(evs.len() - e);
+                out.extend(released(j.add_events(&positioned(&evs[e..e + n])).unwrap()));
+                e += n;
+            } else {
+                let n = rng.random_range(1..=7).min(labs.len() - l);
+                out.extend(released(j.add_labels(labs[l..l + n].to_vec()).unwrap()));
+                l += n;
             }
-            // The labels stream moves on: what still waits is decided.
-            out.extend(ids(j.add_labels(vec![label("zz", 0, 10_000)]).unwrap()));
-            assert_eq!((j.stats.held, j.stats.waiting_events), (0, 0), "seed {seed}");
+        }
+        // The labels stream moves on: what still waits is decided.
+        out.extend(released(j.add_labels(vec![label("zz", 0, 10_000)]).unwrap()));
+        assert_eq!((j.stats.held, j.stats.waiting_events), (0, 0), "seed {seed}");
+        out
+    }
+
+    #[test]
+    fn release_order_does_not_depend_on_interleaving() {
+        let (evs, labs) = two_partitions_of_events_and_labels();
+        let mut reference: Option<Vec<Released>> = None;
+        for seed in 0..200u64 {
+            let out = released_interleaved(seed, &evs, &labs);
             // Per partition, in offset order.
             for p in ["e0-", "e1-"] {
                 let offs: Vec<i64> = out.iter().filter(|r| r.0.starts_with(p)).map(|r| r.2).collect();
@@ -816,7 +843,7 @@ mod tests {
             assert_eq!(out.len(), 78, "seed {seed}");
             assert!(!out.iter().any(|r| r.0 == "e0-13" || r.0 == "e1-21"));
             let per_partition =
-                |p: &str| -> Vec<(String, i64, i64)> { out.iter().filter(|r| r.0.starts_with(p)).cloned().collect() };
+                |p: &str| -> Vec<Released> { out.iter().filter(|r| r.0.starts_with(p)).cloned().collect() };
             let mine = [per_partition("e0-"), per_partition("e1-")].concat();
             match &reference {
                 None => reference = Some(mine),

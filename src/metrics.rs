@@ -207,6 +207,7 @@ fn label(v: &str) -> String {
 pub fn render(s: &RunStats) -> String {
     let mut w = Prometheus::default();
     events_metrics(&mut w, s);
+    model_metrics(&mut w, s);
     detector_metrics(&mut w, s);
     consumer_metrics(&mut w, s);
     label_metrics(&mut w, s);
@@ -232,7 +233,7 @@ fn count(a: &std::sync::atomic::AtomicU64) -> Vec<(String, f64)> {
     vec![(String::new(), a.load(Ordering::Relaxed) as f64)]
 }
 
-/// Events read, decoded, dead-lettered, processed; the model stage.
+/// Events read, decoded, dead-lettered, processed.
 fn events_metrics(w: &mut Prometheus, s: &RunStats) {
     w.metric(
         "driftwatch_events_received_total",
@@ -274,6 +275,10 @@ fn events_metrics(w: &mut Prometheus, s: &RunStats) {
         "Micro-batches processed.",
         count(&s.batches),
     );
+}
+
+/// The model stage: its time, the events it scored and their share.
+fn model_metrics(w: &mut Prometheus, s: &RunStats) {
     w.metric(
         "driftwatch_model_inference_seconds_total",
         "counter",

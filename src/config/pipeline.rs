@@ -783,18 +783,7 @@ impl TryFrom<ReferenceSpec> for ReferenceConfig {
     type Error = String;
     fn try_from(s: ReferenceSpec) -> Result<Self, String> {
         match s.kind {
-            ReferenceType::First => {
-                only("a `first` reference", &[("path", s.path.is_some())])?;
-                no_range("a `first` reference", &s)?;
-                match (s.size, s.duration) {
-                    (Some(size), None) => Ok(ReferenceConfig::First { size }),
-                    (None, Some(d)) => Ok(ReferenceConfig::FirstFor {
-                        duration_ms: parse_duration(&d)?.as_millis() as u64,
-                    }),
-                    (Some(_), Some(_)) => Err("a `first` reference takes `size` or `duration`, not both".into()),
-                    (None, None) => Err("a `first` reference needs `size` (events) or `duration` (event time)".into()),
-                }
-            }
+            ReferenceType::First => first_reference(s),
             ReferenceType::File => {
                 only(
                     "a `file` reference",
@@ -817,32 +806,50 @@ impl TryFrom<ReferenceSpec> for ReferenceConfig {
                 no_range("a `previous` reference", &s)?;
                 Ok(ReferenceConfig::Previous)
             }
-            ReferenceType::Range => {
-                only(
-                    "a `range` reference",
-                    &[
-                        ("size", s.size.is_some()),
-                        ("path", s.path.is_some()),
-                        ("duration", s.duration.is_some()),
-                    ],
-                )?;
-                let (Some(from), Some(to)) = (&s.from, &s.to) else {
-                    return Err("a `range` reference needs `from` and `to` (RFC 3339 times or epoch ms)".into());
-                };
-                let (from_ms, to_ms) = (from.ms()?, to.ms()?);
-                if from_ms >= to_ms {
-                    return Err(format!(
-                        "a `range` reference's `from` ({from_ms} ms) must be before its `to` ({to_ms} ms)"
-                    ));
-                }
-                Ok(ReferenceConfig::Range {
-                    topic: s.topic,
-                    from_ms,
-                    to_ms,
-                })
-            }
+            ReferenceType::Range => range_reference(s),
         }
     }
+}
+
+/// A `first` reference: the first `size` events, or those of the first
+/// `duration` of event time.
+fn first_reference(s: ReferenceSpec) -> Result<ReferenceConfig, String> {
+    only("a `first` reference", &[("path", s.path.is_some())])?;
+    no_range("a `first` reference", &s)?;
+    match (s.size, s.duration) {
+        (Some(size), None) => Ok(ReferenceConfig::First { size }),
+        (None, Some(d)) => Ok(ReferenceConfig::FirstFor {
+            duration_ms: parse_duration(&d)?.as_millis() as u64,
+        }),
+        (Some(_), Some(_)) => Err("a `first` reference takes `size` or `duration`, not both".into()),
+        (None, None) => Err("a `first` reference needs `size` (events) or `duration` (event time)".into()),
+    }
+}
+
+/// A `range` reference: the events of a span of event time (`from`, `to`).
+fn range_reference(s: ReferenceSpec) -> Result<ReferenceConfig, String> {
+    only(
+        "a `range` reference",
+        &[
+            ("size", s.size.is_some()),
+            ("path", s.path.is_some()),
+            ("duration", s.duration.is_some()),
+        ],
+    )?;
+    let (Some(from), Some(to)) = (&s.from, &s.to) else {
+        return Err("a `range` reference needs `from` and `to` (RFC 3339 times or epoch ms)".into());
+    };
+    let (from_ms, to_ms) = (from.ms()?, to.ms()?);
+    if from_ms >= to_ms {
+        return Err(format!(
+            "a `range` reference's `from` ({from_ms} ms) must be before its `to` ({to_ms} ms)"
+        ));
+    }
+    Ok(ReferenceConfig::Range {
+        topic: s.topic,
+        from_ms,
+        to_ms,
+    })
 }
 
 /// The current window: by count (`size`, `slide` in events) or by event

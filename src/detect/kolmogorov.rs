@@ -320,20 +320,9 @@ fn pomeranz_cdf(n: u64, x: f64) -> f64 {
         let len = j2 - k1 + 1;
         if len > 0 {
             let seg_start = (k1 - v0s) as usize;
-            let len = len as usize;
-            let start = (j1 - k1) as usize;
-            let count = (j2 - j1 + 1) as usize;
-            // conv[t] = Σ_s seg[s]·pw[t − s], only t in start..start+count.
-            for (o, slot) in v1.iter_mut().take(count).enumerate() {
-                let t = start + o;
-                let mut acc = 0.0;
-                for s in 0..=t.min(len - 1) {
-                    if t - s < len {
-                        acc += v0[seg_start + s] * pw[t - s];
-                    }
-                }
-                *slot = acc;
-            }
+            let count = ((j2 - j1 + 1) as usize).min(np);
+            let (start, len) = ((j1 - k1) as usize, len as usize);
+            truncated_convolution(&v0[seg_start..], len, pw, start, &mut v1[..count]);
             let mx = v1.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             if mx > 0.0 && mx < SCALE_INV {
                 v1.iter_mut().for_each(|x| *x *= SCALE);
@@ -342,15 +331,35 @@ fn pomeranz_cdf(n: u64, x: f64) -> f64 {
             v1s = v0s + j1 - k1;
         }
     }
-    let mut ans = v1[(ni - v1s) as usize];
+    times_factorial(v1[(ni - v1s) as usize], expnt, n).clamp(0.0, 1.0)
+}
+
+/// v·2^expnt·n!, rescaled as it grows so that it cannot overflow before
+/// the last step.
+fn times_factorial(mut v: f64, mut expnt: i64, n: u64) -> f64 {
     for m in 1..=n {
-        if ans.abs() > SCALE {
-            ans *= SCALE_INV;
+        if v.abs() > SCALE {
+            v *= SCALE_INV;
             expnt += SCALE_EXP as i64;
         }
-        ans *= m as f64;
+        v *= m as f64;
     }
-    ldexp(ans, expnt).clamp(0.0, 1.0)
+    ldexp(v, expnt)
+}
+
+/// [`pomeranz_cdf`]'s step: out[o] = conv[start + o] for the convolution
+/// conv[t] = Σ_{s < len, t − s < len} seg[s]·pw[t − s].
+fn truncated_convolution(seg: &[f64], len: usize, pw: &[f64], start: usize, out: &mut [f64]) {
+    for (o, slot) in out.iter_mut().enumerate() {
+        let t = start + o;
+        let mut acc = 0.0;
+        for s in 0..=t.min(len - 1) {
+            if t - s < len {
+                acc += seg[s] * pw[t - s];
+            }
+        }
+        *slot = acc;
+    }
 }
 
 /// P(D_n ≤ x) by the Pelz–Good expansion K₀(z) + K₁(z)/√n + K₂(z)/n +

@@ -248,18 +248,6 @@ fn set_sums_portable<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn set_sums_avx2<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [i64; H] {
-    /// 32 zero bytes then 32 bytes of ones: from offset `left`, a mask that
-    /// keeps a vector's last `left` bytes.
-    static LAST: [u8; 64] = {
-        let mut m = [0u8; 64];
-        let mut i = 32;
-        while i < 64 {
-            m[i] = 0xFF;
-            i += 1;
-        }
-        m
-    };
-    let ones = _mm256_set1_epi16(1);
     let mut wide = [_mm256_setzero_si256(); H];
     let mut short = [0i64; H];
     for &(col0, row) in pieces {
@@ -288,10 +276,10 @@ unsafe fn set_sums_avx2<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [
                 // Only at the piece's end (stop = n): its last 32 values,
                 // those before t masked to 0.
                 let at = n - 32;
-                // SAFETY: LAST[stop − t..][..32] is inside LAST (stop − t < 32);
+                // SAFETY: LAST_32[stop − t..][..32] is inside it (stop − t < 32);
                 // at + 32 = n, and col0 + n ≤ every column's length.
                 unsafe {
-                    let keep = _mm256_lddqu_si256(LAST.as_ptr().add(stop - t) as *const __m256i);
+                    let keep = _mm256_lddqu_si256(LAST_32.as_ptr().add(stop - t) as *const __m256i);
                     let x = _mm256_and_si256(keep, _mm256_lddqu_si256(row.as_ptr().add(at) as *const __m256i));
                     for h in 0..H {
                         let on = _mm256_lddqu_si256(sets[h].as_ptr().add(col0 + at) as *const __m256i);
@@ -300,12 +288,7 @@ unsafe fn set_sums_avx2<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [
                 }
                 t = stop;
             }
-            for h in 0..H {
-                let quads = _mm256_madd_epi16(pairs[h], ones);
-                let lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(quads));
-                let hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(quads));
-                wide[h] = _mm256_add_epi64(wide[h], _mm256_add_epi64(lo, hi));
-            }
+            widen_pairs_avx2(&pairs, &mut wide);
         }
     }
     std::array::from_fn(|h| {
@@ -314,6 +297,34 @@ unsafe fn set_sums_avx2<const H: usize>(pieces: &[Piece], sets: [&[i8]; H]) -> [
         unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, wide[h]) };
         short[h] + lanes.iter().sum::<i64>()
     })
+}
+
+/// 32 zero bytes then 32 bytes of ones: from offset `left`, a mask that
+/// keeps a vector's last `left` bytes ([`set_sums_avx2`]).
+#[cfg(target_arch = "x86_64")]
+static LAST_32: [u8; 64] = {
+    let mut m = [0u8; 64];
+    let mut i = 32;
+    while i < 64 {
+        m[i] = 0xFF;
+        i += 1;
+    }
+    m
+};
+
+/// [`set_sums_avx2`]'s flush: each set's 16-bit pair sums added, widened
+/// to 64 bits, to its running sums (before the pairs could overflow).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn widen_pairs_avx2<const H: usize>(pairs: &[__m256i; H], wide: &mut [__m256i; H]) {
+    let ones = _mm256_set1_epi16(1);
+    for (w, &p) in wide.iter_mut().zip(pairs) {
+        let quads = _mm256_madd_epi16(p, ones);
+        let lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(quads));
+        let hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(quads));
+        *w = _mm256_add_epi64(*w, _mm256_add_epi64(lo, hi));
+    }
 }
 
 /// As [`set_sums_avx2`], 64 values per multiply-add; a piece's last ones
@@ -688,39 +699,75 @@ unsafe fn sq_dists_block_avx512(
     ends: Option<&[usize]>,
     out: &mut [f64],
 ) {
-    let (nr, nc) = (row_norms.len(), col_norms.len());
+    let nr = row_norms.len();
+    let full_rows = nr - nr % TILE_ROWS;
+    // SAFETY: the caller's (features, and the lengths sq_dists_block asserted).
+    unsafe {
+        tiles_avx512(rows, row_norms, cols_t, col_norms, dim, ends, full_rows, out);
+        single_rows_avx512(rows, row_norms, cols_t, col_norms, dim, ends, full_rows, out);
+    }
+}
+
+/// Of the columns c..c + 8, the lanes that exist among `nc` (none past the end).
+#[cfg(target_arch = "x86_64")]
+fn lanes8(c: usize, nc: usize) -> __mmask8 {
+    if c + 8 <= nc {
+        0xFF
+    } else if c >= nc {
+        0
+    } else {
+        (1u8 << (nc - c)) - 1
+    }
+}
+
+/// Row r's squared distances to the columns c0.. under `k8`,
+/// max(0, ‖x‖² + ‖y‖² − 2·acc), stored at `out` (row r's column c0).
+///
+/// # Safety
+/// AVX-512F; `out` and `col_norms[c0..]` hold the lanes under `k8` (the
+/// pointers past them are never dereferenced).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_dists_avx512(acc: __m512d, row_norm: f64, col_norms: &[f64], c0: usize, k8: __mmask8, out: *mut f64) {
+    // SAFETY: the caller's.
+    unsafe {
+        let base = _mm512_add_pd(
+            _mm512_maskz_loadu_pd(k8, col_norms.as_ptr().wrapping_add(c0)),
+            _mm512_set1_pd(row_norm),
+        );
+        let d = _mm512_max_pd(_mm512_fnmadd_pd(_mm512_set1_pd(2.0), acc, base), _mm512_setzero_pd());
+        _mm512_mask_storeu_pd(out, k8, d);
+    }
+}
+
+/// [`sq_dists_block_avx512`]'s rows 0..full_rows (a multiple of
+/// [`TILE_ROWS`]), by register tiles of [`TILE_ROWS`] × 16.
+///
+/// # Safety
+/// AVX-512F; the lengths [`sq_dists_block`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles_avx512(
+    rows: &[f64],
+    row_norms: &[f64],
+    cols_t: &[f64],
+    col_norms: &[f64],
+    dim: usize,
+    ends: Option<&[usize]>,
+    full_rows: usize,
+    out: &mut [f64],
+) {
+    let nc = col_norms.len();
     let (pr, pt, po) = (rows.as_ptr(), cols_t.as_ptr(), out.as_mut_ptr());
     let zero = _mm512_setzero_pd();
-    // Lanes of columns c..c+8 that exist (none past the end).
-    let lanes = |c: usize| -> __mmask8 {
-        if c + 8 <= nc {
-            0xFF
-        } else if c >= nc {
-            0
-        } else {
-            (1u8 << (nc - c)) - 1
-        }
-    };
-    // d = max(0, ‖x‖² + ‖y‖² − 2·acc), stored under the column mask.
-    let finish = |acc: __m512d, r: usize, c0: usize, k8: __mmask8| {
-        // SAFETY: r < nr, and only the lanes under k8 (columns < nc) are
-        // read or written; the pointers past them are never dereferenced.
-        unsafe {
-            let base = _mm512_add_pd(
-                _mm512_maskz_loadu_pd(k8, col_norms.as_ptr().wrapping_add(c0)),
-                _mm512_set1_pd(row_norms[r]),
-            );
-            let d = _mm512_max_pd(_mm512_fnmadd_pd(_mm512_set1_pd(2.0), acc, base), zero);
-            _mm512_mask_storeu_pd(po.wrapping_add(r * nc + c0), k8, d);
-        }
-    };
     // Column panels as on AVX2: without them, wide points (d = 384: 3 MB of
     // columns) streamed every column from memory once per row tile, and
     // this path was slower than AVX2's.
     let width = panel_columns(dim, 16);
-    let full_rows = nr - nr % TILE_ROWS;
-    // SAFETY (all loads below): rows r < nr and k < dim, and only columns
-    // under the masks (< nc), inside the lengths the caller asserted.
+    // SAFETY (all loads and stores below): rows r < full_rows and k < dim,
+    // and only columns under the masks (< nc), inside the lengths asserted.
     unsafe {
         for panel in (0..nc).step_by(width) {
             let panel_end = (panel + width).min(nc);
@@ -729,7 +776,7 @@ unsafe fn sq_dists_block_avx512(
                 let x: [*const f64; TILE_ROWS] = std::array::from_fn(|r| pr.add((r0 + r) * dim));
                 let mut c0 = panel;
                 while c0 < end {
-                    let (k0, k1) = (lanes(c0), lanes(c0 + 8));
+                    let (k0, k1) = (lanes8(c0, nc), lanes8(c0 + 8, nc));
                     let mut acc = [[zero; 2]; TILE_ROWS];
                     for k in 0..dim {
                         let t0 = _mm512_maskz_loadu_pd(k0, pt.wrapping_add(k * nc + c0));
@@ -741,32 +788,52 @@ unsafe fn sq_dists_block_avx512(
                         }
                     }
                     for (r, a) in acc.iter().enumerate() {
-                        finish(a[0], r0 + r, c0, k0);
-                        finish(a[1], r0 + r, c0 + 8, k1);
+                        let (row, at) = (r0 + r, po.wrapping_add((r0 + r) * nc + c0));
+                        store_dists_avx512(a[0], row_norms[row], col_norms, c0, k0, at);
+                        store_dists_avx512(a[1], row_norms[row], col_norms, c0 + 8, k1, at.wrapping_add(8));
                     }
                     c0 += 16;
                 }
             }
         }
-        let mut r0 = full_rows;
-        while r0 < nr {
-            let x = pr.add(r0 * dim);
-            let end = ends.map_or(nc, |e| e[r0].min(nc));
-            let mut c0 = 0;
-            while c0 < end {
-                let k8 = lanes(c0);
-                let mut a = zero;
-                for k in 0..dim {
-                    a = _mm512_fmadd_pd(
-                        _mm512_set1_pd(*x.add(k)),
-                        _mm512_maskz_loadu_pd(k8, pt.wrapping_add(k * nc + c0)),
-                        a,
-                    );
+    }
+}
+
+/// [`sq_dists_block_avx512`]'s rows from `r0` on (fewer than a tile), one
+/// at a time.
+///
+/// # Safety
+/// AVX-512F; the lengths [`sq_dists_block`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn single_rows_avx512(
+    rows: &[f64],
+    row_norms: &[f64],
+    cols_t: &[f64],
+    col_norms: &[f64],
+    dim: usize,
+    ends: Option<&[usize]>,
+    r0: usize,
+    out: &mut [f64],
+) {
+    let (nr, nc) = (row_norms.len(), col_norms.len());
+    let (pt, po) = (cols_t.as_ptr(), out.as_mut_ptr());
+    for r in r0..nr {
+        let x = &rows[r * dim..(r + 1) * dim];
+        let end = ends.map_or(nc, |e| e[r].min(nc));
+        for c0 in (0..end).step_by(8) {
+            let k8 = lanes8(c0, nc);
+            let mut a = _mm512_setzero_pd();
+            // SAFETY: k < dim, and only columns under k8 (< nc) are read
+            // or written, inside the lengths asserted.
+            unsafe {
+                for (k, &xk) in x.iter().enumerate() {
+                    let t = _mm512_maskz_loadu_pd(k8, pt.wrapping_add(k * nc + c0));
+                    a = _mm512_fmadd_pd(_mm512_set1_pd(xk), t, a);
                 }
-                finish(a, r0, c0, k8);
-                c0 += 8;
+                store_dists_avx512(a, row_norms[r], col_norms, c0, k8, po.wrapping_add(r * nc + c0));
             }
-            r0 += 1;
         }
     }
 }
@@ -1039,20 +1106,7 @@ mod tests {
             let cut = len / 3;
             let in_two = [(0, &r[..cut]), (cut, &r[cut..])];
             for pieces in [&[(0, r)][..], &in_two] {
-                assert_eq!(set_sums_portable(pieces, sets), want, "portable, len {len}");
-                assert_eq!(set_sums(pieces, sets), want, "len {len}");
-                assert_eq!(set_sums(pieces, [sets[2]]), [want[2]], "one set, len {len}");
-                #[cfg(target_arch = "x86_64")]
-                {
-                    if has_avx512bw() {
-                        // SAFETY: features checked.
-                        assert_eq!(unsafe { set_sums_avx512(pieces, sets) }, want, "avx512, len {len}");
-                    }
-                    if has_avx2() {
-                        // SAFETY: feature checked.
-                        assert_eq!(unsafe { set_sums_avx2(pieces, sets) }, want, "avx2, len {len}");
-                    }
-                }
+                set_sums_on_every_path(pieces, sets, want, len);
             }
             // Columns that end with the row (the AVX2 path reads its last
             // vector back from there), and columns that go on past it with
@@ -1080,7 +1134,29 @@ mod tests {
                 assert_eq!(set_sums(&[(5, r)], [&shifted[..]]), [want[2]], "shifted, len {len}");
             }
         }
-        // Past the i16 and i32 flush intervals, at the largest values.
+    }
+
+    /// [`set_sums`] of `pieces` is `want` on every path this CPU runs.
+    fn set_sums_on_every_path(pieces: &[Piece], sets: [&[i8]; 3], want: [i64; 3], len: usize) {
+        assert_eq!(set_sums_portable(pieces, sets), want, "portable, len {len}");
+        assert_eq!(set_sums(pieces, sets), want, "len {len}");
+        assert_eq!(set_sums(pieces, [sets[2]]), [want[2]], "one set, len {len}");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512bw() {
+                // SAFETY: features checked.
+                assert_eq!(unsafe { set_sums_avx512(pieces, sets) }, want, "avx512, len {len}");
+            }
+            if has_avx2() {
+                // SAFETY: feature checked.
+                assert_eq!(unsafe { set_sums_avx2(pieces, sets) }, want, "avx2, len {len}");
+            }
+        }
+    }
+
+    /// Past the i16 and i32 flush intervals, at the largest values.
+    #[test]
+    fn set_sums_flush_before_they_overflow() {
         let long = vec![255u8; FIXED_FLUSH + 40];
         let ones = vec![1i8; long.len()];
         let want = [long.len() as i64 * 255];
@@ -1091,8 +1167,12 @@ mod tests {
             // SAFETY: feature checked.
             assert_eq!(unsafe { set_sums_avx2(&[(0, &long)], [&ones]) }, want);
         }
-        // Rounding to nearest, ties to even (0.5 and 0.7 scale to 127.5 and
-        // 178.5 exactly), on every path and in the tail.
+    }
+
+    /// Rounding to nearest, ties to even (0.5 and 0.7 scale to 127.5 and
+    /// 178.5 exactly), on every path and in the tail.
+    #[test]
+    fn fixed_point_rounds_to_nearest_even() {
         let xs: Vec<f64> = (0..21)
             .map(|i| [0.0, 1.0, 0.5, 1.0 / 3.0, 0.25, 0.75, 0.7][i % 7])
             .collect();
@@ -1121,109 +1201,174 @@ mod tests {
         }
     }
 
-    #[test]
-    fn block_distances_match_direct_ones() {
-        // 1100 coordinates make column panels of 16 (AVX-512) and 8 (AVX2)
-        // columns, so the wider blocks below span several panels.
-        for (dim, (nr, nc)) in [(1100, (17usize, 40usize)), (1100, (9, 33))].into_iter().chain(
-            [
-                (1usize, 1usize),
-                (3, 7),
-                (4, 8),
-                (9, 17),
-                (13, 3),
-                (8, 16),
-                (17, 17),
-                (33, 33),
-                (21, 40),
-            ]
-            .map(|size| (5, size)),
-        ) {
+    /// Points for the distance kernels: rows and columns (row-major, `dim`
+    /// coordinates), their squared norms, the columns transposed, and the
+    /// block of squared distances by the dispatched path.
+    struct DistCase {
+        dim: usize,
+        nr: usize,
+        nc: usize,
+        rows: Vec<f64>,
+        cols: Vec<f64>,
+        rn: Vec<f64>,
+        cn: Vec<f64>,
+        t: Vec<f64>,
+        out: Vec<f64>,
+    }
+
+    impl DistCase {
+        fn new(dim: usize, nr: usize, nc: usize) -> Self {
             let rows: Vec<f64> = (0..nr * dim).map(|i| (i as f64 * 0.37).sin()).collect();
             let cols: Vec<f64> = (0..nc * dim).map(|i| (i as f64 * 0.11).cos()).collect();
             let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
             let rn: Vec<f64> = rows.chunks(dim).map(norm).collect();
             let cn: Vec<f64> = cols.chunks(dim).map(norm).collect();
-            // Cancellation in ‖x‖² + ‖y‖² − 2x·y: ε times the norms.
-            let tol = |r: usize, c: usize| 1e-14 * (1.0 + rn[r] + cn[c]);
-            let mut t = vec![0.0; nc * dim];
-            for c in 0..nc {
-                for k in 0..dim {
-                    t[k * nc + c] = cols[c * dim + k];
-                }
-            }
+            let t = transposed(&cols, dim);
             let mut out = vec![-1.0; nr * nc];
             sq_dists_block(&rows, &rn, &t, &cn, dim, None, &mut out);
-            // The GEMM and AVX2 paths on their own (the dispatch above may take AVX-512).
-            let mut by_gemm = vec![-1.0; nr * nc];
-            sq_dists_block_gemm(&rows, &rn, &t, &cn, dim, &mut by_gemm);
-            #[cfg(target_arch = "x86_64")]
-            let by_avx2 = has_avx2().then(|| {
-                let mut o = vec![-1.0; nr * nc];
-                // SAFETY: features checked; sizes as above.
-                unsafe { sq_dists_block_avx2(&rows, &rn, &t, &cn, dim, None, &mut o) };
-                o
-            });
-            #[cfg(not(target_arch = "x86_64"))]
-            let by_avx2: Option<Vec<f64>> = None;
+            Self {
+                dim,
+                nr,
+                nc,
+                rows,
+                cols,
+                rn,
+                cn,
+                t,
+                out,
+            }
+        }
+
+        fn row(&self, r: usize) -> &[f64] {
+            &self.rows[r * self.dim..(r + 1) * self.dim]
+        }
+
+        /// Every entry of `block` (one of this case's, by some path) within
+        /// the cancellation error of ‖x‖² + ‖y‖² − 2x·y of the direct one.
+        fn check_direct(&self, block: &[f64], path: &str) {
+            let (dim, nr, nc) = (self.dim, self.nr, self.nc);
             for r in 0..nr {
                 for c in 0..nc {
-                    let want = sq_dist(&rows[r * dim..(r + 1) * dim], &cols[c * dim..(c + 1) * dim]);
-                    assert!((out[r * nc + c] - want).abs() < tol(r, c), "({r},{c}) of {nr}×{nc}");
-                    assert!(
-                        (by_gemm[r * nc + c] - want).abs() < tol(r, c),
-                        "gemm ({r},{c}) of {nr}×{nc}"
-                    );
-                    if let Some(o) = &by_avx2 {
-                        assert!((o[r * nc + c] - want).abs() < tol(r, c), "avx2 ({r},{c}) of {nr}×{nc}");
-                    }
+                    let want = sq_dist(self.row(r), &self.cols[c * dim..(c + 1) * dim]);
+                    let tol = 1e-14 * (1.0 + self.rn[r] + self.cn[c]);
+                    assert!((block[r * nc + c] - want).abs() < tol, "{path} ({r},{c}) of {nr}×{nc}");
                 }
             }
-            // An entry is the same bit for bit wherever its column falls in
-            // a block (a slide recomputes pairs at other positions).
-            if nc > 3 {
-                let shifted: Vec<f64> = (0..dim).flat_map(|k| t[k * nc + 3..(k + 1) * nc].to_vec()).collect();
-                let mut o = vec![-1.0; nr * (nc - 3)];
-                sq_dists_block(&rows, &rn, &shifted, &cn[3..], dim, None, &mut o);
-                for r in 0..nr {
-                    assert_eq!(
-                        o[r * (nc - 3)..(r + 1) * (nc - 3)],
-                        out[r * nc + 3..(r + 1) * nc],
-                        "row {r}"
-                    );
+        }
+    }
+
+    /// `points` (row-major, `dim` coordinates) transposed: `dim` rows.
+    fn transposed(points: &[f64], dim: usize) -> Vec<f64> {
+        let count = points.len() / dim;
+        let mut t = vec![0.0; count * dim];
+        for c in 0..count {
+            for k in 0..dim {
+                t[k * count + c] = points[c * dim + k];
+            }
+        }
+        t
+    }
+
+    /// The sizes the distance kernels are tested on.
+    fn dist_cases() -> impl Iterator<Item = DistCase> {
+        // 1100 coordinates make column panels of 16 (AVX-512) and 8 (AVX2)
+        // columns, so the wider blocks below span several panels.
+        let wide = [(1100, (17usize, 40usize)), (1100, (9, 33))];
+        let small = [
+            (1usize, 1usize),
+            (3, 7),
+            (4, 8),
+            (9, 17),
+            (13, 3),
+            (8, 16),
+            (17, 17),
+            (33, 33),
+            (21, 40),
+        ];
+        wide.into_iter()
+            .chain(small.map(|size| (5, size)))
+            .map(|(dim, (nr, nc))| DistCase::new(dim, nr, nc))
+    }
+
+    #[test]
+    fn block_distances_match_direct_ones() {
+        for case in dist_cases() {
+            let (nr, nc, dim) = (case.nr, case.nc, case.dim);
+            case.check_direct(&case.out, "dispatched");
+            // The GEMM and AVX2 paths on their own (the dispatch above may take AVX-512).
+            let mut by_gemm = vec![-1.0; nr * nc];
+            sq_dists_block_gemm(&case.rows, &case.rn, &case.t, &case.cn, dim, &mut by_gemm);
+            case.check_direct(&by_gemm, "gemm");
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                let mut o = vec![-1.0; nr * nc];
+                // SAFETY: features checked; sizes as above.
+                unsafe { sq_dists_block_avx2(&case.rows, &case.rn, &case.t, &case.cn, dim, None, &mut o) };
+                case.check_direct(&o, "avx2");
+            }
+        }
+    }
+
+    /// An entry is the same bit for bit wherever its column falls in a
+    /// block (a slide recomputes pairs at other positions).
+    #[test]
+    fn a_distance_does_not_depend_on_its_column_s_place() {
+        for case in dist_cases().filter(|c| c.nc > 3) {
+            let (nr, nc, dim, t) = (case.nr, case.nc, case.dim, &case.t);
+            let shifted: Vec<f64> = (0..dim).flat_map(|k| t[k * nc + 3..(k + 1) * nc].to_vec()).collect();
+            let mut o = vec![-1.0; nr * (nc - 3)];
+            sq_dists_block(&case.rows, &case.rn, &shifted, &case.cn[3..], dim, None, &mut o);
+            for r in 0..nr {
+                assert_eq!(
+                    o[r * (nc - 3)..(r + 1) * (nc - 3)],
+                    case.out[r * nc + 3..(r + 1) * nc],
+                    "row {r}"
+                );
+            }
+        }
+    }
+
+    /// The lower triangle alone (the same points on both sides).
+    #[test]
+    fn lower_triangles_match_direct_distances() {
+        for case in dist_cases().filter(|c| c.nr == c.nc) {
+            let (nr, dim, rn) = (case.nr, case.dim, &case.rn);
+            let t = transposed(&case.rows, dim);
+            let mut low = vec![-1.0; nr * nr];
+            let diagonal: Vec<usize> = (0..nr).collect();
+            sq_dists_block(&case.rows, rn, &t, rn, dim, Some(&diagonal), &mut low);
+            for r in 0..nr {
+                for c in 0..r {
+                    let want = sq_dist(case.row(r), case.row(c));
+                    let tol = 1e-14 * (1.0 + rn[r] + rn[c]);
+                    assert!((low[r * nr + c] - want).abs() < tol, "lower ({r},{c}) of {nr}");
                 }
             }
-            // The lower triangle alone (the same points on both sides).
-            if nr == nc {
-                let mut t = vec![0.0; nr * dim];
-                for c in 0..nr {
-                    for k in 0..dim {
-                        t[k * nr + c] = rows[c * dim + k];
-                    }
-                }
-                let mut low = vec![-1.0; nr * nr];
-                let diagonal: Vec<usize> = (0..nr).collect();
-                sq_dists_block(&rows, &rn, &t, &rn, dim, Some(&diagonal), &mut low);
-                for r in 0..nr {
-                    for c in 0..r {
-                        let want = sq_dist(&rows[r * dim..(r + 1) * dim], &rows[c * dim..(c + 1) * dim]);
-                        assert!(
-                            (low[r * nr + c] - want).abs() < 1e-14 * (1.0 + rn[r] + rn[c]),
-                            "lower ({r},{c}) of {nr}"
-                        );
-                    }
-                }
-            }
-            // Ends in no order (a window's new events at any positions):
-            // each row's entries before its end, bit for bit the full block's.
+        }
+    }
+
+    /// Ends in no order (a window's new events at any positions): each
+    /// row's entries before its end, bit for bit the full block's.
+    #[test]
+    fn rows_cut_at_their_ends_match_the_full_block() {
+        for case in dist_cases() {
+            let (nr, nc) = (case.nr, case.nc);
             let ends: Vec<usize> = (0..nr).map(|r| (r * 7 + 3) % (nc + 2)).collect();
             let mut part = vec![-1.0; nr * nc];
-            sq_dists_block(&rows, &rn, &t, &cn, dim, Some(&ends), &mut part);
+            sq_dists_block(
+                &case.rows,
+                &case.rn,
+                &case.t,
+                &case.cn,
+                case.dim,
+                Some(&ends),
+                &mut part,
+            );
             for r in 0..nr {
                 let end = ends[r].min(nc);
                 assert_eq!(
                     part[r * nc..r * nc + end],
-                    out[r * nc..r * nc + end],
+                    case.out[r * nc..r * nc + end],
                     "row {r} to {end}"
                 );
             }
@@ -1260,54 +1405,86 @@ mod tests {
     }
 
     #[test]
-    fn agrees_with_scalar() {
+    fn sq_dist_agrees_with_scalar() {
         let a: Vec<f64> = (0..37).map(|i| (i as f64 * 0.7).sin()).collect();
         let b: Vec<f64> = (0..37).map(|i| (i as f64 * 0.3).cos()).collect();
         let want: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
         assert!((sq_dist(&a, &b) - want).abs() < 1e-13);
-        // Arguments from 0 to near the floor (−708 at 544.6), densely, then
-        // below it.
-        let mut x: Vec<f64> = (0..20_011)
+    }
+
+    /// Arguments from 0 to near the floor (−708 at 544.6), densely, then
+    /// below it.
+    fn exp_arguments() -> Vec<f64> {
+        (0..20_011)
             .map(|i| i as f64 * 0.0272)
             .chain((0..200).map(|i| 540.0 + i as f64 * 0.0231))
             .chain([0.0, 1e-300, 800.0, 1e6])
-            .collect();
-        let orig = x.clone();
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // The AVX2 path on its own (the dispatch below may take AVX-512).
-            let mut y = orig.clone();
-            // SAFETY: feature checked.
-            unsafe { gaussian_avx2(&mut y, 1.3) };
-            for (o, v) in orig.iter().zip(&y) {
-                let want = (-1.3 * o).exp();
-                assert!(
-                    (v - want).abs() <= 4.0 * f64::EPSILON * want,
-                    "avx2 exp(-1.3·{o}) = {v}"
-                );
-            }
+            .collect()
+    }
+
+    /// Each of `ys`, e^(−1.3·x) of `xs`, within 4 ulp of std's.
+    fn within_4_ulp(xs: &[f64], ys: &[f64], path: &str) {
+        assert_eq!(xs.len(), ys.len());
+        for (o, y) in xs.iter().zip(ys) {
+            let want = (-1.3 * o).exp();
+            assert!(
+                (y - want).abs() <= 4.0 * f64::EPSILON * want,
+                "{path}: exp(-1.3·{o}) = {y}, want {want}"
+            );
         }
+    }
+
+    #[test]
+    fn gaussians_are_within_4_ulp_on_every_path() {
+        let orig = exp_arguments();
+        let mut x = orig.clone();
+        gaussian_in_place(&mut x, 1.3);
+        within_4_ulp(&orig, &x, "dispatched");
         let mut portable = orig.clone();
         gaussian_portable(&mut portable, 1.3);
+        within_4_ulp(&orig, &portable, "portable");
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
-            // Same operations, same bits: a kernel matrix does not depend on
-            // the path that computed it.
+            // The AVX2 path on its own (the dispatch may take AVX-512).
             let mut y = orig.clone();
             // SAFETY: feature checked.
             unsafe { gaussian_avx2(&mut y, 1.3) };
-            assert!(y.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()));
+            within_4_ulp(&orig, &y, "avx2");
+        }
+    }
+
+    /// Same operations, same bits: a kernel matrix does not depend on the
+    /// path that computed it.
+    #[test]
+    fn gaussians_have_the_same_bits_on_every_path() {
+        let orig = exp_arguments();
+        let mut portable = orig.clone();
+        gaussian_portable(&mut portable, 1.3);
+        let same = |y: &[f64]| y.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            let mut y = orig.clone();
+            // SAFETY: feature checked.
+            unsafe { gaussian_avx2(&mut y, 1.3) };
+            assert!(same(&y), "avx2");
         }
         #[cfg(target_arch = "x86_64")]
         if has_avx512() {
             let mut z = orig.clone();
             // SAFETY: feature checked.
             unsafe { gaussian_avx512(&mut z, 1.3) };
-            assert!(z.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(same(&z), "avx512");
         }
-        // A value's bits do not depend on where in a slice it falls (the
-        // last values of a slice, fewer than a vector, included): a slide
-        // computes kernel rows in other slices than a restart.
+        let mut x = orig.clone();
+        gaussian_in_place(&mut x, 1.3);
+        assert!(same(&x), "dispatched");
+    }
+
+    /// A value's bits do not depend on where in a slice it falls (the last
+    /// values of a slice, fewer than a vector, included): a slide computes
+    /// kernel rows in other slices than a restart.
+    #[test]
+    fn a_gaussian_s_bits_do_not_depend_on_its_place() {
         let moderate: Vec<f64> = (0..23).map(|i| 0.37 * i as f64 + 0.011).collect();
         let mut whole = moderate.clone();
         gaussian_in_place(&mut whole, 0.7);
@@ -1321,14 +1498,6 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "values {start}..{end}");
             }
-        }
-        gaussian_in_place(&mut x, 1.3);
-        for (o, y) in orig.iter().cycle().zip(x.iter().chain(&portable)) {
-            let want = (-1.3 * o).exp();
-            assert!(
-                (y - want).abs() <= 4.0 * f64::EPSILON * want,
-                "exp(-1.3·{o}) = {y}, want {want}"
-            );
         }
     }
 }

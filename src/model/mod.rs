@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::SessionInputValue;
-use ort::value::{TensorElementType, TensorRef};
+use ort::value::{DynValue, TensorElementType, TensorRef};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -374,58 +374,22 @@ impl Model {
     ) -> Result<Inferred, ModelError> {
         let path = self.path.clone();
         let failed = |detail: String| inference_err(&path, detail);
-        let (pooling, normalize) = (self.pooling, self.normalize);
+        let shaping = Shaping {
+            pooling: self.pooling,
+            normalize: self.normalize,
+            mask,
+            n,
+        };
         let outs = self.session.run(inputs).map_err(|e| failed(e.to_string()))?;
-        let mut res = vec![];
-        for o in &self.outputs {
-            let v = outs
-                .get(&o.onnx_name)
-                .ok_or_else(|| failed(format!("output `{}` missing", o.onnx_name)))?;
-            let (shape, data) = v
-                .try_extract_tensor::<f32>()
-                .map_err(|e| failed(format!("output `{}`: {e}", o.onnx_name)))?;
-            if shape.is_empty() || shape[0] != n as i64 {
-                return Err(failed(format!(
-                    "output `{}` has shape {:?}, expected batch {n} first",
-                    o.onnx_name,
-                    &shape[..]
-                )));
-            }
-            let mut values = if o.column == EMBEDDING_COL && shape.len() == 3 {
-                let (tokens, dim) = (shape[1] as usize, shape[2] as usize);
-                let kept = mask.map(|m| m.kept.as_slice());
-                if mask.is_some_and(|m| m.tokens != tokens) {
-                    return Err(failed(format!(
-                        "output `{}` has {tokens} positions per event, the input {}",
-                        o.onnx_name,
-                        mask.map_or(0, |m| m.tokens)
-                    )));
-                }
-                pool::pool(pooling, data, n, tokens, dim, kept)
-            } else {
-                data.to_vec()
-            };
-            let dim = values.len() / n.max(1);
-            if normalize && o.column == EMBEDDING_COL {
-                pool::l2_normalize(&mut values, dim);
-            }
-            res.push((values, dim));
-        }
+        let output = |name: &str| outs.get(name).ok_or_else(|| format!("output `{name}` missing"));
+        let res = self
+            .outputs
+            .iter()
+            .map(|o| output(&o.onnx_name).and_then(|v| shaping.float_output(v, o)))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(failed)?;
         let labels = match &self.label {
-            Some(name) => {
-                let (shape, data) = outs
-                    .get(name)
-                    .ok_or_else(|| failed(format!("output `{name}` missing")))?
-                    .try_extract_tensor::<i64>()
-                    .map_err(|e| failed(format!("output `{name}`: {e}")))?;
-                if data.len() != n || shape.first() != Some(&(n as i64)) {
-                    return Err(failed(format!(
-                        "output `{name}` has shape {:?}, expected one class per event ([{n}])",
-                        &shape[..]
-                    )));
-                }
-                Some(data.to_vec())
-            }
+            Some(name) => Some(output(name).and_then(|v| label_output(v, name, n)).map_err(failed)?),
             None => None,
         };
         Ok((res, labels))
@@ -488,16 +452,9 @@ impl Model {
         sample::scatter(batch, &mask, &scored, schema).map_err(|e| self.failed(e.to_string()))
     }
 
-    fn score_all(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ModelError> {
-        let mismatch = |d: String| ModelError::Mismatch {
-            path: self.path.clone(),
-            detail: d,
-        };
-        let n = batch.num_rows();
-        let started = std::time::Instant::now();
-        let chunks = self.input.chunks(batch, self.batch_size).map_err(mismatch)?;
-        let nulls = self.input.nulls(batch).map_err(mismatch)?;
-        let prepared = std::time::Instant::now();
+    /// Runs the calls of a batch of `n` events: each float output's values
+    /// and the label output's classes, at the events' rows.
+    fn infer_chunks(&mut self, chunks: Vec<input::Chunk<'_>>, n: usize) -> Result<Outputs, ModelError> {
         let mut columns: Vec<Vec<f32>> = self.outputs.iter().map(|o| vec![0f32; n * o.dim]).collect();
         let mut labels = self.label.as_ref().map(|_| vec![0i64; n]);
         for chunk in chunks {
@@ -519,6 +476,20 @@ impl Model {
                 }
             }
         }
+        Ok((columns, labels))
+    }
+
+    fn score_all(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ModelError> {
+        let mismatch = |d: String| ModelError::Mismatch {
+            path: self.path.clone(),
+            detail: d,
+        };
+        let n = batch.num_rows();
+        let started = std::time::Instant::now();
+        let chunks = self.input.chunks(batch, self.batch_size).map_err(mismatch)?;
+        let nulls = self.input.nulls(batch).map_err(mismatch)?;
+        let prepared = std::time::Instant::now();
+        let (columns, labels) = self.infer_chunks(chunks, n)?;
         let head_logits = match &mut self.head {
             Some(h) => Some(h.score(&columns[0], n, self.batch_size)?),
             None => None,
@@ -550,6 +521,71 @@ impl Model {
             .map_err(|e| self.failed(e.to_string()))
     }
 }
+
+/// How one call's float outputs become per-event values.
+struct Shaping<'a> {
+    pooling: Pooling,
+    normalize: bool,
+    /// The tokens each event has, for pooling token embeddings.
+    mask: Option<&'a input::TokenMask>,
+    /// Events in the call.
+    n: usize,
+}
+
+impl Shaping<'_> {
+    /// Output `o`'s values per event (token embeddings pooled, the
+    /// embedding normalised as configured) and their size per event.
+    fn float_output(&self, v: &DynValue, o: &OutputSpec) -> Result<(Vec<f32>, usize), String> {
+        let n = self.n;
+        let (shape, data) = v
+            .try_extract_tensor::<f32>()
+            .map_err(|e| format!("output `{}`: {e}", o.onnx_name))?;
+        if shape.is_empty() || shape[0] != n as i64 {
+            return Err(format!(
+                "output `{}` has shape {:?}, expected batch {n} first",
+                o.onnx_name,
+                &shape[..]
+            ));
+        }
+        let mut values = if o.column == EMBEDDING_COL && shape.len() == 3 {
+            let (tokens, dim) = (shape[1] as usize, shape[2] as usize);
+            let mask = self.mask;
+            if mask.is_some_and(|m| m.tokens != tokens) {
+                return Err(format!(
+                    "output `{}` has {tokens} positions per event, the input {}",
+                    o.onnx_name,
+                    mask.map_or(0, |m| m.tokens)
+                ));
+            }
+            pool::pool(self.pooling, data, n, tokens, dim, mask.map(|m| m.kept.as_slice()))
+        } else {
+            data.to_vec()
+        };
+        let dim = values.len() / n.max(1);
+        if self.normalize && o.column == EMBEDDING_COL {
+            pool::l2_normalize(&mut values, dim);
+        }
+        Ok((values, dim))
+    }
+}
+
+/// The label output `name`'s classes: one per event of the call's `n`.
+fn label_output(v: &DynValue, name: &str, n: usize) -> Result<Vec<i64>, String> {
+    let (shape, data) = v
+        .try_extract_tensor::<i64>()
+        .map_err(|e| format!("output `{name}`: {e}"))?;
+    if data.len() != n || shape.first() != Some(&(n as i64)) {
+        return Err(format!(
+            "output `{name}` has shape {:?}, expected one class per event ([{n}])",
+            &shape[..]
+        ));
+    }
+    Ok(data.to_vec())
+}
+
+/// A batch's outputs: each float output's values, at the events' rows, and
+/// the classes of the label output, if any.
+type Outputs = (Vec<Vec<f32>>, Option<Vec<i64>>);
 
 /// One inference call's outputs: each float output's values and size per
 /// event, and the classes of the label output, if any.

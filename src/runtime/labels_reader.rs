@@ -210,12 +210,32 @@ pub(super) async fn follow_labels(
     Ok(())
 }
 
-/// Reads the labels topic in small batches until shutdown, or until the
-/// events reader is done and the labels have been quiet for a moment.
 /// How long the labels consumer may wait for its partitions before its
 /// silence counts (see [`labels_loop`]).
 pub(super) const LABELS_JOIN_GRACE: Duration = Duration::from_secs(30);
 
+/// The label records read since the last batch went to processing, and the
+/// generation (of the partitions followed) they were read in.
+struct LabelsBatch {
+    records: Vec<crate::source::RawRecord>,
+    generation: u64,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl LabelsBatch {
+    /// Sends the records read, if any: false when processing has stopped.
+    async fn send(&mut self) -> bool {
+        if self.records.is_empty() {
+            return true;
+        }
+        let records = std::mem::take(&mut self.records);
+        let generation = self.generation;
+        self.tx.send(Msg::Labels { generation, records }).await.is_ok()
+    }
+}
+
+/// Reads the labels topic in small batches until shutdown, or until the
+/// events reader is done and the labels have been quiet for a moment.
 pub(super) async fn labels_loop(
     consumer: Arc<KafkaConsumer>,
     mut wanted: tokio::sync::watch::Receiver<Follow>,
@@ -223,32 +243,29 @@ pub(super) async fn labels_loop(
     shutdown: Arc<AtomicBool>,
     events_done: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
-    let mut buf = vec![];
-    // The generation the records in `buf` were read in.
-    let mut generation = wanted.borrow().generation;
-    let batch = |generation: u64, buf: &mut Vec<crate::source::RawRecord>| Msg::Labels {
+    let generation = wanted.borrow().generation;
+    let mut batch = LabelsBatch {
+        records: vec![],
         generation,
-        records: std::mem::take(buf),
+        tx,
     };
     let mut quiet_since: Option<tokio::time::Instant> = None;
     let started = tokio::time::Instant::now();
     loop {
         let done = shutdown.load(Ordering::SeqCst) || events_done.load(Ordering::SeqCst);
         if done && quiet_since.is_some_and(|q| q.elapsed() > Duration::from_millis(1500)) {
-            if !buf.is_empty() {
-                let _ = tx.send(batch(generation, &mut buf)).await;
-            }
+            batch.send().await;
             return Ok(());
         }
         if wanted.has_changed().unwrap_or(false) {
             // Moved to other partitions: what was read is read again.
             let f = wanted.borrow_and_update().clone();
-            buf.clear();
+            batch.records.clear();
             if let Err(e) = consumer.follow(&f.partitions) {
                 shutdown.store(true, Ordering::SeqCst);
                 return Err(kafka_err(format!("assigning labels partitions {:?}", f.partitions))(e));
             }
-            generation = f.generation;
+            batch.generation = f.generation;
         }
         match tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await {
             Err(_) => {
@@ -261,7 +278,7 @@ pub(super) async fn labels_loop(
                 } else {
                     quiet_since = None;
                 }
-                if !buf.is_empty() && tx.send(batch(generation, &mut buf)).await.is_err() {
+                if !batch.send().await {
                     return Ok(());
                 }
             }
@@ -271,8 +288,8 @@ pub(super) async fn labels_loop(
             }
             Ok(Ok(r)) => {
                 quiet_since = None;
-                buf.push(r);
-                if buf.len() >= 500 && tx.send(batch(generation, &mut buf)).await.is_err() {
+                batch.records.push(r);
+                if batch.records.len() >= 500 && !batch.send().await {
                     return Ok(());
                 }
             }
@@ -283,6 +300,35 @@ pub(super) async fn labels_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `total` records (bodies 0, 1, …) to `topic`, a hundred at a time
+    /// with a pause between.
+    async fn produce_slowly(producer: FutureProducer, topic: &str, total: usize) {
+        for chunk in 0..total / 100 {
+            let mut fs = vec![];
+            for i in chunk * 100..(chunk + 1) * 100 {
+                let body = i.to_string();
+                fs.push(
+                    producer
+                        .send_result(FutureRecord::<(), _>::to(topic).payload(&body))
+                        .unwrap(),
+                );
+            }
+            for f in fs {
+                f.await.unwrap().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+
+    /// A labels batch's offsets, appended to those of its generation.
+    fn offsets_by_generation(m: Msg, got: &mut BTreeMap<u64, Vec<i64>>) {
+        if let Msg::Labels { generation, records } = m {
+            got.entry(generation)
+                .or_default()
+                .extend(records.iter().map(|r| r.offset));
+        }
+    }
 
     /// The labels reader is re-pointed many times while records arrive (as
     /// on rebalances). The records of each assignment reach processing
@@ -304,24 +350,7 @@ mod tests {
             checkpoint_topic: None,
         };
         let total = 3000;
-        let producer: FutureProducer = broker.client_config().create().unwrap();
-        let produced = tokio::spawn(async move {
-            for chunk in 0..total / 100 {
-                let mut fs = vec![];
-                for i in chunk * 100..(chunk + 1) * 100 {
-                    let body = i.to_string();
-                    fs.push(
-                        producer
-                            .send_result(FutureRecord::<(), _>::to("lab").payload(&body))
-                            .unwrap(),
-                    );
-                }
-                for f in fs {
-                    f.await.unwrap().unwrap();
-                }
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-        });
+        let produced = tokio::spawn(produce_slowly(broker.client_config().create().unwrap(), "lab", total));
         let consumer = Arc::new(KafkaConsumer::follower(&src, "lab-g").unwrap());
         let (follow, wanted) = tokio::sync::watch::channel(Follow::default());
         let (tx, mut rx) = mpsc::channel(4);
@@ -329,13 +358,6 @@ mod tests {
         let reader = tokio::spawn(labels_loop(consumer, wanted, tx, shutdown.clone(), done));
         // Per generation, the offsets received, in order.
         let mut got: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
-        let take = |m: Msg, got: &mut BTreeMap<u64, Vec<i64>>| {
-            if let Msg::Labels { generation, records } = m {
-                got.entry(generation)
-                    .or_default()
-                    .extend(records.iter().map(|r| r.offset));
-            }
-        };
         let generations = 20;
         for g in 1..=generations {
             follow.send_modify(|f| {
@@ -348,7 +370,7 @@ mod tests {
             while !got.contains_key(&g)
                 && let Ok(Some(m)) = tokio::time::timeout_at(until, rx.recv()).await
             {
-                take(m, &mut got);
+                offsets_by_generation(m, &mut got);
             }
             tokio::time::sleep(Duration::from_millis(3 * (g % 7))).await;
         }
@@ -356,13 +378,13 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while got.get(&generations).map_or(0, |o| o.len()) < total {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(m)) => take(m, &mut got),
+                Ok(Some(m)) => offsets_by_generation(m, &mut got),
                 _ => break,
             }
         }
         shutdown.store(true, Ordering::SeqCst);
         while let Some(m) = rx.recv().await {
-            take(m, &mut got);
+            offsets_by_generation(m, &mut got);
         }
         reader.await.unwrap().unwrap();
         assert!(got.keys().all(|g| (1..=generations).contains(g)), "{:?}", got.keys());

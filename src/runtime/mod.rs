@@ -480,6 +480,34 @@ async fn watch_lag(consumer: Arc<KafkaConsumer>, stats: Arc<RunStats>, stall_aft
     }
 }
 
+/// Scores a batch and adds it to the windows (and the label join), counting
+/// both in the run's metrics: the evaluations that became due.
+async fn score_and_window(
+    engine: &mut Engine,
+    out: &Out,
+    batch: RecordBatch,
+    fault: &mut Fault,
+) -> Result<Vec<Evaluated>, RuntimeError> {
+    let stats = &out.stats;
+    let t = std::time::Instant::now();
+    let scored = engine.stages.score(batch).await?;
+    stats
+        .model_nanos
+        .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
+    if let Some(t) = engine.stages.model_timings() {
+        stats.model_scored.store(t.scored, Ordering::Relaxed);
+        fault.scored(t.scored).await;
+    }
+    let evaluated = engine.push_scored(&scored).await?;
+    let (keys, held) = engine.windows.fill();
+    stats.window_keys.store(keys as u64, Ordering::Relaxed);
+    stats.window_events.store(held as u64, Ordering::Relaxed);
+    out.join_stats(engine);
+    Ok(evaluated)
+}
+
 /// Scores a batch, adds it to the windows (and the label join) and
 /// publishes what became due; then saves key states and commits.
 async fn process(
@@ -490,7 +518,7 @@ async fn process(
     last: &mut BTreeMap<i32, i64>,
     fault: &mut Fault,
 ) -> Result<(), RuntimeError> {
-    let (consumer, stats) = (&out.consumer, &out.stats);
+    let consumer = &out.consumer;
     mark_start(consumer, &work.first).await?;
     let mut sink = Publisher {
         out,
@@ -500,22 +528,7 @@ async fn process(
     // Evaluations made (not replayed): their delivery is then checkpointed.
     let mut made = 0;
     if let Some(batch) = work.batch {
-        let t = std::time::Instant::now();
-        let scored = engine.stages.score(batch).await?;
-        stats
-            .model_nanos
-            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.processed.fetch_add(scored.num_rows() as u64, Ordering::Relaxed);
-        if let Some(t) = engine.stages.model_timings() {
-            stats.model_scored.store(t.scored, Ordering::Relaxed);
-            fault.scored(t.scored).await;
-        }
-        let evaluated = engine.push_scored(&scored).await?;
-        let (keys, held) = engine.windows.fill();
-        stats.window_keys.store(keys as u64, Ordering::Relaxed);
-        stats.window_events.store(held as u64, Ordering::Relaxed);
-        out.join_stats(engine);
+        let evaluated = score_and_window(engine, out, batch, fault).await?;
         made += sink.evaluated(evaluated)?;
     }
     await_deliveries(sink.pending).await?;

@@ -1223,6 +1223,28 @@ fn mixed(pool: &Pool, exclude: &[i64], topics: &[i64], item: usize, rng: &mut Ch
     format!("{} {}", own.text, other.text)
 }
 
+/// A covariate phase's transform of an 8×8 image: blurred towards the
+/// mean of each pixel's 3×3 neighbourhood (by `blur`), then scaled by
+/// `contrast` and raised by `background`.
+fn covariate_shift(px: &mut [f32], contrast: f32, background: f32, blur: f32) {
+    let src = px.to_vec();
+    for (i, v) in px.iter_mut().enumerate() {
+        let (r, c) = ((i / 8) as i32, (i % 8) as i32);
+        let mut s = 0.0;
+        let mut n = 0.0;
+        for dr in -1..=1 {
+            for dc in -1..=1 {
+                let (rr, cc) = (r + dr, c + dc);
+                if (0..8).contains(&rr) && (0..8).contains(&cc) {
+                    s += src[(rr * 8 + cc) as usize];
+                    n += 1.0;
+                }
+            }
+        }
+        *v = contrast * ((1.0 - blur) * *v + blur * s / n) + background;
+    }
+}
+
 /// The JSON of an image event: the pool image with noise and the phase's transform.
 fn image_event(
     l: &Loaded,
@@ -1252,22 +1274,7 @@ fn image_event(
         ..
     } = ph
     {
-        let src = px.clone();
-        for (i, v) in px.iter_mut().enumerate() {
-            let (r, c) = ((i / 8) as i32, (i % 8) as i32);
-            let mut s = 0.0;
-            let mut n = 0.0;
-            for dr in -1..=1 {
-                for dc in -1..=1 {
-                    let (rr, cc) = (r + dr, c + dc);
-                    if (0..8).contains(&rr) && (0..8).contains(&cc) {
-                        s += src[(rr * 8 + cc) as usize];
-                        n += 1.0;
-                    }
-                }
-            }
-            *v = contrast * ((1.0 - blur) * *v + blur * s / n) + background;
-        }
+        covariate_shift(&mut px, *contrast, *background, *blur);
     }
     for v in &mut px {
         *v = (v.clamp(0.0, MAX_INTENSITY) * 100.0).round() / 100.0;
@@ -1820,76 +1827,43 @@ mod tests {
     #[test]
     fn each_phase_check_names_the_field_at_fault() {
         let d = tempfile::tempdir().unwrap();
-        let image = |body: &str| scenario(d.path(), body);
-        let text = |body: &str| text_scenario(d.path(), body);
-        let table = |body: &str| table_scenario(d.path(), body);
-        let phase = |p: &str| format!("keys:\n  a:\n    - {{{p}}}\n");
-        type WritePool<'a> = &'a dyn Fn(&str) -> PathBuf;
-        let cases: [(WritePool, &str, &str); 12] = [
+        let phase = |p: &str| format!("keys:\n  a:\n    - {{kind: {p}, events: 5}}\n");
+        // (pool, phase kind and fields, error after `keys.a[0].`)
+        let cases = [
+            ("table", "covariate", "kind: `covariate` does not apply to a table"),
+            ("text", "covariate", "kind: `covariate` transforms images"),
+            ("image", "corruption", "kind: `corruption` applies to text"),
+            ("image", "real", "kind: `real` streams the rows of a `table`"),
+            ("text", "corruption, casing: 2", "casing: expected a probability"),
+            ("text", "unseen, class: 1, share: 0.5", "class: class 1 must be listed"),
+            ("image", "covariate, contrast: 0", "contrast: expected a positive"),
+            ("image", "covariate, background: 20", "background: expected -16..16"),
+            ("image", "covariate, blur: 1.5", "blur: expected 0..1, got 1.5"),
             (
-                &table,
-                "kind: covariate, events: 5",
-                "keys.a[0].kind: `covariate` does not apply to a table",
+                "image",
+                "concept, remap: {3: 11}",
+                "remap: 3 → 11: both must be classes",
             ),
             (
-                &text,
-                "kind: covariate, events: 5",
-                "keys.a[0].kind: `covariate` transforms images",
+                "image",
+                "concept, remap: {}, subgroup: {g: a}",
+                "subgroup: a subgroup selects rows",
             ),
             (
-                &image,
-                "kind: corruption, events: 5",
-                "keys.a[0].kind: `corruption` applies to text",
-            ),
-            (
-                &image,
-                "kind: real, events: 5",
-                "keys.a[0].kind: `real` streams the rows of a `table`",
-            ),
-            (
-                &text,
-                "kind: corruption, events: 5, casing: 2",
-                "keys.a[0].casing: expected a probability",
-            ),
-            (
-                &text,
-                "kind: unseen, events: 5, class: 1, share: 0.5",
-                "keys.a[0].class: class 1 must be listed",
-            ),
-            (
-                &image,
-                "kind: covariate, events: 5, contrast: 0",
-                "keys.a[0].contrast: expected a positive",
-            ),
-            (
-                &image,
-                "kind: covariate, events: 5, background: 20",
-                "keys.a[0].background: expected -16..16",
-            ),
-            (
-                &image,
-                "kind: covariate, events: 5, blur: 1.5",
-                "keys.a[0].blur: expected 0..1, got 1.5",
-            ),
-            (
-                &image,
-                "kind: concept, events: 5, remap: {3: 11}",
-                "keys.a[0].remap: 3 → 11: both must be classes",
-            ),
-            (
-                &image,
-                "kind: concept, events: 5, remap: {}, subgroup: {g: a}",
-                "keys.a[0].subgroup: a subgroup selects rows",
-            ),
-            (
-                &table,
-                "kind: concept, events: 5, remap: {}, subgroup: {g: [a]}",
-                "keys.a[0].subgroup: g: expected a string",
+                "table",
+                "concept, remap: {}, subgroup: {g: [a]}",
+                "subgroup: g: expected a string",
             ),
         ];
         for (pool, p, at) in cases {
-            let e = Loaded::load(&pool(&phase(p))).unwrap_err().to_string();
-            assert!(e.contains(at), "{p}: {e}");
+            let body = phase(p);
+            let file = match pool {
+                "table" => table_scenario(d.path(), &body),
+                "text" => text_scenario(d.path(), &body),
+                _ => scenario(d.path(), &body),
+            };
+            let e = Loaded::load(&file).unwrap_err().to_string();
+            assert!(e.contains(&format!("keys.a[0].{at}")), "{p}: {e}");
         }
     }
 

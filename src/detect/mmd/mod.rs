@@ -982,27 +982,7 @@ fn sigma_from_median(d: &[f64], n: usize) -> Option<f64> {
     // Ranks (0-based) of the middle value(s).
     let mid = count / 2;
     let lo_rank = if count % 2 == 1 { mid } else { mid - 1 };
-    // Sample: every `stride`-th entry of each row, offset by the row number.
-    let stride = (count / 4096).max(1);
-    let mut sample: Vec<u64> = (1..n)
-        .flat_map(|i| (i % stride..i).step_by(stride).map(move |j| (i, j)))
-        .map(|(i, j)| bits(&d[i * n + j]))
-        .collect();
-    sample.sort_unstable();
-    // The bracket [lo, hi], and room for twice the values expected in it.
-    let (lo, hi, room) = if stride == 1 || sample.is_empty() {
-        (0, u64::MAX, count)
-    } else {
-        let at = |rank: usize| rank * sample.len() / count;
-        let margin = (4.0 * (sample.len() as f64).sqrt() / 2.0) as usize + 8;
-        let a = at(lo_rank).saturating_sub(margin);
-        let b = at(mid) + margin;
-        (
-            if a == 0 { 0 } else { sample[a] },
-            sample.get(b).copied().unwrap_or(u64::MAX),
-            (2 * (b - a + 1) * count / sample.len() + 64).min(count),
-        )
-    };
+    let (lo, hi, room) = median_bracket(d, n, lo_rank..mid + 1);
     // The compaction writes every value and advances only past those in the
     // bracket: no branch to mispredict.
     let mut cand = vec![0u64; room + 1];
@@ -1032,6 +1012,33 @@ fn sigma_from_median(d: &[f64], n: usize) -> Option<f64> {
         (lo + hi) / 2.0
     };
     (med > 0.0 && med.is_finite()).then(|| (med / 2.0).sqrt())
+}
+
+/// [`sigma_from_median`]'s bracket of the middle rank(s) `ranks` among
+/// the n(n−1)/2 values below the diagonal of `d`, as bit patterns: [lo, hi]
+/// from a spread-out sample, and room for twice the values expected in it
+/// (everything, when the sample would be all the values).
+fn median_bracket(d: &[f64], n: usize, ranks: std::ops::Range<usize>) -> (u64, u64, usize) {
+    let count = n * n.saturating_sub(1) / 2;
+    // Sample: every `stride`-th entry of each row, offset by the row number.
+    let stride = (count / 4096).max(1);
+    let mut sample: Vec<u64> = (1..n)
+        .flat_map(|i| (i % stride..i).step_by(stride).map(move |j| (i, j)))
+        .map(|(i, j)| d[i * n + j].abs().to_bits())
+        .collect();
+    sample.sort_unstable();
+    if stride == 1 || sample.is_empty() {
+        return (0, u64::MAX, count);
+    }
+    let at = |rank: usize| rank * sample.len() / count;
+    let margin = (4.0 * (sample.len() as f64).sqrt() / 2.0) as usize + 8;
+    let a = at(ranks.start).saturating_sub(margin);
+    let b = at(ranks.end - 1) + margin;
+    (
+        if a == 0 { 0 } else { sample[a] },
+        sample.get(b).copied().unwrap_or(u64::MAX),
+        (2 * (b - a + 1) * count / sample.len() + 64).min(count),
+    )
 }
 
 /// σ = sqrt(median_{i<j} ‖x_i − x_j‖² / 2) over the reference rows (as Alibi
