@@ -1234,6 +1234,21 @@ mod tests {
             assert!((one.r[i] - want).abs() <= tolerance, "row {i}: {} vs {want}", one.r[i]);
         }
         assert!((one.grand - one.r.iter().sum::<f64>()).abs() <= 1e-9 * one.grand);
+        // Exactly the sums of the fixed-point rows, added one value at a time.
+        let mut exact = vec![0i64; pooled.len()];
+        for i in 0..pooled.len() {
+            let [xs, ys] = fixed.row(i);
+            let columns = xs
+                .iter()
+                .enumerate()
+                .chain(ys.iter().enumerate().map(|(j, v)| (90 + j, v)));
+            for (j, &v) in columns {
+                exact[i] += i64::from(v);
+                exact[j] += i64::from(v);
+            }
+        }
+        let exact: Vec<f64> = exact.iter().map(|&e| e as f64 / simd::FIXED_SCALE).collect();
+        assert_eq!(one.r, exact);
     }
 
     /// A round taken from those kept is the one drawing it gives, and the
