@@ -978,7 +978,6 @@ fn sigma_from_median(d: &[f64], n: usize) -> Option<f64> {
         return None;
     }
     let rows = || (1..n).map(|i| &d[i * n..i * n + i]);
-    let bits = |x: &f64| x.abs().to_bits();
     // Ranks (0-based) of the middle value(s).
     let mid = count / 2;
     let lo_rank = if count % 2 == 1 { mid } else { mid - 1 };
@@ -990,7 +989,7 @@ fn sigma_from_median(d: &[f64], n: usize) -> Option<f64> {
     let last = cand.len() - 1;
     for row in rows() {
         for x in row {
-            let v = bits(x);
+            let v = order_bits(x);
             below += usize::from(v < lo);
             cand[len.min(last)] = v;
             len += usize::from(v >= lo && v <= hi);
@@ -1000,7 +999,7 @@ fn sigma_from_median(d: &[f64], n: usize) -> Option<f64> {
     if len > last || below > lo_rank || below + cand.len() <= mid {
         // The bracket missed (or held more than its room): select from everything.
         below = 0;
-        cand = rows().flat_map(|r| r.iter().map(bits)).collect();
+        cand = rows().flat_map(|r| r.iter().map(order_bits)).collect();
     }
     let k = mid - below;
     let hi = f64::from_bits(*cand.select_nth_unstable(k).1);
@@ -1014,6 +1013,12 @@ fn sigma_from_median(d: &[f64], n: usize) -> Option<f64> {
     (med > 0.0 && med.is_finite()).then(|| (med / 2.0).sqrt())
 }
 
+/// A squared distance as an integer of the same order ([`sigma_from_median`]):
+/// non-negative doubles order as their bit patterns.
+fn order_bits(x: &f64) -> u64 {
+    x.abs().to_bits()
+}
+
 /// [`sigma_from_median`]'s bracket of the middle rank(s) `ranks` among
 /// the n(n−1)/2 values below the diagonal of `d`, as bit patterns: [lo, hi]
 /// from a spread-out sample, and room for twice the values expected in it
@@ -1024,7 +1029,7 @@ fn median_bracket(d: &[f64], n: usize, ranks: std::ops::Range<usize>) -> (u64, u
     let stride = (count / 4096).max(1);
     let mut sample: Vec<u64> = (1..n)
         .flat_map(|i| (i % stride..i).step_by(stride).map(move |j| (i, j)))
-        .map(|(i, j)| d[i * n + j].abs().to_bits())
+        .map(|(i, j)| order_bits(&d[i * n + j]))
         .collect();
     sample.sort_unstable();
     if stride == 1 || sample.is_empty() {
