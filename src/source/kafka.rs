@@ -208,43 +208,7 @@ impl Ctx {
             _ => tracing::warn!("revoking partitions while a batch is still being delivered (single-threaded runtime)"),
         }
     }
-}
 
-impl ClientContext for Ctx {
-    /// librdkafka's periodic statistics (`statistics.interval.ms`): the
-    /// lags per partition, without a broker round trip of our own.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = statistics.topics.get(&self.topic) {
-            for (p, part) in &t.partitions {
-                if let Some(lag) = PartitionLag::from_stats(part).filter(|_| *p >= 0) {
-                    shared.lag.insert(*p, lag);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for Ctx {
-    fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-            // Before the lock: the batch in processing needs it to commit.
-            self.next_generation();
-        }
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let _in_flight = self.gate.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                self.gate.generation.fetch_add(1, Ordering::SeqCst);
-                self.assign(base, tpl, &mut shared);
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base, tpl, &mut shared),
-            other => shared.errors.push(format!("rebalance error: {other:?}")),
-        }
-    }
-}
-
-impl Ctx {
     /// Takes the partitions `tpl`: what was delivered from each before,
     /// where to start, then the assignment itself.
     fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList, shared: &mut Shared) {
@@ -359,6 +323,40 @@ impl Ctx {
         }
         if let Err(e) = base.unassign() {
             shared.errors.push(format!("unassign: {e}"));
+        }
+    }
+}
+
+impl ClientContext for Ctx {
+    /// librdkafka's periodic statistics (`statistics.interval.ms`): the
+    /// lags per partition, without a broker round trip of our own.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = statistics.topics.get(&self.topic) {
+            for (p, part) in &t.partitions {
+                if let Some(lag) = PartitionLag::from_stats(part).filter(|_| *p >= 0) {
+                    shared.lag.insert(*p, lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+            // Before the lock: the batch in processing needs it to commit.
+            self.next_generation();
+        }
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let _in_flight = self.gate.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                self.gate.generation.fetch_add(1, Ordering::SeqCst);
+                self.assign(base, tpl, &mut shared);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base, tpl, &mut shared),
+            other => shared.errors.push(format!("rebalance error: {other:?}")),
         }
     }
 }

@@ -546,22 +546,30 @@ pub fn wait_delivered(
         for p in last.keys() {
             tpl.add_partition(topic, *p);
         }
-        let done = match &marks {
+        // What each partition has delivered so far, as (partition, offset):
+        // from the checkpoint topic, or the commit metadata's `hw`.
+        let got: std::collections::BTreeMap<i32, i64> = match &marks {
             Some(m) => m
                 .delivered(Duration::from_secs(10))
-                .is_ok_and(|got| last.iter().all(|(p, l)| got.get(p).map(|d| d.offset) == Some(*l))),
-            None => c.committed_offsets(tpl, Duration::from_secs(5)).is_ok_and(|got| {
-                got.elements()
-                    .iter()
-                    .all(|e| e.metadata().starts_with(&format!("dw1:hw={};", last[&e.partition()])))
-            }),
+                .map(|got| got.iter().map(|(p, d)| (*p, d.offset)).collect())
+                .unwrap_or_default(),
+            None => c
+                .committed_offsets(tpl, Duration::from_secs(5))
+                .map(|got| {
+                    let hw = |meta: &str| meta.strip_prefix("dw1:hw=")?.split(';').next()?.parse().ok();
+                    got.elements()
+                        .iter()
+                        .filter_map(|e| Some((e.partition(), hw(e.metadata())?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
-        if done {
+        if last.iter().all(|(p, l)| got.get(p) == Some(l)) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "group {group} did not deliver up to {last:?}"
+            "group {group} did not deliver up to {last:?}; delivered: {got:?}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
