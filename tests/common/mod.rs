@@ -556,7 +556,11 @@ pub fn wait_delivered(
             None => c
                 .committed_offsets(tpl, Duration::from_secs(5))
                 .map(|got| {
-                    let hw = |meta: &str| meta.strip_prefix("dw1:hw=")?.split(';').next()?.parse().ok();
+                    // Exactly `dw1:hw=N;…`, N as a run writes it.
+                    let hw = |meta: &str| {
+                        let (text, _) = meta.strip_prefix("dw1:hw=")?.split_once(';')?;
+                        text.parse::<i64>().ok().filter(|n| n.to_string() == text)
+                    };
                     got.elements()
                         .iter()
                         .filter_map(|e| Some((e.partition(), hw(e.metadata())?)))

@@ -1246,7 +1246,7 @@ mod tests {
             let columns = xs
                 .iter()
                 .enumerate()
-                .chain(ys.iter().enumerate().map(|(j, v)| (90 + j, v)));
+                .chain(ys.iter().enumerate().map(|(j, v)| (fixed.n + j, v)));
             for (j, &v) in columns {
                 exact[i] += i64::from(v);
                 exact[j] += i64::from(v);
